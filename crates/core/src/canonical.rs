@@ -1,0 +1,269 @@
+//! Canonical JSON as TUF signs it, and a strict JSON reader.
+//!
+//! TUF signs the OLPC canonical form of the `signed` object. The reference implementation
+//! (securesystemslib's `encode_canonical`, used by python-tuf) defines the bytes we must
+//! reproduce exactly:
+//!
+//! * objects: keys sorted by Unicode code point, no whitespace;
+//! * strings: only `\` and `"` are escaped (as `\\` and `\"`); everything else, control
+//!   characters included, is written as raw UTF-8, with no Unicode normalisation;
+//! * integers as decimal; `true`, `false`, `null`; floating-point numbers are refused.
+//!
+//! We do not use the `olpc-cjson` crate: it NFC-normalises strings and sorts keys by their
+//! *serialised* bytes (closing quote included), so `{"a":…,"a!":…}` comes out in a different
+//! order than securesystemslib writes it, and a signature made by python-tuf over such a
+//! document would not verify. The tests at the bottom pin both differences.
+//!
+//! The reader refuses duplicate object keys: two parsers that disagree on which duplicate wins
+//! is a classic signature-bypass (the signer sees one value, the verifier acts on another).
+
+use std::fmt;
+
+use serde::de::{self, Deserialize, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_json::{Map, Number, Value};
+
+use crate::error::{Error, Result};
+
+/// Serialises a JSON value to its canonical form.
+///
+/// Fails with [`Error::Malformed`] on floating-point numbers, which canonical JSON cannot hold.
+pub fn to_canonical(value: &Value) -> Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(256);
+    write_value(value, &mut out)?;
+    Ok(out)
+}
+
+/// Serialises any serde value to canonical JSON (through [`serde_json::Value`]).
+pub fn to_canonical_from<T: serde::Serialize>(value: &T) -> Result<Vec<u8>> {
+    let value = serde_json::to_value(value).map_err(|e| Error::malformed("canonical JSON", e))?;
+    to_canonical(&value)
+}
+
+fn write_value(value: &Value, out: &mut Vec<u8>) -> Result<()> {
+    match value {
+        Value::Null => out.extend_from_slice(b"null"),
+        Value::Bool(true) => out.extend_from_slice(b"true"),
+        Value::Bool(false) => out.extend_from_slice(b"false"),
+        Value::Number(n) => write_number(n, out)?,
+        Value::String(s) => write_string(s, out),
+        Value::Array(items) => {
+            out.push(b'[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_value(item, out)?;
+            }
+            out.push(b']');
+        }
+        Value::Object(map) => {
+            // `String`'s `Ord` compares UTF-8 bytes, which orders exactly as code points do,
+            // which is how Python sorts `str` keys.
+            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(b.0));
+            out.push(b'{');
+            for (i, (key, item)) in entries.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_string(key, out);
+                out.push(b':');
+                write_value(item, out)?;
+            }
+            out.push(b'}');
+        }
+    }
+    Ok(())
+}
+
+fn write_number(n: &Number, out: &mut Vec<u8>) -> Result<()> {
+    if let Some(i) = n.as_i64() {
+        out.extend_from_slice(i.to_string().as_bytes());
+    } else if let Some(u) = n.as_u64() {
+        out.extend_from_slice(u.to_string().as_bytes());
+    } else {
+        return Err(Error::malformed(
+            "canonical JSON",
+            format!("floating-point number {n} cannot be canonicalised"),
+        ));
+    }
+    Ok(())
+}
+
+fn write_string(s: &str, out: &mut Vec<u8>) {
+    out.push(b'"');
+    for byte in s.bytes() {
+        match byte {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            other => out.push(other),
+        }
+    }
+    out.push(b'"');
+}
+
+/// Parses JSON bytes into a [`Value`], refusing duplicate object keys, trailing data and
+/// floating-point numbers (none of which a TUF document may contain).
+pub fn parse_strict(bytes: &[u8], what: &str) -> Result<Value> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value = StrictValue::deserialize(&mut de)
+        .map_err(|e| Error::malformed(what, e))?
+        .0;
+    de.end().map_err(|e| Error::malformed(what, e))?;
+    Ok(value)
+}
+
+/// A [`Value`] whose deserialiser rejects duplicate keys and floats.
+struct StrictValue(Value);
+
+impl<'de> Deserialize<'de> for StrictValue {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        deserializer.deserialize_any(StrictVisitor).map(StrictValue)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> Visitor<'de> for StrictVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> std::result::Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> std::result::Result<Value, E> {
+        Ok(Value::Number(v.into()))
+    }
+    fn visit_u64<E>(self, v: u64) -> std::result::Result<Value, E> {
+        Ok(Value::Number(v.into()))
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> std::result::Result<Value, E> {
+        Err(E::custom(format_args!(
+            "floating-point number {v} is not allowed in signed metadata"
+        )))
+    }
+    fn visit_str<E>(self, v: &str) -> std::result::Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+    fn visit_string<E>(self, v: String) -> std::result::Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_unit<E>(self) -> std::result::Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_none<E>(self) -> std::result::Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> std::result::Result<Value, D::Error> {
+        StrictValue::deserialize(d).map(|v| v.0)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(StrictValue(item)) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(Value::Array(items))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<Value, A::Error> {
+        let mut out = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let StrictValue(item) = map.next_value_seed(StrictSeed)?;
+            if out.contains_key(&key) {
+                return Err(de::Error::custom(format_args!(
+                    "duplicate key {key:?} in JSON object"
+                )));
+            }
+            out.insert(key, item);
+        }
+        Ok(Value::Object(out))
+    }
+}
+
+struct StrictSeed;
+
+impl<'de> DeserializeSeed<'de> for StrictSeed {
+    type Value = StrictValue;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> std::result::Result<StrictValue, D::Error> {
+        StrictValue::deserialize(d)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn canon(v: Value) -> String {
+        String::from_utf8(to_canonical(&v).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn sorts_keys_by_code_point_and_drops_whitespace() {
+        assert_eq!(
+            canon(json!({"b": 1, "a": [true, false, null], "B": "x"})),
+            r#"{"B":"x","a":[true,false,null],"b":1}"#
+        );
+    }
+
+    #[test]
+    fn sorts_a_key_before_its_extensions_like_securesystemslib() {
+        // olpc-cjson would put "a!" first (it compares `"a"` with `"a!"` byte-wise, quote
+        // included); Python's sorted() puts the prefix first.
+        assert_eq!(canon(json!({"a!": 1, "a": 2})), r#"{"a":2,"a!":1}"#);
+    }
+
+    #[test]
+    fn escapes_only_quote_and_backslash() {
+        assert_eq!(canon(json!("a\"b\\c\nd\u{1}")), "\"a\\\"b\\\\c\nd\u{1}\"");
+    }
+
+    #[test]
+    fn does_not_normalise_unicode() {
+        // "e" + COMBINING ACUTE ACCENT stays decomposed (NFC would make it U+00E9).
+        assert_eq!(canon(json!("e\u{301}")), "\"e\u{301}\"");
+    }
+
+    #[test]
+    fn writes_negative_and_large_integers() {
+        assert_eq!(
+            canon(json!([-5, u64::MAX, 0])),
+            format!("[-5,{},0]", u64::MAX)
+        );
+    }
+
+    #[test]
+    fn refuses_floats() {
+        assert!(to_canonical(&json!({"x": 1.5})).is_err());
+        assert!(parse_strict(br#"{"x": 1.5}"#, "test").is_err());
+    }
+
+    #[test]
+    fn strict_parse_rejects_duplicate_keys() {
+        let err = parse_strict(br#"{"a": 1, "a": 2}"#, "test").unwrap_err();
+        assert!(err.to_string().contains("duplicate key"), "{err}");
+        let nested = parse_strict(br#"{"x": [{"k": 1, "k": 1}]}"#, "test");
+        assert!(nested.is_err());
+    }
+
+    #[test]
+    fn strict_parse_rejects_trailing_data_and_garbage() {
+        assert!(parse_strict(br#"{"a": 1} {"#, "test").is_err());
+        assert!(parse_strict(b"\xff\xfe", "test").is_err());
+        assert!(parse_strict(b"", "test").is_err());
+    }
+
+    #[test]
+    fn strict_parse_survives_deep_nesting_without_overflow() {
+        let deep = "[".repeat(100_000);
+        assert!(parse_strict(deep.as_bytes(), "test").is_err());
+    }
+
+    #[test]
+    fn strict_parse_keeps_every_field() {
+        let v = parse_strict(br#"{"z": {"y": [1, "two"]}, "a": null}"#, "test").unwrap();
+        assert_eq!(v, json!({"z": {"y": [1, "two"]}, "a": null}));
+    }
+}

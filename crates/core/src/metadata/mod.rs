@@ -1,0 +1,279 @@
+//! TUF 1.0.x metadata: the signed envelope, the four top-level roles and delegated targets.
+//!
+//! Parsing works in two layers so that signatures never depend on our re-serialisation:
+//!
+//! 1. [`Envelope::parse`] reads the bytes strictly (no duplicate keys, no floats), keeps the
+//!    `signed` object as a JSON value and computes its canonical bytes once;
+//! 2. [`Envelope::verify`] counts valid signatures from distinct authorised keys over those
+//!    canonical bytes, and only then is the value turned into a typed role ([`Root`],
+//!    [`Timestamp`], [`Snapshot`], [`Targets`]).
+//!
+//! Every typed struct keeps fields it does not know in `unrecognized` (and `custom` verbatim),
+//! so serialising a parsed document yields the same canonical bytes and its signatures still
+//! verify (TUF 4.2 asks implementations to ignore, not drop, unknown attributes).
+
+mod delegation;
+mod expiry;
+mod root;
+mod snapshot;
+mod targets;
+mod timestamp;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+pub use delegation::{is_delegated_path, succinct_role_for};
+pub use expiry::Expiry;
+pub use root::{RoleKeys, Root};
+pub use snapshot::Snapshot;
+pub use targets::{
+    Delegate, DelegatedRole, Delegations, SuccinctRoles, TargetFile, Targets, HARDWARE_IDS_FIELD,
+};
+pub use timestamp::Timestamp;
+
+use crate::canonical;
+use crate::error::{Error, Result};
+use crate::key::{Key, KeyId, Signature};
+use crate::signer::Signer;
+
+/// The TUF specification version Rampart writes.
+pub const SPEC_VERSION: &str = "1.0.31";
+
+/// Top-level role names.
+pub const TOP_LEVEL_ROLES: [&str; 4] = ["root", "timestamp", "snapshot", "targets"];
+
+/// A `METAFILES` entry: the version (and optionally length and hashes) of a metadata file, as
+/// listed by timestamp (for snapshot) and snapshot (for targets roles).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetaFile {
+    /// Version of the listed file.
+    pub version: u64,
+    /// Its length in bytes, if the repository lists it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub length: Option<u64>,
+    /// Its hashes, if the repository lists them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hashes: Option<crate::hash::Hashes>,
+    /// Unknown fields, kept verbatim.
+    #[serde(flatten)]
+    pub unrecognized: BTreeMap<String, Value>,
+}
+
+impl MetaFile {
+    /// A `METAFILES` entry with only a version.
+    pub fn version_only(version: u64) -> Self {
+        MetaFile {
+            version,
+            length: None,
+            hashes: None,
+            unrecognized: BTreeMap::new(),
+        }
+    }
+
+    fn validate(&self, what: &str) -> Result<()> {
+        if self.version == 0 {
+            return Err(Error::malformed(what, "meta version must be at least 1"));
+        }
+        if let Some(hashes) = &self.hashes {
+            if hashes.is_empty() {
+                return Err(Error::malformed(what, "hashes must not be empty"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What every role's `signed` part has; implemented by the four role types.
+pub trait RoleMetadata: Serialize + DeserializeOwned + Clone {
+    /// The `_type` value (`root`, `timestamp`, `snapshot`, `targets`).
+    const TYPE: &'static str;
+
+    /// `_type` as found in the document.
+    fn type_field(&self) -> &str;
+    /// `spec_version`.
+    fn spec_version(&self) -> &str;
+    /// `version`.
+    fn version(&self) -> u64;
+    /// `expires`.
+    fn expires(&self) -> &Expiry;
+    /// Rules of this role type beyond what serde checks (called after parsing).
+    fn validate(&self, role: &str) -> Result<()>;
+}
+
+/// Checks the fields common to all roles: `_type`, `spec_version` major, version ≥ 1.
+fn validate_common<T: RoleMetadata>(signed: &T, role: &str) -> Result<()> {
+    if signed.type_field() != T::TYPE {
+        return Err(Error::WrongType {
+            expected: T::TYPE.to_owned(),
+            found: signed.type_field().to_owned(),
+        });
+    }
+    let spec = signed.spec_version();
+    let parts: Vec<&str> = spec.split('.').collect();
+    let numeric = parts
+        .iter()
+        .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+    if !(numeric && (parts.len() == 2 || parts.len() == 3) && parts.first() == Some(&"1")) {
+        return Err(Error::UnsupportedSpecVersion {
+            role: role.to_owned(),
+            found: spec.to_owned(),
+            supported: "1.x".to_owned(),
+        });
+    }
+    if signed.version() == 0 {
+        return Err(Error::malformed(role, "version must be at least 1"));
+    }
+    signed.validate(role)
+}
+
+/// A parsed but not yet verified metadata document.
+#[derive(Debug, Clone)]
+pub struct Envelope {
+    /// The `signed` object as received.
+    pub signed: Value,
+    /// The `signatures` list.
+    pub signatures: Vec<Signature>,
+    /// Canonical JSON bytes of `signed`: what the signatures cover.
+    pub canonical_signed: Vec<u8>,
+}
+
+#[derive(Deserialize)]
+struct RawEnvelope {
+    signed: Value,
+    signatures: Vec<Signature>,
+}
+
+impl Envelope {
+    /// Parses metadata bytes (strictly: no duplicate keys, no floats, nothing trailing).
+    pub fn parse(bytes: &[u8], role: &str) -> Result<Self> {
+        let value = canonical::parse_strict(bytes, &format!("{role} metadata"))?;
+        let raw: RawEnvelope = serde_json::from_value(value)
+            .map_err(|e| Error::malformed(format!("{role} metadata"), e))?;
+        let mut seen = BTreeSet::new();
+        for sig in &raw.signatures {
+            if !seen.insert(&sig.keyid) {
+                return Err(Error::malformed(
+                    format!("{role} metadata"),
+                    format!("two signatures by key {}", sig.keyid),
+                ));
+            }
+        }
+        let canonical_signed = canonical::to_canonical(&raw.signed)?;
+        Ok(Envelope {
+            signed: raw.signed,
+            signatures: raw.signatures,
+            canonical_signed,
+        })
+    }
+
+    /// The `_type` of the signed object, if it has one.
+    pub fn type_field(&self) -> Option<&str> {
+        self.signed.get("_type").and_then(Value::as_str)
+    }
+
+    /// Turns the signed object into a typed role *without* checking signatures; callers must
+    /// have verified them (see [`Envelope::verify`]).
+    pub fn typed<T: RoleMetadata>(&self, role: &str) -> Result<T> {
+        // Check `_type` first so a wrong role reads as such, not as a missing field.
+        if let Some(found) = self.type_field() {
+            if found != T::TYPE {
+                return Err(Error::WrongType {
+                    expected: T::TYPE.to_owned(),
+                    found: found.to_owned(),
+                });
+            }
+        }
+        let typed: T = serde_json::from_value(self.signed.clone())
+            .map_err(|e| Error::malformed(format!("{role} metadata"), e))?;
+        validate_common(&typed, role)?;
+        Ok(typed)
+    }
+
+    /// Checks that at least `threshold` distinct keys among `keyids` (looked up in `keys`)
+    /// signed the canonical bytes.
+    ///
+    /// Keys that are unknown, of an unsupported type or malformed simply do not count; two key
+    /// IDs naming the same key material count once.
+    pub fn verify(
+        &self,
+        role: &str,
+        keys: &BTreeMap<KeyId, Key>,
+        keyids: &[KeyId],
+        threshold: u32,
+    ) -> Result<()> {
+        let valid = count_valid_signatures(&self.canonical_signed, &self.signatures, keys, keyids);
+        if threshold == 0 || valid < threshold {
+            return Err(Error::ThresholdNotMet {
+                role: role.to_owned(),
+                valid,
+                threshold,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Counts signatures over `message` that verify with distinct authorised keys.
+pub fn count_valid_signatures(
+    message: &[u8],
+    signatures: &[Signature],
+    keys: &BTreeMap<KeyId, Key>,
+    keyids: &[KeyId],
+) -> u32 {
+    let authorised: BTreeSet<&KeyId> = keyids.iter().collect();
+    let mut counted: BTreeSet<Vec<u8>> = BTreeSet::new();
+    for sig in signatures {
+        if !authorised.contains(&sig.keyid) {
+            continue;
+        }
+        let Some(key) = keys.get(&sig.keyid) else {
+            continue;
+        };
+        let Ok(public) = key.parse(&sig.keyid) else {
+            continue;
+        };
+        if counted.contains(public.material()) {
+            continue;
+        }
+        let Some(sig_bytes) = sig.bytes() else {
+            continue;
+        };
+        if public.verify(message, &sig_bytes) {
+            counted.insert(public.material().to_vec());
+        }
+    }
+    u32::try_from(counted.len()).unwrap_or(u32::MAX)
+}
+
+/// Serialises and signs a role: returns the document bytes (`{"signatures": […], "signed": …}`,
+/// pretty-printed like python-tuf writes it).
+pub fn sign_role<T: Serialize>(signed: &T, signers: &[&dyn Signer]) -> Result<Vec<u8>> {
+    let value = serde_json::to_value(signed).map_err(|e| Error::malformed("metadata", e))?;
+    let message = canonical::to_canonical(&value)?;
+    let mut signatures = Vec::with_capacity(signers.len());
+    for signer in signers {
+        signatures.push(Signature::new(signer.key_id(), &signer.sign(&message)?));
+    }
+    let doc = serde_json::json!({ "signed": value, "signatures": signatures });
+    serde_json::to_vec_pretty(&doc).map_err(|e| Error::malformed("metadata", e))
+}
+
+/// Adds signatures to an already signed document (threshold signing by several parties, or
+/// the offline workflow: export, sign elsewhere, import). Existing signatures are kept.
+pub fn add_signatures(document: &[u8], signers: &[&dyn Signer]) -> Result<Vec<u8>> {
+    let env = Envelope::parse(document, "metadata")?;
+    let mut signatures = env.signatures.clone();
+    for signer in signers {
+        let keyid = signer.key_id();
+        signatures.retain(|s| s.keyid != keyid);
+        signatures.push(Signature::new(keyid, &signer.sign(&env.canonical_signed)?));
+    }
+    let doc = serde_json::json!({ "signed": env.signed, "signatures": signatures });
+    serde_json::to_vec_pretty(&doc).map_err(|e| Error::malformed("metadata", e))
+}
+
+#[cfg(test)]
+pub(crate) mod tests;

@@ -1,0 +1,234 @@
+//! Tests of parsing, verification and round trips of metadata documents.
+
+use super::*;
+use crate::key::KeyScheme;
+use crate::signer::InMemorySigner;
+use serde_json::json;
+
+fn signer() -> InMemorySigner {
+    InMemorySigner::generate(KeyScheme::Ed25519).unwrap()
+}
+
+fn timestamp_value(version: u64) -> Value {
+    json!({
+        "_type": "timestamp",
+        "spec_version": "1.0.31",
+        "version": version,
+        "expires": "2030-01-01T00:00:00Z",
+        "meta": {"snapshot.json": {"version": 1}},
+    })
+}
+
+fn keys_of(signers: &[&InMemorySigner]) -> (BTreeMap<KeyId, Key>, Vec<KeyId>) {
+    let mut keys = BTreeMap::new();
+    let mut ids = Vec::new();
+    for s in signers {
+        keys.insert(s.key_id(), s.public_key().clone());
+        ids.push(s.key_id());
+    }
+    (keys, ids)
+}
+
+#[test]
+fn signed_metadata_verifies_and_parses() {
+    let s = signer();
+    let doc = sign_role(&timestamp_value(3), &[&s]).unwrap();
+    let env = Envelope::parse(&doc, "timestamp").unwrap();
+    let (keys, ids) = keys_of(&[&s]);
+    env.verify("timestamp", &keys, &ids, 1).unwrap();
+    let ts: Timestamp = env.typed("timestamp").unwrap();
+    assert_eq!(ts.version, 3);
+}
+
+#[test]
+fn threshold_counts_distinct_key_material_not_key_ids() {
+    let s = signer();
+    let doc = sign_role(&timestamp_value(1), &[&s]).unwrap();
+    let mut env = Envelope::parse(&doc, "timestamp").unwrap();
+    // The same key listed under a second ID, with the signature duplicated under it.
+    let alias = KeyId("alias".into());
+    let mut keys = BTreeMap::new();
+    keys.insert(s.key_id(), s.public_key().clone());
+    keys.insert(alias.clone(), s.public_key().clone());
+    let mut dup = env.signatures[0].clone();
+    dup.keyid = alias.clone();
+    env.signatures.push(dup);
+    let err = env
+        .verify("timestamp", &keys, &[s.key_id(), alias], 2)
+        .unwrap_err();
+    assert_eq!(
+        err,
+        Error::ThresholdNotMet {
+            role: "timestamp".into(),
+            valid: 1,
+            threshold: 2
+        }
+    );
+}
+
+#[test]
+fn signatures_by_unauthorised_keys_do_not_count() {
+    let (a, b) = (signer(), signer());
+    let doc = sign_role(&timestamp_value(1), &[&b]).unwrap();
+    let env = Envelope::parse(&doc, "timestamp").unwrap();
+    let (keys, _) = keys_of(&[&a, &b]);
+    let err = env
+        .verify("timestamp", &keys, &[a.key_id()], 1)
+        .unwrap_err();
+    assert_eq!(err.rule(), "threshold");
+}
+
+#[test]
+fn tampered_signed_part_fails_verification() {
+    let s = signer();
+    let doc = sign_role(&timestamp_value(1), &[&s]).unwrap();
+    let mut value: Value = serde_json::from_slice(&doc).unwrap();
+    value["signed"]["version"] = json!(2);
+    let env = Envelope::parse(&serde_json::to_vec(&value).unwrap(), "timestamp").unwrap();
+    let (keys, ids) = keys_of(&[&s]);
+    assert!(env.verify("timestamp", &keys, &ids, 1).is_err());
+}
+
+#[test]
+fn zero_threshold_never_verifies() {
+    let s = signer();
+    let doc = sign_role(&timestamp_value(1), &[&s]).unwrap();
+    let env = Envelope::parse(&doc, "timestamp").unwrap();
+    let (keys, ids) = keys_of(&[&s]);
+    assert!(env.verify("timestamp", &keys, &ids, 0).is_err());
+}
+
+#[test]
+fn duplicate_signature_key_ids_are_malformed() {
+    let s = signer();
+    let doc = sign_role(&timestamp_value(1), &[&s, &s]).unwrap();
+    assert_eq!(
+        Envelope::parse(&doc, "timestamp").unwrap_err().rule(),
+        "malformed"
+    );
+}
+
+#[test]
+fn wrong_type_is_named() {
+    let s = signer();
+    let doc = sign_role(&timestamp_value(1), &[&s]).unwrap();
+    let env = Envelope::parse(&doc, "snapshot").unwrap();
+    let err = env.typed::<Snapshot>("snapshot").unwrap_err();
+    assert_eq!(
+        err,
+        Error::WrongType {
+            expected: "snapshot".into(),
+            found: "timestamp".into()
+        }
+    );
+}
+
+#[test]
+fn unsupported_spec_version_is_rejected() {
+    let mut v = timestamp_value(1);
+    v["spec_version"] = json!("2.0.0");
+    let doc = sign_role(&v, &[&signer()]).unwrap();
+    let err = Envelope::parse(&doc, "timestamp")
+        .unwrap()
+        .typed::<Timestamp>("timestamp")
+        .unwrap_err();
+    assert_eq!(err.rule(), "spec-version");
+}
+
+#[test]
+fn unknown_fields_survive_a_round_trip_and_signatures_still_verify() {
+    let s = signer();
+    let value = json!({
+        "_type": "targets",
+        "spec_version": "1.0.31",
+        "version": 1,
+        "expires": "2030-01-01T00:00:00Z",
+        "x-vendor": {"nested": [1, "two"]},
+        "targets": {
+            "a.bin": {"length": 3, "hashes": {"sha256": "00".repeat(32)},
+                      "custom": {"hardwareId": "hw", "weird": null}, "extra": true}
+        },
+        "delegations": {
+            "keys": {},
+            "roles": [{"name": "supplier", "keyids": [], "threshold": 1, "terminating": false,
+                       "paths": ["a/*"], "hardware_ids": ["hw"], "note": "x"}]
+        }
+    });
+    let doc = sign_role(&value, &[&s]).unwrap();
+    let env = Envelope::parse(&doc, "targets").unwrap();
+    let typed: Targets = env.typed("targets").unwrap();
+    let again = crate::canonical::to_canonical_from(&typed).unwrap();
+    assert_eq!(again, env.canonical_signed);
+    let resigned = serde_json::json!({"signed": typed, "signatures": env.signatures});
+    let env2 = Envelope::parse(&serde_json::to_vec(&resigned).unwrap(), "targets").unwrap();
+    let (keys, ids) = keys_of(&[&s]);
+    env2.verify("targets", &keys, &ids, 1).unwrap();
+    assert_eq!(
+        typed.delegations.unwrap().roles.unwrap()[0].hardware_ids(),
+        Some(vec!["hw".to_string()])
+    );
+}
+
+#[test]
+fn root_requires_all_top_level_roles_and_positive_thresholds() {
+    let s = signer();
+    let mut root = json!({
+        "_type": "root", "spec_version": "1.0.31", "version": 1, "consistent_snapshot": true,
+        "expires": "2030-01-01T00:00:00Z",
+        "keys": {s.key_id().0: s.public_key()},
+        "roles": {
+            "root": {"keyids": [s.key_id()], "threshold": 1},
+            "timestamp": {"keyids": [s.key_id()], "threshold": 1},
+            "snapshot": {"keyids": [s.key_id()], "threshold": 1},
+            "targets": {"keyids": [s.key_id()], "threshold": 1}
+        }
+    });
+    let parse = |v: &Value| {
+        Envelope::parse(&sign_role(v, &[&s]).unwrap(), "root")
+            .unwrap()
+            .typed::<Root>("root")
+    };
+    parse(&root).unwrap();
+    root["roles"]["targets"]["threshold"] = json!(0);
+    assert!(parse(&root).is_err());
+    root["roles"]["targets"]["threshold"] = json!(1);
+    root["roles"]["timestamp"]["keyids"] = json!([s.key_id(), s.key_id()]);
+    assert!(parse(&root).is_err());
+    root["roles"]["timestamp"]["keyids"] = json!([s.key_id()]);
+    root["roles"].as_object_mut().unwrap().remove("snapshot");
+    assert_eq!(parse(&root).unwrap_err().rule(), "missing-role");
+}
+
+#[test]
+fn delegations_need_exactly_one_of_roles_and_succinct_roles() {
+    let s = signer();
+    let value = json!({
+        "_type": "targets", "spec_version": "1.0", "version": 1,
+        "expires": "2030-01-01T00:00:00Z", "targets": {},
+        "delegations": {"keys": {}}
+    });
+    let env = Envelope::parse(&sign_role(&value, &[&s]).unwrap(), "targets").unwrap();
+    assert!(env.typed::<Targets>("targets").is_err());
+}
+
+#[test]
+fn version_zero_and_negative_lengths_are_malformed() {
+    let s = signer();
+    let mut v = timestamp_value(0);
+    let env = Envelope::parse(&sign_role(&v, &[&s]).unwrap(), "timestamp").unwrap();
+    assert!(env.typed::<Timestamp>("timestamp").is_err());
+    v = timestamp_value(1);
+    v["meta"]["snapshot.json"]["length"] = json!(-1);
+    let env = Envelope::parse(&sign_role(&v, &[&s]).unwrap(), "timestamp").unwrap();
+    assert!(env.typed::<Timestamp>("timestamp").is_err());
+}
+
+#[test]
+fn add_signatures_keeps_existing_ones() {
+    let (a, b) = (signer(), signer());
+    let doc = sign_role(&timestamp_value(1), &[&a]).unwrap();
+    let doc = add_signatures(&doc, &[&b]).unwrap();
+    let env = Envelope::parse(&doc, "timestamp").unwrap();
+    let (keys, ids) = keys_of(&[&a, &b]);
+    env.verify("timestamp", &keys, &ids, 2).unwrap();
+}
