@@ -16,6 +16,7 @@
 
 pub mod canonical;
 pub mod client;
+pub mod encryption;
 pub mod error;
 pub mod hash;
 pub mod key;
@@ -24,5 +25,9 @@ pub mod signer;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod trusted;
+pub mod uptane;
 
 pub use error::{Error, Result};
+
+#[cfg(test)]
+mod hostile_input_tests;

@@ -1,0 +1,232 @@
+//! Signed ECU version reports and vehicle version manifests (Uptane 5.4.2).
+//!
+//! Both use TUF's envelope (`{"signed": …, "signatures": […]}`, signatures over canonical
+//! JSON). Every field is filled for real: the installed image as the ECU measured it, the
+//! attack it noticed (empty if none), the time it last verified metadata, and a counter that
+//! grows every cycle plus a fresh nonce, so the director can refuse replays.
+//!
+//! ```json
+//! {"signed": {"_type": "ecu_version_report", "ecu_id": "IVI-0001",
+//!   "installed_image": {"filename": "ivi/app-3.bin", "length": 12, "hashes": {…}, "release_counter": 3},
+//!   "attacks_detected": "", "latest_verified_time": "2030-01-01T00:00:00Z",
+//!   "report_counter": 17, "nonce": "9f…"}, "signatures": [{"keyid": "…", "sig": "…"}]}
+//! ```
+//! The vehicle manifest wraps the reports (as received, signatures included):
+//! ```json
+//! {"signed": {"_type": "vehicle_manifest", "vin": "…", "primary_ecu_id": "TBOX-0001",
+//!   "manifest_counter": 17, "nonce": "…", "ecu_version_reports": {"IVI-0001": {report}}},
+//!  "signatures": […]}
+//! ```
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::InstalledImage;
+use crate::error::{Error, Result};
+use crate::key::Key;
+use crate::metadata::{count_valid_signatures, sign_role, Envelope, Expiry};
+use crate::signer::Signer;
+
+/// `_type` of an ECU version report.
+pub const ECU_REPORT_TYPE: &str = "ecu_version_report";
+/// `_type` of a vehicle version manifest.
+pub const VEHICLE_MANIFEST_TYPE: &str = "vehicle_manifest";
+
+/// The signed part of an ECU version report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EcuVersionReport {
+    /// Always `ecu_version_report`.
+    #[serde(rename = "_type")]
+    pub type_: String,
+    /// ECU identifier (serial).
+    pub ecu_id: String,
+    /// What the ECU runs now.
+    pub installed_image: InstalledImage,
+    /// What went wrong in the last cycle, if anything (an `Error::rule()` and message), else "".
+    pub attacks_detected: String,
+    /// When the ECU last verified metadata successfully.
+    pub latest_verified_time: Expiry,
+    /// Grows by at least one every cycle.
+    pub report_counter: u64,
+    /// Fresh random value of this cycle (hex).
+    pub nonce: String,
+    /// Unknown fields, kept verbatim.
+    #[serde(flatten)]
+    pub unrecognized: BTreeMap<String, Value>,
+}
+
+/// The signed part of a vehicle version manifest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VehicleManifest {
+    /// Always `vehicle_manifest`.
+    #[serde(rename = "_type")]
+    pub type_: String,
+    /// Vehicle identification number.
+    pub vin: String,
+    /// ECU ID of the primary that signed this manifest.
+    pub primary_ecu_id: String,
+    /// Grows by at least one every cycle.
+    pub manifest_counter: u64,
+    /// Fresh random value of this cycle (hex).
+    pub nonce: String,
+    /// ECU ID → signed report document, as the ECU produced it.
+    pub ecu_version_reports: BTreeMap<String, Value>,
+    /// Unknown fields, kept verbatim.
+    #[serde(flatten)]
+    pub unrecognized: BTreeMap<String, Value>,
+}
+
+/// Signs an ECU version report; returns the document bytes.
+pub fn sign_ecu_report(report: &EcuVersionReport, signer: &dyn Signer) -> Result<Vec<u8>> {
+    sign_role(report, &[signer])
+}
+
+/// Signs a vehicle manifest; returns the document bytes.
+pub fn sign_vehicle_manifest(manifest: &VehicleManifest, signer: &dyn Signer) -> Result<Vec<u8>> {
+    sign_role(manifest, &[signer])
+}
+
+fn verify_single(env: &Envelope, what: &str, key: &Key) -> Result<()> {
+    let keyid = key.key_id()?;
+    let keys = BTreeMap::from([(keyid.clone(), key.clone())]);
+    if count_valid_signatures(
+        &env.canonical_signed,
+        &env.signatures,
+        &keys,
+        std::slice::from_ref(&keyid),
+    ) == 0
+    {
+        return Err(Error::BadSignature {
+            what: what.to_owned(),
+            keyid: keyid.0,
+        });
+    }
+    Ok(())
+}
+
+fn check_type(env: &Envelope, expected: &str) -> Result<()> {
+    match env.type_field() {
+        Some(t) if t == expected => Ok(()),
+        found => Err(Error::WrongType {
+            expected: expected.to_owned(),
+            found: found.unwrap_or("(none)").to_owned(),
+        }),
+    }
+}
+
+/// Verifies an ECU version report document: signed by `key`, for `expected_ecu`.
+pub fn verify_ecu_report(
+    document: &Value,
+    expected_ecu: &str,
+    key: &Key,
+) -> Result<EcuVersionReport> {
+    let bytes =
+        serde_json::to_vec(document).map_err(|e| Error::malformed("ECU version report", e))?;
+    let env = Envelope::parse(&bytes, "ECU version report")?;
+    check_type(&env, ECU_REPORT_TYPE)?;
+    verify_single(&env, &format!("ECU version report of {expected_ecu}"), key)?;
+    let report: EcuVersionReport = serde_json::from_value(env.signed.clone())
+        .map_err(|e| Error::malformed("ECU version report", e))?;
+    if report.ecu_id != expected_ecu {
+        return Err(Error::Manifest(format!(
+            "report listed under ECU {expected_ecu} is signed for ECU {}",
+            report.ecu_id
+        )));
+    }
+    Ok(report)
+}
+
+/// A vehicle manifest whose primary signature verified.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VerifiedManifest {
+    /// The manifest.
+    pub manifest: VehicleManifest,
+    /// ECU reports that verified, by ECU ID.
+    pub reports: BTreeMap<String, EcuVersionReport>,
+    /// ECU reports that did not (ECU ID, reason): a compromised or faulty secondary. They are
+    /// dropped, not trusted, and must be recorded as security events.
+    pub rejected_reports: Vec<(String, Error)>,
+}
+
+/// The keys a director knows for one vehicle.
+#[derive(Debug, Clone)]
+pub struct VehicleKeys<'a> {
+    /// The VIN the request is authenticated as (e.g. from the client certificate).
+    pub vin: &'a str,
+    /// Registered primary ECU ID.
+    pub primary_ecu_id: &'a str,
+    /// Registered primary key.
+    pub primary_key: &'a Key,
+    /// Registered ECU keys, by ECU ID (the primary's own ECU included).
+    pub ecu_keys: &'a BTreeMap<String, Key>,
+}
+
+/// Verifies a vehicle manifest: parsed strictly, signed by the registered primary key, for the
+/// authenticated VIN and registered primary; then each ECU report against that ECU's key.
+/// Reports that fail are returned in `rejected_reports` rather than failing the whole
+/// manifest, so one compromised secondary cannot block the rest of the vehicle.
+///
+/// Freshness (counter and nonce) is the caller's to check against its stored state: see
+/// [`check_counter`].
+pub fn verify_vehicle_manifest(bytes: &[u8], keys: &VehicleKeys<'_>) -> Result<VerifiedManifest> {
+    let env = Envelope::parse(bytes, "vehicle manifest")?;
+    check_type(&env, VEHICLE_MANIFEST_TYPE)?;
+    verify_single(
+        &env,
+        &format!("vehicle manifest of {}", keys.vin),
+        keys.primary_key,
+    )?;
+    let manifest: VehicleManifest = serde_json::from_value(env.signed.clone())
+        .map_err(|e| Error::malformed("vehicle manifest", e))?;
+    if manifest.vin != keys.vin {
+        return Err(Error::WrongVehicle {
+            expected: keys.vin.to_owned(),
+            found: manifest.vin,
+        });
+    }
+    if manifest.primary_ecu_id != keys.primary_ecu_id {
+        return Err(Error::Manifest(format!(
+            "primary ECU {} is not the registered primary {}",
+            manifest.primary_ecu_id, keys.primary_ecu_id
+        )));
+    }
+    let mut reports = BTreeMap::new();
+    let mut rejected_reports = Vec::new();
+    for (ecu_id, document) in &manifest.ecu_version_reports {
+        let result = keys
+            .ecu_keys
+            .get(ecu_id)
+            .ok_or_else(|| {
+                Error::Manifest(format!(
+                    "ECU {ecu_id} is not registered for vehicle {}",
+                    keys.vin
+                ))
+            })
+            .and_then(|key| verify_ecu_report(document, ecu_id, key));
+        match result {
+            Ok(report) => {
+                reports.insert(ecu_id.clone(), report);
+            }
+            Err(e) => rejected_reports.push((ecu_id.clone(), e)),
+        }
+    }
+    Ok(VerifiedManifest {
+        manifest,
+        reports,
+        rejected_reports,
+    })
+}
+
+/// Replay protection: a counter must be strictly above the last accepted one.
+pub fn check_counter(what: &str, last: Option<u64>, new: u64) -> Result<()> {
+    match last {
+        Some(last) if new <= last => Err(Error::Replay {
+            what: what.to_owned(),
+            last,
+            new,
+        }),
+        _ => Ok(()),
+    }
+}
