@@ -16,7 +16,7 @@ use anyhow::{bail, Context};
 use clap::Subcommand;
 use rampart_client::fetch::encode_target_path;
 use rampart_client::{download_target, run, FetchConfig, HttpFetcher, MetadataStore, TlsConfig};
-use rampart_core::client::{encode_role_name, target_url_path, Client, Config};
+use rampart_core::client::{safe_file_name, target_url_path, Client, Config};
 
 /// Options of `tuf-client` (given before its subcommand, in any order).
 #[derive(Debug, clap::Args)]
@@ -116,7 +116,7 @@ async fn refresh_and_download(args: &Args, store: &MetadataStore) -> anyhow::Res
             "{base}{}",
             encode_target_path(&target_url_path(&info, consistent))
         );
-        let dest = target_dir.join(encode_role_name(&info.path));
+        let dest = target_dir.join(safe_file_name(&info.path));
         let outcome = download_target(
             &fetcher,
             &url,

@@ -243,7 +243,7 @@ pub fn join_url(base: &str, path: &str) -> Result<String> {
 /// Percent-encodes each segment of a target path (keeping `/`), for use in a URL.
 pub fn encode_target_path(path: &str) -> String {
     path.split('/')
-        .map(rampart_core::client::encode_role_name)
+        .map(rampart_core::client::safe_file_name)
         .collect::<Vec<_>>()
         .join("/")
 }

@@ -141,8 +141,10 @@ impl<'de> Visitor<'de> for StrictVisitor {
         Ok(Value::Number(v.into()))
     }
     fn visit_f64<E: de::Error>(self, v: f64) -> std::result::Result<Value, E> {
+        // serde_json also lands here for integers beyond the 64-bit range. We refuse both
+        // rather than lose precision (python-tuf would accept a 2**64 in `custom`).
         Err(E::custom(format_args!(
-            "floating-point number {v} is not allowed in signed metadata"
+            "number {v} is not an integer within the 64-bit range (floats and larger integers are refused in signed metadata)"
         )))
     }
     fn visit_str<E>(self, v: &str) -> std::result::Result<Value, E> {

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Duration, Utc};
 use serde_json::Value;
 
-use crate::client::{encode_role_name, Action, Client, Fetched};
+use crate::client::{metadata_file_name, Action, Client, Fetched};
 use crate::error::Result;
 use crate::hash::compute_hashes;
 use crate::key::{KeyId, KeyScheme};
@@ -250,11 +250,10 @@ impl TestRepo {
                 continue;
             };
             let bytes = sign_role(t, &self.signer_refs(&role)).unwrap_or_default();
-            let encoded = encode_role_name(&role);
+            let name = metadata_file_name(&role);
             self.metadata
-                .insert(format!("{}.{encoded}.json", t.version), bytes.clone());
-            self.metadata
-                .insert(format!("{encoded}.json"), bytes.clone());
+                .insert(format!("{}.{name}", t.version), bytes.clone());
+            self.metadata.insert(name, bytes.clone());
             meta.insert(format!("{role}.json"), MetaFile::version_only(t.version));
         }
         self.snapshot.version += 1;

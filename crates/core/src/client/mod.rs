@@ -176,23 +176,35 @@ pub struct Client {
     refreshed: bool,
 }
 
-/// Characters left as they are in role names: python-tuf's `urllib.parse.quote(name, "")`
-/// keeps ASCII letters, digits and `_.-~`; everything else (`/` included) is percent-encoded,
-/// so `../x` becomes `..%2Fx` and can never leave the metadata directory.
-const ROLE_NAME_ENCODE: &AsciiSet = &NON_ALPHANUMERIC
+/// Characters `quote` leaves as they are: python-tuf's `urllib.parse.quote(name, "")` keeps
+/// ASCII letters, digits and `_.-~`; everything else (`/` included) is percent-encoded, so
+/// `../x` becomes `..%2Fx` and can never leave the metadata directory.
+const QUOTE_KEEP: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'_')
     .remove(b'.')
     .remove(b'-')
     .remove(b'~');
 
-/// The file-name-safe (and URL-path-safe) form of a role name.
-pub fn encode_role_name(role: &str) -> String {
-    let encoded = utf8_percent_encode(role, ROLE_NAME_ENCODE).to_string();
-    // "." and ".." survive the encoding; as file names they would mean something else.
-    match encoded.as_str() {
+/// `urllib.parse.quote(s, "")`: the encoding python-tuf uses for role names in file names and
+/// URLs.
+pub fn quote(s: &str) -> String {
+    utf8_percent_encode(s, QUOTE_KEEP).to_string()
+}
+
+/// The unversioned file name of a role's metadata (`ROLE.json`, role name quoted). Because
+/// `.json` is appended, even the roles `.` and `..` give plain names (`..json`, `...json`),
+/// exactly as python-tuf names them.
+pub fn metadata_file_name(role: &str) -> String {
+    format!("{}.json", quote(role))
+}
+
+/// A name made safe to use *alone* as a file name or URL path segment: quoted, and `.` / `..`
+/// (which quoting keeps) escaped so they cannot mean "this" or "parent" directory.
+pub fn safe_file_name(name: &str) -> String {
+    match name {
         "." => "%2E".into(),
         ".." => "%2E%2E".into(),
-        _ => encoded,
+        _ => quote(name),
     }
 }
 
@@ -309,11 +321,9 @@ impl Client {
     }
 
     fn load_action(&self, load: &Load) -> Result<Action> {
-        let encoded = encode_role_name(&load.role);
+        let name = metadata_file_name(&load.role);
         if !load.remote {
-            return Ok(Action::ReadLocal {
-                name: format!("{encoded}.json"),
-            });
+            return Ok(Action::ReadLocal { name });
         }
         let snapshot = self
             .trusted
@@ -328,9 +338,9 @@ impl Client {
                 listed_in: "snapshot".into(),
             })?;
         let path = if self.trusted.root().signed.consistent_snapshot() {
-            format!("{}.{encoded}.json", meta.version)
+            format!("{}.{name}", meta.version)
         } else {
-            format!("{encoded}.json")
+            name
         };
         Ok(Action::Fetch {
             path,
@@ -445,7 +455,7 @@ impl Client {
                 self.trusted
                     .update_delegated_targets(&bytes, &load.role, &load.delegator)?;
                 self.pending.push_back(Action::Persist {
-                    name: format!("{}.json", encode_role_name(&load.role)),
+                    name: metadata_file_name(&load.role),
                     bytes,
                 });
                 self.after_load(*then);

@@ -568,10 +568,16 @@ fn delegation_walk_is_capped() {
 
 #[test]
 fn role_names_are_percent_encoded_for_files_and_urls() {
-    assert_eq!(encode_role_name("../x"), "..%2Fx");
-    assert_eq!(encode_role_name("a b/c?d"), "a%20b%2Fc%3Fd");
-    assert_eq!(encode_role_name(".."), "%2E%2E");
-    assert_eq!(encode_role_name("supplier-1_v2.~"), "supplier-1_v2.~");
+    assert_eq!(metadata_file_name("../x"), "..%2Fx.json");
+    assert_eq!(metadata_file_name("a b/c?d"), "a%20b%2Fc%3Fd.json");
+    assert_eq!(metadata_file_name(".."), "...json");
+    assert_eq!(
+        metadata_file_name("supplier-1_v2.~"),
+        "supplier-1_v2.~.json"
+    );
+    assert_eq!(safe_file_name(".."), "%2E%2E");
+    assert_eq!(safe_file_name("."), "%2E");
+    assert_eq!(safe_file_name("fw/a.bin"), "fw%2Fa.bin");
 }
 
 #[test]
