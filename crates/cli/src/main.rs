@@ -1,14 +1,17 @@
 //! `rampart`: the one binary of Rampart. Each subcommand is a thin layer over a library crate.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{ArgAction, Parser, Subcommand};
 
+mod admin;
+mod server_cmds;
 mod tuf_client;
 
 /// Secure over-the-air updates for vehicle fleets (Uptane on TUF).
 #[derive(Debug, Parser)]
-#[command(name = "rampart", version, about, propagate_version = true)]
+#[command(name = "rampart", version, about)]
 struct Cli {
     /// More logging (-v info, -vv debug, -vvv trace). RUST_LOG overrides.
     #[arg(short, long, action = ArgAction::Count, global = true)]
@@ -20,6 +23,43 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Image repository: key ceremony, listing.
+    #[command(subcommand)]
+    Repo(server_cmds::RepoCommand),
+    /// Publish an image to the image repository.
+    Publish(server_cmds::PublishArgs),
+    /// Sign a metadata document with key files (offline signing).
+    Sign {
+        /// The document (e.g. exported by `publish --export-unsigned`).
+        document: PathBuf,
+        /// Key file(s).
+        #[arg(long = "key", required = true)]
+        keys: Vec<PathBuf>,
+        /// Output (default: overwrite the document).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Import a role signed offline into the image repository.
+    Import {
+        #[command(flatten)]
+        data: server_cmds::DataDir,
+        /// The signed document.
+        document: PathBuf,
+        /// Its role.
+        #[arg(long, default_value = "targets")]
+        role: String,
+    },
+    /// Delegate part of the image repository to a supplier.
+    Delegate(server_cmds::DelegateArgs),
+    /// Rotate the keys of a role.
+    Rotate(server_cmds::RotateArgs),
+    /// Fleet PKI: CA, server certificate, vehicle certificates.
+    #[command(subcommand)]
+    Pki(server_cmds::PkiCommand),
+    /// Run the server: image repository, director, admin API.
+    Serve(server_cmds::ServeArgs),
+    /// Talk to a server's admin API.
+    Admin(admin::AdminArgs),
     /// A standalone TUF client (the cross-implementation test CLI).
     TufClient(tuf_client::Args),
 }
@@ -44,6 +84,23 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose);
     let result = match cli.command {
+        Command::Repo(cmd) => server_cmds::repo(cmd),
+        Command::Publish(args) => server_cmds::publish(args),
+        Command::Sign {
+            document,
+            keys,
+            out,
+        } => server_cmds::sign(document, keys, out),
+        Command::Import {
+            data,
+            document,
+            role,
+        } => server_cmds::import(data, role, document),
+        Command::Delegate(args) => server_cmds::delegate(args),
+        Command::Rotate(args) => server_cmds::rotate(args),
+        Command::Pki(cmd) => server_cmds::pki(cmd),
+        Command::Serve(args) => server_cmds::serve(args),
+        Command::Admin(args) => admin::main(args),
         Command::TufClient(args) => tuf_client::main(args),
     };
     match result {
@@ -52,5 +109,16 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
     }
 }

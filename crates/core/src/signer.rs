@@ -125,6 +125,25 @@ impl InMemorySigner {
         Self::from_pkcs8(scheme, &der)
     }
 
+    /// Loads a PKCS#8 PEM private key of whichever supported scheme it is.
+    pub fn from_pkcs8_pem_any(pem: &str) -> Result<Self> {
+        let der = pem_decode(pem, "PRIVATE KEY").map_err(|reason| Error::BadKey {
+            keyid: "(private key)".into(),
+            reason,
+        })?;
+        [
+            KeyScheme::Ed25519,
+            KeyScheme::EcdsaP256Sha256,
+            KeyScheme::RsaPssSha256,
+        ]
+        .into_iter()
+        .find_map(|scheme| Self::from_pkcs8(scheme, &der).ok())
+        .ok_or_else(|| Error::BadKey {
+            keyid: "(private key)".into(),
+            reason: "not an ed25519, P-256 or RSA PKCS#8 private key".into(),
+        })
+    }
+
     /// The private key as PKCS#8 PEM, for writing to a key file.
     pub fn to_pkcs8_pem(&self) -> String {
         pem_encode(&self.pkcs8, "PRIVATE KEY")
@@ -178,6 +197,24 @@ mod tests {
             assert_eq!(a.key_id(), b.key_id());
             assert_eq!(b.scheme(), scheme);
         }
+    }
+
+    #[test]
+    fn any_scheme_loader_recognises_each_key_type() {
+        for scheme in [
+            KeyScheme::Ed25519,
+            KeyScheme::EcdsaP256Sha256,
+            KeyScheme::RsaPssSha256,
+        ] {
+            let a = InMemorySigner::generate(scheme).unwrap();
+            let b = InMemorySigner::from_pkcs8_pem_any(&a.to_pkcs8_pem()).unwrap();
+            assert_eq!(b.scheme(), scheme);
+            assert_eq!(a.key_id(), b.key_id());
+        }
+        assert!(InMemorySigner::from_pkcs8_pem_any(
+            "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"
+        )
+        .is_err());
     }
 
     #[test]

@@ -1,1 +1,26 @@
-//! server
+//! # rampart-server
+//!
+//! Rampart's cloud side (the seed's first phase): the OEM's image repository, the director,
+//! the signer and the fleet PKI, behind one HTTPS API (`rampart serve`).
+//!
+//! * [`repo`] — the image repository as a folder any CDN can serve; stage → sign → commit.
+//! * [`director`] — per-vehicle director metadata from the inventory and assignments.
+//! * [`db`] — SQLite or PostgreSQL storage; no per-vehicle state in memory.
+//! * [`keys`] — signing keys: PKCS#8 files or PKCS#11 tokens behind one trait.
+//! * [`pki`], [`tls`] — fleet CA, vehicle certificates, HTTPS with client certificates.
+
+pub mod api;
+pub mod ceremony;
+pub mod config;
+pub mod db;
+pub mod director;
+pub mod error;
+pub mod keys;
+pub mod layout;
+pub mod ops;
+pub mod pki;
+pub mod repo;
+pub mod serve;
+pub mod tls;
+
+pub use error::{Error, Result};

@@ -1,0 +1,164 @@
+//! `rampart admin`: the admin API over HTTPS (inventory, assignments, security events).
+//! On the server machine it finds the URL, CA and token in the data directory.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand};
+use rampart_server::config::Config;
+use rampart_server::db::{NewEcu, NewVehicle};
+use rampart_server::layout::Layout;
+use serde_json::Value;
+
+/// Connection options of the admin client.
+#[derive(Debug, Args)]
+pub struct AdminArgs {
+    /// Data directory (for defaults of --server, --ca and --token-file).
+    #[arg(long, env = "RAMPART_DATA_DIR", default_value = "rampart-data")]
+    data_dir: PathBuf,
+    /// Server base URL (default: from the data directory's configuration).
+    #[arg(long)]
+    server: Option<String>,
+    /// CA certificate to trust (default: DATA_DIR/pki/ca.pem).
+    #[arg(long)]
+    ca: Option<PathBuf>,
+    /// File holding the admin token (default: DATA_DIR/pki/admin-token).
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    #[command(subcommand)]
+    command: AdminCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum AdminCommand {
+    /// Register a vehicle and its ECUs.
+    Register {
+        /// VIN.
+        #[arg(long)]
+        vin: String,
+        /// ECU ID of the primary (T-BOX).
+        #[arg(long)]
+        primary: String,
+        /// An ECU as ID,HARDWARE_ID,KEY_FILE[,full|partial[,X25519_PUBLIC_HEX]] (repeatable).
+        #[arg(long = "ecu", required = true)]
+        ecus: Vec<String>,
+    },
+    /// Assign a target to one ECU, or to every ECU of a hardware ID in some vehicles.
+    Assign {
+        /// Target path in the image repository.
+        #[arg(long)]
+        target: String,
+        /// Vehicle(s).
+        #[arg(long = "vin", required = true)]
+        vins: Vec<String>,
+        /// One ECU (with one VIN).
+        #[arg(long)]
+        ecu: Option<String>,
+        /// Every ECU of this hardware ID.
+        #[arg(long)]
+        hardware_id: Option<String>,
+        /// Send encrypted to each ECU.
+        #[arg(long)]
+        encrypt: bool,
+    },
+    /// List VINs.
+    Vehicles,
+    /// Show one vehicle.
+    Vehicle {
+        /// VIN.
+        vin: String,
+    },
+    /// List assignments.
+    Assignments {
+        /// Only this vehicle.
+        #[arg(long)]
+        vin: Option<String>,
+    },
+    /// List security events (newest first).
+    Events {
+        /// Only this vehicle.
+        #[arg(long)]
+        vin: Option<String>,
+        /// Only this rule.
+        #[arg(long)]
+        rule: Option<String>,
+    },
+    /// List the image repository's targets.
+    Images,
+}
+
+fn parse_ecu(spec: &str) -> anyhow::Result<NewEcu> {
+    let parts: Vec<&str> = spec.split(',').collect();
+    let (Some(id), Some(hw), Some(key)) = (parts.first(), parts.get(1), parts.get(2)) else {
+        bail!("--ecu {spec:?}: expected ID,HARDWARE_ID,KEY_FILE[,full|partial[,X25519_HEX]]");
+    };
+    let public_key = rampart_server::keys::read_public_key(std::path::Path::new(key))?;
+    Ok(NewEcu {
+        ecu_id: (*id).to_owned(),
+        hardware_id: (*hw).to_owned(),
+        public_key: serde_json::to_value(public_key)?,
+        encryption_key: parts.get(4).map(|s| (*s).to_owned()),
+        verification: parts.get(3).copied().unwrap_or("full").to_owned(),
+    })
+}
+
+/// Runs the admin command.
+pub fn main(args: AdminArgs) -> anyhow::Result<()> {
+    let layout = Layout::new(&args.data_dir);
+    let server = match &args.server {
+        Some(s) => s.trim_end_matches('/').to_owned(),
+        None => {
+            let config = Config::load(&layout)?;
+            let scheme = if config.tls { "https" } else { "http" };
+            format!("{scheme}://{}", config.listen)
+        }
+    };
+    let token_file = args
+        .token_file
+        .clone()
+        .unwrap_or_else(|| layout.pki().join("admin-token"));
+    let token = std::fs::read_to_string(&token_file)
+        .with_context(|| format!("reading {}", token_file.display()))?;
+    let mut builder = reqwest::Client::builder();
+    if server.starts_with("https") {
+        let ca = args
+            .ca
+            .clone()
+            .unwrap_or_else(|| layout.pki().join("ca.pem"));
+        let pem = std::fs::read(&ca).with_context(|| format!("reading {}", ca.display()))?;
+        builder = builder.tls_certs_only(reqwest::Certificate::from_pem_bundle(&pem)?);
+    }
+    let client = builder.build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let api = |path: &str| format!("{server}/api/v1/{path}");
+        let auth = format!("Bearer {}", token.trim());
+        let request = match args.command {
+            AdminCommand::Register { vin, primary, ecus } => {
+                let ecus = ecus.iter().map(|e| parse_ecu(e)).collect::<anyhow::Result<Vec<_>>>()?;
+                let body = NewVehicle { vin, primary_ecu: primary, ecus };
+                client.post(api("vehicles")).json(&body)
+            }
+            AdminCommand::Assign { target, vins, ecu, hardware_id, encrypt } => client.post(api("assignments")).json(&serde_json::json!({
+                "target": target, "vins": vins, "ecu_id": ecu, "hardware_id": hardware_id, "encrypt": encrypt
+            })),
+            AdminCommand::Vehicles => client.get(api("vehicles")),
+            AdminCommand::Vehicle { vin } => client.get(api(&format!("vehicles/{vin}"))),
+            AdminCommand::Assignments { vin } => client.get(api("assignments")).query(&[("vin", vin.unwrap_or_default())]),
+            AdminCommand::Events { vin, rule } => client
+                .get(api("events"))
+                .query(&[("vin", vin.unwrap_or_default()), ("rule", rule.unwrap_or_default())]),
+            AdminCommand::Images => client.get(api("images")),
+        };
+        let response = request.header("authorization", auth).send().await?;
+        let status = response.status();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        println!("{}", serde_json::to_string_pretty(&body)?);
+        if !status.is_success() {
+            bail!("server answered {status}");
+        }
+        Ok(())
+    })
+}

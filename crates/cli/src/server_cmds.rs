@@ -1,0 +1,437 @@
+//! Cloud-side commands: the key ceremony, publishing, offline signing, delegation, key
+//! rotation, the fleet PKI, `serve`, and the admin API client.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand};
+use rampart_core::key::KeyScheme;
+use rampart_server::ceremony::{self, CeremonyOptions};
+use rampart_server::layout::Layout;
+use rampart_server::ops;
+
+/// `--data-dir`, shared by the cloud commands.
+#[derive(Debug, Clone, Args)]
+pub struct DataDir {
+    /// Data directory of the server (configuration, keys, public folder, database).
+    #[arg(
+        long,
+        env = "RAMPART_DATA_DIR",
+        default_value = "rampart-data",
+        global = true
+    )]
+    pub data_dir: PathBuf,
+}
+
+impl DataDir {
+    fn layout(&self) -> Layout {
+        Layout::new(&self.data_dir)
+    }
+}
+
+/// `rampart repo …`
+#[derive(Debug, Subcommand)]
+pub enum RepoCommand {
+    /// Key ceremony: keys, first metadata of both repositories, fleet PKI, configuration.
+    Init {
+        #[command(flatten)]
+        data: DataDir,
+        /// Number of root keys per repository.
+        #[arg(long, default_value_t = 3)]
+        root_keys: u32,
+        /// Root signature threshold.
+        #[arg(long, default_value_t = 2)]
+        root_threshold: u32,
+        /// Key type of generated keys: ed25519, ecdsa or rsa.
+        #[arg(long, default_value = "ed25519")]
+        scheme: String,
+        /// Where to write the offline keys (default DATA_DIR/offline-keys).
+        #[arg(long)]
+        offline_keys: Option<PathBuf>,
+        /// Address the server will listen on.
+        #[arg(long, default_value = "127.0.0.1:8443")]
+        listen: String,
+        /// Server names for the TLS certificate (repeatable).
+        #[arg(long = "server-name", default_values_t = vec!["localhost".to_string(), "127.0.0.1".to_string()])]
+        server_names: Vec<String>,
+        /// Database URL (default: SQLite in the data directory).
+        #[arg(long)]
+        database: Option<String>,
+        /// Serve plain HTTP (labs only; vehicles are then identified by signatures alone).
+        #[arg(long)]
+        danger_plain_http: bool,
+    },
+    /// Show the image repository's targets.
+    List {
+        #[command(flatten)]
+        data: DataDir,
+    },
+}
+
+/// `rampart publish`.
+#[derive(Debug, Args)]
+pub struct PublishArgs {
+    #[command(flatten)]
+    data: DataDir,
+    /// The image file.
+    file: PathBuf,
+    /// Hardware the image is built for.
+    #[arg(long)]
+    hardware_id: String,
+    /// Human-readable version.
+    #[arg(long)]
+    version: Option<String>,
+    /// Anti-rollback counter (default: one above the highest for this hardware ID).
+    #[arg(long)]
+    release_counter: Option<u64>,
+    /// Target path (default: the file name).
+    #[arg(long)]
+    name: Option<String>,
+    /// Signing role (a supplier's delegated role, or `targets`).
+    #[arg(long, default_value = "targets")]
+    role: String,
+    /// Key file(s) of the role (default for `targets`: the offline targets key).
+    #[arg(long = "key")]
+    keys: Vec<PathBuf>,
+    /// Publish only the ciphertext; the director wraps the key for each ECU.
+    #[arg(long)]
+    encrypt: bool,
+    /// Do not sign: write the unsigned role here, to sign offline with `rampart sign`.
+    #[arg(long)]
+    export_unsigned: Option<PathBuf>,
+}
+
+/// `rampart delegate`.
+#[derive(Debug, Args)]
+pub struct DelegateArgs {
+    #[command(flatten)]
+    data: DataDir,
+    /// Name of the supplier's role.
+    #[arg(long)]
+    name: String,
+    /// Path patterns it may sign for (repeatable, e.g. 'acme/*').
+    #[arg(long = "path", required = true)]
+    paths: Vec<String>,
+    /// Hardware IDs it may sign for (repeatable; none: any).
+    #[arg(long = "hardware-id")]
+    hardware_ids: Vec<String>,
+    /// The supplier's key files: public keys, or private keys (then its first version is signed now).
+    #[arg(long = "key", required_unless_present = "generate_key")]
+    keys: Vec<PathBuf>,
+    /// Signatures the supplier's role needs.
+    #[arg(long, default_value_t = 1)]
+    threshold: u32,
+    /// Stop searching other roles for paths this one matches.
+    #[arg(long)]
+    terminating: bool,
+    /// Delegating role.
+    #[arg(long, default_value = "targets")]
+    parent: String,
+    /// Key file(s) of the delegating role (default for `targets`: the offline targets key).
+    #[arg(long = "parent-key")]
+    parent_keys: Vec<PathBuf>,
+    /// Generate a new ed25519 key for the supplier at this path first (and use it).
+    #[arg(long)]
+    generate_key: Option<PathBuf>,
+}
+
+/// `rampart pki …`
+#[derive(Debug, Subcommand)]
+pub enum PkiCommand {
+    /// Create the fleet CA, the server certificate and the admin token (done by `repo init`).
+    Init {
+        #[command(flatten)]
+        data: DataDir,
+        /// Server names for the TLS certificate.
+        #[arg(long = "server-name", default_values_t = vec!["localhost".to_string(), "127.0.0.1".to_string()])]
+        server_names: Vec<String>,
+    },
+    /// Issue a vehicle client certificate whose identity is the VIN.
+    Issue {
+        #[command(flatten)]
+        data: DataDir,
+        /// The vehicle's VIN.
+        #[arg(long)]
+        vin: String,
+        /// Output folder (writes VIN.pem with certificate and key, 0600).
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+        /// Validity in days.
+        #[arg(long, default_value_t = 825)]
+        days: u32,
+    },
+}
+
+/// `rampart serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    data: DataDir,
+    /// Listen address (overrides the configuration).
+    #[arg(long)]
+    listen: Option<String>,
+    /// Database URL (overrides the configuration), e.g. postgres://user@host/db.
+    #[arg(long)]
+    database: Option<String>,
+    /// Serve plain HTTP (labs only).
+    #[arg(long)]
+    danger_plain_http: bool,
+}
+
+/// `rampart rotate`.
+#[derive(Debug, Args)]
+pub struct RotateArgs {
+    #[command(flatten)]
+    data: DataDir,
+    /// Role whose keys to replace: root, targets, snapshot or timestamp.
+    #[arg(long)]
+    role: String,
+    /// Repository: image or director.
+    #[arg(long, default_value = "image")]
+    repository: String,
+}
+
+fn scheme(name: &str) -> anyhow::Result<KeyScheme> {
+    KeyScheme::from_name(name)
+        .with_context(|| format!("unknown key scheme {name:?} (ed25519, ecdsa, rsa)"))
+}
+
+/// `rampart repo …`
+pub fn repo(cmd: RepoCommand) -> anyhow::Result<()> {
+    match cmd {
+        RepoCommand::Init {
+            data,
+            root_keys,
+            root_threshold,
+            scheme: s,
+            offline_keys,
+            listen,
+            server_names,
+            database,
+            danger_plain_http,
+        } => {
+            let layout = data.layout();
+            let opts = CeremonyOptions {
+                root_keys,
+                root_threshold,
+                scheme: scheme(&s)?,
+                offline_dir: offline_keys,
+                listen,
+                server_names,
+                database,
+                tls: !danger_plain_http,
+            };
+            let report = ceremony::init(&layout, &opts, chrono::Utc::now())?;
+            println!("Key ceremony complete in {}", layout.root().display());
+            for (role, ids) in &report.key_ids {
+                for id in ids {
+                    println!("  {role:<20} {}", &id[..16.min(id.len())]);
+                }
+            }
+            println!(
+                "Offline keys (root, targets, director root) are in {}.\nMove that folder to offline storage: `rampart serve` never needs it.",
+                report.offline_dir.display()
+            );
+            Ok(())
+        }
+        RepoCommand::List { data } => {
+            let state = ops::image_repo(&data.layout()).state()?;
+            for (role, t) in &state.roles {
+                println!("{role} (version {})", t.version);
+                for (name, f) in &t.targets {
+                    println!(
+                        "  {name:<40} {:>10} bytes  {}",
+                        f.length,
+                        f.custom.clone().unwrap_or_default()
+                    );
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+/// `rampart publish`.
+pub fn publish(args: PublishArgs) -> anyhow::Result<()> {
+    let req = ops::PublishRequest {
+        file: args.file,
+        name: args.name,
+        hardware_id: args.hardware_id,
+        version: args.version,
+        release_counter: args.release_counter,
+        role: args.role,
+        keys: args.keys,
+        encrypt: args.encrypt,
+        export_unsigned: args.export_unsigned.clone(),
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let out = rt.block_on(ops::publish(&args.data.layout(), &req, chrono::Utc::now()))?;
+    if out.committed {
+        println!(
+            "published {} ({} bytes, sha256 {}…, release counter {}) in role {} version {}{}",
+            out.name,
+            out.length,
+            &out.sha256[..12.min(out.sha256.len())],
+            out.release_counter,
+            out.role,
+            out.role_version,
+            if req.encrypt { ", encrypted" } else { "" }
+        );
+    } else if let Some(path) = args.export_unsigned {
+        println!(
+            "staged {} in role {} version {}: sign {} offline (`rampart sign`), then `rampart import`",
+            out.name,
+            out.role,
+            out.role_version,
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+/// `rampart sign DOCUMENT --key K… [--out F]`.
+pub fn sign(document: PathBuf, keys: Vec<PathBuf>, out: Option<PathBuf>) -> anyhow::Result<()> {
+    if keys.is_empty() {
+        bail!("give at least one --key");
+    }
+    let out = out.unwrap_or_else(|| document.clone());
+    ops::sign_file(&document, &keys, &out)?;
+    println!("signed {} with {} key(s)", out.display(), keys.len());
+    Ok(())
+}
+
+/// `rampart import DOCUMENT --role R`.
+pub fn import(data: DataDir, role: String, document: PathBuf) -> anyhow::Result<()> {
+    let v = ops::import(&data.layout(), &role, &document, chrono::Utc::now())?;
+    println!("imported {role} version {v}; snapshot and timestamp re-signed");
+    Ok(())
+}
+
+/// `rampart delegate`.
+pub fn delegate(mut args: DelegateArgs) -> anyhow::Result<()> {
+    if let Some(path) = &args.generate_key {
+        rampart_server::keys::generate_key_file(path, KeyScheme::Ed25519)?;
+        println!("generated the supplier key {}", path.display());
+        args.keys.push(path.clone());
+    }
+    let req = ops::DelegateRequest {
+        name: args.name.clone(),
+        parent: args.parent,
+        keys: args.keys,
+        threshold: args.threshold,
+        paths: args.paths,
+        hardware_ids: args.hardware_ids,
+        terminating: args.terminating,
+        parent_keys: args.parent_keys,
+    };
+    let v = ops::delegate(&args.data.layout(), &req, chrono::Utc::now())?;
+    println!(
+        "delegated {:?} to role {} (parent version {v})",
+        req.paths, args.name
+    );
+    Ok(())
+}
+
+/// `rampart pki …`
+pub fn pki(cmd: PkiCommand) -> anyhow::Result<()> {
+    match cmd {
+        PkiCommand::Init { data, server_names } => {
+            let files = rampart_server::pki::init(&data.layout().pki(), &server_names, 825)?;
+            println!(
+                "fleet CA {}; server certificate {}",
+                files.ca_cert.display(),
+                files.server_cert.display()
+            );
+            Ok(())
+        }
+        PkiCommand::Issue {
+            data,
+            vin,
+            out,
+            days,
+        } => {
+            let cert = rampart_server::pki::issue_vehicle_cert(&data.layout().pki(), &vin, days)?;
+            std::fs::create_dir_all(&out)?;
+            let path = out.join(format!("{vin}.pem"));
+            write_private(
+                &path,
+                format!("{}{}", cert.cert_pem, cert.key_pem).as_bytes(),
+            )?;
+            println!("vehicle certificate and key for {vin}: {}", path.display());
+            Ok(())
+        }
+    }
+}
+
+fn write_private(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(bytes)?;
+    Ok(())
+}
+
+/// `rampart serve`.
+pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let mut opts = rampart_server::serve::ServeOptions::new(args.data.layout());
+        opts.listen = args.listen;
+        opts.database = args.database;
+        opts.danger_plain_http = args.danger_plain_http;
+        let running = rampart_server::serve::start(opts).await?;
+        println!("rampart serving on {}", running.url());
+        tokio::select! {
+            r = running.wait() => r?,
+            _ = tokio::signal::ctrl_c() => println!("shutting down"),
+        }
+        Ok(())
+    })
+}
+
+/// `rampart rotate`.
+pub fn rotate(args: RotateArgs) -> anyhow::Result<()> {
+    let which = match args.repository.as_str() {
+        "image" => ops::Which::Image,
+        "director" => ops::Which::Director,
+        other => bail!("unknown repository {other:?} (image or director)"),
+    };
+    if !matches!(
+        args.role.as_str(),
+        "root" | "targets" | "snapshot" | "timestamp"
+    ) {
+        bail!(
+            "unknown role {:?} (root, targets, snapshot, timestamp)",
+            args.role
+        );
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let out = rt.block_on(ops::rotate(
+        &args.data.layout(),
+        which,
+        &args.role,
+        chrono::Utc::now(),
+    ))?;
+    println!(
+        "rotated {} {} key(s); root is now version {}",
+        args.repository, args.role, out.root_version
+    );
+    for f in out.new_key_files {
+        println!("  new key {}", f.display());
+    }
+    if args.role != "root" && args.role != "targets" {
+        println!("restart `rampart serve` to sign with the new online key");
+    }
+    Ok(())
+}

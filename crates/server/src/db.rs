@@ -1,0 +1,786 @@
+//! Storage: the director's inventory, assignments, per-vehicle director metadata, manifests
+//! and security events, in SQLite (the embedded default) or PostgreSQL (for fleets that
+//! outgrow one machine), through one code path (`sqlx::Any`, `$N` placeholders both accept).
+//!
+//! Nothing here is cached in memory: every request reads what it needs, so any number of
+//! `rampart serve` instances can share one PostgreSQL database. Concurrent writers are made
+//! safe by conditional updates (a manifest counter only moves forward if it is above the
+//! stored one; a director role version only moves from the version that was read).
+
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Row};
+
+use crate::error::{Error, Result};
+
+/// Which database is behind the pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// SQLite file.
+    Sqlite,
+    /// PostgreSQL server.
+    Postgres,
+}
+
+/// The database.
+#[derive(Debug, Clone)]
+pub struct Db {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+/// A vehicle to register with its ECUs.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct NewVehicle {
+    /// Vehicle identification number.
+    pub vin: String,
+    /// ECU ID of the primary (T-BOX).
+    pub primary_ecu: String,
+    /// Every ECU, the primary included.
+    pub ecus: Vec<NewEcu>,
+}
+
+/// An ECU to register.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct NewEcu {
+    /// ECU identifier (serial).
+    pub ecu_id: String,
+    /// Hardware identifier.
+    pub hardware_id: String,
+    /// TUF public key object (JSON) of the ECU's signing key.
+    #[schema(value_type = Object)]
+    pub public_key: serde_json::Value,
+    /// X25519 public key (hex) for encrypted images, if the ECU takes them.
+    #[serde(default)]
+    pub encryption_key: Option<String>,
+    /// `full` or `partial` verification.
+    pub verification: String,
+}
+
+/// What an ECU last reported as installed.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct Installed {
+    /// Target path.
+    pub target: String,
+    /// Length.
+    pub length: u64,
+    /// Hashes (JSON object).
+    #[schema(value_type = Object)]
+    pub hashes: serde_json::Value,
+    /// Release counter.
+    pub release_counter: u64,
+}
+
+/// A registered ECU.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct Ecu {
+    /// ECU identifier.
+    pub ecu_id: String,
+    /// Hardware identifier.
+    pub hardware_id: String,
+    /// TUF public key object.
+    #[schema(value_type = Object)]
+    pub public_key: serde_json::Value,
+    /// X25519 public key (hex).
+    pub encryption_key: Option<String>,
+    /// `full` or `partial`.
+    pub verification: String,
+    /// Last reported installed image.
+    pub installed: Option<Installed>,
+    /// Last accepted report counter.
+    pub last_report_counter: Option<u64>,
+}
+
+/// A registered vehicle.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct Vehicle {
+    /// VIN.
+    pub vin: String,
+    /// Primary ECU ID.
+    pub primary_ecu: String,
+    /// When it was registered.
+    pub created_at: String,
+    /// Last accepted manifest counter.
+    pub last_manifest_counter: Option<u64>,
+    /// Last accepted check-in.
+    pub last_seen: Option<String>,
+    /// Its ECUs.
+    pub ecus: Vec<Ecu>,
+}
+
+/// An instruction to install a target on one ECU.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct Assignment {
+    /// ID.
+    pub id: i64,
+    /// Vehicle.
+    pub vin: String,
+    /// ECU.
+    pub ecu_id: String,
+    /// Target path in the image repository.
+    pub target: String,
+    /// Signed length.
+    pub length: u64,
+    /// Signed hashes.
+    #[schema(value_type = Object)]
+    pub hashes: serde_json::Value,
+    /// Release counter.
+    pub release_counter: u64,
+    /// Send encrypted to the ECU.
+    pub encrypt: bool,
+    /// `pending`, `installed` or `superseded`.
+    pub status: String,
+    /// Created.
+    pub created_at: String,
+    /// Completed (installed) at.
+    pub completed_at: Option<String>,
+}
+
+/// A director metadata document of one vehicle.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredRole {
+    /// `targets`, `snapshot` or `timestamp`.
+    pub role: String,
+    /// Version.
+    pub version: u64,
+    /// Expiry (RFC 3339).
+    pub expires_at: String,
+    /// Digest of the content that decided this version (targets: the instructions).
+    pub content_digest: String,
+    /// Signed document.
+    pub document: String,
+}
+
+/// A security event.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct SecurityEvent {
+    /// ID (increasing).
+    pub id: i64,
+    /// When (RFC 3339).
+    pub at: String,
+    /// `server` (the server rejected something) or `vehicle` (an ECU reported an attack).
+    pub source: String,
+    /// The rule that failed (`bad-signature`, `replay`, `rollback`, …).
+    pub rule: String,
+    /// Vehicle, if known.
+    pub vin: Option<String>,
+    /// ECU, if known.
+    pub ecu_id: Option<String>,
+    /// Remote address or client identity.
+    pub remote: Option<String>,
+    /// Human-readable detail.
+    pub detail: String,
+}
+
+/// Where an encrypted image's ciphertext is and its content key.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImageKey {
+    /// Target path.
+    pub target: String,
+    /// Content key (hex).
+    pub content_key: String,
+    /// Ciphertext path under the targets base URL.
+    pub ciphertext_path: String,
+    /// Ciphertext length.
+    pub ciphertext_length: u64,
+    /// Ciphertext hashes (JSON).
+    pub ciphertext_hashes: String,
+}
+
+fn db_err(what: &str) -> impl Fn(sqlx::Error) -> Error + '_ {
+    move |e| Error::Database(format!("{what}: {e}"))
+}
+
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn to_u64(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+fn get_str(row: &AnyRow, col: &str) -> Result<String> {
+    row.try_get::<String, _>(col).map_err(db_err(col))
+}
+
+fn get_opt_str(row: &AnyRow, col: &str) -> Result<Option<String>> {
+    row.try_get::<Option<String>, _>(col).map_err(db_err(col))
+}
+
+fn get_i64(row: &AnyRow, col: &str) -> Result<i64> {
+    row.try_get::<i64, _>(col).map_err(db_err(col))
+}
+
+fn get_opt_i64(row: &AnyRow, col: &str) -> Result<Option<i64>> {
+    row.try_get::<Option<i64>, _>(col).map_err(db_err(col))
+}
+
+fn json(text: &str, what: &str) -> Result<serde_json::Value> {
+    serde_json::from_str(text)
+        .map_err(|e| Error::Database(format!("stored {what} is not JSON: {e}")))
+}
+
+/// Current time as stored (RFC 3339, seconds).
+pub fn now_text() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+impl Db {
+    /// Connects (`sqlite://PATH` — created if missing — or `postgres://…`) and runs the
+    /// migrations.
+    pub async fn connect(url: &str) -> Result<Self> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Backend::Postgres
+        } else if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else {
+            return Err(Error::Config(format!(
+                "unsupported database URL {url:?} (sqlite://… or postgres://…)"
+            )));
+        };
+        let url = match backend {
+            Backend::Sqlite if !url.contains("mode=") => {
+                let sep = if url.contains('?') { '&' } else { '?' };
+                format!("{url}{sep}mode=rwc")
+            }
+            _ => url.to_owned(),
+        };
+        let max = match backend {
+            Backend::Sqlite => 4,
+            Backend::Postgres => 16,
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(max)
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        sqlx::query("PRAGMA journal_mode=WAL")
+                            .execute(&mut *conn)
+                            .await?;
+                        sqlx::query("PRAGMA foreign_keys=ON")
+                            .execute(&mut *conn)
+                            .await?;
+                        sqlx::query("PRAGMA busy_timeout=10000")
+                            .execute(&mut *conn)
+                            .await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect(&url)
+            .await
+            .map_err(db_err("connecting"))?;
+        let migrator = match backend {
+            Backend::Sqlite => &SQLITE_MIGRATIONS,
+            Backend::Postgres => &POSTGRES_MIGRATIONS,
+        };
+        migrator
+            .run(&pool)
+            .await
+            .map_err(|e| Error::Database(format!("migrations: {e}")))?;
+        Ok(Db { pool, backend })
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Checks the connection (for `/health`).
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(db_err("ping"))?;
+        Ok(())
+    }
+
+    /// Registers a vehicle and its ECUs (all or nothing).
+    pub async fn register_vehicle(&self, v: &NewVehicle) -> Result<()> {
+        let mut tx = self.pool.begin().await.map_err(db_err("begin"))?;
+        let exists = sqlx::query("SELECT vin FROM vehicles WHERE vin = $1")
+            .bind(&v.vin)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db_err("vehicle lookup"))?;
+        if exists.is_some() {
+            return Err(Error::Conflict(format!(
+                "vehicle {} is already registered",
+                v.vin
+            )));
+        }
+        sqlx::query("INSERT INTO vehicles (vin, primary_ecu, created_at) VALUES ($1, $2, $3)")
+            .bind(&v.vin)
+            .bind(&v.primary_ecu)
+            .bind(now_text())
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err("insert vehicle"))?;
+        for ecu in &v.ecus {
+            sqlx::query(
+                "INSERT INTO ecus (vin, ecu_id, hardware_id, public_key, encryption_key, verification) \
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(&v.vin)
+            .bind(&ecu.ecu_id)
+            .bind(&ecu.hardware_id)
+            .bind(ecu.public_key.to_string())
+            .bind(ecu.encryption_key.clone())
+            .bind(&ecu.verification)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err("insert ECU"))?;
+        }
+        tx.commit().await.map_err(db_err("commit"))?;
+        Ok(())
+    }
+
+    /// A vehicle with its ECUs.
+    pub async fn vehicle(&self, vin: &str) -> Result<Option<Vehicle>> {
+        let Some(row) = sqlx::query(
+            "SELECT vin, primary_ecu, created_at, last_manifest_counter, last_seen FROM vehicles WHERE vin = $1",
+        )
+        .bind(vin)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_err("vehicle"))?
+        else {
+            return Ok(None);
+        };
+        let ecu_rows = sqlx::query(
+            "SELECT ecu_id, hardware_id, public_key, encryption_key, verification, installed_target, \
+             installed_length, installed_hashes, installed_release_counter, last_report_counter \
+             FROM ecus WHERE vin = $1 ORDER BY ecu_id",
+        )
+        .bind(vin)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err("ECUs"))?;
+        let mut ecus = Vec::new();
+        for r in &ecu_rows {
+            let installed = match get_opt_str(r, "installed_target")? {
+                Some(target) => Some(Installed {
+                    target,
+                    length: to_u64(get_opt_i64(r, "installed_length")?.unwrap_or(0)),
+                    hashes: json(
+                        &get_opt_str(r, "installed_hashes")?.unwrap_or_else(|| "{}".into()),
+                        "hashes",
+                    )?,
+                    release_counter: to_u64(
+                        get_opt_i64(r, "installed_release_counter")?.unwrap_or(0),
+                    ),
+                }),
+                None => None,
+            };
+            ecus.push(Ecu {
+                ecu_id: get_str(r, "ecu_id")?,
+                hardware_id: get_str(r, "hardware_id")?,
+                public_key: json(&get_str(r, "public_key")?, "public key")?,
+                encryption_key: get_opt_str(r, "encryption_key")?,
+                verification: get_str(r, "verification")?,
+                installed,
+                last_report_counter: get_opt_i64(r, "last_report_counter")?.map(to_u64),
+            });
+        }
+        Ok(Some(Vehicle {
+            vin: get_str(&row, "vin")?,
+            primary_ecu: get_str(&row, "primary_ecu")?,
+            created_at: get_str(&row, "created_at")?,
+            last_manifest_counter: get_opt_i64(&row, "last_manifest_counter")?.map(to_u64),
+            last_seen: get_opt_str(&row, "last_seen")?,
+            ecus,
+        }))
+    }
+
+    /// All VINs, in order.
+    pub async fn list_vins(&self) -> Result<Vec<String>> {
+        let rows = sqlx::query("SELECT vin FROM vehicles ORDER BY vin")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err("vehicles"))?;
+        rows.iter().map(|r| get_str(r, "vin")).collect()
+    }
+
+    /// Creates an assignment; any pending one for the same ECU is superseded.
+    pub async fn create_assignment(&self, a: &Assignment) -> Result<i64> {
+        let mut tx = self.pool.begin().await.map_err(db_err("begin"))?;
+        sqlx::query("UPDATE assignments SET status = 'superseded' WHERE vin = $1 AND ecu_id = $2 AND status = 'pending'")
+            .bind(&a.vin)
+            .bind(&a.ecu_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err("supersede"))?;
+        let row = sqlx::query(
+            "INSERT INTO assignments (vin, ecu_id, target, length, hashes, release_counter, encrypt, status, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', $8) RETURNING id",
+        )
+        .bind(&a.vin)
+        .bind(&a.ecu_id)
+        .bind(&a.target)
+        .bind(to_i64(a.length))
+        .bind(a.hashes.to_string())
+        .bind(to_i64(a.release_counter))
+        .bind(if a.encrypt { "yes" } else { "no" })
+        .bind(now_text())
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db_err("insert assignment"))?;
+        let id = get_i64(&row, "id")?;
+        tx.commit().await.map_err(db_err("commit"))?;
+        Ok(id)
+    }
+
+    fn assignment_from(r: &AnyRow) -> Result<Assignment> {
+        Ok(Assignment {
+            id: get_i64(r, "id")?,
+            vin: get_str(r, "vin")?,
+            ecu_id: get_str(r, "ecu_id")?,
+            target: get_str(r, "target")?,
+            length: to_u64(get_i64(r, "length")?),
+            hashes: json(&get_str(r, "hashes")?, "hashes")?,
+            release_counter: to_u64(get_i64(r, "release_counter")?),
+            encrypt: get_str(r, "encrypt")? == "yes",
+            status: get_str(r, "status")?,
+            created_at: get_str(r, "created_at")?,
+            completed_at: get_opt_str(r, "completed_at")?,
+        })
+    }
+
+    /// Assignments, optionally of one vehicle and/or one status, newest first.
+    pub async fn assignments(
+        &self,
+        vin: Option<&str>,
+        status: Option<&str>,
+    ) -> Result<Vec<Assignment>> {
+        let rows = sqlx::query(
+            "SELECT id, vin, ecu_id, target, length, hashes, release_counter, encrypt, status, created_at, completed_at \
+             FROM assignments WHERE ($1 = '' OR vin = $1) AND ($2 = '' OR status = $2) ORDER BY id DESC LIMIT 10000",
+        )
+        .bind(vin.unwrap_or(""))
+        .bind(status.unwrap_or(""))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err("assignments"))?;
+        rows.iter().map(Self::assignment_from).collect()
+    }
+
+    /// Accepts a check-in atomically: the manifest counter must be above the stored one
+    /// (else [`Error::Replay`]); ECU reports update what is installed; assignments whose image
+    /// is now installed complete. Returns the IDs of completed assignments.
+    pub async fn record_checkin(&self, checkin: &Checkin<'_>) -> Result<Vec<i64>> {
+        let mut tx = self.pool.begin().await.map_err(db_err("begin"))?;
+        let now = now_text();
+        let moved = sqlx::query(
+            "UPDATE vehicles SET last_manifest_counter = $1, last_seen = $2 \
+             WHERE vin = $3 AND (last_manifest_counter IS NULL OR last_manifest_counter < $1)",
+        )
+        .bind(to_i64(checkin.counter))
+        .bind(&now)
+        .bind(checkin.vin)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err("manifest counter"))?;
+        if moved.rows_affected() != 1 {
+            return Err(Error::Replay(format!(
+                "manifest counter {} of {} is not above the last accepted one",
+                checkin.counter, checkin.vin
+            )));
+        }
+        let mut completed = Vec::new();
+        for report in &checkin.reports {
+            sqlx::query(
+                "UPDATE ecus SET installed_target = $1, installed_length = $2, installed_hashes = $3, \
+                 installed_release_counter = $4, last_report_counter = $5 WHERE vin = $6 AND ecu_id = $7",
+            )
+            .bind(&report.installed.target)
+            .bind(to_i64(report.installed.length))
+            .bind(report.installed.hashes.to_string())
+            .bind(to_i64(report.installed.release_counter))
+            .bind(to_i64(report.report_counter))
+            .bind(checkin.vin)
+            .bind(&report.ecu_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err("ECU report"))?;
+            let pending = sqlx::query(
+                "SELECT id, vin, ecu_id, target, length, hashes, release_counter, encrypt, status, created_at, completed_at \
+                 FROM assignments WHERE vin = $1 AND ecu_id = $2 AND status = 'pending'",
+            )
+            .bind(checkin.vin)
+            .bind(&report.ecu_id)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db_err("pending assignments"))?;
+            for row in &pending {
+                let a = Self::assignment_from(row)?;
+                if a.target == report.installed.target
+                    && a.length == report.installed.length
+                    && a.hashes == report.installed.hashes
+                {
+                    sqlx::query("UPDATE assignments SET status = 'installed', completed_at = $1 WHERE id = $2")
+                        .bind(&now)
+                        .bind(a.id)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(db_err("complete assignment"))?;
+                    completed.push(a.id);
+                }
+            }
+        }
+        sqlx::query("INSERT INTO manifests (vin, counter, nonce, received_at, document) VALUES ($1, $2, $3, $4, $5)")
+            .bind(checkin.vin)
+            .bind(to_i64(checkin.counter))
+            .bind(checkin.nonce)
+            .bind(&now)
+            .bind(checkin.document)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err("store manifest"))?;
+        tx.commit().await.map_err(db_err("commit"))?;
+        Ok(completed)
+    }
+
+    /// The current director document of `role` for `vin`.
+    pub async fn director_role(&self, vin: &str, role: &str) -> Result<Option<StoredRole>> {
+        let row = sqlx::query(
+            "SELECT role, version, expires_at, content_digest, document FROM director_roles WHERE vin = $1 AND role = $2",
+        )
+        .bind(vin)
+        .bind(role)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_err("director role"))?;
+        row.map(|r| {
+            Ok(StoredRole {
+                role: get_str(&r, "role")?,
+                version: to_u64(get_i64(&r, "version")?),
+                expires_at: get_str(&r, "expires_at")?,
+                content_digest: get_str(&r, "content_digest")?,
+                document: get_str(&r, "document")?,
+            })
+        })
+        .transpose()
+    }
+
+    /// Replaces director documents of `vin`, each only if its stored version is still
+    /// `previous` (none stored for `None`). Returns false if another writer got there first.
+    pub async fn replace_director_roles(
+        &self,
+        vin: &str,
+        roles: &[(Option<u64>, StoredRole)],
+    ) -> Result<bool> {
+        let mut tx = self.pool.begin().await.map_err(db_err("begin"))?;
+        for (previous, r) in roles {
+            let done = match previous {
+                Some(prev) => sqlx::query(
+                    "UPDATE director_roles SET version = $1, expires_at = $2, content_digest = $3, document = $4 \
+                     WHERE vin = $5 AND role = $6 AND version = $7",
+                )
+                .bind(to_i64(r.version))
+                .bind(&r.expires_at)
+                .bind(&r.content_digest)
+                .bind(&r.document)
+                .bind(vin)
+                .bind(&r.role)
+                .bind(to_i64(*prev))
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err("update director role"))?
+                .rows_affected(),
+                None => sqlx::query(
+                    "INSERT INTO director_roles (vin, role, version, expires_at, content_digest, document) \
+                     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (vin, role) DO NOTHING",
+                )
+                .bind(vin)
+                .bind(&r.role)
+                .bind(to_i64(r.version))
+                .bind(&r.expires_at)
+                .bind(&r.content_digest)
+                .bind(&r.document)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err("insert director role"))?
+                .rows_affected(),
+            };
+            if done != 1 {
+                tx.rollback().await.map_err(db_err("rollback"))?;
+                return Ok(false);
+            }
+        }
+        tx.commit().await.map_err(db_err("commit"))?;
+        Ok(true)
+    }
+
+    /// Marks every vehicle's director metadata as expired, so each is re-signed (version + 1)
+    /// on its next request: after a director key rotation.
+    pub async fn expire_director_roles(&self) -> Result<u64> {
+        let done = sqlx::query("UPDATE director_roles SET expires_at = '1970-01-01T00:00:00Z'")
+            .execute(&self.pool)
+            .await
+            .map_err(db_err("expire director roles"))?;
+        Ok(done.rows_affected())
+    }
+
+    /// Records a security event.
+    pub async fn record_event(&self, e: &NewEvent<'_>) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO security_events (at, source, rule, vin, ecu_id, remote, detail) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(now_text())
+        .bind(e.source)
+        .bind(e.rule)
+        .bind(e.vin.map(str::to_owned))
+        .bind(e.ecu_id.map(str::to_owned))
+        .bind(e.remote.map(str::to_owned))
+        .bind(e.detail)
+        .execute(&self.pool)
+        .await
+        .map_err(db_err("security event"))?;
+        Ok(())
+    }
+
+    /// Security events, newest first, filtered by vehicle and/or rule.
+    pub async fn events(
+        &self,
+        vin: Option<&str>,
+        rule: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<SecurityEvent>> {
+        let rows = sqlx::query(
+            "SELECT id, at, source, rule, vin, ecu_id, remote, detail FROM security_events \
+             WHERE ($1 = '' OR vin = $1) AND ($2 = '' OR rule = $2) ORDER BY id DESC LIMIT $3",
+        )
+        .bind(vin.unwrap_or(""))
+        .bind(rule.unwrap_or(""))
+        .bind(i64::from(limit.clamp(1, 10_000)))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err("security events"))?;
+        rows.iter()
+            .map(|r| {
+                Ok(SecurityEvent {
+                    id: get_i64(r, "id")?,
+                    at: get_str(r, "at")?,
+                    source: get_str(r, "source")?,
+                    rule: get_str(r, "rule")?,
+                    vin: get_opt_str(r, "vin")?,
+                    ecu_id: get_opt_str(r, "ecu_id")?,
+                    remote: get_opt_str(r, "remote")?,
+                    detail: get_str(r, "detail")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Stores (or replaces) the content key of an encrypted image.
+    pub async fn store_image_key(&self, k: &ImageKey) -> Result<()> {
+        let mut tx = self.pool.begin().await.map_err(db_err("begin"))?;
+        sqlx::query("DELETE FROM image_keys WHERE target = $1")
+            .bind(&k.target)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err("image key"))?;
+        sqlx::query(
+            "INSERT INTO image_keys (target, content_key, ciphertext_path, ciphertext_length, ciphertext_hashes) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(&k.target)
+        .bind(&k.content_key)
+        .bind(&k.ciphertext_path)
+        .bind(to_i64(k.ciphertext_length))
+        .bind(&k.ciphertext_hashes)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err("image key"))?;
+        tx.commit().await.map_err(db_err("commit"))?;
+        Ok(())
+    }
+
+    /// The content key of an encrypted image.
+    pub async fn image_key(&self, target: &str) -> Result<Option<ImageKey>> {
+        let row = sqlx::query(
+            "SELECT target, content_key, ciphertext_path, ciphertext_length, ciphertext_hashes FROM image_keys WHERE target = $1",
+        )
+        .bind(target)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_err("image key"))?;
+        row.map(|r| {
+            Ok(ImageKey {
+                target: get_str(&r, "target")?,
+                content_key: get_str(&r, "content_key")?,
+                ciphertext_path: get_str(&r, "ciphertext_path")?,
+                ciphertext_length: to_u64(get_i64(&r, "ciphertext_length")?),
+                ciphertext_hashes: get_str(&r, "ciphertext_hashes")?,
+            })
+        })
+        .transpose()
+    }
+
+    /// Counts rows of a table (for tests and `/metrics`). `table` must be one of ours.
+    pub async fn count(&self, table: &str) -> Result<u64> {
+        let allowed = [
+            "vehicles",
+            "ecus",
+            "assignments",
+            "director_roles",
+            "manifests",
+            "security_events",
+            "image_keys",
+        ];
+        if !allowed.contains(&table) {
+            return Err(Error::Config(format!("unknown table {table}")));
+        }
+        let row = sqlx::query(&format!("SELECT COUNT(*) AS n FROM {table}"))
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db_err("count"))?;
+        Ok(to_u64(get_i64(&row, "n")?))
+    }
+}
+
+/// One accepted ECU report, as stored.
+#[derive(Debug, Clone)]
+pub struct ReportUpdate {
+    /// ECU.
+    pub ecu_id: String,
+    /// What it runs.
+    pub installed: Installed,
+    /// Its report counter.
+    pub report_counter: u64,
+}
+
+/// A verified check-in to store.
+#[derive(Debug, Clone)]
+pub struct Checkin<'a> {
+    /// Vehicle.
+    pub vin: &'a str,
+    /// Manifest counter.
+    pub counter: u64,
+    /// Manifest nonce.
+    pub nonce: &'a str,
+    /// The manifest as received.
+    pub document: &'a str,
+    /// Verified ECU reports.
+    pub reports: Vec<ReportUpdate>,
+}
+
+/// A security event to record.
+#[derive(Debug, Clone, Copy)]
+pub struct NewEvent<'a> {
+    /// `server` or `vehicle`.
+    pub source: &'a str,
+    /// Rule name.
+    pub rule: &'a str,
+    /// Vehicle.
+    pub vin: Option<&'a str>,
+    /// ECU.
+    pub ecu_id: Option<&'a str>,
+    /// Remote address or identity.
+    pub remote: Option<&'a str>,
+    /// Detail.
+    pub detail: &'a str,
+}

@@ -1,0 +1,615 @@
+//! The director: per-vehicle instructions, signed online, from the inventory and the
+//! assignments in the database.
+//!
+//! Every vehicle has its own director targets, snapshot and timestamp (stored in the
+//! database, never in memory); the root is the same for all (`D/public/director/N.root.json`).
+//! A vehicle's director targets list, for each pending assignment, the image (same path,
+//! length and hashes as the image repository), the release counter, and for each ECU its
+//! hardware ID and, for encrypted images, the content key wrapped for that ECU's X25519 key.
+//! They also name the vehicle, so an answer for one car cannot be replayed to another.
+//!
+//! A new version is signed only when the instructions change or the old one nears expiry;
+//! the decision is made on a digest of the *inputs* (key wrapping is randomised).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Duration, Utc};
+use rampart_core::canonical::to_canonical_from;
+use rampart_core::encryption::{wrap_key, ContentKey};
+use rampart_core::hash::{compute_hashes, sha256, Hashes};
+use rampart_core::key::Key;
+use rampart_core::metadata::{
+    sign_role, Expiry, MetaFile, Snapshot, TargetFile, Targets, Timestamp, SPEC_VERSION,
+};
+use rampart_core::signer::Signer;
+use rampart_core::uptane::manifest::{verify_vehicle_manifest, VehicleKeys};
+use rampart_core::uptane::{
+    CiphertextFile, DirectorCustom, DirectorVehicle, EcuAssignment, EncryptedImage,
+    DIRECTOR_VEHICLE_FIELD,
+};
+use serde::Serialize;
+
+use crate::db::{Assignment, Checkin, Db, Installed, NewEvent, ReportUpdate, StoredRole, Vehicle};
+use crate::error::{Error, Result};
+
+/// The director's online keys.
+pub struct DirectorKeys {
+    /// Signs per-vehicle targets.
+    pub targets: Box<dyn Signer>,
+    /// Signs per-vehicle snapshots.
+    pub snapshot: Box<dyn Signer>,
+    /// Signs per-vehicle timestamps.
+    pub timestamp: Box<dyn Signer>,
+}
+
+/// Lifetimes of director metadata.
+#[derive(Debug, Clone, Copy)]
+pub struct DirectorLifetimes {
+    /// Targets (and snapshot).
+    pub targets: Duration,
+    /// Timestamp.
+    pub timestamp: Duration,
+}
+
+impl Default for DirectorLifetimes {
+    fn default() -> Self {
+        DirectorLifetimes {
+            targets: Duration::days(7),
+            timestamp: Duration::days(1),
+        }
+    }
+}
+
+/// The director service.
+pub struct Director {
+    db: Db,
+    keys: DirectorKeys,
+    public_dir: PathBuf,
+    /// Lifetimes.
+    pub lifetimes: DirectorLifetimes,
+}
+
+/// The current director documents of one vehicle.
+#[derive(Debug, Clone)]
+pub struct DirectorDocs {
+    /// Targets.
+    pub targets: StoredRole,
+    /// Snapshot.
+    pub snapshot: StoredRole,
+    /// Timestamp.
+    pub timestamp: StoredRole,
+}
+
+/// The answer to a check-in.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct CheckinResponse {
+    /// Director targets version the vehicle should now fetch.
+    pub director_targets_version: u64,
+    /// Assignments completed by this check-in.
+    pub completed_assignments: Vec<i64>,
+    /// ECU reports that were rejected (ECU ID and rule).
+    pub rejected_reports: Vec<RejectedReport>,
+}
+
+/// An ECU report the director refused.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct RejectedReport {
+    /// ECU.
+    pub ecu_id: String,
+    /// Rule that failed.
+    pub rule: String,
+}
+
+/// One assignment as it enters the instruction digest.
+#[derive(Serialize)]
+struct DigestEntry<'a> {
+    ecu: &'a str,
+    target: &'a str,
+    length: u64,
+    hashes: &'a serde_json::Value,
+    release_counter: u64,
+    encrypt: bool,
+    encryption_key: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct InstructionDigest<'a> {
+    vin: &'a str,
+    assignments: Vec<DigestEntry<'a>>,
+}
+
+fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+fn parse_time(s: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&Utc))
+        .unwrap_or_default()
+}
+
+impl Director {
+    /// A director over `db`, signing with `keys`, serving its root chain from `public_dir`.
+    pub fn new(db: Db, keys: DirectorKeys, public_dir: impl Into<PathBuf>) -> Self {
+        Director {
+            db,
+            keys,
+            public_dir: public_dir.into(),
+            lifetimes: DirectorLifetimes::default(),
+        }
+    }
+
+    /// The database.
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    /// The folder of `N.root.json` files.
+    pub fn public_dir(&self) -> &Path {
+        &self.public_dir
+    }
+
+    /// The director documents of `vin`, re-signed first if the instructions changed or they
+    /// near expiry.
+    pub async fn documents(&self, vin: &str, now: DateTime<Utc>) -> Result<DirectorDocs> {
+        let vehicle = self
+            .db
+            .vehicle(vin)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("vehicle {vin} is not registered")))?;
+        for _attempt in 0..3 {
+            let pending = self.db.assignments(Some(vin), Some("pending")).await?;
+            let digest = self.instruction_digest(&vehicle, &pending)?;
+            let current = (
+                self.db.director_role(vin, "targets").await?,
+                self.db.director_role(vin, "snapshot").await?,
+                self.db.director_role(vin, "timestamp").await?,
+            );
+            if let (Some(t), Some(s), Some(ts)) = &current {
+                let targets_fresh = t.content_digest == digest
+                    && parse_time(&t.expires_at) - now > self.lifetimes.targets / 2;
+                let timestamp_fresh =
+                    parse_time(&ts.expires_at) - now > self.lifetimes.timestamp / 2;
+                if targets_fresh && timestamp_fresh {
+                    return Ok(DirectorDocs {
+                        targets: t.clone(),
+                        snapshot: s.clone(),
+                        timestamp: ts.clone(),
+                    });
+                }
+                if targets_fresh {
+                    let new_ts = self.sign_timestamp(ts.version + 1, s, now)?;
+                    if self
+                        .db
+                        .replace_director_roles(vin, &[(Some(ts.version), new_ts.clone())])
+                        .await?
+                    {
+                        return Ok(DirectorDocs {
+                            targets: t.clone(),
+                            snapshot: s.clone(),
+                            timestamp: new_ts,
+                        });
+                    }
+                    continue;
+                }
+            }
+            let versions = (
+                current.0.as_ref().map(|r| r.version),
+                current.1.as_ref().map(|r| r.version),
+                current.2.as_ref().map(|r| r.version),
+            );
+            let targets = self
+                .sign_targets(
+                    &vehicle,
+                    &pending,
+                    versions.0.unwrap_or(0) + 1,
+                    &digest,
+                    now,
+                )
+                .await?;
+            let snapshot = self.sign_snapshot(versions.1.unwrap_or(0) + 1, &targets, now)?;
+            let timestamp = self.sign_timestamp(versions.2.unwrap_or(0) + 1, &snapshot, now)?;
+            let stored = self
+                .db
+                .replace_director_roles(
+                    vin,
+                    &[
+                        (versions.0, targets.clone()),
+                        (versions.1, snapshot.clone()),
+                        (versions.2, timestamp.clone()),
+                    ],
+                )
+                .await?;
+            if stored {
+                tracing::info!(%vin, targets_version = targets.version, "signed new director metadata");
+                return Ok(DirectorDocs {
+                    targets,
+                    snapshot,
+                    timestamp,
+                });
+            }
+            // Another instance signed concurrently: read again.
+        }
+        Err(Error::Database(format!(
+            "director metadata of {vin} kept changing under us"
+        )))
+    }
+
+    fn instruction_digest(&self, vehicle: &Vehicle, pending: &[Assignment]) -> Result<String> {
+        let mut assignments = Vec::new();
+        for a in pending {
+            let enc_key = vehicle
+                .ecus
+                .iter()
+                .find(|e| e.ecu_id == a.ecu_id)
+                .and_then(|e| e.encryption_key.as_deref());
+            assignments.push(DigestEntry {
+                ecu: &a.ecu_id,
+                target: &a.target,
+                length: a.length,
+                hashes: &a.hashes,
+                release_counter: a.release_counter,
+                encrypt: a.encrypt,
+                encryption_key: enc_key,
+            });
+        }
+        let canon = to_canonical_from(&InstructionDigest {
+            vin: &vehicle.vin,
+            assignments,
+        })?;
+        Ok(hex::encode(sha256(&canon)))
+    }
+
+    async fn sign_targets(
+        &self,
+        vehicle: &Vehicle,
+        pending: &[Assignment],
+        version: u64,
+        digest: &str,
+        now: DateTime<Utc>,
+    ) -> Result<StoredRole> {
+        let mut targets: BTreeMap<String, TargetFile> = BTreeMap::new();
+        let mut customs: BTreeMap<String, DirectorCustom> = BTreeMap::new();
+        for a in pending {
+            let ecu = vehicle
+                .ecus
+                .iter()
+                .find(|e| e.ecu_id == a.ecu_id)
+                .ok_or_else(|| {
+                    Error::BadRequest(format!(
+                        "assignment {} names unknown ECU {}",
+                        a.id, a.ecu_id
+                    ))
+                })?;
+            let encryption = if a.encrypt {
+                Some(
+                    self.encryption_for(&a.target, ecu.encryption_key.as_deref(), &a.ecu_id)
+                        .await?,
+                )
+            } else {
+                None
+            };
+            let hashes: Hashes = serde_json::from_value(a.hashes.clone())
+                .map_err(|e| Error::Database(format!("assignment hashes: {e}")))?;
+            targets
+                .entry(a.target.clone())
+                .or_insert_with(|| TargetFile {
+                    length: a.length,
+                    hashes,
+                    custom: None,
+                    unrecognized: BTreeMap::new(),
+                });
+            let custom = customs
+                .entry(a.target.clone())
+                .or_insert_with(|| DirectorCustom {
+                    release_counter: a.release_counter,
+                    ecus: BTreeMap::new(),
+                });
+            custom.ecus.insert(
+                a.ecu_id.clone(),
+                EcuAssignment {
+                    hardware_id: ecu.hardware_id.clone(),
+                    encryption,
+                },
+            );
+        }
+        for (name, custom) in customs {
+            if let Some(t) = targets.get_mut(&name) {
+                t.custom = Some(custom.to_value());
+            }
+        }
+        let expires = now + self.lifetimes.targets;
+        let mut unrecognized = BTreeMap::new();
+        unrecognized.insert(
+            DIRECTOR_VEHICLE_FIELD.to_owned(),
+            serde_json::to_value(DirectorVehicle {
+                vin: vehicle.vin.clone(),
+            })
+            .map_err(|e| Error::BadRequest(e.to_string()))?,
+        );
+        let doc = Targets {
+            type_: "targets".into(),
+            spec_version: SPEC_VERSION.into(),
+            version,
+            expires: Expiry::new(expires),
+            targets,
+            delegations: None,
+            unrecognized,
+        };
+        let bytes = sign_role(&doc, &[self.keys.targets.as_ref()])?;
+        Ok(StoredRole {
+            role: "targets".into(),
+            version,
+            expires_at: rfc3339(expires),
+            content_digest: digest.to_owned(),
+            document: String::from_utf8_lossy(&bytes).into_owned(),
+        })
+    }
+
+    async fn encryption_for(
+        &self,
+        target: &str,
+        ecu_key_hex: Option<&str>,
+        ecu_id: &str,
+    ) -> Result<EncryptedImage> {
+        let key = self.db.image_key(target).await?.ok_or_else(|| {
+            Error::BadRequest(format!(
+                "{target} was not published encrypted (publish with --encrypt)"
+            ))
+        })?;
+        let ecu_key = ecu_key_hex
+            .and_then(|h| hex::decode(h).ok())
+            .ok_or_else(|| {
+                Error::BadRequest(format!(
+                    "ECU {ecu_id} has no X25519 encryption key registered"
+                ))
+            })?;
+        let content = ContentKey::from_bytes(
+            &hex::decode(&key.content_key)
+                .map_err(|e| Error::Database(format!("content key: {e}")))?,
+        )?;
+        let wrapped = wrap_key(&ecu_key, &content)?;
+        let hashes: Hashes = serde_json::from_str(&key.ciphertext_hashes)
+            .map_err(|e| Error::Database(format!("ciphertext hashes: {e}")))?;
+        Ok(EncryptedImage {
+            key: wrapped,
+            ciphertext: CiphertextFile {
+                path: key.ciphertext_path,
+                length: key.ciphertext_length,
+                hashes,
+            },
+        })
+    }
+
+    fn sign_snapshot(
+        &self,
+        version: u64,
+        targets: &StoredRole,
+        now: DateTime<Utc>,
+    ) -> Result<StoredRole> {
+        let mut meta = MetaFile::version_only(targets.version);
+        meta.length = Some(targets.document.len() as u64);
+        meta.hashes = Some(compute_hashes(targets.document.as_bytes()));
+        let expires = now + self.lifetimes.targets;
+        let doc = Snapshot {
+            type_: "snapshot".into(),
+            spec_version: SPEC_VERSION.into(),
+            version,
+            expires: Expiry::new(expires),
+            meta: BTreeMap::from([("targets.json".to_owned(), meta)]),
+            unrecognized: BTreeMap::new(),
+        };
+        let bytes = sign_role(&doc, &[self.keys.snapshot.as_ref()])?;
+        Ok(StoredRole {
+            role: "snapshot".into(),
+            version,
+            expires_at: rfc3339(expires),
+            content_digest: targets.content_digest.clone(),
+            document: String::from_utf8_lossy(&bytes).into_owned(),
+        })
+    }
+
+    fn sign_timestamp(
+        &self,
+        version: u64,
+        snapshot: &StoredRole,
+        now: DateTime<Utc>,
+    ) -> Result<StoredRole> {
+        let mut meta = MetaFile::version_only(snapshot.version);
+        meta.length = Some(snapshot.document.len() as u64);
+        meta.hashes = Some(compute_hashes(snapshot.document.as_bytes()));
+        let expires = now + self.lifetimes.timestamp;
+        let doc = Timestamp {
+            type_: "timestamp".into(),
+            spec_version: SPEC_VERSION.into(),
+            version,
+            expires: Expiry::new(expires),
+            meta: BTreeMap::from([("snapshot.json".to_owned(), meta)]),
+            unrecognized: BTreeMap::new(),
+        };
+        let bytes = sign_role(&doc, &[self.keys.timestamp.as_ref()])?;
+        Ok(StoredRole {
+            role: "timestamp".into(),
+            version,
+            expires_at: rfc3339(expires),
+            content_digest: snapshot.content_digest.clone(),
+            document: String::from_utf8_lossy(&bytes).into_owned(),
+        })
+    }
+
+    /// Records a security event (failures to record are logged, never hide the original).
+    pub async fn event(
+        &self,
+        source: &str,
+        rule: &str,
+        vin: Option<&str>,
+        ecu_id: Option<&str>,
+        remote: Option<&str>,
+        detail: &str,
+    ) {
+        tracing::warn!(%source, %rule, vin = vin.unwrap_or("-"), ecu = ecu_id.unwrap_or("-"), %detail, "security event");
+        let e = NewEvent {
+            source,
+            rule,
+            vin,
+            ecu_id,
+            remote,
+            detail,
+        };
+        if let Err(err) = self.db.record_event(&e).await {
+            tracing::error!(error = %err, "could not record security event");
+        }
+    }
+
+    /// Accepts a vehicle version manifest: signatures (primary and each ECU), VIN, freshness;
+    /// stores what each ECU runs, completes assignments, records attack indicators and
+    /// rejections as security events, and re-signs the vehicle's director metadata.
+    pub async fn check_in(
+        &self,
+        vin: &str,
+        body: &[u8],
+        remote: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<CheckinResponse> {
+        let Some(vehicle) = self.db.vehicle(vin).await? else {
+            self.event(
+                "server",
+                "unknown-vehicle",
+                Some(vin),
+                None,
+                remote,
+                "manifest for an unregistered VIN",
+            )
+            .await;
+            return Err(Error::NotFound(format!("vehicle {vin} is not registered")));
+        };
+        let mut ecu_keys = BTreeMap::new();
+        for ecu in &vehicle.ecus {
+            let key: Key = serde_json::from_value(ecu.public_key.clone())
+                .map_err(|e| Error::Database(format!("stored key of {}: {e}", ecu.ecu_id)))?;
+            ecu_keys.insert(ecu.ecu_id.clone(), key);
+        }
+        let primary_key = ecu_keys.get(&vehicle.primary_ecu).cloned().ok_or_else(|| {
+            Error::Database(format!(
+                "primary ECU {} of {vin} has no key",
+                vehicle.primary_ecu
+            ))
+        })?;
+        let keys = VehicleKeys {
+            vin,
+            primary_ecu_id: &vehicle.primary_ecu,
+            primary_key: &primary_key,
+            ecu_keys: &ecu_keys,
+        };
+        let verified = match verify_vehicle_manifest(body, &keys) {
+            Ok(v) => v,
+            Err(e) => {
+                self.event("server", e.rule(), Some(vin), None, remote, &e.to_string())
+                    .await;
+                return Err(e.into());
+            }
+        };
+        let mut rejected = Vec::new();
+        for (ecu_id, err) in &verified.rejected_reports {
+            self.event(
+                "server",
+                err.rule(),
+                Some(vin),
+                Some(ecu_id),
+                remote,
+                &format!("ECU version report rejected: {err}"),
+            )
+            .await;
+            rejected.push(RejectedReport {
+                ecu_id: ecu_id.clone(),
+                rule: err.rule().to_owned(),
+            });
+        }
+        let mut reports = Vec::new();
+        for (ecu_id, report) in &verified.reports {
+            let last = vehicle
+                .ecus
+                .iter()
+                .find(|e| &e.ecu_id == ecu_id)
+                .and_then(|e| e.last_report_counter);
+            if let Err(e) = rampart_core::uptane::manifest::check_counter(
+                &format!("ECU report of {ecu_id}"),
+                last,
+                report.report_counter,
+            ) {
+                self.event(
+                    "server",
+                    e.rule(),
+                    Some(vin),
+                    Some(ecu_id),
+                    remote,
+                    &e.to_string(),
+                )
+                .await;
+                rejected.push(RejectedReport {
+                    ecu_id: ecu_id.clone(),
+                    rule: e.rule().to_owned(),
+                });
+                continue;
+            }
+            if !report.attacks_detected.is_empty() {
+                self.event(
+                    "vehicle",
+                    &attack_rule(&report.attacks_detected),
+                    Some(vin),
+                    Some(ecu_id),
+                    remote,
+                    &report.attacks_detected,
+                )
+                .await;
+            }
+            let img = &report.installed_image;
+            reports.push(ReportUpdate {
+                ecu_id: ecu_id.clone(),
+                installed: Installed {
+                    target: img.filename.clone(),
+                    length: img.length,
+                    hashes: serde_json::to_value(&img.hashes).unwrap_or_default(),
+                    release_counter: img.release_counter,
+                },
+                report_counter: report.report_counter,
+            });
+        }
+        let document = String::from_utf8_lossy(body);
+        let checkin = Checkin {
+            vin,
+            counter: verified.manifest.manifest_counter,
+            nonce: &verified.manifest.nonce,
+            document: &document,
+            reports,
+        };
+        let completed = match self.db.record_checkin(&checkin).await {
+            Ok(c) => c,
+            Err(e @ Error::Replay(_)) => {
+                self.event("server", "replay", Some(vin), None, remote, &e.to_string())
+                    .await;
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        };
+        let docs = self.documents(vin, now).await?;
+        Ok(CheckinResponse {
+            director_targets_version: docs.targets.version,
+            completed_assignments: completed,
+            rejected_reports: rejected,
+        })
+    }
+}
+
+/// The rule named at the start of an attack indicator (`rule: message`), or `vehicle-report`.
+fn attack_rule(indicator: &str) -> String {
+    indicator
+        .split_once(':')
+        .map(|(rule, _)| rule.trim())
+        .filter(|r| {
+            !r.is_empty() && r.len() <= 64 && r.bytes().all(|b| b.is_ascii_lowercase() || b == b'-')
+        })
+        .unwrap_or("vehicle-report")
+        .to_owned()
+}

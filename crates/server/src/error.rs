@@ -1,0 +1,117 @@
+//! Errors of the server, each with the HTTP status it maps to and the rule it names.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+
+/// Result alias.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What went wrong on the server side.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The core rejected metadata, a manifest or a key.
+    #[error(transparent)]
+    Verification(#[from] rampart_core::Error),
+
+    /// Database failure.
+    #[error("database: {0}")]
+    Database(String),
+
+    /// A file of the data directory could not be read or written.
+    #[error("{path}: {reason}")]
+    Io {
+        /// File.
+        path: String,
+        /// Cause.
+        reason: String,
+    },
+
+    /// Bad or missing configuration.
+    #[error("configuration: {0}")]
+    Config(String),
+
+    /// A request that is well-formed but not acceptable (unknown ECU, bad field…).
+    #[error("{0}")]
+    BadRequest(String),
+
+    /// Something that already exists.
+    #[error("{0}")]
+    Conflict(String),
+
+    /// Something that does not exist.
+    #[error("{0}")]
+    NotFound(String),
+
+    /// Missing or wrong credentials.
+    #[error("{0}")]
+    Unauthorized(String),
+
+    /// Authenticated, but not allowed (e.g. a certificate for another VIN).
+    #[error("{0}")]
+    Forbidden(String),
+
+    /// A request body over the limit (endless data).
+    #[error("{0}")]
+    TooLarge(String),
+
+    /// A replayed manifest.
+    #[error("replay: {0}")]
+    Replay(String),
+}
+
+impl Error {
+    /// Builds [`Error::Io`].
+    pub fn io(path: impl AsRef<std::path::Path>, e: impl std::fmt::Display) -> Self {
+        Error::Io {
+            path: path.as_ref().display().to_string(),
+            reason: e.to_string(),
+        }
+    }
+
+    /// Stable short name of the failed rule.
+    pub fn rule(&self) -> &'static str {
+        match self {
+            Error::Verification(e) => e.rule(),
+            Error::Database(_) => "database",
+            Error::Io { .. } => "io",
+            Error::Config(_) => "config",
+            Error::BadRequest(_) => "bad-request",
+            Error::Conflict(_) => "conflict",
+            Error::NotFound(_) => "not-found",
+            Error::Unauthorized(_) => "unauthorized",
+            Error::Forbidden(_) => "forbidden",
+            Error::Replay(_) => "replay",
+            Error::TooLarge(_) => "endless-data",
+        }
+    }
+
+    /// The HTTP status this error answers with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Error::Verification(rampart_core::Error::Replay { .. }) | Error::Replay(_) => {
+                StatusCode::CONFLICT
+            }
+            Error::Verification(_) | Error::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Error::Conflict(_) => StatusCode::CONFLICT,
+            Error::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::NotFound(_) => StatusCode::NOT_FOUND,
+            Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Error::Forbidden(_) => StatusCode::FORBIDDEN,
+            Error::Database(_) | Error::Io { .. } | Error::Config(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        }
+    }
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if status.is_server_error() {
+            tracing::error!(error = %self, "request failed");
+        }
+        let body = serde_json::json!({ "error": self.to_string(), "rule": self.rule() });
+        (status, axum::Json(body)).into_response()
+    }
+}

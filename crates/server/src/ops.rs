@@ -1,0 +1,395 @@
+//! The release engineer's and security officer's operations on a data directory: publish an
+//! image, sign offline, import, delegate to a supplier, rotate a key. The CLI is a thin layer
+//! over these.
+
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use rampart_core::encryption::ContentKey;
+use rampart_core::key::KeyScheme;
+use rampart_core::metadata::{add_signatures, sign_role, Expiry, Root};
+use rampart_core::signer::{InMemorySigner, Signer};
+use rampart_core::uptane::ImageCustom;
+
+use crate::config::Config;
+use crate::db::{Db, ImageKey};
+use crate::error::{Error, Result};
+use crate::keys::{generate_key_file, load_key_file, read_public_key};
+use crate::layout::Layout;
+use crate::repo::{sign_root, RepoState, Repository};
+
+/// The image repository of a data directory.
+pub fn image_repo(layout: &Layout) -> Repository {
+    Repository::new(layout.image_metadata(), layout.image_targets())
+}
+
+fn load_signers(paths: &[PathBuf]) -> Result<Vec<Box<dyn Signer>>> {
+    paths
+        .iter()
+        .map(|p| Ok(Box::new(load_key_file(p)?) as Box<dyn Signer>))
+        .collect()
+}
+
+/// A request to publish an image.
+#[derive(Debug, Clone)]
+pub struct PublishRequest {
+    /// The image file.
+    pub file: PathBuf,
+    /// Target path (default: the file name).
+    pub name: Option<String>,
+    /// Hardware the image is for.
+    pub hardware_id: String,
+    /// Human-readable version.
+    pub version: Option<String>,
+    /// Release counter (default: one above the highest for this hardware ID).
+    pub release_counter: Option<u64>,
+    /// Signing role (`targets` or a supplier's delegated role).
+    pub role: String,
+    /// Keys of that role (default for `targets`: the offline targets key).
+    pub keys: Vec<PathBuf>,
+    /// Publish only the ciphertext (per-ECU encryption).
+    pub encrypt: bool,
+    /// Do not sign: write the unsigned role here for offline signing.
+    pub export_unsigned: Option<PathBuf>,
+}
+
+/// What was published.
+#[derive(Debug, Clone)]
+pub struct PublishOutcome {
+    /// Target path.
+    pub name: String,
+    /// Role.
+    pub role: String,
+    /// Length.
+    pub length: u64,
+    /// sha256.
+    pub sha256: String,
+    /// Release counter.
+    pub release_counter: u64,
+    /// New role version (committed or exported).
+    pub role_version: u64,
+    /// Whether it was committed (false: exported for offline signing).
+    pub committed: bool,
+}
+
+fn next_release_counter(state: &RepoState, hardware_id: &str) -> u64 {
+    state
+        .roles
+        .values()
+        .flat_map(|t| t.targets.values())
+        .filter_map(|f| rampart_core::uptane::image_custom("", f).ok())
+        .filter(|c| c.hardware_id == hardware_id)
+        .map(|c| c.release_counter)
+        .max()
+        .map_or(1, |m| m + 1)
+}
+
+/// Publishes an image: stores it (or only its ciphertext), stages the role, signs it with
+/// the role's keys (or exports it unsigned), and commits it with a new snapshot and
+/// timestamp.
+pub async fn publish(
+    layout: &Layout,
+    req: &PublishRequest,
+    now: DateTime<Utc>,
+) -> Result<PublishOutcome> {
+    let config = Config::load(layout)?;
+    let repo = image_repo(layout);
+    let state = repo.state()?;
+    let name = match &req.name {
+        Some(n) => n.clone(),
+        None => req
+            .file
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .ok_or_else(|| Error::BadRequest(format!("{} has no file name", req.file.display())))?,
+    };
+    crate::repo::check_target_name(&name)?;
+    let release_counter = req
+        .release_counter
+        .unwrap_or_else(|| next_release_counter(&state, &req.hardware_id));
+    let custom = ImageCustom {
+        hardware_id: req.hardware_id.clone(),
+        release_counter,
+        version: req.version.clone(),
+    };
+    let (length, hashes) = if req.encrypt {
+        let key = ContentKey::generate()?;
+        let copy = repo.store_encrypted(&req.file, &name, &key)?;
+        let db = Db::connect(&config.database_url(layout)).await?;
+        db.store_image_key(&ImageKey {
+            target: name.clone(),
+            content_key: hex::encode(key.as_bytes()),
+            ciphertext_path: copy.ciphertext_path.clone(),
+            ciphertext_length: copy.ciphertext_length,
+            ciphertext_hashes: serde_json::to_string(&copy.ciphertext_hashes).unwrap_or_default(),
+        })
+        .await?;
+        (copy.length, copy.hashes)
+    } else {
+        repo.store_image(&req.file, &name)?
+    };
+    let sha256 = hashes.get("sha256").cloned().unwrap_or_default();
+    let staged = repo.stage_target(&state, &req.role, &name, length, hashes, &custom, now)?;
+    let version = staged.role.version;
+    if let Some(out) = &req.export_unsigned {
+        let doc = Repository::unsigned_document(&staged.role)?;
+        std::fs::write(out, doc).map_err(|e| Error::io(out, e))?;
+        return Ok(PublishOutcome {
+            name,
+            role: req.role.clone(),
+            length,
+            sha256,
+            release_counter,
+            role_version: version,
+            committed: false,
+        });
+    }
+    let keys = if req.keys.is_empty() && req.role == "targets" {
+        vec![config.offline_keys_dir(layout).join("image-targets.pem")]
+    } else {
+        req.keys.clone()
+    };
+    if keys.is_empty() {
+        return Err(Error::BadRequest(format!("role {} needs --key", req.role)));
+    }
+    let signers = load_signers(&keys)?;
+    let online = config.image_online_keys(layout)?;
+    repo.sign_and_commit(&req.role, &staged.role, &signers, &online, now)?;
+    Ok(PublishOutcome {
+        name,
+        role: req.role.clone(),
+        length,
+        sha256,
+        release_counter,
+        role_version: version,
+        committed: true,
+    })
+}
+
+/// Adds signatures with `keys` to a metadata document (offline signing, on any machine).
+pub fn sign_file(document: &Path, keys: &[PathBuf], out: &Path) -> Result<()> {
+    let bytes = std::fs::read(document).map_err(|e| Error::io(document, e))?;
+    let signers = load_signers(keys)?;
+    let refs: Vec<&dyn Signer> = signers.iter().map(|s| s.as_ref()).collect();
+    let signed = add_signatures(&bytes, &refs)?;
+    std::fs::write(out, signed).map_err(|e| Error::io(out, e))
+}
+
+/// Imports a role signed elsewhere: checked against its delegator, then committed.
+pub fn import(layout: &Layout, role: &str, document: &Path, now: DateTime<Utc>) -> Result<u64> {
+    let config = Config::load(layout)?;
+    let bytes = std::fs::read(document).map_err(|e| Error::io(document, e))?;
+    let online = config.image_online_keys(layout)?;
+    image_repo(layout).commit_role(role, &bytes, &online, now)
+}
+
+/// A request to delegate to a supplier.
+#[derive(Debug, Clone)]
+pub struct DelegateRequest {
+    /// New role name.
+    pub name: String,
+    /// Delegating role.
+    pub parent: String,
+    /// Keys of the supplier: public keys, or private key files (then the first empty version
+    /// of the role is signed right away).
+    pub keys: Vec<PathBuf>,
+    /// Signatures the supplier's role needs.
+    pub threshold: u32,
+    /// Path patterns it may sign for.
+    pub paths: Vec<String>,
+    /// Hardware IDs it may sign for (empty: any).
+    pub hardware_ids: Vec<String>,
+    /// Stop the search after this role.
+    pub terminating: bool,
+    /// Keys of the parent (default for `targets`: the offline targets key).
+    pub parent_keys: Vec<PathBuf>,
+}
+
+/// Delegates part of the image repository to a supplier.
+pub fn delegate(layout: &Layout, req: &DelegateRequest, now: DateTime<Utc>) -> Result<u64> {
+    let config = Config::load(layout)?;
+    let repo = image_repo(layout);
+    let state = repo.state()?;
+    let keys = req
+        .keys
+        .iter()
+        .map(|p| read_public_key(p))
+        .collect::<Result<Vec<_>>>()?;
+    let private: Vec<InMemorySigner> = req
+        .keys
+        .iter()
+        .filter_map(|p| load_key_file(p).ok())
+        .collect();
+    let next = repo.stage_delegation(
+        &state,
+        &req.parent,
+        &req.name,
+        &keys,
+        req.threshold,
+        &req.paths,
+        &req.hardware_ids,
+        req.terminating,
+        now,
+    )?;
+    let parent_keys = if req.parent_keys.is_empty() && req.parent == "targets" {
+        vec![config.offline_keys_dir(layout).join("image-targets.pem")]
+    } else {
+        req.parent_keys.clone()
+    };
+    let parent_signers = load_signers(&parent_keys)?;
+    let refs: Vec<&dyn Signer> = parent_signers.iter().map(|s| s.as_ref()).collect();
+    let parent_bytes = sign_role(&next, &refs)?;
+    let online = config.image_online_keys(layout)?;
+    if private.len() as u32 >= req.threshold {
+        let delegate_refs: Vec<&dyn Signer> = private.iter().map(|s| s as &dyn Signer).collect();
+        repo.commit_delegation(
+            &req.parent,
+            &parent_bytes,
+            &req.name,
+            &delegate_refs,
+            &online,
+            now,
+        )?;
+    } else {
+        repo.commit_role(&req.parent, &parent_bytes, &online, now)?;
+        tracing::warn!(role = %req.name, "no private keys given: the supplier publishes the role's first version");
+    }
+    Ok(next.version)
+}
+
+/// Which repository a rotation is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Which {
+    /// The image repository.
+    Image,
+    /// The director.
+    Director,
+}
+
+/// What a rotation did.
+#[derive(Debug, Clone)]
+pub struct RotateOutcome {
+    /// New root version.
+    pub root_version: u64,
+    /// New key files.
+    pub new_key_files: Vec<PathBuf>,
+}
+
+fn retire(path: &Path, now: DateTime<Utc>) -> Result<()> {
+    if path.exists() {
+        let retired = PathBuf::from(format!(
+            "{}.retired-{}",
+            path.display(),
+            now.format("%Y%m%dT%H%M%S")
+        ));
+        std::fs::rename(path, &retired).map_err(|e| Error::io(path, e))?;
+    }
+    Ok(())
+}
+
+/// Rotates the keys of `role` in `which` repository: new key(s), a new root version signed
+/// by the old root threshold (and the new one, for root), and the affected metadata re-signed
+/// so clients move to the new keys on their next refresh. For the director, every vehicle's
+/// metadata is re-signed on its next request. A running server must be restarted to pick up
+/// new online keys.
+pub async fn rotate(
+    layout: &Layout,
+    which: Which,
+    role: &str,
+    now: DateTime<Utc>,
+) -> Result<RotateOutcome> {
+    let config = Config::load(layout)?;
+    let offline = config.offline_keys_dir(layout);
+    let online_dir = layout.online_keys();
+    let prefix = match which {
+        Which::Image => "image",
+        Which::Director => "director",
+    };
+    let (metadata_dir, targets_dir) = match which {
+        Which::Image => (layout.image_metadata(), layout.image_targets()),
+        Which::Director => (layout.director_public(), layout.director_public()),
+    };
+    let repo = Repository::new(metadata_dir, targets_dir);
+    let old_version = repo.latest_root_version()?;
+    let old_root: Root =
+        rampart_core::metadata::Envelope::parse(&repo.root_bytes(old_version)?, "root")?
+            .typed("root")?;
+    let old_root_files: Vec<PathBuf> = (1..=16)
+        .map(|i| offline.join(format!("{prefix}-root-{i}.pem")))
+        .filter(|p| p.exists())
+        .collect();
+    let old_root_signers = load_signers(&old_root_files)?;
+    let scheme = KeyScheme::Ed25519;
+    let mut new_root = old_root.clone();
+    let mut new_files = Vec::new();
+    let mut new_root_signers: Vec<Box<dyn Signer>> = Vec::new();
+    let role_keys = old_root.role(role)?.clone();
+    for id in &role_keys.keyids {
+        new_root.keys.remove(id);
+    }
+    let mut ids = Vec::new();
+    if role == "root" {
+        for (i, path) in old_root_files.iter().enumerate() {
+            retire(path, now)?;
+            let fresh = offline.join(format!("{prefix}-root-{}.pem", i + 1));
+            let s = generate_key_file(&fresh, scheme)?;
+            ids.push(s.key_id());
+            new_root.keys.insert(s.key_id(), s.public_key().clone());
+            new_files.push(fresh);
+            new_root_signers.push(Box::new(s));
+        }
+    } else {
+        let dir = if role == "targets" && which == Which::Image {
+            &offline
+        } else {
+            &online_dir
+        };
+        let path = dir.join(format!("{prefix}-{role}.pem"));
+        retire(&path, now)?;
+        let s = generate_key_file(&path, scheme)?;
+        ids.push(s.key_id());
+        new_root.keys.insert(s.key_id(), s.public_key().clone());
+        new_files.push(path);
+    }
+    new_root.roles.insert(
+        role.to_owned(),
+        rampart_core::metadata::RoleKeys::new(
+            ids,
+            role_keys.threshold.min(new_files.len() as u32).max(1),
+        ),
+    );
+    new_root.version = old_version + 1;
+    new_root.expires = Expiry::new(now + repo.lifetimes.root);
+    let mut signers: Vec<&dyn Signer> = old_root_signers.iter().map(|s| s.as_ref()).collect();
+    signers.extend(new_root_signers.iter().map(|s| s.as_ref()));
+    repo.write_root(&new_root, &sign_root(&new_root, &signers)?)?;
+
+    match which {
+        Which::Image => {
+            let online = config.image_online_keys(layout)?;
+            if role == "targets" {
+                let state = repo.state()?;
+                let mut next = state
+                    .roles
+                    .get("targets")
+                    .cloned()
+                    .ok_or_else(|| Error::NotFound("targets role".into()))?;
+                next.version += 1;
+                next.expires = Expiry::new(now + repo.lifetimes.targets);
+                let signers = load_signers(&new_files)?;
+                repo.sign_and_commit("targets", &next, &signers, &online, now)?;
+            } else {
+                repo.resign_online(&online, now)?;
+            }
+        }
+        Which::Director => {
+            // Every vehicle's director metadata is re-signed (version + 1) on its next request.
+            let db = Db::connect(&config.database_url(layout)).await?;
+            db.expire_director_roles().await?;
+        }
+    }
+    Ok(RotateOutcome {
+        root_version: new_root.version,
+        new_key_files: new_files,
+    })
+}

@@ -1,0 +1,163 @@
+//! `rampart serve`: the image repository folder, the director and the admin API over HTTPS,
+//! plus a background task that re-signs the image repository's timestamp and snapshot
+//! before they expire.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+
+use crate::api::{router, AppState};
+use crate::config::Config;
+use crate::db::Db;
+use crate::director::Director;
+use crate::error::{Error, Result};
+use crate::layout::Layout;
+use crate::repo::Repository;
+
+/// Options of one server run (flags over the configuration file).
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// Data directory.
+    pub layout: Layout,
+    /// Listen address (overrides the configuration; `127.0.0.1:0` for an ephemeral port).
+    pub listen: Option<String>,
+    /// Database URL (overrides the configuration).
+    pub database: Option<String>,
+    /// Serve plain HTTP even if the configuration says TLS (labs only).
+    pub danger_plain_http: bool,
+    /// How often to check whether timestamp/snapshot need re-signing.
+    pub refresh_every: Duration,
+}
+
+impl ServeOptions {
+    /// Defaults for a data directory.
+    pub fn new(layout: Layout) -> Self {
+        ServeOptions {
+            layout,
+            listen: None,
+            database: None,
+            danger_plain_http: false,
+            refresh_every: Duration::from_secs(60),
+        }
+    }
+}
+
+/// A running server.
+pub struct Running {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Whether it speaks TLS.
+    pub tls: bool,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+    stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl Running {
+    /// Base URL (`https://127.0.0.1:PORT/`).
+    pub fn url(&self) -> String {
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}/", self.addr)
+    }
+
+    /// Stops the server and waits for it.
+    pub async fn stop(self) -> Result<()> {
+        let _ = self.stop.send(());
+        self.task
+            .await
+            .map_err(|e| Error::Config(format!("server task: {e}")))?
+            .map_err(|e| Error::Config(format!("server: {e}")))
+    }
+
+    /// Waits until the server ends by itself.
+    pub async fn wait(self) -> Result<()> {
+        let (_keep, task) = (self.stop, self.task);
+        task.await
+            .map_err(|e| Error::Config(format!("server task: {e}")))?
+            .map_err(|e| Error::Config(format!("server: {e}")))
+    }
+}
+
+/// Starts the server: opens the database (running migrations), loads the online keys,
+/// binds, and serves until stopped.
+pub async fn start(opts: ServeOptions) -> Result<Running> {
+    let layout = opts.layout.clone();
+    let config = Config::load(&layout)?;
+    let db_url = opts
+        .database
+        .clone()
+        .unwrap_or_else(|| config.database_url(&layout));
+    let db = Db::connect(&db_url).await?;
+    let director = Director::new(db, config.director_keys(&layout)?, layout.director_public());
+    let admin_token = crate::pki::load_admin_token(&layout.pki())
+        .map_err(|e| Error::Config(format!("admin token: {e}")))?;
+    let tls = config.tls && !opts.danger_plain_http;
+    let state = AppState::new(director, &layout, admin_token, config.limits.limits(), tls);
+    let app = router(state, &layout.root().join("public/image"));
+
+    // Online re-signing of the image repository's timestamp and snapshot.
+    let image_keys = config.image_online_keys(&layout)?;
+    let repo = Repository::new(layout.image_metadata(), layout.image_targets());
+    let every = opts.refresh_every;
+    let refresher = tokio::spawn(async move {
+        let keys = std::sync::Arc::new(image_keys);
+        loop {
+            let (repo, keys) = (repo.clone(), keys.clone());
+            let result =
+                tokio::task::spawn_blocking(move || repo.refresh_online(&keys, chrono::Utc::now()))
+                    .await;
+            match result {
+                Ok(Ok(done)) if !done.is_empty() => {
+                    tracing::info!(?done, "re-signed image repository metadata")
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "could not re-sign image repository metadata")
+                }
+                Err(e) => tracing::error!(error = %e, "re-signing task failed"),
+            }
+            tokio::time::sleep(every).await;
+        }
+    });
+
+    let listen = opts.listen.clone().unwrap_or_else(|| config.listen.clone());
+    let listener = TcpListener::bind(&listen)
+        .await
+        .map_err(|e| Error::Config(format!("cannot listen on {listen}: {e}")))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| Error::Config(e.to_string()))?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let shutdown = async move {
+        let _ = stopped.await;
+        refresher.abort();
+    };
+    let task = if tls {
+        let tls_config = crate::tls::server_config(&layout.pki())
+            .map_err(|e| Error::Config(format!("TLS: {e}")))?;
+        tokio::spawn(crate::tls::serve_tls(listener, tls_config, app, shutdown))
+    } else {
+        tracing::warn!(
+            "serving plain HTTP: vehicle identity rests on manifest signatures alone (lab mode)"
+        );
+        tokio::spawn(crate::tls::serve_plain(listener, app, shutdown))
+    };
+    tracing::info!(%addr, tls, database = %redact(&db_url), "rampart server listening");
+    Ok(Running {
+        addr,
+        tls,
+        task,
+        stop,
+    })
+}
+
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.find('@')) {
+        (Some(s), Some(a)) if a > s => format!(
+            "{}://…@{}",
+            url.get(..s).unwrap_or(""),
+            url.get(a + 1..).unwrap_or("")
+        ),
+        _ => url.to_owned(),
+    }
+}

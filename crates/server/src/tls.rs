@@ -1,0 +1,440 @@
+//! Serving an axum [`Router`] over HTTPS with optional client certificates (mutual TLS).
+//!
+//! Public routes (repository metadata and images) are open to anyone; vehicle routes (the
+//! director's manifest upload and per-vehicle targets) require a client certificate signed
+//! by the fleet CA (see [`crate::pki`]). One listener serves both: the TLS handshake asks for
+//! a certificate but lets a client without one through, while a certificate that is
+//! presented must chain to the fleet CA, carry clientAuth and be within its validity — or
+//! the handshake fails. Handlers learn who is calling from the [`ClientIdentity`] request
+//! extension, or demand a vehicle with the [`RequireVehicle`] extractor.
+//!
+//! Invariants: a connection never blocks the accept loop (the handshake runs in the
+//! connection's own task, bounded by [`HANDSHAKE_TIMEOUT`]); a failing or hostile
+//! connection is logged and dropped, never a reason to stop serving; every request carries
+//! a `ClientIdentity` whose `vin` comes only from a verified certificate.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::pin::pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::http::request::Parts;
+use axum::http::{Request, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::{Json, Router};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use rustls::server::WebPkiClientVerifier;
+use rustls::{RootCertStore, ServerConfig};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::{JoinError, JoinSet};
+use tokio_rustls::TlsAcceptor;
+use tower::Service;
+
+use crate::pki::{self, PkiFiles};
+
+/// Longest a client may take to complete the TLS handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest an HTTP/1 client may take to send a request's headers.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// After shutdown is requested, how long open connections get to finish their requests
+/// before they are cut.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// Rule name in the 401 body of [`RequireVehicle`].
+pub const CLIENT_CERT_REQUIRED_RULE: &str = "client-certificate-required";
+
+/// Result alias of the TLS layer.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Why the TLS configuration could not be built.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A file of the PKI directory is missing, unreadable or does not hold what it should.
+    #[error("{}: {reason}", path.display())]
+    PkiFile {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+
+    /// rustls refused the certificates, key or verifier settings.
+    #[error("TLS configuration refused: {reason}")]
+    Config {
+        /// rustls' reason.
+        reason: String,
+    },
+}
+
+impl Error {
+    /// A short stable identifier of the rule that failed.
+    pub fn rule(&self) -> &'static str {
+        match self {
+            Error::PkiFile { .. } => "pki-file",
+            Error::Config { .. } => "tls-config",
+        }
+    }
+}
+
+/// Who sent a request, inserted as a request extension on every request served by
+/// [`serve_tls`] or [`serve_plain`].
+#[derive(Clone, Debug)]
+pub struct ClientIdentity {
+    /// The VIN of the verified client certificate (its subject CN), `None` when the client
+    /// presented no certificate (or the connection is not TLS).
+    pub vin: Option<String>,
+    /// The peer's address.
+    pub peer: SocketAddr,
+}
+
+/// The rustls configuration for the PKI in `pki_dir`: the server certificate and key; client
+/// certificates optional but, when presented, verified against the fleet CA (chain,
+/// clientAuth EKU, validity); ALPN `h2` and `http/1.1`. Uses the aws-lc-rs provider
+/// explicitly, whatever the process default is.
+pub fn server_config(pki_dir: &Path) -> Result<Arc<ServerConfig>> {
+    let files = PkiFiles::in_dir(pki_dir);
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+
+    let ca_certs = read_certs(&files.ca_cert)?;
+    let mut roots = RootCertStore::empty();
+    for cert in ca_certs {
+        roots.add(cert).map_err(|e| Error::PkiFile {
+            path: files.ca_cert.clone(),
+            reason: format!("not a usable CA certificate: {e}"),
+        })?;
+    }
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| Error::Config {
+            reason: e.to_string(),
+        })?;
+
+    let chain = read_certs(&files.server_cert)?;
+    let key = PrivateKeyDer::from_pem_file(&files.server_key).map_err(|e| Error::PkiFile {
+        path: files.server_key.clone(),
+        reason: e.to_string(),
+    })?;
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::Config {
+            reason: e.to_string(),
+        })?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .map_err(|e| Error::Config {
+            reason: e.to_string(),
+        })?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Serves `app` over TLS on `listener` until `shutdown` completes, then stops accepting,
+/// lets open connections finish for up to [`SHUTDOWN_GRACE`] and returns.
+///
+/// Each connection runs in its own task: TLS handshake (at most [`HANDSHAKE_TIMEOUT`]), then
+/// HTTP/1.1 or HTTP/2. Every request gets a [`ClientIdentity`] extension (and axum's
+/// `ConnectInfo<SocketAddr>`). Handshake failures are logged at debug level (scanners and
+/// clients with the wrong CA are routine), timeouts at info.
+pub async fn serve_tls(
+    listener: TcpListener,
+    config: Arc<ServerConfig>,
+    app: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    let acceptor = TlsAcceptor::from(config);
+    serve_connections(listener, app, shutdown, move |tcp, peer| {
+        let acceptor = acceptor.clone();
+        async move {
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(stream)) => {
+                    let vin = vin_of_peer(stream.get_ref().1.peer_certificates(), peer);
+                    Some((stream, vin))
+                }
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    None
+                }
+                Err(_) => {
+                    tracing::info!(%peer, timeout = ?HANDSHAKE_TIMEOUT, "TLS handshake timed out");
+                    None
+                }
+            }
+        }
+    })
+    .await
+}
+
+/// Serves `app` over plain HTTP (no TLS), like [`serve_tls`] otherwise; every request's
+/// [`ClientIdentity`] has `vin: None`. For a CDN-style origin of public files behind a
+/// TLS-terminating proxy, and for tests.
+pub async fn serve_plain(
+    listener: TcpListener,
+    app: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    serve_connections(listener, app, shutdown, |tcp, _peer| async move {
+        Some((tcp, None))
+    })
+    .await
+}
+
+/// Extractor for routes only a vehicle may call: yields the VIN of the verified client
+/// certificate, or rejects with 401 and
+/// `{"error": "...", "rule": "client-certificate-required"}`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequireVehicle(pub String);
+
+/// Rejection of [`RequireVehicle`]: the request came without a fleet client certificate.
+#[derive(Clone, Debug)]
+pub struct VehicleCertificateRequired;
+
+impl IntoResponse for VehicleCertificateRequired {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({
+            "error": "this route requires a vehicle client certificate issued by the fleet CA",
+            "rule": CLIENT_CERT_REQUIRED_RULE,
+        });
+        (StatusCode::UNAUTHORIZED, Json(body)).into_response()
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for RequireVehicle {
+    type Rejection = VehicleCertificateRequired;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        parts
+            .extensions
+            .get::<ClientIdentity>()
+            .and_then(|identity| identity.vin.clone())
+            .map(RequireVehicle)
+            .ok_or(VehicleCertificateRequired)
+    }
+}
+
+/// The accept loop shared by [`serve_tls`] and [`serve_plain`]. `handshake` turns a TCP
+/// connection into the stream HTTP is spoken over and the VIN of the client, or `None` to
+/// drop the connection; it runs in the connection's task.
+async fn serve_connections<H, F, S>(
+    listener: TcpListener,
+    app: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    handshake: H,
+) -> io::Result<()>
+where
+    H: Fn(TcpStream, SocketAddr) -> F,
+    F: Future<Output = Option<(S, Option<String>)>> + Send + 'static,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    builder.http2().timer(TokioTimer::new());
+    let builder = Arc::new(builder);
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut connections = JoinSet::new();
+    let mut shutdown = pin!(shutdown);
+    loop {
+        tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            Some(joined) = connections.join_next(), if !connections.is_empty() => {
+                log_join(joined);
+            }
+            accepted = listener.accept() => {
+                let (tcp, peer) = match accepted {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        accept_error_pause(&e).await;
+                        continue;
+                    }
+                };
+                if let Err(e) = tcp.set_nodelay(true) {
+                    tracing::debug!(%peer, error = %e, "cannot set TCP_NODELAY");
+                }
+                let handshake = handshake(tcp, peer);
+                let connection = serve_connection(
+                    handshake,
+                    peer,
+                    app.clone(),
+                    builder.clone(),
+                    stop_rx.clone(),
+                );
+                connections.spawn(connection);
+            }
+        }
+    }
+
+    drop(listener);
+    // Receivers were all cloned before this send, so every connection task sees it.
+    let _ = stop_tx.send(true);
+    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        while let Some(joined) = connections.join_next().await {
+            log_join(joined);
+        }
+    })
+    .await;
+    if drained.is_err() {
+        tracing::info!(
+            open = connections.len(),
+            grace = ?SHUTDOWN_GRACE,
+            "connections still open after the shutdown grace period; closing them"
+        );
+        connections.shutdown().await;
+    }
+    Ok(())
+}
+
+/// One connection: handshake, then HTTP until the client is done or shutdown is requested
+/// (in which case in-flight requests finish and the connection is closed).
+async fn serve_connection<F, S>(
+    handshake: F,
+    peer: SocketAddr,
+    app: Router,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    mut stop: watch::Receiver<bool>,
+) where
+    F: Future<Output = Option<(S, Option<String>)>>,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let established = tokio::select! {
+        established = handshake => established,
+        () = stop_requested(&mut stop) => None,
+    };
+    let Some((stream, vin)) = established else {
+        return;
+    };
+    let service = TowerToHyperService::new(WithIdentity {
+        inner: app,
+        identity: ClientIdentity { vin, peer },
+    });
+    let mut connection = pin!(builder.serve_connection(TokioIo::new(stream), service));
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        () = stop_requested(&mut stop) => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
+    }
+}
+
+/// The router, with the connection's [`ClientIdentity`] (and `ConnectInfo`) inserted into
+/// each request.
+#[derive(Clone)]
+struct WithIdentity {
+    inner: Router,
+    identity: ClientIdentity,
+}
+
+impl Service<Request<Incoming>> for WithIdentity {
+    type Response = <Router as Service<Request<Incoming>>>::Response;
+    type Error = <Router as Service<Request<Incoming>>>::Error;
+    type Future = <Router as Service<Request<Incoming>>>::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        <Router as Service<Request<Incoming>>>::poll_ready(&mut self.inner, cx)
+    }
+
+    fn call(&mut self, mut request: Request<Incoming>) -> Self::Future {
+        let extensions = request.extensions_mut();
+        // Whatever a client sends, these come from the connection, not from the request.
+        extensions.insert(self.identity.clone());
+        extensions.insert(ConnectInfo(self.identity.peer));
+        self.inner.call(request)
+    }
+}
+
+/// The VIN of a verified client certificate chain: the leaf's single subject CN, which must
+/// also pass [`pki::validate_vin`]. The chain has been verified by rustls before this runs.
+fn vin_of_peer(certs: Option<&[CertificateDer<'static>]>, peer: SocketAddr) -> Option<String> {
+    let leaf = certs?.first()?;
+    let (_, cert) = match x509_parser::parse_x509_certificate(leaf) {
+        Ok(parsed) => parsed,
+        Err(e) => {
+            tracing::warn!(%peer, error = %e, "verified client certificate does not parse");
+            return None;
+        }
+    };
+    let mut common_names = cert.subject().iter_common_name();
+    let (Some(cn), None) = (common_names.next(), common_names.next()) else {
+        tracing::warn!(%peer, "client certificate has no single subject CN; treated as anonymous");
+        return None;
+    };
+    let vin = match cn.as_str() {
+        Ok(vin) => vin,
+        Err(e) => {
+            tracing::warn!(%peer, error = %e, "client certificate CN is not a string");
+            return None;
+        }
+    };
+    match pki::validate_vin(vin) {
+        Ok(()) => Some(vin.to_owned()),
+        Err(e) => {
+            tracing::warn!(%peer, error = %e, "client certificate CN is not a valid VIN");
+            None
+        }
+    }
+}
+
+fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
+    let pki_file = |reason: String| Error::PkiFile {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| pki_file(e.to_string()))?
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| pki_file(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(pki_file("no certificate in the file".to_owned()));
+    }
+    Ok(certs)
+}
+
+/// Completes once shutdown is requested (or the accept loop is gone).
+async fn stop_requested(stop: &mut watch::Receiver<bool>) {
+    // The guard `wait_for` returns is not `Send`; drop it here rather than in the caller.
+    let _ = stop.wait_for(|stop| *stop).await;
+}
+
+fn log_join(joined: std::result::Result<(), JoinError>) {
+    if let Err(e) = joined {
+        if e.is_panic() {
+            tracing::error!(error = %e, "connection task panicked");
+        }
+    }
+}
+
+/// Errors from `accept` that concern one connection are skipped; others (out of file
+/// descriptors…) get a pause so the loop does not spin while they last.
+async fn accept_error_pause(e: &io::Error) {
+    match e.kind() {
+        io::ErrorKind::ConnectionAborted
+        | io::ErrorKind::ConnectionRefused
+        | io::ErrorKind::ConnectionReset => {
+            tracing::debug!(error = %e, "accept: connection gone");
+        }
+        _ => {
+            tracing::error!(error = %e, "accept failed; pausing for a second");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+}
