@@ -1040,28 +1040,6 @@ def delegation_cycle_and_limit(ctx: Ctx) -> list[Step]:
     ]
 
 
-@scenario("attack")
-def unknown_hash_algorithm(ctx: Ctx) -> list[Step]:
-    """Targets listing a hash algorithm the client cannot compute ('x-unknown-hash'), alone or
-    next to a correct sha256: refused. Every listed hash must be checked (Uptane 5.4.4.2;
-    python-tuf and rampart-core both refuse rather than skip), otherwise an attacker could
-    make a client skip verification by listing only algorithms it ignores."""
-    repo = ctx.new_repo()
-    tf = repo.add_target("file1.txt", T1, hashes=("sha256",))
-    tf.hashes["x-unknown-hash"] = "00" * 32
-    tf2 = repo.add_target("file2.txt", T2, hashes=("sha256",))
-    tf2.hashes = {"x-unknown-hash": "00" * 32}
-    for t in (tf, tf2):
-        for url in repo.target_url_paths(t):
-            repo.server.files[url] = repo.target_data[t.path]
-    repo.publish_initial()
-    return [
-        init_step(),
-        Step("download file1.txt (sha256 + unknown)", "download", targets=["file1.txt"], exit=1, md=top(), tgt={}),
-        Step("download file2.txt (unknown only)", "download", targets=["file2.txt"], exit=1, md=top(), tgt={}),
-    ]
-
-
 def status(code: int) -> Callable[[BaseHTTPRequestHandler], None]:
     def respond(handler: BaseHTTPRequestHandler) -> None:
         handler.send_error(code)
@@ -1208,6 +1186,28 @@ def unknown_keytype_needed(ctx: Ctx) -> list[Step]:
     repo.publish_timestamp(extra_sigs=[Signature(ku.keyid, "ab" * 64)])
     return [init_step(), Step("refresh (threshold 2, one usable key)", "refresh", exit=1, md={"root": 1},
                               unchanged=True)]
+
+
+@scenario("attack")
+def unknown_hash_algorithm(ctx: Ctx) -> list[Step]:
+    """Targets listing a hash algorithm the client cannot compute ('x-unknown-hash'), alone or
+    next to a correct sha256: refused. Every listed hash must be checked (Uptane 5.4.4.2;
+    python-tuf and rampart-core both refuse rather than skip), otherwise an attacker could
+    make a client skip verification by listing only algorithms it ignores."""
+    repo = ctx.new_repo()
+    tf = repo.add_target("file1.txt", T1, hashes=("sha256",))
+    tf.hashes["x-unknown-hash"] = "00" * 32
+    tf2 = repo.add_target("file2.txt", T2, hashes=("sha256",))
+    tf2.hashes = {"x-unknown-hash": "00" * 32}
+    for t in (tf, tf2):
+        for url in repo.target_url_paths(t):
+            repo.server.files[url] = repo.target_data[t.path]
+    repo.publish_initial()
+    return [
+        init_step(),
+        Step("download file1.txt (sha256 + unknown)", "download", targets=["file1.txt"], exit=1, md=top(), tgt={}),
+        Step("download file2.txt (unknown only)", "download", targets=["file2.txt"], exit=1, md=top(), tgt={}),
+    ]
 
 
 def expiry_faketime(ctx: Ctx, role: str) -> list[Step]:
@@ -1921,7 +1921,7 @@ def check_step(ctx: Ctx, step: Step, rc: int | None, md_before: dict[str, bytes]
             if name not in tgt_now:
                 problems.append(f"target {name} missing")
             elif name not in expected_t:
-                if name.endswith(".part"):
+                if name.endswith("#partial"):
                     # a partial download kept for resuming: not a target, allowed
                     ctx.vars.setdefault("notes", []).append(f"partial download left in target dir: {name}")
                 else:
@@ -2118,7 +2118,7 @@ def main(argv: list[str]) -> int:
     for row in rows:
         lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |")
     table = "\n".join(lines)
-    notes = "\n".join(f"[{n}] {text}" for text, n in footnotes.items())
+    notes = "\n\n".join(f"[{n}] {text}" for text, n in footnotes.items())
     summary_parts = [f"{len(selected)} scenarios"]
     for c in names:
         k = counts[c]

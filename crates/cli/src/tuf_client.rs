@@ -15,8 +15,6 @@ use std::path::PathBuf;
 use anyhow::{bail, Context};
 use clap::Subcommand;
 use rampart_client::fetch::encode_target_path;
-use rampart_client::runner::{file_matches, DownloadOutcome};
-use rampart_client::store::sync_dir;
 use rampart_client::{download_target, run, FetchConfig, HttpFetcher, MetadataStore, TlsConfig};
 use rampart_core::client::{safe_file_name, target_url_path, Client, Config};
 
@@ -120,27 +118,15 @@ async fn refresh_and_download(args: &Args, store: &MetadataStore) -> anyhow::Res
         );
         let file_name = safe_file_name(&info.path);
         let dest = target_dir.join(&file_name);
-        let outcome = if file_matches(&dest, info.file.length, &info.file.hashes)? {
-            DownloadOutcome::AlreadyPresent
-        } else {
-            // download_target stages its bytes in `<dest>.part`, which is where another target
-            // may live (`a.txt.part` next to `a.txt`). Download under a name no target maps to
-            // instead (quoted names never contain '#'), then move it into place.
-            let staging = target_dir.join(format!("{file_name}#download"));
-            let outcome = download_target(
-                &fetcher,
-                &url,
-                &staging,
-                info.file.length,
-                &info.file.hashes,
-                &mut |_, _| {},
-            )
-            .await?;
-            std::fs::rename(&staging, &dest)
-                .with_context(|| format!("moving {} into place", dest.display()))?;
-            sync_dir(target_dir)?;
-            outcome
-        };
+        let outcome = download_target(
+            &fetcher,
+            &url,
+            &dest,
+            info.file.length,
+            &info.file.hashes,
+            &mut |_, _| {},
+        )
+        .await?;
         tracing::info!(target = %name, ?outcome, dest = %dest.display(), "target ready");
     }
     Ok(())

@@ -124,6 +124,49 @@ impl HttpFetcher {
         &self.config
     }
 
+    /// POSTs a JSON body (a signed manifest) and returns the status and at most
+    /// `max_response` bytes of the answer.
+    pub async fn post_json(
+        &self,
+        url: &str,
+        body: Vec<u8>,
+        max_response: u64,
+    ) -> Result<(u16, Vec<u8>)> {
+        let request = self
+            .client
+            .post(url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body)
+            .send();
+        let limit = self.config.stall_timeout + self.config.connect_timeout;
+        let response = tokio::time::timeout(limit, request)
+            .await
+            .map_err(|_| Error::SlowRetrieval {
+                url: url.to_owned(),
+                bytes: 0,
+                seconds: limit.as_secs_f64(),
+                min_bytes_per_second: self.config.min_bytes_per_second,
+            })?
+            .map_err(|e| transport(url, e))?;
+        let status = response.status().as_u16();
+        let mut stream = response.bytes_stream();
+        let mut out = Vec::new();
+        while let Some(chunk) = tokio::time::timeout(self.config.stall_timeout, stream.next())
+            .await
+            .map_err(|_| transport(url, "response stalled"))?
+        {
+            let chunk = chunk.map_err(|e| transport(url, e))?;
+            if out.len() as u64 + chunk.len() as u64 > max_response {
+                return Err(Error::Verification(rampart_core::Error::LengthExceeded {
+                    what: url.to_owned(),
+                    max: max_response,
+                }));
+            }
+            out.extend_from_slice(&chunk);
+        }
+        Ok((status, out))
+    }
+
     /// Fetches `url` into memory, at most `max_length` bytes. `None` on 403/404.
     pub async fn fetch_bytes(&self, url: &str, max_length: u64) -> Result<Option<Vec<u8>>> {
         let mut out = Vec::new();

@@ -59,6 +59,11 @@ pub enum DownloadOutcome {
     },
 }
 
+/// Where [`download_target`] stages the bytes of `dest` until they verify.
+pub fn partial_path(dest: &Path) -> PathBuf {
+    PathBuf::from(format!("{}#partial", dest.display()))
+}
+
 /// Checks an existing file against length and hashes, streaming.
 pub fn file_matches(path: &Path, length: u64, hashes: &Hashes) -> Result<bool> {
     let mut file = match fs::File::open(path) {
@@ -121,7 +126,7 @@ impl Sink for FileSink<'_> {
 }
 
 /// Downloads `url` to `dest`, bounded by the signed `length`, checking every hash while
-/// streaming. Bytes go to `dest.part` first and are renamed into place only after every
+/// streaming. Bytes go to `dest#partial` first and are renamed into place only after every
 /// check passed; an interrupted download is resumed with HTTP Range (the bytes already on
 /// disk are hashed again, never trusted blindly). A file already at `dest` with the right
 /// length and hashes is not downloaded again.
@@ -139,7 +144,9 @@ pub async fn download_target(
     if let Some(dir) = dest.parent() {
         fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     }
-    let part = PathBuf::from(format!("{}.part", dest.display()));
+    // The staging name ends in "#partial": quoted target names never contain '#', so it
+    // cannot collide with another target stored next to this one (e.g. `a.txt.part`).
+    let part = partial_path(dest);
     let what = dest
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())

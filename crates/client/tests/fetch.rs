@@ -242,7 +242,7 @@ async fn interrupted_download_resumes_with_range() {
     let cut = serve(data.clone(), Behaviour::CutHalf).await;
     assert!(download(&f, &cut.url, &dest, &data).await.is_err());
     assert!(!dest.exists(), "nothing in place before it verifies");
-    let part = dir.path().join("image.bin.part");
+    let part = dir.path().join("image.bin#partial");
     assert_eq!(std::fs::metadata(&part).unwrap().len(), 50_000);
     let honest = serve(data.clone(), Behaviour::Honest).await;
     assert_eq!(
@@ -257,7 +257,7 @@ async fn server_ignoring_range_restarts_cleanly() {
     let data = body(10_000);
     let dir = tempfile::tempdir().unwrap();
     let dest = dir.path().join("image.bin");
-    std::fs::write(dir.path().join("image.bin.part"), &data[..4000]).unwrap();
+    std::fs::write(dir.path().join("image.bin#partial"), &data[..4000]).unwrap();
     let s = serve(data.clone(), Behaviour::NoRange).await;
     let f = fetcher(1, 10_000, 5_000);
     assert_eq!(
@@ -280,7 +280,7 @@ async fn wrong_content_is_rejected_and_not_kept() {
         .unwrap_err();
     assert_eq!(err.rule(), "hash-mismatch");
     assert!(!dest.exists());
-    assert!(!dir.path().join("image.bin.part").exists());
+    assert!(!dir.path().join("image.bin#partial").exists());
 }
 
 #[tokio::test]

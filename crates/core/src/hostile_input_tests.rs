@@ -244,6 +244,7 @@ fn mutated_manifests_and_ciphertexts_never_panic() {
         manifest_counter: 1,
         nonce: "00".into(),
         ecu_version_reports: BTreeMap::from([("TBOX-1".to_string(), report_doc)]),
+        attacks_detected: String::new(),
         unrecognized: BTreeMap::new(),
     };
     let bytes = sign_vehicle_manifest(&manifest, &primary).unwrap();

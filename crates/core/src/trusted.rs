@@ -106,6 +106,11 @@ impl TrustedSet {
         self.targets.get(role)
     }
 
+    /// Every loaded targets role (top-level and delegated), by name.
+    pub fn target_roles(&self) -> impl Iterator<Item = (&String, &Verified<Targets>)> {
+        self.targets.iter()
+    }
+
     /// TUF 5.3.4–5.3.9: accepts root version N+1, signed by the threshold of the trusted root
     /// *and* by its own threshold. Expiry is checked later, on the final root.
     pub fn update_root(&mut self, bytes: &[u8]) -> Result<()> {

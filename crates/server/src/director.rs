@@ -510,6 +510,22 @@ impl Director {
                 return Err(e.into());
             }
         };
+        for line in verified
+            .manifest
+            .attacks_detected
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+        {
+            self.event(
+                "vehicle",
+                &attack_rule(line),
+                Some(vin),
+                Some(&vehicle.primary_ecu),
+                remote,
+                line,
+            )
+            .await;
+        }
         let mut rejected = Vec::new();
         for (ecu_id, err) in &verified.rejected_reports {
             self.event(
@@ -553,14 +569,18 @@ impl Director {
                 });
                 continue;
             }
-            if !report.attacks_detected.is_empty() {
+            for line in report
+                .attacks_detected
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+            {
                 self.event(
                     "vehicle",
-                    &attack_rule(&report.attacks_detected),
+                    &attack_rule(line),
                     Some(vin),
                     Some(ecu_id),
                     remote,
-                    &report.attacks_detected,
+                    line,
                 )
                 .await;
             }

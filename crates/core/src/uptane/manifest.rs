@@ -14,7 +14,8 @@
 //! The vehicle manifest wraps the reports (as received, signatures included):
 //! ```json
 //! {"signed": {"_type": "vehicle_manifest", "vin": "…", "primary_ecu_id": "TBOX-0001",
-//!   "manifest_counter": 17, "nonce": "…", "ecu_version_reports": {"IVI-0001": {report}}},
+//!   "manifest_counter": 17, "nonce": "…", "attacks_detected": "",
+//!   "ecu_version_reports": {"IVI-0001": {report}}},
 //!  "signatures": […]}
 //! ```
 
@@ -73,6 +74,10 @@ pub struct VehicleManifest {
     pub nonce: String,
     /// ECU ID → signed report document, as the ECU produced it.
     pub ecu_version_reports: BTreeMap<String, Value>,
+    /// What the primary itself noticed since its last manifest (`rule: message`, one per
+    /// line), e.g. a rejected repository or a slow download; empty if nothing.
+    #[serde(default)]
+    pub attacks_detected: String,
     /// Unknown fields, kept verbatim.
     #[serde(flatten)]
     pub unrecognized: BTreeMap<String, Value>,

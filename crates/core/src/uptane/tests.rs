@@ -634,6 +634,7 @@ fn manifest(v: &Vehicle, reports: BTreeMap<String, serde_json::Value>) -> Vec<u8
         manifest_counter: 7,
         nonce: "abcd".into(),
         ecu_version_reports: reports,
+        attacks_detected: String::new(),
         unrecognized: BTreeMap::new(),
     };
     sign_vehicle_manifest(&m, &v.primary).unwrap()

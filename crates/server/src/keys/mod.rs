@@ -50,9 +50,10 @@ impl KeySource {
 }
 
 fn load_pkcs11(spec: &str) -> Result<Box<dyn Signer>> {
-    Err(Error::Config(format!(
-        "PKCS#11 key source {spec:?}: HSM support is not wired in this build yet"
-    )))
+    let config = pkcs11::Pkcs11Config::parse(spec)
+        .map_err(|e| Error::Config(format!("key source {spec:?}: {e}")))?;
+    let signer = pkcs11::Pkcs11Signer::open(&config).map_err(|e| Error::Config(e.to_string()))?;
+    Ok(Box::new(signer))
 }
 
 /// Creates `dir` with mode 0700 (keys folders).

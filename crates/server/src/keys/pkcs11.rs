@@ -27,7 +27,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
 use aws_lc_rs::digest;
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
@@ -325,11 +325,13 @@ struct Module {
     ctx: Pkcs11,
     /// Token label → SHA-256 of the PIN that last logged in successfully.
     logins: Mutex<BTreeMap<String, [u8; 32]>>,
-    /// Held across "is the label free?" and `C_GenerateKeyPair`, so that two generations of
-    /// one label in this process cannot both pass the check. It also serialises key
-    /// generation, which SoftHSM 2.6's file store does not survive concurrently (it fails
-    /// with `CKR_GENERAL_ERROR`; softhsm/SoftHSMv2#573).
-    generating: Mutex<()>,
+    /// Key generation holds this exclusively, from the login through "is the label free?" to
+    /// `C_GenerateKeyPair`, so that two generations of one label in this process cannot both
+    /// pass the check; opening and signing hold it shared. SoftHSM 2.6's file store does not
+    /// survive creating objects while other sessions read the token (`C_GenerateKeyPair`
+    /// fails with `CKR_GENERAL_ERROR`, softhsm/SoftHSMv2#573); for other modules the shared
+    /// side costs an uncontended read lock.
+    token_ops: RwLock<()>,
 }
 
 /// Module path → module. Entries are never removed: finalising a module would break every
@@ -364,7 +366,7 @@ fn load_module(path: &Path) -> Result<Arc<Module>, Pkcs11Error> {
     let module = Arc::new(Module {
         ctx,
         logins: Mutex::new(BTreeMap::new()),
-        generating: Mutex::new(()),
+        token_ops: RwLock::new(()),
     });
     modules.insert(key, Arc::clone(&module));
     Ok(module)
@@ -475,8 +477,8 @@ pub struct Pkcs11Signer {
     keyid: KeyId,
     token_label: String,
     key_label: String,
-    /// Keeps the module (and its context) alive at least as long as the session.
-    _module: Arc<Module>,
+    /// The module: keeps its context alive at least as long as the session, and its lock.
+    module: Arc<Module>,
 }
 
 impl fmt::Debug for Pkcs11Signer {
@@ -498,6 +500,10 @@ impl Pkcs11Signer {
     /// prime256v1) keys. The key is checked with one test signature before it is returned.
     pub fn open(config: &Pkcs11Config) -> Result<Self, Pkcs11Error> {
         let module = load_module(&config.module)?;
+        let shared = module
+            .token_ops
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
         let session = open_session(&module, config, false)?;
         let bad = |reason: String| Pkcs11Error::BadKey {
             key: config.key_label.clone(),
@@ -611,6 +617,7 @@ impl Pkcs11Signer {
         let keyid = public.key_id().map_err(|e| bad(e.to_string()))?;
         let verifier = public.parse(&keyid).map_err(|e| bad(e.to_string()))?;
 
+        drop(shared);
         let signer = Pkcs11Signer {
             session: Mutex::new(session),
             private,
@@ -619,7 +626,7 @@ impl Pkcs11Signer {
             keyid,
             token_label: config.token_label.clone(),
             key_label: config.key_label.clone(),
-            _module: module,
+            module,
         };
         let sig = signer.sign_raw(SELF_TEST_MESSAGE)?;
         if !verifier.verify(SELF_TEST_MESSAGE, &sig) {
@@ -653,8 +660,11 @@ impl Pkcs11Signer {
         };
         let module = load_module(&config.module)?;
         {
+            let _exclusive = module
+                .token_ops
+                .write()
+                .unwrap_or_else(PoisonError::into_inner);
             let session = open_session(&module, config, true)?;
-            let _generating = lock(&module.generating);
             let label = Attribute::Label(config.key_label.as_bytes().to_vec());
             let existing = session
                 .find_objects(&[Attribute::Class(ObjectClass::PRIVATE_KEY), label.clone()])
@@ -715,6 +725,11 @@ impl Pkcs11Signer {
             reason,
         };
         let session = lock(&self.session);
+        let _shared = self
+            .module
+            .token_ops
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
         match self.scheme {
             KeyScheme::EcdsaP256Sha256 => {
                 let hash = digest::digest(&digest::SHA256, message);

@@ -1,0 +1,251 @@
+//! Asking the owner before installing.
+//!
+//! UNECE R156 §7.2 asks that, before an update, the user be told what it is for, what it
+//! changes, how long it takes and what is unavailable meanwhile — and afterwards whether it
+//! worked. [`UpdateNotice`] carries exactly that; the answer comes from a terminal prompt,
+//! a policy (`auto`/`deny`), or an answer file a head unit writes (`file:PATH`).
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// How consent is obtained.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConsentMode {
+    /// Ask on the terminal (declines when there is none).
+    Ask,
+    /// Policy: always yes (fleet vehicles, CI, the demo's `--yes`).
+    Auto,
+    /// Policy: always no.
+    Deny,
+    /// A head unit answers: the request is written to `PATH.request.json`, the answer
+    /// (`{"approve": true|false}`) read from `PATH`.
+    File(PathBuf),
+}
+
+impl std::str::FromStr for ConsentMode {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "ask" => Ok(ConsentMode::Ask),
+            "auto" => Ok(ConsentMode::Auto),
+            "deny" => Ok(ConsentMode::Deny),
+            other => other
+                .strip_prefix("file:")
+                .map(|p| ConsentMode::File(PathBuf::from(p)))
+                .ok_or_else(|| {
+                    Error::Config(format!(
+                        "consent {other:?}: use ask, auto, deny or file:PATH"
+                    ))
+                }),
+        }
+    }
+}
+
+/// What the owner is told about one update.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UpdateNotice {
+    /// ECU that will be updated.
+    pub ecu_id: String,
+    /// What the ECU does, in words ("infotainment (IVI)").
+    pub ecu_description: String,
+    /// Image name.
+    pub target: String,
+    /// Version being installed, if the repository says.
+    pub version: Option<String>,
+    /// What the update is for (release notes), if known.
+    pub purpose: String,
+    /// Download size.
+    pub size_bytes: u64,
+    /// Estimated duration of download and installation.
+    pub estimated_seconds: u64,
+    /// Functions unavailable during the installation.
+    pub unavailable: String,
+}
+
+impl UpdateNotice {
+    /// The text shown to the owner.
+    pub fn render(&self) -> String {
+        format!(
+            "  {} on {} ({})\n    for:          {}\n    changes:      {} → version {}\n    size:         {}\n    takes about:  {}\n    unavailable:  {}\n",
+            self.target,
+            self.ecu_id,
+            self.ecu_description,
+            self.purpose,
+            self.target,
+            self.version.as_deref().unwrap_or("(unnamed)"),
+            human_bytes(self.size_bytes),
+            human_duration(self.estimated_seconds),
+            self.unavailable
+        )
+    }
+}
+
+/// Bytes for people.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS.get(u).copied().unwrap_or("B"))
+    }
+}
+
+fn human_duration(secs: u64) -> String {
+    if secs < 90 {
+        format!("{secs} s")
+    } else {
+        format!("{} min", secs.div_ceil(60))
+    }
+}
+
+/// The owner's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Go ahead.
+    Approved,
+    /// Do not install; why.
+    Declined(String),
+}
+
+#[derive(Deserialize)]
+struct Answer {
+    approve: bool,
+}
+
+/// Asks for consent to the listed updates.
+pub async fn ask(mode: &ConsentMode, notices: &[UpdateNotice]) -> Result<Decision> {
+    let text: String = notices.iter().map(UpdateNotice::render).collect();
+    match mode {
+        ConsentMode::Auto => {
+            println!("Update available (approved by policy):\n{text}");
+            Ok(Decision::Approved)
+        }
+        ConsentMode::Deny => Ok(Decision::Declined("declined by policy".into())),
+        ConsentMode::Ask => {
+            if !std::io::stdin().is_terminal() {
+                return Ok(Decision::Declined(
+                    "no terminal to ask the owner (use --consent auto or file:PATH)".into(),
+                ));
+            }
+            print!("Update available:\n{text}Install now? [y/N] ");
+            let _ = std::io::stdout().flush();
+            let line = tokio::task::spawn_blocking(|| {
+                let mut l = String::new();
+                std::io::stdin().lock().read_line(&mut l).map(|_| l)
+            })
+            .await
+            .map_err(|e| Error::Config(e.to_string()))?
+            .map_err(|e| Error::io("stdin", e))?;
+            Ok(if matches!(line.trim(), "y" | "Y" | "yes") {
+                Decision::Approved
+            } else {
+                Decision::Declined("the owner said no".into())
+            })
+        }
+        ConsentMode::File(path) => {
+            let request = PathBuf::from(format!("{}.request.json", path.display()));
+            let body =
+                serde_json::to_vec_pretty(notices).map_err(|e| Error::Config(e.to_string()))?;
+            rampart_client::store::write_atomic(&request, &body)?;
+            for _ in 0..600 {
+                if let Ok(bytes) = std::fs::read(path) {
+                    let _ = std::fs::remove_file(path);
+                    let _ = std::fs::remove_file(&request);
+                    let answer: Answer = serde_json::from_slice(&bytes)
+                        .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+                    return Ok(if answer.approve {
+                        Decision::Approved
+                    } else {
+                        Decision::Declined("the owner declined on the head unit".into())
+                    });
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Ok(Decision::Declined(
+                "no answer from the head unit within 5 minutes".into(),
+            ))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn notice() -> UpdateNotice {
+        UpdateNotice {
+            ecu_id: "IVI-1".into(),
+            ecu_description: "infotainment".into(),
+            target: "ivi/app-3.bin".into(),
+            version: Some("3.0".into()),
+            purpose: "navigation fixes".into(),
+            size_bytes: 5 * 1024 * 1024,
+            estimated_seconds: 40,
+            unavailable: "navigation and media".into(),
+        }
+    }
+
+    #[test]
+    fn notice_says_what_r156_asks() {
+        let t = notice().render();
+        for part in [
+            "navigation fixes",
+            "version 3.0",
+            "5.0 MiB",
+            "40 s",
+            "navigation and media",
+        ] {
+            assert!(t.contains(part), "{part} missing in {t}");
+        }
+    }
+
+    #[tokio::test]
+    async fn policies_decide_without_asking() {
+        assert_eq!(
+            ask(&ConsentMode::Auto, &[notice()]).await.unwrap(),
+            Decision::Approved
+        );
+        assert!(matches!(
+            ask(&ConsentMode::Deny, &[notice()]).await.unwrap(),
+            Decision::Declined(_)
+        ));
+    }
+
+    #[tokio::test]
+    async fn head_unit_answers_through_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let answer = dir.path().join("answer.json");
+        let a = answer.clone();
+        let writer = tokio::spawn(async move {
+            let req = PathBuf::from(format!("{}.request.json", a.display()));
+            while !req.exists() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            std::fs::write(&a, br#"{"approve": true}"#).unwrap();
+        });
+        let d = ask(&ConsentMode::File(answer), &[notice()]).await.unwrap();
+        writer.await.unwrap();
+        assert_eq!(d, Decision::Approved);
+    }
+
+    #[test]
+    fn modes_parse() {
+        assert_eq!(
+            "file:/x".parse::<ConsentMode>().unwrap(),
+            ConsentMode::File("/x".into())
+        );
+        assert!("maybe".parse::<ConsentMode>().is_err());
+    }
+}

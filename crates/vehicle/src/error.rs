@@ -1,0 +1,77 @@
+//! Errors of the vehicle side, each naming the rule that failed.
+
+use std::path::PathBuf;
+
+/// Result alias.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What went wrong in a primary or an ECU.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The verification core rejected metadata or an image.
+    #[error(transparent)]
+    Verification(#[from] rampart_core::Error),
+    /// Transport or download failure (includes slow retrieval, endless data).
+    #[error(transparent)]
+    Client(#[from] rampart_client::Error),
+    /// A slot could not be written or did not verify.
+    #[error(transparent)]
+    Slot(#[from] crate::slots::SlotError),
+    /// A bad in-vehicle frame.
+    #[error(transparent)]
+    Frame(#[from] crate::protocol::FrameError),
+    /// The other side broke the protocol (wrong target, missing metadata…).
+    #[error("in-vehicle protocol: {0}")]
+    Protocol(String),
+    /// The director refused our manifest.
+    #[error("director answered {status}: {message}")]
+    Director {
+        /// HTTP status.
+        status: u16,
+        /// Its message.
+        message: String,
+        /// The rule it named.
+        rule: String,
+    },
+    /// The new image failed to boot and was rolled back.
+    #[error("boot failed: {0}")]
+    BootFailed(String),
+    /// Bad configuration.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// File-system failure.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// File.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    /// Builds [`Error::Io`].
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// Stable short name of the failed rule.
+    pub fn rule(&self) -> String {
+        match self {
+            Error::Verification(e) => e.rule().into(),
+            Error::Client(e) => e.rule().into(),
+            Error::Slot(crate::slots::SlotError::Verify(e)) => e.rule().into(),
+            Error::Slot(_) => "slot".into(),
+            Error::Frame(e) => e.rule().into(),
+            Error::Protocol(_) => "protocol".into(),
+            Error::Director { rule, .. } => format!("director-{rule}"),
+            Error::BootFailed(_) => "boot-failed".into(),
+            Error::Config(_) => "config".into(),
+            Error::Io { .. } => "io".into(),
+        }
+    }
+}

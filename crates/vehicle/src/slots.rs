@@ -1,0 +1,543 @@
+//! A/B slots and boot counting: an ECU always has a bootable image.
+//!
+//! Two slots (files by default; a block device path works the same) and a boot-control file
+//! (`boot-control.json`, replaced atomically: temp file, fsync, rename, fsync directory).
+//!
+//! 1. A new image is streamed into the *inactive* slot; the active one is never touched.
+//! 2. What was written is read back and its length and every hash checked.
+//! 3. Only then does the boot-control file switch: `active` = the new slot, `pending` with 0
+//!    boot attempts, `last_good` still the old slot.
+//! 4. At each boot, a pending slot's attempt count goes up and the health check runs; success
+//!    makes it `last_good`; `max_boot_attempts` failures roll `active` back to `last_good`
+//!    and record the failure for the next version report.
+//!
+//! A power cut at any point leaves either the old boot-control file (old slot, untouched) or
+//! the new one (new slot, fully verified, with the old one as fallback).
+
+use std::fs;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use rampart_core::hash::{Hashes, StreamVerifier};
+use rampart_core::uptane::InstalledImage;
+use serde::{Deserialize, Serialize};
+
+/// A or B.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Slot {
+    /// Slot A.
+    A,
+    /// Slot B.
+    B,
+}
+
+impl Slot {
+    /// The other slot.
+    pub fn other(self) -> Slot {
+        match self {
+            Slot::A => Slot::B,
+            Slot::B => Slot::A,
+        }
+    }
+}
+
+/// A slot being tried after an update.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pending {
+    /// The new slot.
+    pub slot: Slot,
+    /// Boots attempted so far.
+    pub attempts: u32,
+}
+
+/// The boot-control file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BootControl {
+    /// Slot the bootloader starts.
+    pub active: Slot,
+    /// Slot known to boot.
+    pub last_good: Slot,
+    /// A new slot on trial, if any.
+    #[serde(default)]
+    pub pending: Option<Pending>,
+    /// What slot A holds.
+    #[serde(default)]
+    pub a: Option<InstalledImage>,
+    /// What slot B holds.
+    #[serde(default)]
+    pub b: Option<InstalledImage>,
+    /// The last rollback, for the next version report (cleared when reported).
+    #[serde(default)]
+    pub last_failure: Option<String>,
+}
+
+impl BootControl {
+    /// The image in `slot`.
+    pub fn image(&self, slot: Slot) -> Option<&InstalledImage> {
+        match slot {
+            Slot::A => self.a.as_ref(),
+            Slot::B => self.b.as_ref(),
+        }
+    }
+
+    fn set_image(&mut self, slot: Slot, image: Option<InstalledImage>) {
+        match slot {
+            Slot::A => self.a = image,
+            Slot::B => self.b = image,
+        }
+    }
+}
+
+/// Slot configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlotConfig {
+    /// Slot A path (file or block device).
+    pub slot_a: PathBuf,
+    /// Slot B path.
+    pub slot_b: PathBuf,
+    /// Boot-control file.
+    pub boot_control: PathBuf,
+    /// Failed boots of a new slot before rolling back.
+    #[serde(default = "default_attempts")]
+    pub max_boot_attempts: u32,
+    /// Shell command run at boot to check health; `RAMPART_SLOT` holds the slot path and
+    /// `RAMPART_TARGET` the image name. Absent: always healthy.
+    #[serde(default)]
+    pub health_check: Option<String>,
+}
+
+fn default_attempts() -> u32 {
+    3
+}
+
+/// Slot errors.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SlotError {
+    /// File-system failure.
+    #[error("{path}: {source}")]
+    Io {
+        /// File.
+        path: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// What was written does not read back as the verified image.
+    #[error(transparent)]
+    Verify(#[from] rampart_core::Error),
+    /// The boot-control file is corrupted.
+    #[error("boot control {0}: {1}")]
+    BootControl(String, String),
+}
+
+fn io(path: &Path, source: std::io::Error) -> SlotError {
+    SlotError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// What a boot did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BootOutcome {
+    /// Nothing on trial; booted the last good slot.
+    Normal,
+    /// The new slot passed its health check and is now the good one.
+    Committed(Slot),
+    /// The new slot failed; it will be tried again.
+    Retrying {
+        /// The slot.
+        slot: Slot,
+        /// Attempts so far.
+        attempts: u32,
+    },
+    /// The new slot failed too often; rolled back to the last good slot.
+    RolledBack {
+        /// The slot that failed.
+        failed: Slot,
+        /// The slot now active.
+        to: Slot,
+    },
+}
+
+/// An ECU's A/B slots.
+#[derive(Debug)]
+pub struct Slots {
+    config: SlotConfig,
+    state: BootControl,
+}
+
+/// Writes an image into the inactive slot.
+pub struct SlotWriter {
+    slot: Slot,
+    path: PathBuf,
+    file: fs::File,
+    written: u64,
+}
+
+impl SlotWriter {
+    /// Appends bytes.
+    pub fn write(&mut self, data: &[u8]) -> Result<(), SlotError> {
+        self.file.write_all(data).map_err(|e| io(&self.path, e))?;
+        self.written += data.len() as u64;
+        Ok(())
+    }
+
+    /// Bytes written.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// The slot being written.
+    pub fn slot(&self) -> Slot {
+        self.slot
+    }
+}
+
+impl Slots {
+    /// Opens the slots; creates the boot-control file on first use with slot A holding
+    /// `factory` (the image the ECU left the factory with).
+    pub fn open(config: SlotConfig, factory: InstalledImage) -> Result<Self, SlotError> {
+        let state = match fs::read(&config.boot_control) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+                SlotError::BootControl(config.boot_control.display().to_string(), e.to_string())
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let state = BootControl {
+                    active: Slot::A,
+                    last_good: Slot::A,
+                    pending: None,
+                    a: Some(factory),
+                    b: None,
+                    last_failure: None,
+                };
+                save(&config.boot_control, &state)?;
+                state
+            }
+            Err(e) => return Err(io(&config.boot_control, e)),
+        };
+        Ok(Slots { config, state })
+    }
+
+    /// The boot-control state.
+    pub fn state(&self) -> &BootControl {
+        &self.state
+    }
+
+    /// The image the ECU runs now (the active slot's).
+    pub fn running(&self) -> Option<&InstalledImage> {
+        self.state.image(self.state.active)
+    }
+
+    fn path(&self, slot: Slot) -> &Path {
+        match slot {
+            Slot::A => &self.config.slot_a,
+            Slot::B => &self.config.slot_b,
+        }
+    }
+
+    /// Opens the slot that is neither active nor last good for writing. Refuses while a
+    /// new slot is still on trial (the fallback must stay intact).
+    pub fn begin_write(&self) -> Result<SlotWriter, SlotError> {
+        if self.state.pending.is_some() {
+            return Err(SlotError::BootControl(
+                self.config.boot_control.display().to_string(),
+                "a new slot is still on trial; reboot (boot counting) before the next update"
+                    .into(),
+            ));
+        }
+        let slot = self.state.last_good.other();
+        let path = self.path(slot).to_path_buf();
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+        }
+        let is_block = fs::metadata(&path)
+            .map(|m| std::os::unix::fs::FileTypeExt::is_block_device(&m.file_type()))
+            .unwrap_or(false);
+        let file = fs::OpenOptions::new()
+            .write(true)
+            .create(!is_block)
+            .truncate(!is_block)
+            .open(&path)
+            .map_err(|e| io(&path, e))?;
+        Ok(SlotWriter {
+            slot,
+            path,
+            file,
+            written: 0,
+        })
+    }
+
+    /// Flushes the written slot, reads it back against `image`'s length and hashes, and only
+    /// then switches the boot slot to it (pending, with the old slot as fallback).
+    pub fn commit_write(
+        &mut self,
+        writer: SlotWriter,
+        image: InstalledImage,
+    ) -> Result<Slot, SlotError> {
+        let SlotWriter {
+            slot,
+            path,
+            file,
+            written,
+        } = writer;
+        file.sync_all().map_err(|e| io(&path, e))?;
+        drop(file);
+        if written != image.length {
+            return Err(SlotError::Verify(rampart_core::Error::LengthMismatch {
+                what: format!("slot {slot:?}"),
+                expected: image.length,
+                actual: written,
+            }));
+        }
+        verify_slot(&path, image.length, &image.hashes)?;
+        let mut next = self.state.clone();
+        next.set_image(slot, Some(image));
+        next.active = slot;
+        next.pending = Some(Pending { slot, attempts: 0 });
+        save(&self.config.boot_control, &next)?;
+        self.state = next;
+        Ok(slot)
+    }
+
+    /// Boot counting (run at every start of the ECU, or on a simulated reboot).
+    pub fn boot(&mut self) -> Result<BootOutcome, SlotError> {
+        let Some(pending) = self.state.pending.clone() else {
+            return Ok(BootOutcome::Normal);
+        };
+        let mut next = self.state.clone();
+        let attempts = pending.attempts + 1;
+        next.pending = Some(Pending {
+            slot: pending.slot,
+            attempts,
+        });
+        // Persist the attempt before trying, so a crash during the check still counts.
+        save(&self.config.boot_control, &next)?;
+        self.state = next.clone();
+        let healthy = self.health_check(pending.slot);
+        let outcome = if healthy {
+            next.last_good = pending.slot;
+            next.pending = None;
+            BootOutcome::Committed(pending.slot)
+        } else if attempts >= self.config.max_boot_attempts {
+            let failed_image = next
+                .image(pending.slot)
+                .map(|i| i.filename.clone())
+                .unwrap_or_default();
+            next.active = next.last_good;
+            next.pending = None;
+            next.last_failure = Some(format!(
+                "boot-failed: {failed_image} failed its health check {attempts} time(s); rolled back to slot {:?}",
+                next.last_good
+            ));
+            BootOutcome::RolledBack {
+                failed: pending.slot,
+                to: next.last_good,
+            }
+        } else {
+            BootOutcome::Retrying {
+                slot: pending.slot,
+                attempts,
+            }
+        };
+        save(&self.config.boot_control, &next)?;
+        self.state = next;
+        Ok(outcome)
+    }
+
+    /// Takes the last rollback message (for the next report).
+    pub fn take_failure(&mut self) -> Result<Option<String>, SlotError> {
+        let Some(f) = self.state.last_failure.clone() else {
+            return Ok(None);
+        };
+        let mut next = self.state.clone();
+        next.last_failure = None;
+        save(&self.config.boot_control, &next)?;
+        self.state = next;
+        Ok(Some(f))
+    }
+
+    fn health_check(&self, slot: Slot) -> bool {
+        let Some(cmd) = &self.config.health_check else {
+            return true;
+        };
+        let target = self
+            .state
+            .image(slot)
+            .map(|i| i.filename.clone())
+            .unwrap_or_default();
+        std::process::Command::new("sh")
+            .arg("-c")
+            .arg(cmd)
+            .env("RAMPART_SLOT", self.path(slot))
+            .env("RAMPART_TARGET", target)
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+    }
+}
+
+fn verify_slot(path: &Path, length: u64, hashes: &Hashes) -> Result<(), SlotError> {
+    let file = fs::File::open(path).map_err(|e| io(path, e))?;
+    let mut reader = file.take(length);
+    let mut v = StreamVerifier::new(
+        &format!("slot {}", path.display()),
+        Some(length),
+        length,
+        Some(hashes),
+    )?;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = reader.read(&mut buf).map_err(|e| io(path, e))?;
+        if n == 0 {
+            break;
+        }
+        v.update(buf.get(..n).unwrap_or_default())?;
+    }
+    v.finish()?;
+    Ok(())
+}
+
+fn save(path: &Path, state: &BootControl) -> Result<(), SlotError> {
+    let bytes = serde_json::to_vec_pretty(state)
+        .map_err(|e| SlotError::BootControl(path.display().to_string(), e.to_string()))?;
+    rampart_client::store::write_atomic(path, &bytes)
+        .map_err(|e| SlotError::BootControl(path.display().to_string(), e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rampart_core::hash::compute_hashes;
+
+    fn image(name: &str, data: &[u8], counter: u64) -> InstalledImage {
+        InstalledImage {
+            filename: name.into(),
+            length: data.len() as u64,
+            hashes: compute_hashes(data),
+            release_counter: counter,
+        }
+    }
+
+    fn slots(dir: &Path, health: Option<&str>) -> Slots {
+        let cfg = SlotConfig {
+            slot_a: dir.join("slot-a"),
+            slot_b: dir.join("slot-b"),
+            boot_control: dir.join("boot-control.json"),
+            max_boot_attempts: 2,
+            health_check: health.map(str::to_owned),
+        };
+        fs::write(&cfg.slot_a, b"factory").unwrap();
+        Slots::open(cfg, image("factory.bin", b"factory", 0)).unwrap()
+    }
+
+    fn install(s: &mut Slots, name: &str, data: &[u8]) -> Result<Slot, SlotError> {
+        let mut w = s.begin_write()?;
+        w.write(data)?;
+        s.commit_write(w, image(name, data, 1))
+    }
+
+    #[test]
+    fn update_goes_to_the_inactive_slot_and_commits_after_a_healthy_boot() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = slots(dir.path(), None);
+        assert_eq!(install(&mut s, "v2.bin", b"version two").unwrap(), Slot::B);
+        assert_eq!(
+            fs::read(dir.path().join("slot-a")).unwrap(),
+            b"factory",
+            "active slot untouched"
+        );
+        assert_eq!(s.state().active, Slot::B);
+        assert_eq!(s.state().last_good, Slot::A);
+        assert_eq!(s.boot().unwrap(), BootOutcome::Committed(Slot::B));
+        assert_eq!(s.state().last_good, Slot::B);
+        assert_eq!(s.running().unwrap().filename, "v2.bin");
+    }
+
+    #[test]
+    fn failed_health_checks_roll_back_after_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = slots(dir.path(), Some("! grep -q BROKEN \"$RAMPART_SLOT\""));
+        install(&mut s, "bad.bin", b"BROKEN image").unwrap();
+        assert_eq!(
+            s.boot().unwrap(),
+            BootOutcome::Retrying {
+                slot: Slot::B,
+                attempts: 1
+            }
+        );
+        assert_eq!(
+            s.boot().unwrap(),
+            BootOutcome::RolledBack {
+                failed: Slot::B,
+                to: Slot::A
+            }
+        );
+        assert_eq!(s.state().active, Slot::A);
+        assert_eq!(s.running().unwrap().filename, "factory.bin");
+        let failure = s.take_failure().unwrap().unwrap();
+        assert!(failure.starts_with("boot-failed: bad.bin"), "{failure}");
+        assert!(s.take_failure().unwrap().is_none());
+    }
+
+    #[test]
+    fn an_image_that_does_not_read_back_is_not_switched_to() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = slots(dir.path(), None);
+        let mut w = s.begin_write().unwrap();
+        w.write(b"half").unwrap();
+        let err = s
+            .commit_write(w, image("v2.bin", b"version two", 1))
+            .unwrap_err();
+        assert!(matches!(err, SlotError::Verify(_)));
+        assert_eq!(s.state().active, Slot::A);
+        let mut w = s.begin_write().unwrap();
+        w.write(b"version twX").unwrap();
+        assert!(s
+            .commit_write(w, image("v2.bin", b"version two", 1))
+            .is_err());
+        assert_eq!(s.state().active, Slot::A, "hash mismatch: no switch");
+    }
+
+    #[test]
+    fn state_survives_a_restart_mid_trial() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = slots(dir.path(), Some("false"));
+        install(&mut s, "v2.bin", b"two").unwrap();
+        assert_eq!(
+            s.boot().unwrap(),
+            BootOutcome::Retrying {
+                slot: Slot::B,
+                attempts: 1
+            }
+        );
+        drop(s);
+        let cfg = SlotConfig {
+            slot_a: dir.path().join("slot-a"),
+            slot_b: dir.path().join("slot-b"),
+            boot_control: dir.path().join("boot-control.json"),
+            max_boot_attempts: 2,
+            health_check: Some("false".into()),
+        };
+        let mut s = Slots::open(cfg, image("ignored", b"", 0)).unwrap();
+        assert_eq!(
+            s.state().pending,
+            Some(Pending {
+                slot: Slot::B,
+                attempts: 1
+            })
+        );
+        assert!(matches!(s.boot().unwrap(), BootOutcome::RolledBack { .. }));
+    }
+
+    #[test]
+    fn no_second_update_while_a_slot_is_on_trial() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = slots(dir.path(), None);
+        install(&mut s, "v2.bin", b"two").unwrap();
+        assert!(s.begin_write().is_err());
+        s.boot().unwrap();
+        assert_eq!(install(&mut s, "v3.bin", b"three").unwrap(), Slot::A);
+    }
+}
