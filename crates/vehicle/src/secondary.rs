@@ -640,6 +640,15 @@ pub async fn run(config: EcuConfig) -> Result<()> {
     let listener = TcpListener::bind(&listen)
         .await
         .map_err(|e| Error::Config(format!("cannot listen on {listen}: {e}")))?;
+    // With port 0 the address is only known now: publish it for whoever starts us.
+    let addr = listener
+        .local_addr()
+        .map_err(|e| Error::Config(e.to_string()))?;
+    rampart_client::store::write_atomic(
+        &ecu.config().state_dir.join("listen-address"),
+        addr.to_string().as_bytes(),
+    )?;
+    tracing::info!(%addr, "listening for the primary");
     serve(Arc::new(Mutex::new(ecu)), listener).await
 }
 

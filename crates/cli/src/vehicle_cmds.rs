@@ -1,0 +1,111 @@
+//! Vehicle-side commands: the primary (`vehicle`), a secondary ECU (`ecu`), key generation.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+use rampart_core::key::KeyScheme;
+use rampart_vehicle::consent::ConsentMode;
+
+/// `rampart vehicle`.
+#[derive(Debug, Args)]
+pub struct VehicleArgs {
+    /// Configuration of the primary (vehicle.toml).
+    #[arg(long, default_value = "vehicle.toml")]
+    config: PathBuf,
+    /// Run one cycle and exit (exit status 1 if it failed).
+    #[arg(long)]
+    once: bool,
+    /// How the owner's consent is obtained: ask, auto, deny or file:PATH (a head unit's answer).
+    #[arg(long, default_value = "ask")]
+    consent: String,
+    /// Print the cycle report as JSON on stdout at the end (with --once).
+    #[arg(long)]
+    json: bool,
+}
+
+/// `rampart ecu`.
+#[derive(Debug, Args)]
+pub struct EcuArgs {
+    /// Configuration of the ECU (ecu.toml).
+    #[arg(long, default_value = "ecu.toml")]
+    config: PathBuf,
+}
+
+/// `rampart keygen`.
+#[derive(Debug, Args)]
+pub struct KeygenArgs {
+    /// Where to write the signing key (PKCS#8 PEM, 0600).
+    #[arg(long)]
+    out: PathBuf,
+    /// Key type: ed25519, ecdsa or rsa.
+    #[arg(long, default_value = "ed25519")]
+    scheme: String,
+    /// Also write an X25519 key (hex, 0600) for encrypted images here; prints its public half.
+    #[arg(long)]
+    x25519: Option<PathBuf>,
+}
+
+/// Runs the primary.
+pub fn vehicle(args: VehicleArgs) -> anyhow::Result<()> {
+    let config = rampart_vehicle::primary::load_config(&args.config)?;
+    let consent: ConsentMode = args.consent.parse()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let report = rt.block_on(rampart_vehicle::primary::run(config, consent, args.once))?;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    }
+    Ok(())
+}
+
+/// Runs an ECU.
+pub fn ecu(args: EcuArgs) -> anyhow::Result<()> {
+    let config = rampart_vehicle::secondary::load_config(&args.config)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        tokio::select! {
+            r = rampart_vehicle::secondary::run(config) => r.map_err(anyhow::Error::from),
+            _ = tokio::signal::ctrl_c() => Ok(()),
+        }
+    })
+}
+
+/// Generates keys for an ECU or a primary.
+pub fn keygen(args: KeygenArgs) -> anyhow::Result<()> {
+    let scheme = KeyScheme::from_name(&args.scheme)
+        .with_context(|| format!("unknown scheme {}", args.scheme))?;
+    let signer = rampart_server::keys::generate_key_file(&args.out, scheme)?;
+    println!(
+        "signing key {} (key ID {})",
+        args.out.display(),
+        rampart_core::signer::Signer::key_id(&signer)
+    );
+    if let Some(path) = args.x25519 {
+        let pair = rampart_core::encryption::EcuKeyPair::generate()?;
+        write_private(&path, hex::encode(pair.private_bytes()).as_bytes())?;
+        println!(
+            "X25519 key {} (public {})",
+            path.display(),
+            hex::encode(pair.public_key())
+        );
+    }
+    Ok(())
+}
+
+/// Writes a secret file with mode 0600 (refusing to overwrite).
+pub fn write_private(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    f.write_all(bytes)?;
+    Ok(())
+}

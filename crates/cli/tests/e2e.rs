@@ -1,0 +1,192 @@
+//! End to end: a server, a vehicle's primary and its three ECUs (T-BOX and IVI with full
+//! verification, a body controller with partial verification) as real processes on
+//! loopback. An update — one image encrypted for its ECU — installs, and the director sees
+//! it installed. Then the same images come from a plain static file server (the CDN case).
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use rampart_lab::{image_bytes, Lab, LabOptions};
+
+fn bin() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_BIN_EXE_rampart"))
+}
+
+async fn lab(dir: &std::path::Path) -> Lab {
+    let mut lab = Lab::create(LabOptions::new(dir, bin(), 1)).await.unwrap();
+    lab.start_ecus().await.unwrap();
+    lab
+}
+
+fn dump(run: &rampart_lab::VehicleRun) -> String {
+    format!("--- stdout\n{}\n--- stderr\n{}", run.stdout, run.stderr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn update_installs_on_full_and_partial_ecus_and_the_director_sees_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let lab = lab(dir.path()).await;
+    lab.publish_bytes(
+        "tbox/fw-2.0.bin",
+        "tbox-a",
+        "2.0",
+        &image_bytes("tbox 2.0", 300_000),
+        false,
+    )
+    .await
+    .unwrap();
+    lab.publish_bytes(
+        "ivi/app-3.1.bin",
+        "ivi-x",
+        "3.1",
+        &image_bytes("ivi 3.1", 500_000),
+        true,
+    )
+    .await
+    .unwrap();
+    lab.publish_bytes(
+        "bcm/fw-1.4.bin",
+        "bcm-1",
+        "1.4",
+        &image_bytes("bcm 1.4", 64_000),
+        false,
+    )
+    .await
+    .unwrap();
+    lab.assign_all("tbox/fw-2.0.bin", "tbox-a", false)
+        .await
+        .unwrap();
+    lab.assign_all("ivi/app-3.1.bin", "ivi-x", true)
+        .await
+        .unwrap();
+    lab.assign_all("bcm/fw-1.4.bin", "bcm-1", false)
+        .await
+        .unwrap();
+
+    let run = lab.run_vehicle(0, "auto").await.unwrap();
+    assert!(run.success, "{}", dump(&run));
+    let report = run.report.clone().unwrap();
+    let statuses: Vec<_> = report["updates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["status"].clone())
+        .collect();
+    assert_eq!(statuses.len(), 3, "{report}");
+    assert!(
+        statuses.iter().all(|s| s == "Installed"),
+        "{report}\n{}",
+        dump(&run)
+    );
+    assert!(report["updates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|u| u["encrypted"] == true));
+
+    let vin = lab.vehicles[0].vin.clone();
+    let installed = lab.installed(&vin).await.unwrap();
+    assert_eq!(
+        installed.values().cloned().collect::<Vec<_>>(),
+        ["bcm/fw-1.4.bin", "ivi/app-3.1.bin", "tbox/fw-2.0.bin"],
+        "{installed:?}"
+    );
+    let assignments = lab
+        .admin_get(&format!("assignments?vin={vin}"))
+        .await
+        .unwrap();
+    assert!(
+        assignments
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|a| a["status"] == "installed"),
+        "{assignments}"
+    );
+
+    // The slots hold exactly the published images.
+    let ivi = &lab.vehicles[0].ecus[1];
+    assert_eq!(
+        std::fs::read(ivi.dir.join("slot-b")).unwrap(),
+        image_bytes("ivi 3.1", 500_000)
+    );
+    // The encrypted image never existed in plaintext on the public side.
+    let public = lab.layout.image_targets().join("ivi");
+    for f in std::fs::read_dir(&public).unwrap() {
+        assert!(f.unwrap().file_name().to_string_lossy().ends_with(".enc"));
+    }
+
+    // A second cycle finds nothing new.
+    let again = lab.run_vehicle(0, "auto").await.unwrap();
+    assert!(again.success, "{}", dump(&again));
+    assert_eq!(
+        again.report.unwrap()["updates"].as_array().unwrap().len(),
+        0
+    );
+    lab.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn images_come_from_a_plain_static_mirror_the_cdn_case() {
+    let dir = tempfile::tempdir().unwrap();
+    let lab = lab(dir.path()).await;
+    lab.publish_bytes(
+        "tbox/fw-2.1.bin",
+        "tbox-a",
+        "2.1",
+        &image_bytes("tbox 2.1", 200_000),
+        false,
+    )
+    .await
+    .unwrap();
+    lab.assign_all("tbox/fw-2.1.bin", "tbox-a", false)
+        .await
+        .unwrap();
+
+    // A dumb static server (Python's http.server) on the public image folder.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut mirror = tokio::process::Command::new("python3")
+        .args([
+            "-m",
+            "http.server",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+        ])
+        .current_dir(lab.layout.root().join("public/image"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mirror_url = format!("http://127.0.0.1:{port}/");
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    lab.write_primary_config(0, Some((&lab.url.clone(), Some(&mirror_url))))
+        .unwrap();
+    let run = lab.run_vehicle(0, "auto").await.unwrap();
+    assert!(run.success, "{}", dump(&run));
+    let report = run.report.unwrap();
+    assert_eq!(report["updates"][0]["status"], "Installed", "{report}");
+    assert_eq!(
+        lab.installed(&lab.vehicles[0].vin).await.unwrap()[&lab.vehicles[0].ecus[0].ecu_id],
+        "tbox/fw-2.1.bin"
+    );
+    mirror.kill().await.unwrap();
+    lab.stop().await.unwrap();
+}

@@ -1,0 +1,612 @@
+//! # rampart-lab
+//!
+//! A whole fleet on loopback, built from the real parts: a server (in this process, on an
+//! ephemeral port, SQLite in a temporary data directory) after a real key ceremony; images
+//! published through the real repository code; vehicles whose ECUs (`rampart ecu`) and
+//! primaries (`rampart vehicle`) run as real processes of the `rampart` binary.
+//!
+//! The demo, the end-to-end tests and the attack lab all stand on it, so what they show is
+//! what a deployment does. Errors here are for people running a lab (`anyhow` with context).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use rampart_core::key::KeyScheme;
+use rampart_core::signer::Signer;
+use rampart_server::ceremony::{self, CeremonyOptions};
+use rampart_server::layout::Layout;
+use rampart_server::ops::{self, PublishOutcome, PublishRequest};
+use rampart_server::serve::{self, Running, ServeOptions};
+use rampart_vehicle::primary::{EcuRef, PrimaryConfig};
+use rampart_vehicle::secondary::{EcuConfig, Verification};
+use rampart_vehicle::slots::SlotConfig;
+use serde_json::{json, Value};
+use tokio::process::{Child, Command};
+
+/// One ECU of a lab vehicle.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EcuSpec {
+    /// ECU ID (unique per vehicle).
+    pub ecu_id: String,
+    /// Hardware ID.
+    pub hardware_id: String,
+    /// Full or partial verification.
+    pub verification: Verification,
+    /// Takes encrypted images (gets an X25519 key).
+    pub encryption: bool,
+    /// What it does, for the owner.
+    pub description: String,
+    /// What is unavailable while it updates.
+    pub unavailable: String,
+    /// Health check run at boot (`RAMPART_SLOT` is the slot path).
+    pub health_check: Option<String>,
+}
+
+/// The three ECUs of a lab vehicle: the T-BOX (the primary's own firmware), an IVI that takes
+/// encrypted images, and a small body controller doing partial verification.
+pub fn default_ecus() -> Vec<EcuSpec> {
+    vec![
+        EcuSpec {
+            ecu_id: "TBOX".into(),
+            hardware_id: "tbox-a".into(),
+            verification: Verification::Full,
+            encryption: false,
+            description: "telematics box (T-BOX)".into(),
+            unavailable: "remote services and eCall (falls back to the previous slot)".into(),
+            health_check: None,
+        },
+        EcuSpec {
+            ecu_id: "IVI".into(),
+            hardware_id: "ivi-x".into(),
+            verification: Verification::Full,
+            encryption: true,
+            description: "infotainment (IVI)".into(),
+            unavailable: "navigation and media".into(),
+            health_check: None,
+        },
+        EcuSpec {
+            ecu_id: "BCM".into(),
+            hardware_id: "bcm-1".into(),
+            verification: Verification::Partial,
+            encryption: false,
+            description: "body controller (doors, lights)".into(),
+            unavailable: "central locking (the car must be parked)".into(),
+            health_check: Some("! grep -q BROKEN \"$RAMPART_SLOT\"".into()),
+        },
+    ]
+}
+
+/// An ECU of a running lab.
+#[derive(Debug)]
+pub struct EcuHandle {
+    /// Its spec.
+    pub spec: EcuSpec,
+    /// Full ECU ID (`VINSUFFIX-TBOX`).
+    pub ecu_id: String,
+    /// Its folder.
+    pub dir: PathBuf,
+    /// Its `ecu.toml`.
+    pub config: PathBuf,
+    /// Its process.
+    pub child: Option<Child>,
+    /// Where it listens, once started.
+    pub address: Option<String>,
+}
+
+/// A vehicle of a running lab.
+#[derive(Debug)]
+pub struct VehicleHandle {
+    /// VIN.
+    pub vin: String,
+    /// Its folder.
+    pub dir: PathBuf,
+    /// Its ECUs (the first is the primary's own).
+    pub ecus: Vec<EcuHandle>,
+    /// `vehicle.toml` (written once the ECUs listen).
+    pub primary_config: PathBuf,
+}
+
+/// Options of a lab.
+#[derive(Debug, Clone)]
+pub struct LabOptions {
+    /// Folder for everything (server data dir, vehicles).
+    pub root: PathBuf,
+    /// The `rampart` binary to run ECUs and primaries with.
+    pub bin: PathBuf,
+    /// Number of vehicles.
+    pub vehicles: usize,
+    /// ECUs of each vehicle.
+    pub ecus: Vec<EcuSpec>,
+    /// Serve plain HTTP (the attack lab's men in the middle need it; TLS is defence in depth).
+    pub plain_http: bool,
+}
+
+impl LabOptions {
+    /// A fleet of `vehicles` with the default ECUs, over HTTPS.
+    pub fn new(root: impl Into<PathBuf>, bin: impl Into<PathBuf>, vehicles: usize) -> Self {
+        LabOptions {
+            root: root.into(),
+            bin: bin.into(),
+            vehicles,
+            ecus: default_ecus(),
+            plain_http: false,
+        }
+    }
+}
+
+/// The output of one primary run.
+#[derive(Debug, Clone)]
+pub struct VehicleRun {
+    /// Whether it exited 0.
+    pub success: bool,
+    /// What it printed (consent text, results).
+    pub stdout: String,
+    /// Its log.
+    pub stderr: String,
+    /// The cycle report (`--json`), if it got that far.
+    pub report: Option<Value>,
+}
+
+/// A running fleet.
+pub struct Lab {
+    /// Options it was made with.
+    pub options: LabOptions,
+    /// Server data directory layout.
+    pub layout: Layout,
+    server: Option<Running>,
+    /// Server base URL.
+    pub url: String,
+    http: reqwest::Client,
+    token: String,
+    /// The vehicles.
+    pub vehicles: Vec<VehicleHandle>,
+}
+
+impl std::fmt::Debug for Lab {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lab")
+            .field("url", &self.url)
+            .field("vehicles", &self.vehicles.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A VIN for lab vehicle `i` (17 characters, like a real one).
+pub fn vin(i: usize) -> String {
+    format!("WRAMPART{:09}", i + 1)
+}
+
+/// Deterministic pseudo-random image bytes (so runs are comparable).
+pub fn image_bytes(seed: &str, len: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len + 32);
+    let mut block = rampart_core::hash::sha256(seed.as_bytes());
+    while out.len() < len {
+        out.extend_from_slice(&block);
+        block = rampart_core::hash::sha256(&block);
+    }
+    out.truncate(len);
+    out
+}
+
+fn write_secret(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    f.write_all(bytes)?;
+    Ok(())
+}
+
+impl Lab {
+    /// Key ceremony, server, vehicles (keys, configurations, certificates, registration).
+    /// ECUs are not started yet: see [`Lab::start_ecus`].
+    pub async fn create(options: LabOptions) -> anyhow::Result<Lab> {
+        let layout = Layout::new(options.root.join("server"));
+        let ceremony_opts = CeremonyOptions {
+            listen: "127.0.0.1:0".into(),
+            tls: !options.plain_http,
+            ..CeremonyOptions::default()
+        };
+        ceremony::init(&layout, &ceremony_opts, chrono::Utc::now()).context("key ceremony")?;
+        let mut serve_opts = ServeOptions::new(layout.clone());
+        serve_opts.refresh_every = Duration::from_secs(30);
+        let server = serve::start(serve_opts)
+            .await
+            .context("starting the server")?;
+        let url = server.url();
+        let mut builder = reqwest::Client::builder();
+        if !options.plain_http {
+            let ca = std::fs::read(layout.pki().join("ca.pem"))?;
+            builder = builder.tls_certs_only(reqwest::Certificate::from_pem_bundle(&ca)?);
+        }
+        let token = rampart_server::pki::load_admin_token(&layout.pki())?;
+        let mut lab = Lab {
+            layout,
+            server: Some(server),
+            url,
+            http: builder.build()?,
+            token,
+            vehicles: Vec::new(),
+            options,
+        };
+        for i in 0..lab.options.vehicles {
+            let v = lab
+                .make_vehicle(&vin(i))
+                .await
+                .with_context(|| format!("vehicle {}", vin(i)))?;
+            lab.vehicles.push(v);
+        }
+        Ok(lab)
+    }
+
+    async fn make_vehicle(&self, vin: &str) -> anyhow::Result<VehicleHandle> {
+        let dir = self.options.root.join("vehicles").join(vin);
+        std::fs::create_dir_all(&dir)?;
+        let director_root = dir.join("director-root.json");
+        let image_root = dir.join("image-root.json");
+        std::fs::copy(
+            self.layout.director_public().join("1.root.json"),
+            &director_root,
+        )?;
+        std::fs::copy(
+            self.layout.image_metadata().join("1.root.json"),
+            &image_root,
+        )?;
+        if !self.options.plain_http {
+            let cert = rampart_server::pki::issue_vehicle_cert(&self.layout.pki(), vin, 30)?;
+            write_secret(
+                &dir.join("vehicle-cert.pem"),
+                format!("{}{}", cert.cert_pem, cert.key_pem).as_bytes(),
+            )?;
+            std::fs::copy(self.layout.pki().join("ca.pem"), dir.join("ca.pem"))?;
+        }
+        let suffix = vin.get(vin.len().saturating_sub(3)..).unwrap_or(vin);
+        let primary_key_path = dir.join("primary-key.pem");
+        let primary_key =
+            rampart_server::keys::generate_key_file(&primary_key_path, KeyScheme::Ed25519)?;
+        let mut ecus = Vec::new();
+        let mut registered = Vec::new();
+        for (n, spec) in self.options.ecus.iter().enumerate() {
+            let ecu_id = format!("{}-{suffix}", spec.ecu_id);
+            let edir = dir.join(&spec.ecu_id);
+            std::fs::create_dir_all(&edir)?;
+            // The first ECU is the primary's own firmware: same device, same key.
+            let key_path = edir.join("key.pem");
+            let public = if n == 0 {
+                std::fs::copy(&primary_key_path, &key_path)?;
+                primary_key.public_key().clone()
+            } else {
+                rampart_server::keys::generate_key_file(&key_path, KeyScheme::Ed25519)?
+                    .public_key()
+                    .clone()
+            };
+            let mut encryption_key = None;
+            let mut encryption_public = None;
+            if spec.encryption {
+                let pair = rampart_core::encryption::EcuKeyPair::generate()?;
+                let p = edir.join("x25519.hex");
+                write_secret(&p, hex::encode(pair.private_bytes()).as_bytes())?;
+                encryption_key = Some(p);
+                encryption_public = Some(hex::encode(pair.public_key()));
+            }
+            std::fs::write(
+                edir.join("slot-a"),
+                format!("factory firmware of {ecu_id}\n"),
+            )?;
+            let config = EcuConfig {
+                ecu_id: ecu_id.clone(),
+                hardware_id: spec.hardware_id.clone(),
+                vin: vin.to_owned(),
+                listen: "127.0.0.1:0".into(),
+                key: key_path,
+                encryption_key,
+                verification: spec.verification,
+                director_root: director_root.clone(),
+                image_root: (spec.verification == Verification::Full).then(|| image_root.clone()),
+                state_dir: edir.join("state"),
+                slots: SlotConfig {
+                    slot_a: edir.join("slot-a"),
+                    slot_b: edir.join("slot-b"),
+                    boot_control: edir.join("boot-control.json"),
+                    max_boot_attempts: 2,
+                    health_check: spec.health_check.clone(),
+                },
+                factory_image: format!("factory-{}", spec.hardware_id),
+            };
+            let config_path = edir.join("ecu.toml");
+            std::fs::write(&config_path, toml::to_string_pretty(&config)?)?;
+            registered.push(json!({
+                "ecu_id": ecu_id,
+                "hardware_id": spec.hardware_id,
+                "public_key": public,
+                "encryption_key": encryption_public,
+                "verification": match spec.verification { Verification::Full => "full", Verification::Partial => "partial" },
+            }));
+            ecus.push(EcuHandle {
+                spec: spec.clone(),
+                ecu_id,
+                dir: edir,
+                config: config_path,
+                child: None,
+                address: None,
+            });
+        }
+        let primary_ecu = ecus.first().map(|e| e.ecu_id.clone()).unwrap_or_default();
+        self.admin_post(
+            "vehicles",
+            &json!({"vin": vin, "primary_ecu": primary_ecu, "ecus": registered}),
+        )
+        .await
+        .context("registering")?;
+        Ok(VehicleHandle {
+            vin: vin.to_owned(),
+            primary_config: dir.join("vehicle.toml"),
+            dir,
+            ecus,
+        })
+    }
+
+    /// Starts every ECU process and writes each `vehicle.toml` with their addresses.
+    pub async fn start_ecus(&mut self) -> anyhow::Result<()> {
+        let bin = self.options.bin.clone();
+        for v in &mut self.vehicles {
+            for e in &mut v.ecus {
+                let _ = std::fs::remove_file(e.dir.join("state/listen-address"));
+                let log = std::fs::File::create(e.dir.join("ecu.log"))?;
+                let child = Command::new(&bin)
+                    .args(["-v", "ecu", "--config"])
+                    .arg(&e.config)
+                    .stdout(Stdio::null())
+                    .stderr(log)
+                    .kill_on_drop(true)
+                    .spawn()
+                    .with_context(|| format!("starting {}", bin.display()))?;
+                e.child = Some(child);
+            }
+        }
+        for i in 0..self.vehicles.len() {
+            for j in 0..self.vehicles.get(i).map_or(0, |v| v.ecus.len()) {
+                let path = self
+                    .vehicles
+                    .get(i)
+                    .and_then(|v| v.ecus.get(j))
+                    .map(|e| e.dir.join("state/listen-address"));
+                let Some(path) = path else { continue };
+                let mut addr = None;
+                for _ in 0..200 {
+                    if let Ok(a) = std::fs::read_to_string(&path) {
+                        addr = Some(a);
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                let addr = addr.with_context(|| {
+                    format!(
+                        "ECU did not start (see {})",
+                        path.parent()
+                            .and_then(Path::parent)
+                            .map(|p| p.join("ecu.log").display().to_string())
+                            .unwrap_or_default()
+                    )
+                })?;
+                if let Some(e) = self.vehicles.get_mut(i).and_then(|v| v.ecus.get_mut(j)) {
+                    e.address = Some(addr);
+                }
+            }
+            self.write_primary_config(i, None)?;
+        }
+        Ok(())
+    }
+
+    /// Writes vehicle `i`'s `vehicle.toml`, optionally pointing it at another server URL or
+    /// image mirror (a man in the middle, a CDN).
+    pub fn write_primary_config(
+        &self,
+        i: usize,
+        redirect: Option<(&str, Option<&str>)>,
+    ) -> anyhow::Result<()> {
+        let v = self.vehicles.get(i).context("no such vehicle")?;
+        let (server, image_base) = match redirect {
+            Some((s, img)) => (s.to_owned(), img.map(str::to_owned)),
+            None => (self.url.clone(), None),
+        };
+        let tls = server.starts_with("https");
+        let config = PrimaryConfig {
+            vin: v.vin.clone(),
+            ecu_id: v.ecus.first().map(|e| e.ecu_id.clone()).unwrap_or_default(),
+            server,
+            image_base,
+            ca: tls.then(|| v.dir.join("ca.pem")),
+            client_cert: tls.then(|| v.dir.join("vehicle-cert.pem")),
+            key: v.dir.join("primary-key.pem"),
+            director_root: v.dir.join("director-root.json"),
+            image_root: v.dir.join("image-root.json"),
+            state_dir: v.dir.join("primary-state"),
+            poll_seconds: 60,
+            precondition: None,
+            min_bytes_per_second: 4096,
+            stall_seconds: 5,
+            ecus: v
+                .ecus
+                .iter()
+                .map(|e| EcuRef {
+                    ecu_id: e.ecu_id.clone(),
+                    hardware_id: e.spec.hardware_id.clone(),
+                    address: e.address.clone().unwrap_or_default(),
+                    verification: e.spec.verification,
+                    description: e.spec.description.clone(),
+                    unavailable: e.spec.unavailable.clone(),
+                })
+                .collect(),
+        };
+        std::fs::write(&v.primary_config, toml::to_string_pretty(&config)?)?;
+        Ok(())
+    }
+
+    /// Publishes an image (in process, with the ceremony's keys).
+    pub async fn publish(&self, req: &PublishRequest) -> anyhow::Result<PublishOutcome> {
+        Ok(ops::publish(&self.layout, req, chrono::Utc::now()).await?)
+    }
+
+    /// Writes `bytes` to a file under the lab and publishes it.
+    pub async fn publish_bytes(
+        &self,
+        name: &str,
+        hardware_id: &str,
+        version: &str,
+        bytes: &[u8],
+        encrypt: bool,
+    ) -> anyhow::Result<PublishOutcome> {
+        let dir = self.options.root.join("release");
+        std::fs::create_dir_all(&dir)?;
+        let file = dir.join(rampart_core::client::safe_file_name(name));
+        std::fs::write(&file, bytes)?;
+        self.publish(&PublishRequest {
+            file,
+            name: Some(name.to_owned()),
+            hardware_id: hardware_id.to_owned(),
+            version: Some(version.to_owned()),
+            release_counter: None,
+            role: "targets".into(),
+            keys: Vec::new(),
+            encrypt,
+            export_unsigned: None,
+        })
+        .await
+    }
+
+    /// POSTs to the admin API.
+    pub async fn admin_post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+        let r = self
+            .http
+            .post(format!("{}api/v1/{path}", self.url))
+            .bearer_auth(&self.token)
+            .json(body)
+            .send()
+            .await?;
+        let status = r.status();
+        let v: Value = r.json().await.unwrap_or(Value::Null);
+        if !status.is_success() {
+            bail!("POST {path}: {status} {v}");
+        }
+        Ok(v)
+    }
+
+    /// GETs from the admin API.
+    pub async fn admin_get(&self, path: &str) -> anyhow::Result<Value> {
+        let r = self
+            .http
+            .get(format!("{}api/v1/{path}", self.url))
+            .bearer_auth(&self.token)
+            .send()
+            .await?;
+        let status = r.status();
+        let v: Value = r.json().await.unwrap_or(Value::Null);
+        if !status.is_success() {
+            bail!("GET {path}: {status} {v}");
+        }
+        Ok(v)
+    }
+
+    /// Assigns `target` to every ECU of `hardware_id` in all lab vehicles.
+    pub async fn assign_all(
+        &self,
+        target: &str,
+        hardware_id: &str,
+        encrypt: bool,
+    ) -> anyhow::Result<Vec<i64>> {
+        let vins: Vec<String> = self.vehicles.iter().map(|v| v.vin.clone()).collect();
+        let v = self
+            .admin_post("assignments", &json!({"target": target, "vins": vins, "hardware_id": hardware_id, "encrypt": encrypt}))
+            .await?;
+        Ok(serde_json::from_value(v)?)
+    }
+
+    /// Runs vehicle `i`'s primary for one cycle (`--once --json`).
+    pub async fn run_vehicle(&self, i: usize, consent: &str) -> anyhow::Result<VehicleRun> {
+        let v = self.vehicles.get(i).context("no such vehicle")?;
+        let out = Command::new(&self.options.bin)
+            .args([
+                "-v",
+                "vehicle",
+                "--once",
+                "--json",
+                "--consent",
+                consent,
+                "--config",
+            ])
+            .arg(&v.primary_config)
+            .stdin(Stdio::null())
+            .output()
+            .await?;
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let report = stdout.lines().rev().find_map(|l| {
+            serde_json::from_str::<Value>(l)
+                .ok()
+                .filter(Value::is_object)
+        });
+        Ok(VehicleRun {
+            success: out.status.success(),
+            stdout,
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            report,
+        })
+    }
+
+    /// What the director knows of vehicle `vin`: ECU ID → installed target.
+    pub async fn installed(&self, vin: &str) -> anyhow::Result<BTreeMap<String, String>> {
+        let v = self.admin_get(&format!("vehicles/{vin}")).await?;
+        let mut out = BTreeMap::new();
+        for e in v
+            .get("ecus")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let id = e
+                .get("ecu_id")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned();
+            let target = e
+                .pointer("/installed/target")
+                .and_then(Value::as_str)
+                .unwrap_or("(nothing reported)")
+                .to_owned();
+            out.insert(id, target);
+        }
+        Ok(out)
+    }
+
+    /// Security events (newest first), optionally of one vehicle.
+    pub async fn events(&self, vin: Option<&str>) -> anyhow::Result<Vec<Value>> {
+        let path = match vin {
+            Some(v) => format!("events?vin={v}&limit=1000"),
+            None => "events?limit=1000".into(),
+        };
+        Ok(serde_json::from_value(self.admin_get(&path).await?)?)
+    }
+
+    /// Stops every process and the server.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        for v in &mut self.vehicles {
+            for e in &mut v.ecus {
+                if let Some(mut c) = e.child.take() {
+                    let _ = c.kill().await;
+                }
+            }
+        }
+        if let Some(s) = self.server.take() {
+            s.stop().await?;
+        }
+        Ok(())
+    }
+}
