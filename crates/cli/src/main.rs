@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{ArgAction, Parser, Subcommand};
 
 mod admin;
+mod attack_cmd;
 mod demo;
 mod server_cmds;
 mod tuf_client;
@@ -25,6 +26,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// The attack lab: run OTA attacks against a real fleet on loopback and show each fails.
+    Attack(attack_cmd::AttackArgs),
     /// The whole story on loopback: a server, a fleet, an update, attacks rejected.
     Demo(demo::DemoArgs),
     /// Image repository: key ceremony, listing.
@@ -94,9 +97,13 @@ fn init_logging(verbose: u8, quiet: bool) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.verbose, matches!(cli.command, Command::Demo(_)));
+    init_logging(
+        cli.verbose,
+        matches!(cli.command, Command::Demo(_) | Command::Attack(_)),
+    );
     let result = match cli.command {
         Command::Demo(args) => demo::main(args),
+        Command::Attack(args) => attack_cmd::main(args),
         Command::Repo(cmd) => server_cmds::repo(cmd),
         Command::Publish(args) => server_cmds::publish(args),
         Command::Sign {

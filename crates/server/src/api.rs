@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
+use axum::extract::DefaultBodyLimit;
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
@@ -172,6 +173,27 @@ impl AppState {
     }
 }
 
+/// `Json` whose rejections (bad JSON, wrong types, wrong content type, too large) answer
+/// like every other error: `{"error", "rule"}` with a 4xx.
+pub struct ApiJson<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequest<S> for ApiJson<T> {
+    type Rejection = Error;
+
+    async fn from_request(req: Request, state: &S) -> std::result::Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(ApiJson(v)),
+            Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                Err(Error::TooLarge(rejection.body_text()))
+            }
+            Err(rejection) => Err(Error::BadRequest(format!(
+                "request body: {}",
+                rejection.body_text()
+            ))),
+        }
+    }
+}
+
 #[derive(OpenApi)]
 #[openapi(
     info(
@@ -222,6 +244,7 @@ pub fn router(state: AppState, public_image_dir: &std::path::Path) -> Router {
         )
         .route("/events", get(list_events))
         .route("/images", get(list_images))
+        .layer(DefaultBodyLimit::max(state.inner.limits.max_body_bytes))
         .layer(middleware::from_fn_with_state(state.clone(), require_admin));
     Router::new()
         .route("/health", get(health))
@@ -270,7 +293,9 @@ async fn rate_limit(State(state): State<AppState>, request: Request, next: Next)
                 )
                 .await;
         }
-        let secs = retry.as_secs().max(1).to_string();
+        let secs = (retry.as_secs() + u64::from(retry.subsec_nanos() > 0))
+            .max(1)
+            .to_string();
         let mut response = (
             StatusCode::TOO_MANY_REQUESTS,
             Json(serde_json::json!({"error": "too many requests", "rule": "rate-limited"})),
@@ -409,9 +434,11 @@ async fn authorize_vehicle(
                         "vehicle route without a client certificate",
                     )
                     .await;
-                return Err(Error::Unauthorized(
-                    "a vehicle client certificate is required".into(),
-                ));
+                return Err(Error::Rejected {
+                    status: StatusCode::UNAUTHORIZED,
+                    rule: "client-certificate-required",
+                    message: "a vehicle client certificate is required".into(),
+                });
             }
             Some(cert_vin) if cert_vin != vin => {
                 state
@@ -426,9 +453,11 @@ async fn authorize_vehicle(
                         &format!("certificate for {cert_vin} used for {vin}"),
                     )
                     .await;
-                return Err(Error::Forbidden(format!(
-                    "certificate is for {cert_vin}, not {vin}"
-                )));
+                return Err(Error::Rejected {
+                    status: StatusCode::FORBIDDEN,
+                    rule: "vin-mismatch",
+                    message: format!("certificate is for {cert_vin}, not {vin}"),
+                });
             }
             Some(_) => {}
         }
@@ -590,7 +619,7 @@ fn validate_vehicle(v: &NewVehicle) -> Result<()> {
 #[utoipa::path(post, path = "/api/v1/vehicles", request_body = NewVehicle, responses((status = 201, description = "registered"), (status = 409, description = "already registered")), security(("admin" = [])))]
 async fn register_vehicle(
     State(state): State<AppState>,
-    Json(v): Json<NewVehicle>,
+    ApiJson(v): ApiJson<NewVehicle>,
 ) -> Result<(StatusCode, Json<serde_json::Value>)> {
     validate_vehicle(&v)?;
     state.inner.director.db().register_vehicle(&v).await?;
@@ -677,7 +706,7 @@ fn image_entries(repo: &Repository) -> Result<Vec<ImageEntry>> {
 #[utoipa::path(post, path = "/api/v1/assignments", request_body = AssignRequest, responses((status = 201, body = Vec<i64>), (status = 400)), security(("admin" = [])))]
 async fn create_assignments(
     State(state): State<AppState>,
-    Json(req): Json<AssignRequest>,
+    ApiJson(req): ApiJson<AssignRequest>,
 ) -> Result<(StatusCode, Json<Vec<i64>>)> {
     let images = image_entries(&state.inner.image)?;
     let candidates: Vec<&ImageEntry> = images.iter().filter(|i| i.name == req.target).collect();

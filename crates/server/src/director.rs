@@ -482,7 +482,11 @@ impl Director {
                 "manifest for an unregistered VIN",
             )
             .await;
-            return Err(Error::NotFound(format!("vehicle {vin} is not registered")));
+            return Err(Error::Rejected {
+                status: axum::http::StatusCode::NOT_FOUND,
+                rule: "unknown-vehicle",
+                message: format!("vehicle {vin} is not registered"),
+            });
         };
         let mut ecu_keys = BTreeMap::new();
         for ecu in &vehicle.ecus {
@@ -510,6 +514,16 @@ impl Director {
                 return Err(e.into());
             }
         };
+        // A replayed manifest is refused before anything in it is looked at.
+        if let Err(e) = rampart_core::uptane::manifest::check_counter(
+            &format!("manifest of {vin}"),
+            vehicle.last_manifest_counter,
+            verified.manifest.manifest_counter,
+        ) {
+            self.event("server", e.rule(), Some(vin), None, remote, &e.to_string())
+                .await;
+            return Err(e.into());
+        }
         for line in verified
             .manifest
             .attacks_detected

@@ -55,6 +55,18 @@ pub enum Error {
     #[error("{0}")]
     TooLarge(String),
 
+    /// A refusal with its own rule and status (e.g. `vin-mismatch`, 403), so the answer names
+    /// the same rule as the security event recorded for it.
+    #[error("{message}")]
+    Rejected {
+        /// HTTP status.
+        status: StatusCode,
+        /// Rule.
+        rule: &'static str,
+        /// Message.
+        message: String,
+    },
+
     /// A replayed manifest.
     #[error("replay: {0}")]
     Replay(String),
@@ -83,6 +95,7 @@ impl Error {
             Error::Forbidden(_) => "forbidden",
             Error::Replay(_) => "replay",
             Error::TooLarge(_) => "endless-data",
+            Error::Rejected { rule, .. } => rule,
         }
     }
 
@@ -95,6 +108,7 @@ impl Error {
             Error::Verification(_) | Error::BadRequest(_) => StatusCode::BAD_REQUEST,
             Error::Conflict(_) => StatusCode::CONFLICT,
             Error::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::Rejected { status, .. } => *status,
             Error::NotFound(_) => StatusCode::NOT_FOUND,
             Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Error::Forbidden(_) => StatusCode::FORBIDDEN,

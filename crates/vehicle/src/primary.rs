@@ -580,20 +580,58 @@ impl Primary {
                 return Ok(report);
             }
         }
+        // Download and verify every image first: if one cannot be had, none is installed, so
+        // an attacker who blocks part of a bundle cannot leave the vehicle with a mixed set.
+        let mut downloaded = Vec::new();
+        let mut blocked = None;
         for u in &verdict.updates {
-            let status = match self.deliver(&v, u).await {
-                Ok(()) => UpdateStatus::Installed,
+            match self.download(&v, u).await {
+                Ok(path) => downloaded.push(path),
                 Err(e) => {
                     let rule = e.rule();
                     self.note(
                         &mut report,
                         &rule,
-                        &format!("{} on {}: {e}", u.instruction.target, u.instruction.ecu_id),
+                        &format!("{} for {}: {e}", u.instruction.target, u.instruction.ecu_id),
                     );
-                    UpdateStatus::Failed(rule, e.to_string())
+                    blocked = Some((u.instruction.target.clone(), rule, e.to_string()));
+                    break;
                 }
-            };
-            report.updates.push(self.outcome(u, status));
+            }
+        }
+        if let Some((target, rule, message)) = blocked {
+            for u in &verdict.updates {
+                let status = if u.instruction.target == target {
+                    UpdateStatus::Failed(rule.clone(), message.clone())
+                } else {
+                    UpdateStatus::Failed(
+                        "partial-bundle".into(),
+                        format!(
+                            "not installed: {target} of the same bundle could not be downloaded"
+                        ),
+                    )
+                };
+                report.updates.push(self.outcome(u, status));
+            }
+        } else {
+            for (u, path) in verdict.updates.iter().zip(&downloaded) {
+                let status = match self.install(&v, u, path).await {
+                    Ok(()) => UpdateStatus::Installed,
+                    Err(e) => {
+                        let rule = e.rule();
+                        self.note(
+                            &mut report,
+                            &rule,
+                            &format!("{} on {}: {e}", u.instruction.target, u.instruction.ecu_id),
+                        );
+                        UpdateStatus::Failed(rule, e.to_string())
+                    }
+                };
+                report.updates.push(self.outcome(u, status));
+            }
+        }
+        for path in &downloaded {
+            let _ = std::fs::remove_file(path);
         }
         // Report the new state right away so the director sees what installed.
         let (docs, _) = self.collect_reports(&mut CycleReport::default()).await;
@@ -677,11 +715,8 @@ impl Primary {
             .cloned()
     }
 
-    /// Downloads one verified update and hands it to its ECU.
-    async fn deliver(&mut self, v: &FullVerifier, u: &VerifiedUpdate) -> Result<()> {
-        let ecu = self.ecu(&u.instruction.ecu_id).cloned().ok_or_else(|| {
-            Error::Config(format!("ECU {} is not configured", u.instruction.ecu_id))
-        })?;
+    /// Downloads one verified update (bounded, resumable, every hash checked).
+    async fn download(&mut self, v: &FullVerifier, u: &VerifiedUpdate) -> Result<PathBuf> {
         let targets = format!("{}targets/", self.image_base());
         let (path, length, hashes) = match &u.instruction.encryption {
             Some(enc) => (
@@ -729,11 +764,21 @@ impl Primary {
         bar.finish_and_clear();
         let outcome = outcome?;
         tracing::info!(target = %u.instruction.target, ?outcome, seconds = started.elapsed().as_secs_f64(), "downloaded and verified");
+        Ok(dest)
+    }
+
+    /// Hands a downloaded image and the metadata to verify it to its ECU.
+    async fn install(&mut self, v: &FullVerifier, u: &VerifiedUpdate, path: &Path) -> Result<()> {
+        let ecu = self.ecu(&u.instruction.ecu_id).cloned().ok_or_else(|| {
+            Error::Config(format!("ECU {} is not configured", u.instruction.ecu_id))
+        })?;
+        let length = std::fs::metadata(path)
+            .map_err(|e| Error::io(path, e))?
+            .len();
         let bundle = self.bundle_for(v, ecu.verification)?;
         let result = self
-            .send_to_ecu(&ecu, &u.instruction.target, bundle, &dest, length)
+            .send_to_ecu(&ecu, &u.instruction.target, bundle, path, length)
             .await?;
-        let _ = std::fs::remove_file(&dest);
         if result.ok {
             Ok(())
         } else {

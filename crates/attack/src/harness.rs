@@ -1,0 +1,367 @@
+//! The stage every scenario starts from: one vehicle (T-BOX and IVI with full verification,
+//! a body controller with partial verification) on a real server, a baseline release
+//! installed through the normal path (so there is trusted state and installed images to
+//! protect), and a man in the middle placed between the vehicle and the server.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use rampart_lab::{image_bytes, Lab, LabOptions, VehicleRun};
+use serde_json::Value;
+
+use crate::proxy::Proxy;
+use crate::Findings;
+
+/// Names of the baseline images (installed before the attack).
+pub const BASELINE: [(&str, &str); 3] = [
+    ("tbox/fw-1.0.bin", "tbox-a"),
+    ("ivi/app-1.0.bin", "ivi-x"),
+    ("bcm/fw-1.0.bin", "bcm-1"),
+];
+
+/// What a vehicle trusts and runs, read from its disk and from the director.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TrustState {
+    /// ECU ID → (image it runs, release counter), from each ECU's boot-control file.
+    pub running: BTreeMap<String, (String, u64)>,
+    /// `who/repo/role` → trusted version, from the primary's and ECUs' metadata folders.
+    pub versions: BTreeMap<String, u64>,
+    /// ECU ID → installed image, as the director knows it.
+    pub director_view: BTreeMap<String, String>,
+}
+
+/// A lab with an attacker in place.
+pub struct Harness {
+    /// The fleet.
+    pub lab: Lab,
+    /// The man in the middle (vehicle → proxy → server).
+    pub proxy: Proxy,
+    /// Scenario folder.
+    pub dir: PathBuf,
+    /// State after the baseline release.
+    pub baseline: TrustState,
+    /// Highest security event ID before the last cycle: only newer events count as noticed.
+    mark: std::sync::atomic::AtomicI64,
+}
+
+impl std::fmt::Debug for Harness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Harness")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+fn version_of(path: &Path) -> Option<u64> {
+    let v: Value = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
+    v.pointer("/signed/version").and_then(Value::as_u64)
+}
+
+impl Harness {
+    /// Builds the fleet, installs the baseline release, and routes the vehicle through a
+    /// proxy. With `tls`, the lab serves HTTPS and the proxy is not in the path.
+    pub async fn new(bin: &Path, dir: &Path, tls: bool) -> anyhow::Result<Harness> {
+        let _ = std::fs::remove_dir_all(dir);
+        std::fs::create_dir_all(dir)?;
+        let mut options = LabOptions::new(dir, bin, 1);
+        options.plain_http = !tls;
+        let mut lab = Lab::create(options).await.context("creating the lab")?;
+        lab.start_ecus().await?;
+        for (name, hw) in BASELINE {
+            lab.publish_bytes(name, hw, "1.0", &image_bytes(name, 120_000), hw == "ivi-x")
+                .await?;
+            lab.assign_all(name, hw, hw == "ivi-x").await?;
+        }
+        let run = lab.run_vehicle(0, "auto").await?;
+        if !run.success {
+            anyhow::bail!("baseline update failed:\n{}\n{}", run.stdout, run.stderr);
+        }
+        let proxy = Proxy::start(&lab.url).await?;
+        if !tls {
+            lab.write_primary_config(0, Some((&proxy.url.clone(), None)))?;
+        }
+        let mut h = Harness {
+            lab,
+            proxy,
+            dir: dir.to_path_buf(),
+            baseline: TrustState::default(),
+            mark: std::sync::atomic::AtomicI64::new(0),
+        };
+        h.baseline = h.trust_state().await?;
+        Ok(h)
+    }
+
+    /// The vehicle under attack.
+    pub fn vin(&self) -> String {
+        self.lab
+            .vehicles
+            .first()
+            .map(|v| v.vin.clone())
+            .unwrap_or_default()
+    }
+
+    /// ECU ID of the vehicle's ECU number `i` (0 T-BOX, 1 IVI, 2 BCM).
+    pub fn ecu_id(&self, i: usize) -> String {
+        self.lab
+            .vehicles
+            .first()
+            .and_then(|v| v.ecus.get(i))
+            .map(|e| e.ecu_id.clone())
+            .unwrap_or_default()
+    }
+
+    /// Reads the vehicle's trusted state.
+    pub async fn trust_state(&self) -> anyhow::Result<TrustState> {
+        let mut s = TrustState::default();
+        let v = self.lab.vehicles.first().context("no vehicle")?;
+        for e in &v.ecus {
+            let bc: Value =
+                serde_json::from_slice(&std::fs::read(e.dir.join("boot-control.json"))?)?;
+            let active = bc
+                .get("active")
+                .and_then(Value::as_str)
+                .unwrap_or("a")
+                .to_owned();
+            let img = bc.get(&active).cloned().unwrap_or(Value::Null);
+            s.running.insert(
+                e.ecu_id.clone(),
+                (
+                    img.get("filename")
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .to_owned(),
+                    img.get("release_counter")
+                        .and_then(Value::as_u64)
+                        .unwrap_or(0),
+                ),
+            );
+            for repo in ["director", "image"] {
+                for role in ["root", "timestamp", "snapshot", "targets"] {
+                    if let Some(ver) =
+                        version_of(&e.dir.join("state").join(repo).join(format!("{role}.json")))
+                    {
+                        s.versions
+                            .insert(format!("{}/{repo}/{role}", e.ecu_id), ver);
+                    }
+                }
+            }
+        }
+        for repo in ["director", "image"] {
+            for role in ["root", "timestamp", "snapshot", "targets"] {
+                if let Some(ver) = version_of(
+                    &v.dir
+                        .join("primary-state")
+                        .join(repo)
+                        .join(format!("{role}.json")),
+                ) {
+                    s.versions.insert(format!("primary/{repo}/{role}"), ver);
+                }
+            }
+        }
+        s.director_view = self.lab.installed(&v.vin).await?;
+        Ok(s)
+    }
+
+    /// One update cycle of the vehicle (through the proxy).
+    pub async fn cycle(&self) -> anyhow::Result<VehicleRun> {
+        self.mark_events().await?;
+        self.lab.run_vehicle(0, "auto").await
+    }
+
+    /// From now on, only newer security events count as "noticed".
+    pub async fn mark_events(&self) -> anyhow::Result<()> {
+        let newest = self
+            .events()
+            .await?
+            .first()
+            .and_then(|e| e.get("id"))
+            .and_then(Value::as_i64)
+            .unwrap_or(0);
+        self.mark.store(newest, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Security events of the vehicle, newest first.
+    pub async fn events(&self) -> anyhow::Result<Vec<Value>> {
+        self.lab.events(Some(&self.vin())).await
+    }
+
+    /// Checks 1 and 2: nothing in `forbidden` runs anywhere, no ECU went to a lower release
+    /// counter or another image than allowed, and no trusted version went down.
+    pub fn check_state(&self, f: &mut Findings, after: &TrustState, forbidden: &[&str]) {
+        let chosen: Vec<String> = after
+            .running
+            .iter()
+            .filter(|(_, (img, _))| forbidden.iter().any(|x| x == img))
+            .map(|(e, (img, _))| format!("{e} runs {img}"))
+            .collect();
+        f.check(
+            "nothing the attacker chose is installed",
+            chosen.is_empty(),
+            if chosen.is_empty() {
+                "no ECU runs an attacker's image".to_owned()
+            } else {
+                chosen.join(", ")
+            },
+        );
+        let mut regressions = Vec::new();
+        for (ecu, (img, counter)) in &self.baseline.running {
+            match after.running.get(ecu) {
+                Some((now, c)) if c < counter => regressions.push(format!(
+                    "{ecu}: {img} (counter {counter}) → {now} (counter {c})"
+                )),
+                None => regressions.push(format!("{ecu}: no longer reports an image")),
+                _ => {}
+            }
+        }
+        f.check(
+            "no ECU moved to an older or mixed set",
+            regressions.is_empty(),
+            if regressions.is_empty() {
+                format!("running: {}", describe(&after.running))
+            } else {
+                regressions.join("; ")
+            },
+        );
+        let mut back = Vec::new();
+        for (k, v) in &self.baseline.versions {
+            if let Some(now) = after.versions.get(k) {
+                if now < v {
+                    back.push(format!("{k}: {v} → {now}"));
+                }
+            }
+        }
+        f.check(
+            "trusted metadata versions never went back",
+            back.is_empty(),
+            if back.is_empty() {
+                format!("{} trusted files checked", after.versions.len())
+            } else {
+                back.join("; ")
+            },
+        );
+    }
+
+    /// Check 3: the rejection named one of `rules` on the vehicle, and the server recorded a
+    /// security event (source `vehicle`: the vehicle's attack indicator; `server`: the
+    /// server's own refusal) newer than the last cycle.
+    pub async fn check_noticed(
+        &self,
+        f: &mut Findings,
+        run: &VehicleRun,
+        rules: &[&str],
+        source: &str,
+    ) -> anyhow::Result<()> {
+        let output = format!("{}\n{}", run.stderr, run.stdout);
+        let said = rules.iter().find(|r| output.contains(**r));
+        f.check(
+            format!("the vehicle names the rule ({})", rules.join(" or ")),
+            said.is_some(),
+            said.map_or_else(
+                || "no rule named in its output".to_owned(),
+                |r| first_line_with(&output, r),
+            ),
+        );
+        self.check_event(f, rules, source).await
+    }
+
+    /// A security event with one of `rules` from `source`, newer than the last cycle.
+    pub async fn check_event(
+        &self,
+        f: &mut Findings,
+        rules: &[&str],
+        source: &str,
+    ) -> anyhow::Result<()> {
+        let mark = self.mark.load(std::sync::atomic::Ordering::SeqCst);
+        let events = self.events().await?;
+        let hit = events.iter().find(|e| {
+            e.get("id").and_then(Value::as_i64).unwrap_or(0) > mark
+                && e.get("rule")
+                    .and_then(Value::as_str)
+                    .is_some_and(|r| rules.contains(&r))
+                && e.get("source").and_then(Value::as_str) == Some(source)
+        });
+        f.check(
+            format!(
+                "the server recorded a {source} security event ({})",
+                rules.join(" or ")
+            ),
+            hit.is_some(),
+            hit.and_then(|e| e.get("detail").and_then(Value::as_str))
+                .unwrap_or("no such event")
+                .chars()
+                .take(160)
+                .collect::<String>(),
+        );
+        Ok(())
+    }
+
+    /// Whether a cycle refused to install anything: it failed outright, or every update it
+    /// handled ended in a failure.
+    pub fn check_refused(&self, f: &mut Findings, run: &VehicleRun) {
+        let updates = run
+            .report
+            .as_ref()
+            .and_then(|r| r.get("updates"))
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        let installed: Vec<String> = updates
+            .iter()
+            .filter(|u| u.get("status").and_then(Value::as_str) == Some("Installed"))
+            .filter_map(|u| u.get("target").and_then(Value::as_str).map(str::to_owned))
+            .collect();
+        let detail = if !run.success {
+            first_line_with(&run.stderr, "error:")
+        } else {
+            format!(
+                "{} update(s) handled, {} installed",
+                updates.len(),
+                installed.len()
+            )
+        };
+        f.check(
+            "the vehicle refused the update",
+            installed.is_empty(),
+            detail,
+        );
+    }
+
+    /// Check 4: once the attacker leaves, a cycle succeeds.
+    pub async fn check_recovers(&self, f: &mut Findings) -> anyhow::Result<VehicleRun> {
+        self.proxy.clear();
+        let run = self.cycle().await?;
+        f.check(
+            "recovers once the attacker leaves",
+            run.success,
+            if run.success {
+                "next cycle succeeded".to_owned()
+            } else {
+                run.stderr
+                    .lines()
+                    .rev()
+                    .take(3)
+                    .collect::<Vec<_>>()
+                    .join(" | ")
+            },
+        );
+        Ok(run)
+    }
+}
+
+fn describe(running: &BTreeMap<String, (String, u64)>) -> String {
+    running
+        .iter()
+        .map(|(e, (i, c))| format!("{e}={i}#{c}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The first line of `text` that mentions `needle` (for evidence), shortened.
+pub fn first_line_with(text: &str, needle: &str) -> String {
+    text.lines()
+        .find(|l| l.contains(needle))
+        .map(|l| l.chars().take(200).collect())
+        .unwrap_or_else(|| format!("(no line mentions {needle})"))
+}

@@ -1,0 +1,164 @@
+//! # rampart-attack
+//!
+//! The attack lab. Every scenario starts a real fleet ([`rampart_lab`]: server, primary and
+//! ECUs as processes on loopback) with a baseline release installed, puts an attacker where
+//! the scenario says — a man in the middle between vehicle and server ([`proxy`]), one on the
+//! in-vehicle link ([`bus`]), a hostile mirror, a stolen key, a compromised ECU — runs an
+//! update cycle, and checks:
+//!
+//! 1. nothing the attacker chose was installed, and no ECU moved to an older or mixed set;
+//! 2. the trusted state (metadata versions, release counters) is unchanged or only moved
+//!    forward legitimately;
+//! 3. the vehicle noticed: the rejection names the rule, it reached the director as an attack
+//!    indicator, and the server recorded a security event;
+//! 4. for availability attacks: detection within a stated bound, and recovery once the
+//!    attacker leaves.
+//!
+//! Every scenario must also show that the attack *reached* the system (the proxy served the
+//! forged bytes and the vehicle fetched them); without that evidence the verdict is
+//! `inconclusive`, never `defeated`.
+
+pub mod bus;
+pub mod harness;
+pub mod proxy;
+pub mod scenarios;
+
+use std::path::Path;
+use std::time::Instant;
+
+use futures_util::future::BoxFuture;
+use serde::Serialize;
+
+pub use harness::Harness;
+
+/// One check of a scenario.
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    /// What was checked.
+    pub what: String,
+    /// Whether it held.
+    pub ok: bool,
+    /// What was seen.
+    pub detail: String,
+}
+
+/// What a scenario found.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Findings {
+    /// Proof that the attack reached the system (forged bytes served and fetched…).
+    pub evidence: Vec<String>,
+    /// Whether that proof is there.
+    pub reached: bool,
+    /// Safety and detection checks.
+    pub checks: Vec<Check>,
+}
+
+impl Findings {
+    /// Adds a check.
+    pub fn check(&mut self, what: impl Into<String>, ok: bool, detail: impl Into<String>) {
+        self.checks.push(Check {
+            what: what.into(),
+            ok,
+            detail: detail.into(),
+        });
+    }
+
+    /// Adds evidence that the attack reached the system.
+    pub fn evidence(&mut self, line: impl Into<String>) {
+        self.reached = true;
+        self.evidence.push(line.into());
+    }
+}
+
+/// The verdict of a scenario.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    /// The attack reached the system and every check held.
+    Defeated,
+    /// A check failed: the attack got somewhere.
+    Succeeded,
+    /// The attack could not be shown to reach the system, or the lab failed.
+    Inconclusive,
+}
+
+/// Description of a scenario (shown in `--help`, the table and the JSON).
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Info {
+    /// Scenario name (`--scenario NAME`).
+    pub name: &'static str,
+    /// The Uptane / seed name of the attack.
+    pub attack: &'static str,
+    /// What the attacker can do.
+    pub attacker: &'static str,
+    /// The control that defeats it.
+    pub control: &'static str,
+    /// The expected verdict and how the vehicle notices.
+    pub expected: &'static str,
+}
+
+/// A scenario: its description and how to run it.
+pub struct Scenario {
+    /// Description.
+    pub info: Info,
+    /// Runs it against a fresh harness.
+    pub run: fn(Harness) -> BoxFuture<'static, anyhow::Result<Findings>>,
+    /// Whether it needs the lab over HTTPS (client certificates) instead of plain HTTP.
+    pub tls: bool,
+}
+
+/// The outcome of one scenario.
+#[derive(Debug, Clone, Serialize)]
+pub struct Outcome {
+    /// Scenario name.
+    pub name: String,
+    /// Attack.
+    pub attack: String,
+    /// Verdict.
+    pub verdict: Verdict,
+    /// Evidence that it reached the system.
+    pub evidence: Vec<String>,
+    /// Checks.
+    pub checks: Vec<Check>,
+    /// Error of the lab, if any.
+    pub error: Option<String>,
+    /// Duration.
+    pub seconds: f64,
+}
+
+/// Runs one scenario in a fresh lab under `dir`, with `bin` as the `rampart` binary.
+pub async fn run(scenario: &Scenario, bin: &Path, dir: &Path) -> Outcome {
+    let started = Instant::now();
+    let info = scenario.info;
+    let result = async {
+        let h = Harness::new(bin, &dir.join(info.name), scenario.tls).await?;
+        (scenario.run)(h).await
+    }
+    .await;
+    let (verdict, findings, error) = match result {
+        Ok(f) => {
+            let verdict = if f.checks.iter().any(|c| !c.ok) {
+                Verdict::Succeeded
+            } else if !f.reached {
+                Verdict::Inconclusive
+            } else {
+                Verdict::Defeated
+            };
+            (verdict, f, None)
+        }
+        Err(e) => (
+            Verdict::Inconclusive,
+            Findings::default(),
+            Some(format!("{e:#}")),
+        ),
+    };
+    Outcome {
+        name: info.name.to_owned(),
+        attack: info.attack.to_owned(),
+        verdict,
+        evidence: findings.evidence,
+        checks: findings.checks,
+        error,
+        seconds: started.elapsed().as_secs_f64(),
+    }
+}

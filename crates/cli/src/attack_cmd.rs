@@ -1,0 +1,138 @@
+//! `rampart attack`: runs the attack lab's scenarios against a real fleet on loopback.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use anyhow::bail;
+use clap::Args;
+use rampart_attack::{scenarios, Verdict};
+
+/// `rampart attack [--scenario NAME | --all] [--json]`.
+#[derive(Debug, Args)]
+#[command(after_long_help = scenario_help())]
+pub struct AttackArgs {
+    /// Run this scenario (repeatable); see the list below.
+    #[arg(long = "scenario")]
+    scenarios: Vec<String>,
+    /// Run every scenario.
+    #[arg(long)]
+    all: bool,
+    /// One JSON object per scenario on stdout instead of the table.
+    #[arg(long)]
+    json: bool,
+    /// Keep each scenario's lab in this folder.
+    #[arg(long)]
+    keep: Option<PathBuf>,
+    /// List the scenarios and exit.
+    #[arg(long)]
+    list: bool,
+}
+
+fn scenario_help() -> String {
+    let mut s = String::from("Scenarios:\n");
+    for i in scenarios::infos() {
+        s.push_str(&format!(
+            "\n  {}\n    attack:   {}\n    attacker: {}\n    control:  {}\n    expected: {}\n",
+            i.name, i.attack, i.attacker, i.control, i.expected
+        ));
+    }
+    s
+}
+
+/// Runs the lab; exit status 1 if any attack succeeded or a scenario was inconclusive.
+pub fn main(args: AttackArgs) -> anyhow::Result<()> {
+    if args.list {
+        print!("{}", scenario_help());
+        return Ok(());
+    }
+    let selected: Vec<_> = if args.all {
+        scenarios::all()
+    } else if args.scenarios.is_empty() {
+        bail!("give --scenario NAME or --all (see --help for the list)");
+    } else {
+        args.scenarios
+            .iter()
+            .map(|n| {
+                scenarios::find(n)
+                    .ok_or_else(|| anyhow::anyhow!("unknown scenario {n:?} (see --list)"))
+            })
+            .collect::<anyhow::Result<_>>()?
+    };
+    let bin = std::env::current_exe()?;
+    let root = match &args.keep {
+        Some(p) => p.clone(),
+        None => std::env::temp_dir().join(format!("rampart-attack-{}", std::process::id())),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let mut outcomes = Vec::new();
+    let tty = std::io::stdout().is_terminal();
+    if !args.json {
+        println!(
+            "{:<28} {:<40} {:<12} evidence / failed checks",
+            "scenario", "attack", "verdict"
+        );
+    }
+    for s in &selected {
+        let o = rt.block_on(rampart_attack::run(s, &bin, &root));
+        if args.json {
+            println!("{}", serde_json::to_string(&o)?);
+        } else {
+            let mark = match o.verdict {
+                Verdict::Defeated => {
+                    if tty {
+                        "\u{1b}[32mdefeated\u{1b}[0m"
+                    } else {
+                        "defeated"
+                    }
+                }
+                Verdict::Succeeded => {
+                    if tty {
+                        "\u{1b}[31mSUCCEEDED\u{1b}[0m"
+                    } else {
+                        "SUCCEEDED"
+                    }
+                }
+                Verdict::Inconclusive => "inconclusive",
+            };
+            let detail = match o.verdict {
+                Verdict::Defeated => o.evidence.first().cloned().unwrap_or_default(),
+                _ => o
+                    .checks
+                    .iter()
+                    .filter(|c| !c.ok)
+                    .map(|c| format!("{}: {}", c.what, c.detail))
+                    .chain(o.error.clone())
+                    .chain(
+                        (!o.checks.is_empty() && o.evidence.is_empty())
+                            .then(|| "no evidence the attack reached the vehicle".to_owned()),
+                    )
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            };
+            println!(
+                "{:<28} {:<40} {:<12} {}",
+                o.name,
+                o.attack,
+                mark,
+                detail.chars().take(140).collect::<String>()
+            );
+        }
+        outcomes.push(o);
+    }
+    if args.keep.is_none() {
+        let _ = std::fs::remove_dir_all(&root);
+    }
+    let defeated = outcomes
+        .iter()
+        .filter(|o| o.verdict == Verdict::Defeated)
+        .count();
+    if !args.json {
+        println!("\n{defeated} of {} attacks defeated", outcomes.len());
+    }
+    if defeated != outcomes.len() {
+        bail!("{} scenario(s) not defeated", outcomes.len() - defeated);
+    }
+    Ok(())
+}

@@ -1,0 +1,1744 @@
+//! Integration tests of `rampart serve` against live servers on ephemeral ports: the key
+//! ceremony into a temporary data directory, the server over HTTPS with the fleet PKI, an
+//! admin client (bearer token) and simulated vehicles (client certificates, ECU keys, the
+//! core's full verification over the client crate's fetcher and store).
+//!
+//! The flow test walks init → publish (plain, encrypted, through a supplier's delegated role)
+//! → register → assign → the vehicle verifies, downloads, decrypts, installs and reports →
+//! key rotation on both repositories → the vehicle follows. The bad-input tests each check
+//! the status, the rule in the JSON body, the security event, and that stored state did not
+//! change.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use chrono::Utc;
+use rampart_client::fetch::encode_target_path;
+use rampart_client::{download_target, FetchConfig, HttpFetcher, MetadataStore, TlsConfig};
+use rampart_core::client::{Action, Client, Config as ClientConfig, Fetched};
+use rampart_core::encryption::{decrypt_all, unwrap_key, EcuKeyPair};
+use rampart_core::hash::{compute_hashes, Hashes};
+use rampart_core::key::KeyScheme;
+use rampart_core::metadata::Expiry;
+use rampart_core::signer::{InMemorySigner, Signer};
+use rampart_core::uptane::manifest::{
+    sign_ecu_report, sign_vehicle_manifest, EcuVersionReport, VehicleManifest, ECU_REPORT_TYPE,
+    VEHICLE_MANIFEST_TYPE,
+};
+use rampart_core::uptane::{FullVerifier, InstalledImage, Repo, Scope, UptaneAction, Verdict};
+use rampart_server::ceremony::{self, CeremonyOptions};
+use rampart_server::config::{Config, LimitsConfig};
+use rampart_server::db::{Assignment, Db, SecurityEvent, Vehicle};
+use rampart_server::layout::Layout;
+use rampart_server::ops::{self, DelegateRequest, PublishRequest, Which};
+use rampart_server::pki::{self, PkiFiles};
+use rampart_server::serve::{self, Running, ServeOptions};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+const VIN_A: &str = "WVWZZZ1JZXW000001";
+const VIN_B: &str = "WVWZZZ1JZXW000002";
+const VIN_UNKNOWN: &str = "WVWZZZ1JZXW999999";
+/// Body limit of every test server (the flood test lowers the rate limits too).
+const MAX_BODY: usize = 64 * 1024;
+
+fn generous_limits() -> LimitsConfig {
+    LimitsConfig {
+        max_body_bytes: MAX_BODY,
+        requests_per_second: 1000.0,
+        burst: 10_000.0,
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The server side
+
+/// A data directory after the key ceremony, and the server running on it.
+struct Fleet {
+    _dir: tempfile::TempDir,
+    layout: Layout,
+    server: Option<Running>,
+    /// Admin client: trusts the fleet CA, sends the bearer token.
+    admin: reqwest::Client,
+    /// Trusts the fleet CA, nothing else: no token, no client certificate.
+    anonymous: reqwest::Client,
+    token: String,
+    ca_pem: Vec<u8>,
+    /// The server's database, to check stored state directly.
+    db: Db,
+}
+
+fn https_client(ca_pem: &[u8], identity_pem: Option<&[u8]>) -> reqwest::Client {
+    let mut builder = reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(ca_pem).unwrap()])
+        .timeout(Duration::from_secs(20));
+    if let Some(pem) = identity_pem {
+        builder = builder.identity(reqwest::Identity::from_pem(pem).unwrap());
+    }
+    builder.build().unwrap()
+}
+
+async fn json_of(response: reqwest::Response) -> (StatusCode, Value) {
+    let status = response.status();
+    let text = response.text().await.unwrap();
+    let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    (status, value)
+}
+
+impl Fleet {
+    /// Ceremony (SQLite in the data directory unless `database` is given), `limits` written
+    /// to rampart.toml, server started on 127.0.0.1:0.
+    async fn start(limits: LimitsConfig, database: Option<String>) -> Fleet {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::new(dir.path().join("data"));
+        let opts = CeremonyOptions {
+            database,
+            ..CeremonyOptions::default()
+        };
+        ceremony::init(&layout, &opts, Utc::now()).unwrap();
+        let mut config = Config::load(&layout).unwrap();
+        config.limits = limits;
+        config.save(&layout).unwrap();
+        let token = pki::load_admin_token(&layout.pki()).unwrap();
+        let ca_pem = std::fs::read(PkiFiles::in_dir(&layout.pki()).ca_cert).unwrap();
+        let db = Db::connect(&config.database_url(&layout)).await.unwrap();
+        let mut fleet = Fleet {
+            admin: https_client(&ca_pem, None),
+            anonymous: https_client(&ca_pem, None),
+            _dir: dir,
+            layout,
+            server: None,
+            token,
+            ca_pem,
+            db,
+        };
+        fleet.start_server().await;
+        fleet
+    }
+
+    async fn start_server(&mut self) {
+        assert!(self.server.is_none());
+        let mut opts = ServeOptions::new(self.layout.clone());
+        opts.listen = Some("127.0.0.1:0".into());
+        let running = serve::start(opts).await.unwrap();
+        assert!(running.tls, "the ceremony's default is HTTPS");
+        self.server = Some(running);
+    }
+
+    async fn stop_server(&mut self) {
+        let running = self.server.take().expect("server running");
+        tokio::time::timeout(Duration::from_secs(20), running.stop())
+            .await
+            .expect("server stops")
+            .unwrap();
+    }
+
+    /// `https://127.0.0.1:PORT/` + `path`.
+    fn url(&self, path: &str) -> String {
+        let base = self.server.as_ref().expect("server running").url();
+        format!("{base}{}", path.trim_start_matches('/'))
+    }
+
+    async fn admin_get(&self, path: &str) -> (StatusCode, Value) {
+        json_of(
+            self.admin
+                .get(self.url(path))
+                .bearer_auth(&self.token)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await
+    }
+
+    async fn admin_post(&self, path: &str, body: &Value) -> (StatusCode, Value) {
+        json_of(
+            self.admin
+                .post(self.url(path))
+                .bearer_auth(&self.token)
+                .json(body)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await
+    }
+
+    /// Security events (newest first) through the admin API.
+    async fn events(&self, query: &str) -> Vec<SecurityEvent> {
+        let (status, body) = self.admin_get(&format!("api/v1/events?{query}")).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        serde_json::from_value(body).unwrap()
+    }
+
+    async fn vehicle(&self, vin: &str) -> Vehicle {
+        let (status, body) = self.admin_get(&format!("api/v1/vehicles/{vin}")).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        serde_json::from_value(body).unwrap()
+    }
+
+    async fn assignments(&self, vin: &str) -> Vec<Assignment> {
+        let (status, body) = self
+            .admin_get(&format!("api/v1/assignments?vin={vin}"))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        serde_json::from_value(body).unwrap()
+    }
+
+    /// Everything a rejected request must leave alone, read from the database directly.
+    async fn stored_state(&self, vin: &str) -> StoredState {
+        StoredState {
+            vehicle: self.db.vehicle(vin).await.unwrap(),
+            vins: self.db.list_vins().await.unwrap(),
+            assignments: self.db.assignments(None, None).await.unwrap(),
+            manifests: self.db.count("manifests").await.unwrap(),
+            director_roles: self.db.count("director_roles").await.unwrap(),
+        }
+    }
+
+    fn publish(&self, file: &[u8], name: &str, hardware_id: &str, release: u64) -> PublishRequest {
+        let path = self.layout.root().join("..").join(name.replace('/', "_"));
+        std::fs::write(&path, file).unwrap();
+        PublishRequest {
+            file: path,
+            name: Some(name.to_owned()),
+            hardware_id: hardware_id.to_owned(),
+            version: Some(format!("{release}.0")),
+            release_counter: Some(release),
+            role: "targets".into(),
+            keys: Vec::new(),
+            encrypt: false,
+            export_unsigned: None,
+        }
+    }
+}
+
+#[derive(Debug, PartialEq)]
+struct StoredState {
+    vehicle: Option<Vehicle>,
+    vins: Vec<String>,
+    assignments: Vec<Assignment>,
+    manifests: u64,
+    director_roles: u64,
+}
+
+// ---------------------------------------------------------------------------------------
+// The vehicle side
+
+struct SimEcu {
+    id: String,
+    hardware_id: String,
+    signer: InMemorySigner,
+    encryption: Option<EcuKeyPair>,
+    installed: InstalledImage,
+    report_counter: u64,
+}
+
+/// A simulated vehicle: a primary (T-BOX, signs the manifest) and an IVI that takes
+/// encrypted images; a client certificate; trusted metadata of both repositories on disk.
+struct Car {
+    vin: String,
+    ecus: Vec<SimEcu>,
+    manifest_counter: u64,
+    /// HTTPS client with the vehicle's certificate.
+    http: reqwest::Client,
+    fetcher: HttpFetcher,
+    home: tempfile::TempDir,
+}
+
+/// Result of one update cycle.
+struct Cycle {
+    verdict: Verdict,
+    director_root: u64,
+    image_root: u64,
+}
+
+fn factory_image(ecu: &str) -> InstalledImage {
+    let bytes = format!("factory image of {ecu}");
+    InstalledImage {
+        filename: format!("factory/{}.bin", ecu.to_lowercase()),
+        length: bytes.len() as u64,
+        hashes: compute_hashes(bytes.as_bytes()),
+        release_counter: 0,
+    }
+}
+
+fn nonce() -> String {
+    hex::encode(
+        rampart_core::encryption::ContentKey::generate()
+            .unwrap()
+            .as_bytes(),
+    )
+}
+
+fn new_signer() -> InMemorySigner {
+    InMemorySigner::generate(KeyScheme::Ed25519).unwrap()
+}
+
+/// A signed ECU version report (as a JSON value, the way a manifest carries it).
+fn signed_report(
+    ecu_id: &str,
+    installed: &InstalledImage,
+    counter: u64,
+    signer: &dyn Signer,
+) -> Value {
+    signed_report_with_attacks(ecu_id, installed, counter, signer, "")
+}
+
+/// Like [`signed_report`], stating what the ECU noticed (`rule: message` lines).
+fn signed_report_with_attacks(
+    ecu_id: &str,
+    installed: &InstalledImage,
+    counter: u64,
+    signer: &dyn Signer,
+    attacks: &str,
+) -> Value {
+    let report = EcuVersionReport {
+        type_: ECU_REPORT_TYPE.into(),
+        ecu_id: ecu_id.to_owned(),
+        installed_image: installed.clone(),
+        attacks_detected: attacks.to_owned(),
+        latest_verified_time: Expiry::new(Utc::now()),
+        report_counter: counter,
+        nonce: nonce(),
+        unrecognized: BTreeMap::new(),
+    };
+    serde_json::from_slice(&sign_ecu_report(&report, signer).unwrap()).unwrap()
+}
+
+fn assert_hashes(data: &[u8], expected: &Hashes) {
+    let actual = compute_hashes(data);
+    assert!(!expected.is_empty());
+    for (alg, digest) in expected {
+        assert_eq!(actual.get(alg), Some(digest), "{alg} hash");
+    }
+}
+
+impl Car {
+    /// A provisioned vehicle: keys, a certificate from the fleet CA, and the first root of
+    /// each repository in its trusted store.
+    fn new(fleet: &Fleet, vin: &str) -> Car {
+        let ecus = vec![
+            SimEcu {
+                id: "TBOX-1".into(),
+                hardware_id: "tbox-hw".into(),
+                signer: new_signer(),
+                encryption: None,
+                installed: factory_image("TBOX-1"),
+                report_counter: 0,
+            },
+            SimEcu {
+                id: "IVI-1".into(),
+                hardware_id: "ivi-hw".into(),
+                signer: new_signer(),
+                encryption: Some(EcuKeyPair::generate().unwrap()),
+                installed: factory_image("IVI-1"),
+                report_counter: 0,
+            },
+        ];
+        let cert = pki::issue_vehicle_cert(&fleet.layout.pki(), vin, 30).unwrap();
+        let identity = format!("{}{}", cert.cert_pem, cert.key_pem).into_bytes();
+        let http = https_client(&fleet.ca_pem, Some(&identity));
+        let fetcher = HttpFetcher::new(
+            FetchConfig::default(),
+            &TlsConfig {
+                ca_pem: Some(fleet.ca_pem.clone()),
+                identity_pem: Some(identity),
+            },
+        )
+        .unwrap();
+        let home = tempfile::tempdir().unwrap();
+        let roots = [
+            (
+                "director",
+                fleet.layout.director_public().join("1.root.json"),
+            ),
+            ("image", fleet.layout.image_metadata().join("1.root.json")),
+        ];
+        for (repo, root) in roots {
+            MetadataStore::open(home.path().join(repo))
+                .unwrap()
+                .write("root.json", &std::fs::read(root).unwrap())
+                .unwrap();
+        }
+        Car {
+            vin: vin.to_owned(),
+            ecus,
+            manifest_counter: 0,
+            http,
+            fetcher,
+            home,
+        }
+    }
+
+    fn ecu(&self, id: &str) -> &SimEcu {
+        self.ecus.iter().find(|e| e.id == id).unwrap()
+    }
+
+    fn registration(&self) -> Value {
+        let ecus: Vec<Value> = self
+            .ecus
+            .iter()
+            .map(|e| {
+                json!({
+                    "ecu_id": e.id,
+                    "hardware_id": e.hardware_id,
+                    "public_key": e.signer.public_key(),
+                    "encryption_key": e.encryption.as_ref().map(|k| hex::encode(k.public_key())),
+                    "verification": if e.encryption.is_some() { "partial" } else { "full" },
+                })
+            })
+            .collect();
+        json!({ "vin": self.vin, "primary_ecu": self.ecus[0].id, "ecus": ecus })
+    }
+
+    async fn register(&self, fleet: &Fleet) {
+        let (status, body) = fleet
+            .admin_post("api/v1/vehicles", &self.registration())
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        assert_eq!(body["vin"], self.vin.as_str());
+    }
+
+    /// A vehicle manifest with this counter and these reports, signed by `signer`.
+    fn manifest_with(
+        &self,
+        counter: u64,
+        reports: BTreeMap<String, Value>,
+        signer: &dyn Signer,
+    ) -> Vec<u8> {
+        let manifest = VehicleManifest {
+            type_: VEHICLE_MANIFEST_TYPE.into(),
+            vin: self.vin.clone(),
+            primary_ecu_id: self.ecus[0].id.clone(),
+            manifest_counter: counter,
+            nonce: nonce(),
+            ecu_version_reports: reports,
+            attacks_detected: String::new(),
+            unrecognized: BTreeMap::new(),
+        };
+        sign_vehicle_manifest(&manifest, signer).unwrap()
+    }
+
+    /// The next honest manifest: every ECU reports what it runs, all counters move on.
+    fn honest_manifest(&mut self) -> Vec<u8> {
+        let mut reports = BTreeMap::new();
+        for ecu in &mut self.ecus {
+            ecu.report_counter += 1;
+            reports.insert(
+                ecu.id.clone(),
+                signed_report(&ecu.id, &ecu.installed, ecu.report_counter, &ecu.signer),
+            );
+        }
+        self.manifest_counter += 1;
+        self.manifest_with(self.manifest_counter, reports, &self.ecus[0].signer)
+    }
+
+    /// POSTs `body` as the manifest of `vin` (normally its own) with its certificate.
+    async fn post_manifest(&self, fleet: &Fleet, vin: &str, body: Vec<u8>) -> (StatusCode, Value) {
+        json_of(
+            self.http
+                .post(fleet.url(&format!("director/{vin}/manifest")))
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await
+    }
+
+    async fn get(&self, fleet: &Fleet, path: &str) -> reqwest::Response {
+        self.http.get(fleet.url(path)).send().await.unwrap()
+    }
+
+    /// One full-verification cycle (Uptane 5.4.4.2) over HTTPS, trusted metadata persisted.
+    async fn cycle(&self, fleet: &Fleet) -> Cycle {
+        let now = Utc::now();
+        let director_store = MetadataStore::open(self.home.path().join("director")).unwrap();
+        let image_store = MetadataStore::open(self.home.path().join("image")).unwrap();
+        let client = |name: &str, store: &MetadataStore| {
+            let root = store.read("root.json").unwrap().expect("trusted root");
+            Client::new(name, &root, now, ClientConfig::default()).unwrap()
+        };
+        let scope = Scope::Primary {
+            ecus: self
+                .ecus
+                .iter()
+                .map(|e| (e.id.clone(), e.hardware_id.clone()))
+                .collect(),
+        };
+        let installed = self
+            .ecus
+            .iter()
+            .map(|e| (e.id.clone(), e.installed.clone()))
+            .collect();
+        let mut verifier = FullVerifier::new(
+            client("director", &director_store),
+            client("image", &image_store),
+            &self.vin,
+            scope,
+            installed,
+        );
+        let director_base = fleet.url(&format!("director/{}/metadata/", self.vin));
+        let image_base = fleet.url("image/metadata/");
+        verifier.start();
+        loop {
+            let step = verifier
+                .next_action()
+                .unwrap_or_else(|e| panic!("verification failed ({}): {e}", e.rule()));
+            let (repo, action) = match step {
+                UptaneAction::Done => break,
+                UptaneAction::Repo { repo, action } => (repo, action),
+            };
+            let (store, base) = match repo {
+                Repo::Director => (&director_store, &director_base),
+                Repo::Image => (&image_store, &image_base),
+            };
+            let done = match action {
+                Action::ReadLocal { name } => {
+                    verifier.provide_local(repo, store.read(&name).unwrap())
+                }
+                Action::Fetch { path, max_length } => {
+                    let fetched = match self
+                        .fetcher
+                        .fetch_bytes(&format!("{base}{path}"), max_length)
+                        .await
+                        .unwrap()
+                    {
+                        Some(bytes) => Fetched::Bytes(bytes),
+                        None => Fetched::NotFound,
+                    };
+                    verifier.provide_fetched(repo, &path, fetched)
+                }
+                Action::Persist { name, bytes } => {
+                    store.write(&name, &bytes).unwrap();
+                    Ok(())
+                }
+                Action::Remove { name } => {
+                    store.remove(&name).unwrap();
+                    Ok(())
+                }
+                Action::Done => unreachable!("the verifier reports Done itself"),
+            };
+            done.unwrap_or_else(|e| {
+                panic!("{} verification failed ({}): {e}", repo.name(), e.rule())
+            });
+        }
+        Cycle {
+            verdict: verifier.verdict().cloned().expect("verdict"),
+            director_root: verifier.director().trusted().root().signed.version,
+            image_root: verifier.image().trusted().root().signed.version,
+        }
+    }
+
+    /// Downloads every verified update (plaintext: streamed with hashes checked; encrypted:
+    /// ciphertext checked, key unwrapped with the ECU's X25519 key, decrypted, plaintext
+    /// checked against the signed hashes) and installs it. Returns target → plaintext.
+    async fn install(&mut self, fleet: &Fleet, verdict: &Verdict) -> BTreeMap<String, Vec<u8>> {
+        let mut out = BTreeMap::new();
+        for update in &verdict.updates {
+            let i = &update.instruction;
+            let plain = match &i.encryption {
+                Some(enc) => {
+                    let url = fleet.url(&format!(
+                        "image/targets/{}",
+                        encode_target_path(&enc.ciphertext.path)
+                    ));
+                    let ciphertext = self
+                        .fetcher
+                        .fetch_bytes(&url, enc.ciphertext.length)
+                        .await
+                        .unwrap()
+                        .expect("ciphertext is served");
+                    assert_eq!(ciphertext.len() as u64, enc.ciphertext.length);
+                    assert_hashes(&ciphertext, &enc.ciphertext.hashes);
+                    let pair = self.ecu(&i.ecu_id).encryption.as_ref().expect("X25519 key");
+                    let key = unwrap_key(pair, &enc.key).unwrap();
+                    decrypt_all(&key, &ciphertext).unwrap()
+                }
+                None => {
+                    let sha256 = &i.file.hashes["sha256"];
+                    let path = match i.target.rsplit_once('/') {
+                        Some((dir, base)) => format!("{dir}/{sha256}.{base}"),
+                        None => format!("{sha256}.{}", i.target),
+                    };
+                    let url = fleet.url(&format!("image/targets/{}", encode_target_path(&path)));
+                    let dest = self.home.path().join("downloads").join(&i.ecu_id);
+                    download_target(
+                        &self.fetcher,
+                        &url,
+                        &dest,
+                        i.file.length,
+                        &i.file.hashes,
+                        &mut |_, _| {},
+                    )
+                    .await
+                    .unwrap();
+                    std::fs::read(&dest).unwrap()
+                }
+            };
+            assert_eq!(plain.len() as u64, i.file.length);
+            assert_hashes(&plain, &i.file.hashes);
+            let ecu = self.ecus.iter_mut().find(|e| e.id == i.ecu_id).unwrap();
+            ecu.installed = InstalledImage {
+                filename: i.target.clone(),
+                length: i.file.length,
+                hashes: i.file.hashes.clone(),
+                release_counter: i.release_counter,
+            };
+            out.insert(i.target.clone(), plain);
+        }
+        out
+    }
+}
+
+/// Deterministic test content of `len` bytes.
+fn content(tag: &str, len: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len);
+    let mut block = compute_hashes(tag.as_bytes())["sha512"]
+        .clone()
+        .into_bytes();
+    while out.len() < len {
+        out.extend_from_slice(&block);
+        block = compute_hashes(&block)["sha512"].clone().into_bytes();
+    }
+    out.truncate(len);
+    out
+}
+
+/// A fleet with vehicle A registered and checked in once (factory images, counter 1).
+async fn fleet_with_car(limits: LimitsConfig) -> (Fleet, Car) {
+    let fleet = Fleet::start(limits, None).await;
+    let mut car = Car::new(&fleet, VIN_A);
+    car.register(&fleet).await;
+    let manifest = car.honest_manifest();
+    let (status, body) = car.post_manifest(&fleet, VIN_A, manifest).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let stored = fleet.vehicle(VIN_A).await;
+    assert_eq!(stored.last_manifest_counter, Some(1));
+    for ecu in &stored.ecus {
+        assert_eq!(
+            ecu.installed.as_ref().map(|i| i.target.clone()),
+            Some(car.ecu(&ecu.ecu_id).installed.filename.clone())
+        );
+    }
+    (fleet, car)
+}
+
+/// Sends a bad request and checks: `status`, `{"rule": rule}` with an error message, exactly
+/// one new security event `event_rule` (for `event_vin`), and no change to stored state.
+async fn assert_refused<F>(
+    fleet: &Fleet,
+    state_vin: &str,
+    request: F,
+    status: StatusCode,
+    rule: &str,
+    event_rule: &str,
+    event_vin: Option<&str>,
+) -> SecurityEvent
+where
+    F: std::future::Future<Output = (StatusCode, Value)>,
+{
+    let query = format!("rule={event_rule}&limit=1000");
+    let events_before = fleet.events(&query).await.len();
+    let before = fleet.stored_state(state_vin).await;
+    let (got, body) = request.await;
+    assert_eq!(got, status, "{body}");
+    assert_eq!(body["rule"], rule, "{body}");
+    assert!(
+        body["error"].as_str().is_some_and(|e| !e.is_empty()),
+        "{body}"
+    );
+    let events = fleet.events(&query).await;
+    assert_eq!(
+        events.len(),
+        events_before + 1,
+        "one new {event_rule} event: {events:?}"
+    );
+    let event = events[0].clone();
+    assert_eq!(event.rule, event_rule);
+    assert_eq!(event.source, "server");
+    assert_eq!(event.vin.as_deref(), event_vin);
+    assert!(event.remote.is_some(), "{event:?}");
+    assert_eq!(
+        fleet.stored_state(state_vin).await,
+        before,
+        "stored state changed"
+    );
+    event
+}
+
+// ---------------------------------------------------------------------------------------
+// The whole flow
+
+async fn flow(database: Option<String>) {
+    let mut fleet = Fleet::start(generous_limits(), database).await;
+    let staging = fleet.layout.root().join("..");
+
+    // Publish: a plain image and an encrypted one with the OEM's targets key...
+    let tbox_fw3 = content("tbox firmware 3", 40_000);
+    let ivi_app1 = content("ivi application 1", 200_000);
+    let tbox_fw2 = content("acme tbox firmware 2", 30_000);
+    let plain = ops::publish(
+        &fleet.layout,
+        &fleet.publish(&tbox_fw3, "tbox/fw-3.bin", "tbox-hw", 3),
+        Utc::now(),
+    )
+    .await
+    .unwrap();
+    assert!(plain.committed);
+    assert_eq!(plain.sha256, compute_hashes(&tbox_fw3)["sha256"]);
+    let mut request = fleet.publish(&ivi_app1, "ivi/app-1.bin", "ivi-hw", 1);
+    request.encrypt = true;
+    let encrypted = ops::publish(&fleet.layout, &request, Utc::now())
+        .await
+        .unwrap();
+    assert_eq!(encrypted.length, ivi_app1.len() as u64);
+
+    // ...then a delegation to a supplier, who publishes through its own role.
+    let supplier_key = staging.join("acme-tbox.pem");
+    rampart_server::keys::generate_key_file(&supplier_key, KeyScheme::Ed25519).unwrap();
+    ops::delegate(
+        &fleet.layout,
+        &DelegateRequest {
+            name: "acme-tbox".into(),
+            parent: "targets".into(),
+            keys: vec![supplier_key.clone()],
+            threshold: 1,
+            paths: vec!["tbox/acme-*".into()],
+            hardware_ids: vec!["tbox-hw".into()],
+            terminating: true,
+            parent_keys: Vec::new(),
+        },
+        Utc::now(),
+    )
+    .unwrap();
+    let mut request = fleet.publish(&tbox_fw2, "tbox/acme-fw-2.bin", "tbox-hw", 2);
+    request.role = "acme-tbox".into();
+    request.keys = vec![supplier_key.clone()];
+    let supplied = ops::publish(&fleet.layout, &request, Utc::now())
+        .await
+        .unwrap();
+    assert_eq!(supplied.role, "acme-tbox");
+
+    let (status, images) = fleet.admin_get("api/v1/images").await;
+    assert_eq!(status, StatusCode::OK, "{images}");
+    let listed: BTreeSet<(String, String)> = images
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            (
+                i["name"].as_str().unwrap().to_owned(),
+                i["role"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let expected: BTreeSet<(String, String)> = [
+        ("tbox/fw-3.bin", "targets"),
+        ("ivi/app-1.bin", "targets"),
+        ("tbox/acme-fw-2.bin", "acme-tbox"),
+    ]
+    .iter()
+    .map(|(n, r)| ((*n).to_owned(), (*r).to_owned()))
+    .collect();
+    assert_eq!(listed, expected);
+
+    // Register the vehicle; a second registration is a conflict.
+    let mut car = Car::new(&fleet, VIN_A);
+    car.register(&fleet).await;
+    let (status, body) = fleet
+        .admin_post("api/v1/vehicles", &car.registration())
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["rule"], "conflict");
+    let (status, vins) = fleet.admin_get("api/v1/vehicles").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(vins, json!([VIN_A]));
+
+    // Assign: the supplier's firmware to the T-BOX, the encrypted app to every IVI.
+    let (status, body) = fleet
+        .admin_post(
+            "api/v1/assignments",
+            &json!({"target": "tbox/acme-fw-2.bin", "vins": [VIN_A], "ecu_id": "TBOX-1"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let tbox_assignment = body[0].as_i64().unwrap();
+    let (status, body) = fleet
+        .admin_post(
+            "api/v1/assignments",
+            &json!({"target": "ivi/app-1.bin", "vins": [VIN_A], "hardware_id": "ivi-hw", "encrypt": true}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let ivi_assignment = body[0].as_i64().unwrap();
+    // An image for other hardware is refused.
+    let (status, body) = fleet
+        .admin_post(
+            "api/v1/assignments",
+            &json!({"target": "ivi/app-1.bin", "vins": [VIN_A], "ecu_id": "TBOX-1"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["rule"], "hardware-id-mismatch");
+
+    // The vehicle verifies both updates against both repositories.
+    let cycle = car.cycle(&fleet).await;
+    assert_eq!((cycle.director_root, cycle.image_root), (1, 1));
+    let mut updates: Vec<(String, String, String, bool)> = cycle
+        .verdict
+        .updates
+        .iter()
+        .map(|u| {
+            (
+                u.instruction.ecu_id.clone(),
+                u.instruction.target.clone(),
+                u.image_role.clone(),
+                u.instruction.encryption.is_some(),
+            )
+        })
+        .collect();
+    updates.sort();
+    assert_eq!(
+        updates,
+        [
+            (
+                "IVI-1".into(),
+                "ivi/app-1.bin".into(),
+                "targets".into(),
+                true
+            ),
+            (
+                "TBOX-1".into(),
+                "tbox/acme-fw-2.bin".into(),
+                "acme-tbox".into(),
+                false
+            ),
+        ]
+    );
+    let ivi_update = cycle
+        .verdict
+        .updates
+        .iter()
+        .find(|u| u.instruction.ecu_id == "IVI-1")
+        .unwrap();
+    // Only the ciphertext is public: the plaintext's content address is not served.
+    let sha = &ivi_update.instruction.file.hashes["sha256"];
+    let response = car
+        .get(&fleet, &format!("image/targets/ivi/{sha}.app-1.bin"))
+        .await;
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+
+    let installed = car.install(&fleet, &cycle.verdict).await;
+    assert_eq!(installed["ivi/app-1.bin"], ivi_app1, "decrypted image");
+    assert_eq!(installed["tbox/acme-fw-2.bin"], tbox_fw2);
+
+    // Report the new images.
+    let manifest = car.honest_manifest();
+    let (status, body) = car.post_manifest(&fleet, VIN_A, manifest).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let mut completed: Vec<i64> =
+        serde_json::from_value(body["completed_assignments"].clone()).unwrap();
+    completed.sort_unstable();
+    assert_eq!(completed, [tbox_assignment, ivi_assignment]);
+    assert_eq!(body["rejected_reports"], json!([]));
+    assert!(body["director_targets_version"].as_u64().unwrap() >= 2);
+
+    let assignments = fleet.assignments(VIN_A).await;
+    assert_eq!(assignments.len(), 2);
+    for a in &assignments {
+        assert_eq!(a.status, "installed", "{a:?}");
+        assert!(a.completed_at.is_some());
+    }
+    let vehicle = fleet.vehicle(VIN_A).await;
+    assert_eq!(vehicle.last_manifest_counter, Some(1));
+    let running: BTreeMap<String, (String, u64)> = vehicle
+        .ecus
+        .iter()
+        .map(|e| {
+            let i = e.installed.clone().expect("installed image");
+            (e.ecu_id.clone(), (i.target, i.release_counter))
+        })
+        .collect();
+    assert_eq!(
+        running,
+        BTreeMap::from([
+            ("IVI-1".to_owned(), ("ivi/app-1.bin".to_owned(), 1)),
+            ("TBOX-1".to_owned(), ("tbox/acme-fw-2.bin".to_owned(), 2)),
+        ])
+    );
+    let ivi = vehicle.ecus.iter().find(|e| e.ecu_id == "IVI-1").unwrap();
+    assert_eq!(
+        ivi.installed.as_ref().unwrap().hashes,
+        serde_json::to_value(compute_hashes(&ivi_app1)).unwrap()
+    );
+
+    // Nothing new: the next cycle stops after the director.
+    let cycle = car.cycle(&fleet).await;
+    assert!(cycle.verdict.updates.is_empty());
+
+    // Rotate the director's and the image repository's timestamp keys. The server loads
+    // online keys at start, so it is restarted.
+    fleet.stop_server().await;
+    let director = ops::rotate(&fleet.layout, Which::Director, "timestamp", Utc::now())
+        .await
+        .unwrap();
+    let image = ops::rotate(&fleet.layout, Which::Image, "timestamp", Utc::now())
+        .await
+        .unwrap();
+    assert_eq!((director.root_version, image.root_version), (2, 2));
+    fleet.start_server().await;
+
+    // A new update through the rotated repositories (the top-level targets role this time).
+    let (status, body) = fleet
+        .admin_post(
+            "api/v1/assignments",
+            &json!({"target": "tbox/fw-3.bin", "vins": [VIN_A], "ecu_id": "TBOX-1"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let third_assignment = body[0].as_i64().unwrap();
+
+    let cycle = car.cycle(&fleet).await;
+    assert_eq!(
+        (cycle.director_root, cycle.image_root),
+        (2, 2),
+        "the vehicle followed both rotations"
+    );
+    assert_eq!(cycle.verdict.updates.len(), 1);
+    assert_eq!(cycle.verdict.updates[0].instruction.target, "tbox/fw-3.bin");
+    assert_eq!(cycle.verdict.updates[0].image_role, "targets");
+    // Both timestamps are now signed by the new keys only.
+    for (path, key_file) in [
+        (
+            format!("director/{VIN_A}/metadata/timestamp.json"),
+            &director.new_key_files[0],
+        ),
+        (
+            "image/metadata/timestamp.json".to_owned(),
+            &image.new_key_files[0],
+        ),
+    ] {
+        let response = car.get(&fleet, &path).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        let doc: Value = response.json().await.unwrap();
+        let new_id = rampart_server::keys::load_key_file(key_file)
+            .unwrap()
+            .key_id();
+        let signers: Vec<&str> = doc["signatures"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["keyid"].as_str().unwrap())
+            .collect();
+        assert_eq!(signers, [new_id.0.as_str()], "{path}");
+    }
+
+    let installed = car.install(&fleet, &cycle.verdict).await;
+    assert_eq!(installed["tbox/fw-3.bin"], tbox_fw3);
+    let manifest = car.honest_manifest();
+    let (status, body) = car.post_manifest(&fleet, VIN_A, manifest).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["completed_assignments"], json!([third_assignment]));
+    let vehicle = fleet.vehicle(VIN_A).await;
+    let tbox = vehicle.ecus.iter().find(|e| e.ecu_id == "TBOX-1").unwrap();
+    assert_eq!(tbox.installed.as_ref().unwrap().target, "tbox/fw-3.bin");
+    assert_eq!(vehicle.last_manifest_counter, Some(2));
+
+    // Honest traffic raised no security event.
+    assert_eq!(fleet.events("").await, Vec::<SecurityEvent>::new());
+    fleet.stop_server().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn flow_init_publish_delegate_register_assign_check_in_rotate() {
+    flow(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn flow_on_postgres() {
+    common::with_postgres(|url| flow(Some(url))).await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Bad input
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn malformed_manifest_is_refused() {
+    let (fleet, mut car) = fleet_with_car(generous_limits()).await;
+    let good = car.honest_manifest();
+    let truncated = good[..good.len() / 2].to_vec();
+    for body in [truncated, b"not json".to_vec(), b"[]".to_vec(), Vec::new()] {
+        assert_refused(
+            &fleet,
+            VIN_A,
+            car.post_manifest(&fleet, VIN_A, body),
+            StatusCode::BAD_REQUEST,
+            "malformed",
+            "malformed",
+            Some(VIN_A),
+        )
+        .await;
+    }
+    // Well-formed, but an ECU report is not a vehicle manifest.
+    let report = signed_report("TBOX-1", &car.ecus[0].installed, 99, &car.ecus[0].signer);
+    assert_refused(
+        &fleet,
+        VIN_A,
+        car.post_manifest(&fleet, VIN_A, serde_json::to_vec(&report).unwrap()),
+        StatusCode::BAD_REQUEST,
+        "wrong-type",
+        "wrong-type",
+        Some(VIN_A),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn manifest_signed_by_a_wrong_key_is_refused() {
+    let (fleet, mut car) = fleet_with_car(generous_limits()).await;
+    // Honest reports, but the manifest is signed by a key the director does not know.
+    let _ = car.honest_manifest();
+    let mut reports = BTreeMap::new();
+    for ecu in &car.ecus {
+        reports.insert(
+            ecu.id.clone(),
+            signed_report(&ecu.id, &ecu.installed, ecu.report_counter, &ecu.signer),
+        );
+    }
+    let forged = car.manifest_with(car.manifest_counter, reports.clone(), &new_signer());
+    assert_refused(
+        &fleet,
+        VIN_A,
+        car.post_manifest(&fleet, VIN_A, forged),
+        StatusCode::BAD_REQUEST,
+        "bad-signature",
+        "bad-signature",
+        Some(VIN_A),
+    )
+    .await;
+    // Signed by another ECU of the same vehicle (not the registered primary): also refused.
+    let by_ivi = car.manifest_with(car.manifest_counter, reports, &car.ecus[1].signer);
+    assert_refused(
+        &fleet,
+        VIN_A,
+        car.post_manifest(&fleet, VIN_A, by_ivi),
+        StatusCode::BAD_REQUEST,
+        "bad-signature",
+        "bad-signature",
+        Some(VIN_A),
+    )
+    .await;
+    // A manifest that names another vehicle, signed by this primary.
+    let manifest = VehicleManifest {
+        type_: VEHICLE_MANIFEST_TYPE.into(),
+        vin: VIN_B.into(),
+        primary_ecu_id: "TBOX-1".into(),
+        manifest_counter: 1000,
+        nonce: nonce(),
+        ecu_version_reports: BTreeMap::new(),
+        attacks_detected: String::new(),
+        unrecognized: BTreeMap::new(),
+    };
+    let wrong_vin = sign_vehicle_manifest(&manifest, &car.ecus[0].signer).unwrap();
+    assert_refused(
+        &fleet,
+        VIN_A,
+        car.post_manifest(&fleet, VIN_A, wrong_vin),
+        StatusCode::BAD_REQUEST,
+        "wrong-vehicle",
+        "wrong-vehicle",
+        Some(VIN_A),
+    )
+    .await;
+    // The honest manifest still goes through afterwards.
+    let manifest = car.honest_manifest();
+    let (status, body) = car.post_manifest(&fleet, VIN_A, manifest).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn manifest_for_an_unknown_vin_is_refused() {
+    let (fleet, _car) = fleet_with_car(generous_limits()).await;
+    // A genuine fleet certificate, but the vehicle was never registered.
+    let mut stranger = Car::new(&fleet, VIN_UNKNOWN);
+    let manifest = stranger.honest_manifest();
+    let event = assert_refused(
+        &fleet,
+        VIN_UNKNOWN,
+        stranger.post_manifest(&fleet, VIN_UNKNOWN, manifest),
+        StatusCode::NOT_FOUND,
+        "unknown-vehicle",
+        "unknown-vehicle",
+        Some(VIN_UNKNOWN),
+    )
+    .await;
+    assert!(event.detail.contains("unregistered"), "{event:?}");
+    assert_eq!(fleet.stored_state(VIN_A).await.vins, [VIN_A]);
+    let response = stranger
+        .get(
+            &fleet,
+            &format!("director/{VIN_UNKNOWN}/metadata/timestamp.json"),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    // A malformed VIN never reaches the database.
+    let (status, body) = stranger
+        .post_manifest(&fleet, "bad.vin", b"{}".to_vec())
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["rule"], "bad-request");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn oversized_manifest_is_refused() {
+    let (fleet, mut car) = fleet_with_car(generous_limits()).await;
+    let mut huge = b"{\"signed\": \"".to_vec();
+    huge.resize(MAX_BODY + 1024, b'A');
+    huge.extend_from_slice(b"\", \"signatures\": []}");
+    let event = assert_refused(
+        &fleet,
+        VIN_A,
+        car.post_manifest(&fleet, VIN_A, huge),
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "endless-data",
+        "endless-data",
+        Some(VIN_A),
+    )
+    .await;
+    assert!(event.detail.contains(&MAX_BODY.to_string()), "{event:?}");
+    // A real manifest padded past the limit with an unknown field: refused too.
+    let manifest = car.honest_manifest();
+    let mut doc: Value = serde_json::from_slice(&manifest).unwrap();
+    doc["padding"] = Value::String("x".repeat(MAX_BODY));
+    assert_refused(
+        &fleet,
+        VIN_A,
+        car.post_manifest(&fleet, VIN_A, serde_json::to_vec(&doc).unwrap()),
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "endless-data",
+        "endless-data",
+        Some(VIN_A),
+    )
+    .await;
+    // Up to the limit is fine.
+    let manifest = car.honest_manifest();
+    assert!(manifest.len() < MAX_BODY);
+    let (status, body) = car.post_manifest(&fleet, VIN_A, manifest).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replayed_manifest_is_refused() {
+    let (fleet, mut car) = fleet_with_car(generous_limits()).await;
+    let manifest = car.honest_manifest();
+    let (status, body) = car.post_manifest(&fleet, VIN_A, manifest.clone()).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(fleet.vehicle(VIN_A).await.last_manifest_counter, Some(2));
+    // The same bytes again: refused on the manifest counter before its reports are looked at,
+    // so exactly one replay event.
+    let events_before = fleet.events("rule=replay").await.len();
+    let before = fleet.stored_state(VIN_A).await;
+    let (status, body) = car.post_manifest(&fleet, VIN_A, manifest).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["rule"], "replay", "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("counter 2 is not above the last accepted 2"),
+        "{body}"
+    );
+    let events = fleet.events("rule=replay").await;
+    assert_eq!(events.len(), events_before + 1, "{events:?}");
+    assert_eq!(events[0].vin.as_deref(), Some(VIN_A));
+    assert_eq!(events[0].ecu_id, None, "{:?}", events[0]);
+    assert!(
+        events[0].detail.contains("counter 2 is not above"),
+        "{:?}",
+        events[0]
+    );
+    assert_eq!(
+        fleet.stored_state(VIN_A).await,
+        before,
+        "stored state changed"
+    );
+    // A freshly signed manifest with an old counter (and fresh report counters).
+    let mut reports = BTreeMap::new();
+    for ecu in &car.ecus {
+        reports.insert(
+            ecu.id.clone(),
+            signed_report(
+                &ecu.id,
+                &ecu.installed,
+                ecu.report_counter + 10,
+                &ecu.signer,
+            ),
+        );
+    }
+    let old = car.manifest_with(1, reports, &car.ecus[0].signer);
+    assert_refused(
+        &fleet,
+        VIN_A,
+        car.post_manifest(&fleet, VIN_A, old),
+        StatusCode::CONFLICT,
+        "replay",
+        "replay",
+        Some(VIN_A),
+    )
+    .await;
+    assert_eq!(fleet.vehicle(VIN_A).await.last_manifest_counter, Some(2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn forged_ecu_report_is_dropped() {
+    let (fleet, mut car) = fleet_with_car(generous_limits()).await;
+    let before = fleet.vehicle(VIN_A).await;
+    let ivi_before = before
+        .ecus
+        .iter()
+        .find(|e| e.ecu_id == "IVI-1")
+        .unwrap()
+        .clone();
+
+    // The T-BOX signs a valid manifest, but the IVI's report claims an image and is signed
+    // by a key that is not the IVI's.
+    let evil = InstalledImage {
+        filename: "ivi/evil.bin".into(),
+        length: 666,
+        hashes: compute_hashes(b"evil"),
+        release_counter: 99,
+    };
+    car.ecus[0].report_counter += 1;
+    let tbox = &car.ecus[0];
+    let reports = BTreeMap::from([
+        (
+            "TBOX-1".to_owned(),
+            signed_report("TBOX-1", &tbox.installed, tbox.report_counter, &tbox.signer),
+        ),
+        (
+            "IVI-1".to_owned(),
+            signed_report("IVI-1", &evil, 50, &new_signer()),
+        ),
+    ]);
+    car.manifest_counter += 1;
+    let manifest = car.manifest_with(car.manifest_counter, reports, &car.ecus[0].signer);
+    let events_before = fleet.events("rule=bad-signature").await.len();
+    let (status, body) = car.post_manifest(&fleet, VIN_A, manifest).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body["rejected_reports"],
+        json!([{"ecu_id": "IVI-1", "rule": "bad-signature"}])
+    );
+    let events = fleet.events("rule=bad-signature").await;
+    assert_eq!(events.len(), events_before + 1);
+    assert_eq!(events[0].vin.as_deref(), Some(VIN_A));
+    assert_eq!(events[0].ecu_id.as_deref(), Some("IVI-1"));
+
+    let after = fleet.vehicle(VIN_A).await;
+    let ivi_after = after.ecus.iter().find(|e| e.ecu_id == "IVI-1").unwrap();
+    assert_eq!(*ivi_after, ivi_before, "the forged report changed nothing");
+    let tbox_after = after.ecus.iter().find(|e| e.ecu_id == "TBOX-1").unwrap();
+    assert_eq!(
+        tbox_after.last_report_counter,
+        Some(car.ecus[0].report_counter)
+    );
+    assert_eq!(after.last_manifest_counter, Some(car.manifest_counter));
+
+    // A replayed ECU report (old counter) and a report for an ECU the vehicle does not have
+    // are dropped the same way.
+    car.ecus[0].report_counter += 1;
+    let (tbox, ivi) = (&car.ecus[0], &car.ecus[1]);
+    let reports = BTreeMap::from([
+        (
+            "TBOX-1".to_owned(),
+            signed_report("TBOX-1", &tbox.installed, tbox.report_counter, &tbox.signer),
+        ),
+        (
+            "IVI-1".to_owned(),
+            signed_report("IVI-1", &evil, ivi.report_counter, &ivi.signer),
+        ),
+        (
+            "ECU-GHOST".to_owned(),
+            signed_report("ECU-GHOST", &evil, 1, &new_signer()),
+        ),
+    ]);
+    car.manifest_counter += 1;
+    let manifest = car.manifest_with(car.manifest_counter, reports, &car.ecus[0].signer);
+    let (status, body) = car.post_manifest(&fleet, VIN_A, manifest).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let mut rejected: Vec<(String, String)> = body["rejected_reports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["ecu_id"].as_str().unwrap().to_owned(),
+                r["rule"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    rejected.sort();
+    assert_eq!(
+        rejected,
+        [
+            ("ECU-GHOST".to_owned(), "manifest".to_owned()),
+            ("IVI-1".to_owned(), "replay".to_owned()),
+        ]
+    );
+    let ivi_events = fleet.events(&format!("vin={VIN_A}&rule=replay")).await;
+    assert_eq!(ivi_events.len(), 1);
+    assert_eq!(ivi_events[0].ecu_id.as_deref(), Some("IVI-1"));
+    let after = fleet.vehicle(VIN_A).await;
+    let ivi_after = after.ecus.iter().find(|e| e.ecu_id == "IVI-1").unwrap();
+    assert_eq!(*ivi_after, ivi_before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn certificate_for_another_vin_is_refused() {
+    let (fleet, car_a) = fleet_with_car(generous_limits()).await;
+    let mut car_b = Car::new(&fleet, VIN_B);
+    car_b.register(&fleet).await;
+    let b_manifest = car_b.honest_manifest();
+
+    // A's certificate on B's routes: B's own (validly signed) manifest, and B's metadata.
+    assert_refused(
+        &fleet,
+        VIN_B,
+        car_a.post_manifest(&fleet, VIN_B, b_manifest.clone()),
+        StatusCode::FORBIDDEN,
+        "vin-mismatch",
+        "vin-mismatch",
+        Some(VIN_B),
+    )
+    .await;
+    let event = assert_refused(
+        &fleet,
+        VIN_B,
+        async {
+            json_of(
+                car_a
+                    .get(&fleet, &format!("director/{VIN_B}/metadata/timestamp.json"))
+                    .await,
+            )
+            .await
+        },
+        StatusCode::FORBIDDEN,
+        "vin-mismatch",
+        "vin-mismatch",
+        Some(VIN_B),
+    )
+    .await;
+    assert!(event.detail.contains(VIN_A), "{event:?}");
+    // B itself is served.
+    let (status, body) = car_b.post_manifest(&fleet, VIN_B, b_manifest).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn vehicle_route_without_client_certificate_is_refused() {
+    let (fleet, mut car) = fleet_with_car(generous_limits()).await;
+    let manifest = car.honest_manifest();
+    let anonymous_post = async {
+        json_of(
+            fleet
+                .anonymous
+                .post(fleet.url(&format!("director/{VIN_A}/manifest")))
+                .body(manifest.clone())
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await
+    };
+    assert_refused(
+        &fleet,
+        VIN_A,
+        anonymous_post,
+        StatusCode::UNAUTHORIZED,
+        "client-certificate-required",
+        "client-certificate-required",
+        Some(VIN_A),
+    )
+    .await;
+    let anonymous_get = async {
+        json_of(
+            fleet
+                .anonymous
+                .get(fleet.url(&format!("director/{VIN_A}/metadata/1.root.json")))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await
+    };
+    assert_refused(
+        &fleet,
+        VIN_A,
+        anonymous_get,
+        StatusCode::UNAUTHORIZED,
+        "client-certificate-required",
+        "client-certificate-required",
+        Some(VIN_A),
+    )
+    .await;
+    // The image repository is public.
+    let response = fleet
+        .anonymous
+        .get(fleet.url("image/metadata/timestamp.json"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    // The same manifest with the certificate is accepted.
+    let (status, body) = car.post_manifest(&fleet, VIN_A, manifest).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn admin_routes_need_the_token() {
+    let (fleet, car) = fleet_with_car(generous_limits()).await;
+    let newcomer = Car::new(&fleet, VIN_B);
+    let registration = newcomer.registration();
+    let assign = json!({"target": "x.bin", "vins": [VIN_A], "ecu_id": "TBOX-1"});
+    let wrong_tokens: [Option<String>; 4] = [
+        None,
+        Some("Bearer ".to_owned()),
+        Some(format!("Bearer {}x", fleet.token)),
+        Some(format!("Basic {}", fleet.token)),
+    ];
+    for auth in wrong_tokens {
+        let send = |request: reqwest::RequestBuilder| {
+            let request = match &auth {
+                Some(value) => request.header("authorization", value),
+                None => request,
+            };
+            async move { json_of(request.send().await.unwrap()).await }
+        };
+        for request in [
+            fleet.anonymous.get(fleet.url("api/v1/vehicles")),
+            fleet
+                .anonymous
+                .get(fleet.url(&format!("api/v1/vehicles/{VIN_A}"))),
+            fleet.anonymous.get(fleet.url("api/v1/events")),
+            fleet
+                .anonymous
+                .post(fleet.url("api/v1/vehicles"))
+                .json(&registration),
+            fleet
+                .anonymous
+                .post(fleet.url("api/v1/assignments"))
+                .json(&assign),
+            // A vehicle certificate is no admin credential.
+            car.http.get(fleet.url("api/v1/vehicles")),
+        ] {
+            assert_refused(
+                &fleet,
+                VIN_B,
+                send(request),
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "unauthorized",
+                None,
+            )
+            .await;
+        }
+    }
+    assert_eq!(fleet.stored_state(VIN_A).await.vins, [VIN_A]);
+    let (status, _) = fleet.admin_get("api/v1/vehicles").await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn request_flood_is_rate_limited_per_client() {
+    let limits = LimitsConfig {
+        max_body_bytes: MAX_BODY,
+        requests_per_second: 0.5,
+        burst: 5.0,
+    };
+    let fleet = Fleet::start(limits, None).await;
+    let car_a = Car::new(&fleet, VIN_A);
+    let car_b = Car::new(&fleet, VIN_B);
+    car_a.register(&fleet).await;
+    car_b.register(&fleet).await;
+    let timestamp = |vin: &str| format!("director/{vin}/metadata/timestamp.json");
+
+    let mut statuses = Vec::new();
+    let mut retry_after = None;
+    let mut refusal = Value::Null;
+    for _ in 0..12 {
+        let response = car_a.get(&fleet, &timestamp(VIN_A)).await;
+        statuses.push(response.status());
+        if response.status() == StatusCode::TOO_MANY_REQUESTS {
+            retry_after = response
+                .headers()
+                .get("retry-after")
+                .map(|v| v.to_str().unwrap().parse::<u64>().unwrap());
+            refusal = json_of(response).await.1;
+        }
+    }
+    let ok = statuses.iter().filter(|s| **s == StatusCode::OK).count();
+    let limited = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::TOO_MANY_REQUESTS)
+        .count();
+    assert_eq!(ok + limited, statuses.len(), "{statuses:?}");
+    assert!((5..=6).contains(&ok), "burst of 5 (+ refill): {statuses:?}");
+    assert_eq!(statuses[0], StatusCode::OK);
+    assert_eq!(*statuses.last().unwrap(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(refusal["rule"], "rate-limited", "{refusal}");
+    let retry_after = retry_after.expect("Retry-After header");
+    // Under one token and refilling at 0.5/s: the next token is 1–2 s away, announced in
+    // whole seconds rounded up (rounding down would send the client back too early).
+    assert_eq!(retry_after, 2);
+
+    // Another vehicle, and the admin, are still served.
+    let response = car_b.get(&fleet, &timestamp(VIN_B)).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    // One event for the flood (the first refusal), not one per refused request.
+    let events = fleet.events("rule=rate-limited").await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].vin.as_deref(), Some(VIN_A));
+
+    // After Retry-After, A is served again.
+    tokio::time::sleep(Duration::from_secs(retry_after)).await;
+    let response = car_a.get(&fleet, &timestamp(VIN_A)).await;
+    assert_eq!(response.status(), StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn health_metrics_and_openapi() {
+    let (fleet, mut car) = fleet_with_car(generous_limits()).await;
+    let (status, body) = json_of(
+        fleet
+            .anonymous
+            .get(fleet.url("health"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, json!({"status": "ok", "database": "ok"}));
+
+    let metrics = || async {
+        let response = fleet
+            .anonymous
+            .get(fleet.url("metrics"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let content_type = response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert!(content_type.starts_with("text/plain"), "{content_type}");
+        let text = response.text().await.unwrap();
+        let mut values = BTreeMap::new();
+        for line in text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+        {
+            let (name, value) = line.split_once(' ').unwrap();
+            values.insert(name.to_owned(), value.parse::<u64>().unwrap());
+        }
+        values
+    };
+    let before = metrics().await;
+    for name in [
+        "rampart_requests_total",
+        "rampart_rate_limited_total",
+        "rampart_client_errors_total",
+        "rampart_manifests_accepted_total",
+        "rampart_manifests_rejected_total",
+        "rampart_director_metadata_served_total",
+        "rampart_security_events",
+        "rampart_vehicles",
+    ] {
+        assert!(before.contains_key(name), "{name} missing: {before:?}");
+    }
+    assert_eq!(before["rampart_vehicles"], 1);
+    assert_eq!(before["rampart_manifests_accepted_total"], 1);
+    assert!(before["rampart_requests_total"] >= 3);
+
+    // One accepted, one refused manifest, one metadata file.
+    let manifest = car.honest_manifest();
+    let (status, _) = car.post_manifest(&fleet, VIN_A, manifest).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = car.post_manifest(&fleet, VIN_A, b"{".to_vec()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let response = car
+        .get(&fleet, &format!("director/{VIN_A}/metadata/timestamp.json"))
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let after = metrics().await;
+    let delta = |name: &str| after[name] - before[name];
+    assert_eq!(delta("rampart_manifests_accepted_total"), 1);
+    assert_eq!(delta("rampart_manifests_rejected_total"), 1);
+    assert_eq!(delta("rampart_client_errors_total"), 1);
+    assert_eq!(delta("rampart_director_metadata_served_total"), 1);
+    assert_eq!(delta("rampart_security_events"), 1);
+    assert!(delta("rampart_requests_total") >= 4);
+
+    let (status, doc) = json_of(
+        fleet
+            .anonymous
+            .get(fleet.url("openapi.json"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."), "{doc}");
+    let paths: BTreeSet<&str> = doc["paths"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    for path in [
+        "/health",
+        "/director/{vin}/metadata/{file}",
+        "/director/{vin}/manifest",
+        "/api/v1/vehicles",
+        "/api/v1/vehicles/{vin}",
+        "/api/v1/assignments",
+        "/api/v1/events",
+        "/api/v1/images",
+    ] {
+        assert!(paths.contains(path), "{path} not in {paths:?}");
+    }
+    assert!(doc["paths"]["/director/{vin}/manifest"]["post"].is_object());
+    assert!(doc["components"]["schemas"]["Vehicle"].is_object());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn malformed_admin_json_is_refused_without_change() {
+    let (fleet, _car) = fleet_with_car(generous_limits()).await;
+    let before = fleet.stored_state(VIN_B).await;
+    // Axum's JSON extractor answers these itself, with plain-text bodies (400, 415, 422)
+    // rather than `{"error", "rule"}`; checked here: a 4xx, and nothing stored.
+    for body in [
+        "{",
+        "{\"vin\": 5}",
+        "[]",
+        "{\"vin\": \"WVWZZZ1JZXW000002\"}",
+    ] {
+        let response = fleet
+            .admin
+            .post(fleet.url("api/v1/vehicles"))
+            .bearer_auth(&fleet.token)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            response.status().is_client_error(),
+            "{body}: {}",
+            response.status()
+        );
+        let response = fleet
+            .admin
+            .post(fleet.url("api/v1/assignments"))
+            .bearer_auth(&fleet.token)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            response.status().is_client_error(),
+            "{body}: {}",
+            response.status()
+        );
+    }
+    assert_eq!(fleet.stored_state(VIN_B).await, before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn image_files_cannot_escape_the_public_folder() {
+    let fleet = Fleet::start(generous_limits(), None).await;
+    // Secrets next to the public folder: the configuration and the online keys.
+    assert!(fleet.layout.config_file().is_file());
+    assert!(fleet
+        .layout
+        .online_keys()
+        .join("image-timestamp.pem")
+        .is_file());
+    for path in [
+        "image/..%2F..%2Frampart.toml",
+        "image/metadata/..%2F..%2F..%2Fonline-keys%2Fimage-timestamp.pem",
+        "image/targets/..%2F..%2F..%2Fpki%2Fadmin-token",
+        "image/metadata%2F..%2F..%2F..%2Frampart.toml",
+        "image/%2E%2E%2F%2E%2E%2Frampart.toml",
+    ] {
+        let response = fleet.anonymous.get(fleet.url(path)).send().await.unwrap();
+        let status = response.status();
+        let body = response.text().await.unwrap();
+        assert!(status.is_client_error(), "{path}: {status} {body}");
+        assert!(
+            !body.contains("PRIVATE KEY") && !body.contains("online_keys"),
+            "{path} leaked {body}"
+        );
+    }
+    let response = fleet
+        .anonymous
+        .get(fleet.url("image/metadata/1.root.json"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn attacks_reported_by_ecus_become_security_events() {
+    let (fleet, mut car) = fleet_with_car(generous_limits()).await;
+    let mut reports = BTreeMap::new();
+    for ecu in &mut car.ecus {
+        ecu.report_counter += 1;
+        let attacks = if ecu.id == "IVI-1" {
+            "rollback: ivi/app-0.bin has release counter 0, below the installed 1"
+        } else {
+            ""
+        };
+        reports.insert(
+            ecu.id.clone(),
+            signed_report_with_attacks(
+                &ecu.id,
+                &ecu.installed,
+                ecu.report_counter,
+                &ecu.signer,
+                attacks,
+            ),
+        );
+    }
+    car.manifest_counter += 1;
+    let manifest = car.manifest_with(car.manifest_counter, reports, &car.ecus[0].signer);
+    let (status, body) = car.post_manifest(&fleet, VIN_A, manifest).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["rejected_reports"], json!([]));
+    let events = fleet.events(&format!("vin={VIN_A}")).await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    let event = &events[0];
+    assert_eq!(event.source, "vehicle");
+    assert_eq!(event.rule, "rollback");
+    assert_eq!(event.ecu_id.as_deref(), Some("IVI-1"));
+    assert!(event.detail.contains("release counter 0"), "{event:?}");
+    // The (honest) report itself was accepted.
+    let stored = fleet.vehicle(VIN_A).await;
+    let ivi = stored.ecus.iter().find(|e| e.ecu_id == "IVI-1").unwrap();
+    assert_eq!(ivi.last_report_counter, Some(car.ecus[1].report_counter));
+}

@@ -1,0 +1,845 @@
+//! The storage suite: every test of `rampart_server::db::Db` is written once and generated
+//! twice, `sqlite::NAME` (a temporary file) and `postgres::NAME` (a fresh database on the
+//! server of `RAMPART_TEST_POSTGRES`, default `postgres://postgres@127.0.0.1:5432/postgres`;
+//! start it with `scripts/postgres-up`). PostgreSQL tests fail when the server is unreachable,
+//! unless `RAMPART_SKIP_POSTGRES=1`.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+mod common;
+
+use std::sync::Arc;
+
+use rampart_core::key::KeyScheme;
+use rampart_core::signer::{InMemorySigner, Signer};
+use rampart_server::db::{
+    Assignment, Backend, Checkin, Db, ImageKey, Installed, NewEcu, NewEvent, NewVehicle,
+    ReportUpdate, StoredRole, Vehicle,
+};
+use rampart_server::Error;
+use serde_json::json;
+use tokio::sync::Barrier;
+
+/// Generates `sqlite::CASE` and `postgres::CASE` for every `CASE(url)` given.
+macro_rules! storage_suite {
+    ($($case:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $case() {
+                    crate::common::with_sqlite(super::$case).await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $case() {
+                    crate::common::with_postgres(super::$case).await
+                }
+            )*
+        }
+    };
+}
+
+storage_suite!(
+    migrations_are_idempotent,
+    register_and_read_back_vehicle,
+    duplicate_vehicle_is_a_conflict_and_changes_nothing,
+    failed_registration_leaves_nothing_behind,
+    assignment_supersedes_pending_ones_for_the_same_ecu,
+    checkin_moves_counter_forward_and_refuses_replays,
+    checkin_completes_only_matching_assignments,
+    concurrent_checkins_with_one_counter_accept_one,
+    director_roles_replace_only_from_the_version_read,
+    concurrent_director_role_replace_has_one_winner,
+    security_events_filter_and_limit,
+    image_keys_store_replace_read,
+    expire_director_roles_marks_every_document,
+    count_only_knows_our_tables,
+);
+
+// ---------------------------------------------------------------------------------------
+// Fixtures
+
+async fn connect(url: &str) -> Db {
+    let db = Db::connect(url)
+        .await
+        .unwrap_or_else(|e| panic!("connect {url}: {e}"));
+    let expected = if url.starts_with("sqlite:") {
+        Backend::Sqlite
+    } else {
+        Backend::Postgres
+    };
+    assert_eq!(db.backend(), expected);
+    db
+}
+
+fn public_key() -> serde_json::Value {
+    let signer = InMemorySigner::generate(KeyScheme::Ed25519).unwrap();
+    serde_json::to_value(signer.public_key()).unwrap()
+}
+
+fn new_vehicle(vin: &str) -> NewVehicle {
+    NewVehicle {
+        vin: vin.to_owned(),
+        primary_ecu: "TBOX-1".into(),
+        ecus: vec![
+            NewEcu {
+                ecu_id: "TBOX-1".into(),
+                hardware_id: "tbox-hw".into(),
+                public_key: public_key(),
+                encryption_key: None,
+                verification: "full".into(),
+            },
+            NewEcu {
+                ecu_id: "IVI-1".into(),
+                hardware_id: "ivi-hw".into(),
+                public_key: public_key(),
+                encryption_key: Some("ab".repeat(32)),
+                verification: "partial".into(),
+            },
+        ],
+    }
+}
+
+fn hashes(tag: &str) -> serde_json::Value {
+    json!({ "sha256": format!("{tag:0>64}"), "sha512": format!("{tag:0>128}") })
+}
+
+fn assignment(vin: &str, ecu: &str, target: &str, release_counter: u64) -> Assignment {
+    Assignment {
+        id: 0,
+        vin: vin.to_owned(),
+        ecu_id: ecu.to_owned(),
+        target: target.to_owned(),
+        length: 1000 + release_counter,
+        hashes: hashes(target.len().to_string().as_str()),
+        release_counter,
+        encrypt: ecu == "IVI-1",
+        status: "pending".into(),
+        created_at: String::new(),
+        completed_at: None,
+    }
+}
+
+/// What an ECU reports when it runs exactly what `a` asks for.
+fn installed_as(a: &Assignment) -> Installed {
+    Installed {
+        target: a.target.clone(),
+        length: a.length,
+        hashes: a.hashes.clone(),
+        release_counter: a.release_counter,
+    }
+}
+
+fn report(ecu: &str, installed: Installed, counter: u64) -> ReportUpdate {
+    ReportUpdate {
+        ecu_id: ecu.to_owned(),
+        installed,
+        report_counter: counter,
+    }
+}
+
+fn checkin<'a>(vin: &'a str, counter: u64, reports: Vec<ReportUpdate>) -> Checkin<'a> {
+    Checkin {
+        vin,
+        counter,
+        nonce: "00ff",
+        document: "{\"signed\":{},\"signatures\":[]}",
+        reports,
+    }
+}
+
+fn role(name: &str, version: u64, tag: &str) -> StoredRole {
+    StoredRole {
+        role: name.to_owned(),
+        version,
+        expires_at: "2099-01-01T00:00:00Z".into(),
+        content_digest: format!("digest-{tag}"),
+        document: format!("{{\"role\":\"{name}\",\"version\":{version},\"by\":\"{tag}\"}}"),
+    }
+}
+
+async fn vehicle(db: &Db, vin: &str) -> Vehicle {
+    db.vehicle(vin).await.unwrap().expect("vehicle registered")
+}
+
+fn is_rfc3339(s: &str) -> bool {
+    chrono::DateTime::parse_from_rfc3339(s).is_ok()
+}
+
+/// Row counts of every table, to show that a refused write changed nothing.
+async fn counts(db: &Db) -> Vec<(&'static str, u64)> {
+    let mut out = Vec::new();
+    for table in [
+        "vehicles",
+        "ecus",
+        "assignments",
+        "director_roles",
+        "manifests",
+        "security_events",
+        "image_keys",
+    ] {
+        out.push((table, db.count(table).await.unwrap()));
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------
+// Cases
+
+async fn migrations_are_idempotent(url: String) {
+    let first = connect(&url).await;
+    first.ping().await.unwrap();
+    first
+        .register_vehicle(&new_vehicle("VIN-MIGRATE"))
+        .await
+        .unwrap();
+    // Connecting again runs the migrator again: nothing to do, nothing lost.
+    let second = connect(&url).await;
+    let third = connect(&url).await;
+    assert_eq!(second.list_vins().await.unwrap(), vec!["VIN-MIGRATE"]);
+    assert_eq!(third.count("ecus").await.unwrap(), 2);
+    assert_eq!(
+        vehicle(&first, "VIN-MIGRATE").await,
+        vehicle(&third, "VIN-MIGRATE").await
+    );
+}
+
+async fn register_and_read_back_vehicle(url: String) {
+    let db = connect(&url).await;
+    assert_eq!(db.vehicle("VIN-1").await.unwrap(), None);
+    let new = new_vehicle("VIN-1");
+    db.register_vehicle(&new).await.unwrap();
+    db.register_vehicle(&new_vehicle("VIN-0")).await.unwrap();
+
+    let v = vehicle(&db, "VIN-1").await;
+    assert_eq!(v.vin, "VIN-1");
+    assert_eq!(v.primary_ecu, "TBOX-1");
+    assert!(is_rfc3339(&v.created_at), "{}", v.created_at);
+    assert_eq!(v.last_manifest_counter, None);
+    assert_eq!(v.last_seen, None);
+    // ECUs come back ordered by ID, every field as registered, nothing installed yet.
+    let ids: Vec<&str> = v.ecus.iter().map(|e| e.ecu_id.as_str()).collect();
+    assert_eq!(ids, ["IVI-1", "TBOX-1"]);
+    for ecu in &v.ecus {
+        let registered = new.ecus.iter().find(|e| e.ecu_id == ecu.ecu_id).unwrap();
+        assert_eq!(ecu.hardware_id, registered.hardware_id);
+        assert_eq!(ecu.public_key, registered.public_key);
+        assert_eq!(ecu.encryption_key, registered.encryption_key);
+        assert_eq!(ecu.verification, registered.verification);
+        assert_eq!(ecu.installed, None);
+        assert_eq!(ecu.last_report_counter, None);
+    }
+    assert_eq!(db.list_vins().await.unwrap(), vec!["VIN-0", "VIN-1"]);
+    assert_eq!(db.count("vehicles").await.unwrap(), 2);
+    assert_eq!(db.count("ecus").await.unwrap(), 4);
+}
+
+async fn duplicate_vehicle_is_a_conflict_and_changes_nothing(url: String) {
+    let db = connect(&url).await;
+    db.register_vehicle(&new_vehicle("VIN-DUP")).await.unwrap();
+    let before = (vehicle(&db, "VIN-DUP").await, counts(&db).await);
+    let mut again = new_vehicle("VIN-DUP");
+    again.primary_ecu = "OTHER".into();
+    again.ecus[0].ecu_id = "OTHER".into();
+    match db.register_vehicle(&again).await {
+        Err(Error::Conflict(msg)) => assert!(msg.contains("VIN-DUP"), "{msg}"),
+        other => panic!("expected Conflict, got {other:?}"),
+    }
+    assert_eq!((vehicle(&db, "VIN-DUP").await, counts(&db).await), before);
+}
+
+async fn failed_registration_leaves_nothing_behind(url: String) {
+    let db = connect(&url).await;
+    // The same ECU twice: the second insert fails, and the vehicle must not stay half-made.
+    let mut bad = new_vehicle("VIN-HALF");
+    bad.ecus[1].ecu_id = bad.ecus[0].ecu_id.clone();
+    assert!(db.register_vehicle(&bad).await.is_err());
+    assert_eq!(db.vehicle("VIN-HALF").await.unwrap(), None);
+    assert_eq!(db.count("vehicles").await.unwrap(), 0);
+    assert_eq!(db.count("ecus").await.unwrap(), 0);
+    // And the VIN is still free.
+    db.register_vehicle(&new_vehicle("VIN-HALF")).await.unwrap();
+}
+
+async fn assignment_supersedes_pending_ones_for_the_same_ecu(url: String) {
+    let db = connect(&url).await;
+    db.register_vehicle(&new_vehicle("VIN-A")).await.unwrap();
+    db.register_vehicle(&new_vehicle("VIN-B")).await.unwrap();
+    let first = assignment("VIN-A", "TBOX-1", "tbox/fw-1.bin", 1);
+    let id1 = db.create_assignment(&first).await.unwrap();
+    let ivi = assignment("VIN-A", "IVI-1", "ivi/app-1.bin", 1);
+    let id_ivi = db.create_assignment(&ivi).await.unwrap();
+    let other_car = assignment("VIN-B", "TBOX-1", "tbox/fw-1.bin", 1);
+    let id_b = db.create_assignment(&other_car).await.unwrap();
+    let second = assignment("VIN-A", "TBOX-1", "tbox/fw-2.bin", 2);
+    let id2 = db.create_assignment(&second).await.unwrap();
+    assert!(id1 < id_ivi && id_ivi < id_b && id_b < id2);
+
+    // Newest first; only VIN-A's TBOX assignment was superseded.
+    let all = db.assignments(Some("VIN-A"), None).await.unwrap();
+    let summary: Vec<(i64, &str)> = all.iter().map(|a| (a.id, a.status.as_str())).collect();
+    assert_eq!(
+        summary,
+        [(id2, "pending"), (id_ivi, "pending"), (id1, "superseded")]
+    );
+    let stored = &all[0];
+    assert_eq!(stored.vin, "VIN-A");
+    assert_eq!(stored.ecu_id, "TBOX-1");
+    assert_eq!(stored.target, second.target);
+    assert_eq!(stored.length, second.length);
+    assert_eq!(stored.hashes, second.hashes);
+    assert_eq!(stored.release_counter, 2);
+    assert!(!stored.encrypt);
+    assert!(all[1].encrypt);
+    assert!(is_rfc3339(&stored.created_at));
+    assert_eq!(stored.completed_at, None);
+
+    let pending = db.assignments(None, Some("pending")).await.unwrap();
+    let ids: Vec<i64> = pending.iter().map(|a| a.id).collect();
+    assert_eq!(ids, [id2, id_b, id_ivi]);
+    let b = db
+        .assignments(Some("VIN-B"), Some("pending"))
+        .await
+        .unwrap();
+    assert_eq!(b.len(), 1);
+    assert_eq!(b[0].id, id_b);
+
+    // An installed assignment is history: a new one does not touch it.
+    let done = db
+        .record_checkin(&checkin(
+            "VIN-A",
+            1,
+            vec![report("TBOX-1", installed_as(&second), 1)],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(done, [id2]);
+    let third = assignment("VIN-A", "TBOX-1", "tbox/fw-3.bin", 3);
+    let id3 = db.create_assignment(&third).await.unwrap();
+    let tbox: Vec<(i64, String)> = db
+        .assignments(Some("VIN-A"), None)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|a| a.ecu_id == "TBOX-1")
+        .map(|a| (a.id, a.status))
+        .collect();
+    assert_eq!(
+        tbox,
+        [
+            (id3, "pending".to_owned()),
+            (id2, "installed".to_owned()),
+            (id1, "superseded".to_owned())
+        ]
+    );
+}
+
+async fn checkin_moves_counter_forward_and_refuses_replays(url: String) {
+    let db = connect(&url).await;
+    db.register_vehicle(&new_vehicle("VIN-C")).await.unwrap();
+    let a = assignment("VIN-C", "TBOX-1", "tbox/fw-7.bin", 7);
+    let id = db.create_assignment(&a).await.unwrap();
+
+    let done = db
+        .record_checkin(&checkin(
+            "VIN-C",
+            5,
+            vec![report("TBOX-1", installed_as(&a), 11)],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(done, [id]);
+    let v = vehicle(&db, "VIN-C").await;
+    assert_eq!(v.last_manifest_counter, Some(5));
+    assert!(v.last_seen.as_deref().is_some_and(is_rfc3339));
+    let tbox = v.ecus.iter().find(|e| e.ecu_id == "TBOX-1").unwrap();
+    assert_eq!(tbox.installed, Some(installed_as(&a)));
+    assert_eq!(tbox.last_report_counter, Some(11));
+    let ivi = v.ecus.iter().find(|e| e.ecu_id == "IVI-1").unwrap();
+    assert_eq!(ivi.installed, None, "an ECU without a report is untouched");
+    let stored = db.assignments(Some("VIN-C"), None).await.unwrap();
+    assert_eq!(stored[0].status, "installed");
+    assert!(stored[0].completed_at.as_deref().is_some_and(is_rfc3339));
+
+    // Equal and lower counters are replays: refused, and nothing at all changes.
+    let before = (
+        vehicle(&db, "VIN-C").await,
+        db.assignments(None, None).await.unwrap(),
+        counts(&db).await,
+    );
+    let other = Installed {
+        target: "tbox/evil.bin".into(),
+        length: 1,
+        hashes: hashes("e"),
+        release_counter: 99,
+    };
+    for counter in [5, 4, 0] {
+        let replay = checkin("VIN-C", counter, vec![report("TBOX-1", other.clone(), 12)]);
+        match db.record_checkin(&replay).await {
+            Err(Error::Replay(msg)) => assert!(msg.contains("VIN-C"), "{msg}"),
+            other => panic!("counter {counter}: expected Replay, got {other:?}"),
+        }
+        let after = (
+            vehicle(&db, "VIN-C").await,
+            db.assignments(None, None).await.unwrap(),
+            counts(&db).await,
+        );
+        assert_eq!(after, before, "counter {counter} changed stored state");
+    }
+    assert_eq!(db.count("manifests").await.unwrap(), 1);
+
+    // A higher counter is accepted, even with a gap.
+    assert_eq!(
+        db.record_checkin(&checkin("VIN-C", 9, vec![]))
+            .await
+            .unwrap(),
+        Vec::<i64>::new()
+    );
+    assert_eq!(vehicle(&db, "VIN-C").await.last_manifest_counter, Some(9));
+    assert_eq!(db.count("manifests").await.unwrap(), 2);
+}
+
+async fn checkin_completes_only_matching_assignments(url: String) {
+    let db = connect(&url).await;
+    db.register_vehicle(&new_vehicle("VIN-M")).await.unwrap();
+    db.register_vehicle(&new_vehicle("VIN-N")).await.unwrap();
+    let tbox = assignment("VIN-M", "TBOX-1", "tbox/fw-2.bin", 2);
+    let ivi = assignment("VIN-M", "IVI-1", "ivi/app-2.bin", 2);
+    let other_car = assignment("VIN-N", "IVI-1", "ivi/app-2.bin", 2);
+    let id_tbox = db.create_assignment(&tbox).await.unwrap();
+    let id_ivi = db.create_assignment(&ivi).await.unwrap();
+    let id_other = db.create_assignment(&other_car).await.unwrap();
+
+    // TBOX reports the right name with different hashes: not done. IVI matches: done.
+    let mut wrong = installed_as(&tbox);
+    wrong.hashes = hashes("f");
+    let done = db
+        .record_checkin(&checkin(
+            "VIN-M",
+            1,
+            vec![
+                report("TBOX-1", wrong.clone(), 1),
+                report("IVI-1", installed_as(&ivi), 1),
+            ],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(done, [id_ivi]);
+    let status = |all: &[Assignment], id: i64| {
+        all.iter()
+            .find(|a| a.id == id)
+            .map(|a| a.status.clone())
+            .unwrap()
+    };
+    let all = db.assignments(None, None).await.unwrap();
+    assert_eq!(status(&all, id_tbox), "pending");
+    assert_eq!(status(&all, id_ivi), "installed");
+    assert_eq!(
+        status(&all, id_other),
+        "pending",
+        "another car's assignment"
+    );
+    let v = vehicle(&db, "VIN-M").await;
+    let tbox_ecu = v.ecus.iter().find(|e| e.ecu_id == "TBOX-1").unwrap();
+    assert_eq!(
+        tbox_ecu.installed,
+        Some(wrong),
+        "what runs is stored anyway"
+    );
+
+    // Wrong length or wrong target name: still pending. Exact match: done.
+    let mut short = installed_as(&tbox);
+    short.length -= 1;
+    let mut renamed = installed_as(&tbox);
+    renamed.target = "tbox/fw-2b.bin".into();
+    for (counter, inst) in [(2, short), (3, renamed)] {
+        let done = db
+            .record_checkin(&checkin(
+                "VIN-M",
+                counter,
+                vec![report("TBOX-1", inst, counter)],
+            ))
+            .await
+            .unwrap();
+        assert!(done.is_empty());
+    }
+    let done = db
+        .record_checkin(&checkin(
+            "VIN-M",
+            4,
+            vec![report("TBOX-1", installed_as(&tbox), 4)],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(done, [id_tbox]);
+    // Reporting it again completes nothing new.
+    let done = db
+        .record_checkin(&checkin(
+            "VIN-M",
+            5,
+            vec![report("TBOX-1", installed_as(&tbox), 5)],
+        ))
+        .await
+        .unwrap();
+    assert!(done.is_empty());
+    let all = db.assignments(None, None).await.unwrap();
+    assert_eq!(status(&all, id_other), "pending");
+}
+
+async fn concurrent_checkins_with_one_counter_accept_one(url: String) {
+    let db = connect(&url).await;
+    db.register_vehicle(&new_vehicle("VIN-RACE")).await.unwrap();
+    let a = assignment("VIN-RACE", "TBOX-1", "tbox/fw-2.bin", 2);
+    let id = db.create_assignment(&a).await.unwrap();
+    let tasks = 6;
+    let barrier = Arc::new(Barrier::new(tasks));
+    let mut handles = Vec::new();
+    for i in 0..tasks {
+        let (db, barrier, a) = (db.clone(), barrier.clone(), a.clone());
+        handles.push(tokio::spawn(async move {
+            barrier.wait().await;
+            let c = checkin(
+                "VIN-RACE",
+                1,
+                vec![report("TBOX-1", installed_as(&a), 1 + i as u64)],
+            );
+            db.record_checkin(&c).await
+        }));
+    }
+    let mut accepted = Vec::new();
+    for h in handles {
+        match h.await.unwrap() {
+            Ok(done) => accepted.push(done),
+            Err(Error::Replay(_)) => {}
+            Err(e) => panic!("unexpected error: {e}"),
+        }
+    }
+    assert_eq!(accepted, vec![vec![id]], "exactly one check-in wins");
+    assert_eq!(db.count("manifests").await.unwrap(), 1);
+    assert_eq!(
+        vehicle(&db, "VIN-RACE").await.last_manifest_counter,
+        Some(1)
+    );
+}
+
+async fn director_roles_replace_only_from_the_version_read(url: String) {
+    let db = connect(&url).await;
+    assert_eq!(db.director_role("VIN-D", "targets").await.unwrap(), None);
+    let (t1, s1, ts1) = (
+        role("targets", 1, "a"),
+        role("snapshot", 1, "a"),
+        role("timestamp", 1, "a"),
+    );
+    assert!(db
+        .replace_director_roles(
+            "VIN-D",
+            &[(None, t1.clone()), (None, s1.clone()), (None, ts1.clone())]
+        )
+        .await
+        .unwrap());
+    assert_eq!(
+        db.director_role("VIN-D", "targets").await.unwrap(),
+        Some(t1.clone())
+    );
+    assert_eq!(
+        db.director_role("VIN-D", "timestamp").await.unwrap(),
+        Some(ts1.clone())
+    );
+
+    // A writer that believes nothing is stored loses, and changes nothing.
+    assert!(!db
+        .replace_director_roles("VIN-D", &[(None, role("targets", 1, "b"))])
+        .await
+        .unwrap());
+    assert_eq!(
+        db.director_role("VIN-D", "targets").await.unwrap(),
+        Some(t1.clone())
+    );
+
+    // From the version read: accepted.
+    let t2 = role("targets", 2, "c");
+    assert!(db
+        .replace_director_roles("VIN-D", &[(Some(1), t2.clone())])
+        .await
+        .unwrap());
+    assert_eq!(
+        db.director_role("VIN-D", "targets").await.unwrap(),
+        Some(t2.clone())
+    );
+
+    // A stale writer (read version 1, now 2) gets false and nothing changes.
+    let before = counts(&db).await;
+    assert!(!db
+        .replace_director_roles("VIN-D", &[(Some(1), role("targets", 2, "stale"))])
+        .await
+        .unwrap());
+    assert_eq!(
+        db.director_role("VIN-D", "targets").await.unwrap(),
+        Some(t2.clone())
+    );
+
+    // All or nothing: the targets update is valid, the snapshot one is stale, so the
+    // targets update is rolled back too.
+    assert!(!db
+        .replace_director_roles(
+            "VIN-D",
+            &[
+                (Some(2), role("targets", 3, "d")),
+                (Some(7), role("snapshot", 8, "d")),
+            ]
+        )
+        .await
+        .unwrap());
+    assert_eq!(
+        db.director_role("VIN-D", "targets").await.unwrap(),
+        Some(t2.clone())
+    );
+    assert_eq!(
+        db.director_role("VIN-D", "snapshot").await.unwrap(),
+        Some(s1.clone())
+    );
+    assert_eq!(counts(&db).await, before);
+
+    // Another vehicle's documents are separate.
+    assert_eq!(db.director_role("VIN-E", "targets").await.unwrap(), None);
+    assert!(db
+        .replace_director_roles("VIN-E", &[(None, role("targets", 1, "e"))])
+        .await
+        .unwrap());
+    assert_eq!(
+        db.director_role("VIN-D", "targets").await.unwrap(),
+        Some(t2)
+    );
+}
+
+async fn concurrent_director_role_replace_has_one_winner(url: String) {
+    let db = connect(&url).await;
+    // Two writers, both starting from nothing stored.
+    let race = |previous: Option<u64>, version: u64| {
+        let db = db.clone();
+        async move {
+            let barrier = Arc::new(Barrier::new(2));
+            let mut handles = Vec::new();
+            for who in ["one", "two"] {
+                let (db, barrier) = (db.clone(), barrier.clone());
+                handles.push(tokio::spawn(async move {
+                    barrier.wait().await;
+                    let roles = [
+                        (previous, role("targets", version, who)),
+                        (previous, role("snapshot", version, who)),
+                    ];
+                    (
+                        who,
+                        db.replace_director_roles("VIN-R", &roles).await.unwrap(),
+                    )
+                }));
+            }
+            let mut winners = Vec::new();
+            for h in handles {
+                let (who, won) = h.await.unwrap();
+                if won {
+                    winners.push(who);
+                }
+            }
+            winners
+        }
+    };
+    for (previous, version) in [(None, 1), (Some(1), 2), (Some(2), 3)] {
+        let winners = race(previous, version).await;
+        assert_eq!(winners.len(), 1, "from {previous:?}: winners {winners:?}");
+        let who = winners[0];
+        // Both documents are the winner's: no mix of the two writers.
+        for name in ["targets", "snapshot"] {
+            assert_eq!(
+                db.director_role("VIN-R", name).await.unwrap(),
+                Some(role(name, version, who)),
+                "from {previous:?}"
+            );
+        }
+    }
+    assert_eq!(db.count("director_roles").await.unwrap(), 2);
+}
+
+async fn security_events_filter_and_limit(url: String) {
+    let db = connect(&url).await;
+    assert!(db.events(None, None, 100).await.unwrap().is_empty());
+    let events = [
+        (
+            "server",
+            "bad-signature",
+            Some("VIN-1"),
+            Some("IVI-1"),
+            Some("10.0.0.1:4000"),
+        ),
+        ("server", "replay", Some("VIN-1"), None, None),
+        ("vehicle", "rollback", Some("VIN-2"), Some("TBOX-1"), None),
+        ("server", "unauthorized", None, None, Some("10.0.0.9:5000")),
+        ("server", "replay", Some("VIN-2"), None, None),
+    ];
+    for (i, (source, rule, vin, ecu_id, remote)) in events.iter().enumerate() {
+        db.record_event(&NewEvent {
+            source,
+            rule,
+            vin: *vin,
+            ecu_id: *ecu_id,
+            remote: *remote,
+            detail: &format!("event {i}"),
+        })
+        .await
+        .unwrap();
+    }
+    let all = db.events(None, None, 100).await.unwrap();
+    assert_eq!(all.len(), 5);
+    // Newest first, with increasing IDs.
+    let details: Vec<&str> = all.iter().map(|e| e.detail.as_str()).collect();
+    assert_eq!(
+        details,
+        ["event 4", "event 3", "event 2", "event 1", "event 0"]
+    );
+    assert!(all.windows(2).all(|w| w[0].id > w[1].id));
+    let oldest = &all[4];
+    assert_eq!(oldest.source, "server");
+    assert_eq!(oldest.rule, "bad-signature");
+    assert_eq!(oldest.vin.as_deref(), Some("VIN-1"));
+    assert_eq!(oldest.ecu_id.as_deref(), Some("IVI-1"));
+    assert_eq!(oldest.remote.as_deref(), Some("10.0.0.1:4000"));
+    assert!(is_rfc3339(&oldest.at));
+    assert_eq!(all[1].vin, None);
+    assert_eq!(all[1].ecu_id, None);
+
+    let by_vin = db.events(Some("VIN-1"), None, 100).await.unwrap();
+    let d: Vec<&str> = by_vin.iter().map(|e| e.detail.as_str()).collect();
+    assert_eq!(d, ["event 1", "event 0"]);
+    let by_rule = db.events(None, Some("replay"), 100).await.unwrap();
+    let d: Vec<&str> = by_rule.iter().map(|e| e.detail.as_str()).collect();
+    assert_eq!(d, ["event 4", "event 1"]);
+    let both = db.events(Some("VIN-2"), Some("replay"), 100).await.unwrap();
+    let d: Vec<&str> = both.iter().map(|e| e.detail.as_str()).collect();
+    assert_eq!(d, ["event 4"]);
+    assert!(db
+        .events(Some("VIN-3"), None, 100)
+        .await
+        .unwrap()
+        .is_empty());
+
+    // The limit keeps the newest; 0 is clamped to 1.
+    let two = db.events(None, None, 2).await.unwrap();
+    let d: Vec<&str> = two.iter().map(|e| e.detail.as_str()).collect();
+    assert_eq!(d, ["event 4", "event 3"]);
+    assert_eq!(db.events(None, None, 0).await.unwrap().len(), 1);
+    assert_eq!(db.count("security_events").await.unwrap(), 5);
+}
+
+async fn image_keys_store_replace_read(url: String) {
+    let db = connect(&url).await;
+    assert_eq!(db.image_key("ivi/app.bin").await.unwrap(), None);
+    let first = ImageKey {
+        target: "ivi/app.bin".into(),
+        content_key: "11".repeat(32),
+        ciphertext_path: format!("ivi/{}.app.bin.enc", "a".repeat(64)),
+        ciphertext_length: 4242,
+        ciphertext_hashes: json!({ "sha256": "a".repeat(64) }).to_string(),
+    };
+    db.store_image_key(&first).await.unwrap();
+    let other = ImageKey {
+        target: "tbox/fw.bin".into(),
+        content_key: "22".repeat(32),
+        ciphertext_path: "tbox/x.fw.bin.enc".into(),
+        ciphertext_length: 1,
+        ciphertext_hashes: "{}".into(),
+    };
+    db.store_image_key(&other).await.unwrap();
+    assert_eq!(
+        db.image_key("ivi/app.bin").await.unwrap(),
+        Some(first.clone())
+    );
+
+    // Publishing again replaces the key of that target only.
+    let second = ImageKey {
+        content_key: "33".repeat(32),
+        ciphertext_path: format!("ivi/{}.app.bin.enc", "b".repeat(64)),
+        ciphertext_length: 4343,
+        ciphertext_hashes: json!({ "sha256": "b".repeat(64) }).to_string(),
+        ..first.clone()
+    };
+    db.store_image_key(&second).await.unwrap();
+    assert_eq!(db.image_key("ivi/app.bin").await.unwrap(), Some(second));
+    assert_eq!(db.image_key("tbox/fw.bin").await.unwrap(), Some(other));
+    assert_eq!(db.count("image_keys").await.unwrap(), 2);
+}
+
+async fn expire_director_roles_marks_every_document(url: String) {
+    let db = connect(&url).await;
+    assert_eq!(db.expire_director_roles().await.unwrap(), 0);
+    let mut stored = Vec::new();
+    for (vin, names) in [
+        ("VIN-X", &["targets", "snapshot", "timestamp"][..]),
+        ("VIN-Y", &["targets", "snapshot"][..]),
+    ] {
+        let roles: Vec<(Option<u64>, StoredRole)> =
+            names.iter().map(|n| (None, role(n, 4, vin))).collect();
+        assert!(db.replace_director_roles(vin, &roles).await.unwrap());
+        for (_, r) in roles {
+            stored.push((vin, r));
+        }
+    }
+    assert_eq!(db.expire_director_roles().await.unwrap(), 5);
+    for (vin, original) in stored {
+        let now = db
+            .director_role(vin, &original.role)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(now.expires_at, "1970-01-01T00:00:00Z");
+        // Only the expiry changes: the next request re-signs from this version.
+        assert_eq!(
+            StoredRole {
+                expires_at: original.expires_at.clone(),
+                ..now
+            },
+            original
+        );
+    }
+}
+
+async fn count_only_knows_our_tables(url: String) {
+    let db = connect(&url).await;
+    for table in ["vehicles", "security_events", "image_keys"] {
+        assert_eq!(db.count(table).await.unwrap(), 0);
+    }
+    for table in [
+        "_sqlx_migrations",
+        "pg_class",
+        "vehicles; DROP TABLE vehicles",
+    ] {
+        assert!(
+            matches!(db.count(table).await, Err(Error::Config(_))),
+            "{table}"
+        );
+    }
+    assert_eq!(db.count("vehicles").await.unwrap(), 0);
+}
+
+#[test]
+fn test_database_url_replaces_only_the_name() {
+    use common::with_database_name;
+    assert_eq!(
+        with_database_name("postgres://postgres@127.0.0.1:5432/postgres", "x"),
+        "postgres://postgres@127.0.0.1:5432/x"
+    );
+    assert_eq!(
+        with_database_name("postgres://u:p@h/db?sslmode=disable", "x"),
+        "postgres://u:p@h/x?sslmode=disable"
+    );
+    assert_eq!(
+        with_database_name("postgres://h:5432", "x"),
+        "postgres://h:5432/x"
+    );
+}
