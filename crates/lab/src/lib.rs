@@ -595,6 +595,36 @@ impl Lab {
         Ok(serde_json::from_value(self.admin_get(&path).await?)?)
     }
 
+    /// Restarts the server on the same address (it loads its online keys at start, so this
+    /// is how a rotation of online keys takes effect).
+    pub async fn restart_server(&mut self) -> anyhow::Result<()> {
+        let addr = self
+            .server
+            .as_ref()
+            .map(|s| s.addr.to_string())
+            .context("server not running")?;
+        if let Some(s) = self.server.take() {
+            s.stop().await?;
+        }
+        let mut opts = ServeOptions::new(self.layout.clone());
+        opts.listen = Some(addr);
+        opts.refresh_every = Duration::from_secs(30);
+        let mut last = None;
+        for _ in 0..50 {
+            match serve::start(opts.clone()).await {
+                Ok(s) => {
+                    self.server = Some(s);
+                    return Ok(());
+                }
+                Err(e) => {
+                    last = Some(e);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+        Err(anyhow::anyhow!("restarting the server: {last:?}"))
+    }
+
     /// Stops every process and the server.
     pub async fn stop(mut self) -> anyhow::Result<()> {
         for v in &mut self.vehicles {

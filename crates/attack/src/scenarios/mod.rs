@@ -7,6 +7,21 @@ use futures_util::future::BoxFuture;
 use crate::{Findings, Harness, Info, Scenario};
 
 mod arbitrary_software;
+mod compromised_secondary;
+mod director_key_compromise;
+mod drop_request;
+mod eavesdrop;
+mod endless_data;
+mod freeze;
+mod image_online_keys_compromise;
+mod in_vehicle_tamper;
+mod mix_and_match;
+mod partial_bundle;
+mod replayed_manifest;
+mod request_flood;
+mod rollback;
+mod root_rotation;
+mod slow_retrieval;
 
 /// Wraps an async scenario function.
 macro_rules! scenario {
@@ -21,11 +36,36 @@ macro_rules! scenario {
 
 /// Every scenario, in the order `--all` runs them.
 pub fn all() -> Vec<Scenario> {
-    vec![scenario!(
-        arbitrary_software::INFO,
-        false,
-        arbitrary_software::run
-    )]
+    vec![
+        scenario!(eavesdrop::INFO, false, eavesdrop::run),
+        scenario!(drop_request::INFO, false, drop_request::run),
+        scenario!(slow_retrieval::INFO, false, slow_retrieval::run),
+        scenario!(freeze::INFO, false, freeze::run),
+        scenario!(partial_bundle::INFO, false, partial_bundle::run),
+        scenario!(rollback::INFO, false, rollback::run),
+        scenario!(endless_data::INFO, false, endless_data::run),
+        scenario!(mix_and_match::INFO, false, mix_and_match::run),
+        scenario!(arbitrary_software::INFO, false, arbitrary_software::run),
+        scenario!(
+            director_key_compromise::INFO,
+            false,
+            director_key_compromise::run
+        ),
+        scenario!(
+            image_online_keys_compromise::INFO,
+            false,
+            image_online_keys_compromise::run
+        ),
+        scenario!(root_rotation::INFO, false, root_rotation::run),
+        scenario!(
+            compromised_secondary::INFO,
+            false,
+            compromised_secondary::run
+        ),
+        scenario!(replayed_manifest::INFO, false, replayed_manifest::run),
+        scenario!(in_vehicle_tamper::INFO, false, in_vehicle_tamper::run),
+        scenario!(request_flood::INFO, true, request_flood::run),
+    ]
 }
 
 /// The scenario called `name`.

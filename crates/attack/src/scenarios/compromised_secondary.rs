@@ -1,0 +1,19 @@
+//! compromised secondary (forged ECU version report) (placeholder: being written).
+
+use crate::{Findings, Harness, Info};
+
+/// Description.
+pub const INFO: Info = Info {
+    name: "compromised-secondary",
+    attack: "compromised secondary (forged ECU version report)",
+    attacker: "(to be written)",
+    control: "(to be written)",
+    expected: "(to be written)",
+};
+
+/// Runs it.
+pub async fn run(_h: Harness) -> anyhow::Result<Findings> {
+    let mut f = Findings::default();
+    f.check("scenario written", false, "not yet implemented");
+    Ok(f)
+}

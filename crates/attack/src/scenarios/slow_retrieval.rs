@@ -1,0 +1,19 @@
+//! slow retrieval (placeholder: being written).
+
+use crate::{Findings, Harness, Info};
+
+/// Description.
+pub const INFO: Info = Info {
+    name: "slow-retrieval",
+    attack: "slow retrieval",
+    attacker: "(to be written)",
+    control: "(to be written)",
+    expected: "(to be written)",
+};
+
+/// Runs it.
+pub async fn run(_h: Harness) -> anyhow::Result<Findings> {
+    let mut f = Findings::default();
+    f.check("scenario written", false, "not yet implemented");
+    Ok(f)
+}
