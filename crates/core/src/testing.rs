@@ -264,9 +264,7 @@ impl TestRepo {
             snap.clone(),
         );
         self.metadata.insert("snapshot.json".into(), snap.clone());
-        let mut snapshot_meta = MetaFile::version_only(self.snapshot.version);
-        snapshot_meta.length = Some(snap.len() as u64);
-        snapshot_meta.hashes = Some(compute_hashes(&snap));
+        let snapshot_meta = MetaFile::pinning(self.snapshot.version, &snap);
         self.timestamp.version += 1;
         self.timestamp.meta = BTreeMap::from([("snapshot.json".to_owned(), snapshot_meta)]);
         self.publish_timestamp();

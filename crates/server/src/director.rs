@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, Duration, Utc};
 use rampart_core::canonical::to_canonical_from;
 use rampart_core::encryption::{wrap_key, ContentKey};
-use rampart_core::hash::{compute_hashes, sha256, Hashes};
+use rampart_core::hash::{sha256, Hashes};
 use rampart_core::key::Key;
 use rampart_core::metadata::{
     sign_role, Expiry, MetaFile, Snapshot, TargetFile, Targets, Timestamp, SPEC_VERSION,
@@ -388,9 +388,7 @@ impl Director {
         targets: &StoredRole,
         now: DateTime<Utc>,
     ) -> Result<StoredRole> {
-        let mut meta = MetaFile::version_only(targets.version);
-        meta.length = Some(targets.document.len() as u64);
-        meta.hashes = Some(compute_hashes(targets.document.as_bytes()));
+        let meta = MetaFile::pinning(targets.version, targets.document.as_bytes());
         let expires = now + self.lifetimes.targets;
         let doc = Snapshot {
             type_: "snapshot".into(),
@@ -416,9 +414,7 @@ impl Director {
         snapshot: &StoredRole,
         now: DateTime<Utc>,
     ) -> Result<StoredRole> {
-        let mut meta = MetaFile::version_only(snapshot.version);
-        meta.length = Some(snapshot.document.len() as u64);
-        meta.hashes = Some(compute_hashes(snapshot.document.as_bytes()));
+        let meta = MetaFile::pinning(snapshot.version, snapshot.document.as_bytes());
         let expires = now + self.lifetimes.timestamp;
         let doc = Timestamp {
             type_: "timestamp".into(),

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Duration, Utc};
 use rampart_core::client::{metadata_file_name, safe_file_name};
-use rampart_core::hash::{compute_hashes, Hashes};
+use rampart_core::hash::Hashes;
 use rampart_core::key::{Key, KeyId};
 use rampart_core::metadata::{
     sign_role, DelegatedRole, Delegations, Envelope, Expiry, MetaFile, RoleKeys, Root, Snapshot,
@@ -369,10 +369,7 @@ impl Repository {
     ) -> Result<()> {
         let mut meta = BTreeMap::new();
         for (role, (version, bytes)) in roles {
-            let mut m = MetaFile::version_only(*version);
-            m.length = Some(bytes.len() as u64);
-            m.hashes = Some(compute_hashes(bytes));
-            meta.insert(format!("{role}.json"), m);
+            meta.insert(format!("{role}.json"), MetaFile::pinning(*version, bytes));
         }
         let snapshot = Snapshot {
             type_: "snapshot".into(),
@@ -406,9 +403,7 @@ impl Repository {
         online: &OnlineKeys,
         now: DateTime<Utc>,
     ) -> Result<()> {
-        let mut snapshot_meta = MetaFile::version_only(snapshot_version);
-        snapshot_meta.length = Some(snapshot_bytes.len() as u64);
-        snapshot_meta.hashes = Some(compute_hashes(snapshot_bytes));
+        let snapshot_meta = MetaFile::pinning(snapshot_version, snapshot_bytes);
         let timestamp = Timestamp {
             type_: "timestamp".into(),
             spec_version: SPEC_VERSION.into(),

@@ -73,6 +73,17 @@ impl MetaFile {
         }
     }
 
+    /// A `METAFILES` entry pinning a document: its version, exact length and hashes (sha256,
+    /// sha512), so a client bounds the download and refuses any other bytes.
+    pub fn pinning(version: u64, document: &[u8]) -> Self {
+        MetaFile {
+            version,
+            length: Some(document.len() as u64),
+            hashes: Some(crate::hash::compute_hashes(document)),
+            unrecognized: BTreeMap::new(),
+        }
+    }
+
     fn validate(&self, what: &str) -> Result<()> {
         if self.version == 0 {
             return Err(Error::malformed(what, "meta version must be at least 1"));
