@@ -189,6 +189,10 @@ pub struct RotateArgs {
     /// Repository: image or director.
     #[arg(long, default_value = "image")]
     repository: String,
+    /// Create the new key here instead of a key file next to the old one: a file path or a
+    /// PKCS#11 key source (`pkcs11:module=…;token=…;key=…;pin-env=…`; online keys only).
+    #[arg(long)]
+    to: Option<String>,
 }
 
 fn scheme(name: &str) -> anyhow::Result<KeyScheme> {
@@ -417,12 +421,21 @@ pub fn rotate(args: RotateArgs) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let out = rt.block_on(ops::rotate(
-        &args.data.layout(),
-        which,
-        &args.role,
-        chrono::Utc::now(),
-    ))?;
+    let out = match &args.to {
+        Some(to) => rt.block_on(ops::rotate_into(
+            &args.data.layout(),
+            which,
+            &args.role,
+            to,
+            chrono::Utc::now(),
+        ))?,
+        None => rt.block_on(ops::rotate(
+            &args.data.layout(),
+            which,
+            &args.role,
+            chrono::Utc::now(),
+        ))?,
+    };
     println!(
         "rotated {} {} key(s); root is now version {}",
         args.repository, args.role, out.root_version

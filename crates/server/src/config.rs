@@ -71,6 +71,26 @@ pub struct OnlineKeyConfig {
     pub director_timestamp: String,
 }
 
+impl OnlineKeyConfig {
+    /// Points the online key of `repository` (`image`, `director`) `role` at `source`.
+    pub fn set(&mut self, repository: &str, role: &str, source: &str) -> Result<()> {
+        let slot = match (repository, role) {
+            ("image", "snapshot") => &mut self.image_snapshot,
+            ("image", "timestamp") => &mut self.image_timestamp,
+            ("director", "targets") => &mut self.director_targets,
+            ("director", "snapshot") => &mut self.director_snapshot,
+            ("director", "timestamp") => &mut self.director_timestamp,
+            _ => {
+                return Err(Error::Config(format!(
+                    "{repository} {role} is not an online key"
+                )))
+            }
+        };
+        *slot = source.to_owned();
+        Ok(())
+    }
+}
+
 /// Request limits.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LimitsConfig {

@@ -298,7 +298,30 @@ pub async fn rotate(
     role: &str,
     now: DateTime<Utc>,
 ) -> Result<RotateOutcome> {
-    let config = Config::load(layout)?;
+    rotate_with(layout, which, role, None, now).await
+}
+
+/// Like [`rotate`], with the new key of an online role created where `source` says: a
+/// `pkcs11:…` key source (the key is generated on the token, never leaves it, and the
+/// configuration is switched to it) or a file path.
+pub async fn rotate_into(
+    layout: &Layout,
+    which: Which,
+    role: &str,
+    source: &str,
+    now: DateTime<Utc>,
+) -> Result<RotateOutcome> {
+    rotate_with(layout, which, role, Some(source), now).await
+}
+
+async fn rotate_with(
+    layout: &Layout,
+    which: Which,
+    role: &str,
+    into: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<RotateOutcome> {
+    let mut config = Config::load(layout)?;
     let offline = config.offline_keys_dir(layout);
     let online_dir = layout.online_keys();
     let prefix = match which {
@@ -344,12 +367,42 @@ pub async fn rotate(
         } else {
             &online_dir
         };
-        let path = dir.join(format!("{prefix}-{role}.pem"));
-        retire(&path, now)?;
-        let s = generate_key_file(&path, scheme)?;
-        ids.push(s.key_id());
-        new_root.keys.insert(s.key_id(), s.public_key().clone());
-        new_files.push(path);
+        let online = !(role == "targets" && which == Which::Image);
+        match into {
+            Some(spec) if spec.starts_with("pkcs11:") => {
+                if !online {
+                    return Err(Error::BadRequest(format!(
+                        "the {prefix} {role} key is offline; only online keys move to an HSM here"
+                    )));
+                }
+                let hsm = crate::keys::pkcs11::Pkcs11Config::parse(spec)
+                    .map_err(|e| Error::Config(format!("key source {spec:?}: {e}")))?;
+                let s = crate::keys::pkcs11::Pkcs11Signer::generate(&hsm, scheme)
+                    .map_err(|e| Error::Config(e.to_string()))?;
+                ids.push(s.key_id());
+                new_root.keys.insert(s.key_id(), s.public_key().clone());
+                config.online_keys.set(prefix, role, spec)?;
+                new_files.push(PathBuf::from(spec));
+            }
+            _ => {
+                let path = match into {
+                    Some(p) => PathBuf::from(p),
+                    None => dir.join(format!("{prefix}-{role}.pem")),
+                };
+                retire(&path, now)?;
+                let s = generate_key_file(&path, scheme)?;
+                ids.push(s.key_id());
+                new_root.keys.insert(s.key_id(), s.public_key().clone());
+                if online {
+                    // Stored relative to the data directory, as the ceremony writes it.
+                    let rel = path.strip_prefix(layout.root()).unwrap_or(&path);
+                    config
+                        .online_keys
+                        .set(prefix, role, &rel.display().to_string())?;
+                }
+                new_files.push(path);
+            }
+        }
     }
     new_root.roles.insert(
         role.to_owned(),
@@ -363,6 +416,7 @@ pub async fn rotate(
     let mut signers: Vec<&dyn Signer> = old_root_signers.iter().map(|s| s.as_ref()).collect();
     signers.extend(new_root_signers.iter().map(|s| s.as_ref()));
     repo.write_root(&new_root, &sign_root(&new_root, &signers)?)?;
+    config.save(layout)?;
 
     match which {
         Which::Image => {

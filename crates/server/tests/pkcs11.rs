@@ -371,3 +371,68 @@ fn one_signer_signs_from_many_threads() {
         h.join().unwrap();
     }
 }
+
+#[test]
+fn an_online_key_rotated_into_the_hsm_signs_what_the_server_serves() {
+    use rampart_server::ceremony::{self, CeremonyOptions};
+    use rampart_server::layout::Layout;
+    use rampart_server::ops::{self, Which};
+    use rampart_server::serve::{self, ServeOptions};
+
+    let hsm = softhsm();
+    let data = tempfile::tempdir().unwrap();
+    let layout = Layout::new(data.path());
+    let options = CeremonyOptions {
+        listen: "127.0.0.1:0".into(),
+        tls: false,
+        ..CeremonyOptions::default()
+    };
+    ceremony::init(&layout, &options, Utc::now()).unwrap();
+    let label = format!("server-timestamp-{}", std::process::id());
+    let spec = format!(
+        "pkcs11:module={};token={TOKEN};key={label};pin={PIN}",
+        hsm.module.display()
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let out = ops::rotate_into(&layout, Which::Image, "timestamp", &spec, Utc::now())
+            .await
+            .unwrap();
+        assert_eq!(out.root_version, 2);
+        let config = rampart_server::config::Config::load(&layout).unwrap();
+        assert_eq!(config.online_keys.image_timestamp, spec);
+
+        // The server loads the HSM key from its configuration and serves what it signed.
+        let mut opts = ServeOptions::new(layout.clone());
+        opts.danger_plain_http = true;
+        let server = serve::start(opts).await.unwrap();
+        let body = reqwest::get(format!("{}image/metadata/timestamp.json", server.url()))
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        let hsm_key = Pkcs11Signer::open(&config_for(&hsm.module, &label)).unwrap();
+        let env = Envelope::parse(&body, "timestamp").unwrap();
+        assert_eq!(env.signatures.len(), 1);
+        assert_eq!(env.signatures[0].keyid, hsm_key.key_id());
+
+        // A client that trusts root v1 follows the rotation and accepts the HSM's timestamp.
+        let root1 = std::fs::read(layout.image_metadata().join("1.root.json")).unwrap();
+        let root2 = std::fs::read(layout.image_metadata().join("2.root.json")).unwrap();
+        let mut trusted =
+            rampart_core::trusted::TrustedSet::new("image", &root1, Utc::now()).unwrap();
+        trusted.update_root(&root2).unwrap();
+        trusted.update_timestamp(&body).unwrap();
+        server.stop().await.unwrap();
+    });
+}
+
+fn config_for(module: &Path, label: &str) -> Pkcs11Config {
+    Pkcs11Config {
+        module: module.to_path_buf(),
+        token_label: TOKEN.into(),
+        pin: PIN.into(),
+        key_label: label.into(),
+    }
+}
