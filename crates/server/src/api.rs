@@ -71,7 +71,8 @@ pub struct Metrics {
 struct Bucket {
     tokens: f64,
     last: Instant,
-    reported: bool,
+    /// When this client's flooding was last recorded (one event per minute per client).
+    reported: Option<Instant>,
 }
 
 /// A keyed token-bucket rate limiter. Its memory is bounded: idle buckets are dropped when
@@ -94,7 +95,8 @@ impl RateLimiter {
         }
     }
 
-    /// Takes one token for `key`: `Ok(())`, or `Err((retry_after, first_refusal))`.
+    /// Takes one token for `key`: `Ok(())`, or `Err((retry_after, report))` where `report` is
+    /// true at most once a minute per client (a flood is one event, not thousands).
     pub fn check(&self, key: &str) -> std::result::Result<(), (Duration, bool)> {
         let now = Instant::now();
         let Ok(mut buckets) = self.buckets.lock() else {
@@ -107,18 +109,21 @@ impl RateLimiter {
         let bucket = buckets.entry(key.to_owned()).or_insert(Bucket {
             tokens: self.burst,
             last: now,
-            reported: false,
+            reported: None,
         });
         let elapsed = now.duration_since(bucket.last).as_secs_f64();
         bucket.tokens = (bucket.tokens + elapsed * self.rate).min(self.burst);
         bucket.last = now;
         if bucket.tokens >= 1.0 {
             bucket.tokens -= 1.0;
-            bucket.reported = false;
             Ok(())
         } else {
-            let first = !bucket.reported;
-            bucket.reported = true;
+            let first = bucket
+                .reported
+                .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(60));
+            if first {
+                bucket.reported = Some(now);
+            }
             Err((
                 Duration::from_secs_f64((1.0 - bucket.tokens) / self.rate),
                 first,

@@ -277,11 +277,14 @@ pub struct RotateOutcome {
 
 fn retire(path: &Path, now: DateTime<Utc>) -> Result<()> {
     if path.exists() {
-        let retired = PathBuf::from(format!(
-            "{}.retired-{}",
-            path.display(),
-            now.format("%Y%m%dT%H%M%S")
-        ));
+        // Never overwrite an earlier retired key (two rotations within a second).
+        let stamp = now.format("%Y%m%dT%H%M%S");
+        let mut retired = PathBuf::from(format!("{}.retired-{stamp}", path.display()));
+        let mut n = 1;
+        while retired.exists() {
+            n += 1;
+            retired = PathBuf::from(format!("{}.retired-{stamp}-{n}", path.display()));
+        }
         std::fs::rename(path, &retired).map_err(|e| Error::io(path, e))?;
     }
     Ok(())

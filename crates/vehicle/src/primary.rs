@@ -334,11 +334,17 @@ impl Primary {
                     let nonce_ok = doc.pointer("/signed/nonce").and_then(Value::as_str)
                         == Some(nonce.as_str());
                     if !nonce_ok {
+                        // A report recorded earlier (or for someone else) is not this
+                        // cycle's: drop it rather than let a stale state reach the director.
                         self.note(
                             report,
                             "stale-report",
-                            &format!("ECU {} answered with another nonce", ecu.ecu_id),
+                            &format!(
+                                "ECU {} answered with another nonce; report dropped",
+                                ecu.ecu_id
+                            ),
                         );
+                        continue;
                     }
                     if let Ok(img) = serde_json::from_value::<InstalledImage>(
                         doc.pointer("/signed/installed_image")
@@ -362,9 +368,12 @@ impl Primary {
 
     /// Signs and sends the vehicle manifest.
     pub async fn send_manifest(&mut self, reports: BTreeMap<String, Value>) -> Result<Value> {
+        // The counter is persisted before the manifest leaves; the attack indicators are only
+        // forgotten once the director has them (an attacker who drops the manifest that
+        // reports it must not make the report disappear).
         self.state.manifest_counter += 1;
-        let attacks = std::mem::take(&mut self.state.attacks).join("\n");
         self.save()?;
+        let attacks = self.state.attacks.join("\n");
         let manifest = VehicleManifest {
             type_: VEHICLE_MANIFEST_TYPE.into(),
             vin: self.config.vin.clone(),
@@ -398,6 +407,8 @@ impl Primary {
                     .to_owned(),
             });
         }
+        self.state.attacks.clear();
+        self.save()?;
         Ok(value)
     }
 
@@ -535,7 +546,17 @@ impl Primary {
     pub async fn cycle(&mut self, consent_mode: &ConsentMode) -> Result<CycleReport> {
         let mut report = CycleReport::default();
         let (docs, installed) = self.collect_reports(&mut report).await;
-        let answer = self.send_manifest(docs).await?;
+        let answer = match self.send_manifest(docs).await {
+            Ok(a) => a,
+            Err(e) => {
+                self.note(
+                    &mut report,
+                    &e.rule(),
+                    &format!("manifest not accepted: {e}"),
+                );
+                return Err(e);
+            }
+        };
         tracing::info!(director_targets_version = %answer.get("director_targets_version").cloned().unwrap_or_default(), "manifest accepted");
         let v = match self.verify(installed).await {
             Ok(v) => v,
@@ -633,8 +654,33 @@ impl Primary {
         for path in &downloaded {
             let _ = std::fs::remove_file(path);
         }
-        // Report the new state right away so the director sees what installed.
-        let (docs, _) = self.collect_reports(&mut CycleReport::default()).await;
+        // Report the new state right away so the director sees what installed, and believe
+        // an ECU's "installed" only if its fresh signed report says so.
+        let (docs, running) = self.collect_reports(&mut CycleReport::default()).await;
+        let mut unconfirmed = Vec::new();
+        for (i, o) in report.updates.iter().enumerate() {
+            if o.status == UpdateStatus::Installed
+                && running.get(&o.ecu_id).map(|img| img.filename.as_str())
+                    != Some(o.target.as_str())
+            {
+                let seen = running
+                    .get(&o.ecu_id)
+                    .map_or("no report".to_owned(), |img| img.filename.clone());
+                unconfirmed.push((
+                    i,
+                    format!(
+                        "ECU {} said installed, but its signed report shows {seen}",
+                        o.ecu_id
+                    ),
+                ));
+            }
+        }
+        for (i, why) in unconfirmed {
+            self.note(&mut report, "unconfirmed-install", &why);
+            if let Some(o) = report.updates.get_mut(i) {
+                o.status = UpdateStatus::Failed("unconfirmed-install".into(), why);
+            }
+        }
         if let Err(e) = self.send_manifest(docs).await {
             self.note(&mut report, &e.rule(), &format!("final manifest: {e}"));
         }

@@ -1,19 +1,200 @@
-//! mix-and-match (placeholder: being written).
+//! Mix-and-match: the attacker combines metadata of different versions — each document
+//! genuinely signed, recorded from earlier cycles — so that the vehicle would act on a set
+//! no repository ever published together: the current image timestamp with an older
+//! snapshot, the current snapshot with an older targets, the director's current timestamp and
+//! snapshot with its older targets.
 
+use std::sync::Arc;
+
+use rampart_lab::image_bytes;
+use serde_json::Value;
+
+use super::rollback::{
+    check_runs, check_unchanged, evidence_forged, fetched, finish, genuine_cycle, release,
+    version_of,
+};
+use crate::proxy::{Action, Rule};
 use crate::{Findings, Harness, Info};
 
 /// Description.
 pub const INFO: Info = Info {
     name: "mix-and-match",
     attack: "mix-and-match",
-    attacker: "(to be written)",
-    control: "(to be written)",
-    expected: "(to be written)",
+    attacker: "man in the middle between vehicle and server that recorded earlier, validly signed metadata of both repositories and serves it mixed with current metadata (no signing keys)",
+    control: "each document pins the next: timestamp signs the length and hashes of snapshot, snapshot those of every targets role (image repository and director alike); the vehicle checks them before it parses a document, so only a set published together is ever accepted",
+    expected: "defeated: older snapshot under the current timestamp, older targets under the current snapshot (image repository) and older director targets under the director's current snapshot all refused against the length and hashes the newer document signed (hash-mismatch, length-mismatch, or endless-data when the older document is longer and the download is cut at the signed length); nothing installed, no trusted version goes down; the vehicle reports it, the server records it; the complete current set installs once the attacker leaves",
 };
 
+/// The snapshot and top-level targets versions the image repository serves now.
+fn current_image_versions(h: &Harness) -> anyhow::Result<(u64, u64)> {
+    let state = rampart_server::ops::image_repo(&h.lab.layout).state()?;
+    let targets = state
+        .roles
+        .get("targets")
+        .map(|t| t.version)
+        .ok_or_else(|| anyhow::anyhow!("image repository has no targets role"))?;
+    Ok((state.snapshot.version, targets))
+}
+
 /// Runs it.
-pub async fn run(_h: Harness) -> anyhow::Result<Findings> {
+pub async fn run(h: Harness) -> anyhow::Result<Findings> {
     let mut f = Findings::default();
-    f.check("scenario written", false, "not yet implemented");
+    let mut missing = Vec::new();
+    let vin = h.vin();
+    let (tbox, ivi, bcm) = (h.ecu_id(0), h.ecu_id(1), h.ecu_id(2));
+    let director_meta = format!("/director/{vin}/metadata/");
+    // Which rule fires depends on the bytes: a shorter or equally long document fails its
+    // signed length or hashes, a longer one is cut off at the signed length (endless-data).
+    let mismatch = ["length-mismatch", "hash-mismatch", "endless-data"];
+
+    // 0. A genuine release of two ECUs passes the attacker, who records the image snapshot
+    //    and targets and the director targets the vehicle fetches.
+    h.lab
+        .publish_bytes(
+            "ivi/app-2.0.bin",
+            "ivi-x",
+            "2.0",
+            &image_bytes("ivi/app-2.0.bin", 110_000),
+            true,
+        )
+        .await?;
+    h.lab.assign_all("ivi/app-2.0.bin", "ivi-x", true).await?;
+    release(&h, "tbox/fw-2.0.bin", "tbox-a", "2.0").await?;
+    genuine_cycle(&h, "release 2.0").await?;
+    let recorded = |prefix: &str, suffix: &str, what: &str| {
+        fetched(&h, prefix, suffix)
+            .map(|(_, b)| b)
+            .ok_or_else(|| anyhow::anyhow!("the vehicle fetched no {what}"))
+    };
+    let old_snapshot = recorded("/image/metadata/", ".snapshot.json", "image snapshot")?;
+    let old_targets = recorded("/image/metadata/", ".targets.json", "image targets")?;
+    let old_director_targets = recorded(&director_meta, ".targets.json", "director targets")?;
+
+    // The next release is in flight during the attacks.
+    release(&h, "tbox/fw-2.1.bin", "tbox-a", "2.1").await?;
+    let before = h.trust_state().await?;
+    let (snapshot_now, targets_now) = current_image_versions(&h)?;
+
+    // 1. The current timestamp (it names snapshot v{snapshot_now}) with an older snapshot.
+    h.proxy.clear_log();
+    let path = format!("/image/metadata/{snapshot_now}.snapshot.json");
+    h.proxy
+        .add(Rule::get(&path, Action::Replace(old_snapshot.clone())));
+    let run = h.cycle().await?;
+    let n = evidence_forged(
+        &mut f,
+        &h,
+        &path,
+        &format!(
+            "image snapshot v{} served under the current timestamp, which names snapshot v{snapshot_now}",
+            version_of(&old_snapshot)
+        ),
+    );
+    if n == 0 {
+        missing.push("the older image snapshot was never requested".to_owned());
+    }
+    h.check_refused(&mut f, &run);
+    h.check_noticed(&mut f, &run, &mismatch, "vehicle").await?;
+    let after = h.trust_state().await?;
+    h.check_state(&mut f, &after, &[]);
+    check_unchanged(&mut f, &before, &after);
+
+    // 2. The current timestamp and snapshot (naming targets v{targets_now}) with an older
+    //    targets.
+    h.proxy.clear();
+    h.proxy.clear_log();
+    let path = format!("/image/metadata/{targets_now}.targets.json");
+    h.proxy
+        .add(Rule::get(&path, Action::Replace(old_targets.clone())));
+    let run = h.cycle().await?;
+    let n = evidence_forged(
+        &mut f,
+        &h,
+        &path,
+        &format!(
+            "image targets v{} served under the current snapshot, which names targets v{targets_now}",
+            version_of(&old_targets)
+        ),
+    );
+    if n == 0 {
+        missing.push("the older image targets were never requested".to_owned());
+    }
+    h.check_refused(&mut f, &run);
+    h.check_noticed(&mut f, &run, &mismatch, "vehicle").await?;
+    let after = h.trust_state().await?;
+    h.check_state(&mut f, &after, &[]);
+    check_unchanged(&mut f, &before, &after);
+
+    // 3. The director's instructions change (the body controller joins the release); the
+    //    attacker serves the director's current timestamp and snapshot with its older targets,
+    //    which no longer carry the pending instructions.
+    h.proxy.clear();
+    h.proxy.clear_log();
+    release(&h, "bcm/fw-2.0.bin", "bcm-1", "2.0").await?;
+    let old = old_director_targets.clone();
+    h.proxy.add(Rule::get(
+        &director_meta,
+        Action::Mutate(Arc::new(move |body: &[u8]| {
+            let is_targets = serde_json::from_slice::<Value>(body)
+                .ok()
+                .and_then(|v| {
+                    v.pointer("/signed/_type")
+                        .and_then(Value::as_str)
+                        .map(|t| t == "targets")
+                })
+                .unwrap_or(false);
+            if is_targets {
+                old.clone()
+            } else {
+                body.to_vec()
+            }
+        })),
+    ));
+    let run = h.cycle().await?;
+    // Only targets answers were changed (timestamp and snapshot went through as they were).
+    let n = evidence_forged(
+        &mut f,
+        &h,
+        ".targets.json",
+        &format!(
+            "director targets v{} served under the director's current snapshot",
+            version_of(&old_director_targets)
+        ),
+    );
+    if n == 0 {
+        missing.push("the older director targets were never requested".to_owned());
+    }
+    h.check_refused(&mut f, &run);
+    h.check_noticed(&mut f, &run, &mismatch, "vehicle").await?;
+    let after = h.trust_state().await?;
+    h.check_state(&mut f, &after, &[]);
+    check_unchanged(&mut f, &before, &after);
+
+    // 4. The attacker leaves: the complete current set installs, and only that set.
+    h.check_recovers(&mut f).await?;
+    let after = h.trust_state().await?;
+    check_runs(
+        &mut f,
+        &after,
+        &tbox,
+        "tbox/fw-2.1.bin",
+        "the current T-BOX release installs once the attacker leaves",
+    );
+    check_runs(
+        &mut f,
+        &after,
+        &bcm,
+        "bcm/fw-2.0.bin",
+        "the current BCM release installs with it",
+    );
+    check_runs(
+        &mut f,
+        &after,
+        &ivi,
+        "ivi/app-2.0.bin",
+        "the IVI keeps its (current) release",
+    );
+    h.check_state(&mut f, &after, &[]);
+    finish(&mut f, &missing);
     Ok(f)
 }

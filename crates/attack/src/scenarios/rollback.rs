@@ -1,19 +1,461 @@
-//! rollback (placeholder: being written).
+//! Rollback: the attacker makes the vehicle go back — to older metadata it recorded earlier
+//! (validly signed, only no longer current), or to an older image that the OEM-signed image
+//! repository still lists and that an insider makes the director assign.
+//!
+//! Also home of small helpers the other metadata scenarios (mix-and-match, key compromises,
+//! root rotation) share: what the vehicle fetched through the proxy, what an ECU runs, and
+//! "the attack changed nothing" checks against the state just before it.
 
+use rampart_lab::image_bytes;
+use rampart_server::ops::PublishRequest;
+use serde_json::Value;
+
+use crate::harness::TrustState;
+use crate::proxy::{Action, Rule, Served};
 use crate::{Findings, Harness, Info};
 
 /// Description.
 pub const INFO: Info = Info {
     name: "rollback",
     attack: "rollback",
-    attacker: "(to be written)",
-    control: "(to be written)",
-    expected: "(to be written)",
+    attacker: "man in the middle between vehicle and server that recorded earlier, validly signed metadata of both repositories and replays it (no signing keys); an insider who makes the director assign an older release the OEM-signed image repository still lists",
+    control: "trusted metadata only moves forward: a timestamp older than the trusted one is refused (TUF 5.4), in both repositories; Uptane release counters: no ECU installs an image whose release counter is below the one it runs, checked by the primary for every ECU (the partial-verification BCM included) before anything is downloaded",
+    expected: "defeated: replayed image-repository and director timestamps refused (rollback), older images refused (release-counter-decreased); nothing installed, no trusted version goes down; the vehicle reports it, the server records it; the current release installs once the attacker leaves",
 };
 
+/// The first 12 hex digits of the SHA-256 of a body the proxy sent.
+pub(super) fn sha12(s: &Served) -> String {
+    s.sha256
+        .as_deref()
+        .and_then(|h| h.get(..12))
+        .unwrap_or("")
+        .to_owned()
+}
+
+/// The newest body the proxy forwarded (200, not forged) for a GET whose path starts with
+/// `prefix` and ends with `suffix`: what the vehicle really fetched, as the attacker saw it.
+pub(super) fn fetched(h: &Harness, prefix: &str, suffix: &str) -> Option<(String, Vec<u8>)> {
+    let path = h
+        .proxy
+        .log()
+        .into_iter()
+        .rev()
+        .find(|s| {
+            s.method == "GET"
+                && s.status == 200
+                && !s.forged()
+                && s.path.starts_with(prefix)
+                && s.path.ends_with(suffix)
+        })?
+        .path;
+    let body = h.proxy.captured(&path)?;
+    Some((path, body))
+}
+
+/// `signed.version` of a metadata document (0 if it has none).
+pub(super) fn version_of(bytes: &[u8]) -> u64 {
+    serde_json::from_slice::<Value>(bytes)
+        .ok()
+        .and_then(|v| v.pointer("/signed/version").and_then(Value::as_u64))
+        .unwrap_or(0)
+}
+
+/// The image `ecu` runs.
+pub(super) fn runs(state: &TrustState, ecu: &str) -> String {
+    state
+        .running
+        .get(ecu)
+        .map(|(img, counter)| format!("{img}#{counter}"))
+        .unwrap_or_else(|| "(nothing)".to_owned())
+}
+
+/// Checks that `ecu` runs `image`.
+pub(super) fn check_runs(f: &mut Findings, state: &TrustState, ecu: &str, image: &str, what: &str) {
+    let ok = state.running.get(ecu).map(|(i, _)| i.as_str()) == Some(image);
+    f.check(
+        what,
+        ok,
+        format!("{ecu} runs {} (expected {image})", runs(state, ecu)),
+    );
+}
+
+/// Checks the attack changed nothing against the state just before it: every ECU runs what
+/// it ran, and no trusted metadata version went down.
+pub(super) fn check_unchanged(f: &mut Findings, before: &TrustState, after: &TrustState) {
+    let moved: Vec<String> = before
+        .running
+        .iter()
+        .filter(|(ecu, img)| after.running.get(*ecu) != Some(*img))
+        .map(|(ecu, (img, c))| format!("{ecu}: {img}#{c} → {}", runs(after, ecu)))
+        .collect();
+    f.check(
+        "every ECU still runs what it ran before the attack",
+        moved.is_empty(),
+        if moved.is_empty() {
+            format!("{} ECUs unchanged", before.running.len())
+        } else {
+            moved.join("; ")
+        },
+    );
+    let back: Vec<String> = before
+        .versions
+        .iter()
+        .filter_map(|(k, v)| {
+            let now = after.versions.get(k)?;
+            (now < v).then(|| format!("{k}: {v} → {now}"))
+        })
+        .collect();
+    f.check(
+        "no trusted metadata version went below what it was before the attack",
+        back.is_empty(),
+        if back.is_empty() {
+            format!("{} trusted files checked", after.versions.len())
+        } else {
+            back.join("; ")
+        },
+    );
+}
+
+/// Records, as one line of evidence, every answer the attacker forged on a path containing
+/// `filter` (each one a request of the vehicle); returns how many there were.
+pub(super) fn evidence_forged(f: &mut Findings, h: &Harness, filter: &str, what: &str) -> usize {
+    let forged: Vec<String> = h
+        .proxy
+        .forged()
+        .into_iter()
+        .filter(|s| s.path.contains(filter))
+        .map(|s| {
+            format!(
+                "{} {} → {}, {} bytes, sha256 {}…",
+                s.method,
+                s.path,
+                s.action,
+                s.bytes,
+                sha12(&s)
+            )
+        })
+        .collect();
+    if !forged.is_empty() {
+        f.evidence(format!(
+            "{what} — the vehicle requested, the attacker answered: {}",
+            forged.join("; ")
+        ));
+    }
+    forged.len()
+}
+
+/// Marks the verdict inconclusive if some step of the attack never reached the vehicle.
+pub(super) fn finish(f: &mut Findings, missing: &[String]) {
+    if !missing.is_empty() {
+        f.reached = false;
+        f.evidence.push(format!(
+            "NOT REACHED (verdict cannot be `defeated`): {}",
+            missing.join("; ")
+        ));
+    }
+}
+
+/// Publishes a plain image and assigns it to every ECU of its hardware ID.
+pub(super) async fn release(
+    h: &Harness,
+    name: &str,
+    hardware_id: &str,
+    version: &str,
+) -> anyhow::Result<()> {
+    h.lab
+        .publish_bytes(
+            name,
+            hardware_id,
+            version,
+            &image_bytes(name, 90_000),
+            false,
+        )
+        .await?;
+    h.lab.assign_all(name, hardware_id, false).await?;
+    Ok(())
+}
+
+/// A cycle the attacker only watches; it must succeed (the lab is broken otherwise).
+pub(super) async fn genuine_cycle(h: &Harness, what: &str) -> anyhow::Result<()> {
+    let run = h.cycle().await?;
+    if !run.success {
+        anyhow::bail!(
+            "{what}: a cycle without attack failed:\n{}",
+            run.stderr
+                .lines()
+                .rev()
+                .take(5)
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
+    Ok(())
+}
+
 /// Runs it.
-pub async fn run(_h: Harness) -> anyhow::Result<Findings> {
+pub async fn run(h: Harness) -> anyhow::Result<Findings> {
     let mut f = Findings::default();
-    f.check("scenario written", false, "not yet implemented");
+    let mut missing = Vec::new();
+    let vin = h.vin();
+    let (tbox, bcm) = (h.ecu_id(0), h.ecu_id(2));
+    let director_meta = format!("/director/{vin}/metadata/");
+    let director_ts = format!("{director_meta}timestamp.json");
+    let image_ts = "/image/metadata/timestamp.json";
+
+    // 0. Two genuine releases pass the attacker, who records every document the vehicle
+    //    fetches. The vehicle ends up trusting newer metadata than the first recording.
+    release(&h, "tbox/fw-2.0.bin", "tbox-a", "2.0").await?;
+    genuine_cycle(&h, "release 2.0").await?;
+    let (_, old_image_ts) = fetched(&h, image_ts, "")
+        .ok_or_else(|| anyhow::anyhow!("the vehicle fetched no image timestamp"))?;
+    let (_, old_director_ts) = fetched(&h, &director_ts, "")
+        .ok_or_else(|| anyhow::anyhow!("the vehicle fetched no director timestamp"))?;
+    release(&h, "tbox/fw-2.1.bin", "tbox-a", "2.1").await?;
+    genuine_cycle(&h, "release 2.1").await?;
+    let before = h.trust_state().await?;
+    if before.running.get(&tbox).map(|(i, _)| i.as_str()) != Some("tbox/fw-2.1.bin") {
+        anyhow::bail!(
+            "release 2.1 did not install: {tbox} runs {}",
+            runs(&before, &tbox)
+        );
+    }
+
+    // The OEM's next release is in flight during the attacks.
+    release(&h, "tbox/fw-2.2.bin", "tbox-a", "2.2").await?;
+
+    // 1. Replay of the older image-repository timestamp.
+    let trusted = trusted_version(&h, "primary/image/timestamp").await?;
+    h.proxy.clear_log();
+    h.proxy
+        .add(Rule::get(image_ts, Action::Replace(old_image_ts.clone())));
+    let run = h.cycle().await?;
+    let n = evidence_forged(
+        &mut f,
+        &h,
+        image_ts,
+        &format!(
+            "image timestamp v{} replayed (validly signed, recorded two releases ago) while the vehicle trusts v{}",
+            version_of(&old_image_ts),
+            trusted
+        ),
+    );
+    if n == 0 {
+        missing.push("the replayed image timestamp was never requested".to_owned());
+    }
+    h.check_refused(&mut f, &run);
+    h.check_noticed(&mut f, &run, &["rollback"], "vehicle")
+        .await?;
+    let after = h.trust_state().await?;
+    h.check_state(&mut f, &after, &["tbox/fw-2.0.bin"]);
+    check_unchanged(&mut f, &before, &after);
+
+    // 2. Replay of the older director timestamp (it led to the instruction to install 2.0).
+    let trusted = trusted_version(&h, "primary/director/timestamp").await?;
+    h.proxy.clear();
+    h.proxy.clear_log();
+    h.proxy.add(Rule::get(
+        &director_ts,
+        Action::Replace(old_director_ts.clone()),
+    ));
+    let run = h.cycle().await?;
+    let n = evidence_forged(
+        &mut f,
+        &h,
+        &director_ts,
+        &format!(
+            "director timestamp v{} replayed (validly signed, recorded two releases ago) while the vehicle trusts v{}",
+            version_of(&old_director_ts),
+            trusted
+        ),
+    );
+    if n == 0 {
+        missing.push("the replayed director timestamp was never requested".to_owned());
+    }
+    h.check_refused(&mut f, &run);
+    h.check_noticed(&mut f, &run, &["rollback"], "vehicle")
+        .await?;
+    let after = h.trust_state().await?;
+    h.check_state(&mut f, &after, &["tbox/fw-2.0.bin"]);
+    check_unchanged(&mut f, &before, &after);
+
+    // 3. An older image: release 2.0 is still listed, genuinely signed, by the image
+    //    repository; the insider makes the director assign it again (release counter 2, the
+    //    T-BOX runs 3).
+    h.proxy.clear();
+    h.proxy.clear_log();
+    h.lab.assign_all("tbox/fw-2.0.bin", "tbox-a", false).await?;
+    let run = h.cycle().await?;
+    older_image_evidence(
+        &mut f,
+        &h,
+        &director_meta,
+        "tbox/fw-2.0.bin",
+        &tbox,
+        &mut missing,
+    );
+    h.check_refused(&mut f, &run);
+    h.check_noticed(&mut f, &run, &["release-counter-decreased"], "vehicle")
+        .await?;
+    let after = h.trust_state().await?;
+    h.check_state(&mut f, &after, &["tbox/fw-2.0.bin"]);
+    check_unchanged(&mut f, &before, &after);
+
+    // 4. An old body-controller build, signed by the OEM with release counter 0, published
+    //    late and assigned to the BCM (partial verification, runs counter 1); the T-BOX gets
+    //    2.2 again in the same instructions. The primary checks every ECU's counter before
+    //    anything is downloaded or handed to any ECU.
+    h.proxy.clear_log();
+    let bcm_before = partial_targets_version(&h, 2);
+    let dir = h.dir.join("old-build");
+    std::fs::create_dir_all(&dir)?;
+    let file = dir.join("fw-0.9.bin");
+    std::fs::write(&file, image_bytes("bcm/fw-0.9.bin", 60_000))?;
+    h.lab
+        .publish(&PublishRequest {
+            file,
+            name: Some("bcm/fw-0.9.bin".into()),
+            hardware_id: "bcm-1".into(),
+            version: Some("0.9".into()),
+            release_counter: Some(0),
+            role: "targets".into(),
+            keys: Vec::new(),
+            encrypt: false,
+            export_unsigned: None,
+        })
+        .await?;
+    h.lab.assign_all("tbox/fw-2.2.bin", "tbox-a", false).await?;
+    h.lab.assign_all("bcm/fw-0.9.bin", "bcm-1", false).await?;
+    let run = h.cycle().await?;
+    older_image_evidence(
+        &mut f,
+        &h,
+        &director_meta,
+        "bcm/fw-0.9.bin",
+        &bcm,
+        &mut missing,
+    );
+    h.check_refused(&mut f, &run);
+    h.check_noticed(&mut f, &run, &["release-counter-decreased"], "vehicle")
+        .await?;
+    let after = h.trust_state().await?;
+    h.check_state(&mut f, &after, &["tbox/fw-2.0.bin", "bcm/fw-0.9.bin"]);
+    check_unchanged(&mut f, &before, &after);
+    let bcm_after = partial_targets_version(&h, 2);
+    f.check(
+        "the BCM (partial verification) was never sent the instruction",
+        bcm_after == bcm_before,
+        format!(
+            "BCM's last accepted director targets version: {} before, {} after",
+            bcm_before.map_or("none".into(), |v| v.to_string()),
+            bcm_after.map_or("none".into(), |v| v.to_string())
+        ),
+    );
+
+    // 5. The attacker leaves and the operator restores the assignments: 2.2 installs.
+    h.lab.assign_all("bcm/fw-1.0.bin", "bcm-1", false).await?;
+    h.check_recovers(&mut f).await?;
+    let after = h.trust_state().await?;
+    check_genuine(
+        &mut f,
+        &h,
+        0,
+        "tbox/fw-2.2.bin",
+        "the current release (the OEM's bytes) installs once the attacker leaves",
+    );
+    h.check_state(&mut f, &after, &["tbox/fw-2.0.bin", "bcm/fw-0.9.bin"]);
+    finish(&mut f, &missing);
     Ok(f)
+}
+
+/// Evidence that the vehicle fetched director targets instructing `ecu` to install `target`.
+fn older_image_evidence(
+    f: &mut Findings,
+    h: &Harness,
+    director_meta: &str,
+    target: &str,
+    ecu: &str,
+    missing: &mut Vec<String>,
+) {
+    match fetched(h, director_meta, ".targets.json") {
+        Some((path, body)) if String::from_utf8_lossy(&body).contains(target) => {
+            f.evidence(format!(
+                "older image: the vehicle fetched director targets v{} ({path}) instructing {ecu} to install {target}",
+                version_of(&body)
+            ));
+        }
+        _ => missing.push(format!(
+            "the vehicle never fetched director targets naming {target}"
+        )),
+    }
+}
+
+/// The last director targets version a partial-verification ECU (number `i`) accepted.
+pub(super) fn partial_targets_version(h: &Harness, i: usize) -> Option<u64> {
+    let dir = h
+        .lab
+        .vehicles
+        .first()?
+        .ecus
+        .get(i)?
+        .dir
+        .join("state/ecu-state.json");
+    let v: Value = serde_json::from_slice(&std::fs::read(dir).ok()?).ok()?;
+    v.get("partial_targets_version").and_then(Value::as_u64)
+}
+
+/// The version of `key` (`who/repo/role`) the vehicle trusts now (0 if none).
+pub(super) async fn trusted_version(h: &Harness, key: &str) -> anyhow::Result<u64> {
+    Ok(h.trust_state()
+        .await?
+        .versions
+        .get(key)
+        .copied()
+        .unwrap_or(0))
+}
+
+/// The image ECU number `i` boots from its active slot: (file name, sha256), from its
+/// boot-control file.
+pub(super) fn active_image(h: &Harness, i: usize) -> (String, String) {
+    let active = h
+        .lab
+        .vehicles
+        .first()
+        .and_then(|v| v.ecus.get(i))
+        .and_then(|e| std::fs::read(e.dir.join("boot-control.json")).ok())
+        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+        .and_then(|bc| {
+            let slot = bc.get("active")?.as_str()?.to_owned();
+            bc.get(slot).cloned()
+        })
+        .unwrap_or(Value::Null);
+    let field = |p: &str| {
+        active
+            .pointer(p)
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned()
+    };
+    (field("/filename"), field("/hashes/sha256"))
+}
+
+/// The sha256 (hex) of the bytes [`release`] publishes as `name`.
+pub(super) fn genuine_sha256(name: &str) -> String {
+    hex::encode(rampart_core::hash::sha256(&image_bytes(name, 90_000)))
+}
+
+/// Checks that ECU number `i` runs `name` with exactly the bytes [`release`] published
+/// under that name (not an attacker's bytes under the same name).
+pub(super) fn check_genuine(f: &mut Findings, h: &Harness, i: usize, name: &str, what: &str) {
+    let ecu = h.ecu_id(i);
+    let (file, sha) = active_image(h, i);
+    let genuine = genuine_sha256(name);
+    f.check(
+        what,
+        file == name && sha == genuine,
+        format!(
+            "{ecu} runs {file} (sha256 {}…; the OEM's {name} is {}…)",
+            sha.get(..12).unwrap_or(&sha),
+            genuine.get(..12).unwrap_or("")
+        ),
+    );
 }

@@ -1,0 +1,85 @@
+//! Every attack-lab scenario is a test: `rampart attack --scenario NAME --json` against a real
+//! fleet on loopback must report `defeated` (the attack reached the vehicle and every check
+//! held). A scenario that cannot show the attack reached the system reports `inconclusive`
+//! and fails here too.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+use std::process::Command;
+
+fn run(name: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_rampart"))
+        .args(["attack", "--json", "--scenario", name, "--keep"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let outcome: serde_json::Value = stdout
+        .lines()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .unwrap_or_else(|| {
+            panic!(
+                "no JSON outcome for {name}:\n{stdout}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+    assert_eq!(outcome["name"], name);
+    assert_eq!(
+        outcome["verdict"],
+        "defeated",
+        "{}",
+        serde_json::to_string_pretty(&outcome).unwrap()
+    );
+    assert!(
+        !outcome["evidence"].as_array().unwrap().is_empty(),
+        "no evidence: {outcome}"
+    );
+    assert!(out.status.success());
+}
+
+macro_rules! scenarios {
+    ($($test:ident => $name:literal),* $(,)?) => {
+        $(
+            #[test]
+            fn $test() {
+                run($name);
+            }
+        )*
+
+        #[test]
+        fn every_scenario_of_the_lab_has_a_test() {
+            let listed = Command::new(env!("CARGO_BIN_EXE_rampart")).args(["attack", "--list"]).output().unwrap();
+            let listed = String::from_utf8_lossy(&listed.stdout);
+            let tested = [$($name),*];
+            for line in listed.lines().filter(|l| l.starts_with("  ") && !l.starts_with("    ")) {
+                assert!(tested.contains(&line.trim()), "scenario {} has no test", line.trim());
+            }
+            assert_eq!(listed.lines().filter(|l| l.trim_start().starts_with("attack:")).count(), tested.len());
+        }
+    };
+}
+
+scenarios! {
+    eavesdrop => "eavesdrop",
+    drop_request => "drop-request",
+    slow_retrieval => "slow-retrieval",
+    freeze => "freeze",
+    partial_bundle => "partial-bundle",
+    rollback => "rollback",
+    endless_data => "endless-data",
+    mix_and_match => "mix-and-match",
+    arbitrary_software => "arbitrary-software",
+    director_key_compromise => "director-key-compromise",
+    image_online_keys_compromise => "image-online-keys-compromise",
+    root_rotation => "root-rotation",
+    compromised_secondary => "compromised-secondary",
+    replayed_manifest => "replayed-manifest",
+    in_vehicle_tamper => "in-vehicle-tamper",
+    request_flood => "request-flood",
+}
