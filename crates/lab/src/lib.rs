@@ -216,6 +216,14 @@ impl Lab {
             ..CeremonyOptions::default()
         };
         ceremony::init(&layout, &ceremony_opts, chrono::Utc::now()).context("key ceremony")?;
+        if options.plain_http {
+            // Without client certificates every lab client (vehicles, proxies) is the one
+            // address 127.0.0.1, i.e. one rate-limit bucket: give it a fleet's worth.
+            let mut config = rampart_server::config::Config::load(&layout)?;
+            config.limits.requests_per_second = 2_000.0;
+            config.limits.burst = 10_000.0;
+            config.save(&layout)?;
+        }
         let mut serve_opts = ServeOptions::new(layout.clone());
         serve_opts.refresh_every = Duration::from_secs(30);
         let server = serve::start(serve_opts)

@@ -276,11 +276,26 @@ fn client_key(identity: Option<&ClientIdentity>) -> (String, Option<String>) {
     }
 }
 
+/// The bearer token of a request, if any.
+fn presented_token(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+}
+
 async fn rate_limit(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let m = &state.inner.metrics;
     m.requests.fetch_add(1, Ordering::Relaxed);
     let identity = request.extensions().get::<ClientIdentity>().cloned();
-    let (key, remote) = client_key(identity.as_ref());
+    let (mut key, remote) = client_key(identity.as_ref());
+    // Operators with valid admin credentials get their own bucket: a flood from the same
+    // address (or NAT) must not lock the fleet's operators out of the server they defend.
+    if presented_token(request.headers())
+        .is_some_and(|t| crate::pki::check_admin_token(&state.inner.admin_token, t))
+    {
+        key = "admin".into();
+    }
     if let Err((retry, first)) = state.inner.limiter.check(&key) {
         m.rate_limited.fetch_add(1, Ordering::Relaxed);
         if first {
@@ -324,11 +339,7 @@ async fn require_admin(
     request: Request,
     next: Next,
 ) -> Response {
-    let presented = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
+    let presented = presented_token(&headers).unwrap_or("");
     if presented.is_empty() || !crate::pki::check_admin_token(&state.inner.admin_token, presented) {
         let remote = request
             .extensions()
