@@ -58,17 +58,15 @@ fn write_value(value: &Value, out: &mut Vec<u8>) -> Result<()> {
         }
         Value::Object(map) => {
             // `String`'s `Ord` compares UTF-8 bytes, which orders exactly as code points do,
-            // which is how Python sorts `str` keys.
-            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
-            entries.sort_by(|a, b| a.0.cmp(b.0));
+            // which is how Python sorts `str` keys. serde_json's map is a `BTreeMap` (already
+            // in that order) unless a crate turns on its `preserve_order` feature.
             out.push(b'{');
-            for (i, (key, item)) in entries.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                write_string(key, out);
-                out.push(b':');
-                write_value(item, out)?;
+            if map.keys().is_sorted() {
+                write_members(map.iter(), out)?;
+            } else {
+                let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+                entries.sort_by(|a, b| a.0.cmp(b.0));
+                write_members(entries.into_iter(), out)?;
             }
             out.push(b'}');
         }
@@ -76,11 +74,28 @@ fn write_value(value: &Value, out: &mut Vec<u8>) -> Result<()> {
     Ok(())
 }
 
+fn write_members<'a>(
+    members: impl Iterator<Item = (&'a String, &'a Value)>,
+    out: &mut Vec<u8>,
+) -> Result<()> {
+    for (i, (key, item)) in members.enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_string(key, out);
+        out.push(b':');
+        write_value(item, out)?;
+    }
+    Ok(())
+}
+
 fn write_number(n: &Number, out: &mut Vec<u8>) -> Result<()> {
+    use std::io::Write as _;
+    // Writing into a `Vec` cannot fail; no temporary `String` per number.
     if let Some(i) = n.as_i64() {
-        out.extend_from_slice(i.to_string().as_bytes());
+        let _ = write!(out, "{i}");
     } else if let Some(u) = n.as_u64() {
-        out.extend_from_slice(u.to_string().as_bytes());
+        let _ = write!(out, "{u}");
     } else {
         return Err(Error::malformed(
             "canonical JSON",
@@ -92,13 +107,20 @@ fn write_number(n: &Number, out: &mut Vec<u8>) -> Result<()> {
 
 fn write_string(s: &str, out: &mut Vec<u8>) {
     out.push(b'"');
-    for byte in s.bytes() {
-        match byte {
-            b'"' => out.extend_from_slice(b"\\\""),
-            b'\\' => out.extend_from_slice(b"\\\\"),
-            other => out.push(other),
-        }
+    // Copy runs of bytes that need no escape at once.
+    let bytes = s.as_bytes();
+    let mut start = 0;
+    for (i, byte) in bytes.iter().enumerate() {
+        let escaped: &[u8] = match byte {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            _ => continue,
+        };
+        out.extend_from_slice(bytes.get(start..i).unwrap_or_default());
+        out.extend_from_slice(escaped);
+        start = i + 1;
     }
+    out.extend_from_slice(bytes.get(start..).unwrap_or_default());
     out.push(b'"');
 }
 
@@ -173,12 +195,17 @@ impl<'de> Visitor<'de> for StrictVisitor {
         let mut out = Map::new();
         while let Some(key) = map.next_key::<String>()? {
             let StrictValue(item) = map.next_value_seed(StrictSeed)?;
-            if out.contains_key(&key) {
-                return Err(de::Error::custom(format_args!(
-                    "duplicate key {key:?} in JSON object"
-                )));
+            match out.entry(key) {
+                serde_json::map::Entry::Vacant(slot) => {
+                    slot.insert(item);
+                }
+                serde_json::map::Entry::Occupied(slot) => {
+                    return Err(de::Error::custom(format_args!(
+                        "duplicate key {:?} in JSON object",
+                        slot.key()
+                    )));
+                }
             }
-            out.insert(key, item);
         }
         Ok(Value::Object(out))
     }

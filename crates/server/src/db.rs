@@ -338,29 +338,32 @@ impl Db {
         Ok(())
     }
 
-    /// A vehicle with its ECUs.
+    /// A vehicle with its ECUs (one query: every check-in and director request reads it).
     pub async fn vehicle(&self, vin: &str) -> Result<Option<Vehicle>> {
-        let Some(row) = sqlx::query(
-            "SELECT vin, primary_ecu, created_at, last_manifest_counter, last_seen FROM vehicles WHERE vin = $1",
-        )
-        .bind(vin)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(db_err("vehicle"))?
-        else {
-            return Ok(None);
-        };
-        let ecu_rows = sqlx::query(
-            "SELECT ecu_id, hardware_id, public_key, encryption_key, verification, installed_target, \
-             installed_length, installed_hashes, installed_release_counter, last_report_counter \
-             FROM ecus WHERE vin = $1 ORDER BY ecu_id",
+        let rows = sqlx::query(
+            "SELECT v.vin AS vin, v.primary_ecu AS primary_ecu, v.created_at AS created_at, \
+             v.last_manifest_counter AS last_manifest_counter, v.last_seen AS last_seen, \
+             e.ecu_id AS ecu_id, e.hardware_id AS hardware_id, e.public_key AS public_key, \
+             e.encryption_key AS encryption_key, e.verification AS verification, \
+             e.installed_target AS installed_target, e.installed_length AS installed_length, \
+             e.installed_hashes AS installed_hashes, \
+             e.installed_release_counter AS installed_release_counter, \
+             e.last_report_counter AS last_report_counter \
+             FROM vehicles v LEFT JOIN ecus e ON e.vin = v.vin WHERE v.vin = $1 ORDER BY e.ecu_id",
         )
         .bind(vin)
         .fetch_all(&self.pool)
         .await
-        .map_err(db_err("ECUs"))?;
+        .map_err(db_err("vehicle"))?;
+        let Some(row) = rows.first() else {
+            return Ok(None);
+        };
         let mut ecus = Vec::new();
-        for r in &ecu_rows {
+        for r in &rows {
+            // No ECU row: the LEFT JOIN's NULLs.
+            let Some(ecu_id) = get_opt_str(r, "ecu_id")? else {
+                continue;
+            };
             let installed = match get_opt_str(r, "installed_target")? {
                 Some(target) => Some(Installed {
                     target,
@@ -376,7 +379,7 @@ impl Db {
                 None => None,
             };
             ecus.push(Ecu {
-                ecu_id: get_str(r, "ecu_id")?,
+                ecu_id,
                 hardware_id: get_str(r, "hardware_id")?,
                 public_key: json(&get_str(r, "public_key")?, "public key")?,
                 encryption_key: get_opt_str(r, "encryption_key")?,
@@ -386,11 +389,11 @@ impl Db {
             });
         }
         Ok(Some(Vehicle {
-            vin: get_str(&row, "vin")?,
-            primary_ecu: get_str(&row, "primary_ecu")?,
-            created_at: get_str(&row, "created_at")?,
-            last_manifest_counter: get_opt_i64(&row, "last_manifest_counter")?.map(to_u64),
-            last_seen: get_opt_str(&row, "last_seen")?,
+            vin: get_str(row, "vin")?,
+            primary_ecu: get_str(row, "primary_ecu")?,
+            created_at: get_str(row, "created_at")?,
+            last_manifest_counter: get_opt_i64(row, "last_manifest_counter")?.map(to_u64),
+            last_seen: get_opt_str(row, "last_seen")?,
             ecus,
         }))
     }
@@ -489,6 +492,22 @@ impl Db {
                 checkin.counter, checkin.vin
             )));
         }
+        // The vehicle's pending assignments, read once for all its reports.
+        let pending = if checkin.reports.is_empty() {
+            Vec::new()
+        } else {
+            sqlx::query(
+                "SELECT id, vin, ecu_id, target, length, hashes, release_counter, encrypt, status, created_at, completed_at \
+                 FROM assignments WHERE vin = $1 AND status = 'pending' ORDER BY id",
+            )
+            .bind(checkin.vin)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db_err("pending assignments"))?
+            .iter()
+            .map(Self::assignment_from)
+            .collect::<Result<Vec<_>>>()?
+        };
         let mut completed = Vec::new();
         for report in &checkin.reports {
             sqlx::query(
@@ -505,17 +524,10 @@ impl Db {
             .execute(&mut *tx)
             .await
             .map_err(db_err("ECU report"))?;
-            let pending = sqlx::query(
-                "SELECT id, vin, ecu_id, target, length, hashes, release_counter, encrypt, status, created_at, completed_at \
-                 FROM assignments WHERE vin = $1 AND ecu_id = $2 AND status = 'pending'",
-            )
-            .bind(checkin.vin)
-            .bind(&report.ecu_id)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(db_err("pending assignments"))?;
-            for row in &pending {
-                let a = Self::assignment_from(row)?;
+            for a in pending.iter().filter(|a| a.ecu_id == report.ecu_id) {
+                if completed.contains(&a.id) {
+                    continue;
+                }
                 if a.target == report.installed.target
                     && a.length == report.installed.length
                     && a.hashes == report.installed.hashes

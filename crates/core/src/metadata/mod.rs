@@ -151,7 +151,6 @@ pub struct Envelope {
     pub canonical_signed: Vec<u8>,
 }
 
-#[derive(Deserialize)]
 struct RawEnvelope {
     signed: Value,
     signatures: Vec<Signature>,
@@ -160,9 +159,25 @@ struct RawEnvelope {
 impl Envelope {
     /// Parses metadata bytes (strictly: no duplicate keys, no floats, nothing trailing).
     pub fn parse(bytes: &[u8], role: &str) -> Result<Self> {
-        let value = canonical::parse_strict(bytes, &format!("{role} metadata"))?;
-        let raw: RawEnvelope = serde_json::from_value(value)
-            .map_err(|e| Error::malformed(format!("{role} metadata"), e))?;
+        let what = || format!("{role} metadata");
+        let value = canonical::parse_strict(bytes, &what())?;
+        // Take `signed` out of the parsed tree as it is (other top-level fields are ignored);
+        // rebuilding the tree through serde would cost as much as parsing it again.
+        let Value::Object(mut top) = value else {
+            return Err(Error::malformed(
+                what(),
+                "expected an object with `signed` and `signatures`",
+            ));
+        };
+        let signed = top
+            .remove("signed")
+            .ok_or_else(|| Error::malformed(what(), "missing field `signed`"))?;
+        let signatures = Vec::<Signature>::deserialize(
+            top.get("signatures")
+                .ok_or_else(|| Error::malformed(what(), "missing field `signatures`"))?,
+        )
+        .map_err(|e| Error::malformed(what(), e))?;
+        let raw = RawEnvelope { signed, signatures };
         let mut seen = BTreeSet::new();
         for sig in &raw.signatures {
             if !seen.insert(&sig.keyid) {
@@ -197,7 +212,9 @@ impl Envelope {
                 });
             }
         }
-        let typed: T = serde_json::from_value(self.signed.clone())
+        // Deserialised from the tree by reference: a clone of a large targets role would cost
+        // more than the rest of the parse.
+        let typed = T::deserialize(&self.signed)
             .map_err(|e| Error::malformed(format!("{role} metadata"), e))?;
         validate_common(&typed, role)?;
         Ok(typed)

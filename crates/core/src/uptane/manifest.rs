@@ -132,7 +132,7 @@ pub fn verify_ecu_report(
     let env = Envelope::parse(&bytes, "ECU version report")?;
     check_type(&env, ECU_REPORT_TYPE)?;
     verify_single(&env, &format!("ECU version report of {expected_ecu}"), key)?;
-    let report: EcuVersionReport = serde_json::from_value(env.signed.clone())
+    let report = EcuVersionReport::deserialize(&env.signed)
         .map_err(|e| Error::malformed("ECU version report", e))?;
     if report.ecu_id != expected_ecu {
         return Err(Error::Manifest(format!(
@@ -183,7 +183,7 @@ pub fn verify_vehicle_manifest(bytes: &[u8], keys: &VehicleKeys<'_>) -> Result<V
         &format!("vehicle manifest of {}", keys.vin),
         keys.primary_key,
     )?;
-    let manifest: VehicleManifest = serde_json::from_value(env.signed.clone())
+    let manifest = VehicleManifest::deserialize(&env.signed)
         .map_err(|e| Error::malformed("vehicle manifest", e))?;
     if manifest.vin != keys.vin {
         return Err(Error::WrongVehicle {

@@ -1,0 +1,284 @@
+#!/usr/bin/env python3
+"""Turns the raw outputs of bench/run into ratios: one line per measure on stdout,
+
+    NAME: ratio R (ours X, baseline Y, unit)  target T: met|MISSED|info
+
+and the same (with the raw figures, the machine and the command) in results.json.
+
+Each ratio reads the way its target is written in issue 7: a speed-up for "N× faster", a
+multiple of the floor for "≤ N× the floor", a share of a throughput or of a published figure.
+
+Usage: report.py RAW_DIR RESULTS_JSON --mode quick|full --command CMD
+                 --build-seconds N --measure-seconds N
+"""
+
+import argparse
+import datetime
+import glob
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+
+MIB = 1024 * 1024
+
+
+def load(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def run(cmd):
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=20)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return p.stdout.strip() or p.stderr.strip() or "unknown"
+
+
+def machine():
+    cpu = "unknown"
+    flags = []
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name") and cpu == "unknown":
+                    cpu = line.split(":", 1)[1].strip()
+                if line.startswith("flags") and not flags:
+                    have = set(line.split(":", 1)[1].split())
+                    flags = [x for x in ("sha_ni", "aes", "vaes", "avx2", "avx512f") if x in have]
+    except OSError:
+        pass
+    mem = "unknown"
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal"):
+                    mem = f"{int(line.split()[1]) / MIB:.1f} GiB"
+    except OSError:
+        pass
+    try:
+        with open("/proc/loadavg") as f:
+            loadavg = f.read().split()[:3]
+    except OSError:
+        loadavg = []
+    pg = run(["psql", "-X", "-tA", "-h", "127.0.0.1", "-U", "postgres", "-d", "postgres",
+              "-c", "show server_version"])
+    nginx = run(["nginx", "-v"])
+    return {
+        "cpu": cpu,
+        "cpu_flags": flags,
+        "cores": os.cpu_count(),
+        "memory": mem,
+        "kernel": platform.release(),
+        "os": run(["sh", "-c", ". /etc/os-release && echo $PRETTY_NAME"]),
+        "rustc": run(["rustc", "--version"]),
+        "python": platform.python_version(),
+        "postgresql": pg,
+        "nginx": nginx.replace("nginx version: ", ""),
+        "loadavg_at_end": loadavg,
+    }
+
+
+def cpu_during(stat0, stat1):
+    """Busy and steal shares of all CPUs between two `cpu ` lines of /proc/stat."""
+    try:
+        a = [int(x) for x in stat0.split()[1:]]
+        b = [int(x) for x in stat1.split()[1:]]
+    except ValueError:
+        return {}
+    d = [y - x for x, y in zip(a, b)]
+    total = sum(d[:8]) or 1
+    idle = d[3] + d[4]
+    return {"busy": round((total - idle) / total, 3), "steal": round(d[7] / total, 3)}
+
+
+class Report:
+    def __init__(self):
+        self.measures = []
+
+    def add(self, name, ratio, ours, baseline, unit, target, met, note=""):
+        status = "info" if met is None else ("met" if met else "MISSED")
+        self.measures.append(
+            {
+                "name": name,
+                "ratio": round(ratio, 3),
+                "ours": ours,
+                "baseline": baseline,
+                "unit": unit,
+                "target": target,
+                "status": status,
+                "note": note,
+            }
+        )
+
+    def lines(self):
+        for m in self.measures:
+            yield (
+                f"{m['name']}: ratio {fmt(m['ratio'])} (ours {fmt(m['ours'])}, "
+                f"baseline {fmt(m['baseline'])}, {m['unit']})  target {m['target']}: {m['status']}"
+                + (f"  [{m['note']}]" if m["note"] else "")
+            )
+
+
+def fmt(x):
+    if isinstance(x, float):
+        if x == 0:
+            return "0"
+        if abs(x) >= 100:
+            return f"{x:.0f}"
+        if abs(x) >= 10:
+            return f"{x:.1f}"
+        if abs(x) >= 0.1:
+            return f"{x:.2f}"
+        return f"{x:.4f}"
+    return str(x)
+
+
+def refresh(raw, rep):
+    ours = [load(p) for p in sorted(glob.glob(f"{raw}/refresh-rampart-*.json"))]
+    peers = [load(p) for p in sorted(glob.glob(f"{raw}/refresh-ngclient-*.json"))]
+    r = statistics.median(t for o in ours for t in o["times_s"])
+    p = statistics.median(t for o in peers for t in o["times_s"])
+    f = statistics.median(t for o in ours for t in o["floor_times_s"])
+    first = ours[0]
+    rounds = f"{len(ours)} round(s) alternating the clients, medians of {sum(len(o['times_s']) for o in ours)} and {sum(len(o['times_s']) for o in peers)} refreshes"
+    rep.add("refresh_vs_ngclient", p / r, r * 1e3, p * 1e3, "ms per refresh (speed-up)",
+            "≥ 30", p / r >= 30,
+            f"{first['targets']} targets, {first['ecus']} ECUs; python-tuf {peers[0]['tuf']}; {rounds}")
+    rep.add("refresh_vs_floor", r / f, r * 1e3, f * 1e3, "ms per refresh (multiple of the floor)",
+            "≤ 1.5", r / f <= 1.5,
+            f"floor: {first['signatures']} ed25519 verifications over "
+            f"{first['signed_bytes'] / MIB:.1f} MiB + sha256/sha512 of {first['hashed_bytes'] / MIB:.1f} MiB")
+
+
+def image(raw, rep):
+    sizes = sorted({int(m.group(1)) for p in glob.glob(f"{raw}/image-*-1.json")
+                    if (m := re.search(r"image-(\d+)-1\.json$", p))})
+    rss = {}
+    for mib in sizes:
+        runs = [load(p) for p in sorted(glob.glob(f"{raw}/image-{mib}-*.json"))]
+        peaks = []
+        for p in sorted(glob.glob(f"{raw}/image-{mib}-*.time")):
+            with open(p) as f:
+                m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", f.read())
+                if m:
+                    peaks.append(int(m.group(1)))
+        ours = statistics.median(r["mib_per_s"] for r in runs)
+        base_times = [load(p)["results"][0]["median"]
+                      for p in sorted(glob.glob(f"{raw}/sha256sum-{mib}-*.json"))]
+        base = mib / statistics.median(base_times)
+        speed = load(f"{raw}/crypto-speed.json")
+        # Two passes (ciphertext on download, plaintext after decryption), each sha256 + sha512.
+        ceiling = 1 / (2 / speed["sha256_mib_per_s"] + 2 / speed["sha512_mib_per_s"])
+        rep.add(f"image_{mib}MiB_vs_sha256sum", ours / base, ours, base, "MiB/s",
+                "≥ 0.8", ours / base >= 0.8,
+                "download + verify (sha256+sha512) + decrypt + verify (sha256+sha512) + write, fsync; "
+                f"medians of {len(runs)} runs alternating with sha256sum; hashing alone caps it at {ceiling:.0f} MiB/s "
+                f"(sha256 {speed['sha256_mib_per_s']:.0f}, sha512 {speed['sha512_mib_per_s']:.0f} MiB/s)")
+        peak = max(peaks) / 1024 if peaks else float("nan")
+        rss[mib] = peak
+        rep.add(f"image_{mib}MiB_peak_rss", peak / 16, peak, 16.0, "MiB", "≤ 1 (16 MiB)",
+                peak <= 16, "max over runs, /usr/bin/time -v")
+    if len(rss) >= 2:
+        small, large = min(rss), max(rss)
+        ratio = rss[large] / rss[small]
+        rep.add(f"image_peak_rss_{large}MiB_vs_{small}MiB", ratio, rss[large], rss[small],
+                "MiB", "≤ 1.1 (flat)", ratio <= 1.1)
+
+
+def checkin(raw, rep):
+    nginx = load(f"{raw}/checkin-nginx.json")
+    for db in ("sqlite", "postgres"):
+        path = f"{raw}/checkin-{db}.json"
+        if not os.path.exists(path):
+            continue
+        c = load(path)
+        rate = c["checkins_per_s"]
+        p99 = c["latency_ms"]["p99"]
+        verify = c.get("verify_manifest_us")
+        cpu = c.get("cpu", {})
+        note = (f"{c['vehicles']} vehicles, {c['connections']} connections, plain HTTP; "
+                f"p50 {c['latency_ms']['p50']:.1f} ms; errors {c['errors']}; "
+                f"server{' + PostgreSQL' if db == 'postgres' else ''} "
+                f"{cpu.get('server_cores', 0):.2f} cores = {cpu.get('server_ms_per_checkin', 0):.2f} ms CPU per check-in, "
+                f"load generator {cpu.get('load_generator_cores', 0):.2f} cores"
+                + (f"; manifest verification alone {verify:.0f} µs" if verify else "")
+                + ("; ran out of pre-signed manifests" if c["ran_out_of_manifests"] else ""))
+        rep.add(f"checkin_{db}_rate_vs_target", rate / 5000, rate, 5000.0, "check-ins/s",
+                "≥ 1", rate >= 5000 and c["errors"] == 0, note)
+        rep.add(f"checkin_{db}_p99_vs_limit", p99 / 50, p99, 50.0, "ms", "< 1", p99 < 50)
+        rep.add(f"checkin_{db}_vs_nginx", rate / nginx["checkins_per_s"], rate,
+                nginx["checkins_per_s"], "check-ins/s", "the ceiling", None,
+                f"nginx p50 {nginx['latency_ms']['p50']:.2f} ms, p99 {nginx['latency_ms']['p99']:.2f} ms, "
+                f"{nginx.get('cpu', {}).get('server_cores', 0):.2f} cores")
+
+
+def footprint(raw, rep):
+    f = load(f"{raw}/footprint.json")
+    a = f["agent"]
+    size_mb = a["binary_bytes"] / 1e6
+    rep.add("agent_binary_vs_aktualizr", size_mb / 5.0, size_mb, 5.0,
+            "MB stripped (aktualizr: 2–5 MB published)", "≤ 1 (5 MB)", size_mb <= 5.0,
+            "target/release-agent/rampart-agent")
+    rss = a["primary_peak_rss_kib"] / 1024
+    rep.add("agent_peak_rss_vs_aktualizr", rss / 20.0, rss, 20.0,
+            "MiB (aktualizr: ~20 MB published)", "≤ 0.5 (10 MiB)", rss <= 10.0,
+            f"primary during an update of {a['image_mib']} MiB + {a['image_mib']} MiB (encrypted) + 256 KiB images")
+    ecus = {k: v / 1024 for k, v in a["ecu_peak_rss_kib"].items() if v}
+    if ecus:
+        worst = max(ecus.values())
+        rep.add("agent_ecu_peak_rss_vs_aktualizr", worst / 20.0, worst, 20.0,
+                "MiB (largest ECU process)", "≤ 0.5 (10 MiB)", worst <= 10.0,
+                ", ".join(f"{k} {v:.1f}" for k, v in sorted(ecus.items())))
+    c = f.get("compare")
+    if c:
+        rep.add("agent_binary_vs_full_rampart", a["binary_bytes"] / c["binary_bytes"],
+                size_mb, c["binary_bytes"] / 1e6, "MB", "info", None,
+                f"full binary primary peak RSS {c['primary_peak_rss_kib'] / 1024:.1f} MiB")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("raw")
+    ap.add_argument("results")
+    ap.add_argument("--mode", default="full")
+    ap.add_argument("--command", default="bench/run")
+    ap.add_argument("--build-seconds", type=int, default=0)
+    ap.add_argument("--measure-seconds", type=int, default=0)
+    ap.add_argument("--cpu-stat0", default="")
+    ap.add_argument("--cpu-stat1", default="")
+    args = ap.parse_args()
+    rep = Report()
+    for part in (refresh, image, checkin, footprint):
+        part(args.raw, rep)
+    raw = {}
+    for p in sorted(glob.glob(f"{args.raw}/*.json")):
+        raw[os.path.basename(p)[:-5]] = load(p)
+    results = {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "mode": args.mode,
+        "command": args.command.strip(),
+        "setup_and_build_seconds": args.build_seconds,
+        "measure_seconds": args.measure_seconds,
+        "machine": machine(),
+        "cpu_during_run": cpu_during(args.cpu_stat0, args.cpu_stat1),
+        "measures": rep.measures,
+        "raw": raw,
+    }
+    with open(args.results, "w") as f:
+        json.dump(results, f, indent=2)
+        f.write("\n")
+    for line in rep.lines():
+        print(line)
+    missed = [m["name"] for m in rep.measures if m["status"] == "MISSED"]
+    print(f"\n{len(rep.measures)} measures, {len(missed)} targets missed"
+          + (f": {', '.join(missed)}" if missed else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

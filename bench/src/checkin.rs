@@ -1,0 +1,590 @@
+//! Measure 3: director check-ins. A check-in is what a vehicle does every cycle against the
+//! director: `POST /director/VIN/manifest` (a signed vehicle manifest with three signed ECU
+//! reports) and `GET /director/VIN/metadata/timestamp.json`. Its latency is from the first
+//! byte of the POST to the last byte of the GET.
+//!
+//! `checkin --mode rampart` registers `--vehicles` vehicles of three ECUs through the admin
+//! API, signs every manifest the run can use beforehand (increasing counters, fresh nonces:
+//! the load generator does no cryptography while it measures), checks every vehicle in once
+//! (the director signs its metadata), then drives `--connections` keep-alive connections in a
+//! closed loop: `--warmup` seconds unrecorded, `--duration` seconds recorded. Each vehicle
+//! belongs to one connection, so its counters arrive in order.
+//!
+//! `checkin --mode static` does the same requests, with a body of the same size, against a
+//! static server (nginx) answering files of the same sizes: the ceiling of this machine.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use chrono::Utc;
+use rampart_core::hash::compute_hashes;
+use rampart_core::key::KeyScheme;
+use rampart_core::metadata::Expiry;
+use rampart_core::signer::{InMemorySigner, Signer};
+use rampart_core::uptane::manifest::{
+    sign_ecu_report, sign_vehicle_manifest, EcuVersionReport, VehicleManifest, ECU_REPORT_TYPE,
+    VEHICLE_MANIFEST_TYPE,
+};
+use rampart_core::uptane::InstalledImage;
+use serde_json::{json, Value};
+
+use crate::http::Conn;
+use crate::{quantile, Args};
+
+const ECUS: [(&str, &str, &str); 3] = [
+    ("TBOX", "tbox-a", "full"),
+    ("IVI", "ivi-x", "full"),
+    ("BCM", "bcm-1", "partial"),
+];
+
+struct Vehicle {
+    vin: String,
+    /// Pre-signed manifests, in counter order.
+    manifests: Vec<Vec<u8>>,
+}
+
+struct Plan {
+    vehicles: Vec<Vehicle>,
+    /// Director-side manifest verification time, in microseconds (rampart mode).
+    verify_us: Option<f64>,
+}
+
+/// A VIN for vehicle `i` of this run (17 characters; the process ID keeps runs against one
+/// server apart).
+fn vin(i: usize) -> String {
+    format!("WB{:05}{i:010}", std::process::id() % 100_000)
+}
+
+fn hex_nonce() -> String {
+    let mut b = [0u8; 16];
+    let _ = aws_lc_rs::rand::fill(&mut b);
+    hex::encode(b)
+}
+
+struct VehicleKeys {
+    vin: String,
+    /// (ECU ID, hardware ID, signer); the first is the primary.
+    ecus: Vec<(String, String, InMemorySigner)>,
+}
+
+fn make_keys(i: usize) -> anyhow::Result<VehicleKeys> {
+    let vin = vin(i);
+    let mut ecus = Vec::new();
+    for (name, hw, _) in ECUS {
+        ecus.push((
+            format!("{name}-{i}"),
+            hw.to_owned(),
+            InMemorySigner::generate(KeyScheme::Ed25519)?,
+        ));
+    }
+    Ok(VehicleKeys { vin, ecus })
+}
+
+fn registration(k: &VehicleKeys) -> Value {
+    let ecus: Vec<Value> = k
+        .ecus
+        .iter()
+        .zip(ECUS)
+        .map(|((id, hw, s), (_, _, verification))| {
+            json!({"ecu_id": id, "hardware_id": hw, "public_key": s.public_key(),
+                   "verification": verification})
+        })
+        .collect();
+    let primary = k.ecus.first().map(|e| e.0.clone()).unwrap_or_default();
+    json!({"vin": k.vin, "primary_ecu": primary, "ecus": ecus})
+}
+
+/// Manifests `1..=count` of one vehicle: each ECU reports its factory image.
+fn sign_manifests(k: &VehicleKeys, count: usize) -> anyhow::Result<Vec<Vec<u8>>> {
+    let now = Expiry::new(Utc::now());
+    let mut out = Vec::with_capacity(count);
+    let (primary_id, _, primary) = k.ecus.first().context("no ECU")?;
+    for counter in 1..=count as u64 {
+        let mut reports = BTreeMap::new();
+        for (id, hw, signer) in &k.ecus {
+            let factory = format!("factory firmware of {id}\n");
+            let report = EcuVersionReport {
+                type_: ECU_REPORT_TYPE.into(),
+                ecu_id: id.clone(),
+                installed_image: InstalledImage {
+                    filename: format!("factory-{hw}"),
+                    length: factory.len() as u64,
+                    hashes: compute_hashes(factory.as_bytes()),
+                    release_counter: 0,
+                },
+                attacks_detected: String::new(),
+                latest_verified_time: now.clone(),
+                report_counter: counter,
+                nonce: hex_nonce(),
+                unrecognized: BTreeMap::new(),
+            };
+            let doc: Value = serde_json::from_slice(&sign_ecu_report(&report, signer)?)?;
+            reports.insert(id.clone(), doc);
+        }
+        let manifest = VehicleManifest {
+            type_: VEHICLE_MANIFEST_TYPE.into(),
+            vin: k.vin.clone(),
+            primary_ecu_id: primary_id.clone(),
+            manifest_counter: counter,
+            nonce: hex_nonce(),
+            ecu_version_reports: reports,
+            attacks_detected: String::new(),
+            unrecognized: BTreeMap::new(),
+        };
+        out.push(sign_vehicle_manifest(&manifest, primary)?);
+    }
+    Ok(out)
+}
+
+/// Registers the vehicles and pre-signs their manifests (two threads).
+async fn prepare_rampart(
+    addr: &str,
+    token: &str,
+    vehicles: usize,
+    per_vehicle: usize,
+) -> anyhow::Result<Plan> {
+    let started = Instant::now();
+    let keys: Vec<VehicleKeys> = (0..vehicles)
+        .map(make_keys)
+        .collect::<anyhow::Result<_>>()?;
+    let mut conn = Conn::new(addr);
+    let auth = format!("Authorization: Bearer {token}\r\n");
+    for k in &keys {
+        let body = serde_json::to_vec(&registration(k))?;
+        let r = conn
+            .request("POST", "/api/v1/vehicles", &auth, &body)
+            .await?;
+        if r.status != 201 {
+            bail!(
+                "registering {}: {} {}",
+                k.vin,
+                r.status,
+                String::from_utf8_lossy(&r.body)
+            );
+        }
+    }
+    eprintln!(
+        "checkin: registered {vehicles} vehicles in {:.1}s; signing {} manifests",
+        started.elapsed().as_secs_f64(),
+        vehicles * per_vehicle
+    );
+    let started = Instant::now();
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let chunk = vehicles.div_ceil(threads).max(1);
+    let signed: Vec<anyhow::Result<Vec<Vehicle>>> = std::thread::scope(|s| {
+        let handles: Vec<_> = keys
+            .chunks(chunk)
+            .map(|part| {
+                s.spawn(move || {
+                    part.iter()
+                        .map(|k| {
+                            Ok(Vehicle {
+                                vin: k.vin.clone(),
+                                manifests: sign_manifests(k, per_vehicle)?,
+                            })
+                        })
+                        .collect::<anyhow::Result<Vec<Vehicle>>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .map_err(|_| anyhow::anyhow!("signing thread panicked"))?
+            })
+            .collect()
+    });
+    let mut out = Vec::new();
+    for part in signed {
+        out.extend(part?);
+    }
+    eprintln!("checkin: signed in {:.1}s", started.elapsed().as_secs_f64());
+    let verify_us = match (keys.first(), out.first().and_then(|v| v.manifests.first())) {
+        (Some(k), Some(m)) => Some(time_verification(k, m)?),
+        _ => None,
+    };
+    Ok(Plan {
+        vehicles: out,
+        verify_us,
+    })
+}
+
+/// Microseconds the director spends verifying one manifest (parse, four ed25519 signatures,
+/// typed reads), on one core: the part of a check-in no storage choice can remove.
+fn time_verification(k: &VehicleKeys, manifest: &[u8]) -> anyhow::Result<f64> {
+    let ecu_keys: BTreeMap<String, rampart_core::key::Key> = k
+        .ecus
+        .iter()
+        .map(|(id, _, s)| (id.clone(), s.public_key().clone()))
+        .collect();
+    let (primary_id, _, primary) = k.ecus.first().context("no ECU")?;
+    let keys = rampart_core::uptane::manifest::VehicleKeys {
+        vin: &k.vin,
+        primary_ecu_id: primary_id,
+        primary_key: primary.public_key(),
+        ecu_keys: &ecu_keys,
+    };
+    let rounds = 2000;
+    let t = Instant::now();
+    for _ in 0..rounds {
+        let v = rampart_core::uptane::manifest::verify_vehicle_manifest(manifest, &keys)?;
+        if v.reports.len() != k.ecus.len() {
+            bail!("a report did not verify");
+        }
+    }
+    Ok(t.elapsed().as_secs_f64() * 1e6 / f64::from(rounds))
+}
+
+#[derive(Default)]
+struct Stats {
+    latencies: Vec<f64>,
+    errors: u64,
+    first_error: Option<String>,
+}
+
+/// CPU seconds (user + system, all threads) a process has used so far, from
+/// `/proc/PID/stat` (clock ticks of 1/100 s, the Linux default).
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok());
+    Some((ticks(11)? + ticks(12)?) / 100.0)
+}
+
+/// Total CPU seconds of a set of processes (those that vanished count as 0).
+fn cpu_of(pids: &[u32]) -> f64 {
+    pids.iter().filter_map(|p| cpu_seconds(*p)).sum()
+}
+
+/// PIDs of the PostgreSQL backends connected to database `db` (via `psql`).
+fn postgres_backends(db: &str) -> Vec<u32> {
+    let query = format!("SELECT pid FROM pg_stat_activity WHERE datname = '{db}'");
+    std::process::Command::new("psql")
+        .args([
+            "-X",
+            "-tA",
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+            "-c",
+        ])
+        .arg(query)
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .filter_map(|l| l.trim().parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+struct Shared {
+    recording: AtomicBool,
+    stop: AtomicBool,
+    completed: AtomicU64,
+}
+
+/// One check-in; returns the POST and GET bodies.
+async fn check_in(
+    conn: &mut Conn,
+    vin: &str,
+    manifest: &[u8],
+) -> anyhow::Result<(Vec<u8>, Vec<u8>)> {
+    let post = conn
+        .request("POST", &format!("/director/{vin}/manifest"), "", manifest)
+        .await?;
+    if post.status != 200 {
+        bail!(
+            "POST manifest of {vin}: {} {}",
+            post.status,
+            String::from_utf8_lossy(&post.body)
+        );
+    }
+    let get = conn
+        .request(
+            "GET",
+            &format!("/director/{vin}/metadata/timestamp.json"),
+            "",
+            &[],
+        )
+        .await?;
+    if get.status != 200 {
+        bail!(
+            "GET timestamp of {vin}: {} {}",
+            get.status,
+            String::from_utf8_lossy(&get.body)
+        );
+    }
+    Ok((post.body, get.body))
+}
+
+/// One connection's loop over its vehicles until stopped or out of manifests.
+async fn worker(
+    addr: String,
+    mut vehicles: Vec<(String, std::vec::IntoIter<Vec<u8>>)>,
+    static_body: Option<Arc<Vec<u8>>>,
+    shared: Arc<Shared>,
+) -> Stats {
+    let mut conn = Conn::new(&addr);
+    let mut stats = Stats::default();
+    let mut i = 0usize;
+    while !shared.stop.load(Ordering::Relaxed) && !vehicles.is_empty() {
+        i = (i + 1) % vehicles.len();
+        let Some((vin, manifests)) = vehicles.get_mut(i) else {
+            break;
+        };
+        let body = match &static_body {
+            Some(b) => b.as_ref().clone(),
+            None => match manifests.next() {
+                Some(m) => m,
+                None => {
+                    vehicles.swap_remove(i);
+                    continue;
+                }
+            },
+        };
+        let t = Instant::now();
+        let r = check_in(&mut conn, vin, &body).await;
+        let elapsed = t.elapsed().as_secs_f64();
+        if shared.recording.load(Ordering::Relaxed) {
+            match r {
+                Ok(_) => {
+                    stats.latencies.push(elapsed);
+                    shared.completed.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    stats.errors += 1;
+                    if stats.first_error.is_none() {
+                        stats.first_error = Some(format!("{e:#}"));
+                    }
+                }
+            }
+        } else if let Err(e) = r {
+            stats.errors += 1;
+            if stats.first_error.is_none() {
+                stats.first_error = Some(format!("(warm-up) {e:#}"));
+            }
+        }
+    }
+    stats
+}
+
+/// `checkin --mode rampart|static --addr HOST:PORT …` (see the module documentation).
+pub(crate) fn main(args: &Args) -> anyhow::Result<Value> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(run(args))
+}
+
+async fn run(args: &Args) -> anyhow::Result<Value> {
+    let mode = args.req("mode")?.to_owned();
+    let addr = args.req("addr")?.to_owned();
+    let vehicles: usize = args.num("vehicles", 1000)?;
+    let connections: usize = args.num("connections", 32)?;
+    let warmup: f64 = args.num("warmup", 3.0)?;
+    let duration: f64 = args.num("duration", 10.0)?;
+    // Enough manifests for this rate over the whole run; a run that uses them up ends early
+    // (and says so).
+    let rate_cap: f64 = args.num("rate-cap", 6000.0)?;
+    // Processes whose CPU use is reported (the server, its database), comma-separated.
+    let server_pids: Vec<u32> = args
+        .get("server-pids")
+        .unwrap_or("")
+        .split(',')
+        .filter(|p| !p.trim().is_empty())
+        .map(|p| p.trim().parse::<u32>())
+        .collect::<Result<_, _>>()?;
+    let sample_dir = args.get("sample-dir").map(PathBuf::from);
+    let per_vehicle = (((warmup + duration) * rate_cap / vehicles.max(1) as f64).ceil() as usize)
+        .saturating_add(1)
+        .max(2);
+
+    let (plan, static_body) = match mode.as_str() {
+        "rampart" => {
+            let data_dir = PathBuf::from(args.req("data-dir")?);
+            let layout = rampart_server::layout::Layout::new(&data_dir);
+            let token = rampart_server::pki::load_admin_token(&layout.pki())?;
+            let plan = prepare_rampart(&addr, &token, vehicles, per_vehicle).await?;
+            (plan, None)
+        }
+        "static" => {
+            let body = std::fs::read(args.req("body")?)?;
+            let plan = Plan {
+                vehicles: (0..vehicles)
+                    .map(|i| Vehicle {
+                        vin: vin(i),
+                        manifests: Vec::new(),
+                    })
+                    .collect(),
+                verify_us: None,
+            };
+            (plan, Some(Arc::new(body)))
+        }
+        other => bail!("--mode {other:?}: rampart or static"),
+    };
+
+    // Check every vehicle in once (the director signs its metadata on first contact), and keep
+    // one real exchange as a sample of the sizes.
+    let verify_us = plan.verify_us;
+    let started = Instant::now();
+    let mut per_conn: Vec<Vec<(String, std::vec::IntoIter<Vec<u8>>)>> =
+        (0..connections.max(1)).map(|_| Vec::new()).collect();
+    let mut sample: Option<(Vec<u8>, Vec<u8>, Vec<u8>)> = None;
+    {
+        let mut first: Vec<(usize, String, Vec<u8>)> = Vec::new();
+        for (i, v) in plan.vehicles.into_iter().enumerate() {
+            let mut it = v.manifests.into_iter();
+            let body = match &static_body {
+                Some(b) => b.as_ref().clone(),
+                None => it.next().context("no manifest")?,
+            };
+            first.push((i % connections.max(1), v.vin.clone(), body));
+            if let Some(slot) = per_conn.get_mut(i % connections.max(1)) {
+                slot.push((v.vin, it));
+            }
+        }
+        // Warm every vehicle concurrently over the connections.
+        let mut tasks = tokio::task::JoinSet::new();
+        let mut by_conn: BTreeMap<usize, Vec<(String, Vec<u8>)>> = BTreeMap::new();
+        for (c, vin, body) in first {
+            by_conn.entry(c).or_default().push((vin, body));
+        }
+        for (_, list) in by_conn {
+            let addr = addr.clone();
+            tasks.spawn(async move {
+                let mut conn = Conn::new(&addr);
+                let mut sample = None;
+                for (vin, body) in list {
+                    let (post, get) = check_in(&mut conn, &vin, &body).await?;
+                    if sample.is_none() {
+                        sample = Some((body, post, get));
+                    }
+                }
+                anyhow::Ok(sample)
+            });
+        }
+        while let Some(r) = tasks.join_next().await {
+            let s = r??;
+            if sample.is_none() {
+                sample = s;
+            }
+        }
+    }
+    let first_contact = started.elapsed().as_secs_f64();
+    let (sample_manifest, sample_post, sample_get) = sample.context("no vehicles")?;
+    if let Some(dir) = &sample_dir {
+        std::fs::create_dir_all(dir)?;
+        std::fs::write(dir.join("manifest.json"), &sample_manifest)?;
+        std::fs::write(dir.join("checkin-response.json"), &sample_post)?;
+        std::fs::write(dir.join("timestamp.json"), &sample_get)?;
+    }
+
+    let shared = Arc::new(Shared {
+        recording: AtomicBool::new(false),
+        stop: AtomicBool::new(false),
+        completed: AtomicU64::new(0),
+    });
+    let mut tasks = tokio::task::JoinSet::new();
+    for list in per_conn {
+        tasks.spawn(worker(
+            addr.clone(),
+            list,
+            static_body.clone(),
+            shared.clone(),
+        ));
+    }
+    tokio::time::sleep(Duration::from_secs_f64(warmup)).await;
+    shared.recording.store(true, Ordering::Relaxed);
+    let t0 = Instant::now();
+    // With PostgreSQL, its backends serving this database work for the server too (the pool
+    // is fully open after the warm-up).
+    let mut server_pids = server_pids;
+    if let Some(db) = args.get("pg-db") {
+        server_pids.extend(postgres_backends(db));
+    }
+    let server_cpu0 = cpu_of(&server_pids);
+    let own_cpu0 = cpu_of(&[std::process::id()]);
+    // Stop at the deadline, or earlier if every connection ran out of manifests.
+    let deadline = tokio::time::sleep(Duration::from_secs_f64(duration));
+    tokio::pin!(deadline);
+    let mut stats = Vec::new();
+    loop {
+        tokio::select! {
+            _ = &mut deadline => break,
+            r = tasks.join_next() => match r {
+                Some(s) => stats.push(s?),
+                None => break,
+            },
+        }
+    }
+    shared.recording.store(false, Ordering::Relaxed);
+    let measured = t0.elapsed().as_secs_f64();
+    let server_cpu = cpu_of(&server_pids) - server_cpu0;
+    let own_cpu = cpu_of(&[std::process::id()]) - own_cpu0;
+    shared.stop.store(true, Ordering::Relaxed);
+    while let Some(s) = tasks.join_next().await {
+        stats.push(s?);
+    }
+    let ran_out = measured + 0.05 < duration;
+    let mut latencies: Vec<f64> = Vec::new();
+    let mut errors = 0;
+    let mut first_error = None;
+    for s in stats {
+        latencies.extend(s.latencies);
+        errors += s.errors;
+        if first_error.is_none() {
+            first_error = s.first_error;
+        }
+    }
+    latencies.sort_by(f64::total_cmp);
+    let n = latencies.len();
+    let mean = if n > 0 {
+        latencies.iter().sum::<f64>() / n as f64
+    } else {
+        0.0
+    };
+    Ok(json!({
+        "mode": mode,
+        "vehicles": vehicles,
+        "connections": connections,
+        "warmup_s": warmup,
+        "measured_s": measured,
+        "ran_out_of_manifests": ran_out,
+        "first_contact_s": first_contact,
+        "checkins": n,
+        "errors": errors,
+        "first_error": first_error,
+        "checkins_per_s": n as f64 / measured.max(1e-9),
+        "latency_ms": {
+            "mean": mean * 1e3,
+            "p50": quantile(&latencies, 0.50) * 1e3,
+            "p90": quantile(&latencies, 0.90) * 1e3,
+            "p99": quantile(&latencies, 0.99) * 1e3,
+            "max": latencies.last().copied().unwrap_or_default() * 1e3,
+        },
+        "bytes": {
+            "manifest": sample_manifest.len(),
+            "checkin_response": sample_post.len(),
+            "timestamp": sample_get.len(),
+        },
+        "completed_counter": shared.completed.load(Ordering::Relaxed),
+        "verify_manifest_us": verify_us,
+        "cpu": {
+            "server_pids": server_pids,
+            "server_cores": server_cpu / measured.max(1e-9),
+            "server_ms_per_checkin": server_cpu * 1e3 / (n.max(1) as f64),
+            "load_generator_cores": own_cpu / measured.max(1e-9),
+        },
+    }))
+}

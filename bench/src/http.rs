@@ -1,0 +1,151 @@
+//! A minimal HTTP/1.1 keep-alive client for the load generator: one request at a time per
+//! connection, `Content-Length` bodies only (what both axum and nginx send here). Kept tiny so
+//! that the load generator costs the 2-core machine as little CPU as possible.
+
+use anyhow::{bail, Context};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// One keep-alive connection.
+pub(crate) struct Conn {
+    addr: String,
+    stream: Option<TcpStream>,
+    buf: Vec<u8>,
+}
+
+/// A response: status and body.
+pub(crate) struct Response {
+    pub(crate) status: u16,
+    pub(crate) body: Vec<u8>,
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+impl Conn {
+    /// A connection to `addr` (`host:port`), opened on first use.
+    pub(crate) fn new(addr: &str) -> Self {
+        Conn {
+            addr: addr.to_owned(),
+            stream: None,
+            buf: Vec::with_capacity(16 * 1024),
+        }
+    }
+
+    async fn stream(&mut self) -> anyhow::Result<&mut TcpStream> {
+        if self.stream.is_none() {
+            let s = TcpStream::connect(&self.addr)
+                .await
+                .with_context(|| format!("connecting to {}", self.addr))?;
+            s.set_nodelay(true)?;
+            self.stream = Some(s);
+            self.buf.clear();
+        }
+        self.stream.as_mut().context("no stream")
+    }
+
+    /// Sends one request and reads its response. On any error the connection is dropped (the
+    /// next request reconnects).
+    pub(crate) async fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &str,
+        body: &[u8],
+    ) -> anyhow::Result<Response> {
+        let r = self.request_inner(method, path, headers, body).await;
+        if r.is_err() {
+            self.stream = None;
+        }
+        r
+    }
+
+    async fn request_inner(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &str,
+        body: &[u8],
+    ) -> anyhow::Result<Response> {
+        let mut head = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{headers}");
+        if method == "POST" {
+            head.push_str(&format!(
+                "Content-Type: application/json\r\nContent-Length: {}\r\n",
+                body.len()
+            ));
+        }
+        head.push_str("\r\n");
+        let mut out = Vec::with_capacity(head.len() + body.len());
+        out.extend_from_slice(head.as_bytes());
+        out.extend_from_slice(body);
+        let stream = self.stream().await?;
+        stream.write_all(&out).await?;
+        // Read the head.
+        let mut buf = std::mem::take(&mut self.buf);
+        let result = read_response(self.stream.as_mut().context("no stream")?, &mut buf).await;
+        self.buf = buf;
+        let (response, close) = result?;
+        if close {
+            self.stream = None;
+        }
+        Ok(response)
+    }
+}
+
+async fn fill(stream: &mut TcpStream, buf: &mut Vec<u8>) -> anyhow::Result<()> {
+    let mut chunk = [0u8; 16 * 1024];
+    let n = stream.read(&mut chunk).await?;
+    if n == 0 {
+        bail!("connection closed by the server");
+    }
+    buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
+    Ok(())
+}
+
+/// Reads one response from `stream`; `buf` holds bytes already read (and keeps any bytes
+/// past this response). Returns the response and whether the server will close.
+async fn read_response(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+) -> anyhow::Result<(Response, bool)> {
+    let head_end = loop {
+        if let Some(i) = find(buf, b"\r\n\r\n") {
+            break i;
+        }
+        if buf.len() > 64 * 1024 {
+            bail!("response head too large");
+        }
+        fill(stream, buf).await?;
+    };
+    let head = std::str::from_utf8(buf.get(..head_end).unwrap_or_default())?.to_owned();
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let status: u16 = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("bad status line {status_line:?}"))?;
+    let mut length = None;
+    let mut close = false;
+    for line in lines {
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
+        let (name, value) = (name.trim().to_ascii_lowercase(), value.trim());
+        match name.as_str() {
+            "content-length" => length = Some(value.parse::<usize>()?),
+            "transfer-encoding" => bail!("chunked responses are not supported here"),
+            "connection" if value.eq_ignore_ascii_case("close") => close = true,
+            _ => {}
+        }
+    }
+    let length = length.context("response without Content-Length")?;
+    let start = head_end + 4;
+    while buf.len() < start + length {
+        fill(stream, buf).await?;
+    }
+    let body = buf.get(start..start + length).unwrap_or_default().to_vec();
+    buf.drain(..start + length);
+    Ok((Response { status, body }, close))
+}
