@@ -2,10 +2,10 @@
 //! ciphertext (64 KiB chunks, as `rampart publish --encrypt` makes them) where a server serves
 //! it; `image-fetch` then does what the vehicle does with it, in one process:
 //! `rampart_client::download_target` (bounded download into `NAME#partial`, ciphertext length
-//! and sha256 + sha512 checked while streaming, fsync, rename), then
+//! and sha256 checked while streaming — the ciphertext's one signed hash — fsync, rename), then
 //! `rampart_core::encryption::Decryptor` from that file into an output file with the
 //! plaintext's length and sha256 + sha512 checked while streaming (as the ECU's receive path
-//! does), fsync. `bench/run` measures its peak RSS with `/usr/bin/time -v`.
+//! does) through the slot's `WriteBehind`, fsync. `bench/run` measures its peak RSS with `/usr/bin/time -v`.
 
 use std::fs::File;
 use std::io::{BufWriter, Read, Write};
@@ -81,7 +81,9 @@ pub(crate) fn prepare(args: &Args) -> anyhow::Result<Value> {
     let mut enc = Encryptor::new(&key, DEFAULT_CHUNK_SIZE)?;
     let mut plain = BufWriter::new(File::create(&plain_path)?);
     let mut cipher = BufWriter::new(File::create(&cipher_path)?);
-    let (mut ph, mut ch) = (Hasher::new(), Hasher::new());
+    let mut ph = Hasher::new();
+    // The ciphertext gets one hash, as `rampart publish --encrypt` lists it.
+    let mut ch = digest::Context::new(&digest::SHA256);
     let mut noise = Noise(0x9e37_79b9_7f4a_7c15 ^ size);
     let mut block = vec![0u8; BLOCK];
     let mut out = Vec::with_capacity(BLOCK + 4096);
@@ -109,7 +111,7 @@ pub(crate) fn prepare(args: &Args) -> anyhow::Result<Value> {
     let params = json!({
         "key": hex::encode(key.as_bytes()),
         "plaintext": {"length": size, "hashes": ph.finish()},
-        "ciphertext": {"length": ct_len, "hashes": ch.finish()},
+        "ciphertext": {"length": ct_len, "hashes": {"sha256": hex::encode(ch.finish())}},
     });
     std::fs::write(&params_path, serde_json::to_vec_pretty(&params)?)?;
     Ok(params)
@@ -162,7 +164,8 @@ pub(crate) fn fetch(args: &Args) -> anyhow::Result<Value> {
 
     // Decrypt into the slot, checking the plaintext's length and hashes as it goes.
     let mut input = File::open(&download)?;
-    let mut output = File::create(&slot)?;
+    // The ECU's slot writer: written back to disk window by window.
+    let mut output = rampart_client::WriteBehind::new(File::create(&slot)?, 0);
     let mut dec = Decryptor::new(&key);
     let mut verifier = StreamVerifier::new("image", Some(pt_len), pt_len, Some(&pt_hashes))?;
     let mut buf = vec![0u8; 64 * 1024];
@@ -182,7 +185,7 @@ pub(crate) fn fetch(args: &Args) -> anyhow::Result<Value> {
     verifier.update(&out)?;
     output.write_all(&out)?;
     let written = verifier.finish()?;
-    output.sync_all()?;
+    drop(output.sync_all()?);
     let total = started.elapsed().as_secs_f64();
     if written != pt_len {
         bail!("wrote {written} bytes, expected {pt_len}");

@@ -9,14 +9,18 @@
 //!   and a minimum average speed (slow retrieval), HTTP Range resume for large images, TLS by
 //!   rustls with an optional private CA and client certificate (mTLS);
 //! * [`runner`] — executes the state machine's actions against a fetcher and a store, and
-//!   downloads targets into place with every hash checked while streaming.
+//!   downloads targets into place with every hash checked while streaming;
+//! * [`writeback`] — large files written back to disk while they are still being written,
+//!   so the closing `fsync` does not stall (also used for the ECUs' slots).
 
 pub mod error;
 pub mod fetch;
 pub mod runner;
 pub mod store;
+pub mod writeback;
 
 pub use error::{Error, Result};
 pub use fetch::{FetchConfig, FetchStatus, HttpFetcher, TlsConfig};
 pub use runner::{download_target, run, DownloadOutcome};
 pub use store::MetadataStore;
+pub use writeback::WriteBehind;

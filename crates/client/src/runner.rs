@@ -2,7 +2,7 @@
 //! downloads targets into place.
 
 use std::fs;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use rampart_core::client::{Action, Client, Fetched};
@@ -86,7 +86,7 @@ pub fn file_matches(path: &Path, length: u64, hashes: &Hashes) -> Result<bool> {
 }
 
 struct FileSink<'a> {
-    file: fs::File,
+    file: crate::writeback::WriteBehind,
     path: PathBuf,
     verifier: Option<StreamVerifier>,
     what: String,
@@ -100,7 +100,7 @@ impl Sink for FileSink<'_> {
     fn begin(&mut self, resumed: bool) -> Result<()> {
         if !resumed {
             // Server ignored the Range request: start over.
-            self.file.set_len(0).map_err(|e| Error::io(&self.path, e))?;
+            self.file.restart().map_err(|e| Error::io(&self.path, e))?;
             self.verifier = Some(StreamVerifier::new(
                 &self.what,
                 Some(self.length),
@@ -182,7 +182,7 @@ pub async fn download_target(
         file.set_len(0).map_err(|e| Error::io(&part, e))?;
     }
     let mut sink = FileSink {
-        file,
+        file: crate::writeback::WriteBehind::new(file, start),
         path: part.clone(),
         verifier: Some(verifier),
         what: what.clone(),
@@ -208,7 +208,8 @@ pub async fn download_target(
         let _ = fs::remove_file(&part);
         return Err(e.into());
     }
-    sink.file.sync_all().map_err(|e| Error::io(&part, e))?;
+    let FileSink { file, .. } = sink;
+    file.sync_all().map_err(|e| Error::io(&part, e))?;
     fs::rename(&part, dest).map_err(|e| Error::io(dest, e))?;
     if let Some(dir) = dest.parent() {
         sync_dir(dir)?;

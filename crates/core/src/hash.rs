@@ -6,8 +6,18 @@
 //! a file by listing only an algorithm we ignore. [`StreamVerifier`] checks while bytes arrive,
 //! so a file larger than its signed length is cut off at the first extra byte (endless data)
 //! and memory stays constant whatever the size.
+//!
+//! Images are hashed twice (sha256 and sha512 by default), and on CPUs without SHA-512
+//! instructions — most T-BOX SoCs, and x86 before Arrow Lake — SHA-512 alone is slower than
+//! downloading, decrypting and writing. So for large files (at least [`PARALLEL_MIN_LENGTH`]
+//! bytes) with more than one hash, [`StreamVerifier`] runs the slowest algorithm on a helper
+//! thread while the caller's thread computes the others: the checks are the same, the time
+//! is that of the slowest hash instead of their sum. The helper gets copies of the chunks
+//! through a bounded queue (at most [`QUEUE_CHUNKS`] in flight, buffers recycled), so memory
+//! stays constant; small files (metadata) never start a thread.
 
 use std::collections::BTreeMap;
+use std::sync::mpsc;
 
 use aws_lc_rs::digest;
 
@@ -61,6 +71,61 @@ pub fn verify_bytes(
     v.finish().map(|_| ())
 }
 
+/// Files at least this long, with more than one hash, are hashed on two threads.
+pub const PARALLEL_MIN_LENGTH: u64 = 4 * 1024 * 1024;
+
+/// Chunks queued for the helper thread at most (each a copy of one `update`).
+pub const QUEUE_CHUNKS: usize = 4;
+
+/// One hash computed on a helper thread: chunks go out through a bounded queue, emptied
+/// buffers come back for reuse, and the context comes back when the sender is dropped.
+struct Offloaded {
+    name: String,
+    expected: Vec<u8>,
+    chunks: Option<mpsc::SyncSender<Vec<u8>>>,
+    spare: mpsc::Receiver<Vec<u8>>,
+    worker: std::thread::JoinHandle<digest::Context>,
+}
+
+impl Offloaded {
+    fn start(name: String, expected: Vec<u8>, mut ctx: digest::Context) -> Option<Self> {
+        let (chunks, rx) = mpsc::sync_channel::<Vec<u8>>(QUEUE_CHUNKS);
+        let (give_back, spare) = mpsc::sync_channel::<Vec<u8>>(QUEUE_CHUNKS + 1);
+        let worker = std::thread::Builder::new()
+            .name(format!("rampart-{name}"))
+            .stack_size(64 * 1024)
+            .spawn(move || {
+                for mut chunk in rx {
+                    ctx.update(&chunk);
+                    chunk.clear();
+                    // The verifier may have stopped taking buffers back; that is fine.
+                    let _ = give_back.try_send(chunk);
+                }
+                ctx
+            })
+            .ok()?;
+        Some(Offloaded {
+            name,
+            expected,
+            chunks: Some(chunks),
+            spare,
+            worker,
+        })
+    }
+
+    fn update(&mut self, data: &[u8]) -> bool {
+        let mut buf = self.spare.try_recv().unwrap_or_default();
+        buf.extend_from_slice(data);
+        self.chunks.as_ref().is_some_and(|tx| tx.send(buf).is_ok())
+    }
+
+    fn finish(mut self) -> Option<(String, Vec<u8>, digest::Digest)> {
+        drop(self.chunks.take());
+        let ctx = self.worker.join().ok()?;
+        Some((self.name, self.expected, ctx.finish()))
+    }
+}
+
 /// Verifies length and hashes of a stream of bytes as it arrives.
 pub struct StreamVerifier {
     what: String,
@@ -68,6 +133,10 @@ pub struct StreamVerifier {
     max_length: u64,
     seen: u64,
     contexts: Vec<(String, Vec<u8>, digest::Context)>,
+    offloaded: Option<Offloaded>,
+    /// The helper thread went away (it cannot, short of a panic in the hash): the file is
+    /// refused rather than passed on the hashes that were computed.
+    offload_failed: bool,
 }
 
 impl std::fmt::Debug for StreamVerifier {
@@ -108,12 +177,27 @@ impl StreamVerifier {
                 })?;
             contexts.push((name.clone(), expected, digest::Context::new(alg)));
         }
+        // The slowest algorithm (the widest block: SHA-384/512) goes to the helper.
+        let offloaded =
+            if contexts.len() > 1 && expected_length.is_some_and(|l| l >= PARALLEL_MIN_LENGTH) {
+                contexts
+                    .iter()
+                    .enumerate()
+                    .max_by_key(|(_, (_, _, ctx))| ctx.algorithm().block_len())
+                    .map(|(i, _)| i)
+                    .map(|i| contexts.remove(i))
+                    .and_then(|(name, expected, ctx)| Offloaded::start(name, expected, ctx))
+            } else {
+                None
+            };
         Ok(StreamVerifier {
             what: what.to_owned(),
             expected_length,
             max_length: expected_length.map_or(max_length, |l| l.min(max_length)),
             seen: 0,
             contexts,
+            offloaded,
+            offload_failed: false,
         })
     }
 
@@ -127,6 +211,11 @@ impl StreamVerifier {
             });
         }
         self.seen = total;
+        if let Some(off) = self.offloaded.as_mut() {
+            if !off.update(data) {
+                self.offload_failed = true;
+            }
+        }
         for (_, _, ctx) in &mut self.contexts {
             ctx.update(data);
         }
@@ -149,8 +238,24 @@ impl StreamVerifier {
                 });
             }
         }
-        for (name, expected, ctx) in self.contexts {
-            let got = ctx.finish();
+        let mut digests: Vec<(String, Vec<u8>, digest::Digest)> = self
+            .contexts
+            .into_iter()
+            .map(|(name, expected, ctx)| (name, expected, ctx.finish()))
+            .collect();
+        if let Some(off) = self.offloaded {
+            let name = off.name.clone();
+            match off.finish() {
+                Some(d) if !self.offload_failed => digests.push(d),
+                _ => {
+                    return Err(Error::HashMismatch {
+                        what: self.what,
+                        algorithm: name,
+                    })
+                }
+            }
+        }
+        for (name, expected, got) in digests {
             if got.as_ref() != expected.as_slice() {
                 return Err(Error::HashMismatch {
                     what: self.what,
@@ -186,6 +291,52 @@ mod tests {
                 algorithm: "sha512".into()
             }
         );
+    }
+
+    /// Large files hash their slowest algorithm on a helper thread; the verdicts are the
+    /// same, and a mismatch in either hash (the offloaded one or the other) is caught.
+    #[test]
+    fn large_files_check_every_hash_on_two_threads() {
+        let data: Vec<u8> = (0..PARALLEL_MIN_LENGTH + 12_345)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        let len = data.len() as u64;
+        let good = compute_hashes(&data);
+        let feed = |hashes: &Hashes| {
+            let mut v = StreamVerifier::new("img", Some(len), len, Some(hashes)).unwrap();
+            assert!(
+                v.offloaded.is_some(),
+                "the sha512 pass runs on a helper thread"
+            );
+            for chunk in data.chunks(64 * 1024 + 7) {
+                v.update(chunk).unwrap();
+            }
+            v.finish()
+        };
+        assert_eq!(feed(&good), Ok(len));
+        for alg in ["sha256", "sha512"] {
+            let mut bad = good.clone();
+            let other = compute_hashes(b"other");
+            bad.insert(alg.into(), other[alg].clone());
+            assert_eq!(
+                feed(&bad),
+                Err(Error::HashMismatch {
+                    what: "img".into(),
+                    algorithm: alg.into()
+                })
+            );
+        }
+        // One hash, or a small file: no thread.
+        let mut only = good.clone();
+        only.remove("sha512");
+        let v = StreamVerifier::new("img", Some(len), len, Some(&only)).unwrap();
+        assert!(v.offloaded.is_none());
+        let v = StreamVerifier::new("img", Some(10), 10, Some(&good)).unwrap();
+        assert!(v.offloaded.is_none());
+        // Dropped half-way: the helper ends on its own.
+        let mut v = StreamVerifier::new("img", Some(len), len, Some(&good)).unwrap();
+        v.update(data.get(..1000).unwrap()).unwrap();
+        drop(v);
     }
 
     #[test]

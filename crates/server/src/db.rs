@@ -6,6 +6,14 @@
 //! `rampart serve` instances can share one PostgreSQL database. Concurrent writers are made
 //! safe by conditional updates (a manifest counter only moves forward if it is above the
 //! stored one; a director role version only moves from the version that was read).
+//!
+//! Every write that changes what the director must tell a vehicle (a new assignment, an
+//! assignment completed by a check-in) also marks the vehicle's stored director targets as
+//! out of date, in the same transaction ([`INSTRUCTIONS_CHANGED`]). That lets the director
+//! answer the common request — nothing changed, nothing near expiry — from one read of the
+//! stored documents instead of re-deriving the instructions from the inventory every time,
+//! and a writer that derived instructions before such a change cannot store them after it
+//! (the conditional write also compares the targets' `content_digest`).
 
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
@@ -217,6 +225,32 @@ fn get_opt_i64(row: &AnyRow, col: &str) -> Result<Option<i64>> {
 fn json(text: &str, what: &str) -> Result<serde_json::Value> {
     serde_json::from_str(text)
         .map_err(|e| Error::Database(format!("stored {what} is not JSON: {e}")))
+}
+
+/// Prefix of the `content_digest` a change of instructions leaves on a vehicle's stored
+/// director targets (followed by a unique suffix, so that two changes never look alike).
+pub const INSTRUCTIONS_CHANGED: &str = "instructions-changed ";
+
+/// A marker no other writer produces: time, process and a process-wide counter.
+fn changed_marker() -> String {
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    format!(
+        "{INSTRUCTIONS_CHANGED}{} {} {}",
+        chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
+        std::process::id(),
+        SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    )
+}
+
+/// The three director documents of a vehicle, as stored (each may be missing).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DirectorRoles {
+    /// Director targets.
+    pub targets: Option<StoredRole>,
+    /// Director snapshot.
+    pub snapshot: Option<StoredRole>,
+    /// Director timestamp.
+    pub timestamp: Option<StoredRole>,
 }
 
 /// Current time as stored (RFC 3339, seconds).
@@ -432,6 +466,7 @@ impl Db {
         .await
         .map_err(db_err("insert assignment"))?;
         let id = get_i64(&row, "id")?;
+        Self::mark_instructions_changed(&mut tx, &a.vin).await?;
         tx.commit().await.map_err(db_err("commit"))?;
         Ok(id)
     }
@@ -551,8 +586,56 @@ impl Db {
             .execute(&mut *tx)
             .await
             .map_err(db_err("store manifest"))?;
+        if !completed.is_empty() {
+            Self::mark_instructions_changed(&mut tx, checkin.vin).await?;
+        }
         tx.commit().await.map_err(db_err("commit"))?;
         Ok(completed)
+    }
+
+    /// Marks `vin`'s stored director targets as no longer matching its instructions (see the
+    /// module documentation), inside the caller's transaction.
+    async fn mark_instructions_changed(
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        vin: &str,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE director_roles SET content_digest = $1 WHERE vin = $2 AND role = 'targets'",
+        )
+        .bind(changed_marker())
+        .bind(vin)
+        .execute(&mut **tx)
+        .await
+        .map_err(db_err("mark instructions changed"))?;
+        Ok(())
+    }
+
+    /// The three director documents of `vin`, in one read.
+    pub async fn director_roles(&self, vin: &str) -> Result<DirectorRoles> {
+        let rows = sqlx::query(
+            "SELECT role, version, expires_at, content_digest, document FROM director_roles WHERE vin = $1",
+        )
+        .bind(vin)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err("director roles"))?;
+        let mut out = DirectorRoles::default();
+        for r in &rows {
+            let role = StoredRole {
+                role: get_str(r, "role")?,
+                version: to_u64(get_i64(r, "version")?),
+                expires_at: get_str(r, "expires_at")?,
+                content_digest: get_str(r, "content_digest")?,
+                document: get_str(r, "document")?,
+            };
+            match role.role.as_str() {
+                "targets" => out.targets = Some(role),
+                "snapshot" => out.snapshot = Some(role),
+                "timestamp" => out.timestamp = Some(role),
+                _ => {}
+            }
+        }
+        Ok(out)
     }
 
     /// The current director document of `role` for `vin`.
@@ -584,12 +667,25 @@ impl Db {
         vin: &str,
         roles: &[(Option<u64>, StoredRole)],
     ) -> Result<bool> {
+        self.replace_director_roles_from(vin, None, roles).await
+    }
+
+    /// [`Db::replace_director_roles`], and if `targets_digest` is given, only if the stored
+    /// targets' `content_digest` is still that one: instructions derived before a change of
+    /// assignments are not stored after it.
+    pub async fn replace_director_roles_from(
+        &self,
+        vin: &str,
+        targets_digest: Option<&str>,
+        roles: &[(Option<u64>, StoredRole)],
+    ) -> Result<bool> {
         let mut tx = self.pool.begin().await.map_err(db_err("begin"))?;
         for (previous, r) in roles {
+            let digest = targets_digest.filter(|_| r.role == "targets");
             let done = match previous {
                 Some(prev) => sqlx::query(
                     "UPDATE director_roles SET version = $1, expires_at = $2, content_digest = $3, document = $4 \
-                     WHERE vin = $5 AND role = $6 AND version = $7",
+                     WHERE vin = $5 AND role = $6 AND version = $7 AND ($8 = '' OR content_digest = $8)",
                 )
                 .bind(to_i64(r.version))
                 .bind(&r.expires_at)
@@ -598,6 +694,7 @@ impl Db {
                 .bind(vin)
                 .bind(&r.role)
                 .bind(to_i64(*prev))
+                .bind(digest.unwrap_or(""))
                 .execute(&mut *tx)
                 .await
                 .map_err(db_err("update director role"))?

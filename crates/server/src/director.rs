@@ -30,7 +30,10 @@ use rampart_core::uptane::{
 };
 use serde::Serialize;
 
-use crate::db::{Assignment, Checkin, Db, Installed, NewEvent, ReportUpdate, StoredRole, Vehicle};
+use crate::db::{
+    Assignment, Checkin, Db, Installed, NewEvent, ReportUpdate, StoredRole, Vehicle,
+    INSTRUCTIONS_CHANGED,
+};
 use crate::error::{Error, Result};
 
 /// The director's online keys.
@@ -152,26 +155,45 @@ impl Director {
 
     /// The director documents of `vin`, re-signed first if the instructions changed or they
     /// near expiry.
+    ///
+    /// The common case — nothing assigned or completed since they were signed (no change
+    /// marker, see [`crate::db`]), nothing near expiry — is one read of the stored documents.
+    /// Otherwise the instructions are derived from the inventory and compared by digest.
     pub async fn documents(&self, vin: &str, now: DateTime<Utc>) -> Result<DirectorDocs> {
+        let stored = self.db.director_roles(vin).await?;
+        if let (Some(t), Some(s), Some(ts)) = (&stored.targets, &stored.snapshot, &stored.timestamp)
+        {
+            if !t.content_digest.starts_with(INSTRUCTIONS_CHANGED)
+                && self.targets_fresh(t, now)
+                && self.timestamp_fresh(ts, now)
+            {
+                return Ok(DirectorDocs {
+                    targets: t.clone(),
+                    snapshot: s.clone(),
+                    timestamp: ts.clone(),
+                });
+            }
+        }
         let vehicle = self
             .db
             .vehicle(vin)
             .await?
             .ok_or_else(|| Error::NotFound(format!("vehicle {vin} is not registered")))?;
-        for _attempt in 0..3 {
+        let mut current = stored;
+        for attempt in 0..3 {
+            if attempt > 0 {
+                current = self.db.director_roles(vin).await?;
+            }
             let pending = self.db.assignments(Some(vin), Some("pending")).await?;
             let digest = self.instruction_digest(&vehicle, &pending)?;
-            let current = (
-                self.db.director_role(vin, "targets").await?,
-                self.db.director_role(vin, "snapshot").await?,
-                self.db.director_role(vin, "timestamp").await?,
-            );
-            if let (Some(t), Some(s), Some(ts)) = &current {
-                let targets_fresh = t.content_digest == digest
-                    && parse_time(&t.expires_at) - now > self.lifetimes.targets / 2;
-                let timestamp_fresh =
-                    parse_time(&ts.expires_at) - now > self.lifetimes.timestamp / 2;
-                if targets_fresh && timestamp_fresh {
+            // The targets' digest as read: a change of instructions after this read makes the
+            // write below lose, and the next attempt sees the change.
+            let read_digest = current.targets.as_ref().map(|t| t.content_digest.clone());
+            if let (Some(t), Some(s), Some(ts)) =
+                (&current.targets, &current.snapshot, &current.timestamp)
+            {
+                let targets_fresh = t.content_digest == digest && self.targets_fresh(t, now);
+                if targets_fresh && self.timestamp_fresh(ts, now) {
                     return Ok(DirectorDocs {
                         targets: t.clone(),
                         snapshot: s.clone(),
@@ -195,9 +217,9 @@ impl Director {
                 }
             }
             let versions = (
-                current.0.as_ref().map(|r| r.version),
-                current.1.as_ref().map(|r| r.version),
-                current.2.as_ref().map(|r| r.version),
+                current.targets.as_ref().map(|r| r.version),
+                current.snapshot.as_ref().map(|r| r.version),
+                current.timestamp.as_ref().map(|r| r.version),
             );
             let targets = self
                 .sign_targets(
@@ -212,8 +234,9 @@ impl Director {
             let timestamp = self.sign_timestamp(versions.2.unwrap_or(0) + 1, &snapshot, now)?;
             let stored = self
                 .db
-                .replace_director_roles(
+                .replace_director_roles_from(
                     vin,
+                    read_digest.as_deref(),
                     &[
                         (versions.0, targets.clone()),
                         (versions.1, snapshot.clone()),
@@ -229,11 +252,21 @@ impl Director {
                     timestamp,
                 });
             }
-            // Another instance signed concurrently: read again.
+            // Another instance signed, or the instructions changed, concurrently: read again.
         }
         Err(Error::Database(format!(
             "director metadata of {vin} kept changing under us"
         )))
+    }
+
+    /// Director targets are re-signed when half their lifetime is gone.
+    fn targets_fresh(&self, t: &StoredRole, now: DateTime<Utc>) -> bool {
+        parse_time(&t.expires_at) - now > self.lifetimes.targets / 2
+    }
+
+    /// The director timestamp is re-signed when half its lifetime is gone.
+    fn timestamp_fresh(&self, ts: &StoredRole, now: DateTime<Utc>) -> bool {
+        parse_time(&ts.expires_at) - now > self.lifetimes.timestamp / 2
     }
 
     fn instruction_digest(&self, vehicle: &Vehicle, pending: &[Assignment]) -> Result<String> {

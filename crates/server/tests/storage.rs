@@ -18,7 +18,7 @@ use rampart_core::key::KeyScheme;
 use rampart_core::signer::{InMemorySigner, Signer};
 use rampart_server::db::{
     Assignment, Backend, Checkin, Db, ImageKey, Installed, NewEcu, NewEvent, NewVehicle,
-    ReportUpdate, StoredRole, Vehicle,
+    ReportUpdate, StoredRole, Vehicle, INSTRUCTIONS_CHANGED,
 };
 use rampart_server::Error;
 use serde_json::json;
@@ -57,6 +57,7 @@ storage_suite!(
     concurrent_checkins_with_one_counter_accept_one,
     director_roles_replace_only_from_the_version_read,
     concurrent_director_role_replace_has_one_winner,
+    instruction_changes_mark_director_targets_and_fence_stale_writers,
     security_events_filter_and_limit,
     image_keys_store_replace_read,
     expire_director_roles_marks_every_document,
@@ -616,6 +617,97 @@ async fn director_roles_replace_only_from_the_version_read(url: String) {
     assert_eq!(
         db.director_role("VIN-D", "targets").await.unwrap(),
         Some(t2)
+    );
+}
+
+/// A new assignment and a completed one mark the vehicle's stored director targets (and only
+/// that vehicle's, only targets); a writer that read the targets before the change cannot
+/// store instructions derived from the old state; a check-in that completes nothing marks
+/// nothing.
+async fn instruction_changes_mark_director_targets_and_fence_stale_writers(url: String) {
+    let db = connect(&url).await;
+    for vin in ["VIN-F", "VIN-G"] {
+        db.register_vehicle(&new_vehicle(vin)).await.unwrap();
+        let roles = [
+            (None, role("targets", 1, vin)),
+            (None, role("snapshot", 1, vin)),
+            (None, role("timestamp", 1, vin)),
+        ];
+        assert!(db.replace_director_roles(vin, &roles).await.unwrap());
+    }
+    let read = db.director_roles("VIN-F").await.unwrap();
+    let t1 = read.targets.clone().unwrap();
+    assert_eq!(t1, role("targets", 1, "VIN-F"));
+    assert_eq!(read.snapshot, Some(role("snapshot", 1, "VIN-F")));
+    assert_eq!(read.timestamp, Some(role("timestamp", 1, "VIN-F")));
+
+    let a = assignment("VIN-F", "TBOX-1", "tbox/fw-3.bin", 3);
+    db.create_assignment(&a).await.unwrap();
+    let marked = db.director_roles("VIN-F").await.unwrap();
+    let t = marked.targets.clone().unwrap();
+    assert!(t.content_digest.starts_with(INSTRUCTIONS_CHANGED), "{t:?}");
+    assert_eq!(
+        (t.version, &t.document),
+        (1, &t1.document),
+        "only the digest"
+    );
+    assert_eq!(marked.snapshot, read.snapshot);
+    let other = db.director_roles("VIN-G").await.unwrap();
+    assert_eq!(other.targets, Some(role("targets", 1, "VIN-G")));
+
+    // A writer that read digest-VIN-F before the assignment loses, and changes nothing.
+    let before = counts(&db).await;
+    assert!(!db
+        .replace_director_roles_from(
+            "VIN-F",
+            Some(&t1.content_digest),
+            &[(Some(1), role("targets", 2, "old-instructions"))]
+        )
+        .await
+        .unwrap());
+    assert_eq!(db.director_roles("VIN-F").await.unwrap(), marked);
+    assert_eq!(counts(&db).await, before);
+    // One that read the marker wins.
+    let t2 = role("targets", 2, "new-instructions");
+    assert!(db
+        .replace_director_roles_from("VIN-F", Some(&t.content_digest), &[(Some(1), t2.clone())])
+        .await
+        .unwrap());
+    assert_eq!(
+        db.director_roles("VIN-F").await.unwrap().targets,
+        Some(t2.clone())
+    );
+
+    // A check-in that completes nothing leaves the targets alone; one that completes the
+    // assignment marks them again, with a marker never seen before.
+    let mut other_image = installed_as(&a);
+    other_image.target = "tbox/fw-1.bin".into();
+    let done = db
+        .record_checkin(&checkin("VIN-F", 1, vec![report("TBOX-1", other_image, 1)]))
+        .await
+        .unwrap();
+    assert!(done.is_empty());
+    assert_eq!(db.director_roles("VIN-F").await.unwrap().targets, Some(t2));
+    let done = db
+        .record_checkin(&checkin(
+            "VIN-F",
+            2,
+            vec![report("TBOX-1", installed_as(&a), 2)],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(done.len(), 1);
+    let again = db.director_roles("VIN-F").await.unwrap().targets.unwrap();
+    assert!(again.content_digest.starts_with(INSTRUCTIONS_CHANGED));
+    assert_ne!(again.content_digest, t.content_digest);
+    // No documents stored yet: nothing to mark, nothing fails.
+    db.register_vehicle(&new_vehicle("VIN-H")).await.unwrap();
+    db.create_assignment(&assignment("VIN-H", "TBOX-1", "tbox/fw-3.bin", 3))
+        .await
+        .unwrap();
+    assert_eq!(
+        db.director_roles("VIN-H").await.unwrap(),
+        Default::default()
     );
 }
 

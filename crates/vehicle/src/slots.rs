@@ -15,7 +15,7 @@
 //! the new one (new slot, fully verified, with the old one as fallback).
 
 use std::fs;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use rampart_core::hash::{Hashes, StreamVerifier};
@@ -172,7 +172,9 @@ pub struct Slots {
 pub struct SlotWriter {
     slot: Slot,
     path: PathBuf,
-    file: fs::File,
+    /// Written back window by window, so the `fsync` before the slot switch does not stall
+    /// the ECU for seconds (and a large image never fills RAM with dirty pages).
+    file: rampart_client::WriteBehind,
     written: u64,
 }
 
@@ -264,7 +266,7 @@ impl Slots {
         Ok(SlotWriter {
             slot,
             path,
-            file,
+            file: rampart_client::WriteBehind::new(file, 0),
             written: 0,
         })
     }
@@ -282,8 +284,7 @@ impl Slots {
             file,
             written,
         } = writer;
-        file.sync_all().map_err(|e| io(&path, e))?;
-        drop(file);
+        drop(file.sync_all().map_err(|e| io(&path, e))?);
         if written != image.length {
             return Err(SlotError::Verify(rampart_core::Error::LengthMismatch {
                 what: format!("slot {slot:?}"),
