@@ -220,6 +220,241 @@ impl<'de> DeserializeSeed<'de> for StrictSeed {
     }
 }
 
+/// What [`canonicalize_sorted_envelope`] found: the canonical bytes of the top-level
+/// `signed` object, its `_type` (if a string), and the whole document in canonical form.
+pub(crate) struct SortedEnvelope {
+    /// Canonical form of the whole document.
+    pub document: Vec<u8>,
+    /// Where `signed` is inside `document`.
+    pub signed: std::ops::Range<usize>,
+    /// Where `signatures` is inside `document`.
+    pub signatures: std::ops::Range<usize>,
+    /// `signed._type`, when present and a string.
+    pub type_field: Option<String>,
+}
+
+/// The fast path of [`crate::metadata::Envelope::parse`]: writes the canonical form of a
+/// document *while parsing it*, without building a [`Value`] tree, for documents whose object
+/// keys are already in canonical order at every level — which is how python-tuf
+/// (`sort_keys=True`), securesystemslib, tough and Rampart itself write metadata.
+///
+/// Returns `None` for anything else: keys out of order, and therefore also duplicate keys
+/// (a duplicate is never *strictly* after its twin), floats, integers beyond 64 bits, invalid
+/// JSON, trailing data, a top level that is not an object. The caller then takes the tree path
+/// ([`parse_strict`] + [`to_canonical`]), which sorts what needs sorting and names the error,
+/// so both paths accept and refuse exactly the same documents and produce the same bytes.
+pub(crate) fn canonicalize_sorted_envelope(bytes: &[u8]) -> Option<SortedEnvelope> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut found = Found::default();
+    let seed = SortedWriter {
+        out: &mut out,
+        place: Place::Top,
+        found: &mut found,
+    };
+    seed.deserialize(&mut de).ok()?;
+    de.end().ok()?;
+    Some(SortedEnvelope {
+        document: out,
+        signed: found.signed?,
+        signatures: found.signatures?,
+        type_field: found.type_field,
+    })
+}
+
+#[derive(Default)]
+struct Found {
+    signed: Option<std::ops::Range<usize>>,
+    signatures: Option<std::ops::Range<usize>>,
+    type_field: Option<String>,
+}
+
+/// Where in the document a value sits: only two places matter.
+#[derive(Clone, Copy, PartialEq)]
+enum Place {
+    Top,
+    Signed,
+    Inside,
+}
+
+struct SortedWriter<'o> {
+    out: &'o mut Vec<u8>,
+    place: Place,
+    found: &'o mut Found,
+}
+
+impl<'de> DeserializeSeed<'de> for SortedWriter<'_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> std::result::Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+/// An object key, borrowed from the input when it has no escapes.
+struct Key<'de>(std::borrow::Cow<'de, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl<'de> Visitor<'de> for KeyVisitor {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object key")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> std::result::Result<Key<'de>, E> {
+                Ok(Key(std::borrow::Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> std::result::Result<Key<'de>, E> {
+                Ok(Key(std::borrow::Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E>(self, v: String) -> std::result::Result<Key<'de>, E> {
+                Ok(Key(std::borrow::Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(KeyVisitor)
+    }
+}
+
+impl<'de> Visitor<'de> for SortedWriter<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E: de::Error>(self, v: bool) -> std::result::Result<(), E> {
+        self.top_must_be_object()?;
+        self.out
+            .extend_from_slice(if v { b"true" } else { b"false" });
+        Ok(())
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> std::result::Result<(), E> {
+        use std::io::Write as _;
+        self.top_must_be_object()?;
+        let _ = write!(self.out, "{v}");
+        Ok(())
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> std::result::Result<(), E> {
+        use std::io::Write as _;
+        self.top_must_be_object()?;
+        let _ = write!(self.out, "{v}");
+        Ok(())
+    }
+    fn visit_f64<E: de::Error>(self, _v: f64) -> std::result::Result<(), E> {
+        Err(E::custom("float or integer beyond 64 bits"))
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> std::result::Result<(), E> {
+        self.top_must_be_object()?;
+        write_string(v, self.out);
+        Ok(())
+    }
+    fn visit_unit<E: de::Error>(self) -> std::result::Result<(), E> {
+        self.top_must_be_object()?;
+        self.out.extend_from_slice(b"null");
+        Ok(())
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<(), A::Error> {
+        self.top_must_be_object()?;
+        self.out.push(b'[');
+        let mut first = true;
+        loop {
+            let mark = self.out.len();
+            if !first {
+                self.out.push(b',');
+            }
+            let item = SortedWriter {
+                out: &mut *self.out,
+                place: Place::Inside,
+                found: &mut *self.found,
+            };
+            if seq.next_element_seed(item)?.is_none() {
+                self.out.truncate(mark);
+                break;
+            }
+            first = false;
+        }
+        self.out.push(b']');
+        Ok(())
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<(), A::Error> {
+        self.out.push(b'{');
+        let mut previous: Option<Key<'de>> = None;
+        while let Some(key) = map.next_key::<Key<'de>>()? {
+            // Strictly increasing by code point (= UTF-8 byte order): sorted, no duplicates.
+            if previous.as_ref().is_some_and(|p| p.0 >= key.0) {
+                return Err(de::Error::custom("keys not in canonical order"));
+            }
+            if previous.is_some() {
+                self.out.push(b',');
+            }
+            write_string(&key.0, self.out);
+            self.out.push(b':');
+            match (self.place, key.0.as_ref()) {
+                (Place::Top, "signed") => {
+                    let start = self.out.len();
+                    map.next_value_seed(SortedWriter {
+                        out: &mut *self.out,
+                        place: Place::Signed,
+                        found: &mut *self.found,
+                    })?;
+                    self.found.signed = Some(start..self.out.len());
+                }
+                (Place::Top, "signatures") => {
+                    let start = self.out.len();
+                    map.next_value_seed(SortedWriter {
+                        out: &mut *self.out,
+                        place: Place::Inside,
+                        found: &mut *self.found,
+                    })?;
+                    self.found.signatures = Some(start..self.out.len());
+                }
+                (Place::Signed, "_type") => {
+                    let start = self.out.len();
+                    map.next_value_seed(SortedWriter {
+                        out: &mut *self.out,
+                        place: Place::Inside,
+                        found: &mut *self.found,
+                    })?;
+                    // A string value is written as `"…"` with only `"` and `\` escaped.
+                    let written = self.out.get(start..).unwrap_or_default();
+                    if let Some(inner) = written
+                        .strip_prefix(b"\"")
+                        .and_then(|w| w.strip_suffix(b"\""))
+                    {
+                        let mut text = Vec::with_capacity(inner.len());
+                        let mut escaped = false;
+                        for &b in inner {
+                            if b == b'\\' && !escaped {
+                                escaped = true;
+                                continue;
+                            }
+                            escaped = false;
+                            text.push(b);
+                        }
+                        self.found.type_field = String::from_utf8(text).ok();
+                    }
+                }
+                _ => map.next_value_seed(SortedWriter {
+                    out: &mut *self.out,
+                    place: Place::Inside,
+                    found: &mut *self.found,
+                })?,
+            }
+            previous = Some(key);
+        }
+        self.out.push(b'}');
+        Ok(())
+    }
+}
+
+impl SortedWriter<'_> {
+    fn top_must_be_object<E: de::Error>(&self) -> std::result::Result<(), E> {
+        if self.place == Place::Top {
+            return Err(E::custom("top level is not an object"));
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

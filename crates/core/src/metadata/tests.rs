@@ -232,3 +232,90 @@ fn add_signatures_keeps_existing_ones() {
     let (keys, ids) = keys_of(&[&a, &b]);
     env.verify("timestamp", &keys, &ids, 2).unwrap();
 }
+
+/// The two parse paths (canonicalised while parsing, or through the strict tree) accept and
+/// refuse the same documents and produce the same canonical bytes, `_type`, signatures and
+/// typed role — for sorted documents (the fast path's), unsorted ones, escapes, control
+/// characters, unicode, duplicates, floats, huge integers and wrong shapes.
+#[test]
+fn fast_and_tree_parse_paths_agree() {
+    let s = signer();
+    let sorted_doc = sign_role(&timestamp_value(3), &[&s]).unwrap();
+    let sig = serde_json::to_string(&Signature::new(s.key_id(), &[1, 2, 3])).unwrap();
+    let cases: Vec<Vec<u8>> = vec![
+        sorted_doc.clone(),
+        serde_json::to_vec(&serde_json::from_slice::<Value>(&sorted_doc).unwrap()).unwrap(),
+        // Unsorted at the top, inside `signed`, inside a nested object.
+        format!(r#"{{"signed":{{"_type":"timestamp"}},"signatures":[{sig}]}}"#).into_bytes(),
+        format!(r#"{{"signatures":[{sig}],"signed":{{"version":1,"_type":"timestamp"}}}}"#)
+            .into_bytes(),
+        format!(r#"{{"signatures":[{sig}],"signed":{{"_type":"t","m":{{"b":1,"a":2}}}}}}"#)
+            .into_bytes(),
+        // Escapes, unicode, a control character (escaped in JSON, raw in canonical form).
+        format!(r#"{{"signatures":[{sig}],"signed":{{"_type":"ti\"me\\stamp","x":"\u00e9\u0041"}}}}"#)
+            .into_bytes(),
+        format!(r#"{{"signatures":[{sig}],"signed":{{"_type":"timestamp","x":"a\nb\u0001"}}}}"#)
+            .into_bytes(),
+        format!(r#"{{"signatures":[{sig}],"signed":{{"_type":"timestamp","a":1,"a!":2,"é":[1,[],{{}}]}}}}"#)
+            .into_bytes(),
+        // Duplicates (adjacent, so "sorted" but not strictly), floats, huge integers.
+        format!(r#"{{"signatures":[{sig}],"signed":{{"_type":"timestamp","a":1,"a":1}}}}"#)
+            .into_bytes(),
+        format!(r#"{{"signatures":[{sig}],"signatures":[],"signed":{{"_type":"timestamp"}}}}"#)
+            .into_bytes(),
+        format!(r#"{{"signatures":[{sig}],"signed":{{"_type":"timestamp","v":1.5}}}}"#)
+            .into_bytes(),
+        format!(r#"{{"signatures":[{sig}],"signed":{{"_type":"timestamp","v":18446744073709551616}}}}"#)
+            .into_bytes(),
+        format!(r#"{{"signatures":[{sig}],"signed":{{"_type":"timestamp","v":-9223372036854775808}}}}"#)
+            .into_bytes(),
+        // Wrong shapes.
+        br#"[1,2]"#.to_vec(),
+        br#"{"signatures":[]}"#.to_vec(),
+        br#"{"signed":{}}"#.to_vec(),
+        br#"{"signatures":{"a":1},"signed":{}}"#.to_vec(),
+        br#"{"signatures":[],"signed":{"_type":7}}"#.to_vec(),
+        br#"{"signatures":[],"signed":"x"}"#.to_vec(),
+        format!(r#"{{"signatures":[{sig},{sig}],"signed":{{}}}}"#).into_bytes(),
+        br#"{"signatures":[],"signed":{}} trailing"#.to_vec(),
+        br#"{"signatures":[],"signed":{}"#.to_vec(),
+        br#"{"signatures":[],"signed":{},"z":[1,2,{"b":0,"a":0}]}"#.to_vec(),
+    ];
+    let mut fast_taken = 0;
+    for doc in &cases {
+        let shown = String::from_utf8_lossy(doc);
+        let via_either = Envelope::parse(doc, "timestamp");
+        let via_tree = Envelope::parse_tree(doc, "timestamp");
+        match (&via_either, &via_tree) {
+            (Ok(a), Ok(b)) => {
+                if a.signed.is_none() {
+                    fast_taken += 1;
+                }
+                assert_eq!(a.canonical_signed, b.canonical_signed, "{shown}");
+                assert_eq!(a.type_field(), b.type_field(), "{shown}");
+                assert_eq!(a.signatures, b.signatures, "{shown}");
+                assert_eq!(
+                    a.signed_value().unwrap(),
+                    b.signed_value().unwrap(),
+                    "{shown}"
+                );
+                let (ta, tb) = (
+                    a.typed::<Timestamp>("timestamp"),
+                    b.typed::<Timestamp>("timestamp"),
+                );
+                assert_eq!(ta.as_ref().ok(), tb.as_ref().ok(), "{shown}");
+                assert_eq!(
+                    ta.err().map(|e| e.rule()),
+                    tb.err().map(|e| e.rule()),
+                    "{shown}"
+                );
+            }
+            (Err(a), Err(b)) => assert_eq!(a, b, "{shown}"),
+            _ => panic!("paths disagree on {shown}: {via_either:?} vs {via_tree:?}"),
+        }
+    }
+    assert!(
+        fast_taken >= 5,
+        "the fast path is taken for sorted documents"
+    );
+}

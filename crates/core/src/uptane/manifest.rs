@@ -132,8 +132,7 @@ pub fn verify_ecu_report(
     let env = Envelope::parse(&bytes, "ECU version report")?;
     check_type(&env, ECU_REPORT_TYPE)?;
     verify_single(&env, &format!("ECU version report of {expected_ecu}"), key)?;
-    let report = EcuVersionReport::deserialize(&env.signed)
-        .map_err(|e| Error::malformed("ECU version report", e))?;
+    let report: EcuVersionReport = env.signed_as("ECU version report")?;
     if report.ecu_id != expected_ecu {
         return Err(Error::Manifest(format!(
             "report listed under ECU {expected_ecu} is signed for ECU {}",
@@ -183,8 +182,7 @@ pub fn verify_vehicle_manifest(bytes: &[u8], keys: &VehicleKeys<'_>) -> Result<V
         &format!("vehicle manifest of {}", keys.vin),
         keys.primary_key,
     )?;
-    let manifest = VehicleManifest::deserialize(&env.signed)
-        .map_err(|e| Error::malformed("vehicle manifest", e))?;
+    let manifest: VehicleManifest = env.signed_as("vehicle manifest")?;
     if manifest.vin != keys.vin {
         return Err(Error::WrongVehicle {
             expected: keys.vin.to_owned(),
