@@ -12,9 +12,10 @@
 //! downloading, decrypting and writing. So for large files (at least [`PARALLEL_MIN_LENGTH`]
 //! bytes) with more than one hash, [`StreamVerifier`] runs the slowest algorithm on a helper
 //! thread while the caller's thread computes the others: the checks are the same, the time
-//! is that of the slowest hash instead of their sum. The helper gets copies of the chunks
-//! through a bounded queue (at most [`QUEUE_CHUNKS`] in flight, buffers recycled), so memory
-//! stays constant; small files (metadata) never start a thread.
+//! is that of the slowest hash instead of their sum. The helper gets copies of the bytes in
+//! 64 KiB pieces through a bounded queue (at most [`QUEUE_CHUNKS`] in flight, buffers
+//! recycled), so memory stays constant (well under 1 MiB); small files (metadata) never
+//! start a thread.
 
 use std::collections::BTreeMap;
 use std::sync::mpsc;
@@ -74,8 +75,12 @@ pub fn verify_bytes(
 /// Files at least this long, with more than one hash, are hashed on two threads.
 pub const PARALLEL_MIN_LENGTH: u64 = 4 * 1024 * 1024;
 
-/// Chunks queued for the helper thread at most (each a copy of one `update`).
+/// Pieces queued for the helper thread at most.
 pub const QUEUE_CHUNKS: usize = 4;
+
+/// Size of the pieces the helper gets (copies of the caller's bytes): memory held for the
+/// helper is at most about `(2 × QUEUE_CHUNKS + 2) × PIECE` (queued, spare and in hand).
+const PIECE: usize = 64 * 1024;
 
 /// One hash computed on a helper thread: chunks go out through a bounded queue, emptied
 /// buffers come back for reuse, and the context comes back when the sender is dropped.
@@ -114,9 +119,21 @@ impl Offloaded {
     }
 
     fn update(&mut self, data: &[u8]) -> bool {
-        let mut buf = self.spare.try_recv().unwrap_or_default();
-        buf.extend_from_slice(data);
-        self.chunks.as_ref().is_some_and(|tx| tx.send(buf).is_ok())
+        // Fixed-size pieces, so that what is queued never exceeds QUEUE_CHUNKS × PIECE
+        // however large the caller's chunks are (an HTTP stack's read buffer grows to
+        // hundreds of KiB on a fast link).
+        for piece in data.chunks(PIECE) {
+            let mut buf = self
+                .spare
+                .try_recv()
+                .unwrap_or_else(|_| Vec::with_capacity(PIECE));
+            buf.extend_from_slice(piece);
+            let sent = self.chunks.as_ref().is_some_and(|tx| tx.send(buf).is_ok());
+            if !sent {
+                return false;
+            }
+        }
+        true
     }
 
     fn finish(mut self) -> Option<(String, Vec<u8>, digest::Digest)> {
