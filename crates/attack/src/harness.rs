@@ -171,15 +171,58 @@ impl Harness {
 
     /// From now on, only newer security events count as "noticed".
     pub async fn mark_events(&self) -> anyhow::Result<()> {
-        let newest = self
+        let newest = self.newest_event_id().await?;
+        self.mark.store(newest, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// The highest security event ID so far (0 if none).
+    pub async fn newest_event_id(&self) -> anyhow::Result<i64> {
+        Ok(self
             .events()
             .await?
             .first()
             .and_then(|e| e.get("id"))
             .and_then(Value::as_i64)
-            .unwrap_or(0);
-        self.mark.store(newest, std::sync::atomic::Ordering::SeqCst);
-        Ok(())
+            .unwrap_or(0))
+    }
+
+    /// The detail (first 160 characters) of a security event newer than `mark` from
+    /// `source`, about ECU `ecu`, with one of `rules`.
+    pub async fn event_since(
+        &self,
+        mark: i64,
+        source: &str,
+        ecu: &str,
+        rules: &[&str],
+    ) -> anyhow::Result<Option<String>> {
+        Ok(self
+            .events()
+            .await?
+            .iter()
+            .find(|e| {
+                e.get("id").and_then(Value::as_i64).unwrap_or(0) > mark
+                    && e.get("source").and_then(Value::as_str) == Some(source)
+                    && e.get("ecu_id").and_then(Value::as_str) == Some(ecu)
+                    && e.get("rule")
+                        .and_then(Value::as_str)
+                        .is_some_and(|r| rules.contains(&r))
+            })
+            .and_then(|e| e.get("detail").and_then(Value::as_str))
+            .map(|d| d.chars().take(160).collect()))
+    }
+
+    /// Points the primary's entry for ECU `i` at `address` and rewrites its configuration.
+    pub fn point_ecu_at(&mut self, i: usize, address: &str) -> anyhow::Result<()> {
+        let e = self
+            .lab
+            .vehicles
+            .first_mut()
+            .and_then(|v| v.ecus.get_mut(i))
+            .context("no such ECU")?;
+        e.address = Some(address.to_owned());
+        self.lab
+            .write_primary_config(0, Some((&self.proxy.url, None)))
     }
 
     /// Security events of the vehicle, newest first.
@@ -356,6 +399,26 @@ fn describe(running: &BTreeMap<String, (String, u64)>) -> String {
         .map(|(e, (i, c))| format!("{e}={i}#{c}"))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// The image in an ECU's active slot: its file name (from the boot-control file) and bytes.
+pub fn active_slot(ecu_dir: &Path) -> anyhow::Result<(String, Vec<u8>)> {
+    let bc: Value = serde_json::from_slice(&std::fs::read(ecu_dir.join("boot-control.json"))?)?;
+    let active = bc.get("active").and_then(Value::as_str).unwrap_or("a");
+    let name = bc
+        .pointer(&format!("/{active}/filename"))
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_owned();
+    Ok((name, std::fs::read(ecu_dir.join(format!("slot-{active}")))?))
+}
+
+/// The first 12 hex digits of the SHA-256 of `bytes`, to name them in evidence.
+pub fn sha12(bytes: &[u8]) -> String {
+    hex::encode(rampart_core::hash::sha256(bytes))
+        .get(..12)
+        .unwrap_or("")
+        .to_owned()
 }
 
 /// The first line of `text` that mentions `needle` (for evidence), shortened.

@@ -352,7 +352,7 @@ impl<'de> Visitor<'de> for SortedWriter<'_> {
         self.out.extend_from_slice(b"null");
         Ok(())
     }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<(), A::Error> {
+    fn visit_seq<A: SeqAccess<'de>>(mut self, mut seq: A) -> std::result::Result<(), A::Error> {
         self.top_must_be_object()?;
         self.out.push(b'[');
         let mut first = true;
@@ -361,12 +361,7 @@ impl<'de> Visitor<'de> for SortedWriter<'_> {
             if !first {
                 self.out.push(b',');
             }
-            let item = SortedWriter {
-                out: &mut *self.out,
-                place: Place::Inside,
-                found: &mut *self.found,
-            };
-            if seq.next_element_seed(item)?.is_none() {
+            if seq.next_element_seed(self.child(Place::Inside))?.is_none() {
                 self.out.truncate(mark);
                 break;
             }
@@ -375,7 +370,7 @@ impl<'de> Visitor<'de> for SortedWriter<'_> {
         self.out.push(b']');
         Ok(())
     }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<(), A::Error> {
+    fn visit_map<A: MapAccess<'de>>(mut self, mut map: A) -> std::result::Result<(), A::Error> {
         self.out.push(b'{');
         let mut previous: Option<Key<'de>> = None;
         while let Some(key) = map.next_key::<Key<'de>>()? {
@@ -388,56 +383,20 @@ impl<'de> Visitor<'de> for SortedWriter<'_> {
             }
             write_string(&key.0, self.out);
             self.out.push(b':');
+            let child = match (self.place, key.0.as_ref()) {
+                (Place::Top, "signed") => Place::Signed,
+                _ => Place::Inside,
+            };
+            let start = self.out.len();
+            map.next_value_seed(self.child(child))?;
+            let span = start..self.out.len();
             match (self.place, key.0.as_ref()) {
-                (Place::Top, "signed") => {
-                    let start = self.out.len();
-                    map.next_value_seed(SortedWriter {
-                        out: &mut *self.out,
-                        place: Place::Signed,
-                        found: &mut *self.found,
-                    })?;
-                    self.found.signed = Some(start..self.out.len());
-                }
-                (Place::Top, "signatures") => {
-                    let start = self.out.len();
-                    map.next_value_seed(SortedWriter {
-                        out: &mut *self.out,
-                        place: Place::Inside,
-                        found: &mut *self.found,
-                    })?;
-                    self.found.signatures = Some(start..self.out.len());
-                }
+                (Place::Top, "signed") => self.found.signed = Some(span),
+                (Place::Top, "signatures") => self.found.signatures = Some(span),
                 (Place::Signed, "_type") => {
-                    let start = self.out.len();
-                    map.next_value_seed(SortedWriter {
-                        out: &mut *self.out,
-                        place: Place::Inside,
-                        found: &mut *self.found,
-                    })?;
-                    // A string value is written as `"…"` with only `"` and `\` escaped.
-                    let written = self.out.get(start..).unwrap_or_default();
-                    if let Some(inner) = written
-                        .strip_prefix(b"\"")
-                        .and_then(|w| w.strip_suffix(b"\""))
-                    {
-                        let mut text = Vec::with_capacity(inner.len());
-                        let mut escaped = false;
-                        for &b in inner {
-                            if b == b'\\' && !escaped {
-                                escaped = true;
-                                continue;
-                            }
-                            escaped = false;
-                            text.push(b);
-                        }
-                        self.found.type_field = String::from_utf8(text).ok();
-                    }
+                    self.found.type_field = self.out.get(span).and_then(canonical_str)
                 }
-                _ => map.next_value_seed(SortedWriter {
-                    out: &mut *self.out,
-                    place: Place::Inside,
-                    found: &mut *self.found,
-                })?,
+                _ => {}
             }
             previous = Some(key);
         }
@@ -447,12 +406,38 @@ impl<'de> Visitor<'de> for SortedWriter<'_> {
 }
 
 impl SortedWriter<'_> {
+    /// A writer for a value nested in this one, at `place`.
+    fn child(&mut self, place: Place) -> SortedWriter<'_> {
+        SortedWriter {
+            out: &mut *self.out,
+            place,
+            found: &mut *self.found,
+        }
+    }
+
     fn top_must_be_object<E: de::Error>(&self) -> std::result::Result<(), E> {
         if self.place == Place::Top {
             return Err(E::custom("top level is not an object"));
         }
         Ok(())
     }
+}
+
+/// The text of a string as the canonical writer wrote it (`"…"`, with only `"` and `\`
+/// escaped); `None` if `written` is not a string.
+fn canonical_str(written: &[u8]) -> Option<String> {
+    let inner = written.strip_prefix(b"\"")?.strip_suffix(b"\"")?;
+    let mut text = Vec::with_capacity(inner.len());
+    let mut escaped = false;
+    for &b in inner {
+        if b == b'\\' && !escaped {
+            escaped = true;
+            continue;
+        }
+        escaped = false;
+        text.push(b);
+    }
+    String::from_utf8(text).ok()
 }
 
 #[cfg(test)]

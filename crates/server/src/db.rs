@@ -227,6 +227,17 @@ fn json(text: &str, what: &str) -> Result<serde_json::Value> {
         .map_err(|e| Error::Database(format!("stored {what} is not JSON: {e}")))
 }
 
+/// Every table of the schema (what [`Db::count`] accepts).
+pub const TABLES: [&str; 7] = [
+    "vehicles",
+    "ecus",
+    "assignments",
+    "director_roles",
+    "manifests",
+    "security_events",
+    "image_keys",
+];
+
 /// Prefix of the `content_digest` a change of instructions leaves on a vehicle's stored
 /// director targets (followed by a unique suffix, so that two changes never look alike).
 pub const INSTRUCTIONS_CHANGED: &str = "instructions-changed ";
@@ -829,18 +840,9 @@ impl Db {
         .transpose()
     }
 
-    /// Counts rows of a table (for tests and `/metrics`). `table` must be one of ours.
+    /// Counts rows of a table (for tests and `/metrics`). `table` must be one of [`TABLES`].
     pub async fn count(&self, table: &str) -> Result<u64> {
-        let allowed = [
-            "vehicles",
-            "ecus",
-            "assignments",
-            "director_roles",
-            "manifests",
-            "security_events",
-            "image_keys",
-        ];
-        if !allowed.contains(&table) {
+        if !TABLES.contains(&table) {
             return Err(Error::Config(format!("unknown table {table}")));
         }
         let row = sqlx::query(&format!("SELECT COUNT(*) AS n FROM {table}"))

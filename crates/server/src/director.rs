@@ -491,6 +491,22 @@ impl Director {
         }
     }
 
+    /// Records each line of an `attacks_detected` field (the primary's or an ECU's) as a
+    /// `vehicle` security event named by its rule.
+    async fn attack_indicators(&self, vin: &str, ecu: &str, remote: Option<&str>, text: &str) {
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            self.event(
+                "vehicle",
+                &attack_rule(line),
+                Some(vin),
+                Some(ecu),
+                remote,
+                line,
+            )
+            .await;
+        }
+    }
+
     /// Accepts a vehicle version manifest: signatures (primary and each ECU), VIN, freshness;
     /// stores what each ECU runs, completes assignments, records attack indicators and
     /// rejections as security events, and re-signs the vehicle's director metadata.
@@ -553,22 +569,13 @@ impl Director {
                 .await;
             return Err(e.into());
         }
-        for line in verified
-            .manifest
-            .attacks_detected
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-        {
-            self.event(
-                "vehicle",
-                &attack_rule(line),
-                Some(vin),
-                Some(&vehicle.primary_ecu),
-                remote,
-                line,
-            )
-            .await;
-        }
+        self.attack_indicators(
+            vin,
+            &vehicle.primary_ecu,
+            remote,
+            &verified.manifest.attacks_detected,
+        )
+        .await;
         let mut rejected = Vec::new();
         for (ecu_id, err) in &verified.rejected_reports {
             self.event(
@@ -612,21 +619,8 @@ impl Director {
                 });
                 continue;
             }
-            for line in report
-                .attacks_detected
-                .lines()
-                .filter(|l| !l.trim().is_empty())
-            {
-                self.event(
-                    "vehicle",
-                    &attack_rule(line),
-                    Some(vin),
-                    Some(ecu_id),
-                    remote,
-                    line,
-                )
+            self.attack_indicators(vin, ecu_id, remote, &report.attacks_detected)
                 .await;
-            }
             let img = &report.installed_image;
             reports.push(ReportUpdate {
                 ecu_id: ecu_id.clone(),

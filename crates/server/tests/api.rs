@@ -1636,34 +1636,22 @@ async fn malformed_admin_json_is_refused_without_change() {
         "[]",
         "{\"vin\": \"WVWZZZ1JZXW000002\"}",
     ] {
-        let response = fleet
-            .admin
-            .post(fleet.url("api/v1/vehicles"))
-            .bearer_auth(&fleet.token)
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        assert!(
-            response.status().is_client_error(),
-            "{body}: {}",
-            response.status()
-        );
-        let response = fleet
-            .admin
-            .post(fleet.url("api/v1/assignments"))
-            .bearer_auth(&fleet.token)
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        assert!(
-            response.status().is_client_error(),
-            "{body}: {}",
-            response.status()
-        );
+        for route in ["api/v1/vehicles", "api/v1/assignments"] {
+            let response = fleet
+                .admin
+                .post(fleet.url(route))
+                .bearer_auth(&fleet.token)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            assert!(
+                response.status().is_client_error(),
+                "{route} {body}: {}",
+                response.status()
+            );
+        }
     }
     assert_eq!(fleet.stored_state(VIN_B).await, before);
 }

@@ -18,7 +18,7 @@ use rampart_core::key::KeyScheme;
 use rampart_core::signer::{InMemorySigner, Signer};
 use rampart_server::db::{
     Assignment, Backend, Checkin, Db, ImageKey, Installed, NewEcu, NewEvent, NewVehicle,
-    ReportUpdate, StoredRole, Vehicle, INSTRUCTIONS_CHANGED,
+    ReportUpdate, StoredRole, Vehicle, INSTRUCTIONS_CHANGED, TABLES,
 };
 use rampart_server::Error;
 use serde_json::json;
@@ -177,15 +177,7 @@ fn is_rfc3339(s: &str) -> bool {
 /// Row counts of every table, to show that a refused write changed nothing.
 async fn counts(db: &Db) -> Vec<(&'static str, u64)> {
     let mut out = Vec::new();
-    for table in [
-        "vehicles",
-        "ecus",
-        "assignments",
-        "director_roles",
-        "manifests",
-        "security_events",
-        "image_keys",
-    ] {
+    for table in TABLES {
         out.push((table, db.count(table).await.unwrap()));
     }
     out

@@ -254,49 +254,6 @@ fn check_rejected(f: &mut Findings, h: &Harness, ecu: &str, rule: &str) {
     );
 }
 
-/// Highest security event ID so far.
-async fn newest_event(h: &Harness) -> anyhow::Result<i64> {
-    Ok(h.events()
-        .await?
-        .first()
-        .and_then(|e| e.get("id"))
-        .and_then(Value::as_i64)
-        .unwrap_or(0))
-}
-
-/// A security event newer than `mark` with this source, rule and ECU.
-async fn event_for(
-    h: &Harness,
-    mark: i64,
-    source: &str,
-    rule: &str,
-    ecu: &str,
-) -> anyhow::Result<Option<String>> {
-    Ok(h.events()
-        .await?
-        .iter()
-        .find(|e| {
-            e.get("id").and_then(Value::as_i64).unwrap_or(0) > mark
-                && e.get("source").and_then(Value::as_str) == Some(source)
-                && e.get("rule").and_then(Value::as_str) == Some(rule)
-                && e.get("ecu_id").and_then(Value::as_str) == Some(ecu)
-        })
-        .and_then(|e| e.get("detail").and_then(Value::as_str))
-        .map(|d| d.chars().take(160).collect()))
-}
-
-/// Points the primary's entry for ECU `i` at `address`.
-fn point_at(h: &mut Harness, i: usize, address: &str) -> anyhow::Result<()> {
-    let e = h
-        .lab
-        .vehicles
-        .first_mut()
-        .and_then(|v| v.ecus.get_mut(i))
-        .context("no such ECU")?;
-    e.address = Some(address.to_owned());
-    h.lab.write_primary_config(0, Some((&h.proxy.url, None)))
-}
-
 /// Stops the genuine process of ECU `i`.
 async fn stop_ecu(h: &mut Harness, i: usize) -> anyhow::Result<()> {
     let e = h
@@ -411,7 +368,7 @@ pub async fn run(h: Harness) -> anyhow::Result<Findings> {
         counter: 1_000_000,
     })
     .await?;
-    point_at(&mut h, 2, &fake.address)?;
+    h.point_ecu_at(2, &fake.address)?;
     let bcm_before = director_record(&h, &bcm).await?;
     let ivi_before = director_record(&h, &ivi).await?;
     let run = h.cycle().await?;
@@ -459,7 +416,7 @@ pub async fn run(h: Harness) -> anyhow::Result<Findings> {
         counter: 1_000_000,
     })
     .await?;
-    point_at(&mut h, 2, &fake.address)?;
+    h.point_ecu_at(2, &fake.address)?;
     let bcm_before = director_record(&h, &bcm).await?;
     let ivi_before = director_record(&h, &ivi).await?;
     let run = h.cycle().await?;
@@ -490,7 +447,7 @@ pub async fn run(h: Harness) -> anyhow::Result<Findings> {
 
     // The genuine BCM comes back and installs the release for real.
     let genuine = start_ecu(&mut h, 2).await?;
-    point_at(&mut h, 2, &genuine)?;
+    h.point_ecu_at(2, &genuine)?;
     let run = h.cycle().await?;
     let bcm_now = director_record(&h, &bcm).await?;
     let status = assignment_status(&h, &bcm, BCM_TARGET).await?;
@@ -505,9 +462,9 @@ pub async fn run(h: Harness) -> anyhow::Result<Findings> {
 
     // ── 3. A genuine, older BCM report is replayed on the in-vehicle link. ──
     let fake = FakeEcu::start(Answer::Replay(captured)).await?;
-    point_at(&mut h, 2, &fake.address)?;
+    h.point_ecu_at(2, &fake.address)?;
     let bcm_before = director_record(&h, &bcm).await?;
-    let mark = newest_event(&h).await?;
+    let mark = h.newest_event_id().await?;
     let run = h.cycle().await?;
     for line in fake.log() {
         f.evidence(format!(
@@ -521,7 +478,9 @@ pub async fn run(h: Harness) -> anyhow::Result<Findings> {
         run.stderr.contains("report dropped") && rejected_reports(&h).is_empty(),
         crate::harness::first_line_with(&run.stderr, "report dropped"),
     );
-    let stale = event_for(&h, mark, "vehicle", "stale-report", &tbox).await?;
+    let stale = h
+        .event_since(mark, "vehicle", &tbox, &["stale-report"])
+        .await?;
     let said = run.stderr.contains("stale-report");
     f.check(
         "the primary noticed the report did not answer its nonce (stale-report)",
@@ -537,7 +496,7 @@ pub async fn run(h: Harness) -> anyhow::Result<Findings> {
     drop(fake);
 
     // The attacker leaves: the genuine BCM reports again.
-    point_at(&mut h, 2, &genuine)?;
+    h.point_ecu_at(2, &genuine)?;
     let before = director_record(&h, &bcm).await?;
     h.check_recovers(&mut f).await?;
     let after_rec = director_record(&h, &bcm).await?;

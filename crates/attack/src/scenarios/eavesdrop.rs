@@ -23,6 +23,7 @@ use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::harness::active_slot;
 use crate::{Findings, Harness, Info};
 
 /// Description.
@@ -157,18 +158,6 @@ async fn relay(mut primary: TcpStream, ecu: &str, seen: Arc<Mutex<Vec<u8>>>) -> 
     let downstream = tokio::io::copy(&mut ecu_read, &mut primary_write);
     let _ = tokio::join!(upstream, downstream);
     Ok(())
-}
-
-/// The bytes in the active slot of an ECU, and the image name there.
-fn active_slot(ecu_dir: &Path) -> anyhow::Result<(String, Vec<u8>)> {
-    let bc: Value = serde_json::from_slice(&std::fs::read(ecu_dir.join("boot-control.json"))?)?;
-    let active = bc.get("active").and_then(Value::as_str).unwrap_or("a");
-    let name = bc
-        .pointer(&format!("/{active}/filename"))
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_owned();
-    Ok((name, std::fs::read(ecu_dir.join(format!("slot-{active}")))?))
 }
 
 /// Runs it.

@@ -16,6 +16,7 @@ use anyhow::Context;
 use rampart_lab::{image_bytes, VehicleRun};
 use serde_json::Value;
 
+use crate::harness::sha12;
 use crate::proxy::{Action, Rule};
 use crate::{Findings, Harness, Info};
 
@@ -40,13 +41,6 @@ fn signed_field(body: &[u8], pointer: &str) -> String {
             other => other.to_string(),
         })
         .unwrap_or_else(|| "?".into())
-}
-
-fn sha12(body: &[u8]) -> String {
-    hex::encode(rampart_core::hash::sha256(body))
-        .get(..12)
-        .unwrap_or("")
-        .to_owned()
 }
 
 /// Where `faketime` is installed, if it is.

@@ -13,13 +13,12 @@
 //! the AEAD of every chunk), writes only the inactive slot, and reports what it saw in its
 //! next signed version report.
 
-use std::path::Path;
-
 use anyhow::Context;
 use rampart_lab::image_bytes;
 use serde_json::Value;
 
 use crate::bus::{BusTap, Tamper};
+use crate::harness::active_slot;
 use crate::{Findings, Harness, Info};
 
 /// Description.
@@ -33,62 +32,6 @@ pub const INFO: Info = Info {
 
 const IVI_TARGET: &str = "ivi/app-2.0.bin";
 const BCM_TARGET: &str = "bcm/fw-2.0.bin";
-
-/// The image name and bytes in the active slot of an ECU.
-fn active_slot(ecu_dir: &Path) -> anyhow::Result<(String, Vec<u8>)> {
-    let bc: Value = serde_json::from_slice(&std::fs::read(ecu_dir.join("boot-control.json"))?)?;
-    let active = bc.get("active").and_then(Value::as_str).unwrap_or("a");
-    let name = bc
-        .pointer(&format!("/{active}/filename"))
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_owned();
-    Ok((name, std::fs::read(ecu_dir.join(format!("slot-{active}")))?))
-}
-
-/// Highest security event ID so far.
-async fn newest_event(h: &Harness) -> anyhow::Result<i64> {
-    Ok(h.events()
-        .await?
-        .first()
-        .and_then(|e| e.get("id"))
-        .and_then(Value::as_i64)
-        .unwrap_or(0))
-}
-
-/// A `vehicle` security event newer than `mark`, from ECU `ecu`, with one of `rules`.
-async fn ecu_event(
-    h: &Harness,
-    mark: i64,
-    ecu: &str,
-    rules: &[&str],
-) -> anyhow::Result<Option<String>> {
-    Ok(h.events()
-        .await?
-        .iter()
-        .find(|e| {
-            e.get("id").and_then(Value::as_i64).unwrap_or(0) > mark
-                && e.get("source").and_then(Value::as_str) == Some("vehicle")
-                && e.get("ecu_id").and_then(Value::as_str) == Some(ecu)
-                && e.get("rule")
-                    .and_then(Value::as_str)
-                    .is_some_and(|r| rules.contains(&r))
-        })
-        .and_then(|e| e.get("detail").and_then(Value::as_str))
-        .map(|d| d.chars().take(160).collect()))
-}
-
-/// Points the primary's entry for ECU `i` at `address` and rewrites its configuration.
-fn point_at(h: &mut Harness, i: usize, address: &str) -> anyhow::Result<()> {
-    let e = h
-        .lab
-        .vehicles
-        .first_mut()
-        .and_then(|v| v.ecus.get_mut(i))
-        .context("no such ECU")?;
-    e.address = Some(address.to_owned());
-    h.lab.write_primary_config(0, Some((&h.proxy.url, None)))
-}
 
 fn ecu(h: &Harness, i: usize) -> anyhow::Result<(std::path::PathBuf, String)> {
     let e = h
@@ -120,8 +63,8 @@ pub async fn run(h: Harness) -> anyhow::Result<Findings> {
         .await?;
     h.lab.assign_all(IVI_TARGET, "ivi-x", true).await?;
     let flip = BusTap::start(&ivi_address, Tamper::FlipImageBit).await?;
-    point_at(&mut h, 1, &flip.address)?;
-    let mark = newest_event(&h).await?;
+    h.point_ecu_at(1, &flip.address)?;
+    let mark = h.newest_event_id().await?;
     let run = h.cycle().await?;
     for line in flip.log() {
         f.evidence(format!("bus tap (IVI link): {line}"));
@@ -134,7 +77,14 @@ pub async fn run(h: Harness) -> anyhow::Result<Findings> {
         "vehicle",
     )
     .await?;
-    let event = ecu_event(&h, mark, &ivi, &["decryption-failed", "hash-mismatch"]).await?;
+    let event = h
+        .event_since(
+            mark,
+            "vehicle",
+            &ivi,
+            &["decryption-failed", "hash-mismatch"],
+        )
+        .await?;
     f.check(
         "the IVI itself reported the attack in its signed report",
         event.is_some(),
@@ -165,7 +115,7 @@ pub async fn run(h: Harness) -> anyhow::Result<Findings> {
         .await?;
     h.lab.assign_all(BCM_TARGET, "bcm-1", false).await?;
     let garbage = BusTap::start(&bcm_address, Tamper::Garbage).await?;
-    point_at(&mut h, 2, &garbage.address)?;
+    h.point_ecu_at(2, &garbage.address)?;
     let run = h.cycle().await?;
     let sent = garbage.log();
     if let Some(line) = sent.first() {
@@ -228,27 +178,30 @@ pub async fn run(h: Harness) -> anyhow::Result<Findings> {
 
     // ── 3. A flipped bit in the BCM's (plain) image: the BCM does partial verification. ──
     let flip_bcm = BusTap::start(&bcm_address, Tamper::FlipImageBit).await?;
-    point_at(&mut h, 2, &flip_bcm.address)?;
-    let mark = newest_event(&h).await?;
+    h.point_ecu_at(2, &flip_bcm.address)?;
+    let mark = h.newest_event_id().await?;
     let run = h.cycle().await?;
     for line in flip_bcm.log() {
         f.evidence(format!("bus tap (BCM link): {line}"));
     }
     h.check_refused(&mut f, &run);
-    let event = ecu_event(&h, mark, &bcm, &["hash-mismatch"]).await?;
+    let event = h
+        .event_since(mark, "vehicle", &bcm, &["hash-mismatch"])
+        .await?;
     f.check(
         "the BCM (partial verification) refused the altered image and reported it",
         event.is_some(),
         event.unwrap_or_else(|| format!("no hash-mismatch event from {bcm}")),
     );
     // Its first report of this cycle carried the garbage it counted before.
-    let event = ecu_event(
-        &h,
-        mark,
-        &bcm,
-        &["oversized-frame", "garbage-frame", "truncated-frame"],
-    )
-    .await?;
+    let event = h
+        .event_since(
+            mark,
+            "vehicle",
+            &bcm,
+            &["oversized-frame", "garbage-frame", "truncated-frame"],
+        )
+        .await?;
     f.check(
         "the BCM reported the garbage in its next signed report (vehicle event)",
         event.is_some(),
@@ -267,8 +220,8 @@ pub async fn run(h: Harness) -> anyhow::Result<Findings> {
     h.check_state(&mut f, &after, &[IVI_TARGET, BCM_TARGET]);
 
     // ── The attacker leaves the bus. ──
-    point_at(&mut h, 1, &ivi_address)?;
-    point_at(&mut h, 2, &bcm_address)?;
+    h.point_ecu_at(1, &ivi_address)?;
+    h.point_ecu_at(2, &bcm_address)?;
     h.check_recovers(&mut f).await?;
     let (ivi_name, ivi_slot) = active_slot(&ivi_dir)?;
     let (bcm_name, bcm_slot) = active_slot(&bcm_dir)?;

@@ -19,6 +19,7 @@ use axum::Router;
 use rampart_lab::image_bytes;
 use serde_json::Value;
 
+use crate::harness::sha12;
 use crate::{Findings, Harness, Info};
 
 /// Description.
@@ -130,13 +131,6 @@ fn installed_of(manifest: &[u8], ecu: &str) -> String {
             .map(str::to_owned)
         })
         .unwrap_or_default()
-}
-
-fn sha12(b: &[u8]) -> String {
-    hex::encode(rampart_core::hash::sha256(b))
-        .get(..12)
-        .unwrap_or("")
-        .to_owned()
 }
 
 /// POSTs `body` as the vehicle's manifest through the network (the proxy); returns the
