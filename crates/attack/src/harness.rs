@@ -340,6 +340,24 @@ impl Harness {
         Ok(())
     }
 
+    /// Checks that ECU `ecu` now runs `image` (after the attacker left), under `what`.
+    pub async fn check_runs(
+        &self,
+        f: &mut Findings,
+        what: &str,
+        ecu: &str,
+        image: &str,
+    ) -> anyhow::Result<()> {
+        let after = self.trust_state().await?;
+        let running = after.running.get(ecu).map(|(i, _)| i.as_str());
+        f.check(
+            what,
+            running == Some(image),
+            format!("{ecu} runs {running:?}"),
+        );
+        Ok(())
+    }
+
     /// Whether a cycle refused to install anything: it failed outright, or every update it
     /// handled ended in a failure.
     pub fn check_refused(&self, f: &mut Findings, run: &VehicleRun) {

@@ -540,8 +540,27 @@ impl Lab {
 
     /// Runs vehicle `i`'s primary for one cycle (`--once --json`).
     pub async fn run_vehicle(&self, i: usize, consent: &str) -> anyhow::Result<VehicleRun> {
+        self.run_vehicle_under(i, consent, None).await
+    }
+
+    /// [`Lab::run_vehicle`], started through `wrapper` (a program and its arguments, e.g.
+    /// `faketime -f +30d`) when given.
+    pub async fn run_vehicle_under(
+        &self,
+        i: usize,
+        consent: &str,
+        wrapper: Option<(&Path, &[&str])>,
+    ) -> anyhow::Result<VehicleRun> {
         let v = self.vehicles.get(i).context("no such vehicle")?;
-        let out = Command::new(&self.options.bin)
+        let mut command = match wrapper {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(&self.options.bin);
+                c
+            }
+            None => Command::new(&self.options.bin),
+        };
+        let out = command
             .args([
                 "-v",
                 "vehicle",

@@ -247,12 +247,12 @@ pub async fn run(h: Harness) -> anyhow::Result<Findings> {
 
     // 4. The attacker leaves: the update installs.
     h.check_recovers(&mut f).await?;
-    let after = h.trust_state().await?;
-    let ok = after.running.get(&tbox).map(|(i, _)| i.as_str()) == Some(image);
-    f.check(
+    h.check_runs(
+        &mut f,
         "the update installs once the attacker leaves",
-        ok,
-        format!("{tbox} runs {:?}", after.running.get(&tbox).map(|(i, _)| i)),
-    );
+        &tbox,
+        image,
+    )
+    .await?;
     Ok(f)
 }

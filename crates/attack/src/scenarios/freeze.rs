@@ -10,8 +10,6 @@
 //! frozen image timestamp is never reached. That is the freeze as the vehicle lives it: any
 //! metadata whose lifetime has passed on its own clock is refused.
 
-use std::process::Stdio;
-
 use anyhow::Context;
 use rampart_lab::{image_bytes, VehicleRun};
 use serde_json::Value;
@@ -59,35 +57,9 @@ async fn cycle_in_future(
     offset: &str,
 ) -> anyhow::Result<VehicleRun> {
     h.mark_events().await?;
-    let v = h.lab.vehicles.first().context("no vehicle")?;
-    let out = tokio::process::Command::new(faketime)
-        .args(["-f", offset])
-        .arg(&h.lab.options.bin)
-        .args([
-            "-v",
-            "vehicle",
-            "--once",
-            "--json",
-            "--consent",
-            "auto",
-            "--config",
-        ])
-        .arg(&v.primary_config)
-        .stdin(Stdio::null())
-        .output()
-        .await?;
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let report = stdout.lines().rev().find_map(|l| {
-        serde_json::from_str::<Value>(l)
-            .ok()
-            .filter(Value::is_object)
-    });
-    Ok(VehicleRun {
-        success: out.status.success(),
-        stdout,
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        report,
-    })
+    h.lab
+        .run_vehicle_under(0, "auto", Some((faketime, &["-f", offset])))
+        .await
 }
 
 /// Runs it.
@@ -218,12 +190,12 @@ pub async fn run(h: Harness) -> anyhow::Result<Findings> {
 
     // 3. The attacker leaves: the new release installs.
     h.check_recovers(&mut f).await?;
-    let after = h.trust_state().await?;
-    let ok = after.running.get(&tbox).map(|(i, _)| i.as_str()) == Some(v22);
-    f.check(
+    h.check_runs(
+        &mut f,
         "the new release installs once the attacker leaves",
-        ok,
-        format!("{tbox} runs {:?}", after.running.get(&tbox).map(|(i, _)| i)),
-    );
+        &tbox,
+        v22,
+    )
+    .await?;
     Ok(f)
 }
