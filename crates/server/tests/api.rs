@@ -1628,8 +1628,8 @@ async fn health_metrics_and_openapi() {
 async fn malformed_admin_json_is_refused_without_change() {
     let (fleet, _car) = fleet_with_car(generous_limits()).await;
     let before = fleet.stored_state(VIN_B).await;
-    // Axum's JSON extractor answers these itself, with plain-text bodies (400, 415, 422)
-    // rather than `{"error", "rule"}`; checked here: a 4xx, and nothing stored.
+    // `ApiJson` turns every JSON rejection (syntax, types, missing fields) into a 400 whose
+    // body names the rule, like every other error; and nothing is stored.
     for body in [
         "{",
         "{\"vin\": 5}",
@@ -1651,6 +1651,8 @@ async fn malformed_admin_json_is_refused_without_change() {
                 "{route} {body}: {}",
                 response.status()
             );
+            let answer: serde_json::Value = response.json().await.unwrap();
+            assert_eq!(answer["rule"], "bad-request", "{route} {body}: {answer}");
         }
     }
     assert_eq!(fleet.stored_state(VIN_B).await, before);
