@@ -69,8 +69,13 @@ fn cases() -> Vec<PathBuf> {
     out
 }
 
-/// All files under `dir`, recursively, keyed by their `/`-separated relative path.
+/// All files under `dir`, recursively, keyed by their `/`-separated relative path. A missing
+/// `dir` is an empty tree: git does not track empty folders, so a case whose repository has
+/// no target files arrives in a clean clone without its `targets/` folder.
 fn read_tree(dir: &Path) -> Files {
+    if !dir.exists() {
+        return Files::new();
+    }
     fn walk(base: &Path, dir: &Path, out: &mut Files) {
         for entry in fs::read_dir(dir).unwrap() {
             let path = entry.unwrap().path();
@@ -334,6 +339,16 @@ fn run_case(dir: &Path) -> Result<String, String> {
         lookups.len(),
         trace.fetched.len()
     ))
+}
+
+/// A clean clone has no empty folders: a case without target files has no `targets/`, and
+/// that must read as "no targets", not fail (plain `cargo test` on a fresh checkout).
+#[test]
+fn a_case_without_a_targets_folder_has_no_targets() {
+    let case = fixtures_dir().join("attack-expired-timestamp");
+    let empty = std::env::temp_dir().join(format!("rampart-no-targets-{}", std::process::id()));
+    assert!(read_tree(&empty.join("targets")).is_empty());
+    assert!(!read_tree(&case.join("metadata")).is_empty());
 }
 
 #[test]
