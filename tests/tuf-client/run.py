@@ -1040,6 +1040,37 @@ def delegation_cycle_and_limit(ctx: Ctx) -> list[Step]:
     ]
 
 
+@scenario("attack")
+def delegation_key_confusion(ctx: Ctx) -> list[Step]:
+    """Key confusion between delegators: parent-a delegates 'release' for a/* to key A,
+    parent-b delegates 'release' for b/* to key B; 'release' is signed by key A only and also
+    lists b/brakes.txt. Once 'release' is trusted through parent-a (a/app.txt), a lookup of
+    b/brakes.txt through parent-b must verify it against key B and refuse it. (Rampart before
+    issue 11 reused the role trusted through parent-a; python-tuf 7.0.1 refuses it too.)"""
+    repo = ctx.new_repo()
+    repo.delegate("targets", "parent-a", paths=["*/*"])
+    repo.delegate("targets", "parent-b", paths=["*/*"])
+    repo.delegate("parent-a", "release", paths=["a/*"])
+    key_b = new_signer(repo.keytype)
+    b = repo.targets["parent-b"]
+    b.delegations = Delegations(keys={key_b.public_key.keyid: key_b.public_key}, roles={
+        "release": DelegatedRole(name="release", keyids=[key_b.public_key.keyid], threshold=1,
+                                 terminating=False, paths=["b/*"]),
+    })
+    repo.add_target("a/app.txt", b"A\n", role="release")
+    repo.add_target("b/brakes.txt", b"EVIL\n", role="release")
+    repo.publish_initial()
+    roles = {"parent-a": 1, "parent-b": 1, "release": 1}
+    return [
+        init_step(),
+        Step("download a/app.txt then b/brakes.txt in one run: b/brakes.txt refused", "download",
+             targets=["a/app.txt", "b/brakes.txt"], exit=1, md=top(**roles),
+             tgt={"a/app.txt": b"A\n"}),
+        Step("download b/brakes.txt alone (release read from local storage): refused", "download",
+             targets=["b/brakes.txt"], exit=1, unchanged=True),
+    ]
+
+
 def status(code: int) -> Callable[[BaseHTTPRequestHandler], None]:
     def respond(handler: BaseHTTPRequestHandler) -> None:
         handler.send_error(code)

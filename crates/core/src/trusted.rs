@@ -37,6 +37,9 @@ pub struct TrustedSet {
     timestamp: Option<Verified<Timestamp>>,
     snapshot: Option<Verified<Snapshot>>,
     targets: BTreeMap<String, Verified<Targets>>,
+    /// The delegator each targets role was last verified against. A role may be delegated
+    /// by several parents with different keys; trust through one says nothing about another.
+    verified_under: BTreeMap<String, String>,
 }
 
 fn check_expiry<T: RoleMetadata>(role: &str, signed: &T, now: DateTime<Utc>) -> Result<()> {
@@ -73,6 +76,7 @@ impl TrustedSet {
             timestamp: None,
             snapshot: None,
             targets: BTreeMap::new(),
+            verified_under: BTreeMap::new(),
         })
     }
 
@@ -104,6 +108,23 @@ impl TrustedSet {
     /// Trusted top-level or delegated targets role, if loaded.
     pub fn targets(&self, role: &str) -> Option<&Verified<Targets>> {
         self.targets.get(role)
+    }
+
+    /// The delegator `role` was last verified against (`root` for top-level targets).
+    pub fn delegator_of(&self, role: &str) -> Option<&str> {
+        self.verified_under.get(role).map(String::as_str)
+    }
+
+    /// Checks an already trusted targets role again, against `delegator`'s keys and
+    /// threshold: the delegation walk reached it through a parent other than the one it was
+    /// verified under (TUF 5.6.7.2 holds per delegation, not per role name).
+    pub fn reverify_targets(&mut self, role: &str, delegator: &str) -> Result<()> {
+        let bytes = self
+            .targets
+            .get(role)
+            .map(|v| v.bytes.clone())
+            .ok_or_else(|| Error::Workflow(format!("role {role} is not loaded")))?;
+        self.update_delegated_targets(&bytes, role, delegator)
     }
 
     /// Every loaded targets role (top-level and delegated), by name.
@@ -362,6 +383,8 @@ impl TrustedSet {
             });
         }
         check_expiry(role, &new, self.reference_time)?;
+        self.verified_under
+            .insert(role.to_owned(), delegator.to_owned());
         self.targets.insert(
             role.to_owned(),
             Verified {

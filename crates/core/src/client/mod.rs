@@ -578,16 +578,26 @@ impl Client {
                 });
             }
             walk.current = Some((role.clone(), depth));
-            if self.trusted.targets(&role).is_none() {
-                self.phase = Phase::LoadTargets {
-                    load: Load {
-                        role,
-                        delegator,
-                        remote: false,
-                    },
-                    then: Box::new(Then::ContinueWalk(walk)),
-                };
-                return Ok(());
+            match self.trusted.delegator_of(&role) {
+                Some(verified_under) if verified_under == delegator => {}
+                Some(_) => {
+                    // Trusted through another parent: this parent's keys decide here.
+                    if let Err(e) = self.trusted.reverify_targets(&role, &delegator) {
+                        self.phase = Phase::Finished;
+                        return Err(e);
+                    }
+                }
+                None => {
+                    self.phase = Phase::LoadTargets {
+                        load: Load {
+                            role,
+                            delegator,
+                            remote: false,
+                        },
+                        then: Box::new(Then::ContinueWalk(walk)),
+                    };
+                    return Ok(());
+                }
             }
         }
     }

@@ -551,6 +551,49 @@ fn delegated_role_signed_by_wrong_key_is_rejected() {
     );
 }
 
+/// Key confusion (python-tuf and go-tuf are open to it): `release` is delegated by two
+/// parents with different keys and paths. Once it is trusted through `parent-a`, a lookup
+/// through `parent-b` must check it against `parent-b`'s keys again, or whoever holds
+/// `parent-a`'s delegated key can serve targets under paths only `parent-b` may delegate.
+#[test]
+fn a_role_reached_through_another_delegator_is_verified_against_it() {
+    let mut repo = TestRepo::new(test_now());
+    repo.delegate("targets", "parent-a", &["*/*"], false, None);
+    repo.delegate("targets", "parent-b", &["*/*"], false, None);
+    repo.delegate("parent-a", "release", &["a/*"], false, None);
+    let key_a = repo.signers.remove("release").unwrap();
+    repo.delegate("parent-b", "release", &["b/*"], false, None);
+    // The attacker holds parent-a's key for `release` and signs a target under b/.
+    repo.signers.insert("release".into(), key_a);
+    repo.add_target("release", "a/app.bin", b"a", None);
+    repo.add_target("release", "b/brakes.bin", b"evil", None);
+    repo.bump("targets");
+    repo.publish();
+
+    let mut c = client(&repo);
+    let mut local = Files::new();
+    c.start_refresh();
+    drive(&mut c, &repo.metadata, &mut local).unwrap();
+    c.start_lookup("a/app.bin", None).unwrap();
+    drive(&mut c, &repo.metadata, &mut local).unwrap();
+    assert_eq!(c.found_target().unwrap().role, "release");
+
+    c.start_lookup("b/brakes.bin", None).unwrap();
+    let err = drive(&mut c, &repo.metadata, &mut local).unwrap_err();
+    assert_eq!(
+        err,
+        Error::ThresholdNotMet {
+            role: "release".into(),
+            valid: 0,
+            threshold: 1
+        }
+    );
+    assert!(c.found_target().is_none());
+    // A fresh client (the role read from the local store) refuses it the same way.
+    let err = lookup(&repo, &mut local, "b/brakes.bin", None).unwrap_err();
+    assert_eq!(err.rule(), "threshold");
+}
+
 #[test]
 fn delegation_walk_is_capped() {
     let mut repo = TestRepo::new(test_now());
