@@ -409,6 +409,7 @@ class Step:
     checks: list[Callable[[Ctx], list[str]]] = field(default_factory=list)
     verbose: bool = False
     trusted_root: Callable[[Ctx], bytes] | None = None  # init: bytes to trust (default 1.root.json)
+    resumable: bool = False  # a cut transfer: a NAME#partial kept in the target dir is allowed
 
     def expected_text(self) -> str:
         parts = ["exit 0 or 1" if self.exit is None else f"exit {self.exit}"]
@@ -1952,10 +1953,11 @@ def check_step(ctx: Ctx, step: Step, rc: int | None, md_before: dict[str, bytes]
             if name not in tgt_now:
                 problems.append(f"target {name} missing")
             elif name not in expected_t:
-                if name.endswith("#partial"):
-                    # a partial download kept for resuming: not a target, allowed
-                    ctx.vars.setdefault("notes", []).append(f"partial download left in target dir: {name}")
+                if name.endswith("#partial") and step.resumable:
+                    # the transfer was cut: the bytes so far are kept to resume from
+                    ctx.vars.setdefault("notes", []).append(f"partial download kept to resume: {name}")
                 else:
+                    # after any other failure the target dir holds only verified targets
                     problems.append(f"unexpected file {name} in target dir")
             elif tgt_now[name] != expected_t[name]:
                 problems.append(f"target {name} has wrong content")

@@ -76,6 +76,13 @@ impl Error {
         }
     }
 
+    /// Whether the bytes received before this error may be kept to resume from: only when
+    /// the transfer was cut (connection lost, too slow). Bytes the verifier refused, an HTTP
+    /// error or a local failure are not worth resuming.
+    pub fn is_resumable(&self) -> bool {
+        matches!(self, Error::Transport { .. } | Error::SlowRetrieval { .. })
+    }
+
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),

@@ -191,13 +191,26 @@ pub async fn download_target(
         done: start,
         progress,
     };
-    let status = fetcher.fetch(url, start, length, &mut sink).await?;
+    let status = match fetcher.fetch(url, start, length, &mut sink).await {
+        Ok(status) => status,
+        Err(e) => {
+            if !e.is_resumable() {
+                // Too many or wrong bytes, or no such file: nothing here is worth resuming,
+                // and the folder must hold only verified targets.
+                drop(sink);
+                let _ = fs::remove_file(&part);
+            }
+            return Err(e);
+        }
+    };
     let resumed = match status {
         crate::fetch::FetchStatus::NotFound => {
+            drop(sink);
+            let _ = fs::remove_file(&part);
             return Err(Error::HttpStatus {
                 url: url.to_owned(),
                 status: 404,
-            })
+            });
         }
         crate::fetch::FetchStatus::Complete { resumed } => resumed && start > 0,
     };

@@ -300,3 +300,49 @@ async fn longer_image_than_signed_is_endless_data() {
     .unwrap_err();
     assert_eq!(err.rule(), "endless-data");
 }
+
+/// A failure that no retry can cure (too many bytes, wrong bytes, no such file) leaves only
+/// verified targets behind: no `#partial` staging file next to them.
+#[tokio::test]
+async fn a_download_that_cannot_be_resumed_leaves_nothing_behind() {
+    let data = body(10_000);
+    let mut longer = data.clone();
+    longer.extend_from_slice(b"extra");
+    let cases = [
+        (serve(longer, Behaviour::Honest).await, "endless-data"),
+        (
+            serve(data.clone(), Behaviour::Endless).await,
+            "endless-data",
+        ),
+        (
+            serve(data.clone(), Behaviour::HugeLength).await,
+            "endless-data",
+        ),
+    ];
+    for (server, rule) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("image.bin");
+        let err = download(&fetcher(1, 10_000, 5_000), &server.url, &dest, &data)
+            .await
+            .unwrap_err();
+        assert_eq!(err.rule(), rule);
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert!(left.is_empty(), "{rule}: left {left:?}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let dest = dir.path().join("image.bin");
+    let server = serve(data.clone(), Behaviour::Honest).await;
+    let missing = server.url.replace("/file", "/missing");
+    let err = download(&fetcher(1, 10_000, 5_000), &missing, &dest, &data)
+        .await
+        .unwrap_err();
+    assert_eq!(err.rule(), "http-status");
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "http-status: left {left:?}");
+}
