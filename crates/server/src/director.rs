@@ -24,6 +24,7 @@ use rampart_core::metadata::{
 };
 use rampart_core::signer::Signer;
 use rampart_core::uptane::manifest::{verify_vehicle_manifest, VehicleKeys};
+use rampart_core::uptane::receipt::{sign_receipt, ManifestReceipt};
 use rampart_core::uptane::{
     CiphertextFile, DirectorCustom, DirectorVehicle, EcuAssignment, EncryptedImage,
     DIRECTOR_VEHICLE_FIELD,
@@ -93,6 +94,12 @@ pub struct CheckinResponse {
     pub completed_assignments: Vec<i64>,
     /// ECU reports that were rejected (ECU ID and rule).
     pub rejected_reports: Vec<RejectedReport>,
+    /// The director's signed receipt (`manifest_receipt`, signed with the director targets
+    /// key): the accepted manifest counter and report counter per ECU. The primary passes it
+    /// to each ECU, which forgets its attack indicators only on this proof that the director
+    /// has them.
+    #[schema(value_type = Object)]
+    pub receipt: serde_json::Value,
 }
 
 /// An ECU report the director refused.
@@ -633,6 +640,10 @@ impl Director {
                 report_counter: report.report_counter,
             });
         }
+        let acknowledged: BTreeMap<String, u64> = reports
+            .iter()
+            .map(|r| (r.ecu_id.clone(), r.report_counter))
+            .collect();
         let document = String::from_utf8_lossy(body);
         let checkin = Checkin {
             vin,
@@ -651,10 +662,15 @@ impl Director {
             Err(e) => return Err(e),
         };
         let docs = self.documents(vin, now).await?;
+        let receipt = ManifestReceipt::new(vin, verified.manifest.manifest_counter, acknowledged);
+        let receipt = sign_receipt(&receipt, &[self.keys.targets.as_ref()])?;
+        let receipt = serde_json::from_slice(&receipt)
+            .map_err(|e| rampart_core::Error::malformed("manifest receipt", e))?;
         Ok(CheckinResponse {
             director_targets_version: docs.targets.version,
             completed_assignments: completed,
             rejected_reports: rejected,
+            receipt,
         })
     }
 }

@@ -22,6 +22,7 @@ mod director;
 mod full;
 pub mod manifest;
 mod partial;
+pub mod receipt;
 
 use std::collections::BTreeMap;
 
