@@ -328,6 +328,7 @@ impl Lab {
                     health_check: spec.health_check.clone(),
                 },
                 factory_image: format!("factory-{}", spec.hardware_id),
+                limits: Default::default(),
             };
             let config_path = edir.join("ecu.toml");
             std::fs::write(&config_path, toml::to_string_pretty(&config)?)?;

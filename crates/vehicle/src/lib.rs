@@ -15,6 +15,7 @@
 
 pub mod consent;
 pub mod error;
+pub mod indicators;
 pub mod primary;
 pub mod protocol;
 pub mod secondary;

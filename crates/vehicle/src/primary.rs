@@ -409,7 +409,31 @@ impl Primary {
         }
         self.state.attacks.clear();
         self.save()?;
+        self.forward_receipt(&value).await;
         Ok(value)
+    }
+
+    /// Hands the director's signed receipt to every ECU whose report it acknowledges, so each
+    /// can forget the indicators the director now has. Only the director's signature counts
+    /// to the ECU; an ECU that cannot be reached keeps its indicators for the next receipt.
+    async fn forward_receipt(&self, answer: &Value) {
+        let Some(receipt) = answer.get("receipt").filter(|r| !r.is_null()) else {
+            return;
+        };
+        let acknowledged = receipt
+            .pointer("/signed/ecu_reports")
+            .and_then(Value::as_object);
+        let Ok(bytes) = serde_json::to_vec(receipt) else {
+            return;
+        };
+        for ecu in &self.config.ecus {
+            if !acknowledged.is_some_and(|a| a.contains_key(&ecu.ecu_id)) {
+                continue;
+            }
+            if let Err(e) = send_receipt(&ecu.address, &bytes).await {
+                tracing::warn!(ecu = %ecu.ecu_id, error = %e, "receipt not delivered; the ECU keeps its indicators");
+            }
+        }
     }
 
     fn trusted_root(&self, repo: &str, provisioned: &Path) -> Result<Vec<u8>> {
@@ -934,6 +958,26 @@ pub async fn request_report(address: &str, nonce: &str) -> Result<Value> {
     }
     serde_json::from_slice(&frame.payload)
         .map_err(|e| Error::Protocol(format!("report is not JSON: {e}")))
+}
+
+/// Gives the ECU at `address` the director's receipt for a manifest carrying its report.
+pub async fn send_receipt(address: &str, receipt: &[u8]) -> Result<InstallResult> {
+    let mut stream = connect(address).await?;
+    protocol::write_frame(&mut stream, Kind::Ack, receipt).await?;
+    let frame = tokio::time::timeout(Duration::from_secs(10), protocol::read_frame(&mut stream))
+        .await
+        .map_err(|_| Error::Protocol(format!("ECU at {address} did not answer")))??;
+    match frame.kind {
+        Kind::InstallResult => Ok(protocol::parse_json(&frame)?),
+        Kind::Error => {
+            let e: protocol::ErrorPayload = protocol::parse_json(&frame)?;
+            Err(Error::Protocol(format!(
+                "ECU at {address} refused the receipt ({}): {}",
+                e.rule, e.message
+            )))
+        }
+        other => Err(Error::Frame(protocol::FrameError::Unexpected(other))),
+    }
 }
 
 async fn run_precondition(cmd: &str) -> std::result::Result<(), String> {

@@ -20,6 +20,14 @@
 //! | 6 | `INSTALL_RESULT` | JSON [`InstallResult`] | ECU → primary |
 //! | 7 | `ERROR` | JSON `{"rule", "message"}` | either |
 //! | 8 | `BOOT` | JSON `{}`: simulate a reboot (run boot counting now) | primary → ECU |
+//! | 9 | `ACK` | the director's signed manifest receipt (JSON) | primary → ECU |
+//!
+//! Each kind has its own payload limit ([`Kind::max_payload`]), checked in the header before
+//! anything is read; a payload is then allocated only as its bytes arrive, and an ECU draws
+//! the bytes it buffers from one [`MemoryBudget`], so many connections announcing large
+//! frames cost what they actually sent, within a fixed total. [`FrameDecoder`] is the
+//! sans-IO decoder (fuzzed: `fuzz/fuzz_targets/frame.rs`); [`read_frame`] drives it over a
+//! socket without ever reading past the end of a frame.
 //!
 //! One operation per connection: the primary connects, sends a request (and for an install
 //! the image frames), reads one answer, closes. An ECU that receives garbage, an unknown
@@ -27,9 +35,11 @@
 //! it; the count appears as an attack indicator in its next version report.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Frame magic.
 pub const MAGIC: [u8; 2] = *b"RV";
@@ -41,6 +51,14 @@ pub const MAX_PAYLOAD: u32 = 1024 * 1024;
 pub const CHUNK: usize = 64 * 1024;
 /// Header length.
 pub const HEADER_LEN: usize = 8;
+/// Longest nonce a `REPORT_REQUEST` may carry (the primary sends 32 hex characters). A nonce
+/// is signed into the report: an unbounded one would let anyone on the bus make reports too
+/// large to send.
+pub const MAX_NONCE_LEN: usize = 64;
+/// Payload limit of small control frames (`REPORT_REQUEST`, `BOOT`).
+const SMALL_PAYLOAD: u32 = 1024;
+/// Payload limit of answers (`REPORT`, `INSTALL_RESULT`, `ERROR`) and receipts (`ACK`).
+const ANSWER_PAYLOAD: u32 = 64 * 1024;
 
 /// Frame kinds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,6 +80,8 @@ pub enum Kind {
     Error = 7,
     /// Simulated reboot.
     Boot = 8,
+    /// The director's receipt for a manifest that carried this ECU's report.
+    Ack = 9,
 }
 
 impl Kind {
@@ -75,8 +95,20 @@ impl Kind {
             6 => Kind::InstallResult,
             7 => Kind::Error,
             8 => Kind::Boot,
+            9 => Kind::Ack,
             _ => return None,
         })
+    }
+
+    /// Largest payload a frame of this kind may announce.
+    pub fn max_payload(self) -> u32 {
+        match self {
+            Kind::ReportRequest | Kind::Boot => SMALL_PAYLOAD,
+            Kind::ImageEnd => 0,
+            Kind::ImageChunk => CHUNK as u32,
+            Kind::Report | Kind::InstallResult | Kind::Error | Kind::Ack => ANSWER_PAYLOAD,
+            Kind::InstallBegin => MAX_PAYLOAD,
+        }
     }
 }
 
@@ -99,9 +131,22 @@ pub enum FrameError {
     /// A kind we do not know.
     #[error("unknown frame kind {0}")]
     UnknownKind(u8),
-    /// Payload over the limit.
-    #[error("frame of {0} bytes exceeds the {MAX_PAYLOAD}-byte limit")]
-    Oversized(u32),
+    /// Payload over the limit of its kind.
+    #[error("{kind:?} frame of {length} bytes exceeds its {max}-byte limit")]
+    Oversized {
+        /// Kind announced.
+        kind: Kind,
+        /// Length announced.
+        length: u32,
+        /// Limit of that kind.
+        max: u32,
+    },
+    /// The ECU's buffer budget is spent (too many frames being received at once).
+    #[error("in-vehicle buffer budget of {budget} bytes exhausted")]
+    Busy {
+        /// The budget, in bytes.
+        budget: usize,
+    },
     /// A frame that is well-formed but not expected here.
     #[error("unexpected {0:?} frame")]
     Unexpected(Kind),
@@ -122,7 +167,8 @@ impl FrameError {
             FrameError::BadMagic(_) | FrameError::BadVersion(_) | FrameError::UnknownKind(_) => {
                 "garbage-frame"
             }
-            FrameError::Oversized(_) => "oversized-frame",
+            FrameError::Oversized { .. } => "oversized-frame",
+            FrameError::Busy { .. } => "memory-budget",
             FrameError::Unexpected(_) => "unexpected-frame",
             FrameError::Malformed(_) => "malformed-frame",
             FrameError::Io(_) => "io",
@@ -153,11 +199,12 @@ pub async fn write_frame<W: AsyncWrite + Unpin>(
     kind: Kind,
     payload: &[u8],
 ) -> Result<(), FrameError> {
-    let len = u32::try_from(payload.len()).map_err(|_| FrameError::Oversized(u32::MAX))?;
-    if len > MAX_PAYLOAD {
-        return Err(FrameError::Oversized(len));
+    let max = kind.max_payload();
+    let length = u32::try_from(payload.len()).unwrap_or(u32::MAX);
+    if length > max {
+        return Err(FrameError::Oversized { kind, length, max });
     }
-    w.write_all(&header(kind, len)).await?;
+    w.write_all(&header(kind, length)).await?;
     w.write_all(payload).await?;
     Ok(())
 }
@@ -172,21 +219,8 @@ pub async fn write_json<W: AsyncWrite + Unpin, T: Serialize>(
     write_frame(w, kind, &payload).await
 }
 
-/// Reads one frame, checking the header before reading (or allocating for) the payload.
-pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Frame, FrameError> {
-    let mut head = [0u8; HEADER_LEN];
-    let mut got = 0;
-    while got < HEADER_LEN {
-        let n = r.read(head.get_mut(got..).unwrap_or_default()).await?;
-        if n == 0 {
-            return Err(if got == 0 {
-                FrameError::Closed
-            } else {
-                FrameError::Truncated
-            });
-        }
-        got += n;
-    }
+/// Checks a frame header: magic, version, kind, and the length against the kind's limit.
+pub fn decode_header(head: [u8; HEADER_LEN]) -> Result<(Kind, u32), FrameError> {
     let [m0, m1, version, kind, l0, l1, l2, l3] = head;
     if [m0, m1] != MAGIC {
         return Err(FrameError::BadMagic([m0, m1]));
@@ -195,19 +229,153 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Frame, FrameE
         return Err(FrameError::BadVersion(version));
     }
     let kind = Kind::from_u8(kind).ok_or(FrameError::UnknownKind(kind))?;
-    let len = u32::from_be_bytes([l0, l1, l2, l3]);
-    if len > MAX_PAYLOAD {
-        return Err(FrameError::Oversized(len));
+    let length = u32::from_be_bytes([l0, l1, l2, l3]);
+    let max = kind.max_payload();
+    if length > max {
+        return Err(FrameError::Oversized { kind, length, max });
     }
-    let mut payload = vec![0u8; len as usize];
-    r.read_exact(&mut payload).await.map_err(|e| {
-        if e.kind() == std::io::ErrorKind::UnexpectedEof {
-            FrameError::Truncated
-        } else {
-            FrameError::Io(e)
+    Ok((kind, length))
+}
+
+/// Sans-IO decoder of one frame: bytes go in as they arrive, a frame comes out when complete.
+/// It never asks for more than the current frame needs ([`FrameDecoder::wanted`]), so a
+/// reader can stop exactly at the frame's end, and the payload grows only with bytes that
+/// actually arrived.
+#[derive(Debug, Default)]
+pub struct FrameDecoder {
+    head: [u8; HEADER_LEN],
+    head_len: usize,
+    body: Option<(Kind, u32, Vec<u8>)>,
+}
+
+impl FrameDecoder {
+    /// A decoder waiting for a header.
+    pub fn new() -> Self {
+        FrameDecoder::default()
+    }
+
+    /// How many more bytes the current frame needs (header first, then payload).
+    pub fn wanted(&self) -> usize {
+        match &self.body {
+            None => HEADER_LEN - self.head_len,
+            Some((_, length, payload)) => (*length as usize).saturating_sub(payload.len()),
         }
-    })?;
-    Ok(Frame { kind, payload })
+    }
+
+    /// Feeds bytes; returns how many were used and the frame, once complete. Bytes after the
+    /// end of the frame are not used. After an error the decoder must be dropped.
+    pub fn feed(&mut self, input: &[u8]) -> Result<(usize, Option<Frame>), FrameError> {
+        let mut used = 0;
+        if self.body.is_none() {
+            let take = self.wanted().min(input.len());
+            let (src, _) = input.split_at(take);
+            if let Some(dst) = self.head.get_mut(self.head_len..self.head_len + take) {
+                dst.copy_from_slice(src);
+            }
+            self.head_len += take;
+            used += take;
+            if self.head_len < HEADER_LEN {
+                return Ok((used, None));
+            }
+            let (kind, length) = decode_header(self.head)?;
+            self.body = Some((kind, length, Vec::new()));
+        }
+        let rest = input.get(used..).unwrap_or_default();
+        let take = self.wanted().min(rest.len());
+        if let Some((_, _, payload)) = self.body.as_mut() {
+            payload.extend_from_slice(rest.get(..take).unwrap_or_default());
+        }
+        used += take;
+        if self.wanted() > 0 {
+            return Ok((used, None));
+        }
+        let frame = self
+            .body
+            .take()
+            .map(|(kind, _, payload)| Frame { kind, payload });
+        self.head_len = 0;
+        Ok((used, frame))
+    }
+
+    /// The connection ended: [`FrameError::Closed`] between frames, else truncation.
+    pub fn end_of_input(&self) -> FrameError {
+        if self.head_len == 0 && self.body.is_none() {
+            FrameError::Closed
+        } else {
+            FrameError::Truncated
+        }
+    }
+}
+
+/// Bytes an ECU may hold in frames still being received, shared by all its connections.
+#[derive(Debug, Clone)]
+pub struct MemoryBudget {
+    bytes: usize,
+    permits: Arc<Semaphore>,
+}
+
+impl MemoryBudget {
+    /// A budget of `bytes`.
+    pub fn new(bytes: usize) -> Self {
+        MemoryBudget {
+            bytes,
+            permits: Arc::new(Semaphore::new(bytes.min(Semaphore::MAX_PERMITS))),
+        }
+    }
+
+    /// Bytes not drawn now.
+    pub fn available(&self) -> usize {
+        self.permits.available_permits()
+    }
+
+    fn draw(&self, held: &mut Option<OwnedSemaphorePermit>, n: usize) -> Result<(), FrameError> {
+        let busy = FrameError::Busy { budget: self.bytes };
+        let n = u32::try_from(n).map_err(|_| busy)?;
+        let permit = self
+            .permits
+            .clone()
+            .try_acquire_many_owned(n)
+            .map_err(|_| FrameError::Busy { budget: self.bytes })?;
+        match held {
+            Some(h) => h.merge(permit),
+            None => *held = Some(permit),
+        }
+        Ok(())
+    }
+}
+
+/// Reads one frame (see [`read_frame_within`]) with no budget beyond the per-kind limits.
+pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Frame, FrameError> {
+    read_frame_within(r, None).await
+}
+
+/// Reads one frame: the header is checked before any payload is read, the payload is
+/// allocated as it arrives, and, with a `budget`, every buffered byte is drawn from it first
+/// (given back when this returns). Never reads past the end of the frame.
+pub async fn read_frame_within<R: AsyncRead + Unpin>(
+    r: &mut R,
+    budget: Option<&MemoryBudget>,
+) -> Result<Frame, FrameError> {
+    let mut decoder = FrameDecoder::new();
+    let mut held = None;
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        let want = decoder.wanted().clamp(1, buf.len());
+        let Some(dst) = buf.get_mut(..want) else {
+            return Err(FrameError::Truncated);
+        };
+        let n = r.read(dst).await?;
+        if n == 0 {
+            return Err(decoder.end_of_input());
+        }
+        if let Some(budget) = budget {
+            budget.draw(&mut held, n)?;
+        }
+        let (_, frame) = decoder.feed(buf.get(..n).unwrap_or_default())?;
+        if let Some(frame) = frame {
+            return Ok(frame);
+        }
+    }
 }
 
 /// Parses a JSON payload.
@@ -218,8 +386,26 @@ pub fn parse_json<T: for<'de> Deserialize<'de>>(frame: &Frame) -> Result<T, Fram
 /// `REPORT_REQUEST` payload.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReportRequest {
-    /// Fresh nonce the ECU must include in its signed report.
+    /// Fresh nonce the ECU must include in its signed report (at most [`MAX_NONCE_LEN`]
+    /// printable ASCII characters).
     pub nonce: String,
+}
+
+impl ReportRequest {
+    /// Parses a `REPORT_REQUEST` and checks its nonce.
+    pub fn parse(frame: &Frame) -> Result<Self, FrameError> {
+        let req: ReportRequest = parse_json(frame)?;
+        if req.nonce.is_empty()
+            || req.nonce.len() > MAX_NONCE_LEN
+            || !req.nonce.bytes().all(|b| b.is_ascii_graphic())
+        {
+            return Err(FrameError::Malformed(format!(
+                "nonce must be 1 to {MAX_NONCE_LEN} printable ASCII characters (got {} bytes)",
+                req.nonce.len()
+            )));
+        }
+        Ok(req)
+    }
 }
 
 /// Metadata an ECU needs to verify an update itself, exactly as the repositories signed it.
@@ -317,6 +503,100 @@ mod tests {
         let big = vec![0u8; MAX_PAYLOAD as usize + 1];
         assert!(write_frame(&mut buf, Kind::Report, &big).await.is_err());
         assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn the_decoder_gives_the_same_frames_however_the_bytes_are_cut() {
+        let mut wire = Vec::new();
+        for (kind, payload) in [
+            (Kind::ReportRequest, &br#"{"nonce":"ab"}"#[..]),
+            (Kind::ImageEnd, &b""[..]),
+            (Kind::ImageChunk, &[7u8; 3000][..]),
+        ] {
+            wire.extend_from_slice(&header(kind, payload.len() as u32));
+            wire.extend_from_slice(payload);
+        }
+        for piece in [1, 2, 7, 8, 9, 100, wire.len()] {
+            let mut frames = Vec::new();
+            let mut decoder = FrameDecoder::new();
+            for chunk in wire.chunks(piece) {
+                let mut chunk = chunk;
+                while !chunk.is_empty() {
+                    let (used, frame) = decoder.feed(chunk).unwrap();
+                    frames.extend(frame);
+                    chunk = &chunk[used..];
+                }
+            }
+            assert!(matches!(decoder.end_of_input(), FrameError::Closed));
+            assert_eq!(frames.len(), 3, "pieces of {piece}");
+            assert_eq!(frames[2].payload, vec![7u8; 3000]);
+        }
+    }
+
+    #[tokio::test]
+    async fn each_kind_has_its_own_limit() {
+        let cases = [
+            (Kind::ReportRequest, SMALL_PAYLOAD + 1),
+            (Kind::Boot, SMALL_PAYLOAD + 1),
+            (Kind::ImageEnd, 1),
+            (Kind::ImageChunk, CHUNK as u32 + 1),
+            (Kind::Ack, ANSWER_PAYLOAD + 1),
+            (Kind::InstallBegin, MAX_PAYLOAD + 1),
+        ];
+        for (kind, length) in cases {
+            let head = header(kind, length);
+            let mut r = &head[..];
+            let err = read_frame(&mut r).await.unwrap_err();
+            assert_eq!(err.rule(), "oversized-frame", "{kind:?}");
+            let mut sink = Vec::new();
+            let payload = vec![0u8; length as usize];
+            assert!(write_frame(&mut sink, kind, &payload).await.is_err());
+            assert!(sink.is_empty());
+        }
+    }
+
+    #[tokio::test]
+    async fn buffered_bytes_come_from_the_budget_and_go_back() {
+        let budget = MemoryBudget::new(64 * 1024);
+        // A frame announcing 1 MiB that sends 10 KiB costs 10 KiB (then is truncated).
+        let mut wire = header(Kind::InstallBegin, MAX_PAYLOAD).to_vec();
+        wire.extend_from_slice(&[b' '; 10 * 1024]);
+        let err = read_frame_within(&mut &wire[..], Some(&budget))
+            .await
+            .unwrap_err();
+        assert_eq!(err.rule(), "truncated-frame");
+        assert_eq!(budget.available(), 64 * 1024, "given back");
+        // One that really sends more than the budget is refused.
+        let mut wire = header(Kind::InstallBegin, 100 * 1024).to_vec();
+        wire.extend_from_slice(&[b' '; 100 * 1024]);
+        let err = read_frame_within(&mut &wire[..], Some(&budget))
+            .await
+            .unwrap_err();
+        assert_eq!(err.rule(), "memory-budget");
+        assert_eq!(budget.available(), 64 * 1024);
+        // Within the budget it reads normally.
+        let mut wire = header(Kind::InstallBegin, 2).to_vec();
+        wire.extend_from_slice(b"{}");
+        let frame = read_frame_within(&mut &wire[..], Some(&budget))
+            .await
+            .unwrap();
+        assert_eq!(frame.payload, b"{}");
+    }
+
+    #[test]
+    fn nonces_are_bounded_and_printable() {
+        let req = |nonce: &str| Frame {
+            kind: Kind::ReportRequest,
+            payload: serde_json::to_vec(&ReportRequest {
+                nonce: nonce.into(),
+            })
+            .unwrap(),
+        };
+        assert!(ReportRequest::parse(&req(&"a".repeat(32))).is_ok());
+        for bad in [String::new(), "a".repeat(MAX_NONCE_LEN + 1), "a\nb".into()] {
+            let err = ReportRequest::parse(&req(&bad)).unwrap_err();
+            assert_eq!(err.rule(), "malformed-frame", "{bad:?}");
+        }
     }
 
     #[tokio::test]

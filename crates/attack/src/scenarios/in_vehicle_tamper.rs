@@ -128,10 +128,11 @@ pub async fn run(h: Harness) -> anyhow::Result<Findings> {
     // The primary, for its part, could not talk to the BCM and says so.
     h.check_noticed(&mut f, &run, &["ecu-unreachable"], "vehicle")
         .await?;
-    // The ECU handles each garbage connection on its own: give the last one a moment.
+    // The ECU handles each garbage connection on its own and writes repeated indicators at
+    // most once a second: give the last one a moment.
     let mut state = Value::Null;
     let mut rejected = 0;
-    for _ in 0..40 {
+    for _ in 0..80 {
         state = std::fs::read(bcm_dir.join("state/ecu-state.json"))
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
@@ -146,12 +147,18 @@ pub async fn run(h: Harness) -> anyhow::Result<Findings> {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     let pending: Vec<String> = state
-        .get("attacks")
+        .pointer("/indicators/entries")
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
-        .filter_map(Value::as_str)
-        .map(str::to_owned)
+        .map(|e| {
+            format!(
+                "{}: {} ({}×)",
+                e["rule"].as_str().unwrap_or_default(),
+                e["message"].as_str().unwrap_or_default(),
+                e["count"].as_u64().unwrap_or_default()
+            )
+        })
         .collect();
     f.check(
         "the BCM refused every garbage frame and counted it for its next report",

@@ -8,32 +8,31 @@
 //! and versions; image bytes are checked against the signed ciphertext and plaintext
 //! hashes while they stream into the slot.
 
+mod link;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use rampart_client::MetadataStore;
 use rampart_core::client::{Action, Client, Config as ClientConfig, Fetched};
-use rampart_core::encryption::{unwrap_key, Decryptor, EcuKeyPair};
-use rampart_core::hash::StreamVerifier;
-use rampart_core::metadata::Expiry;
+use rampart_core::encryption::EcuKeyPair;
+use rampart_core::metadata::{Envelope, Expiry, Root};
 use rampart_core::signer::{InMemorySigner, Signer};
 use rampart_core::uptane::manifest::{sign_ecu_report, EcuVersionReport, ECU_REPORT_TYPE};
 use rampart_core::uptane::{
     DirectorInstruction, FullVerifier, InstalledImage, PartialVerifier, Repo, Scope, UptaneAction,
 };
 use serde::{Deserialize, Serialize};
-use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::Mutex;
 
+pub use self::link::{serve, LinkLimits};
 use crate::error::{Error, Result};
-use crate::protocol::{
-    self, ErrorPayload, FrameError, InstallBegin, InstallResult, Kind, MetadataBundle,
-    ReportRequest,
-};
+use crate::indicators::Indicators;
+use crate::protocol::{FrameError, MetadataBundle};
 use crate::slots::{BootOutcome, SlotConfig, Slots};
 
 /// Full or partial verification.
@@ -76,6 +75,9 @@ pub struct EcuConfig {
     /// Name of the image in slot A at first start.
     #[serde(default = "factory_name")]
     pub factory_image: String,
+    /// Limits of the in-vehicle link (connections, timeouts, buffered bytes).
+    #[serde(default)]
+    pub limits: LinkLimits,
 }
 
 fn factory_name() -> String {
@@ -88,7 +90,11 @@ struct EcuState {
     report_counter: u64,
     #[serde(default)]
     latest_verified: Option<String>,
+    /// What went wrong, kept until the director acknowledged a report carrying it.
     #[serde(default)]
+    indicators: Indicators,
+    /// Indicators as state files before the director's receipts kept them (read once).
+    #[serde(default, skip_serializing)]
     attacks: Vec<String>,
     #[serde(default)]
     rejected_frames: u64,
@@ -103,7 +109,15 @@ pub struct Secondary {
     decryption: Option<EcuKeyPair>,
     slots: Slots,
     state: EcuState,
+    /// When indicators were last written to disk (a flood must not turn into a write per
+    /// frame; reports and receipts always write).
+    last_indicator_save: Option<Instant>,
+    /// Indicators recorded but not yet written.
+    unsaved: bool,
 }
+
+/// Indicators recorded within this time of the last save are written with the next one.
+const INDICATOR_SAVE_INTERVAL: Duration = Duration::from_secs(1);
 
 impl std::fmt::Debug for Secondary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -145,18 +159,24 @@ impl Secondary {
             release_counter: 0,
         };
         let slots = Slots::open(config.slots.clone(), factory)?;
-        let state = match std::fs::read(state_path(&config.state_dir)) {
+        let mut state: EcuState = match std::fs::read(state_path(&config.state_dir)) {
             Ok(b) => {
                 serde_json::from_slice(&b).map_err(|e| Error::Config(format!("ECU state: {e}")))?
             }
             Err(_) => EcuState::default(),
         };
+        for line in std::mem::take(&mut state.attacks) {
+            let (rule, message) = line.split_once(": ").unwrap_or(("vehicle-report", &line));
+            state.indicators.record(rule, message);
+        }
         let mut ecu = Secondary {
             config,
             signer,
             decryption,
             slots,
             state,
+            last_indicator_save: None,
+            unsaved: false,
         };
         ecu.boot()?;
         Ok(ecu)
@@ -184,25 +204,78 @@ impl Secondary {
         Ok(())
     }
 
-    /// Records something that went wrong, for the next version report.
+    /// Records something that went wrong; it goes into every version report until the
+    /// director acknowledges one that carried it (see [`crate::indicators`]).
     pub fn record_attack(&mut self, rule: &str, message: &str) {
         tracing::warn!(ecu = %self.config.ecu_id, %rule, %message, "attack indicator");
-        self.state.attacks.push(format!("{rule}: {message}"));
-        // Bounded: a flood of garbage must not grow the report without limit.
-        if self.state.attacks.len() > 16 {
-            self.state.attacks.remove(0);
-        }
-        let _ = self.save();
+        self.state.indicators.record(rule, message);
+        self.save_indicators();
     }
 
-    /// Counts a rejected in-vehicle frame.
-    pub fn record_rejected_frame(&mut self, err: &FrameError) {
+    /// As [`Secondary::record_attack`], for what a bus peer can repeat at will (garbage
+    /// frames, refused connections): written at most once per second, so a flood does not
+    /// become a disk write per frame. Returns `true` if the write was put off; the caller
+    /// must then [`Secondary::flush`] within about a second.
+    pub fn record_repeatable(&mut self, rule: &str, message: &str) -> bool {
+        tracing::debug!(ecu = %self.config.ecu_id, %rule, %message, "attack indicator");
+        self.state.indicators.record(rule, message);
+        let due = self
+            .last_indicator_save
+            .is_none_or(|at| at.elapsed() >= INDICATOR_SAVE_INTERVAL);
+        if due {
+            self.save_indicators();
+        } else {
+            self.unsaved = true;
+        }
+        !due
+    }
+
+    /// Writes indicators put off by [`Secondary::record_repeatable`].
+    pub fn flush(&mut self) {
+        if self.unsaved {
+            self.save_indicators();
+        }
+    }
+
+    fn save_indicators(&mut self) {
+        self.last_indicator_save = Some(Instant::now());
+        self.unsaved = false;
+        if let Err(e) = self.save() {
+            tracing::error!(ecu = %self.config.ecu_id, error = %e, "cannot save indicators");
+        }
+    }
+
+    /// The indicators not yet acknowledged by the director.
+    pub fn indicators(&self) -> &Indicators {
+        &self.state.indicators
+    }
+
+    /// Takes the director's signed receipt for a manifest: if it verifies against this ECU's
+    /// trusted director root and names this vehicle and ECU, the indicators carried by the
+    /// reports it acknowledges are forgotten. Returns how many.
+    pub fn acknowledge(&mut self, receipt: &[u8]) -> Result<usize> {
+        let store = MetadataStore::open(self.config.state_dir.join("director"))?;
+        let root_bytes = trusted_root(&store, &self.config.director_root)?;
+        let root: Root = Envelope::parse(&root_bytes, "root")?.typed("root")?;
+        let counter = rampart_core::uptane::receipt::verify_receipt(
+            receipt,
+            &root,
+            &self.config.vin,
+            &self.config.ecu_id,
+        )?;
+        let forgotten = self.state.indicators.acknowledge(counter);
+        self.save()?;
+        Ok(forgotten)
+    }
+
+    /// Counts a rejected in-vehicle frame (see [`Secondary::record_repeatable`]).
+    pub fn record_rejected_frame(&mut self, err: &FrameError) -> bool {
         self.state.rejected_frames += 1;
         let n = self.state.rejected_frames;
-        self.record_attack(
+        self.record_repeatable(
             err.rule(),
             &format!("{err} ({n} rejected in-vehicle frame(s) so far)"),
-        );
+        )
     }
 
     /// Boot counting; reports a rollback as an attack indicator (a failed update).
@@ -225,8 +298,9 @@ impl Secondary {
     /// Signs a version report with the primary's nonce; attack indicators are included once.
     pub fn report(&mut self, nonce: &str, now: DateTime<Utc>) -> Result<Vec<u8>> {
         self.state.report_counter += 1;
-        let attacks = std::mem::take(&mut self.state.attacks).join("\n");
-        // Persist the counter before the report leaves: a crash must never reuse it.
+        let attacks = self.state.indicators.report(self.state.report_counter);
+        // Persist the counter (and which report first carried each indicator) before the
+        // report leaves: a crash must never reuse it.
         self.save()?;
         let latest = self
             .state
@@ -380,257 +454,6 @@ fn trusted_root(store: &MetadataStore, provisioned: &Path) -> Result<Vec<u8>> {
     }
 }
 
-/// Receives an image that was verified by [`Secondary::verify`]: ciphertext checked against
-/// the signed ciphertext hashes, decrypted in constant memory, plaintext checked against the
-/// signed length and hashes while it goes into the inactive slot.
-struct Receiver {
-    expected: u64,
-    received: u64,
-    ciphertext: Option<StreamVerifier>,
-    decryptor: Option<Decryptor>,
-    plaintext: StreamVerifier,
-    writer: crate::slots::SlotWriter,
-    buf: Vec<u8>,
-}
-
-impl Receiver {
-    fn chunk(&mut self, data: &[u8]) -> Result<()> {
-        self.received += data.len() as u64;
-        if self.received > self.expected {
-            return Err(rampart_core::Error::LengthExceeded {
-                what: "image on the in-vehicle link".into(),
-                max: self.expected,
-            }
-            .into());
-        }
-        match (&mut self.ciphertext, &mut self.decryptor) {
-            (Some(cv), Some(dec)) => {
-                cv.update(data)?;
-                self.buf.clear();
-                dec.update(data, &mut self.buf)?;
-                self.plaintext.update(&self.buf)?;
-                self.writer.write(&self.buf)?;
-            }
-            _ => {
-                self.plaintext.update(data)?;
-                self.writer.write(data)?;
-            }
-        }
-        Ok(())
-    }
-
-    fn finish(mut self) -> Result<crate::slots::SlotWriter> {
-        if let (Some(cv), Some(dec)) = (self.ciphertext.take(), self.decryptor.take()) {
-            cv.finish()?;
-            self.buf.clear();
-            dec.finish(&mut self.buf)?;
-            self.plaintext.update(&self.buf)?;
-            self.writer.write(&self.buf)?;
-        }
-        self.plaintext.finish()?;
-        Ok(self.writer)
-    }
-}
-
-/// Serves the primary on `listener` until the task is dropped.
-pub async fn serve(ecu: Arc<Mutex<Secondary>>, listener: TcpListener) -> Result<()> {
-    loop {
-        let (stream, peer) = listener
-            .accept()
-            .await
-            .map_err(|e| Error::Protocol(format!("accept: {e}")))?;
-        let ecu = ecu.clone();
-        tokio::spawn(async move {
-            if let Err(e) = handle(ecu, stream).await {
-                tracing::debug!(%peer, error = %e, "in-vehicle connection ended");
-            }
-        });
-    }
-}
-
-const FRAME_TIMEOUT: Duration = Duration::from_secs(30);
-
-async fn read_frame_timed(
-    stream: &mut TcpStream,
-) -> std::result::Result<protocol::Frame, FrameError> {
-    tokio::time::timeout(FRAME_TIMEOUT, protocol::read_frame(stream))
-        .await
-        .map_err(|_| FrameError::Truncated)?
-}
-
-async fn refuse(ecu: &Arc<Mutex<Secondary>>, stream: &mut TcpStream, err: &FrameError) {
-    ecu.lock().await.record_rejected_frame(err);
-    let _ = protocol::write_json(
-        stream,
-        Kind::Error,
-        &ErrorPayload {
-            rule: err.rule().into(),
-            message: err.to_string(),
-        },
-    )
-    .await;
-    let _ = stream.shutdown().await;
-}
-
-/// One connection from the primary: one request, one answer.
-async fn handle(ecu: Arc<Mutex<Secondary>>, mut stream: TcpStream) -> Result<()> {
-    let frame = match read_frame_timed(&mut stream).await {
-        Ok(f) => f,
-        Err(FrameError::Closed) => return Ok(()),
-        Err(e) => {
-            refuse(&ecu, &mut stream, &e).await;
-            return Ok(());
-        }
-    };
-    match frame.kind {
-        Kind::ReportRequest => {
-            let req: ReportRequest = match protocol::parse_json(&frame) {
-                Ok(r) => r,
-                Err(e) => {
-                    refuse(&ecu, &mut stream, &e).await;
-                    return Ok(());
-                }
-            };
-            let report = ecu.lock().await.report(&req.nonce, Utc::now())?;
-            protocol::write_frame(&mut stream, Kind::Report, &report).await?;
-        }
-        Kind::InstallBegin => {
-            let begin: InstallBegin = match protocol::parse_json(&frame) {
-                Ok(b) => b,
-                Err(e) => {
-                    refuse(&ecu, &mut stream, &e).await;
-                    return Ok(());
-                }
-            };
-            let result = install(&ecu, &mut stream, begin).await;
-            protocol::write_json(&mut stream, Kind::InstallResult, &result).await?;
-        }
-        Kind::Boot => {
-            let outcome = ecu.lock().await.boot()?;
-            let result = InstallResult {
-                ok: !matches!(outcome, BootOutcome::RolledBack { .. }),
-                rule: None,
-                message: format!("{outcome:?}"),
-            };
-            protocol::write_json(&mut stream, Kind::InstallResult, &result).await?;
-        }
-        other => refuse(&ecu, &mut stream, &FrameError::Unexpected(other)).await,
-    }
-    Ok(())
-}
-
-async fn install(
-    ecu: &Arc<Mutex<Secondary>>,
-    stream: &mut TcpStream,
-    begin: InstallBegin,
-) -> InstallResult {
-    // One installation at a time: the ECU is locked for its duration.
-    let mut guard = ecu.lock().await;
-    match install_locked(&mut guard, stream, &begin).await {
-        Ok(message) => InstallResult {
-            ok: true,
-            rule: None,
-            message,
-        },
-        Err(e) => {
-            let rule = e.rule();
-            guard.record_attack(&rule, &e.to_string());
-            InstallResult {
-                ok: false,
-                rule: Some(rule),
-                message: e.to_string(),
-            }
-        }
-    }
-}
-
-async fn install_locked(
-    ecu: &mut Secondary,
-    stream: &mut TcpStream,
-    begin: &InstallBegin,
-) -> Result<String> {
-    let now = Utc::now();
-    let instruction = ecu.verify(&begin.target, &begin.bundle, now)?;
-    let (ciphertext, decryptor, expected) = match &instruction.encryption {
-        Some(enc) => {
-            let key_pair = ecu.decryption.as_ref().ok_or_else(|| {
-                Error::Config("image is encrypted but this ECU has no decryption key".into())
-            })?;
-            let content_key = unwrap_key(key_pair, &enc.key)?;
-            let cv = StreamVerifier::new(
-                "ciphertext",
-                Some(enc.ciphertext.length),
-                enc.ciphertext.length,
-                Some(&enc.ciphertext.hashes),
-            )?;
-            (
-                Some(cv),
-                Some(Decryptor::new(&content_key)),
-                enc.ciphertext.length,
-            )
-        }
-        None => (None, None, instruction.file.length),
-    };
-    if begin.length != expected {
-        return Err(rampart_core::Error::LengthMismatch {
-            what: format!("{} announced by the primary", begin.target),
-            expected,
-            actual: begin.length,
-        }
-        .into());
-    }
-    let plaintext = StreamVerifier::new(
-        &instruction.target,
-        Some(instruction.file.length),
-        instruction.file.length,
-        Some(&instruction.file.hashes),
-    )?;
-    let mut rx = Receiver {
-        expected,
-        received: 0,
-        ciphertext,
-        decryptor,
-        plaintext,
-        writer: ecu.slots.begin_write()?,
-        buf: Vec::with_capacity(protocol::CHUNK + 64),
-    };
-    loop {
-        let frame = read_frame_timed(stream).await.map_err(|e| {
-            ecu.state.rejected_frames += 1;
-            Error::Frame(e)
-        })?;
-        match frame.kind {
-            Kind::ImageChunk => rx.chunk(&frame.payload)?,
-            Kind::ImageEnd => break,
-            other => return Err(Error::Frame(FrameError::Unexpected(other))),
-        }
-    }
-    let writer = rx.finish()?;
-    let image = InstalledImage {
-        filename: instruction.target.clone(),
-        length: instruction.file.length,
-        hashes: instruction.file.hashes.clone(),
-        release_counter: instruction.release_counter,
-    };
-    let slot = ecu.slots.commit_write(writer, image)?;
-    tracing::info!(ecu = %ecu.config.ecu_id, target = %instruction.target, ?slot, "image written and verified; boot slot switched");
-    // Reboot into the new slot (simulated): boot counting until committed or rolled back.
-    loop {
-        match ecu.boot()? {
-            BootOutcome::Committed(s) => {
-                return Ok(format!("installed {} in slot {s:?}", instruction.target))
-            }
-            BootOutcome::RolledBack { failed, to } => {
-                return Err(Error::BootFailed(format!(
-                    "{} failed its health check in slot {failed:?}; rolled back to slot {to:?}",
-                    instruction.target
-                )))
-            }
-            BootOutcome::Retrying { .. } | BootOutcome::Normal => continue,
-        }
-    }
-}
-
 /// Runs an ECU: opens it and serves the primary until interrupted.
 pub async fn run(config: EcuConfig) -> Result<()> {
     let listen = config.listen.clone();
@@ -649,7 +472,9 @@ pub async fn run(config: EcuConfig) -> Result<()> {
         addr.to_string().as_bytes(),
     )?;
     tracing::info!(%addr, "listening for the primary");
-    serve(Arc::new(Mutex::new(ecu)), listener).await
+    let limits = ecu.config().limits.clone();
+    serve(Arc::new(Mutex::new(ecu)), listener, limits).await;
+    Ok(())
 }
 
 /// Loads `ecu.toml`.
