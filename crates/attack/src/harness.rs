@@ -10,8 +10,28 @@ use anyhow::Context;
 use rampart_lab::{image_bytes, Lab, LabOptions, VehicleRun};
 use serde_json::Value;
 
+use crate::naive::{naive_cycle, NaiveDirector, NaiveEcu};
 use crate::proxy::Proxy;
 use crate::Findings;
+
+/// Components swapped for deliberately naive ones ([`crate::naive`]) once the baseline is
+/// installed: the negative controls run scenarios against them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Weakness {
+    /// ECUs (by index: 0 T-BOX, 1 IVI, 2 BCM) replaced by [`NaiveEcu`]s.
+    pub naive_ecus: Vec<usize>,
+    /// Cycles run by [`naive_cycle`] instead of the real primary.
+    pub naive_primary: bool,
+    /// Manifests recorded by a [`NaiveDirector`] in front of the server.
+    pub naive_director: bool,
+}
+
+impl Weakness {
+    /// Whether anything is weakened.
+    pub fn any(&self) -> bool {
+        *self != Weakness::default()
+    }
+}
 
 /// Names of the baseline images (installed before the attack).
 pub const BASELINE: [(&str, &str); 3] = [
@@ -43,6 +63,10 @@ pub struct Harness {
     pub baseline: TrustState,
     /// Highest security event ID before the last cycle: only newer events count as noticed.
     mark: std::sync::atomic::AtomicI64,
+    /// What was swapped for naive components (nothing, outside the negative controls).
+    pub weakness: Weakness,
+    naive_ecus: Vec<NaiveEcu>,
+    _naive_director: Option<NaiveDirector>,
 }
 
 impl std::fmt::Debug for Harness {
@@ -62,6 +86,17 @@ impl Harness {
     /// Builds the fleet, installs the baseline release, and routes the vehicle through a
     /// proxy. With `tls`, the lab serves HTTPS and the proxy is not in the path.
     pub async fn new(bin: &Path, dir: &Path, tls: bool) -> anyhow::Result<Harness> {
+        Harness::weakened(bin, dir, tls, Weakness::default()).await
+    }
+
+    /// [`Harness::new`], with the components `weakness` names swapped for naive ones after
+    /// the baseline release is installed.
+    pub async fn weakened(
+        bin: &Path,
+        dir: &Path,
+        tls: bool,
+        weakness: Weakness,
+    ) -> anyhow::Result<Harness> {
         let _ = std::fs::remove_dir_all(dir);
         std::fs::create_dir_all(dir)?;
         let mut options = LabOptions::new(dir, bin, 1);
@@ -77,7 +112,17 @@ impl Harness {
         if !run.success {
             anyhow::bail!("baseline update failed:\n{}\n{}", run.stdout, run.stderr);
         }
-        let proxy = Proxy::start(&lab.url).await?;
+        let naive_director = if weakness.naive_director {
+            let config = rampart_server::config::Config::load(&lab.layout)?;
+            let db = config.database_url(&lab.layout);
+            Some(NaiveDirector::start(&lab.url, &db).await?)
+        } else {
+            None
+        };
+        let upstream = naive_director
+            .as_ref()
+            .map_or_else(|| lab.url.clone(), |d| d.url.clone());
+        let proxy = Proxy::start(&upstream).await?;
         if !tls {
             lab.write_primary_config(0, Some((&proxy.url.clone(), None)))?;
         }
@@ -87,9 +132,33 @@ impl Harness {
             dir: dir.to_path_buf(),
             baseline: TrustState::default(),
             mark: std::sync::atomic::AtomicI64::new(0),
+            weakness: weakness.clone(),
+            naive_ecus: Vec::new(),
+            _naive_director: naive_director,
         };
+        for &i in &weakness.naive_ecus {
+            h.replace_ecu_naively(i).await?;
+        }
         h.baseline = h.trust_state().await?;
         Ok(h)
+    }
+
+    /// Stops the real ECU `i` and puts a [`NaiveEcu`] on its slots and key in its place.
+    async fn replace_ecu_naively(&mut self, i: usize) -> anyhow::Result<()> {
+        let e = self
+            .lab
+            .vehicles
+            .first_mut()
+            .and_then(|v| v.ecus.get_mut(i))
+            .context("no such ECU")?;
+        if let Some(mut child) = e.child.take() {
+            child.kill().await?;
+        }
+        let config = rampart_vehicle::secondary::load_config(&e.config)?;
+        let naive = NaiveEcu::start(&config).await?;
+        let address = naive.address.clone();
+        self.naive_ecus.push(naive);
+        self.point_ecu_at(i, &address)
     }
 
     /// The vehicle under attack.
@@ -163,9 +232,19 @@ impl Harness {
         Ok(s)
     }
 
-    /// One update cycle of the vehicle (through the proxy).
+    /// One update cycle of the vehicle (through the proxy), by the naive primary when the
+    /// harness is weakened so.
     pub async fn cycle(&self) -> anyhow::Result<VehicleRun> {
         self.mark_events().await?;
+        if self.weakness.naive_primary {
+            let config = &self
+                .lab
+                .vehicles
+                .first()
+                .context("no vehicle")?
+                .primary_config;
+            return naive_cycle(config).await;
+        }
         self.lab.run_vehicle(0, "auto").await
     }
 

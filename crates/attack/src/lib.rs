@@ -19,7 +19,9 @@
 //! `inconclusive`, never `defeated`.
 
 pub mod bus;
+pub mod controls;
 pub mod harness;
+pub mod naive;
 pub mod proxy;
 pub mod scenarios;
 
@@ -67,6 +69,19 @@ impl Findings {
     pub fn evidence(&mut self, line: impl Into<String>) {
         self.reached = true;
         self.evidence.push(line.into());
+    }
+
+    /// The verdict these findings support: `succeeded` if any check failed; `defeated` only
+    /// if the attack reached the system *and* at least one check ran and every check held; a
+    /// scenario that checked nothing proves nothing and is `inconclusive`.
+    pub fn verdict(&self) -> Verdict {
+        if self.checks.iter().any(|c| !c.ok) {
+            Verdict::Succeeded
+        } else if !self.reached || self.checks.is_empty() {
+            Verdict::Inconclusive
+        } else {
+            Verdict::Defeated
+        }
     }
 }
 
@@ -137,14 +152,11 @@ pub async fn run(scenario: &Scenario, bin: &Path, dir: &Path) -> Outcome {
     .await;
     let (verdict, findings, error) = match result {
         Ok(f) => {
-            let verdict = if f.checks.iter().any(|c| !c.ok) {
-                Verdict::Succeeded
-            } else if !f.reached {
-                Verdict::Inconclusive
-            } else {
-                Verdict::Defeated
-            };
-            (verdict, f, None)
+            let error = f
+                .checks
+                .is_empty()
+                .then(|| "the scenario ran no check: nothing was shown to hold".to_owned());
+            (f.verdict(), f, error)
         }
         Err(e) => (
             Verdict::Inconclusive,
@@ -160,5 +172,25 @@ pub async fn run(scenario: &Scenario, bin: &Path, dir: &Path) -> Outcome {
         checks: findings.checks,
         error,
         seconds: started.elapsed().as_secs_f64(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_scenario_is_defeated_only_with_evidence_and_at_least_one_check_that_held() {
+        let mut f = Findings::default();
+        assert_eq!(f.verdict(), Verdict::Inconclusive);
+        f.evidence("forged bytes served");
+        assert_eq!(f.verdict(), Verdict::Inconclusive, "no check ran");
+        f.check("nothing installed", true, "");
+        assert_eq!(f.verdict(), Verdict::Defeated);
+        f.check("the server recorded it", false, "");
+        assert_eq!(f.verdict(), Verdict::Succeeded);
+        let mut unreached = Findings::default();
+        unreached.check("nothing installed", true, "");
+        assert_eq!(unreached.verdict(), Verdict::Inconclusive);
     }
 }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::bail;
 use clap::Args;
-use rampart_attack::{scenarios, Verdict};
+use rampart_attack::{controls, scenarios, Verdict};
 
 /// `rampart attack [--scenario NAME | --all] [--json]`.
 #[derive(Debug, Args)]
@@ -26,6 +26,13 @@ pub struct AttackArgs {
     /// List the scenarios and exit.
     #[arg(long)]
     list: bool,
+    /// Run the negative controls instead: each scenario of the list against a deliberately
+    /// naive component, which the lab must report as `succeeded`.
+    #[arg(long, conflicts_with_all = ["scenarios", "all"])]
+    controls: bool,
+    /// Run this negative control (repeatable; see --controls).
+    #[arg(long = "control", conflicts_with_all = ["scenarios", "all"])]
+    control: Vec<String>,
 }
 
 fn scenario_help() -> String {
@@ -43,7 +50,17 @@ fn scenario_help() -> String {
 pub fn main(args: AttackArgs) -> anyhow::Result<()> {
     if args.list {
         print!("{}", scenario_help());
+        println!("\nNegative controls (--controls):");
+        for c in controls::all() {
+            println!(
+                "\n  {}\n    position: {}\n    scenario: {}\n    naive:    {}\n    must fail: {}",
+                c.name, c.position, c.scenario, c.naive, c.failing_check
+            );
+        }
         return Ok(());
+    }
+    if args.controls || !args.control.is_empty() {
+        return run_controls(&args);
     }
     let selected: Vec<_> = if args.all {
         scenarios::all()
@@ -133,6 +150,76 @@ pub fn main(args: AttackArgs) -> anyhow::Result<()> {
     }
     if defeated != outcomes.len() {
         bail!("{} scenario(s) not defeated", outcomes.len() - defeated);
+    }
+    Ok(())
+}
+
+/// Runs negative controls; exit status 1 unless the lab caught every missing control.
+fn run_controls(args: &AttackArgs) -> anyhow::Result<()> {
+    let selected: Vec<_> = if args.controls {
+        controls::all()
+    } else {
+        args.control
+            .iter()
+            .map(|n| {
+                controls::find(n)
+                    .ok_or_else(|| anyhow::anyhow!("unknown control {n:?} (see --list)"))
+            })
+            .collect::<anyhow::Result<_>>()?
+    };
+    let bin = std::env::current_exe()?;
+    let root = match &args.keep {
+        Some(p) => p.clone(),
+        None => std::env::temp_dir().join(format!("rampart-controls-{}", std::process::id())),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    if !args.json {
+        println!(
+            "{:<26} {:<40} {:<26} {:<12} failed check",
+            "control", "position", "scenario", "verdict"
+        );
+    }
+    let mut missed = 0;
+    for c in &selected {
+        let o = rt.block_on(controls::run(c, &bin, &root));
+        if !o.caught {
+            missed += 1;
+        }
+        if args.json {
+            println!("{}", serde_json::to_string(&o)?);
+        } else {
+            let failed = o
+                .outcome
+                .checks
+                .iter()
+                .find(|ch| !ch.ok && ch.what.starts_with(c.failing_check))
+                .map(|ch| format!("{}: {}", ch.what, ch.detail))
+                .or_else(|| o.outcome.error.clone())
+                .unwrap_or_else(|| format!("NOT CAUGHT: '{}' held", c.failing_check));
+            println!(
+                "{:<26} {:<40} {:<26} {:<12} {}",
+                c.name,
+                c.position,
+                c.scenario,
+                format!("{:?}", o.outcome.verdict).to_lowercase(),
+                failed.chars().take(120).collect::<String>()
+            );
+        }
+    }
+    if args.keep.is_none() {
+        let _ = std::fs::remove_dir_all(&root);
+    }
+    if !args.json {
+        println!(
+            "\n{} of {} negative controls caught (the lab reports succeeded against a naive component)",
+            selected.len() - missed,
+            selected.len()
+        );
+    }
+    if missed > 0 {
+        bail!("{missed} negative control(s) not caught: the lab cannot fail there");
     }
     Ok(())
 }

@@ -56,6 +56,7 @@ macro_rules! scenarios {
         fn every_scenario_of_the_lab_has_a_test() {
             let listed = Command::new(env!("CARGO_BIN_EXE_rampart")).args(["attack", "--list"]).output().unwrap();
             let listed = String::from_utf8_lossy(&listed.stdout);
+            let listed = listed.split("Negative controls").next().unwrap();
             let tested = [$($name),*];
             for line in listed.lines().filter(|l| l.starts_with("  ") && !l.starts_with("    ")) {
                 assert!(tested.contains(&line.trim()), "scenario {} has no test", line.trim());
@@ -82,4 +83,75 @@ scenarios! {
     replayed_manifest => "replayed-manifest",
     in_vehicle_tamper => "in-vehicle-tamper",
     request_flood => "request-flood",
+}
+
+/// A negative control: the scenario against a deliberately naive component must come out
+/// `succeeded`, failing the check that watches the missing control.
+fn control(name: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_rampart"))
+        .args(["attack", "--json", "--control", name, "--keep"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let outcome: serde_json::Value = stdout
+        .lines()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .unwrap_or_else(|| {
+            panic!(
+                "no JSON outcome for control {name}:\n{stdout}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+    let pretty = serde_json::to_string_pretty(&outcome).unwrap();
+    assert_eq!(outcome["outcome"]["verdict"], "succeeded", "{pretty}");
+    assert_eq!(outcome["caught"], true, "{pretty}");
+    let must_fail = outcome["control"]["failing_check"].as_str().unwrap();
+    assert!(
+        outcome["outcome"]["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["ok"] == false && c["what"].as_str().unwrap().starts_with(must_fail)),
+        "{pretty}"
+    );
+    assert!(out.status.success());
+}
+
+macro_rules! controls {
+    ($($test:ident => $name:literal),* $(,)?) => {
+        $(
+            #[test]
+            fn $test() {
+                control($name);
+            }
+        )*
+
+        #[test]
+        fn every_negative_control_has_a_test_and_every_position_a_control() {
+            let listed = Command::new(env!("CARGO_BIN_EXE_rampart")).args(["attack", "--list"]).output().unwrap();
+            let listed = String::from_utf8_lossy(&listed.stdout);
+            let controls = listed.split("Negative controls").nth(1).unwrap();
+            let tested = [$($name),*];
+            let names: Vec<&str> = controls
+                .lines()
+                .filter(|l| l.starts_with("  ") && !l.starts_with("    "))
+                .map(str::trim)
+                .collect();
+            assert_eq!(names, tested);
+            for position in ["network man in the middle", "hostile mirror", "in-vehicle link", "stolen online key", "compromised ECU", "replay to the server"] {
+                assert!(controls.contains(&format!("position: {position}")), "no control for {position}");
+            }
+        }
+    };
+}
+
+controls! {
+    control_mitm_naive_vehicle => "mitm-naive-vehicle",
+    control_mirror_naive_vehicle => "mirror-naive-vehicle",
+    control_bus_naive_ecu => "bus-naive-ecu",
+    control_stolen_key_naive_vehicle => "stolen-key-naive-vehicle",
+    control_ecu_naive_director => "ecu-naive-director",
+    control_replay_naive_director => "replay-naive-director",
 }

@@ -171,6 +171,17 @@ async fn serve_forged(
         &format!("{base}{tv}.targets.json"),
         Action::Replace(targets),
     ));
+    // And the bytes its instruction names, where a vehicle following the instruction alone
+    // would fetch them: if anything installed the attacker's choice, it would be these.
+    let sha = hex::encode(rampart_core::hash::sha256(&instruction.bytes));
+    let image_path = match instruction.name.rsplit_once('/') {
+        Some((dir, file)) => format!("/image/targets/{dir}/{sha}.{file}"),
+        None => format!("/image/targets/{sha}.{}", instruction.name),
+    };
+    h.proxy.add(Rule::get(
+        &image_path,
+        Action::Replace(instruction.bytes.clone()),
+    ));
     Ok((tsv, sv, tv))
 }
 
