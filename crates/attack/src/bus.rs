@@ -24,6 +24,8 @@ pub struct BusTap {
     /// Address the primary should use instead of the ECU's.
     pub address: String,
     log: Arc<Mutex<Vec<String>>>,
+    /// Control frames seen on their way to the ECU (everything but image chunks).
+    recorded: Arc<Mutex<Vec<(Kind, Vec<u8>)>>>,
 }
 
 impl std::fmt::Debug for BusTap {
@@ -41,6 +43,7 @@ impl BusTap {
         let tap = BusTap {
             address: listener.local_addr()?.to_string(),
             log: Arc::new(Mutex::new(Vec::new())),
+            recorded: Arc::new(Mutex::new(Vec::new())),
         };
         let (ecu, t) = (ecu.to_owned(), tap.clone());
         tokio::spawn(async move {
@@ -57,6 +60,19 @@ impl BusTap {
     /// What the tap did.
     pub fn log(&self) -> Vec<String> {
         self.log.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// Payloads of the frames of `kind` the tap saw going to the ECU, oldest first.
+    pub fn recorded(&self, kind: Kind) -> Vec<Vec<u8>> {
+        self.recorded
+            .lock()
+            .map(|r| {
+                r.iter()
+                    .filter(|(k, _)| *k == kind)
+                    .map(|(_, p)| p.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     fn note(&self, line: String) {
@@ -86,6 +102,11 @@ impl BusTap {
                     Ok(f) => f,
                     Err(_) => break,
                 };
+                if frame.kind != Kind::ImageChunk {
+                    if let Ok(mut r) = self.recorded.lock() {
+                        r.push((frame.kind, frame.payload.clone()));
+                    }
+                }
                 if tamper == Tamper::FlipImageBit && frame.kind == Kind::ImageChunk && !flipped {
                     if let Some(b) = frame.payload.get_mut(100) {
                         *b ^= 0x20;

@@ -82,6 +82,7 @@ scenarios! {
     compromised_secondary => "compromised-secondary",
     replayed_manifest => "replayed-manifest",
     in_vehicle_tamper => "in-vehicle-tamper",
+    bus_indicator_erasure => "bus-indicator-erasure",
     request_flood => "request-flood",
 }
 

@@ -7,6 +7,7 @@ use futures_util::future::BoxFuture;
 use crate::{Findings, Harness, Info, Scenario};
 
 mod arbitrary_software;
+mod bus_indicator_erasure;
 mod compromised_secondary;
 mod director_key_compromise;
 mod drop_request;
@@ -64,6 +65,11 @@ pub fn all() -> Vec<Scenario> {
         ),
         scenario!(replayed_manifest::INFO, false, replayed_manifest::run),
         scenario!(in_vehicle_tamper::INFO, false, in_vehicle_tamper::run),
+        scenario!(
+            bus_indicator_erasure::INFO,
+            false,
+            bus_indicator_erasure::run
+        ),
         scenario!(request_flood::INFO, true, request_flood::run),
     ]
 }
