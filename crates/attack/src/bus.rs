@@ -18,6 +18,9 @@ pub enum Tamper {
     Garbage,
 }
 
+/// A frame's kind and payload.
+type Recorded = (Kind, Vec<u8>);
+
 /// A running tap.
 #[derive(Clone)]
 pub struct BusTap {
@@ -25,7 +28,7 @@ pub struct BusTap {
     pub address: String,
     log: Arc<Mutex<Vec<String>>>,
     /// Control frames seen on their way to the ECU (everything but image chunks).
-    recorded: Arc<Mutex<Vec<(Kind, Vec<u8>)>>>,
+    recorded: Arc<Mutex<Vec<Recorded>>>,
 }
 
 impl std::fmt::Debug for BusTap {
