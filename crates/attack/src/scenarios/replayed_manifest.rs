@@ -40,6 +40,8 @@ struct Recorder {
     upstream: String,
     client: reqwest::Client,
     manifests: Arc<Mutex<Vec<Vec<u8>>>>,
+    /// Keep manifests from the director (record them, answer 503): fresh ones to replay.
+    hold: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Recorder {
@@ -54,6 +56,7 @@ impl Recorder {
                 .redirect(reqwest::redirect::Policy::none())
                 .build()?,
             manifests: Arc::new(Mutex::new(Vec::new())),
+            hold: Arc::default(),
         };
         let app = Router::new().fallback(forward).with_state(recorder.clone());
         let task = tokio::spawn(async move {
@@ -81,6 +84,9 @@ async fn forward(State(r): State<Recorder>, request: Request) -> Response {
     if method == axum::http::Method::POST && path.ends_with("/manifest") {
         if let Ok(mut m) = r.manifests.lock() {
             m.push(body.to_vec());
+        }
+        if r.hold.load(std::sync::atomic::Ordering::SeqCst) {
+            return StatusCode::SERVICE_UNAVAILABLE.into_response();
         }
     }
     let mut req = r
@@ -301,5 +307,81 @@ pub async fn run(h: Harness) -> anyhow::Result<Findings> {
         run.success && counter_now > last_counter && counter_now < Some(forged_counter),
         format!("last manifest counter {last_counter:?} → {counter_now:?}"),
     );
+
+    race_fresh_copies(&h, &mut f).await?;
     Ok(f)
+}
+
+/// Copies of one *fresh* manifest (held back from the director by the attacker, so its
+/// counter is new) sent at once: exactly one is accepted, and what it carries — the
+/// vehicle's attack indicator — is recorded once, not once per copy.
+async fn race_fresh_copies(h: &Harness, f: &mut Findings) -> anyhow::Result<()> {
+    const COPIES: usize = 8;
+    let (recorder, url, task) = Recorder::start(&h.proxy.url).await?;
+    recorder
+        .hold
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    h.lab.write_primary_config(0, Some((&url, None)))?;
+    // The first held manifest makes the vehicle note that the director did not take it; the
+    // next one carries that note (an attack indicator) — and is held back too.
+    let _ = h.cycle().await?;
+    let _ = h.cycle().await?;
+    task.abort();
+    h.lab.write_primary_config(0, Some((&h.proxy.url, None)))?;
+    let held = recorder
+        .manifests()
+        .into_iter()
+        .find(|m| {
+            serde_json::from_slice::<Value>(m)
+                .ok()
+                .and_then(|v| {
+                    v.pointer("/signed/attacks_detected")
+                        .and_then(Value::as_str)
+                        .map(|a| !a.is_empty())
+                })
+                .unwrap_or(false)
+        })
+        .context("the vehicle sent no manifest carrying an indicator")?;
+    let indicator = serde_json::from_slice::<Value>(&held)?
+        .pointer("/signed/attacks_detected")
+        .and_then(Value::as_str)
+        .and_then(|a| a.lines().next())
+        .unwrap_or_default()
+        .to_owned();
+    let mark = h.newest_event_id().await?;
+    let answers = futures_util::future::join_all((0..COPIES).map(|_| post(h, &held))).await;
+    let statuses: Vec<u16> = answers
+        .iter()
+        .map(|a| a.as_ref().map_or(0, |(s, _)| *s))
+        .collect();
+    f.evidence(format!(
+        "sent {COPIES} copies of a fresh manifest (#{}, held back from the director, carrying \"{}\") at once → HTTP {statuses:?}",
+        counter_of(&held).unwrap_or(0),
+        indicator.chars().take(80).collect::<String>()
+    ));
+    let accepted = statuses.iter().filter(|s| **s == 200).count();
+    f.check(
+        "exactly one copy of the fresh manifest was accepted, the others refused as replays",
+        accepted == 1 && statuses.iter().filter(|s| **s == 409).count() == COPIES - 1,
+        format!("HTTP {statuses:?}"),
+    );
+    let recorded = h
+        .events()
+        .await?
+        .iter()
+        .filter(|e| {
+            e.get("id").and_then(Value::as_i64).unwrap_or(0) > mark
+                && e.get("source").and_then(Value::as_str) == Some("vehicle")
+                && e.get("detail").and_then(Value::as_str) == Some(indicator.as_str())
+        })
+        .count();
+    f.check(
+        "its attack indicator was recorded once, not once per copy",
+        recorded == 1,
+        format!(
+            "{recorded} event(s) for \"{}\"",
+            indicator.chars().take(80).collect::<String>()
+        ),
+    );
+    Ok(())
 }
