@@ -17,6 +17,7 @@ pub mod director;
 pub mod error;
 pub mod keys;
 pub mod layout;
+mod linger;
 pub mod ops;
 pub mod pki;
 pub mod repo;

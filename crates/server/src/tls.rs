@@ -13,15 +13,17 @@
 //! connection is logged and dropped, never a reason to stop serving; every request carries
 //! a `ClientIdentity` whose `vin` comes only from a verified certificate.
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::pin::pin;
+use std::pin::{pin, Pin};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use axum::body::Body;
 use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::request::Parts;
 use axum::http::{Request, StatusCode};
@@ -42,6 +44,7 @@ use tokio::task::{JoinError, JoinSet};
 use tokio_rustls::TlsAcceptor;
 use tower::Service;
 
+use crate::linger;
 use crate::pki::{self, PkiFiles};
 
 /// Longest a client may take to complete the TLS handshake.
@@ -345,12 +348,12 @@ struct WithIdentity {
 }
 
 impl Service<Request<Incoming>> for WithIdentity {
-    type Response = <Router as Service<Request<Incoming>>>::Response;
-    type Error = <Router as Service<Request<Incoming>>>::Error;
-    type Future = <Router as Service<Request<Incoming>>>::Future;
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        <Router as Service<Request<Incoming>>>::poll_ready(&mut self.inner, cx)
+        <Router as Service<Request<Body>>>::poll_ready(&mut self.inner, cx)
     }
 
     fn call(&mut self, mut request: Request<Incoming>) -> Self::Future {
@@ -358,7 +361,10 @@ impl Service<Request<Incoming>> for WithIdentity {
         // Whatever a client sends, these come from the connection, not from the request.
         extensions.insert(self.identity.clone());
         extensions.insert(ConnectInfo(self.identity.peer));
-        self.inner.call(request)
+        // An early answer must reach the client before its unread body is let go.
+        let (request, held) = linger::hold(request);
+        let response = self.inner.call(request);
+        Box::pin(async move { Ok(linger::answer(response.await?, held)) })
     }
 }
 
