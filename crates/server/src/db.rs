@@ -517,8 +517,9 @@ impl Db {
     }
 
     /// Accepts a check-in atomically: the manifest counter must be above the stored one
-    /// (else [`Error::Replay`]); ECU reports update what is installed; assignments whose image
-    /// is now installed complete. Returns the IDs of completed assignments.
+    /// (else [`Error::Replay`], and nothing is written); ECU reports update what is installed;
+    /// assignments whose image is now installed complete; the check-in's security events are
+    /// recorded. Returns the IDs of completed assignments.
     pub async fn record_checkin(&self, checkin: &Checkin<'_>) -> Result<Vec<i64>> {
         let mut tx = self.pool.begin().await.map_err(db_err("begin"))?;
         let now = now_text();
@@ -556,9 +557,12 @@ impl Db {
         };
         let mut completed = Vec::new();
         for report in &checkin.reports {
-            sqlx::query(
+            // Conditional like the manifest counter: the caller checked the report counter
+            // against what it read, but another check-in may have moved it since.
+            let stored = sqlx::query(
                 "UPDATE ecus SET installed_target = $1, installed_length = $2, installed_hashes = $3, \
-                 installed_release_counter = $4, last_report_counter = $5 WHERE vin = $6 AND ecu_id = $7",
+                 installed_release_counter = $4, last_report_counter = $5 WHERE vin = $6 AND ecu_id = $7 \
+                 AND (last_report_counter IS NULL OR last_report_counter < $5)",
             )
             .bind(&report.installed.target)
             .bind(to_i64(report.installed.length))
@@ -570,6 +574,23 @@ impl Db {
             .execute(&mut *tx)
             .await
             .map_err(db_err("ECU report"))?;
+            if stored.rows_affected() != 1 {
+                let detail = format!(
+                    "ECU report counter {} of {} is not above the last accepted one",
+                    report.report_counter, report.ecu_id
+                );
+                tracing::warn!(vin = checkin.vin, ecu = %report.ecu_id, %detail, "security event");
+                let event = NewEvent {
+                    source: "server",
+                    rule: "replay",
+                    vin: Some(checkin.vin),
+                    ecu_id: Some(&report.ecu_id),
+                    remote: checkin.remote,
+                    detail: &detail,
+                };
+                Self::insert_event(&mut tx, &event).await?;
+                continue;
+            }
             for a in pending.iter().filter(|a| a.ecu_id == report.ecu_id) {
                 if completed.contains(&a.id) {
                     continue;
@@ -599,6 +620,9 @@ impl Db {
             .map_err(db_err("store manifest"))?;
         if !completed.is_empty() {
             Self::mark_instructions_changed(&mut tx, checkin.vin).await?;
+        }
+        for event in &checkin.events {
+            Self::insert_event(&mut tx, event).await?;
         }
         tx.commit().await.map_err(db_err("commit"))?;
         Ok(completed)
@@ -746,6 +770,16 @@ impl Db {
 
     /// Records a security event.
     pub async fn record_event(&self, e: &NewEvent<'_>) -> Result<()> {
+        let mut tx = self.pool.begin().await.map_err(db_err("begin"))?;
+        Self::insert_event(&mut tx, e).await?;
+        tx.commit().await.map_err(db_err("commit"))
+    }
+
+    /// Inserts a security event inside the caller's transaction.
+    async fn insert_event(
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        e: &NewEvent<'_>,
+    ) -> Result<()> {
         sqlx::query(
             "INSERT INTO security_events (at, source, rule, vin, ecu_id, remote, detail) VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
@@ -756,7 +790,7 @@ impl Db {
         .bind(e.ecu_id.map(str::to_owned))
         .bind(e.remote.map(str::to_owned))
         .bind(e.detail)
-        .execute(&self.pool)
+        .execute(&mut **tx)
         .await
         .map_err(db_err("security event"))?;
         Ok(())
@@ -877,6 +911,11 @@ pub struct Checkin<'a> {
     pub document: &'a str,
     /// Verified ECU reports.
     pub reports: Vec<ReportUpdate>,
+    /// Where it came from (for security events).
+    pub remote: Option<&'a str>,
+    /// Security events the manifest carries (attack indicators, dropped ECU reports): stored
+    /// in the transaction that accepts it, so only if it is accepted, and once.
+    pub events: Vec<NewEvent<'a>>,
 }
 
 /// A security event to record.

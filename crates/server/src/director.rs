@@ -491,25 +491,26 @@ impl Director {
         }
     }
 
-    /// Records each line of an `attacks_detected` field (the primary's or an ECU's) as a
-    /// `vehicle` security event named by its rule.
-    async fn attack_indicators(&self, vin: &str, ecu: &str, remote: Option<&str>, text: &str) {
+    /// Each line of an `attacks_detected` field (the primary's or an ECU's) as a `vehicle`
+    /// security event named by its rule, to be recorded with the check-in.
+    fn attack_indicators(events: &mut Vec<CheckinEvent>, ecu: &str, text: &str) {
         for line in text.lines().filter(|l| !l.trim().is_empty()) {
-            self.event(
-                "vehicle",
-                &attack_rule(line),
-                Some(vin),
-                Some(ecu),
-                remote,
-                line,
-            )
-            .await;
+            events.push(CheckinEvent {
+                source: "vehicle",
+                rule: attack_rule(line),
+                ecu_id: ecu.to_owned(),
+                detail: line.to_owned(),
+            });
         }
     }
 
     /// Accepts a vehicle version manifest: signatures (primary and each ECU), VIN, freshness;
     /// stores what each ECU runs, completes assignments, records attack indicators and
     /// rejections as security events, and re-signs the vehicle's director metadata.
+    ///
+    /// A refused manifest is one security event. The events an accepted manifest carries
+    /// (attack indicators, dropped ECU reports) are stored in the transaction that accepts it,
+    /// so concurrent copies of one manifest record them exactly once.
     pub async fn check_in(
         &self,
         vin: &str,
@@ -569,24 +570,23 @@ impl Director {
                 .await;
             return Err(e.into());
         }
-        self.attack_indicators(
-            vin,
+        // What the manifest says (attack indicators) and what was wrong in it (dropped ECU
+        // reports) is recorded in the check-in's own transaction: once, and only if this copy
+        // of the manifest is the one accepted — concurrent copies are refused as replays.
+        let mut events = Vec::new();
+        Self::attack_indicators(
+            &mut events,
             &vehicle.primary_ecu,
-            remote,
             &verified.manifest.attacks_detected,
-        )
-        .await;
+        );
         let mut rejected = Vec::new();
         for (ecu_id, err) in &verified.rejected_reports {
-            self.event(
-                "server",
-                err.rule(),
-                Some(vin),
-                Some(ecu_id),
-                remote,
-                &format!("ECU version report rejected: {err}"),
-            )
-            .await;
+            events.push(CheckinEvent {
+                source: "server",
+                rule: err.rule().to_owned(),
+                ecu_id: ecu_id.clone(),
+                detail: format!("ECU version report rejected: {err}"),
+            });
             rejected.push(RejectedReport {
                 ecu_id: ecu_id.clone(),
                 rule: err.rule().to_owned(),
@@ -604,23 +604,19 @@ impl Director {
                 last,
                 report.report_counter,
             ) {
-                self.event(
-                    "server",
-                    e.rule(),
-                    Some(vin),
-                    Some(ecu_id),
-                    remote,
-                    &e.to_string(),
-                )
-                .await;
+                events.push(CheckinEvent {
+                    source: "server",
+                    rule: e.rule().to_owned(),
+                    ecu_id: ecu_id.clone(),
+                    detail: e.to_string(),
+                });
                 rejected.push(RejectedReport {
                     ecu_id: ecu_id.clone(),
                     rule: e.rule().to_owned(),
                 });
                 continue;
             }
-            self.attack_indicators(vin, ecu_id, remote, &report.attacks_detected)
-                .await;
+            Self::attack_indicators(&mut events, ecu_id, &report.attacks_detected);
             let img = &report.installed_image;
             reports.push(ReportUpdate {
                 ecu_id: ecu_id.clone(),
@@ -640,9 +636,26 @@ impl Director {
             nonce: &verified.manifest.nonce,
             document: &document,
             reports,
+            remote,
+            events: events
+                .iter()
+                .map(|e| NewEvent {
+                    source: e.source,
+                    rule: &e.rule,
+                    vin: Some(vin),
+                    ecu_id: Some(&e.ecu_id),
+                    remote,
+                    detail: &e.detail,
+                })
+                .collect(),
         };
         let completed = match self.db.record_checkin(&checkin).await {
-            Ok(c) => c,
+            Ok(c) => {
+                for e in &events {
+                    tracing::warn!(source = e.source, rule = %e.rule, %vin, ecu = %e.ecu_id, detail = %e.detail, "security event");
+                }
+                c
+            }
             Err(e @ Error::Replay(_)) => {
                 self.event("server", "replay", Some(vin), None, remote, &e.to_string())
                     .await;
@@ -657,6 +670,16 @@ impl Director {
             rejected_reports: rejected,
         })
     }
+}
+
+/// A security event found in a manifest, recorded with its check-in (see
+/// [`Director::check_in`]).
+struct CheckinEvent {
+    /// `vehicle` (an indicator the vehicle reported) or `server` (a report the server dropped).
+    source: &'static str,
+    rule: String,
+    ecu_id: String,
+    detail: String,
 }
 
 /// The rule named at the start of an attack indicator (`rule: message`), or `vehicle-report`.

@@ -1450,6 +1450,115 @@ async fn replayed_manifest_is_refused() {
     assert_eq!(fleet.vehicle(VIN_A).await.last_manifest_counter, Some(2));
 }
 
+/// N copies of one manifest posted at once — a retrying primary, or an attacker replaying a
+/// captured manifest in parallel — are accepted once, and what the accepted manifest says is
+/// recorded once: the primary's and the ECUs' attack indicators and the rejection of a forged
+/// ECU report. Each refused copy is one `replay` event and nothing else.
+async fn concurrent_copies_of_a_manifest_record_its_events_once(database: Option<String>) {
+    const COPIES: usize = 8;
+    let fleet = Fleet::start(generous_limits(), database).await;
+    let mut car = Car::new(&fleet, VIN_A);
+    car.register(&fleet).await;
+    let mut reports = BTreeMap::new();
+    car.ecus[0].report_counter += 1;
+    let tbox = &car.ecus[0];
+    reports.insert(
+        tbox.id.clone(),
+        signed_report_with_attacks(
+            &tbox.id,
+            &tbox.installed,
+            tbox.report_counter,
+            &tbox.signer,
+            "rollback: tbox/fw-0.bin has release counter 0, below the installed 1",
+        ),
+    );
+    // The IVI's report is signed by a key that is not the IVI's: dropped, one event.
+    reports.insert(
+        "IVI-1".to_owned(),
+        signed_report("IVI-1", &car.ecus[1].installed, 1, &new_signer()),
+    );
+    let manifest = VehicleManifest {
+        type_: VEHICLE_MANIFEST_TYPE.into(),
+        vin: VIN_A.into(),
+        primary_ecu_id: "TBOX-1".into(),
+        manifest_counter: 1,
+        nonce: nonce(),
+        ecu_version_reports: reports,
+        attacks_detected: "freeze: director timestamp older than the trusted one".into(),
+        unrecognized: BTreeMap::new(),
+    };
+    let manifest = sign_vehicle_manifest(&manifest, &car.ecus[0].signer).unwrap();
+
+    let barrier = Arc::new(tokio::sync::Barrier::new(COPIES));
+    let url = fleet.url(&format!("director/{VIN_A}/manifest"));
+    let mut posts = Vec::new();
+    for _ in 0..COPIES {
+        let (http, url, body, barrier) = (
+            https_client(&fleet.ca_pem, Some(&car.identity)),
+            url.clone(),
+            manifest.clone(),
+            barrier.clone(),
+        );
+        posts.push(tokio::spawn(async move {
+            barrier.wait().await;
+            let response = http
+                .post(url)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            json_of(response).await
+        }));
+    }
+    let mut statuses = Vec::new();
+    for post in posts {
+        let (status, body) = post.await.unwrap();
+        if status != StatusCode::OK {
+            assert_eq!(body["rule"], "replay", "{status} {body}");
+        }
+        statuses.push(status);
+    }
+    let accepted = statuses.iter().filter(|s| **s == StatusCode::OK).count();
+    assert_eq!(accepted, 1, "{statuses:?}");
+    assert_eq!(
+        statuses
+            .iter()
+            .filter(|s| **s == StatusCode::CONFLICT)
+            .count(),
+        COPIES - 1,
+        "{statuses:?}"
+    );
+    let count = |rule: &'static str| {
+        let fleet = &fleet;
+        async move { fleet.events(&format!("rule={rule}&limit=1000")).await }
+    };
+    let freeze = count("freeze").await;
+    assert_eq!(freeze.len(), 1, "primary's indicator: {freeze:?}");
+    assert_eq!(freeze[0].source, "vehicle");
+    assert_eq!(freeze[0].ecu_id.as_deref(), Some("TBOX-1"));
+    let rollback = count("rollback").await;
+    assert_eq!(rollback.len(), 1, "ECU's indicator: {rollback:?}");
+    let forged = count("bad-signature").await;
+    assert_eq!(forged.len(), 1, "dropped ECU report: {forged:?}");
+    assert_eq!(forged[0].ecu_id.as_deref(), Some("IVI-1"));
+    let replays = count("replay").await;
+    assert_eq!(replays.len(), COPIES - 1, "{replays:?}");
+    assert_eq!(fleet.db.count("manifests").await.unwrap(), 1);
+    assert_eq!(fleet.vehicle(VIN_A).await.last_manifest_counter, Some(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_copies_of_a_manifest_record_its_events_once_on_sqlite() {
+    concurrent_copies_of_a_manifest_record_its_events_once(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_copies_of_a_manifest_record_its_events_once_on_postgres() {
+    common::with_postgres(|url| concurrent_copies_of_a_manifest_record_its_events_once(Some(url)))
+        .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn forged_ecu_report_is_dropped() {
     let (fleet, mut car) = fleet_with_car(generous_limits()).await;

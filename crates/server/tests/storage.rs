@@ -55,6 +55,7 @@ storage_suite!(
     checkin_moves_counter_forward_and_refuses_replays,
     checkin_completes_only_matching_assignments,
     concurrent_checkins_with_one_counter_accept_one,
+    stale_ecu_report_in_an_accepted_checkin_is_not_stored,
     director_roles_replace_only_from_the_version_read,
     concurrent_director_role_replace_has_one_winner,
     instruction_changes_mark_director_targets_and_fence_stale_writers,
@@ -153,6 +154,8 @@ fn checkin<'a>(vin: &'a str, counter: u64, reports: Vec<ReportUpdate>) -> Checki
         nonce: "00ff",
         document: "{\"signed\":{},\"signatures\":[]}",
         reports,
+        remote: None,
+        events: Vec::new(),
     }
 }
 
@@ -498,28 +501,90 @@ async fn concurrent_checkins_with_one_counter_accept_one(url: String) {
         let (db, barrier, a) = (db.clone(), barrier.clone(), a.clone());
         handles.push(tokio::spawn(async move {
             barrier.wait().await;
-            let c = checkin(
+            let detail = format!("indicator of copy {i}");
+            let mut c = checkin(
                 "VIN-RACE",
                 1,
                 vec![report("TBOX-1", installed_as(&a), 1 + i as u64)],
             );
-            db.record_checkin(&c).await
+            c.events.push(NewEvent {
+                source: "vehicle",
+                rule: "freeze",
+                vin: Some("VIN-RACE"),
+                ecu_id: Some("TBOX-1"),
+                remote: None,
+                detail: &detail,
+            });
+            db.record_checkin(&c)
+                .await
+                .map(|done| (done, detail.clone()))
         }));
     }
     let mut accepted = Vec::new();
+    let mut winner = String::new();
     for h in handles {
         match h.await.unwrap() {
-            Ok(done) => accepted.push(done),
+            Ok((done, detail)) => {
+                accepted.push(done);
+                winner = detail;
+            }
             Err(Error::Replay(_)) => {}
             Err(e) => panic!("unexpected error: {e}"),
         }
     }
     assert_eq!(accepted, vec![vec![id]], "exactly one check-in wins");
     assert_eq!(db.count("manifests").await.unwrap(), 1);
+    // The winner's events, and only its, were stored with it.
+    let events = db.events(None, None, 100).await.unwrap();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].detail, winner);
+    assert_eq!(events[0].rule, "freeze");
     assert_eq!(
         vehicle(&db, "VIN-RACE").await.last_manifest_counter,
         Some(1)
     );
+}
+
+/// The director checks ECU report counters against what it read; a check-in that committed in
+/// between may have moved them. The store re-checks: a report whose counter is not above the
+/// stored one changes nothing (installed image, counter, assignments) and is recorded as a
+/// `replay` event, while the rest of the check-in is accepted.
+async fn stale_ecu_report_in_an_accepted_checkin_is_not_stored(url: String) {
+    let db = connect(&url).await;
+    db.register_vehicle(&new_vehicle("VIN-S")).await.unwrap();
+    let a = assignment("VIN-S", "TBOX-1", "tbox/fw-7.bin", 7);
+    let id = db.create_assignment(&a).await.unwrap();
+    let factory = Installed {
+        target: "tbox/fw-1.bin".into(),
+        length: 1,
+        hashes: hashes("1"),
+        release_counter: 1,
+    };
+    db.record_checkin(&checkin(
+        "VIN-S",
+        1,
+        vec![report("TBOX-1", factory.clone(), 5)],
+    ))
+    .await
+    .unwrap();
+    let mut stale = checkin("VIN-S", 2, vec![report("TBOX-1", installed_as(&a), 5)]);
+    stale.remote = Some("10.0.0.7:4242");
+    assert_eq!(db.record_checkin(&stale).await.unwrap(), Vec::<i64>::new());
+    let v = vehicle(&db, "VIN-S").await;
+    assert_eq!(
+        v.last_manifest_counter,
+        Some(2),
+        "the check-in itself counts"
+    );
+    let tbox = v.ecus.iter().find(|e| e.ecu_id == "TBOX-1").unwrap();
+    assert_eq!(tbox.installed, Some(factory));
+    assert_eq!(tbox.last_report_counter, Some(5));
+    let stored = db.assignments(Some("VIN-S"), None).await.unwrap();
+    assert_eq!((stored[0].id, stored[0].status.as_str()), (id, "pending"));
+    let events = db.events(Some("VIN-S"), Some("replay"), 10).await.unwrap();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].ecu_id.as_deref(), Some("TBOX-1"));
+    assert_eq!(events[0].remote.as_deref(), Some("10.0.0.7:4242"));
 }
 
 async fn director_roles_replace_only_from_the_version_read(url: String) {
