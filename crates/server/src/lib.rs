@@ -12,6 +12,7 @@
 pub mod api;
 pub mod ceremony;
 pub mod config;
+pub mod conn;
 pub mod db;
 pub mod director;
 pub mod error;

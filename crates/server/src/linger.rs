@@ -44,17 +44,21 @@ pub(crate) fn hold(request: Request<Incoming>) -> (Request<Body>, Held) {
     (Request::from_parts(parts, Body::new(reader)), Held(shared))
 }
 
-/// The response to send for a request split by [`hold`]: unchanged if the request body was
-/// read to its end, else with a body that, once sent (or dropped), drains the rest of the
-/// request body in the background within the bounds above.
-pub(crate) fn answer(response: Response<Body>, held: Held) -> Response<Body> {
-    if at_end(&held.0) {
-        return response;
-    }
+/// The response to send for a request split by [`hold`]. Its body keeps `guard` until it
+/// has been sent (or abandoned) — the connection layer counts requests in flight that way —
+/// and, if the request body was not read to its end, drains the rest of it in the background
+/// within the bounds above.
+pub(crate) fn answer<G: Send + Unpin + 'static>(
+    response: Response<Body>,
+    held: Held,
+    guard: G,
+) -> Response<Body> {
+    let held = (!at_end(&held.0)).then_some(held.0);
     response.map(|inner| {
         Body::new(Lingering {
             inner,
-            held: Some(held.0),
+            held,
+            _guard: guard,
         })
     })
 }
@@ -94,21 +98,23 @@ impl HttpBody for Reader {
     }
 }
 
-/// A response body that keeps the request body until it is dropped (after it was sent).
-struct Lingering {
+/// A response body that keeps the request body (and a guard) until it is dropped, after it
+/// was sent.
+struct Lingering<G> {
     inner: Body,
     held: Option<Shared>,
+    _guard: G,
 }
 
-impl HttpBody for Lingering {
+impl<G: Unpin> HttpBody for Lingering<G> {
     type Data = Bytes;
     type Error = axum::Error;
 
     fn poll_frame(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
+        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
     }
 
     fn is_end_stream(&self) -> bool {
@@ -120,7 +126,7 @@ impl HttpBody for Lingering {
     }
 }
 
-impl Drop for Lingering {
+impl<G> Drop for Lingering<G> {
     fn drop(&mut self) {
         let Some(shared) = self.held.take() else {
             return;

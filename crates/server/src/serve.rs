@@ -3,12 +3,14 @@
 //! before they expire.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
 
 use crate::api::{router, AppState};
 use crate::config::Config;
+use crate::conn::{ConnectionOptions, Connections, Flood};
 use crate::db::Db;
 use crate::director::Director;
 use crate::error::{Error, Result};
@@ -28,6 +30,8 @@ pub struct ServeOptions {
     pub danger_plain_http: bool,
     /// How often to check whether timestamp/snapshot need re-signing.
     pub refresh_every: Duration,
+    /// Connection timeouts and caps (overrides `[server]` of the configuration).
+    pub connections: Option<ConnectionOptions>,
 }
 
 impl ServeOptions {
@@ -39,6 +43,7 @@ impl ServeOptions {
             database: None,
             danger_plain_http: false,
             refresh_every: Duration::from_secs(60),
+            connections: None,
         }
     }
 }
@@ -93,6 +98,7 @@ pub async fn start(opts: ServeOptions) -> Result<Running> {
         .map_err(|e| Error::Config(format!("admin token: {e}")))?;
     let tls = config.tls && !opts.danger_plain_http;
     let state = AppState::new(director, &layout, admin_token, config.limits.limits(), tls);
+    let connections = connections(&opts, &config, &state);
     let app = router(state, &layout.root().join("public/image"));
 
     // Online re-signing of the image repository's timestamp and snapshot.
@@ -135,12 +141,23 @@ pub async fn start(opts: ServeOptions) -> Result<Running> {
     let task = if tls {
         let tls_config = crate::tls::server_config(&layout.pki())
             .map_err(|e| Error::Config(format!("TLS: {e}")))?;
-        tokio::spawn(crate::tls::serve_tls(listener, tls_config, app, shutdown))
+        tokio::spawn(crate::tls::serve_tls_with(
+            listener,
+            tls_config,
+            app,
+            connections,
+            shutdown,
+        ))
     } else {
         tracing::warn!(
             "serving plain HTTP: vehicle identity rests on manifest signatures alone (lab mode)"
         );
-        tokio::spawn(crate::tls::serve_plain(listener, app, shutdown))
+        tokio::spawn(crate::tls::serve_plain_with(
+            listener,
+            app,
+            connections,
+            shutdown,
+        ))
     };
     tracing::info!(%addr, tls, database = %redact(&db_url), "rampart server listening");
     Ok(Running {
@@ -149,6 +166,37 @@ pub async fn start(opts: ServeOptions) -> Result<Running> {
         task,
         stop,
     })
+}
+
+/// The connection layer: `[server]` (or the options' override) capped by the open-files
+/// limit, counters shown by `/metrics`, floods recorded as `connection-flood` events (written
+/// in the background: the accept loop never waits for the database).
+fn connections(opts: &ServeOptions, config: &Config, state: &AppState) -> Connections {
+    let mut options = opts
+        .connections
+        .clone()
+        .unwrap_or_else(|| config.server.connection_options());
+    crate::conn::cap_to_open_files_limit(&mut options);
+    let mut connections = Connections::new(options);
+    connections.stats = state.connection_stats();
+    let state = state.clone();
+    connections.on_flood = Some(Arc::new(move |flood: Flood| {
+        let state = state.clone();
+        tokio::spawn(async move {
+            state
+                .director()
+                .event(
+                    "server",
+                    "connection-flood",
+                    None,
+                    None,
+                    Some(&flood.address.to_string()),
+                    &flood.detail(),
+                )
+                .await;
+        });
+    }));
+    connections
 }
 
 fn redact(url: &str) -> String {
