@@ -28,6 +28,13 @@
 //! h2_keep_alive_timeout_ms = 10000  # … and close if it is not answered within
 //! max_connections = 10000           # in total (capped below the open-files limit)
 //! max_connections_per_ip = 256      # per client address (IPv6: per /64)
+//!
+//! [events]                          # security events; every field optional
+//! window_secs = 60                  # identical events within this are one row with a count
+//! max_new_per_minute = 30           # new rows per (client address, rule); more are counted
+//! max_age_days = 90                 # pruned when last seen longer ago (0: never)
+//! max_rows = 1000000                # at most this many rows, the newest kept (0: no limit)
+//! prune_every_secs = 3600           # pruning runs at start and then this often
 //! ```
 
 use std::fs;
@@ -37,7 +44,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::api::Limits;
 use crate::conn::ConnectionOptions;
-use crate::director::DirectorKeys;
+use crate::director::{DirectorKeys, EventPolicy};
 use crate::error::{Error, Result};
 use crate::keys::KeySource;
 use crate::layout::Layout;
@@ -65,6 +72,69 @@ pub struct Config {
     /// Connection timeouts and caps.
     #[serde(default)]
     pub server: ServerConfig,
+    /// Recording and retention of security events.
+    #[serde(default)]
+    pub events: EventsConfig,
+}
+
+/// `[events]`: how security events are recorded and how long they are kept — anyone can
+/// make the server refuse something, so without bounds the event table grows without end.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct EventsConfig {
+    /// Identical events (same source, rule, vehicle, ECU, detail, client address) within this
+    /// many seconds are stored as one row with a count.
+    pub window_secs: u64,
+    /// New rows a minute per (client address, rule); past it, events are counted on the
+    /// latest row of that address and rule.
+    pub max_new_per_minute: u32,
+    /// Events last seen longer ago than this many days are deleted (0: kept).
+    pub max_age_days: u32,
+    /// At most this many rows are kept, the newest (0: no limit).
+    pub max_rows: u64,
+    /// Pruning runs when the server starts and then every this many seconds.
+    pub prune_every_secs: u64,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        EventsConfig {
+            window_secs: 60,
+            max_new_per_minute: EventPolicy::default().max_new_per_minute,
+            max_age_days: 90,
+            max_rows: 1_000_000,
+            prune_every_secs: 3600,
+        }
+    }
+}
+
+impl EventsConfig {
+    /// The director's event policy.
+    pub fn policy(&self) -> EventPolicy {
+        EventPolicy {
+            max_new_per_minute: self.max_new_per_minute,
+        }
+    }
+
+    /// Identical events within this are counted on one row.
+    pub fn window(&self) -> Duration {
+        Duration::from_secs(self.window_secs)
+    }
+
+    /// Age past which events are pruned (`None`: kept).
+    pub fn max_age(&self) -> Option<Duration> {
+        (self.max_age_days > 0).then(|| Duration::from_secs(u64::from(self.max_age_days) * 86_400))
+    }
+
+    /// Rows kept at most (`None`: no limit).
+    pub fn max_rows(&self) -> Option<u64> {
+        (self.max_rows > 0).then_some(self.max_rows)
+    }
+
+    /// How often pruning runs (at least once a second).
+    pub fn prune_every(&self) -> Duration {
+        Duration::from_secs(self.prune_every_secs.max(1))
+    }
 }
 
 /// `[server]`: how long connections may take or idle, and how many there may be — against

@@ -31,7 +31,7 @@ use rampart_core::uptane::{
 use serde::Serialize;
 
 use crate::db::{
-    Assignment, Checkin, Db, Installed, NewEvent, ReportUpdate, StoredRole, Vehicle,
+    Aggregate, Assignment, Checkin, Db, Installed, NewEvent, ReportUpdate, StoredRole, Vehicle,
     INSTRUCTIONS_CHANGED,
 };
 use crate::error::{Error, Result};
@@ -64,6 +64,67 @@ impl Default for DirectorLifetimes {
     }
 }
 
+/// How security events are recorded.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EventPolicy {
+    /// New rows a minute per (client address, rule) — anyone can make the server refuse
+    /// something, naming any VIN; past this, events are counted on the latest row of that
+    /// address and rule instead (see [`crate::db::Aggregate`]).
+    pub max_new_per_minute: u32,
+}
+
+impl Default for EventPolicy {
+    fn default() -> Self {
+        EventPolicy {
+            max_new_per_minute: 30,
+        }
+    }
+}
+
+/// Token buckets per (client address, rule) for new event rows. Per instance, bounded in
+/// memory: protection, not vehicle state.
+struct EventLimiter {
+    per_minute: f64,
+    buckets: std::sync::Mutex<
+        std::collections::HashMap<(std::net::IpAddr, String), (f64, std::time::Instant)>,
+    >,
+}
+
+/// Buckets kept before idle ones are dropped.
+const MAX_EVENT_BUCKETS: usize = 100_000;
+
+impl EventLimiter {
+    fn new(policy: EventPolicy) -> Self {
+        EventLimiter {
+            per_minute: f64::from(policy.max_new_per_minute),
+            buckets: std::sync::Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+
+    /// Whether `ip` may add a new row for `rule` now (and takes the token).
+    fn allow(&self, ip: std::net::IpAddr, rule: &str) -> bool {
+        let now = std::time::Instant::now();
+        let burst = self.per_minute.max(1.0);
+        let rate = self.per_minute / 60.0;
+        let mut buckets = self
+            .buckets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if buckets.len() >= MAX_EVENT_BUCKETS {
+            buckets.retain(|_, (_, last)| now.duration_since(*last).as_secs() < 120);
+        }
+        let (tokens, last) = buckets.entry((ip, rule.to_owned())).or_insert((burst, now));
+        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * rate).min(burst);
+        *last = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
 /// The director service.
 pub struct Director {
     db: Db,
@@ -71,6 +132,7 @@ pub struct Director {
     public_dir: PathBuf,
     /// Lifetimes.
     pub lifetimes: DirectorLifetimes,
+    events: EventLimiter,
 }
 
 /// The current director documents of one vehicle.
@@ -140,7 +202,13 @@ impl Director {
             keys,
             public_dir: public_dir.into(),
             lifetimes: DirectorLifetimes::default(),
+            events: EventLimiter::new(EventPolicy::default()),
         }
+    }
+
+    /// Records security events by `policy` from now on.
+    pub fn set_event_policy(&mut self, policy: EventPolicy) {
+        self.events = EventLimiter::new(policy);
     }
 
     /// The database.
@@ -468,6 +536,8 @@ impl Director {
     }
 
     /// Records a security event (failures to record are logged, never hide the original).
+    /// Past [`EventPolicy::max_new_per_minute`] for its client address and rule, it is
+    /// counted on the latest row of that address and rule instead of stored as a new one.
     pub async fn event(
         &self,
         source: &str,
@@ -477,7 +547,17 @@ impl Director {
         remote: Option<&str>,
         detail: &str,
     ) {
-        tracing::warn!(%source, %rule, vin = vin.unwrap_or("-"), ecu = ecu_id.unwrap_or("-"), %detail, "security event");
+        let over_rate = remote
+            .and_then(crate::db::remote_ip)
+            .is_some_and(|ip| !self.events.allow(ip, rule));
+        let how = if over_rate {
+            // Counted, not logged line by line: a flood must not flood the log either.
+            tracing::debug!(%source, %rule, vin = vin.unwrap_or("-"), remote = remote.unwrap_or("-"), "security event over its rate: counted");
+            Aggregate::SameAddressAndRule
+        } else {
+            tracing::warn!(%source, %rule, vin = vin.unwrap_or("-"), ecu = ecu_id.unwrap_or("-"), %detail, "security event");
+            Aggregate::Identical
+        };
         let e = NewEvent {
             source,
             rule,
@@ -486,7 +566,7 @@ impl Director {
             remote,
             detail,
         };
-        if let Err(err) = self.db.record_event(&e).await {
+        if let Err(err) = self.db.record_event_at(&e, Utc::now(), how).await {
             tracing::error!(error = %err, "could not record security event");
         }
     }

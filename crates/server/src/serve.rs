@@ -1,6 +1,6 @@
 //! `rampart serve`: the image repository folder, the director and the admin API over HTTPS,
-//! plus a background task that re-signs the image repository's timestamp and snapshot
-//! before they expire.
+//! plus background tasks that re-sign the image repository's timestamp and snapshot before
+//! they expire and prune security events by the retention of `[events]` (also at start).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 
 use crate::api::{router, AppState};
-use crate::config::Config;
+use crate::config::{Config, EventsConfig};
 use crate::conn::{ConnectionOptions, Connections, Flood};
 use crate::db::Db;
 use crate::director::Director;
@@ -92,8 +92,22 @@ pub async fn start(opts: ServeOptions) -> Result<Running> {
         .database
         .clone()
         .unwrap_or_else(|| config.database_url(&layout));
-    let db = Db::connect(&db_url).await?;
-    let director = Director::new(db, config.director_keys(&layout)?, layout.director_public());
+    let db = Db::connect(&db_url)
+        .await?
+        .with_event_window(config.events.window());
+    // Retention first: a server that was down for long starts within its bounds.
+    prune_events(&db, &config.events).await;
+    let pruner = {
+        let (db, events) = (db.clone(), config.events.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(events.prune_every()).await;
+                prune_events(&db, &events).await;
+            }
+        })
+    };
+    let mut director = Director::new(db, config.director_keys(&layout)?, layout.director_public());
+    director.set_event_policy(config.events.policy());
     let admin_token = crate::pki::load_admin_token(&layout.pki())
         .map_err(|e| Error::Config(format!("admin token: {e}")))?;
     let tls = config.tls && !opts.danger_plain_http;
@@ -137,6 +151,7 @@ pub async fn start(opts: ServeOptions) -> Result<Running> {
     let shutdown = async move {
         let _ = stopped.await;
         refresher.abort();
+        pruner.abort();
     };
     let task = if tls {
         let tls_config = crate::tls::server_config(&layout.pki())
@@ -197,6 +212,19 @@ fn connections(opts: &ServeOptions, config: &Config, state: &AppState) -> Connec
         });
     }));
     connections
+}
+
+/// Applies the retention of `[events]` (errors are logged: retention must never stop the
+/// server).
+async fn prune_events(db: &Db, events: &EventsConfig) {
+    match db
+        .prune_events(chrono::Utc::now(), events.max_age(), events.max_rows())
+        .await
+    {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(deleted = n, "pruned security events"),
+        Err(e) => tracing::error!(error = %e, "could not prune security events"),
+    }
 }
 
 fn redact(url: &str) -> String {

@@ -38,7 +38,7 @@ use rampart_core::uptane::manifest::{
 use rampart_core::uptane::{FullVerifier, InstalledImage, Repo, Scope, UptaneAction, Verdict};
 use rampart_server::ceremony::{self, CeremonyOptions};
 use rampart_server::config::{Config, LimitsConfig};
-use rampart_server::db::{Assignment, Db, SecurityEvent, Vehicle};
+use rampart_server::db::{Aggregate, Assignment, Db, NewEvent, SecurityEvent, Vehicle};
 use rampart_server::layout::Layout;
 use rampart_server::ops::{self, DelegateRequest, PublishRequest, Which};
 use rampart_server::pki::{self, PkiFiles};
@@ -656,6 +656,11 @@ async fn fleet_with_car(limits: LimitsConfig) -> (Fleet, Car) {
     (fleet, car)
 }
 
+/// How many occurrences `events` stand for (each row counts its repeats).
+fn occurrences(events: &[SecurityEvent]) -> u64 {
+    events.iter().map(|e| e.count).sum()
+}
+
 /// Sends a bad request and checks: `status`, `{"rule": rule}` with an error message, exactly
 /// one new security event `event_rule` (for `event_vin`), and no change to stored state.
 async fn assert_refused<F>(
@@ -671,7 +676,7 @@ where
     F: std::future::Future<Output = (StatusCode, Value)>,
 {
     let query = format!("rule={event_rule}&limit=1000");
-    let events_before = fleet.events(&query).await.len();
+    let events_before = occurrences(&fleet.events(&query).await);
     let before = fleet.stored_state(state_vin).await;
     let (got, body) = request.await;
     assert_eq!(got, status, "{body}");
@@ -680,9 +685,10 @@ where
         body["error"].as_str().is_some_and(|e| !e.is_empty()),
         "{body}"
     );
+    // One more occurrence: a new row, or a repeat counted on the newest one.
     let events = fleet.events(&query).await;
     assert_eq!(
-        events.len(),
+        occurrences(&events),
         events_before + 1,
         "one new {event_rule} event: {events:?}"
     );
@@ -1355,7 +1361,7 @@ async fn http2_refusal_lets_the_upload_finish_instead_of_resetting_the_stream() 
     let mut h2 = h2_connect(&fleet, Some(&car.identity)).await;
     let url = fleet.url(&format!("director/{VIN_A}/manifest"));
     let total = 64 * MAX_BODY;
-    let events_before = fleet.events("rule=endless-data").await.len();
+    let events_before = occurrences(&fleet.events("rule=endless-data").await);
     let (status, body, uploaded) = h2_upload(&mut h2, &url, total).await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
     assert_eq!(body["rule"], "endless-data", "{body}");
@@ -1365,7 +1371,7 @@ async fn http2_refusal_lets_the_upload_finish_instead_of_resetting_the_stream() 
         "the server reset the stream instead of reading the rest of the body"
     );
     let events = fleet.events("rule=endless-data").await;
-    assert_eq!(events.len(), events_before + 1, "{events:?}");
+    assert_eq!(occurrences(&events), events_before + 1, "{events:?}");
     // Refused before the body is read at all: no client certificate.
     let mut anonymous = h2_connect(&fleet, None).await;
     let (status, body, uploaded) = h2_upload(&mut anonymous, &url, total).await;
@@ -1543,7 +1549,7 @@ async fn concurrent_copies_of_a_manifest_record_its_events_once(database: Option
     assert_eq!(forged.len(), 1, "dropped ECU report: {forged:?}");
     assert_eq!(forged[0].ecu_id.as_deref(), Some("IVI-1"));
     let replays = count("replay").await;
-    assert_eq!(replays.len(), COPIES - 1, "{replays:?}");
+    assert_eq!(occurrences(&replays), COPIES as u64 - 1, "{replays:?}");
     assert_eq!(fleet.db.count("manifests").await.unwrap(), 1);
     assert_eq!(fleet.vehicle(VIN_A).await.last_manifest_counter, Some(1));
 }
@@ -1762,6 +1768,118 @@ async fn vehicle_route_without_client_certificate_is_refused() {
     // The same manifest with the certificate is accepted.
     let (status, body) = car.post_manifest(&fleet, VIN_A, manifest).await;
     assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+/// Anyone can make the server record an event — a vehicle route without a certificate — and
+/// name any VIN in it. 1,000 such requests from one address become a bounded number of
+/// stored rows (new rows per address and rule are rate-limited, repeats are counted on the
+/// latest row), and the counts add up to every request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn unauthenticated_event_flood_is_stored_as_counted_rows() {
+    const REQUESTS: usize = 1000;
+    const PARALLEL: usize = 16;
+    let (fleet, _car) = fleet_with_car(generous_limits()).await;
+    let rows_before = fleet.db.count("security_events").await.unwrap();
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut workers = Vec::new();
+    for _ in 0..PARALLEL {
+        let (client, next, base) = (
+            fleet.anonymous.clone(),
+            next.clone(),
+            fleet.url("director/"),
+        );
+        workers.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= REQUESTS {
+                    break;
+                }
+                let vin = format!("WVWZZZ1JZXW{i:06}");
+                let response = client
+                    .get(format!("{base}{vin}/metadata/timestamp.json"))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+            }
+        }));
+    }
+    for w in workers {
+        w.await.unwrap();
+    }
+    let (status, body) = fleet
+        .admin_get("api/v1/events?rule=client-certificate-required&limit=10000")
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let events = body.as_array().unwrap();
+    let total: u64 = events
+        .iter()
+        .map(|e| e["count"].as_u64().unwrap_or(1))
+        .sum();
+    eprintln!(
+        "{} rows for {REQUESTS} refusals (counts add up to {total})",
+        events.len()
+    );
+    assert_eq!(total, REQUESTS as u64, "every refusal is counted");
+    assert!(
+        events.len() <= 60,
+        "{} rows for {REQUESTS} refusals from one address",
+        events.len()
+    );
+    let rows_after = fleet.db.count("security_events").await.unwrap();
+    assert!(
+        rows_after - rows_before <= 60,
+        "{rows_before} → {rows_after}"
+    );
+    // The newest row says how many it stands for.
+    assert!(events[0]["count"].as_u64().unwrap() > 1, "{}", events[0]);
+}
+
+/// `[events]` retention is applied when the server starts and then periodically: events last
+/// seen longer ago than `max_age_days` go, newer ones stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn event_retention_runs_at_start_and_periodically() {
+    let mut fleet = Fleet::start(generous_limits(), None).await;
+    fleet.stop_server().await;
+    let mut config = Config::load(&fleet.layout).unwrap();
+    config.events.max_age_days = 30;
+    config.events.prune_every_secs = 1;
+    config.save(&fleet.layout).unwrap();
+    let db = fleet.db.clone();
+    let record = |detail: &'static str, days_ago: i64| {
+        let db = db.clone();
+        async move {
+            let e = NewEvent {
+                source: "server",
+                rule: "replay",
+                vin: None,
+                ecu_id: None,
+                remote: Some("192.0.2.1:1"),
+                detail,
+            };
+            let at = Utc::now() - chrono::Duration::days(days_ago);
+            db.record_event_at(&e, at, Aggregate::Identical)
+                .await
+                .unwrap();
+        }
+    };
+    record("old before start", 40).await;
+    record("recent", 2).await;
+    fleet.start_server().await;
+    let details = |events: Vec<SecurityEvent>| -> Vec<String> {
+        events.into_iter().map(|e| e.detail).collect()
+    };
+    assert_eq!(details(fleet.events("rule=replay").await), ["recent"]);
+    record("old while running", 31).await;
+    let mut left = Vec::new();
+    for _ in 0..40 {
+        left = details(fleet.events("rule=replay").await);
+        if left == ["recent"] {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(left, ["recent"], "the periodic task prunes too");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

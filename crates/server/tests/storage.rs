@@ -17,7 +17,7 @@ use std::sync::Arc;
 use rampart_core::key::KeyScheme;
 use rampart_core::signer::{InMemorySigner, Signer};
 use rampart_server::db::{
-    Assignment, Backend, Checkin, Db, ImageKey, Installed, NewEcu, NewEvent, NewVehicle,
+    Aggregate, Assignment, Backend, Checkin, Db, ImageKey, Installed, NewEcu, NewEvent, NewVehicle,
     ReportUpdate, StoredRole, Vehicle, INSTRUCTIONS_CHANGED, TABLES,
 };
 use rampart_server::Error;
@@ -60,6 +60,9 @@ storage_suite!(
     concurrent_director_role_replace_has_one_winner,
     instruction_changes_mark_director_targets_and_fence_stale_writers,
     security_events_filter_and_limit,
+    identical_events_within_the_window_are_counted_on_one_row,
+    events_over_their_rate_are_counted_per_address_and_rule,
+    retention_prunes_old_rows_and_keeps_the_newest,
     image_keys_store_replace_read,
     expire_director_roles_marks_every_document,
     count_only_knows_our_tables,
@@ -884,6 +887,178 @@ async fn security_events_filter_and_limit(url: String) {
     assert_eq!(d, ["event 4", "event 3"]);
     assert_eq!(db.events(None, None, 0).await.unwrap().len(), 1);
     assert_eq!(db.count("security_events").await.unwrap(), 5);
+}
+
+fn event<'a>(
+    rule: &'a str,
+    vin: Option<&'a str>,
+    remote: &'a str,
+    detail: &'a str,
+) -> NewEvent<'a> {
+    NewEvent {
+        source: "server",
+        rule,
+        vin,
+        ecu_id: None,
+        remote: Some(remote),
+        detail,
+    }
+}
+
+/// A repeat of an event (same source, rule, vehicle, ECU, detail, client address — the port
+/// may differ) within the window is counted on its row, which moves to the newest ID; any
+/// difference, or a gap longer than the window, makes a new row.
+async fn identical_events_within_the_window_are_counted_on_one_row(url: String) {
+    let db = connect(&url)
+        .await
+        .with_event_window(std::time::Duration::from_secs(60));
+    let now = chrono::Utc::now();
+    let e = event("replay", Some("VIN-1"), "10.0.0.1:4000", "counter 3");
+    db.record_event_at(
+        &e,
+        now - chrono::Duration::seconds(30),
+        Aggregate::Identical,
+    )
+    .await
+    .unwrap();
+    let first = db.events(None, None, 10).await.unwrap();
+    let other = event("replay", Some("VIN-2"), "10.0.0.1:4000", "counter 3");
+    db.record_event(&other).await.unwrap();
+    for port in [4001, 4002] {
+        let remote = format!("10.0.0.1:{port}");
+        let again = event("replay", Some("VIN-1"), &remote, "counter 3");
+        db.record_event_at(&again, now, Aggregate::Identical)
+            .await
+            .unwrap();
+    }
+    let all = db.events(None, None, 10).await.unwrap();
+    assert_eq!(all.len(), 2, "{all:?}");
+    let counted = &all[0];
+    assert_eq!(counted.vin.as_deref(), Some("VIN-1"));
+    assert_eq!(counted.count, 3);
+    assert_eq!(counted.at, first[0].at, "first seen");
+    assert_eq!(
+        counted.last_at,
+        now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    );
+    assert!(counted.id > first[0].id, "a repeat moves to the newest ID");
+    assert_eq!(all[1].count, 1);
+    // A different detail, another address, or a gap past the window: new rows.
+    db.record_event(&event("replay", Some("VIN-1"), "10.0.0.1:1", "counter 4"))
+        .await
+        .unwrap();
+    db.record_event(&event("replay", Some("VIN-1"), "10.0.0.2:1", "counter 3"))
+        .await
+        .unwrap();
+    db.record_event_at(
+        &e,
+        now + chrono::Duration::seconds(120),
+        Aggregate::Identical,
+    )
+    .await
+    .unwrap();
+    let all = db.events(None, None, 10).await.unwrap();
+    assert_eq!(all.len(), 5, "{all:?}");
+    assert_eq!(all.iter().map(|e| e.count).sum::<u64>(), 7);
+}
+
+/// Over its rate, an event is counted on the latest row of its client address and rule,
+/// whatever its vehicle or detail: one address cannot write rows about every VIN.
+async fn events_over_their_rate_are_counted_per_address_and_rule(url: String) {
+    let db = connect(&url).await;
+    db.record_event(&event(
+        "client-certificate-required",
+        Some("VIN-A"),
+        "10.0.0.9:1",
+        "no cert",
+    ))
+    .await
+    .unwrap();
+    for i in 0..50 {
+        let vin = format!("VIN-{i}");
+        let e = event(
+            "client-certificate-required",
+            Some(&vin),
+            "10.0.0.9:2",
+            "no cert",
+        );
+        db.record_event_at(&e, chrono::Utc::now(), Aggregate::SameAddressAndRule)
+            .await
+            .unwrap();
+    }
+    // Another address and another rule are not folded in.
+    let e = event(
+        "client-certificate-required",
+        Some("VIN-B"),
+        "10.0.0.8:1",
+        "no cert",
+    );
+    db.record_event_at(&e, chrono::Utc::now(), Aggregate::SameAddressAndRule)
+        .await
+        .unwrap();
+    let e = event("vin-mismatch", Some("VIN-B"), "10.0.0.9:1", "x");
+    db.record_event_at(&e, chrono::Utc::now(), Aggregate::SameAddressAndRule)
+        .await
+        .unwrap();
+    let all = db.events(None, None, 100).await.unwrap();
+    assert_eq!(all.len(), 3, "{all:?}");
+    let flood = all
+        .iter()
+        .find(|e| {
+            e.remote.as_deref() == Some("10.0.0.9:1") && e.rule == "client-certificate-required"
+        })
+        .unwrap();
+    assert_eq!(flood.count, 51);
+    assert_eq!(
+        flood.vin.as_deref(),
+        Some("VIN-A"),
+        "the first occurrence's row"
+    );
+}
+
+/// Retention: rows last seen before the age limit go; then all but the newest `max_rows`.
+async fn retention_prunes_old_rows_and_keeps_the_newest(url: String) {
+    let db = connect(&url).await;
+    let now = chrono::Utc::now();
+    for i in 0..3 {
+        let detail = format!("old {i}");
+        let e = event("replay", None, "10.0.0.1:1", &detail);
+        db.record_event_at(&e, now - chrono::Duration::days(100), Aggregate::Identical)
+            .await
+            .unwrap();
+    }
+    for i in 0..5 {
+        let detail = format!("new {i}");
+        let e = event("replay", None, "10.0.0.1:1", &detail);
+        db.record_event_at(&e, now - chrono::Duration::days(1), Aggregate::Identical)
+            .await
+            .unwrap();
+    }
+    let day = std::time::Duration::from_secs(86_400);
+    assert_eq!(db.prune_events(now, None, None).await.unwrap(), 0);
+    assert_eq!(db.prune_events(now, Some(90 * day), None).await.unwrap(), 3);
+    let left: Vec<String> = db
+        .events(None, None, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.detail)
+        .collect();
+    assert_eq!(left, ["new 4", "new 3", "new 2", "new 1", "new 0"]);
+    assert_eq!(db.prune_events(now, None, Some(2)).await.unwrap(), 3);
+    let left: Vec<String> = db
+        .events(None, None, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.detail)
+        .collect();
+    assert_eq!(left, ["new 4", "new 3"]);
+    // Nothing more to do: both bounds hold.
+    assert_eq!(
+        db.prune_events(now, Some(90 * day), Some(2)).await.unwrap(),
+        0
+    );
 }
 
 async fn image_keys_store_replace_read(url: String) {
