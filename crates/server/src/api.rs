@@ -29,6 +29,7 @@ use serde::Deserialize;
 use tower_http::services::ServeDir;
 use utoipa::OpenApi;
 
+use crate::conn::ConnectionStats;
 use crate::db::{Assignment, NewVehicle, SecurityEvent, Vehicle};
 use crate::director::{CheckinResponse, Director};
 use crate::error::{Error, Result};
@@ -139,6 +140,7 @@ struct Inner {
     limits: Limits,
     limiter: RateLimiter,
     metrics: Metrics,
+    connections: Arc<ConnectionStats>,
     require_client_certificate: bool,
 }
 
@@ -167,6 +169,7 @@ impl AppState {
                 limits,
                 limiter: RateLimiter::new(limits.requests_per_second, limits.burst),
                 metrics: Metrics::default(),
+                connections: Arc::new(ConnectionStats::default()),
                 require_client_certificate,
             }),
         }
@@ -175,6 +178,11 @@ impl AppState {
     /// The director.
     pub fn director(&self) -> &Director {
         &self.inner.director
+    }
+
+    /// The counters of the connection layer serving this API (shown by `/metrics`).
+    pub fn connection_stats(&self) -> Arc<ConnectionStats> {
+        self.inner.connections.clone()
     }
 }
 
@@ -380,6 +388,7 @@ async fn health(State(state): State<AppState>) -> Response {
 
 async fn metrics(State(state): State<AppState>) -> Response {
     let m = &state.inner.metrics;
+    let c = &state.inner.connections;
     let events = state
         .inner
         .director
@@ -402,13 +411,23 @@ async fn metrics(State(state): State<AppState>) -> Response {
          # TYPE rampart_manifests_rejected_total counter\nrampart_manifests_rejected_total {}\n\
          # TYPE rampart_director_metadata_served_total counter\nrampart_director_metadata_served_total {}\n\
          # TYPE rampart_security_events gauge\nrampart_security_events {events}\n\
-         # TYPE rampart_vehicles gauge\nrampart_vehicles {vehicles}\n",
+         # TYPE rampart_vehicles gauge\nrampart_vehicles {vehicles}\n\
+         # TYPE rampart_connections_open gauge\nrampart_connections_open {}\n\
+         # TYPE rampart_connections_accepted_total counter\nrampart_connections_accepted_total {}\n\
+         # TYPE rampart_connections_refused_total counter\nrampart_connections_refused_total {}\n\
+         # TYPE rampart_connections_idle_closed_total counter\nrampart_connections_idle_closed_total {}\n\
+         # TYPE rampart_accept_errors_total counter\nrampart_accept_errors_total {}\n",
         m.requests.load(Ordering::Relaxed),
         m.rate_limited.load(Ordering::Relaxed),
         m.client_errors.load(Ordering::Relaxed),
         m.manifests_accepted.load(Ordering::Relaxed),
         m.manifests_rejected.load(Ordering::Relaxed),
         m.metadata_served.load(Ordering::Relaxed),
+        c.open.load(Ordering::Relaxed),
+        c.accepted.load(Ordering::Relaxed),
+        c.refused.load(Ordering::Relaxed),
+        c.idle_closed.load(Ordering::Relaxed),
+        c.accept_errors.load(Ordering::Relaxed),
     );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }

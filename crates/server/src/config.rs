@@ -18,14 +18,33 @@
 //! max_body_bytes = 1048576
 //! requests_per_second = 20.0
 //! burst = 60.0
+//!
+//! [server]                          # connections (see crate::conn); every field optional
+//! handshake_timeout_ms = 10000      # TLS handshake
+//! first_request_timeout_ms = 10000  # from accept (after TLS) to the first request's headers
+//! header_read_timeout_ms = 30000    # HTTP/1: one request's headers
+//! idle_timeout_ms = 60000           # HTTP/1 keep-alive and HTTP/2: no request in flight
+//! h2_keep_alive_interval_ms = 30000 # HTTP/2 PING every … (0: none)
+//! h2_keep_alive_timeout_ms = 10000  # … and close if it is not answered within
+//! max_connections = 10000           # in total (capped below the open-files limit)
+//! max_connections_per_ip = 256      # per client address (IPv6: per /64)
+//!
+//! [events]                          # security events; every field optional
+//! window_secs = 60                  # identical events within this are one row with a count
+//! max_new_per_minute = 30           # new rows per (client address, rule); more are counted
+//! max_age_days = 90                 # pruned when last seen longer ago (0: never)
+//! max_rows = 1000000                # at most this many rows, the newest kept (0: no limit)
+//! prune_every_secs = 3600           # pruning runs at start and then this often
 //! ```
 
 use std::fs;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use crate::api::Limits;
-use crate::director::DirectorKeys;
+use crate::conn::ConnectionOptions;
+use crate::director::{DirectorKeys, EventPolicy};
 use crate::error::{Error, Result};
 use crate::keys::KeySource;
 use crate::layout::Layout;
@@ -50,6 +69,144 @@ pub struct Config {
     /// Request limits.
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// Connection timeouts and caps.
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// Recording and retention of security events.
+    #[serde(default)]
+    pub events: EventsConfig,
+}
+
+/// `[events]`: how security events are recorded and how long they are kept — anyone can
+/// make the server refuse something, so without bounds the event table grows without end.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct EventsConfig {
+    /// Identical events (same source, rule, vehicle, ECU, detail, client address) within this
+    /// many seconds are stored as one row with a count.
+    pub window_secs: u64,
+    /// New rows a minute per (client address, rule); past it, events are counted on the
+    /// latest row of that address and rule.
+    pub max_new_per_minute: u32,
+    /// Events last seen longer ago than this many days are deleted (0: kept).
+    pub max_age_days: u32,
+    /// At most this many rows are kept, the newest (0: no limit).
+    pub max_rows: u64,
+    /// Pruning runs when the server starts and then every this many seconds.
+    pub prune_every_secs: u64,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        EventsConfig {
+            window_secs: 60,
+            max_new_per_minute: EventPolicy::default().max_new_per_minute,
+            max_age_days: 90,
+            max_rows: 1_000_000,
+            prune_every_secs: 3600,
+        }
+    }
+}
+
+impl EventsConfig {
+    /// The director's event policy.
+    pub fn policy(&self) -> EventPolicy {
+        EventPolicy {
+            max_new_per_minute: self.max_new_per_minute,
+        }
+    }
+
+    /// Identical events within this are counted on one row.
+    pub fn window(&self) -> Duration {
+        Duration::from_secs(self.window_secs)
+    }
+
+    /// Age past which events are pruned (`None`: kept).
+    pub fn max_age(&self) -> Option<Duration> {
+        (self.max_age_days > 0).then(|| Duration::from_secs(u64::from(self.max_age_days) * 86_400))
+    }
+
+    /// Rows kept at most (`None`: no limit).
+    pub fn max_rows(&self) -> Option<u64> {
+        (self.max_rows > 0).then_some(self.max_rows)
+    }
+
+    /// How often pruning runs (at least once a second).
+    pub fn prune_every(&self) -> Duration {
+        Duration::from_secs(self.prune_every_secs.max(1))
+    }
+}
+
+/// `[server]`: how long connections may take or idle, and how many there may be — against
+/// clients that connect and go silent, and floods of connections from one address.
+/// Durations in milliseconds; absent fields take the defaults of
+/// [`ConnectionOptions::default`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ServerConfig {
+    /// Longest a TLS handshake may take.
+    pub handshake_timeout_ms: u64,
+    /// Longest from the connection's start (after TLS) to its first request's headers: a
+    /// connection that says nothing is closed then.
+    pub first_request_timeout_ms: u64,
+    /// Longest an HTTP/1 client may take to send one request's headers.
+    pub header_read_timeout_ms: u64,
+    /// A connection (HTTP/1 keep-alive or HTTP/2) with no request in flight for this long is
+    /// closed.
+    pub idle_timeout_ms: u64,
+    /// Interval of HTTP/2 keep-alive PINGs (0: none).
+    pub h2_keep_alive_interval_ms: u64,
+    /// An HTTP/2 connection whose PING is not answered within this is closed.
+    pub h2_keep_alive_timeout_ms: u64,
+    /// Most open connections in total; more are closed at once. Capped at start below the
+    /// process's open-files limit.
+    pub max_connections: usize,
+    /// Most open connections from one client address (an IPv6 /64 counts as one address);
+    /// more are closed at once and reported as a `connection-flood` security event.
+    pub max_connections_per_ip: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig::from(&ConnectionOptions::default())
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl From<&ConnectionOptions> for ServerConfig {
+    fn from(o: &ConnectionOptions) -> Self {
+        ServerConfig {
+            handshake_timeout_ms: millis(o.handshake_timeout),
+            first_request_timeout_ms: millis(o.first_request_timeout),
+            header_read_timeout_ms: millis(o.header_read_timeout),
+            idle_timeout_ms: millis(o.idle_timeout),
+            h2_keep_alive_interval_ms: o.h2_keep_alive_interval.map_or(0, millis),
+            h2_keep_alive_timeout_ms: millis(o.h2_keep_alive_timeout),
+            max_connections: o.max_connections,
+            max_connections_per_ip: o.max_connections_per_ip,
+        }
+    }
+}
+
+impl ServerConfig {
+    /// As connection options.
+    pub fn connection_options(&self) -> ConnectionOptions {
+        let ms = Duration::from_millis;
+        ConnectionOptions {
+            handshake_timeout: ms(self.handshake_timeout_ms),
+            first_request_timeout: ms(self.first_request_timeout_ms),
+            header_read_timeout: ms(self.header_read_timeout_ms),
+            idle_timeout: ms(self.idle_timeout_ms),
+            h2_keep_alive_interval: (self.h2_keep_alive_interval_ms > 0)
+                .then(|| ms(self.h2_keep_alive_interval_ms)),
+            h2_keep_alive_timeout: ms(self.h2_keep_alive_timeout_ms),
+            max_connections: self.max_connections,
+            max_connections_per_ip: self.max_connections_per_ip,
+        }
+    }
 }
 
 fn yes() -> bool {

@@ -34,7 +34,12 @@ pub enum Backend {
 pub struct Db {
     pool: AnyPool,
     backend: Backend,
+    /// Identical events within this window are counted on one row.
+    event_window: chrono::Duration,
 }
+
+/// Default of [`Db::with_event_window`].
+pub const DEFAULT_EVENT_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// A vehicle to register with its ECUs.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
@@ -177,6 +182,11 @@ pub struct SecurityEvent {
     pub remote: Option<String>,
     /// Human-readable detail.
     pub detail: String,
+    /// How many times it happened (repeats are counted, not stored again; see
+    /// [`Db::record_event`]).
+    pub count: u64,
+    /// When it last happened (RFC 3339; `at` is the first time).
+    pub last_at: String,
 }
 
 /// Where an encrypted image's ciphertext is and its content key.
@@ -326,7 +336,18 @@ impl Db {
             .run(&pool)
             .await
             .map_err(|e| Error::Database(format!("migrations: {e}")))?;
-        Ok(Db { pool, backend })
+        Ok(Db {
+            pool,
+            backend,
+            event_window: chrono::Duration::from_std(DEFAULT_EVENT_WINDOW)
+                .unwrap_or(chrono::Duration::zero()),
+        })
+    }
+
+    /// The same database, counting identical security events within `window` on one row.
+    pub fn with_event_window(mut self, window: std::time::Duration) -> Self {
+        self.event_window = chrono::Duration::from_std(window).unwrap_or(chrono::Duration::zero());
+        self
     }
 
     /// The backend.
@@ -517,8 +538,9 @@ impl Db {
     }
 
     /// Accepts a check-in atomically: the manifest counter must be above the stored one
-    /// (else [`Error::Replay`]); ECU reports update what is installed; assignments whose image
-    /// is now installed complete. Returns the IDs of completed assignments.
+    /// (else [`Error::Replay`], and nothing is written); ECU reports update what is installed;
+    /// assignments whose image is now installed complete; the check-in's security events are
+    /// recorded. Returns the IDs of completed assignments.
     pub async fn record_checkin(&self, checkin: &Checkin<'_>) -> Result<Vec<i64>> {
         let mut tx = self.pool.begin().await.map_err(db_err("begin"))?;
         let now = now_text();
@@ -556,9 +578,12 @@ impl Db {
         };
         let mut completed = Vec::new();
         for report in &checkin.reports {
-            sqlx::query(
+            // Conditional like the manifest counter: the caller checked the report counter
+            // against what it read, but another check-in may have moved it since.
+            let stored = sqlx::query(
                 "UPDATE ecus SET installed_target = $1, installed_length = $2, installed_hashes = $3, \
-                 installed_release_counter = $4, last_report_counter = $5 WHERE vin = $6 AND ecu_id = $7",
+                 installed_release_counter = $4, last_report_counter = $5 WHERE vin = $6 AND ecu_id = $7 \
+                 AND (last_report_counter IS NULL OR last_report_counter < $5)",
             )
             .bind(&report.installed.target)
             .bind(to_i64(report.installed.length))
@@ -570,6 +595,23 @@ impl Db {
             .execute(&mut *tx)
             .await
             .map_err(db_err("ECU report"))?;
+            if stored.rows_affected() != 1 {
+                let detail = format!(
+                    "ECU report counter {} of {} is not above the last accepted one",
+                    report.report_counter, report.ecu_id
+                );
+                tracing::warn!(vin = checkin.vin, ecu = %report.ecu_id, %detail, "security event");
+                let event = NewEvent {
+                    source: "server",
+                    rule: "replay",
+                    vin: Some(checkin.vin),
+                    ecu_id: Some(&report.ecu_id),
+                    remote: checkin.remote,
+                    detail: &detail,
+                };
+                self.insert_event(&mut tx, &event).await?;
+                continue;
+            }
             for a in pending.iter().filter(|a| a.ecu_id == report.ecu_id) {
                 if completed.contains(&a.id) {
                     continue;
@@ -599,6 +641,9 @@ impl Db {
             .map_err(db_err("store manifest"))?;
         if !completed.is_empty() {
             Self::mark_instructions_changed(&mut tx, checkin.vin).await?;
+        }
+        for event in &checkin.events {
+            self.insert_event(&mut tx, event).await?;
         }
         tx.commit().await.map_err(db_err("commit"))?;
         Ok(completed)
@@ -744,22 +789,144 @@ impl Db {
         Ok(done.rows_affected())
     }
 
-    /// Records a security event.
+    /// Records a security event. A repeat — same source, rule, vehicle, ECU, detail and
+    /// client address as an event last seen within the event window — is counted on that
+    /// event instead of stored again (see [`Aggregate::Identical`]).
     pub async fn record_event(&self, e: &NewEvent<'_>) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO security_events (at, source, rule, vin, ecu_id, remote, detail) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        self.record_event_at(e, chrono::Utc::now(), Aggregate::Identical)
+            .await
+    }
+
+    /// [`Db::record_event`] at time `at`, aggregated as `how`.
+    pub async fn record_event_at(
+        &self,
+        e: &NewEvent<'_>,
+        at: chrono::DateTime<chrono::Utc>,
+        how: Aggregate,
+    ) -> Result<()> {
+        let mut tx = self.pool.begin().await.map_err(db_err("begin"))?;
+        self.store_event(&mut tx, e, at, how).await?;
+        tx.commit().await.map_err(db_err("commit"))
+    }
+
+    /// Inserts a security event inside the caller's transaction (identical repeats counted).
+    async fn insert_event(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        e: &NewEvent<'_>,
+    ) -> Result<()> {
+        self.store_event(tx, e, chrono::Utc::now(), Aggregate::Identical)
+            .await
+    }
+
+    /// Stores `e` at `at`: counted on the latest matching event within the window (which is
+    /// moved to a new, highest ID — so "events newer than ID N" also finds repeats), or
+    /// inserted.
+    async fn store_event(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        e: &NewEvent<'_>,
+        at: chrono::DateTime<chrono::Utc>,
+        how: Aggregate,
+    ) -> Result<()> {
+        let now = at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let since = (at - self.event_window).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let ip = e.remote.and_then(remote_ip).map(|ip| ip.to_string());
+        let identical = matches!(how, Aggregate::Identical);
+        // One statement takes the latest matching event out (a write first: SQLite then takes
+        // its write lock before it reads, so concurrent writers queue instead of failing), and
+        // it comes back with one more occurrence. A concurrent writer that finds it gone
+        // inserts its own occurrence below: no occurrence is lost.
+        let latest = sqlx::query(
+            "DELETE FROM security_events WHERE id = (SELECT id FROM security_events \
+             WHERE source = $1 AND rule = $2 AND COALESCE(source_ip, '') = $3 AND COALESCE(last_at, at) >= $4 \
+             AND ($5 = 0 OR (COALESCE(vin, '') = $6 AND COALESCE(ecu_id, '') = $7 AND detail = $8)) \
+             ORDER BY id DESC LIMIT 1) \
+             RETURNING at, source, rule, vin, ecu_id, remote, detail, count",
         )
-        .bind(now_text())
+        .bind(e.source)
+        .bind(e.rule)
+        .bind(ip.clone().unwrap_or_default())
+        .bind(&since)
+        .bind(i64::from(identical))
+        .bind(e.vin.unwrap_or(""))
+        .bind(e.ecu_id.unwrap_or(""))
+        .bind(e.detail)
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(db_err("security event"))?;
+        if let Some(row) = latest {
+            sqlx::query(
+                "INSERT INTO security_events (at, source, rule, vin, ecu_id, remote, detail, count, last_at, source_ip) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            )
+            .bind(get_str(&row, "at")?)
+            .bind(get_str(&row, "source")?)
+            .bind(get_str(&row, "rule")?)
+            .bind(get_opt_str(&row, "vin")?)
+            .bind(get_opt_str(&row, "ecu_id")?)
+            .bind(get_opt_str(&row, "remote")?)
+            .bind(get_str(&row, "detail")?)
+            .bind(get_i64(&row, "count")?.saturating_add(1))
+            .bind(&now)
+            .bind(ip)
+            .execute(&mut **tx)
+            .await
+            .map_err(db_err("security event"))?;
+            return Ok(());
+        }
+        sqlx::query(
+            "INSERT INTO security_events (at, source, rule, vin, ecu_id, remote, detail, count, last_at, source_ip) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 1, $1, $8)",
+        )
+        .bind(&now)
         .bind(e.source)
         .bind(e.rule)
         .bind(e.vin.map(str::to_owned))
         .bind(e.ecu_id.map(str::to_owned))
         .bind(e.remote.map(str::to_owned))
         .bind(e.detail)
-        .execute(&self.pool)
+        .bind(ip)
+        .execute(&mut **tx)
         .await
         .map_err(db_err("security event"))?;
         Ok(())
+    }
+
+    /// Deletes security events last seen before `now - max_age`, then all but the newest
+    /// `max_rows` (either bound optional). Returns how many rows went.
+    pub async fn prune_events(
+        &self,
+        now: chrono::DateTime<chrono::Utc>,
+        max_age: Option<std::time::Duration>,
+        max_rows: Option<u64>,
+    ) -> Result<u64> {
+        let mut deleted = 0;
+        if let Some(age) = max_age {
+            let age = chrono::Duration::from_std(age).unwrap_or(chrono::Duration::MAX);
+            let cutoff = now
+                .checked_sub_signed(age)
+                .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC)
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+            deleted += sqlx::query("DELETE FROM security_events WHERE COALESCE(last_at, at) < $1")
+                .bind(cutoff)
+                .execute(&self.pool)
+                .await
+                .map_err(db_err("prune security events"))?
+                .rows_affected();
+        }
+        if let Some(rows) = max_rows {
+            deleted += sqlx::query(
+                "DELETE FROM security_events WHERE id <= \
+                 (SELECT id FROM security_events ORDER BY id DESC LIMIT 1 OFFSET $1)",
+            )
+            .bind(to_i64(rows))
+            .execute(&self.pool)
+            .await
+            .map_err(db_err("prune security events"))?
+            .rows_affected();
+        }
+        Ok(deleted)
     }
 
     /// Security events, newest first, filtered by vehicle and/or rule.
@@ -770,7 +937,7 @@ impl Db {
         limit: u32,
     ) -> Result<Vec<SecurityEvent>> {
         let rows = sqlx::query(
-            "SELECT id, at, source, rule, vin, ecu_id, remote, detail FROM security_events \
+            "SELECT id, at, source, rule, vin, ecu_id, remote, detail, count, last_at FROM security_events \
              WHERE ($1 = '' OR vin = $1) AND ($2 = '' OR rule = $2) ORDER BY id DESC LIMIT $3",
         )
         .bind(vin.unwrap_or(""))
@@ -790,6 +957,8 @@ impl Db {
                     ecu_id: get_opt_str(r, "ecu_id")?,
                     remote: get_opt_str(r, "remote")?,
                     detail: get_str(r, "detail")?,
+                    count: to_u64(get_i64(r, "count")?),
+                    last_at: get_opt_str(r, "last_at")?.unwrap_or_default(),
                 })
             })
             .collect()
@@ -877,6 +1046,35 @@ pub struct Checkin<'a> {
     pub document: &'a str,
     /// Verified ECU reports.
     pub reports: Vec<ReportUpdate>,
+    /// Where it came from (for security events).
+    pub remote: Option<&'a str>,
+    /// Security events the manifest carries (attack indicators, dropped ECU reports): stored
+    /// in the transaction that accepts it, so only if it is accepted, and once.
+    pub events: Vec<NewEvent<'a>>,
+}
+
+/// How a security event is aggregated with the ones before it (within the event window).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Aggregate {
+    /// Counted on the latest event with the same source, rule, vehicle, ECU, detail and
+    /// client address, if there is one.
+    Identical,
+    /// Counted on the latest event with the same source, rule and client address, whatever
+    /// its vehicle or detail: for events over their rate (see the director), so that one
+    /// address cannot write rows about any number of VINs.
+    SameAddressAndRule,
+}
+
+/// The client address of a recorded `remote` (`IP:port`, `IP`, or `VIN@IP:port`), as
+/// connections are counted (an IPv6 address by its /64).
+pub fn remote_ip(remote: &str) -> Option<std::net::IpAddr> {
+    let addr = remote.rsplit_once('@').map_or(remote, |(_, a)| a);
+    let ip = addr
+        .parse::<std::net::SocketAddr>()
+        .map(|s| s.ip())
+        .or_else(|_| addr.parse::<std::net::IpAddr>())
+        .ok()?;
+    Some(crate::conn::address_key(ip))
 }
 
 /// A security event to record.

@@ -32,7 +32,7 @@ use rampart_core::uptane::{
 use serde::Serialize;
 
 use crate::db::{
-    Assignment, Checkin, Db, Installed, NewEvent, ReportUpdate, StoredRole, Vehicle,
+    Aggregate, Assignment, Checkin, Db, Installed, NewEvent, ReportUpdate, StoredRole, Vehicle,
     INSTRUCTIONS_CHANGED,
 };
 use crate::error::{Error, Result};
@@ -65,6 +65,67 @@ impl Default for DirectorLifetimes {
     }
 }
 
+/// How security events are recorded.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EventPolicy {
+    /// New rows a minute per (client address, rule) — anyone can make the server refuse
+    /// something, naming any VIN; past this, events are counted on the latest row of that
+    /// address and rule instead (see [`crate::db::Aggregate`]).
+    pub max_new_per_minute: u32,
+}
+
+impl Default for EventPolicy {
+    fn default() -> Self {
+        EventPolicy {
+            max_new_per_minute: 30,
+        }
+    }
+}
+
+/// Token buckets per (client address, rule) for new event rows. Per instance, bounded in
+/// memory: protection, not vehicle state.
+struct EventLimiter {
+    per_minute: f64,
+    buckets: std::sync::Mutex<
+        std::collections::HashMap<(std::net::IpAddr, String), (f64, std::time::Instant)>,
+    >,
+}
+
+/// Buckets kept before idle ones are dropped.
+const MAX_EVENT_BUCKETS: usize = 100_000;
+
+impl EventLimiter {
+    fn new(policy: EventPolicy) -> Self {
+        EventLimiter {
+            per_minute: f64::from(policy.max_new_per_minute),
+            buckets: std::sync::Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+
+    /// Whether `ip` may add a new row for `rule` now (and takes the token).
+    fn allow(&self, ip: std::net::IpAddr, rule: &str) -> bool {
+        let now = std::time::Instant::now();
+        let burst = self.per_minute.max(1.0);
+        let rate = self.per_minute / 60.0;
+        let mut buckets = self
+            .buckets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if buckets.len() >= MAX_EVENT_BUCKETS {
+            buckets.retain(|_, (_, last)| now.duration_since(*last).as_secs() < 120);
+        }
+        let (tokens, last) = buckets.entry((ip, rule.to_owned())).or_insert((burst, now));
+        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * rate).min(burst);
+        *last = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
 /// The director service.
 pub struct Director {
     db: Db,
@@ -72,6 +133,7 @@ pub struct Director {
     public_dir: PathBuf,
     /// Lifetimes.
     pub lifetimes: DirectorLifetimes,
+    events: EventLimiter,
 }
 
 /// The current director documents of one vehicle.
@@ -147,7 +209,13 @@ impl Director {
             keys,
             public_dir: public_dir.into(),
             lifetimes: DirectorLifetimes::default(),
+            events: EventLimiter::new(EventPolicy::default()),
         }
+    }
+
+    /// Records security events by `policy` from now on.
+    pub fn set_event_policy(&mut self, policy: EventPolicy) {
+        self.events = EventLimiter::new(policy);
     }
 
     /// The database.
@@ -475,6 +543,8 @@ impl Director {
     }
 
     /// Records a security event (failures to record are logged, never hide the original).
+    /// Past [`EventPolicy::max_new_per_minute`] for its client address and rule, it is
+    /// counted on the latest row of that address and rule instead of stored as a new one.
     pub async fn event(
         &self,
         source: &str,
@@ -484,7 +554,17 @@ impl Director {
         remote: Option<&str>,
         detail: &str,
     ) {
-        tracing::warn!(%source, %rule, vin = vin.unwrap_or("-"), ecu = ecu_id.unwrap_or("-"), %detail, "security event");
+        let over_rate = remote
+            .and_then(crate::db::remote_ip)
+            .is_some_and(|ip| !self.events.allow(ip, rule));
+        let how = if over_rate {
+            // Counted, not logged line by line: a flood must not flood the log either.
+            tracing::debug!(%source, %rule, vin = vin.unwrap_or("-"), remote = remote.unwrap_or("-"), "security event over its rate: counted");
+            Aggregate::SameAddressAndRule
+        } else {
+            tracing::warn!(%source, %rule, vin = vin.unwrap_or("-"), ecu = ecu_id.unwrap_or("-"), %detail, "security event");
+            Aggregate::Identical
+        };
         let e = NewEvent {
             source,
             rule,
@@ -493,30 +573,31 @@ impl Director {
             remote,
             detail,
         };
-        if let Err(err) = self.db.record_event(&e).await {
+        if let Err(err) = self.db.record_event_at(&e, Utc::now(), how).await {
             tracing::error!(error = %err, "could not record security event");
         }
     }
 
-    /// Records each line of an `attacks_detected` field (the primary's or an ECU's) as a
-    /// `vehicle` security event named by its rule.
-    async fn attack_indicators(&self, vin: &str, ecu: &str, remote: Option<&str>, text: &str) {
+    /// Each line of an `attacks_detected` field (the primary's or an ECU's) as a `vehicle`
+    /// security event named by its rule, to be recorded with the check-in.
+    fn attack_indicators(events: &mut Vec<CheckinEvent>, ecu: &str, text: &str) {
         for line in text.lines().filter(|l| !l.trim().is_empty()) {
-            self.event(
-                "vehicle",
-                &attack_rule(line),
-                Some(vin),
-                Some(ecu),
-                remote,
-                line,
-            )
-            .await;
+            events.push(CheckinEvent {
+                source: "vehicle",
+                rule: attack_rule(line),
+                ecu_id: ecu.to_owned(),
+                detail: line.to_owned(),
+            });
         }
     }
 
     /// Accepts a vehicle version manifest: signatures (primary and each ECU), VIN, freshness;
     /// stores what each ECU runs, completes assignments, records attack indicators and
     /// rejections as security events, and re-signs the vehicle's director metadata.
+    ///
+    /// A refused manifest is one security event. The events an accepted manifest carries
+    /// (attack indicators, dropped ECU reports) are stored in the transaction that accepts it,
+    /// so concurrent copies of one manifest record them exactly once.
     pub async fn check_in(
         &self,
         vin: &str,
@@ -576,24 +657,23 @@ impl Director {
                 .await;
             return Err(e.into());
         }
-        self.attack_indicators(
-            vin,
+        // What the manifest says (attack indicators) and what was wrong in it (dropped ECU
+        // reports) is recorded in the check-in's own transaction: once, and only if this copy
+        // of the manifest is the one accepted — concurrent copies are refused as replays.
+        let mut events = Vec::new();
+        Self::attack_indicators(
+            &mut events,
             &vehicle.primary_ecu,
-            remote,
             &verified.manifest.attacks_detected,
-        )
-        .await;
+        );
         let mut rejected = Vec::new();
         for (ecu_id, err) in &verified.rejected_reports {
-            self.event(
-                "server",
-                err.rule(),
-                Some(vin),
-                Some(ecu_id),
-                remote,
-                &format!("ECU version report rejected: {err}"),
-            )
-            .await;
+            events.push(CheckinEvent {
+                source: "server",
+                rule: err.rule().to_owned(),
+                ecu_id: ecu_id.clone(),
+                detail: format!("ECU version report rejected: {err}"),
+            });
             rejected.push(RejectedReport {
                 ecu_id: ecu_id.clone(),
                 rule: err.rule().to_owned(),
@@ -611,23 +691,19 @@ impl Director {
                 last,
                 report.report_counter,
             ) {
-                self.event(
-                    "server",
-                    e.rule(),
-                    Some(vin),
-                    Some(ecu_id),
-                    remote,
-                    &e.to_string(),
-                )
-                .await;
+                events.push(CheckinEvent {
+                    source: "server",
+                    rule: e.rule().to_owned(),
+                    ecu_id: ecu_id.clone(),
+                    detail: e.to_string(),
+                });
                 rejected.push(RejectedReport {
                     ecu_id: ecu_id.clone(),
                     rule: e.rule().to_owned(),
                 });
                 continue;
             }
-            self.attack_indicators(vin, ecu_id, remote, &report.attacks_detected)
-                .await;
+            Self::attack_indicators(&mut events, ecu_id, &report.attacks_detected);
             let img = &report.installed_image;
             reports.push(ReportUpdate {
                 ecu_id: ecu_id.clone(),
@@ -651,9 +727,26 @@ impl Director {
             nonce: &verified.manifest.nonce,
             document: &document,
             reports,
+            remote,
+            events: events
+                .iter()
+                .map(|e| NewEvent {
+                    source: e.source,
+                    rule: &e.rule,
+                    vin: Some(vin),
+                    ecu_id: Some(&e.ecu_id),
+                    remote,
+                    detail: &e.detail,
+                })
+                .collect(),
         };
         let completed = match self.db.record_checkin(&checkin).await {
-            Ok(c) => c,
+            Ok(c) => {
+                for e in &events {
+                    tracing::warn!(source = e.source, rule = %e.rule, %vin, ecu = %e.ecu_id, detail = %e.detail, "security event");
+                }
+                c
+            }
             Err(e @ Error::Replay(_)) => {
                 self.event("server", "replay", Some(vin), None, remote, &e.to_string())
                     .await;
@@ -673,6 +766,16 @@ impl Director {
             receipt,
         })
     }
+}
+
+/// A security event found in a manifest, recorded with its check-in (see
+/// [`Director::check_in`]).
+struct CheckinEvent {
+    /// `vehicle` (an indicator the vehicle reported) or `server` (a report the server dropped).
+    source: &'static str,
+    rule: String,
+    ecu_id: String,
+    detail: String,
 }
 
 /// The rule named at the start of an attack indicator (`rule: message`), or `vehicle-report`.

@@ -12,11 +12,13 @@
 pub mod api;
 pub mod ceremony;
 pub mod config;
+pub mod conn;
 pub mod db;
 pub mod director;
 pub mod error;
 pub mod keys;
 pub mod layout;
+mod linger;
 pub mod ops;
 pub mod pki;
 pub mod repo;

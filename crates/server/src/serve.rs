@@ -1,14 +1,16 @@
 //! `rampart serve`: the image repository folder, the director and the admin API over HTTPS,
-//! plus a background task that re-signs the image repository's timestamp and snapshot
-//! before they expire.
+//! plus background tasks that re-sign the image repository's timestamp and snapshot before
+//! they expire and prune security events by the retention of `[events]` (also at start).
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
 
 use crate::api::{router, AppState};
-use crate::config::Config;
+use crate::config::{Config, EventsConfig};
+use crate::conn::{ConnectionOptions, Connections, Flood};
 use crate::db::Db;
 use crate::director::Director;
 use crate::error::{Error, Result};
@@ -28,6 +30,8 @@ pub struct ServeOptions {
     pub danger_plain_http: bool,
     /// How often to check whether timestamp/snapshot need re-signing.
     pub refresh_every: Duration,
+    /// Connection timeouts and caps (overrides `[server]` of the configuration).
+    pub connections: Option<ConnectionOptions>,
 }
 
 impl ServeOptions {
@@ -39,6 +43,7 @@ impl ServeOptions {
             database: None,
             danger_plain_http: false,
             refresh_every: Duration::from_secs(60),
+            connections: None,
         }
     }
 }
@@ -87,12 +92,27 @@ pub async fn start(opts: ServeOptions) -> Result<Running> {
         .database
         .clone()
         .unwrap_or_else(|| config.database_url(&layout));
-    let db = Db::connect(&db_url).await?;
-    let director = Director::new(db, config.director_keys(&layout)?, layout.director_public());
+    let db = Db::connect(&db_url)
+        .await?
+        .with_event_window(config.events.window());
+    // Retention first: a server that was down for long starts within its bounds.
+    prune_events(&db, &config.events).await;
+    let pruner = {
+        let (db, events) = (db.clone(), config.events.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(events.prune_every()).await;
+                prune_events(&db, &events).await;
+            }
+        })
+    };
+    let mut director = Director::new(db, config.director_keys(&layout)?, layout.director_public());
+    director.set_event_policy(config.events.policy());
     let admin_token = crate::pki::load_admin_token(&layout.pki())
         .map_err(|e| Error::Config(format!("admin token: {e}")))?;
     let tls = config.tls && !opts.danger_plain_http;
     let state = AppState::new(director, &layout, admin_token, config.limits.limits(), tls);
+    let connections = connections(&opts, &config, &state);
     let app = router(state, &layout.root().join("public/image"));
 
     // Online re-signing of the image repository's timestamp and snapshot.
@@ -131,16 +151,28 @@ pub async fn start(opts: ServeOptions) -> Result<Running> {
     let shutdown = async move {
         let _ = stopped.await;
         refresher.abort();
+        pruner.abort();
     };
     let task = if tls {
         let tls_config = crate::tls::server_config(&layout.pki())
             .map_err(|e| Error::Config(format!("TLS: {e}")))?;
-        tokio::spawn(crate::tls::serve_tls(listener, tls_config, app, shutdown))
+        tokio::spawn(crate::tls::serve_tls_with(
+            listener,
+            tls_config,
+            app,
+            connections,
+            shutdown,
+        ))
     } else {
         tracing::warn!(
             "serving plain HTTP: vehicle identity rests on manifest signatures alone (lab mode)"
         );
-        tokio::spawn(crate::tls::serve_plain(listener, app, shutdown))
+        tokio::spawn(crate::tls::serve_plain_with(
+            listener,
+            app,
+            connections,
+            shutdown,
+        ))
     };
     tracing::info!(%addr, tls, database = %redact(&db_url), "rampart server listening");
     Ok(Running {
@@ -149,6 +181,50 @@ pub async fn start(opts: ServeOptions) -> Result<Running> {
         task,
         stop,
     })
+}
+
+/// The connection layer: `[server]` (or the options' override) capped by the open-files
+/// limit, counters shown by `/metrics`, floods recorded as `connection-flood` events (written
+/// in the background: the accept loop never waits for the database).
+fn connections(opts: &ServeOptions, config: &Config, state: &AppState) -> Connections {
+    let mut options = opts
+        .connections
+        .clone()
+        .unwrap_or_else(|| config.server.connection_options());
+    crate::conn::cap_to_open_files_limit(&mut options);
+    let mut connections = Connections::new(options);
+    connections.stats = state.connection_stats();
+    let state = state.clone();
+    connections.on_flood = Some(Arc::new(move |flood: Flood| {
+        let state = state.clone();
+        tokio::spawn(async move {
+            state
+                .director()
+                .event(
+                    "server",
+                    "connection-flood",
+                    None,
+                    None,
+                    Some(&flood.address.to_string()),
+                    &flood.detail(),
+                )
+                .await;
+        });
+    }));
+    connections
+}
+
+/// Applies the retention of `[events]` (errors are logged: retention must never stop the
+/// server).
+async fn prune_events(db: &Db, events: &EventsConfig) {
+    match db
+        .prune_events(chrono::Utc::now(), events.max_age(), events.max_rows())
+        .await
+    {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(deleted = n, "pruned security events"),
+        Err(e) => tracing::error!(error = %e, "could not prune security events"),
+    }
 }
 
 fn redact(url: &str) -> String {

@@ -9,19 +9,23 @@
 //! extension, or demand a vehicle with the [`RequireVehicle`] extractor.
 //!
 //! Invariants: a connection never blocks the accept loop (the handshake runs in the
-//! connection's own task, bounded by [`HANDSHAKE_TIMEOUT`]); a failing or hostile
-//! connection is logged and dropped, never a reason to stop serving; every request carries
-//! a `ClientIdentity` whose `vin` comes only from a verified certificate.
+//! connection's own task, bounded by the handshake timeout); a failing or hostile connection
+//! is logged and dropped, never a reason to stop serving; no connection lives on without a
+//! request in flight past the timeouts of [`crate::conn`], nor beyond its caps; every request
+//! carries a `ClientIdentity` whose `vin` comes only from a verified certificate.
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::pin::pin;
+use std::pin::{pin, Pin};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use axum::body::Body;
 use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::request::Parts;
 use axum::http::{Request, StatusCode};
@@ -42,11 +46,15 @@ use tokio::task::{JoinError, JoinSet};
 use tokio_rustls::TlsAcceptor;
 use tower::Service;
 
+use crate::conn::{self, ConnectionOptions, ConnectionStats, Connections};
+use crate::linger;
 use crate::pki::{self, PkiFiles};
 
-/// Longest a client may take to complete the TLS handshake.
+/// Longest a client may take to complete the TLS handshake (the default of
+/// [`ConnectionOptions::handshake_timeout`]).
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Longest an HTTP/1 client may take to send a request's headers.
+/// Longest an HTTP/1 client may take to send a request's headers (the default of
+/// [`ConnectionOptions::header_read_timeout`]).
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// After shutdown is requested, how long open connections get to finish their requests
 /// before they are cut.
@@ -142,23 +150,36 @@ pub fn server_config(pki_dir: &Path) -> Result<Arc<ServerConfig>> {
 }
 
 /// Serves `app` over TLS on `listener` until `shutdown` completes, then stops accepting,
-/// lets open connections finish for up to [`SHUTDOWN_GRACE`] and returns.
-///
-/// Each connection runs in its own task: TLS handshake (at most [`HANDSHAKE_TIMEOUT`]), then
-/// HTTP/1.1 or HTTP/2. Every request gets a [`ClientIdentity`] extension (and axum's
-/// `ConnectInfo<SocketAddr>`). Handshake failures are logged at debug level (scanners and
-/// clients with the wrong CA are routine), timeouts at info.
+/// lets open connections finish for up to [`SHUTDOWN_GRACE`] and returns; with the default
+/// [`Connections`] (see [`serve_tls_with`]).
 pub async fn serve_tls(
     listener: TcpListener,
     config: Arc<ServerConfig>,
     app: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
+    serve_tls_with(listener, config, app, Connections::default(), shutdown).await
+}
+
+/// [`serve_tls`] with the given connection timeouts and caps.
+///
+/// Each connection runs in its own task: TLS handshake (bounded), then HTTP/1.1 or HTTP/2
+/// until it is idle too long (see [`crate::conn`]). Every request gets a [`ClientIdentity`]
+/// extension (and axum's `ConnectInfo<SocketAddr>`). Handshake failures are logged at debug
+/// level (scanners and clients with the wrong CA are routine), timeouts at info.
+pub async fn serve_tls_with(
+    listener: TcpListener,
+    config: Arc<ServerConfig>,
+    app: Router,
+    connections: Connections,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
     let acceptor = TlsAcceptor::from(config);
-    serve_connections(listener, app, shutdown, move |tcp, peer| {
+    let timeout = connections.options.handshake_timeout;
+    serve_connections(listener, app, connections, shutdown, move |tcp, peer| {
         let acceptor = acceptor.clone();
         async move {
-            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+            match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
                 Ok(Ok(stream)) => {
                     let vin = vin_of_peer(stream.get_ref().1.peer_certificates(), peer);
                     Some((stream, vin))
@@ -168,7 +189,7 @@ pub async fn serve_tls(
                     None
                 }
                 Err(_) => {
-                    tracing::info!(%peer, timeout = ?HANDSHAKE_TIMEOUT, "TLS handshake timed out");
+                    tracing::info!(%peer, ?timeout, "TLS handshake timed out");
                     None
                 }
             }
@@ -185,9 +206,23 @@ pub async fn serve_plain(
     app: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
-    serve_connections(listener, app, shutdown, |tcp, _peer| async move {
-        Some((tcp, None))
-    })
+    serve_plain_with(listener, app, Connections::default(), shutdown).await
+}
+
+/// [`serve_plain`] with the given connection timeouts and caps.
+pub async fn serve_plain_with(
+    listener: TcpListener,
+    app: Router,
+    connections: Connections,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    serve_connections(
+        listener,
+        app,
+        connections,
+        shutdown,
+        |tcp, _peer| async move { Some((tcp, None)) },
+    )
     .await
 }
 
@@ -226,10 +261,12 @@ impl<S: Send + Sync> FromRequestParts<S> for RequireVehicle {
 
 /// The accept loop shared by [`serve_tls`] and [`serve_plain`]. `handshake` turns a TCP
 /// connection into the stream HTTP is spoken over and the VIN of the client, or `None` to
-/// drop the connection; it runs in the connection's task.
+/// drop the connection; it runs in the connection's task. A connection over a cap is closed
+/// right after `accept`.
 async fn serve_connections<H, F, S>(
     listener: TcpListener,
     app: Router,
+    connections: Connections,
     shutdown: impl Future<Output = ()> + Send + 'static,
     handshake: H,
 ) -> io::Result<()>
@@ -238,29 +275,57 @@ where
     F: Future<Output = Option<(S, Option<String>)>> + Send + 'static,
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let Connections {
+        options,
+        stats,
+        on_flood,
+    } = connections;
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
-    builder.http2().timer(TokioTimer::new());
+        .header_read_timeout(options.header_read_timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(options.h2_keep_alive_interval)
+        .keep_alive_timeout(options.h2_keep_alive_timeout);
     let builder = Arc::new(builder);
+    let table = conn::Table::new(&options, stats.clone());
+    let floods = conn::FloodReports::new();
+    let options = Arc::new(options);
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let mut connections = JoinSet::new();
+    let mut tasks = JoinSet::new();
     let mut shutdown = pin!(shutdown);
     loop {
         tokio::select! {
             biased;
             () = &mut shutdown => break,
-            Some(joined) = connections.join_next(), if !connections.is_empty() => {
+            Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
                 log_join(joined);
             }
             accepted = listener.accept() => {
                 let (tcp, peer) = match accepted {
                     Ok(accepted) => accepted,
                     Err(e) => {
+                        stats.accept_errors.fetch_add(1, Ordering::Relaxed);
                         accept_error_pause(&e).await;
+                        continue;
+                    }
+                };
+                let slot = match table.admit(peer.ip()) {
+                    Ok(slot) => slot,
+                    Err(refusal) => {
+                        stats.refused.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(%peer, ?refusal, "connection refused: cap reached");
+                        if let Some(flood) = floods.note(peer.ip(), refusal, table.cap(refusal)) {
+                            tracing::warn!(%peer, detail = %flood.detail(), "connection flood");
+                            if let Some(report) = &on_flood {
+                                report(flood);
+                            }
+                        }
+                        drop(tcp);
                         continue;
                     }
                 };
@@ -273,9 +338,14 @@ where
                     peer,
                     app.clone(),
                     builder.clone(),
+                    Limits {
+                        options: options.clone(),
+                        stats: stats.clone(),
+                        _slot: slot,
+                    },
                     stop_rx.clone(),
                 );
-                connections.spawn(connection);
+                tasks.spawn(connection);
             }
         }
     }
@@ -284,29 +354,39 @@ where
     // Receivers were all cloned before this send, so every connection task sees it.
     let _ = stop_tx.send(true);
     let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
-        while let Some(joined) = connections.join_next().await {
+        while let Some(joined) = tasks.join_next().await {
             log_join(joined);
         }
     })
     .await;
     if drained.is_err() {
         tracing::info!(
-            open = connections.len(),
+            open = tasks.len(),
             grace = ?SHUTDOWN_GRACE,
             "connections still open after the shutdown grace period; closing them"
         );
-        connections.shutdown().await;
+        tasks.shutdown().await;
     }
     Ok(())
 }
 
-/// One connection: handshake, then HTTP until the client is done or shutdown is requested
-/// (in which case in-flight requests finish and the connection is closed).
+/// What bounds one connection: the options, the counters, and its place in the caps (freed
+/// when the connection's task ends).
+struct Limits {
+    options: Arc<ConnectionOptions>,
+    stats: Arc<ConnectionStats>,
+    _slot: conn::Slot,
+}
+
+/// One connection: handshake, then HTTP until the client is done, the connection has been
+/// idle too long (then it is asked to close, and cut after [`conn::CLOSE_GRACE`]), or
+/// shutdown is requested (in-flight requests finish, then it is closed).
 async fn serve_connection<F, S>(
     handshake: F,
     peer: SocketAddr,
     app: Router,
     builder: Arc<auto::Builder<TokioExecutor>>,
+    limits: Limits,
     mut stop: watch::Receiver<bool>,
 ) where
     F: Future<Output = Option<(S, Option<String>)>>,
@@ -319,16 +399,29 @@ async fn serve_connection<F, S>(
     let Some((stream, vin)) = established else {
         return;
     };
+    let activity = conn::Activity::new();
     let service = TowerToHyperService::new(WithIdentity {
         inner: app,
         identity: ClientIdentity { vin, peer },
+        activity: activity.clone(),
     });
+    let options = &limits.options;
     let mut connection = pin!(builder.serve_connection(TokioIo::new(stream), service));
     let result = tokio::select! {
         result = connection.as_mut() => result,
         () = stop_requested(&mut stop) => {
             connection.as_mut().graceful_shutdown();
             connection.await
+        }
+        () = activity.idle(options.first_request_timeout, options.idle_timeout) => {
+            limits.stats.idle_closed.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%peer, "closing an idle connection");
+            // Nothing is in flight, so it closes at once; a peer that keeps it busy anyway
+            // (a request head trickling in) is cut after the grace period.
+            connection.as_mut().graceful_shutdown();
+            tokio::time::timeout(conn::CLOSE_GRACE, connection.as_mut())
+                .await
+                .unwrap_or(Ok(()))
         }
     };
     if let Err(e) = result {
@@ -342,15 +435,16 @@ async fn serve_connection<F, S>(
 struct WithIdentity {
     inner: Router,
     identity: ClientIdentity,
+    activity: Arc<conn::Activity>,
 }
 
 impl Service<Request<Incoming>> for WithIdentity {
-    type Response = <Router as Service<Request<Incoming>>>::Response;
-    type Error = <Router as Service<Request<Incoming>>>::Error;
-    type Future = <Router as Service<Request<Incoming>>>::Future;
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        <Router as Service<Request<Incoming>>>::poll_ready(&mut self.inner, cx)
+        <Router as Service<Request<Body>>>::poll_ready(&mut self.inner, cx)
     }
 
     fn call(&mut self, mut request: Request<Incoming>) -> Self::Future {
@@ -358,7 +452,12 @@ impl Service<Request<Incoming>> for WithIdentity {
         // Whatever a client sends, these come from the connection, not from the request.
         extensions.insert(self.identity.clone());
         extensions.insert(ConnectInfo(self.identity.peer));
-        self.inner.call(request)
+        // In flight until its response has been sent: the connection is not idle meanwhile.
+        let in_flight = self.activity.start();
+        // An early answer must reach the client before its unread body is let go.
+        let (request, held) = linger::hold(request);
+        let response = self.inner.call(request);
+        Box::pin(async move { Ok(linger::answer(response.await?, held, in_flight)) })
     }
 }
 

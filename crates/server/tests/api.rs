@@ -18,8 +18,10 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::Duration;
 
+use axum::body::Bytes;
 use chrono::Utc;
 use rampart_client::fetch::encode_target_path;
 use rampart_client::{download_target, FetchConfig, HttpFetcher, MetadataStore, TlsConfig};
@@ -36,7 +38,7 @@ use rampart_core::uptane::manifest::{
 use rampart_core::uptane::{FullVerifier, InstalledImage, Repo, Scope, UptaneAction, Verdict};
 use rampart_server::ceremony::{self, CeremonyOptions};
 use rampart_server::config::{Config, LimitsConfig};
-use rampart_server::db::{Assignment, Db, SecurityEvent, Vehicle};
+use rampart_server::db::{Aggregate, Assignment, Db, NewEvent, SecurityEvent, Vehicle};
 use rampart_server::layout::Layout;
 use rampart_server::ops::{self, DelegateRequest, PublishRequest, Which};
 use rampart_server::pki::{self, PkiFiles};
@@ -76,14 +78,30 @@ struct Fleet {
     db: Db,
 }
 
+/// An HTTP/1.1 client (the vehicles' transport) that trusts the fleet CA.
 fn https_client(ca_pem: &[u8], identity_pem: Option<&[u8]>) -> reqwest::Client {
+    client_builder(ca_pem, identity_pem)
+        .http1_only()
+        .build()
+        .unwrap()
+}
+
+/// Like [`https_client`], but HTTP/2 only (ALPN `h2`).
+fn h2_client(ca_pem: &[u8], identity_pem: Option<&[u8]>) -> reqwest::Client {
+    client_builder(ca_pem, identity_pem)
+        .http2_prior_knowledge()
+        .build()
+        .unwrap()
+}
+
+fn client_builder(ca_pem: &[u8], identity_pem: Option<&[u8]>) -> reqwest::ClientBuilder {
     let mut builder = reqwest::Client::builder()
         .tls_certs_only([reqwest::Certificate::from_pem(ca_pem).unwrap()])
         .timeout(Duration::from_secs(20));
     if let Some(pem) = identity_pem {
         builder = builder.identity(reqwest::Identity::from_pem(pem).unwrap());
     }
-    builder.build().unwrap()
+    builder
 }
 
 async fn json_of(response: reqwest::Response) -> (StatusCode, Value) {
@@ -250,6 +268,8 @@ struct Car {
     manifest_counter: u64,
     /// HTTPS client with the vehicle's certificate.
     http: reqwest::Client,
+    /// The certificate and key (PEM), for other clients of this vehicle.
+    identity: Vec<u8>,
     fetcher: HttpFetcher,
     home: tempfile::TempDir,
 }
@@ -346,6 +366,7 @@ impl Car {
         ];
         let cert = pki::issue_vehicle_cert(&fleet.layout.pki(), vin, 30).unwrap();
         let identity = format!("{}{}", cert.cert_pem, cert.key_pem).into_bytes();
+        let cert_identity = identity.clone();
         let http = https_client(&fleet.ca_pem, Some(&identity));
         let fetcher = HttpFetcher::new(
             FetchConfig::default(),
@@ -374,6 +395,7 @@ impl Car {
             ecus,
             manifest_counter: 0,
             http,
+            identity: cert_identity,
             fetcher,
             home,
         }
@@ -634,6 +656,11 @@ async fn fleet_with_car(limits: LimitsConfig) -> (Fleet, Car) {
     (fleet, car)
 }
 
+/// How many occurrences `events` stand for (each row counts its repeats).
+fn occurrences(events: &[SecurityEvent]) -> u64 {
+    events.iter().map(|e| e.count).sum()
+}
+
 /// Sends a bad request and checks: `status`, `{"rule": rule}` with an error message, exactly
 /// one new security event `event_rule` (for `event_vin`), and no change to stored state.
 async fn assert_refused<F>(
@@ -649,7 +676,7 @@ where
     F: std::future::Future<Output = (StatusCode, Value)>,
 {
     let query = format!("rule={event_rule}&limit=1000");
-    let events_before = fleet.events(&query).await.len();
+    let events_before = occurrences(&fleet.events(&query).await);
     let before = fleet.stored_state(state_vin).await;
     let (got, body) = request.await;
     assert_eq!(got, status, "{body}");
@@ -658,9 +685,10 @@ where
         body["error"].as_str().is_some_and(|e| !e.is_empty()),
         "{body}"
     );
+    // One more occurrence: a new row, or a repeat counted on the newest one.
     let events = fleet.events(&query).await;
     assert_eq!(
-        events.len(),
+        occurrences(&events),
         events_before + 1,
         "one new {event_rule} event: {events:?}"
     );
@@ -1138,6 +1166,234 @@ async fn oversized_manifest_is_refused() {
     assert_eq!(status, StatusCode::OK, "{body}");
 }
 
+/// Over HTTP/2 an over-limit body gets the answer HTTP/1 gets — the status, the JSON naming
+/// the rule, one security event — not a reset stream. (The server used to drop the unread
+/// request body before its response went out, which h2 turns into RST_STREAM(CANCEL).) The
+/// bodies are far larger than a stream's flow-control window, so the client is still sending
+/// when the server answers. The same holds for the other early refusals: no client
+/// certificate, and the admin API's body limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn oversized_bodies_over_http2_get_the_rule_not_a_stream_error() {
+    let (fleet, mut car) = fleet_with_car(generous_limits()).await;
+    let h2 = h2_client(&fleet.ca_pem, Some(&car.identity));
+    let post = |client: &reqwest::Client, path: &str, body: Vec<u8>| {
+        let request = client
+            .post(fleet.url(path))
+            .header("content-type", "application/json")
+            .body(body);
+        async move {
+            let response = request.send().await.unwrap_or_else(|e| {
+                let mut chain = e.to_string();
+                let mut source = std::error::Error::source(&e);
+                while let Some(s) = source {
+                    chain.push_str(&format!(" / {s}"));
+                    source = s.source();
+                }
+                panic!("no HTTP answer over h2: {chain}")
+            });
+            assert_eq!(response.version(), reqwest::Version::HTTP_2);
+            json_of(response).await
+        }
+    };
+    let manifest_path = format!("director/{VIN_A}/manifest");
+    let mut huge = b"{\"signed\": \"".to_vec();
+    huge.resize(64 * MAX_BODY, b'A');
+    huge.extend_from_slice(b"\", \"signatures\": []}");
+    let event = assert_refused(
+        &fleet,
+        VIN_A,
+        post(&h2, &manifest_path, huge.clone()),
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "endless-data",
+        "endless-data",
+        Some(VIN_A),
+    )
+    .await;
+    assert!(event.detail.contains(&MAX_BODY.to_string()), "{event:?}");
+    // A real manifest padded past the limit.
+    let manifest = car.honest_manifest();
+    let mut doc: Value = serde_json::from_slice(&manifest).unwrap();
+    doc["padding"] = Value::String("x".repeat(64 * MAX_BODY));
+    assert_refused(
+        &fleet,
+        VIN_A,
+        post(&h2, &manifest_path, serde_json::to_vec(&doc).unwrap()),
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "endless-data",
+        "endless-data",
+        Some(VIN_A),
+    )
+    .await;
+    // Refused before the body is read at all: no client certificate.
+    let anonymous = h2_client(&fleet.ca_pem, None);
+    assert_refused(
+        &fleet,
+        VIN_A,
+        post(&anonymous, &manifest_path, huge.clone()),
+        StatusCode::UNAUTHORIZED,
+        "client-certificate-required",
+        "client-certificate-required",
+        Some(VIN_A),
+    )
+    .await;
+    // The admin API's body limit.
+    let request = h2
+        .post(fleet.url("api/v1/vehicles"))
+        .bearer_auth(&fleet.token)
+        .header("content-type", "application/json")
+        .body(huge);
+    let (status, body) = json_of(request.send().await.unwrap()).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+    assert_eq!(body["rule"], "endless-data", "{body}");
+    // The same connection still serves the vehicle: an honest manifest over h2.
+    let manifest = car.honest_manifest();
+    let (status, body) = post(&h2, &manifest_path, manifest).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+/// An HTTP/2 connection (ALPN `h2`, raw frames through the `h2` crate) to the fleet's server,
+/// with `identity_pem` as client certificate if given.
+async fn h2_connect(fleet: &Fleet, identity_pem: Option<&[u8]>) -> h2::client::SendRequest<Bytes> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(&fleet.ca_pem).unwrap())
+        .unwrap();
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+    let mut config = match identity_pem {
+        Some(pem) => {
+            let certs = CertificateDer::pem_slice_iter(pem)
+                .collect::<Result<Vec<_>, _>>()
+                .unwrap();
+            let key = PrivateKeyDer::from_pem_slice(pem).unwrap();
+            builder.with_client_auth_cert(certs, key).unwrap()
+        }
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let addr = fleet.server.as_ref().unwrap().addr;
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(b"h2".as_slice()));
+    let (send, connection) = h2::client::handshake(tls).await.unwrap();
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    send
+}
+
+/// POSTs a `total`-byte body over `send` as fast as flow control allows while waiting for the
+/// answer. Returns the status, the answer's body, and how the upload ended: `Ok(bytes)` if the
+/// whole body went out, or the error that stopped it (a reset stream).
+async fn h2_upload(
+    send: &mut h2::client::SendRequest<Bytes>,
+    url: &str,
+    total: usize,
+) -> (StatusCode, Value, Result<usize, String>) {
+    let request = axum::http::Request::post(url)
+        .header("content-type", "application/json")
+        .header("content-length", total.to_string())
+        .body(())
+        .unwrap();
+    let (response, mut stream) = send
+        .clone()
+        .ready()
+        .await
+        .unwrap()
+        .send_request(request, false)
+        .unwrap();
+    let upload = tokio::spawn(async move {
+        let mut sent = 0;
+        while sent < total {
+            let want = (total - sent).min(16 * 1024);
+            stream.reserve_capacity(want);
+            let granted = match std::future::poll_fn(|cx| stream.poll_capacity(cx)).await {
+                Some(Ok(n)) => n.min(want),
+                Some(Err(e)) => return Err(format!("after {sent} bytes: {e}")),
+                None => return Err(format!("stream closed after {sent} bytes")),
+            };
+            if granted == 0 {
+                continue;
+            }
+            sent += granted;
+            stream
+                .send_data(Bytes::from(vec![b'A'; granted]), sent == total)
+                .map_err(|e| format!("after {sent} bytes: {e}"))?;
+        }
+        Ok(sent)
+    });
+    let response = tokio::time::timeout(Duration::from_secs(20), response)
+        .await
+        .expect("an answer within 20 s")
+        .unwrap_or_else(|e| panic!("no HTTP answer, the stream failed: {e}"));
+    let status = response.status();
+    let mut body = response.into_body();
+    let mut bytes = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.unwrap();
+        let _ = body.flow_control().release_capacity(chunk.len());
+        bytes.extend_from_slice(&chunk);
+    }
+    let uploaded = tokio::time::timeout(Duration::from_secs(20), upload)
+        .await
+        .expect("the upload ends within 20 s")
+        .unwrap();
+    let value = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+    (status, value, uploaded)
+}
+
+/// The server answers an over-limit body over HTTP/2 with 413 and then lets the client finish
+/// its upload (bounded) instead of resetting the stream: clients that treat a reset during
+/// the upload as a failure (curl 7.88: exit 92, "Stream error in the HTTP/2 framing layer")
+/// otherwise never show the answer. The event is recorded once; the connection goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn http2_refusal_lets_the_upload_finish_instead_of_resetting_the_stream() {
+    let (fleet, mut car) = fleet_with_car(generous_limits()).await;
+    let mut h2 = h2_connect(&fleet, Some(&car.identity)).await;
+    let url = fleet.url(&format!("director/{VIN_A}/manifest"));
+    let total = 64 * MAX_BODY;
+    let events_before = occurrences(&fleet.events("rule=endless-data").await);
+    let (status, body, uploaded) = h2_upload(&mut h2, &url, total).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+    assert_eq!(body["rule"], "endless-data", "{body}");
+    assert_eq!(
+        uploaded,
+        Ok(total),
+        "the server reset the stream instead of reading the rest of the body"
+    );
+    let events = fleet.events("rule=endless-data").await;
+    assert_eq!(occurrences(&events), events_before + 1, "{events:?}");
+    // Refused before the body is read at all: no client certificate.
+    let mut anonymous = h2_connect(&fleet, None).await;
+    let (status, body, uploaded) = h2_upload(&mut anonymous, &url, total).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert_eq!(body["rule"], "client-certificate-required", "{body}");
+    assert_eq!(uploaded, Ok(total));
+    // The vehicle's connection still works.
+    let manifest = car.honest_manifest();
+    let request = axum::http::Request::post(&url)
+        .header("content-type", "application/json")
+        .body(())
+        .unwrap();
+    let (response, mut stream) = h2
+        .ready()
+        .await
+        .unwrap()
+        .send_request(request, false)
+        .unwrap();
+    stream.send_data(Bytes::from(manifest), true).unwrap();
+    assert_eq!(response.await.unwrap().status(), StatusCode::OK);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn replayed_manifest_is_refused() {
     let (fleet, mut car) = fleet_with_car(generous_limits()).await;
@@ -1198,6 +1454,115 @@ async fn replayed_manifest_is_refused() {
     )
     .await;
     assert_eq!(fleet.vehicle(VIN_A).await.last_manifest_counter, Some(2));
+}
+
+/// N copies of one manifest posted at once — a retrying primary, or an attacker replaying a
+/// captured manifest in parallel — are accepted once, and what the accepted manifest says is
+/// recorded once: the primary's and the ECUs' attack indicators and the rejection of a forged
+/// ECU report. Each refused copy is one `replay` event and nothing else.
+async fn concurrent_copies_of_a_manifest_record_its_events_once(database: Option<String>) {
+    const COPIES: usize = 8;
+    let fleet = Fleet::start(generous_limits(), database).await;
+    let mut car = Car::new(&fleet, VIN_A);
+    car.register(&fleet).await;
+    let mut reports = BTreeMap::new();
+    car.ecus[0].report_counter += 1;
+    let tbox = &car.ecus[0];
+    reports.insert(
+        tbox.id.clone(),
+        signed_report_with_attacks(
+            &tbox.id,
+            &tbox.installed,
+            tbox.report_counter,
+            &tbox.signer,
+            "rollback: tbox/fw-0.bin has release counter 0, below the installed 1",
+        ),
+    );
+    // The IVI's report is signed by a key that is not the IVI's: dropped, one event.
+    reports.insert(
+        "IVI-1".to_owned(),
+        signed_report("IVI-1", &car.ecus[1].installed, 1, &new_signer()),
+    );
+    let manifest = VehicleManifest {
+        type_: VEHICLE_MANIFEST_TYPE.into(),
+        vin: VIN_A.into(),
+        primary_ecu_id: "TBOX-1".into(),
+        manifest_counter: 1,
+        nonce: nonce(),
+        ecu_version_reports: reports,
+        attacks_detected: "freeze: director timestamp older than the trusted one".into(),
+        unrecognized: BTreeMap::new(),
+    };
+    let manifest = sign_vehicle_manifest(&manifest, &car.ecus[0].signer).unwrap();
+
+    let barrier = Arc::new(tokio::sync::Barrier::new(COPIES));
+    let url = fleet.url(&format!("director/{VIN_A}/manifest"));
+    let mut posts = Vec::new();
+    for _ in 0..COPIES {
+        let (http, url, body, barrier) = (
+            https_client(&fleet.ca_pem, Some(&car.identity)),
+            url.clone(),
+            manifest.clone(),
+            barrier.clone(),
+        );
+        posts.push(tokio::spawn(async move {
+            barrier.wait().await;
+            let response = http
+                .post(url)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            json_of(response).await
+        }));
+    }
+    let mut statuses = Vec::new();
+    for post in posts {
+        let (status, body) = post.await.unwrap();
+        if status != StatusCode::OK {
+            assert_eq!(body["rule"], "replay", "{status} {body}");
+        }
+        statuses.push(status);
+    }
+    let accepted = statuses.iter().filter(|s| **s == StatusCode::OK).count();
+    assert_eq!(accepted, 1, "{statuses:?}");
+    assert_eq!(
+        statuses
+            .iter()
+            .filter(|s| **s == StatusCode::CONFLICT)
+            .count(),
+        COPIES - 1,
+        "{statuses:?}"
+    );
+    let count = |rule: &'static str| {
+        let fleet = &fleet;
+        async move { fleet.events(&format!("rule={rule}&limit=1000")).await }
+    };
+    let freeze = count("freeze").await;
+    assert_eq!(freeze.len(), 1, "primary's indicator: {freeze:?}");
+    assert_eq!(freeze[0].source, "vehicle");
+    assert_eq!(freeze[0].ecu_id.as_deref(), Some("TBOX-1"));
+    let rollback = count("rollback").await;
+    assert_eq!(rollback.len(), 1, "ECU's indicator: {rollback:?}");
+    let forged = count("bad-signature").await;
+    assert_eq!(forged.len(), 1, "dropped ECU report: {forged:?}");
+    assert_eq!(forged[0].ecu_id.as_deref(), Some("IVI-1"));
+    let replays = count("replay").await;
+    assert_eq!(occurrences(&replays), COPIES as u64 - 1, "{replays:?}");
+    assert_eq!(fleet.db.count("manifests").await.unwrap(), 1);
+    assert_eq!(fleet.vehicle(VIN_A).await.last_manifest_counter, Some(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_copies_of_a_manifest_record_its_events_once_on_sqlite() {
+    concurrent_copies_of_a_manifest_record_its_events_once(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_copies_of_a_manifest_record_its_events_once_on_postgres() {
+    common::with_postgres(|url| concurrent_copies_of_a_manifest_record_its_events_once(Some(url)))
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -1403,6 +1768,118 @@ async fn vehicle_route_without_client_certificate_is_refused() {
     // The same manifest with the certificate is accepted.
     let (status, body) = car.post_manifest(&fleet, VIN_A, manifest).await;
     assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+/// Anyone can make the server record an event — a vehicle route without a certificate — and
+/// name any VIN in it. 1,000 such requests from one address become a bounded number of
+/// stored rows (new rows per address and rule are rate-limited, repeats are counted on the
+/// latest row), and the counts add up to every request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn unauthenticated_event_flood_is_stored_as_counted_rows() {
+    const REQUESTS: usize = 1000;
+    const PARALLEL: usize = 16;
+    let (fleet, _car) = fleet_with_car(generous_limits()).await;
+    let rows_before = fleet.db.count("security_events").await.unwrap();
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut workers = Vec::new();
+    for _ in 0..PARALLEL {
+        let (client, next, base) = (
+            fleet.anonymous.clone(),
+            next.clone(),
+            fleet.url("director/"),
+        );
+        workers.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= REQUESTS {
+                    break;
+                }
+                let vin = format!("WVWZZZ1JZXW{i:06}");
+                let response = client
+                    .get(format!("{base}{vin}/metadata/timestamp.json"))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+            }
+        }));
+    }
+    for w in workers {
+        w.await.unwrap();
+    }
+    let (status, body) = fleet
+        .admin_get("api/v1/events?rule=client-certificate-required&limit=10000")
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let events = body.as_array().unwrap();
+    let total: u64 = events
+        .iter()
+        .map(|e| e["count"].as_u64().unwrap_or(1))
+        .sum();
+    eprintln!(
+        "{} rows for {REQUESTS} refusals (counts add up to {total})",
+        events.len()
+    );
+    assert_eq!(total, REQUESTS as u64, "every refusal is counted");
+    assert!(
+        events.len() <= 60,
+        "{} rows for {REQUESTS} refusals from one address",
+        events.len()
+    );
+    let rows_after = fleet.db.count("security_events").await.unwrap();
+    assert!(
+        rows_after - rows_before <= 60,
+        "{rows_before} → {rows_after}"
+    );
+    // The newest row says how many it stands for.
+    assert!(events[0]["count"].as_u64().unwrap() > 1, "{}", events[0]);
+}
+
+/// `[events]` retention is applied when the server starts and then periodically: events last
+/// seen longer ago than `max_age_days` go, newer ones stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn event_retention_runs_at_start_and_periodically() {
+    let mut fleet = Fleet::start(generous_limits(), None).await;
+    fleet.stop_server().await;
+    let mut config = Config::load(&fleet.layout).unwrap();
+    config.events.max_age_days = 30;
+    config.events.prune_every_secs = 1;
+    config.save(&fleet.layout).unwrap();
+    let db = fleet.db.clone();
+    let record = |detail: &'static str, days_ago: i64| {
+        let db = db.clone();
+        async move {
+            let e = NewEvent {
+                source: "server",
+                rule: "replay",
+                vin: None,
+                ecu_id: None,
+                remote: Some("192.0.2.1:1"),
+                detail,
+            };
+            let at = Utc::now() - chrono::Duration::days(days_ago);
+            db.record_event_at(&e, at, Aggregate::Identical)
+                .await
+                .unwrap();
+        }
+    };
+    record("old before start", 40).await;
+    record("recent", 2).await;
+    fleet.start_server().await;
+    let details = |events: Vec<SecurityEvent>| -> Vec<String> {
+        events.into_iter().map(|e| e.detail).collect()
+    };
+    assert_eq!(details(fleet.events("rule=replay").await), ["recent"]);
+    record("old while running", 31).await;
+    let mut left = Vec::new();
+    for _ in 0..40 {
+        left = details(fleet.events("rule=replay").await);
+        if left == ["recent"] {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(left, ["recent"], "the periodic task prunes too");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

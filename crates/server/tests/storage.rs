@@ -17,7 +17,7 @@ use std::sync::Arc;
 use rampart_core::key::KeyScheme;
 use rampart_core::signer::{InMemorySigner, Signer};
 use rampart_server::db::{
-    Assignment, Backend, Checkin, Db, ImageKey, Installed, NewEcu, NewEvent, NewVehicle,
+    Aggregate, Assignment, Backend, Checkin, Db, ImageKey, Installed, NewEcu, NewEvent, NewVehicle,
     ReportUpdate, StoredRole, Vehicle, INSTRUCTIONS_CHANGED, TABLES,
 };
 use rampart_server::Error;
@@ -55,10 +55,14 @@ storage_suite!(
     checkin_moves_counter_forward_and_refuses_replays,
     checkin_completes_only_matching_assignments,
     concurrent_checkins_with_one_counter_accept_one,
+    stale_ecu_report_in_an_accepted_checkin_is_not_stored,
     director_roles_replace_only_from_the_version_read,
     concurrent_director_role_replace_has_one_winner,
     instruction_changes_mark_director_targets_and_fence_stale_writers,
     security_events_filter_and_limit,
+    identical_events_within_the_window_are_counted_on_one_row,
+    events_over_their_rate_are_counted_per_address_and_rule,
+    retention_prunes_old_rows_and_keeps_the_newest,
     image_keys_store_replace_read,
     expire_director_roles_marks_every_document,
     count_only_knows_our_tables,
@@ -153,6 +157,8 @@ fn checkin<'a>(vin: &'a str, counter: u64, reports: Vec<ReportUpdate>) -> Checki
         nonce: "00ff",
         document: "{\"signed\":{},\"signatures\":[]}",
         reports,
+        remote: None,
+        events: Vec::new(),
     }
 }
 
@@ -498,28 +504,90 @@ async fn concurrent_checkins_with_one_counter_accept_one(url: String) {
         let (db, barrier, a) = (db.clone(), barrier.clone(), a.clone());
         handles.push(tokio::spawn(async move {
             barrier.wait().await;
-            let c = checkin(
+            let detail = format!("indicator of copy {i}");
+            let mut c = checkin(
                 "VIN-RACE",
                 1,
                 vec![report("TBOX-1", installed_as(&a), 1 + i as u64)],
             );
-            db.record_checkin(&c).await
+            c.events.push(NewEvent {
+                source: "vehicle",
+                rule: "freeze",
+                vin: Some("VIN-RACE"),
+                ecu_id: Some("TBOX-1"),
+                remote: None,
+                detail: &detail,
+            });
+            db.record_checkin(&c)
+                .await
+                .map(|done| (done, detail.clone()))
         }));
     }
     let mut accepted = Vec::new();
+    let mut winner = String::new();
     for h in handles {
         match h.await.unwrap() {
-            Ok(done) => accepted.push(done),
+            Ok((done, detail)) => {
+                accepted.push(done);
+                winner = detail;
+            }
             Err(Error::Replay(_)) => {}
             Err(e) => panic!("unexpected error: {e}"),
         }
     }
     assert_eq!(accepted, vec![vec![id]], "exactly one check-in wins");
     assert_eq!(db.count("manifests").await.unwrap(), 1);
+    // The winner's events, and only its, were stored with it.
+    let events = db.events(None, None, 100).await.unwrap();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].detail, winner);
+    assert_eq!(events[0].rule, "freeze");
     assert_eq!(
         vehicle(&db, "VIN-RACE").await.last_manifest_counter,
         Some(1)
     );
+}
+
+/// The director checks ECU report counters against what it read; a check-in that committed in
+/// between may have moved them. The store re-checks: a report whose counter is not above the
+/// stored one changes nothing (installed image, counter, assignments) and is recorded as a
+/// `replay` event, while the rest of the check-in is accepted.
+async fn stale_ecu_report_in_an_accepted_checkin_is_not_stored(url: String) {
+    let db = connect(&url).await;
+    db.register_vehicle(&new_vehicle("VIN-S")).await.unwrap();
+    let a = assignment("VIN-S", "TBOX-1", "tbox/fw-7.bin", 7);
+    let id = db.create_assignment(&a).await.unwrap();
+    let factory = Installed {
+        target: "tbox/fw-1.bin".into(),
+        length: 1,
+        hashes: hashes("1"),
+        release_counter: 1,
+    };
+    db.record_checkin(&checkin(
+        "VIN-S",
+        1,
+        vec![report("TBOX-1", factory.clone(), 5)],
+    ))
+    .await
+    .unwrap();
+    let mut stale = checkin("VIN-S", 2, vec![report("TBOX-1", installed_as(&a), 5)]);
+    stale.remote = Some("10.0.0.7:4242");
+    assert_eq!(db.record_checkin(&stale).await.unwrap(), Vec::<i64>::new());
+    let v = vehicle(&db, "VIN-S").await;
+    assert_eq!(
+        v.last_manifest_counter,
+        Some(2),
+        "the check-in itself counts"
+    );
+    let tbox = v.ecus.iter().find(|e| e.ecu_id == "TBOX-1").unwrap();
+    assert_eq!(tbox.installed, Some(factory));
+    assert_eq!(tbox.last_report_counter, Some(5));
+    let stored = db.assignments(Some("VIN-S"), None).await.unwrap();
+    assert_eq!((stored[0].id, stored[0].status.as_str()), (id, "pending"));
+    let events = db.events(Some("VIN-S"), Some("replay"), 10).await.unwrap();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].ecu_id.as_deref(), Some("TBOX-1"));
+    assert_eq!(events[0].remote.as_deref(), Some("10.0.0.7:4242"));
 }
 
 async fn director_roles_replace_only_from_the_version_read(url: String) {
@@ -819,6 +887,178 @@ async fn security_events_filter_and_limit(url: String) {
     assert_eq!(d, ["event 4", "event 3"]);
     assert_eq!(db.events(None, None, 0).await.unwrap().len(), 1);
     assert_eq!(db.count("security_events").await.unwrap(), 5);
+}
+
+fn event<'a>(
+    rule: &'a str,
+    vin: Option<&'a str>,
+    remote: &'a str,
+    detail: &'a str,
+) -> NewEvent<'a> {
+    NewEvent {
+        source: "server",
+        rule,
+        vin,
+        ecu_id: None,
+        remote: Some(remote),
+        detail,
+    }
+}
+
+/// A repeat of an event (same source, rule, vehicle, ECU, detail, client address — the port
+/// may differ) within the window is counted on its row, which moves to the newest ID; any
+/// difference, or a gap longer than the window, makes a new row.
+async fn identical_events_within_the_window_are_counted_on_one_row(url: String) {
+    let db = connect(&url)
+        .await
+        .with_event_window(std::time::Duration::from_secs(60));
+    let now = chrono::Utc::now();
+    let e = event("replay", Some("VIN-1"), "10.0.0.1:4000", "counter 3");
+    db.record_event_at(
+        &e,
+        now - chrono::Duration::seconds(30),
+        Aggregate::Identical,
+    )
+    .await
+    .unwrap();
+    let first = db.events(None, None, 10).await.unwrap();
+    let other = event("replay", Some("VIN-2"), "10.0.0.1:4000", "counter 3");
+    db.record_event(&other).await.unwrap();
+    for port in [4001, 4002] {
+        let remote = format!("10.0.0.1:{port}");
+        let again = event("replay", Some("VIN-1"), &remote, "counter 3");
+        db.record_event_at(&again, now, Aggregate::Identical)
+            .await
+            .unwrap();
+    }
+    let all = db.events(None, None, 10).await.unwrap();
+    assert_eq!(all.len(), 2, "{all:?}");
+    let counted = &all[0];
+    assert_eq!(counted.vin.as_deref(), Some("VIN-1"));
+    assert_eq!(counted.count, 3);
+    assert_eq!(counted.at, first[0].at, "first seen");
+    assert_eq!(
+        counted.last_at,
+        now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    );
+    assert!(counted.id > first[0].id, "a repeat moves to the newest ID");
+    assert_eq!(all[1].count, 1);
+    // A different detail, another address, or a gap past the window: new rows.
+    db.record_event(&event("replay", Some("VIN-1"), "10.0.0.1:1", "counter 4"))
+        .await
+        .unwrap();
+    db.record_event(&event("replay", Some("VIN-1"), "10.0.0.2:1", "counter 3"))
+        .await
+        .unwrap();
+    db.record_event_at(
+        &e,
+        now + chrono::Duration::seconds(120),
+        Aggregate::Identical,
+    )
+    .await
+    .unwrap();
+    let all = db.events(None, None, 10).await.unwrap();
+    assert_eq!(all.len(), 5, "{all:?}");
+    assert_eq!(all.iter().map(|e| e.count).sum::<u64>(), 7);
+}
+
+/// Over its rate, an event is counted on the latest row of its client address and rule,
+/// whatever its vehicle or detail: one address cannot write rows about every VIN.
+async fn events_over_their_rate_are_counted_per_address_and_rule(url: String) {
+    let db = connect(&url).await;
+    db.record_event(&event(
+        "client-certificate-required",
+        Some("VIN-A"),
+        "10.0.0.9:1",
+        "no cert",
+    ))
+    .await
+    .unwrap();
+    for i in 0..50 {
+        let vin = format!("VIN-{i}");
+        let e = event(
+            "client-certificate-required",
+            Some(&vin),
+            "10.0.0.9:2",
+            "no cert",
+        );
+        db.record_event_at(&e, chrono::Utc::now(), Aggregate::SameAddressAndRule)
+            .await
+            .unwrap();
+    }
+    // Another address and another rule are not folded in.
+    let e = event(
+        "client-certificate-required",
+        Some("VIN-B"),
+        "10.0.0.8:1",
+        "no cert",
+    );
+    db.record_event_at(&e, chrono::Utc::now(), Aggregate::SameAddressAndRule)
+        .await
+        .unwrap();
+    let e = event("vin-mismatch", Some("VIN-B"), "10.0.0.9:1", "x");
+    db.record_event_at(&e, chrono::Utc::now(), Aggregate::SameAddressAndRule)
+        .await
+        .unwrap();
+    let all = db.events(None, None, 100).await.unwrap();
+    assert_eq!(all.len(), 3, "{all:?}");
+    let flood = all
+        .iter()
+        .find(|e| {
+            e.remote.as_deref() == Some("10.0.0.9:1") && e.rule == "client-certificate-required"
+        })
+        .unwrap();
+    assert_eq!(flood.count, 51);
+    assert_eq!(
+        flood.vin.as_deref(),
+        Some("VIN-A"),
+        "the first occurrence's row"
+    );
+}
+
+/// Retention: rows last seen before the age limit go; then all but the newest `max_rows`.
+async fn retention_prunes_old_rows_and_keeps_the_newest(url: String) {
+    let db = connect(&url).await;
+    let now = chrono::Utc::now();
+    for i in 0..3 {
+        let detail = format!("old {i}");
+        let e = event("replay", None, "10.0.0.1:1", &detail);
+        db.record_event_at(&e, now - chrono::Duration::days(100), Aggregate::Identical)
+            .await
+            .unwrap();
+    }
+    for i in 0..5 {
+        let detail = format!("new {i}");
+        let e = event("replay", None, "10.0.0.1:1", &detail);
+        db.record_event_at(&e, now - chrono::Duration::days(1), Aggregate::Identical)
+            .await
+            .unwrap();
+    }
+    let day = std::time::Duration::from_secs(86_400);
+    assert_eq!(db.prune_events(now, None, None).await.unwrap(), 0);
+    assert_eq!(db.prune_events(now, Some(90 * day), None).await.unwrap(), 3);
+    let left: Vec<String> = db
+        .events(None, None, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.detail)
+        .collect();
+    assert_eq!(left, ["new 4", "new 3", "new 2", "new 1", "new 0"]);
+    assert_eq!(db.prune_events(now, None, Some(2)).await.unwrap(), 3);
+    let left: Vec<String> = db
+        .events(None, None, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.detail)
+        .collect();
+    assert_eq!(left, ["new 4", "new 3"]);
+    // Nothing more to do: both bounds hold.
+    assert_eq!(
+        db.prune_events(now, Some(90 * day), Some(2)).await.unwrap(),
+        0
+    );
 }
 
 async fn image_keys_store_replace_read(url: String) {
