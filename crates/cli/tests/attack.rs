@@ -84,6 +84,7 @@ scenarios! {
     in_vehicle_tamper => "in-vehicle-tamper",
     bus_indicator_erasure => "bus-indicator-erasure",
     request_flood => "request-flood",
+    connection_flood => "connection-flood",
 }
 
 /// A negative control: the scenario against a deliberately naive component must come out

@@ -9,6 +9,7 @@ use crate::{Findings, Harness, Info, Scenario};
 mod arbitrary_software;
 mod bus_indicator_erasure;
 mod compromised_secondary;
+mod connection_flood;
 mod director_key_compromise;
 mod drop_request;
 mod eavesdrop;
@@ -71,6 +72,7 @@ pub fn all() -> Vec<Scenario> {
             bus_indicator_erasure::run
         ),
         scenario!(request_flood::INFO, true, request_flood::run),
+        scenario!(connection_flood::INFO, true, connection_flood::run),
     ]
 }
 
