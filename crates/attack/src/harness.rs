@@ -388,6 +388,60 @@ impl Harness {
         self.check_event(f, rules, source).await
     }
 
+    /// Check 3 for one specific rule: as [`Harness::check_noticed`], but the vehicle's line
+    /// naming `rule` and the server's event must both also name `about` (e.g. the role:
+    /// `timestamp version` for a timestamp rollback). A family name alone (`rollback`) would
+    /// also be satisfied by the next check in line, so a missing check could go unseen.
+    pub async fn check_noticed_about(
+        &self,
+        f: &mut Findings,
+        run: &VehicleRun,
+        rules: &[&str],
+        about: &str,
+        source: &str,
+    ) -> anyhow::Result<()> {
+        let output = format!("{}\n{}", run.stderr, run.stdout);
+        let rule = rules.join(" or ");
+        let line = output
+            .lines()
+            .find(|l| rules.iter().any(|r| l.contains(r)) && l.contains(about));
+        f.check(
+            format!("the vehicle names the rule ({rule}: {about})"),
+            line.is_some(),
+            line.map_or_else(
+                || {
+                    format!(
+                        "no line names {rule} for {about}: {}",
+                        first_line_with(&output, rules.first().copied().unwrap_or_default())
+                    )
+                },
+                |l| l.chars().take(200).collect(),
+            ),
+        );
+        let mark = self.mark.load(std::sync::atomic::Ordering::SeqCst);
+        let events = self.events().await?;
+        let hit = events.iter().find(|e| {
+            e.get("id").and_then(Value::as_i64).unwrap_or(0) > mark
+                && e.get("rule")
+                    .and_then(Value::as_str)
+                    .is_some_and(|r| rules.contains(&r))
+                && e.get("source").and_then(Value::as_str) == Some(source)
+                && e.get("detail")
+                    .and_then(Value::as_str)
+                    .is_some_and(|d| d.contains(about))
+        });
+        f.check(
+            format!("the server recorded a {source} security event ({rule}: {about})"),
+            hit.is_some(),
+            hit.and_then(|e| e.get("detail").and_then(Value::as_str))
+                .unwrap_or("no such event")
+                .chars()
+                .take(160)
+                .collect::<String>(),
+        );
+        Ok(())
+    }
+
     /// A security event with one of `rules` from `source`, newer than the last cycle.
     pub async fn check_event(
         &self,

@@ -25,6 +25,23 @@ pub const INFO: Info = Info {
     expected: "defeated: older snapshot under the current timestamp, older targets under the current snapshot (image repository) and older director targets under the director's current snapshot all refused against the length and hashes the newer document signed (hash-mismatch, length-mismatch, or endless-data when the older document is longer and the download is cut at the signed length); nothing installed, no trusted version goes down; the vehicle reports it, the server records it; the complete current set installs once the attacker leaves",
 };
 
+/// A T-BOX beta build, offered and declined, then replaced.
+const BETA: &str = "tbox/fw-3.0-beta.bin";
+/// The build that replaced it.
+const FINAL: &str = "tbox/fw-3.0.bin";
+
+/// Whether `body` is a targets document.
+fn is_targets(body: &[u8]) -> bool {
+    serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|v| {
+            v.pointer("/signed/_type")
+                .and_then(Value::as_str)
+                .map(|t| t == "targets")
+        })
+        .unwrap_or(false)
+}
+
 /// The snapshot and top-level targets versions the image repository serves now.
 fn current_image_versions(h: &Harness) -> anyhow::Result<(u64, u64)> {
     let state = rampart_server::ops::image_repo(&h.lab.layout).state()?;
@@ -94,7 +111,8 @@ pub async fn run(h: Harness) -> anyhow::Result<Findings> {
         missing.push("the older image snapshot was never requested".to_owned());
     }
     h.check_refused(&mut f, &run);
-    h.check_noticed(&mut f, &run, &mismatch, "vehicle").await?;
+    h.check_noticed_about(&mut f, &run, &mismatch, "snapshot", "vehicle")
+        .await?;
     let after = h.trust_state().await?;
     h.check_state(&mut f, &after, &[]);
     check_unchanged(&mut f, &before, &after);
@@ -120,7 +138,8 @@ pub async fn run(h: Harness) -> anyhow::Result<Findings> {
         missing.push("the older image targets were never requested".to_owned());
     }
     h.check_refused(&mut f, &run);
-    h.check_noticed(&mut f, &run, &mismatch, "vehicle").await?;
+    h.check_noticed_about(&mut f, &run, &mismatch, "targets", "vehicle")
+        .await?;
     let after = h.trust_state().await?;
     h.check_state(&mut f, &after, &[]);
     check_unchanged(&mut f, &before, &after);
@@ -135,15 +154,7 @@ pub async fn run(h: Harness) -> anyhow::Result<Findings> {
     h.proxy.add(Rule::get(
         &director_meta,
         Action::Mutate(Arc::new(move |body: &[u8]| {
-            let is_targets = serde_json::from_slice::<Value>(body)
-                .ok()
-                .and_then(|v| {
-                    v.pointer("/signed/_type")
-                        .and_then(Value::as_str)
-                        .map(|t| t == "targets")
-                })
-                .unwrap_or(false);
-            if is_targets {
+            if is_targets(body) {
                 old.clone()
             } else {
                 body.to_vec()
@@ -165,19 +176,73 @@ pub async fn run(h: Harness) -> anyhow::Result<Findings> {
         missing.push("the older director targets were never requested".to_owned());
     }
     h.check_refused(&mut f, &run);
-    h.check_noticed(&mut f, &run, &mismatch, "vehicle").await?;
+    h.check_noticed_about(&mut f, &run, &mismatch, "targets", "vehicle")
+        .await?;
     let after = h.trust_state().await?;
     h.check_state(&mut f, &after, &[]);
     check_unchanged(&mut f, &before, &after);
 
-    // 4. The attacker leaves: the complete current set installs, and only that set.
+    // 4. A mix whose images exist: the operator offered the T-BOX a beta build, its owner
+    //    declined, and the operator replaced the beta by the final build. The attacker
+    //    recorded the director targets that named the beta and serves them under the
+    //    director's current timestamp and snapshot. The beta's bytes are genuinely published,
+    //    exactly as those targets name them: a vehicle that took the mix would install the
+    //    beta, so "nothing the attacker chose is installed" can fail here.
+    h.proxy.clear();
+    h.proxy.clear_log();
+    release(&h, BETA, "tbox-a", "3.0-beta").await?;
+    h.lab.run_vehicle(0, "deny").await?;
+    let beta_targets = recorded(
+        &director_meta,
+        ".targets.json",
+        "director targets naming the beta",
+    )?;
+    anyhow::ensure!(
+        String::from_utf8_lossy(&beta_targets).contains(BETA),
+        "the recorded director targets do not name {BETA}"
+    );
+    release(&h, FINAL, "tbox-a", "3.0").await?;
+    let before_mix = h.trust_state().await?;
+    h.proxy.clear_log();
+    let beta = beta_targets.clone();
+    h.proxy.add(Rule::get(
+        &director_meta,
+        Action::Mutate(Arc::new(move |body: &[u8]| {
+            if is_targets(body) {
+                beta.clone()
+            } else {
+                body.to_vec()
+            }
+        })),
+    ));
+    let run = h.cycle().await?;
+    let n = evidence_forged(
+        &mut f,
+        &h,
+        ".targets.json",
+        &format!(
+            "director targets v{} naming {BETA} (declined, then replaced by {FINAL}) served under the director's current snapshot; {BETA}'s bytes are published as those targets name them",
+            version_of(&beta_targets)
+        ),
+    );
+    if n == 0 {
+        missing.push("the recorded beta instructions were never requested".to_owned());
+    }
+    h.check_refused(&mut f, &run);
+    h.check_noticed_about(&mut f, &run, &mismatch, "targets", "vehicle")
+        .await?;
+    let after = h.trust_state().await?;
+    h.check_state(&mut f, &after, &[BETA]);
+    check_unchanged(&mut f, &before_mix, &after);
+
+    // 5. The attacker leaves: the complete current set installs, and only that set.
     h.check_recovers(&mut f).await?;
     let after = h.trust_state().await?;
     check_runs(
         &mut f,
         &after,
         &tbox,
-        "tbox/fw-2.1.bin",
+        FINAL,
         "the current T-BOX release installs once the attacker leaves",
     );
     check_runs(
@@ -194,7 +259,7 @@ pub async fn run(h: Harness) -> anyhow::Result<Findings> {
         "ivi/app-2.0.bin",
         "the IVI keeps its (current) release",
     );
-    h.check_state(&mut f, &after, &[]);
+    h.check_state(&mut f, &after, &[BETA]);
     finish(&mut f, &missing);
     Ok(f)
 }

@@ -192,6 +192,36 @@ pub(super) async fn genuine_cycle(h: &Harness, what: &str) -> anyhow::Result<()>
     Ok(())
 }
 
+/// The snapshot version a timestamp document lists.
+fn snapshot_listed(timestamp: &[u8]) -> u64 {
+    serde_json::from_slice::<Value>(timestamp)
+        .ok()
+        .and_then(|v| {
+            v.pointer("/signed/meta/snapshot.json/version")
+                .and_then(Value::as_u64)
+        })
+        .unwrap_or(0)
+}
+
+/// Has the image repository re-sign its timestamp alone (same snapshot), as the server does
+/// when the timestamp nears expiry and nothing else changed.
+fn resign_image_timestamp_only(h: &Harness) -> anyhow::Result<()> {
+    let config = rampart_server::config::Config::load(&h.lab.layout)?;
+    let online = config.image_online_keys(&h.lab.layout)?;
+    let repo = rampart_server::ops::image_repo(&h.lab.layout);
+    let state = repo.state()?;
+    // "Now" is the moment the timestamp is within half its lifetime of expiring, while the
+    // snapshot is not: only the timestamp is re-signed.
+    let left = state.timestamp.expires.at() - chrono::Utc::now();
+    let later = chrono::Utc::now() + left - chrono::Duration::seconds(left.num_seconds() / 4);
+    let done = repo.refresh_online(&online, later)?;
+    anyhow::ensure!(
+        done == ["timestamp"],
+        "expected the timestamp alone to be re-signed, got {done:?}"
+    );
+    Ok(())
+}
+
 /// Runs it.
 pub async fn run(h: Harness) -> anyhow::Result<Findings> {
     let mut f = Findings::default();
@@ -243,11 +273,52 @@ pub async fn run(h: Harness) -> anyhow::Result<Findings> {
         missing.push("the replayed image timestamp was never requested".to_owned());
     }
     h.check_refused(&mut f, &run);
-    h.check_noticed(&mut f, &run, &["rollback"], "vehicle")
+    h.check_noticed_about(&mut f, &run, &["rollback"], "timestamp version", "vehicle")
         .await?;
     let after = h.trust_state().await?;
     h.check_state(&mut f, &after, &["tbox/fw-2.0.bin"]);
     check_unchanged(&mut f, &before, &after);
+
+    // 1b. A replayed timestamp that names the *current* snapshot: the server re-signs its
+    //     timestamp as it nears expiry without a new snapshot, so the one the attacker
+    //     recorded just before is older yet lists the very snapshot the vehicle trusts. Only
+    //     the timestamp's own version check stands between it and the vehicle.
+    h.proxy.clear();
+    h.proxy.clear_log();
+    let current_ts = std::fs::read(h.lab.layout.image_metadata().join("timestamp.json"))?;
+    resign_image_timestamp_only(&h)?;
+    // The vehicle verifies (and so trusts) the re-signed timestamp; its owner declines 2.2
+    // for now, so the release stays in flight and the next cycle fetches the image
+    // repository again.
+    h.lab.run_vehicle(0, "deny").await?;
+    let trusted = trusted_version(&h, "primary/image/timestamp").await?;
+    anyhow::ensure!(
+        trusted > version_of(&current_ts),
+        "the vehicle did not take the re-signed timestamp (trusts v{trusted})"
+    );
+    let before_1b = h.trust_state().await?;
+    h.proxy.clear_log();
+    h.proxy
+        .add(Rule::get(image_ts, Action::Replace(current_ts.clone())));
+    let run = h.cycle().await?;
+    let n = evidence_forged(
+        &mut f,
+        &h,
+        image_ts,
+        &format!(
+            "image timestamp v{} replayed while the vehicle trusts v{trusted}; both list snapshot v{}",
+            version_of(&current_ts),
+            snapshot_listed(&current_ts)
+        ),
+    );
+    if n == 0 {
+        missing.push("the replayed same-snapshot timestamp was never requested".to_owned());
+    }
+    h.check_refused(&mut f, &run);
+    h.check_noticed_about(&mut f, &run, &["rollback"], "timestamp version", "vehicle")
+        .await?;
+    let after = h.trust_state().await?;
+    check_unchanged(&mut f, &before_1b, &after);
 
     // 2. Replay of the older director timestamp (it led to the instruction to install 2.0).
     let trusted = trusted_version(&h, "primary/director/timestamp").await?;
@@ -272,7 +343,7 @@ pub async fn run(h: Harness) -> anyhow::Result<Findings> {
         missing.push("the replayed director timestamp was never requested".to_owned());
     }
     h.check_refused(&mut f, &run);
-    h.check_noticed(&mut f, &run, &["rollback"], "vehicle")
+    h.check_noticed_about(&mut f, &run, &["rollback"], "timestamp version", "vehicle")
         .await?;
     let after = h.trust_state().await?;
     h.check_state(&mut f, &after, &["tbox/fw-2.0.bin"]);
