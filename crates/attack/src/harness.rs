@@ -51,6 +51,23 @@ pub struct TrustState {
     pub director_view: BTreeMap<String, String>,
 }
 
+/// What one attack attempt must show, judged by [`Harness::attempt`].
+#[derive(Debug, Clone)]
+pub struct Attempt<'a> {
+    /// What the attacker served, for the evidence line.
+    pub what: String,
+    /// Forged answers on paths containing this are the evidence that the attack reached
+    /// the vehicle (it requested them).
+    pub filter: &'a str,
+    /// The vehicle must name one of these rules…
+    pub rules: &'a [&'a str],
+    /// …about this (e.g. the role), when the rule family alone could be met by another
+    /// check than the one under test.
+    pub about: Option<&'a str>,
+    /// Images the attacker chose: none may be installed.
+    pub forbidden: &'a [&'a str],
+}
+
 /// A lab with an attacker in place.
 pub struct Harness {
     /// The fleet.
@@ -522,6 +539,65 @@ impl Harness {
         );
     }
 
+    /// The steps every attack attempt repeats, with the attacker's rules already on the
+    /// proxy: one cycle; evidence that the forged answers reached the vehicle (if none did,
+    /// the step goes to `missing` and the verdict cannot be `defeated`); the vehicle refused;
+    /// it named the rule (about the right thing) and the server recorded it; nothing the
+    /// attacker chose is installed; nothing moved against `before`.
+    pub async fn attempt(
+        &self,
+        f: &mut Findings,
+        missing: &mut Vec<String>,
+        before: &TrustState,
+        a: Attempt<'_>,
+    ) -> anyhow::Result<VehicleRun> {
+        self.proxy.clear_log();
+        let run = self.cycle().await?;
+        if self.evidence_forged(f, a.filter, &a.what) == 0 {
+            missing.push(format!("never requested: {}", a.what));
+        }
+        self.check_refused(f, &run);
+        match a.about {
+            Some(about) => {
+                self.check_noticed_about(f, &run, a.rules, about, "vehicle")
+                    .await?
+            }
+            None => self.check_noticed(f, &run, a.rules, "vehicle").await?,
+        }
+        let after = self.trust_state().await?;
+        self.check_state(f, &after, a.forbidden);
+        check_unchanged(f, before, &after);
+        Ok(run)
+    }
+
+    /// Records, as one line of evidence, every answer the attacker forged on a path
+    /// containing `filter` (each one a request of the vehicle); returns how many there were.
+    pub fn evidence_forged(&self, f: &mut Findings, filter: &str, what: &str) -> usize {
+        let forged: Vec<String> = self
+            .proxy
+            .forged()
+            .into_iter()
+            .filter(|s| s.path.contains(filter))
+            .map(|s| {
+                format!(
+                    "{} {} → {}, {} bytes, sha256 {}…",
+                    s.method,
+                    s.path,
+                    s.action,
+                    s.bytes,
+                    s.sha256.as_deref().and_then(|h| h.get(..12)).unwrap_or("")
+                )
+            })
+            .collect();
+        if !forged.is_empty() {
+            f.evidence(format!(
+                "{what} — the vehicle requested, the attacker answered: {}",
+                forged.join("; ")
+            ));
+        }
+        forged.len()
+    }
+
     /// Check 4: once the attacker leaves, a cycle succeeds.
     pub async fn check_recovers(&self, f: &mut Findings) -> anyhow::Result<VehicleRun> {
         self.proxy.clear();
@@ -542,6 +618,50 @@ impl Harness {
         );
         Ok(run)
     }
+}
+
+/// Checks the attack changed nothing against the state just before it: every ECU runs what
+/// it ran, and no trusted metadata version went down.
+pub fn check_unchanged(f: &mut Findings, before: &TrustState, after: &TrustState) {
+    let runs = |state: &TrustState, ecu: &str| {
+        state
+            .running
+            .get(ecu)
+            .map(|(img, counter)| format!("{img}#{counter}"))
+            .unwrap_or_else(|| "(nothing)".to_owned())
+    };
+    let moved: Vec<String> = before
+        .running
+        .iter()
+        .filter(|(ecu, img)| after.running.get(*ecu) != Some(*img))
+        .map(|(ecu, (img, c))| format!("{ecu}: {img}#{c} → {}", runs(after, ecu)))
+        .collect();
+    f.check(
+        "every ECU still runs what it ran before the attack",
+        moved.is_empty(),
+        if moved.is_empty() {
+            format!("{} ECUs unchanged", before.running.len())
+        } else {
+            moved.join("; ")
+        },
+    );
+    let back: Vec<String> = before
+        .versions
+        .iter()
+        .filter_map(|(k, v)| {
+            let now = after.versions.get(k)?;
+            (now < v).then(|| format!("{k}: {v} → {now}"))
+        })
+        .collect();
+    f.check(
+        "no trusted metadata version went below what it was before the attack",
+        back.is_empty(),
+        if back.is_empty() {
+            format!("{} trusted files checked", after.versions.len())
+        } else {
+            back.join("; ")
+        },
+    );
 }
 
 fn describe(running: &BTreeMap<String, (String, u64)>) -> String {

@@ -9,10 +9,8 @@ use std::sync::Arc;
 use rampart_lab::image_bytes;
 use serde_json::Value;
 
-use super::rollback::{
-    check_runs, check_unchanged, evidence_forged, fetched, finish, genuine_cycle, release,
-    version_of,
-};
+use super::rollback::{check_runs, fetched, finish, genuine_cycle, release, version_of};
+use crate::harness::Attempt;
 use crate::proxy::{Action, Rule};
 use crate::{Findings, Harness, Info};
 
@@ -93,56 +91,48 @@ pub async fn run(h: Harness) -> anyhow::Result<Findings> {
     let (snapshot_now, targets_now) = current_image_versions(&h)?;
 
     // 1. The current timestamp (it names snapshot v{snapshot_now}) with an older snapshot.
-    h.proxy.clear_log();
     let path = format!("/image/metadata/{snapshot_now}.snapshot.json");
     h.proxy
         .add(Rule::get(&path, Action::Replace(old_snapshot.clone())));
-    let run = h.cycle().await?;
-    let n = evidence_forged(
+    h.attempt(
         &mut f,
-        &h,
-        &path,
-        &format!(
-            "image snapshot v{} served under the current timestamp, which names snapshot v{snapshot_now}",
-            version_of(&old_snapshot)
-        ),
-    );
-    if n == 0 {
-        missing.push("the older image snapshot was never requested".to_owned());
-    }
-    h.check_refused(&mut f, &run);
-    h.check_noticed_about(&mut f, &run, &mismatch, "snapshot", "vehicle")
-        .await?;
-    let after = h.trust_state().await?;
-    h.check_state(&mut f, &after, &[]);
-    check_unchanged(&mut f, &before, &after);
+        &mut missing,
+        &before,
+        Attempt {
+            what: format!(
+                "image snapshot v{} served under the current timestamp, which names snapshot v{snapshot_now}",
+                version_of(&old_snapshot)
+            ),
+            filter: &path,
+            rules: &mismatch,
+            about: Some("snapshot"),
+            forbidden: &[],
+        },
+    )
+    .await?;
 
     // 2. The current timestamp and snapshot (naming targets v{targets_now}) with an older
     //    targets.
     h.proxy.clear();
-    h.proxy.clear_log();
     let path = format!("/image/metadata/{targets_now}.targets.json");
     h.proxy
         .add(Rule::get(&path, Action::Replace(old_targets.clone())));
-    let run = h.cycle().await?;
-    let n = evidence_forged(
+    h.attempt(
         &mut f,
-        &h,
-        &path,
-        &format!(
-            "image targets v{} served under the current snapshot, which names targets v{targets_now}",
-            version_of(&old_targets)
-        ),
-    );
-    if n == 0 {
-        missing.push("the older image targets were never requested".to_owned());
-    }
-    h.check_refused(&mut f, &run);
-    h.check_noticed_about(&mut f, &run, &mismatch, "targets", "vehicle")
-        .await?;
-    let after = h.trust_state().await?;
-    h.check_state(&mut f, &after, &[]);
-    check_unchanged(&mut f, &before, &after);
+        &mut missing,
+        &before,
+        Attempt {
+            what: format!(
+                "image targets v{} served under the current snapshot, which names targets v{targets_now}",
+                version_of(&old_targets)
+            ),
+            filter: &path,
+            rules: &mismatch,
+            about: Some("targets"),
+            forbidden: &[],
+        },
+    )
+    .await?;
 
     // 3. The director's instructions change (the body controller joins the release); the
     //    attacker serves the director's current timestamp and snapshot with its older targets,
@@ -161,26 +151,23 @@ pub async fn run(h: Harness) -> anyhow::Result<Findings> {
             }
         })),
     ));
-    let run = h.cycle().await?;
     // Only targets answers were changed (timestamp and snapshot went through as they were).
-    let n = evidence_forged(
+    h.attempt(
         &mut f,
-        &h,
-        ".targets.json",
-        &format!(
-            "director targets v{} served under the director's current snapshot",
-            version_of(&old_director_targets)
-        ),
-    );
-    if n == 0 {
-        missing.push("the older director targets were never requested".to_owned());
-    }
-    h.check_refused(&mut f, &run);
-    h.check_noticed_about(&mut f, &run, &mismatch, "targets", "vehicle")
-        .await?;
-    let after = h.trust_state().await?;
-    h.check_state(&mut f, &after, &[]);
-    check_unchanged(&mut f, &before, &after);
+        &mut missing,
+        &before,
+        Attempt {
+            what: format!(
+                "director targets v{} served under the director's current snapshot",
+                version_of(&old_director_targets)
+            ),
+            filter: ".targets.json",
+            rules: &mismatch,
+            about: Some("targets"),
+            forbidden: &[],
+        },
+    )
+    .await?;
 
     // 4. A mix whose images exist: the operator offered the T-BOX a beta build, its owner
     //    declined, and the operator replaced the beta by the final build. The attacker
@@ -215,25 +202,22 @@ pub async fn run(h: Harness) -> anyhow::Result<Findings> {
             }
         })),
     ));
-    let run = h.cycle().await?;
-    let n = evidence_forged(
+    h.attempt(
         &mut f,
-        &h,
-        ".targets.json",
-        &format!(
-            "director targets v{} naming {BETA} (declined, then replaced by {FINAL}) served under the director's current snapshot; {BETA}'s bytes are published as those targets name them",
-            version_of(&beta_targets)
-        ),
-    );
-    if n == 0 {
-        missing.push("the recorded beta instructions were never requested".to_owned());
-    }
-    h.check_refused(&mut f, &run);
-    h.check_noticed_about(&mut f, &run, &mismatch, "targets", "vehicle")
-        .await?;
-    let after = h.trust_state().await?;
-    h.check_state(&mut f, &after, &[BETA]);
-    check_unchanged(&mut f, &before_mix, &after);
+        &mut missing,
+        &before_mix,
+        Attempt {
+            what: format!(
+                "director targets v{} naming {BETA} (declined, then replaced by {FINAL}) served under the director's current snapshot; {BETA}'s bytes are published as those targets name them",
+                version_of(&beta_targets)
+            ),
+            filter: ".targets.json",
+            rules: &mismatch,
+            about: Some("targets"),
+            forbidden: &[BETA],
+        },
+    )
+    .await?;
 
     // 5. The attacker leaves: the complete current set installs, and only that set.
     h.check_recovers(&mut f).await?;

@@ -10,8 +10,9 @@ use rampart_lab::image_bytes;
 use rampart_server::ops::PublishRequest;
 use serde_json::Value;
 
+use crate::harness::Attempt;
 use crate::harness::TrustState;
-use crate::proxy::{Action, Rule, Served};
+use crate::proxy::{Action, Rule};
 use crate::{Findings, Harness, Info};
 
 /// Description.
@@ -22,15 +23,6 @@ pub const INFO: Info = Info {
     control: "trusted metadata only moves forward: a timestamp older than the trusted one is refused (TUF 5.4), in both repositories; Uptane release counters: no ECU installs an image whose release counter is below the one it runs, checked by the primary for every ECU (the partial-verification BCM included) before anything is downloaded",
     expected: "defeated: replayed image-repository and director timestamps refused (rollback), older images refused (release-counter-decreased); nothing installed, no trusted version goes down; the vehicle reports it, the server records it; the current release installs once the attacker leaves",
 };
-
-/// The first 12 hex digits of the SHA-256 of a body the proxy sent.
-pub(super) fn sha12(s: &Served) -> String {
-    s.sha256
-        .as_deref()
-        .and_then(|h| h.get(..12))
-        .unwrap_or("")
-        .to_owned()
-}
 
 /// The newest body the proxy forwarded (200, not forged) for a GET whose path starts with
 /// `prefix` and ends with `suffix`: what the vehicle really fetched, as the attacker saw it.
@@ -79,69 +71,11 @@ pub(super) fn check_runs(f: &mut Findings, state: &TrustState, ecu: &str, image:
     );
 }
 
-/// Checks the attack changed nothing against the state just before it: every ECU runs what
-/// it ran, and no trusted metadata version went down.
-pub(super) fn check_unchanged(f: &mut Findings, before: &TrustState, after: &TrustState) {
-    let moved: Vec<String> = before
-        .running
-        .iter()
-        .filter(|(ecu, img)| after.running.get(*ecu) != Some(*img))
-        .map(|(ecu, (img, c))| format!("{ecu}: {img}#{c} → {}", runs(after, ecu)))
-        .collect();
-    f.check(
-        "every ECU still runs what it ran before the attack",
-        moved.is_empty(),
-        if moved.is_empty() {
-            format!("{} ECUs unchanged", before.running.len())
-        } else {
-            moved.join("; ")
-        },
-    );
-    let back: Vec<String> = before
-        .versions
-        .iter()
-        .filter_map(|(k, v)| {
-            let now = after.versions.get(k)?;
-            (now < v).then(|| format!("{k}: {v} → {now}"))
-        })
-        .collect();
-    f.check(
-        "no trusted metadata version went below what it was before the attack",
-        back.is_empty(),
-        if back.is_empty() {
-            format!("{} trusted files checked", after.versions.len())
-        } else {
-            back.join("; ")
-        },
-    );
-}
+pub(super) use crate::harness::check_unchanged;
 
-/// Records, as one line of evidence, every answer the attacker forged on a path containing
-/// `filter` (each one a request of the vehicle); returns how many there were.
+/// [`Harness::evidence_forged`].
 pub(super) fn evidence_forged(f: &mut Findings, h: &Harness, filter: &str, what: &str) -> usize {
-    let forged: Vec<String> = h
-        .proxy
-        .forged()
-        .into_iter()
-        .filter(|s| s.path.contains(filter))
-        .map(|s| {
-            format!(
-                "{} {} → {}, {} bytes, sha256 {}…",
-                s.method,
-                s.path,
-                s.action,
-                s.bytes,
-                sha12(&s)
-            )
-        })
-        .collect();
-    if !forged.is_empty() {
-        f.evidence(format!(
-            "{what} — the vehicle requested, the attacker answered: {}",
-            forged.join("; ")
-        ));
-    }
-    forged.len()
+    h.evidence_forged(f, filter, what)
 }
 
 /// Marks the verdict inconclusive if some step of the attack never reached the vehicle.
@@ -255,29 +189,24 @@ pub async fn run(h: Harness) -> anyhow::Result<Findings> {
 
     // 1. Replay of the older image-repository timestamp.
     let trusted = trusted_version(&h, "primary/image/timestamp").await?;
-    h.proxy.clear_log();
     h.proxy
         .add(Rule::get(image_ts, Action::Replace(old_image_ts.clone())));
-    let run = h.cycle().await?;
-    let n = evidence_forged(
+    h.attempt(
         &mut f,
-        &h,
-        image_ts,
-        &format!(
-            "image timestamp v{} replayed (validly signed, recorded two releases ago) while the vehicle trusts v{}",
-            version_of(&old_image_ts),
-            trusted
-        ),
-    );
-    if n == 0 {
-        missing.push("the replayed image timestamp was never requested".to_owned());
-    }
-    h.check_refused(&mut f, &run);
-    h.check_noticed_about(&mut f, &run, &["rollback"], "timestamp version", "vehicle")
-        .await?;
-    let after = h.trust_state().await?;
-    h.check_state(&mut f, &after, &["tbox/fw-2.0.bin"]);
-    check_unchanged(&mut f, &before, &after);
+        &mut missing,
+        &before,
+        Attempt {
+            what: format!(
+                "image timestamp v{} replayed (validly signed, recorded two releases ago) while the vehicle trusts v{trusted}",
+                version_of(&old_image_ts)
+            ),
+            filter: image_ts,
+            rules: &["rollback"],
+            about: Some("timestamp version"),
+            forbidden: &["tbox/fw-2.0.bin"],
+        },
+    )
+    .await?;
 
     // 1b. A replayed timestamp that names the *current* snapshot: the server re-signs its
     //     timestamp as it nears expiry without a new snapshot, so the one the attacker
@@ -292,62 +221,55 @@ pub async fn run(h: Harness) -> anyhow::Result<Findings> {
     // repository again.
     h.lab.run_vehicle(0, "deny").await?;
     let trusted = trusted_version(&h, "primary/image/timestamp").await?;
-    anyhow::ensure!(
-        trusted > version_of(&current_ts),
-        "the vehicle did not take the re-signed timestamp (trusts v{trusted})"
-    );
+    if trusted <= version_of(&current_ts) {
+        missing.push(format!(
+            "the vehicle did not take the re-signed timestamp (trusts v{trusted})"
+        ));
+    }
     let before_1b = h.trust_state().await?;
-    h.proxy.clear_log();
     h.proxy
         .add(Rule::get(image_ts, Action::Replace(current_ts.clone())));
-    let run = h.cycle().await?;
-    let n = evidence_forged(
+    h.attempt(
         &mut f,
-        &h,
-        image_ts,
-        &format!(
-            "image timestamp v{} replayed while the vehicle trusts v{trusted}; both list snapshot v{}",
-            version_of(&current_ts),
-            snapshot_listed(&current_ts)
-        ),
-    );
-    if n == 0 {
-        missing.push("the replayed same-snapshot timestamp was never requested".to_owned());
-    }
-    h.check_refused(&mut f, &run);
-    h.check_noticed_about(&mut f, &run, &["rollback"], "timestamp version", "vehicle")
-        .await?;
-    let after = h.trust_state().await?;
-    check_unchanged(&mut f, &before_1b, &after);
+        &mut missing,
+        &before_1b,
+        Attempt {
+            what: format!(
+                "image timestamp v{} replayed while the vehicle trusts v{trusted}; both list snapshot v{}",
+                version_of(&current_ts),
+                snapshot_listed(&current_ts)
+            ),
+            filter: image_ts,
+            rules: &["rollback"],
+            about: Some("timestamp version"),
+            forbidden: &[],
+        },
+    )
+    .await?;
 
     // 2. Replay of the older director timestamp (it led to the instruction to install 2.0).
     let trusted = trusted_version(&h, "primary/director/timestamp").await?;
     h.proxy.clear();
-    h.proxy.clear_log();
     h.proxy.add(Rule::get(
         &director_ts,
         Action::Replace(old_director_ts.clone()),
     ));
-    let run = h.cycle().await?;
-    let n = evidence_forged(
+    h.attempt(
         &mut f,
-        &h,
-        &director_ts,
-        &format!(
-            "director timestamp v{} replayed (validly signed, recorded two releases ago) while the vehicle trusts v{}",
-            version_of(&old_director_ts),
-            trusted
-        ),
-    );
-    if n == 0 {
-        missing.push("the replayed director timestamp was never requested".to_owned());
-    }
-    h.check_refused(&mut f, &run);
-    h.check_noticed_about(&mut f, &run, &["rollback"], "timestamp version", "vehicle")
-        .await?;
-    let after = h.trust_state().await?;
-    h.check_state(&mut f, &after, &["tbox/fw-2.0.bin"]);
-    check_unchanged(&mut f, &before, &after);
+        &mut missing,
+        &before,
+        Attempt {
+            what: format!(
+                "director timestamp v{} replayed (validly signed, recorded two releases ago) while the vehicle trusts v{trusted}",
+                version_of(&old_director_ts)
+            ),
+            filter: &director_ts,
+            rules: &["rollback"],
+            about: Some("timestamp version"),
+            forbidden: &["tbox/fw-2.0.bin"],
+        },
+    )
+    .await?;
 
     // 3. An older image: release 2.0 is still listed, genuinely signed, by the image
     //    repository; the insider makes the director assign it again (release counter 2, the
