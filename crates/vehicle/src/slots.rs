@@ -10,9 +10,12 @@
 //!    length and every hash checked.
 //! 3. Only then does the boot-control file describe the slot again and switch to it:
 //!    `active` = the new slot, `pending` with 0 boot attempts, `last_good` still the old slot.
-//! 4. At each boot, a pending slot's attempt count goes up and the health check runs; success
-//!    makes it `last_good`; `max_boot_attempts` failures roll `active` back to `last_good`
-//!    and record the failure for the next version report.
+//! 4. At each boot, a pending slot's attempt count goes up (persisted first) and the health
+//!    check runs; success makes it `last_good`; `max_boot_attempts` failures roll `active`
+//!    back to `last_good` and record the failure for the next version report. A boot that
+//!    never finishes (the image crashes or hangs the ECU in its health check, the power goes)
+//!    counts as a failure too: once the attempts are used up, the next boot rolls back
+//!    without trying the slot again.
 //!
 //! So the boot-control file never describes a partly written slot as an image: a power cut
 //! at any point leaves the old file (old slot, untouched), the old file without the slot
@@ -327,6 +330,19 @@ impl Slots {
             return Ok(BootOutcome::Normal);
         };
         let mut next = self.state.clone();
+        let max = self.config.max_boot_attempts.max(1);
+        if pending.attempts >= max {
+            // Every allowed boot of the new slot ended before its health check answered (a
+            // crash, a hang the watchdog ended, a power cut): a further try could loop forever.
+            let outcome = roll_back(
+                &mut next,
+                pending.slot,
+                &format!("did not finish booting in {} attempt(s)", pending.attempts),
+            );
+            save(&self.config.boot_control, &next)?;
+            self.state = next;
+            return Ok(outcome);
+        }
         let attempts = pending.attempts + 1;
         next.pending = Some(Pending {
             slot: pending.slot,
@@ -340,21 +356,12 @@ impl Slots {
             next.last_good = pending.slot;
             next.pending = None;
             BootOutcome::Committed(pending.slot)
-        } else if attempts >= self.config.max_boot_attempts {
-            let failed_image = next
-                .image(pending.slot)
-                .map(|i| i.filename.clone())
-                .unwrap_or_default();
-            next.active = next.last_good;
-            next.pending = None;
-            next.last_failure = Some(format!(
-                "boot-failed: {failed_image} failed its health check {attempts} time(s); rolled back to slot {:?}",
-                next.last_good
-            ));
-            BootOutcome::RolledBack {
-                failed: pending.slot,
-                to: next.last_good,
-            }
+        } else if attempts >= max {
+            roll_back(
+                &mut next,
+                pending.slot,
+                &format!("failed its health check {attempts} time(s)"),
+            )
         } else {
             BootOutcome::Retrying {
                 slot: pending.slot,
@@ -395,6 +402,25 @@ impl Slots {
             .status()
             .map(|s| s.success())
             .unwrap_or(false)
+    }
+}
+
+/// Makes the last good slot active again after `failed` did not boot; notes why for the
+/// next version report.
+fn roll_back(next: &mut BootControl, failed: Slot, why: &str) -> BootOutcome {
+    let failed_image = next
+        .image(failed)
+        .map(|i| i.filename.clone())
+        .unwrap_or_default();
+    next.active = next.last_good;
+    next.pending = None;
+    next.last_failure = Some(format!(
+        "boot-failed: {failed_image} {why}; rolled back to slot {:?}",
+        next.last_good
+    ));
+    BootOutcome::RolledBack {
+        failed,
+        to: next.last_good,
     }
 }
 
@@ -577,6 +603,42 @@ mod tests {
         // The retry describes the slot again once it verified.
         assert_eq!(install(&mut s, "v3.bin", b"three").unwrap(), Slot::A);
         assert_eq!(on_disk(dir.path()).a.unwrap().filename, "v3.bin");
+    }
+
+    /// A new image that crashes the ECU during its health check never returns a failure,
+    /// only an attempt count persisted before each try: once `max_boot_attempts` were used,
+    /// the next boot rolls back without trying it again (else the ECU boot-loops forever).
+    #[test]
+    fn a_slot_that_used_up_its_boot_attempts_is_rolled_back_without_another_try() {
+        let dir = tempfile::tempdir().unwrap();
+        let ran = dir.path().join("health-check-ran");
+        let check = format!("touch {}", ran.display());
+        let mut s = slots(dir.path(), Some(&check));
+        install(&mut s, "crashes.bin", b"crashes at boot").unwrap();
+        // Two boots that died in the health check left this behind.
+        let mut crashed = on_disk(dir.path());
+        crashed.pending = Some(Pending {
+            slot: Slot::B,
+            attempts: 2,
+        });
+        fs::write(
+            dir.path().join("boot-control.json"),
+            serde_json::to_vec(&crashed).unwrap(),
+        )
+        .unwrap();
+        let mut s = Slots::open(config(dir.path(), Some(&check)), image("x", b"", 0)).unwrap();
+        assert_eq!(
+            s.boot().unwrap(),
+            BootOutcome::RolledBack {
+                failed: Slot::B,
+                to: Slot::A
+            }
+        );
+        assert!(!ran.exists(), "a third try of an image that crashed twice");
+        assert_eq!(s.running().unwrap().filename, "factory.bin");
+        assert_eq!(on_disk(dir.path()).active, Slot::A);
+        let failure = s.take_failure().unwrap().unwrap();
+        assert!(failure.contains("crashes.bin"), "{failure}");
     }
 
     /// A boot-control file whose active slot is neither the last good one nor on trial

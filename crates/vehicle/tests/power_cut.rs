@@ -582,6 +582,60 @@ impl Trial<'_> {
     }
 }
 
+/// An image that takes the ECU down during its health check at every boot (a hang ended by
+/// the watchdog, a crash) never makes the health check fail; the attempts counted before
+/// each try must still bring the ECU back to its old image after `max_boot_attempts`.
+#[tokio::test]
+async fn an_image_that_crashes_the_ecu_at_every_boot_is_rolled_back() {
+    let root = tempfile::tempdir().unwrap();
+    let images = Images {
+        factory: bytes("factory", 1000),
+        v1: bytes("v1", 5000),
+        v2: bytes("v2", 70_000),
+    };
+    let director = director(&images.v2);
+    let mut ecu = Ecu::create(root.path(), &director.root, Layout::RunningB, &images);
+    // The health check's parent is the ECU process.
+    ecu.config.slots.health_check = Some("kill -9 $PPID; sleep 5".into());
+    let config = toml::to_string(&ecu.config).unwrap();
+    std::fs::write(root.path().join("ecu.toml"), config).unwrap();
+    let addr = ecu.start();
+    let answer = send_install(addr, &director.bundle, &images.v2, None).await;
+    assert!(answer.is_none(), "the ECU answered {answer:?}");
+    ecu.child.take().unwrap().wait().unwrap();
+    let mut crashes = 1;
+    let addr = loop {
+        ecu.spawn();
+        let path = ecu.dir.join("state/listen-address");
+        let start = Instant::now();
+        let up = loop {
+            if std::fs::read_to_string(&path).is_ok() {
+                break true;
+            }
+            if ecu.child.as_mut().unwrap().try_wait().unwrap().is_some() {
+                break false;
+            }
+            assert!(start.elapsed() < Duration::from_secs(20), "{}", ecu.log());
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        if up {
+            break ecu.wait_listening();
+        }
+        ecu.child = None;
+        crashes += 1;
+        assert!(
+            crashes <= ecu.config.slots.max_boot_attempts,
+            "the ECU crashed at boot {crashes} times and never rolled back:\n{:#?}",
+            ecu.boot_control()
+        );
+    };
+    let (now, attacks) = running(addr).await.unwrap();
+    assert_eq!(now, installed("ivi/app-1.bin", &images.v1, 1));
+    assert!(attacks.contains("boot-failed"), "{attacks}");
+    let bc = check_boot_control(&ecu).unwrap();
+    assert_eq!((bc.active, bc.pending), (Slot::B, None));
+}
+
 /// Median duration of an uninterrupted install, from INSTALL_BEGIN to INSTALL_RESULT.
 async fn calibrate(root: &Path, director: &Director, images: &Images) -> Duration {
     let mut times = Vec::new();
