@@ -636,6 +636,46 @@ async fn an_image_that_crashes_the_ecu_at_every_boot_is_rolled_back() {
     assert_eq!((bc.active, bc.pending), (Slot::B, None));
 }
 
+/// A rollback is written to the boot-control file first, and moved into the ECU's attack
+/// indicators after: a cut between the two must not lose the report of the failed update.
+#[tokio::test]
+async fn a_rollback_is_reported_even_if_the_power_goes_right_after_it() {
+    let root = tempfile::tempdir().unwrap();
+    let images = Images {
+        factory: bytes("factory", 1000),
+        v1: bytes("v1", 5000),
+        v2: bytes("v2", 7000),
+    };
+    let director = director(&images.v2);
+    let ecu = Ecu::create(root.path(), &director.root, Layout::RunningB, &images);
+    // What a rollback to slot B writes, before the ECU records the indicator.
+    let mut bc = ecu.boot_control();
+    std::fs::write(ecu.slot_path(Slot::A), &images.v2).unwrap();
+    bc.a = Some(installed(TARGET, &images.v2, 2));
+    bc.last_failure = Some(format!(
+        "boot-failed: {TARGET} failed its health check 2 time(s); rolled back to slot B"
+    ));
+    std::fs::write(
+        &ecu.config.slots.boot_control,
+        serde_json::to_vec(&bc).unwrap(),
+    )
+    .unwrap();
+    let mut ecu = ecu;
+    let addr = ecu.start();
+    let (now, attacks) = running(addr).await.unwrap();
+    assert_eq!(now.filename, "ivi/app-1.bin");
+    assert!(
+        attacks.contains(&format!("boot-failed: {TARGET} failed its health check")),
+        "the rollback was not reported: {attacks:?}"
+    );
+    // Reported once, and kept by the ECU (not by the boot-control file) from then on.
+    assert_eq!(ecu.boot_control().last_failure, None);
+    ecu.kill();
+    let addr = ecu.start();
+    let (_, attacks) = running(addr).await.unwrap();
+    assert_eq!(attacks.matches("boot-failed").count(), 1, "{attacks}");
+}
+
 /// Median duration of an uninterrupted install, from INSTALL_BEGIN to INSTALL_RESULT.
 async fn calibrate(root: &Path, director: &Director, images: &Images) -> Duration {
     let mut times = Vec::new();
