@@ -307,6 +307,12 @@ impl Slots {
             written,
         } = writer;
         drop(file.sync_all().map_err(|e| io(&path, e))?);
+        // A slot file created by begin_write must still exist after a power cut once the
+        // boot-control file names it: make its directory entry durable too.
+        if let Some(dir) = path.parent() {
+            rampart_client::store::sync_dir(dir)
+                .map_err(|e| SlotError::BootControl(dir.display().to_string(), e.to_string()))?;
+        }
         if written != image.length {
             return Err(SlotError::Verify(rampart_core::Error::LengthMismatch {
                 what: format!("slot {slot:?}"),
