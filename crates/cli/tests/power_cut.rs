@@ -2,9 +2,11 @@
 //! one vehicle whose primary (`rampart vehicle --once`) is killed with SIGKILL at a random
 //! point of the download of a release, and — separately — at a random point of its
 //! distribution to the ECUs (between and while INSTALL frames are sent, while an ECU
-//! verifies and boots). After every cut, every ECU's boot-control file describes only
-//! slots that hold what it says and its active slot is valid; the next cycle finishes with
-//! every ECU on the new release.
+//! verifies and boots); a third kind cuts the whole vehicle (primary and every ECU) during
+//! distribution. After every cut, every ECU's boot-control file describes only slots that
+//! hold what it says and its active slot is valid; the next cycle — sometimes for a newer
+//! release the director assigned meanwhile — finishes with every ECU on the release and
+//! leaves no download behind.
 //!
 //! `POWER_CUT_PRIMARY_TRIALS` sets the trials of each kind (default 10), `POWER_CUT_SEED`
 //! the seed (printed; by default from the clock).
@@ -91,8 +93,12 @@ fn downloads(lab: &Lab, count: usize) -> (u64, bool) {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Cut {
+    /// The primary, while it downloads.
     Download,
+    /// The primary, while it hands the release to the ECUs.
     Distribution,
+    /// The whole vehicle (primary and every ECU) during distribution.
+    Vehicle,
 }
 
 /// A release for every ECU of the lab vehicle, numbered `n`.
@@ -200,13 +206,32 @@ fn log(lab: &Lab) -> String {
 struct Tally {
     cut_in_download: u64,
     cut_in_distribution: u64,
+    vehicle_cuts: u64,
     finished_before_the_cut: u64,
+    /// The next cycle resumed an interrupted download.
+    resumed: u64,
+    /// The director assigned a newer release between the cut and the next cycle.
+    superseded: u64,
+}
+
+/// Kills every ECU process of the lab vehicle (they are restarted by `Lab::start_ecus`).
+async fn cut_ecus(lab: &mut Lab, rng: &mut Rng) {
+    let mut children: Vec<_> = lab.vehicles[0]
+        .ecus
+        .iter_mut()
+        .filter_map(|e| e.child.take())
+        .collect();
+    while !children.is_empty() {
+        let mut child = children.remove(rng.below(children.len() as u64) as usize);
+        let _ = child.start_kill();
+        let _ = child.wait().await;
+    }
 }
 
 /// One trial: a new release, a cycle cut at a random point of `cut`, the checks, a clean
 /// cycle that must finish the release.
 async fn trial(
-    lab: &Lab,
+    lab: &mut Lab,
     n: u64,
     cut: Cut,
     distribution: Duration,
@@ -218,9 +243,10 @@ async fn trial(
     let mut child = lab.spawn_vehicle(0, "auto").map_err(|e| e.to_string())?;
     let start = Instant::now();
     // Download: when this share of the release's bytes is on disk. Distribution: this long
-    // after the last download completed (spread over the distribution and a little past).
+    // after the last download completed (spread over most of a clean distribution, which
+    // also ends with reports and a manifest).
     let share = release.bytes * rng.below(980) / 1000;
-    let window = distribution.as_micros() as u64 * 12 / 10;
+    let window = distribution.as_micros() as u64 * 8 / 10;
     let delay = Duration::from_micros(rng.below(window.max(1)));
     let mut downloaded_at = None;
     let finished = loop {
@@ -230,7 +256,7 @@ async fn trial(
         let (bytes, complete) = downloads(lab, count);
         let due = match cut {
             Cut::Download => bytes >= share.max(1) && !complete,
-            Cut::Distribution => {
+            Cut::Distribution | Cut::Vehicle => {
                 if complete && downloaded_at.is_none() {
                     downloaded_at = Some(Instant::now());
                 }
@@ -246,6 +272,7 @@ async fn trial(
             match cut {
                 Cut::Download => tally.cut_in_download += 1,
                 Cut::Distribution => tally.cut_in_distribution += 1,
+                Cut::Vehicle => tally.vehicle_cuts += 1,
             }
             break false;
         }
@@ -259,10 +286,23 @@ async fn trial(
     } else {
         child.start_kill().map_err(|e| e.to_string())?;
     }
+    if cut == Cut::Vehicle {
+        cut_ecus(lab, rng).await;
+    }
     child.wait().await.map_err(|e| e.to_string())?;
     check_vehicle(lab, None)
         .await
         .map_err(|e| format!("right after the cut: {e}"))?;
+    if cut == Cut::Vehicle {
+        lab.start_ecus().await.map_err(|e| format!("{e:#}"))?;
+    }
+    // Sometimes the director moves on to a newer release before the vehicle is back.
+    let release = if rng.below(4) == 0 {
+        tally.superseded += 1;
+        publish(lab, n + 100_000, rng).await
+    } else {
+        release
+    };
 
     let run = lab
         .run_vehicle(0, "auto")
@@ -283,9 +323,23 @@ async fn trial(
             ));
         }
     }
+    if run.stderr.contains("Resumed") {
+        tally.resumed += 1;
+    }
     check_vehicle(lab, Some(&release))
         .await
-        .map_err(|e| format!("after the next cycle: {e}\n{}", run.stderr))
+        .map_err(|e| format!("after the next cycle: {e}\n{}", run.stderr))?;
+    // Nothing a cut interrupted stays behind on the primary's disk.
+    let left: Vec<String> = std::fs::read_dir(lab.vehicles[0].dir.join("primary-state/downloads"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    if !left.is_empty() {
+        return Err(format!("downloads left behind after the cycle: {left:?}"));
+    }
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -308,6 +362,13 @@ async fn a_primary_cut_during_download_or_distribution_finishes_on_the_next_cycl
     let mut lab = Lab::create(LabOptions::new(dir.path(), bin(), 1))
         .await
         .unwrap();
+    // One vehicle running cycle after cycle is well past a vehicle's share of the server
+    // (20 requests/s): lift the rate limit, which is not under test here.
+    let mut config = rampart_server::config::Config::load(&lab.layout).unwrap();
+    config.limits.requests_per_second = 2_000.0;
+    config.limits.burst = 10_000.0;
+    config.save(&lab.layout).unwrap();
+    lab.restart_server().await.unwrap();
     lab.start_ecus().await.unwrap();
     let mut rng = Rng(seed.max(1));
     // A first release, uninterrupted: both slots of every ECU hold an image from now on,
@@ -319,9 +380,9 @@ async fn a_primary_cut_during_download_or_distribution_finishes_on_the_next_cycl
     let started = Instant::now();
     let mut tally = Tally::default();
     let mut n = 1;
-    for cut in [Cut::Download, Cut::Distribution] {
+    for cut in [Cut::Download, Cut::Distribution, Cut::Vehicle] {
         for _ in 0..trials {
-            if let Err(e) = trial(&lab, n, cut, distribution, &mut rng, &mut tally).await {
+            if let Err(e) = trial(&mut lab, n, cut, distribution, &mut rng, &mut tally).await {
                 let kept = dir.keep();
                 panic!(
                     "{cut:?} trial (release {n}, POWER_CUT_SEED={seed}): {e}\n(lab kept in {})",
@@ -334,14 +395,18 @@ async fn a_primary_cut_during_download_or_distribution_finishes_on_the_next_cycl
     let elapsed = started.elapsed();
     eprintln!(
         "primary power cuts: {} trials passed in {:.1} s ({:.1} s each), seed {seed}\n  \
-         cut during download: {}\n  cut during distribution: {}\n  cycle finished before \
-         the cut: {}",
-        2 * trials,
+         primary cut during download: {}\n  primary cut during distribution: {}\n  \
+         whole vehicle cut during distribution: {}\n  cycle finished before the cut: {}\n  \
+         next cycle resumed a download: {}\n  newer release assigned after the cut: {}",
+        3 * trials,
         elapsed.as_secs_f64(),
-        elapsed.as_secs_f64() / (2 * trials).max(1) as f64,
+        elapsed.as_secs_f64() / (3 * trials).max(1) as f64,
         tally.cut_in_download,
         tally.cut_in_distribution,
+        tally.vehicle_cuts,
         tally.finished_before_the_cut,
+        tally.resumed,
+        tally.superseded,
     );
     lab.stop().await.unwrap();
 }
