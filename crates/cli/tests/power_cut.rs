@@ -290,6 +290,14 @@ async fn trial(
         cut_ecus(lab, rng).await;
     }
     child.wait().await.map_err(|e| e.to_string())?;
+    if cut != Cut::Vehicle {
+        // An ECU may still be in the install the primary began (it holds the ECU until it
+        // fails or finishes): a report request waits for that, so the slots are read at rest.
+        for ecu in &lab.vehicles[0].ecus {
+            let address = ecu.address.clone().unwrap_or_default();
+            let _ = rampart_vehicle::primary::request_report(&address, "00ff").await;
+        }
+    }
     check_vehicle(lab, None)
         .await
         .map_err(|e| format!("right after the cut: {e}"))?;
