@@ -589,6 +589,27 @@ impl Lab {
         })
     }
 
+    /// Starts vehicle `i`'s primary for one cycle (`--once`) and returns at once, for tests
+    /// that kill it mid-cycle (power cuts). Its output is appended to `primary.log` in the
+    /// vehicle's folder.
+    pub fn spawn_vehicle(&self, i: usize, consent: &str) -> anyhow::Result<Child> {
+        let v = self.vehicles.get(i).context("no such vehicle")?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(v.dir.join("primary.log"))?;
+        let child = Command::new(&self.options.bin)
+            .args(["-v", "vehicle", "--once", "--consent", consent, "--config"])
+            .arg(&v.primary_config)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {}", self.options.bin.display()))?;
+        Ok(child)
+    }
+
     /// What the director knows of vehicle `vin`: ECU ID → installed target.
     pub async fn installed(&self, vin: &str) -> anyhow::Result<BTreeMap<String, String>> {
         let v = self.admin_get(&format!("vehicles/{vin}")).await?;

@@ -596,6 +596,7 @@ impl Primary {
         let verdict = v.verdict().cloned().unwrap_or_default();
         report.director_targets_version = verdict.director_targets_version;
         report.up_to_date = verdict.up_to_date.clone();
+        self.prune_downloads(&v, &verdict.updates);
         if verdict.updates.is_empty() {
             return Ok(report);
         }
@@ -785,10 +786,14 @@ impl Primary {
             .cloned()
     }
 
-    /// Downloads one verified update (bounded, resumable, every hash checked).
-    async fn download(&mut self, v: &FullVerifier, u: &VerifiedUpdate) -> Result<PathBuf> {
-        let targets = format!("{}targets/", self.image_base());
-        let (path, length, hashes) = match &u.instruction.encryption {
+    /// What to download for one update: path under the targets URL, length and hashes
+    /// (of the ciphertext for an encrypted image).
+    fn download_source(
+        &self,
+        v: &FullVerifier,
+        u: &VerifiedUpdate,
+    ) -> (String, u64, rampart_core::hash::Hashes) {
+        match &u.instruction.encryption {
             Some(enc) => (
                 enc.ciphertext.path.clone(),
                 enc.ciphertext.length,
@@ -807,10 +812,53 @@ impl Primary {
                     u.instruction.file.hashes.clone(),
                 )
             }
+        }
+    }
+
+    fn downloads_dir(&self) -> PathBuf {
+        self.config.state_dir.join("downloads")
+    }
+
+    /// Removes from the download folder whatever no update of this cycle needs: what a
+    /// power cut or a failed cycle left of a release the director has since replaced
+    /// (whole images, `#partial` ones) would otherwise stay on the T-BOX's disk for good.
+    /// Downloads of this cycle's updates stay, to be resumed or reused.
+    fn prune_downloads(&self, v: &FullVerifier, updates: &[VerifiedUpdate]) {
+        let dir = self.downloads_dir();
+        let mut keep = std::collections::BTreeSet::new();
+        for u in updates {
+            let (path, _, _) = self.download_source(v, u);
+            let dest = dir.join(rampart_core::client::safe_file_name(&path));
+            keep.insert(rampart_client::runner::partial_path(&dest));
+            keep.insert(dest);
+        }
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return;
         };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if keep.contains(&path) {
+                continue;
+            }
+            match std::fs::remove_file(&path) {
+                Ok(()) => {
+                    tracing::info!(file = %path.display(), "removed a download no update needs")
+                }
+                Err(e) => {
+                    tracing::warn!(file = %path.display(), error = %e, "cannot remove a stale download")
+                }
+            }
+        }
+    }
+
+    /// Downloads one verified update (bounded, resumable, every hash checked).
+    async fn download(&mut self, v: &FullVerifier, u: &VerifiedUpdate) -> Result<PathBuf> {
+        let targets = format!("{}targets/", self.image_base());
+        let (path, length, hashes) = self.download_source(v, u);
         let url = format!("{targets}{}", encode_target_path(&path));
-        let downloads = self.config.state_dir.join("downloads");
-        let dest = downloads.join(rampart_core::client::safe_file_name(&path));
+        let dest = self
+            .downloads_dir()
+            .join(rampart_core::client::safe_file_name(&path));
         let bar = self.bar(length, &format!("download {}", u.instruction.target));
         let started = Instant::now();
         let mut last_logged = 0u64;

@@ -3,16 +3,24 @@
 //! Two slots (files by default; a block device path works the same) and a boot-control file
 //! (`boot-control.json`, replaced atomically: temp file, fsync, rename, fsync directory).
 //!
-//! 1. A new image is streamed into the *inactive* slot; the active one is never touched.
-//! 2. What was written is read back and its length and every hash checked.
-//! 3. Only then does the boot-control file switch: `active` = the new slot, `pending` with 0
-//!    boot attempts, `last_good` still the old slot.
-//! 4. At each boot, a pending slot's attempt count goes up and the health check runs; success
-//!    makes it `last_good`; `max_boot_attempts` failures roll `active` back to `last_good`
-//!    and record the failure for the next version report.
+//! 1. Before the first byte of a new image goes into the *inactive* slot, the boot-control
+//!    file stops describing that slot (whatever it held is about to be overwritten); the
+//!    active one is never touched.
+//! 2. The image is streamed into the inactive slot; what was written is read back and its
+//!    length and every hash checked.
+//! 3. Only then does the boot-control file describe the slot again and switch to it:
+//!    `active` = the new slot, `pending` with 0 boot attempts, `last_good` still the old slot.
+//! 4. At each boot, a pending slot's attempt count goes up (persisted first) and the health
+//!    check runs; success makes it `last_good`; `max_boot_attempts` failures roll `active`
+//!    back to `last_good` and record the failure for the next version report. A boot that
+//!    never finishes (the image crashes or hangs the ECU in its health check, the power goes)
+//!    counts as a failure too: once the attempts are used up, the next boot rolls back
+//!    without trying the slot again.
 //!
-//! A power cut at any point leaves either the old boot-control file (old slot, untouched) or
-//! the new one (new slot, fully verified, with the old one as fallback).
+//! So the boot-control file never describes a partly written slot as an image: a power cut
+//! at any point leaves the old file (old slot, untouched), the old file without the slot
+//! being written, or the new one (new slot, fully verified, with the old one as fallback).
+//! `tests/power_cut.rs` kills an ECU process at random points of installs to hold this.
 
 use std::fs;
 use std::io::Read;
@@ -240,8 +248,10 @@ impl Slots {
     }
 
     /// Opens the slot that is neither active nor last good for writing. Refuses while a
-    /// new slot is still on trial (the fallback must stay intact).
-    pub fn begin_write(&self) -> Result<SlotWriter, SlotError> {
+    /// new slot is still on trial (the fallback must stay intact). Before the slot is
+    /// opened, the boot-control file is rewritten without it: from the first byte written
+    /// until [`Slots::commit_write`] verified the new image, it describes no image.
+    pub fn begin_write(&mut self) -> Result<SlotWriter, SlotError> {
         if self.state.pending.is_some() {
             return Err(SlotError::BootControl(
                 self.config.boot_control.display().to_string(),
@@ -250,6 +260,18 @@ impl Slots {
             ));
         }
         let slot = self.state.last_good.other();
+        if slot == self.state.active {
+            return Err(SlotError::BootControl(
+                self.config.boot_control.display().to_string(),
+                format!("slot {slot:?} is active but neither last good nor on trial"),
+            ));
+        }
+        if self.state.image(slot).is_some() {
+            let mut next = self.state.clone();
+            next.set_image(slot, None);
+            save(&self.config.boot_control, &next)?;
+            self.state = next;
+        }
         let path = self.path(slot).to_path_buf();
         if let Some(dir) = path.parent() {
             fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
@@ -285,6 +307,12 @@ impl Slots {
             written,
         } = writer;
         drop(file.sync_all().map_err(|e| io(&path, e))?);
+        // A slot file created by begin_write must still exist after a power cut once the
+        // boot-control file names it: make its directory entry durable too.
+        if let Some(dir) = path.parent() {
+            rampart_client::store::sync_dir(dir)
+                .map_err(|e| SlotError::BootControl(dir.display().to_string(), e.to_string()))?;
+        }
         if written != image.length {
             return Err(SlotError::Verify(rampart_core::Error::LengthMismatch {
                 what: format!("slot {slot:?}"),
@@ -308,6 +336,19 @@ impl Slots {
             return Ok(BootOutcome::Normal);
         };
         let mut next = self.state.clone();
+        let max = self.config.max_boot_attempts.max(1);
+        if pending.attempts >= max {
+            // Every allowed boot of the new slot ended before its health check answered (a
+            // crash, a hang the watchdog ended, a power cut): a further try could loop forever.
+            let outcome = roll_back(
+                &mut next,
+                pending.slot,
+                &format!("did not finish booting in {} attempt(s)", pending.attempts),
+            );
+            save(&self.config.boot_control, &next)?;
+            self.state = next;
+            return Ok(outcome);
+        }
         let attempts = pending.attempts + 1;
         next.pending = Some(Pending {
             slot: pending.slot,
@@ -321,21 +362,12 @@ impl Slots {
             next.last_good = pending.slot;
             next.pending = None;
             BootOutcome::Committed(pending.slot)
-        } else if attempts >= self.config.max_boot_attempts {
-            let failed_image = next
-                .image(pending.slot)
-                .map(|i| i.filename.clone())
-                .unwrap_or_default();
-            next.active = next.last_good;
-            next.pending = None;
-            next.last_failure = Some(format!(
-                "boot-failed: {failed_image} failed its health check {attempts} time(s); rolled back to slot {:?}",
-                next.last_good
-            ));
-            BootOutcome::RolledBack {
-                failed: pending.slot,
-                to: next.last_good,
-            }
+        } else if attempts >= max {
+            roll_back(
+                &mut next,
+                pending.slot,
+                &format!("failed its health check {attempts} time(s)"),
+            )
         } else {
             BootOutcome::Retrying {
                 slot: pending.slot,
@@ -376,6 +408,25 @@ impl Slots {
             .status()
             .map(|s| s.success())
             .unwrap_or(false)
+    }
+}
+
+/// Makes the last good slot active again after `failed` did not boot; notes why for the
+/// next version report.
+fn roll_back(next: &mut BootControl, failed: Slot, why: &str) -> BootOutcome {
+    let failed_image = next
+        .image(failed)
+        .map(|i| i.filename.clone())
+        .unwrap_or_default();
+    next.active = next.last_good;
+    next.pending = None;
+    next.last_failure = Some(format!(
+        "boot-failed: {failed_image} {why}; rolled back to slot {:?}",
+        next.last_good
+    ));
+    BootOutcome::RolledBack {
+        failed,
+        to: next.last_good,
     }
 }
 
@@ -421,16 +472,24 @@ mod tests {
         }
     }
 
-    fn slots(dir: &Path, health: Option<&str>) -> Slots {
-        let cfg = SlotConfig {
+    fn config(dir: &Path, health: Option<&str>) -> SlotConfig {
+        SlotConfig {
             slot_a: dir.join("slot-a"),
             slot_b: dir.join("slot-b"),
             boot_control: dir.join("boot-control.json"),
             max_boot_attempts: 2,
             health_check: health.map(str::to_owned),
-        };
+        }
+    }
+
+    fn slots(dir: &Path, health: Option<&str>) -> Slots {
+        let cfg = config(dir, health);
         fs::write(&cfg.slot_a, b"factory").unwrap();
         Slots::open(cfg, image("factory.bin", b"factory", 0)).unwrap()
+    }
+
+    fn on_disk(dir: &Path) -> BootControl {
+        serde_json::from_slice(&fs::read(dir.join("boot-control.json")).unwrap()).unwrap()
     }
 
     fn install(s: &mut Slots, name: &str, data: &[u8]) -> Result<Slot, SlotError> {
@@ -514,14 +573,8 @@ mod tests {
             }
         );
         drop(s);
-        let cfg = SlotConfig {
-            slot_a: dir.path().join("slot-a"),
-            slot_b: dir.path().join("slot-b"),
-            boot_control: dir.path().join("boot-control.json"),
-            max_boot_attempts: 2,
-            health_check: Some("false".into()),
-        };
-        let mut s = Slots::open(cfg, image("ignored", b"", 0)).unwrap();
+        let mut s =
+            Slots::open(config(dir.path(), Some("false")), image("ignored", b"", 0)).unwrap();
         assert_eq!(
             s.state().pending,
             Some(Pending {
@@ -530,6 +583,88 @@ mod tests {
             })
         );
         assert!(matches!(s.boot().unwrap(), BootOutcome::RolledBack { .. }));
+    }
+
+    /// A power cut while an image streams into a slot must not leave the boot-control file
+    /// describing that slot as the image it held before (a rollback would boot garbage).
+    #[test]
+    fn a_slot_being_written_is_not_described_until_it_verified() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = slots(dir.path(), None);
+        install(&mut s, "v2.bin", b"version two").unwrap();
+        assert_eq!(s.boot().unwrap(), BootOutcome::Committed(Slot::B));
+        assert_eq!(on_disk(dir.path()).a.unwrap().filename, "factory.bin");
+
+        let mut w = s.begin_write().unwrap();
+        assert_eq!(w.slot(), Slot::A);
+        assert_eq!(on_disk(dir.path()).a, None, "slot A is being overwritten");
+        w.write(b"thr").unwrap();
+        // The power goes here: the file describes only slot B, which holds what it says.
+        drop(w);
+        drop(s);
+        let mut s = Slots::open(config(dir.path(), None), image("x", b"", 0)).unwrap();
+        assert_eq!(s.state().a, None);
+        assert_eq!((s.state().active, s.state().last_good), (Slot::B, Slot::B));
+        assert_eq!(s.running().unwrap().filename, "v2.bin");
+        // The retry describes the slot again once it verified.
+        assert_eq!(install(&mut s, "v3.bin", b"three").unwrap(), Slot::A);
+        assert_eq!(on_disk(dir.path()).a.unwrap().filename, "v3.bin");
+    }
+
+    /// A new image that crashes the ECU during its health check never returns a failure,
+    /// only an attempt count persisted before each try: once `max_boot_attempts` were used,
+    /// the next boot rolls back without trying it again (else the ECU boot-loops forever).
+    #[test]
+    fn a_slot_that_used_up_its_boot_attempts_is_rolled_back_without_another_try() {
+        let dir = tempfile::tempdir().unwrap();
+        let ran = dir.path().join("health-check-ran");
+        let check = format!("touch {}", ran.display());
+        let mut s = slots(dir.path(), Some(&check));
+        install(&mut s, "crashes.bin", b"crashes at boot").unwrap();
+        // Two boots that died in the health check left this behind.
+        let mut crashed = on_disk(dir.path());
+        crashed.pending = Some(Pending {
+            slot: Slot::B,
+            attempts: 2,
+        });
+        fs::write(
+            dir.path().join("boot-control.json"),
+            serde_json::to_vec(&crashed).unwrap(),
+        )
+        .unwrap();
+        let mut s = Slots::open(config(dir.path(), Some(&check)), image("x", b"", 0)).unwrap();
+        assert_eq!(
+            s.boot().unwrap(),
+            BootOutcome::RolledBack {
+                failed: Slot::B,
+                to: Slot::A
+            }
+        );
+        assert!(!ran.exists(), "a third try of an image that crashed twice");
+        assert_eq!(s.running().unwrap().filename, "factory.bin");
+        assert_eq!(on_disk(dir.path()).active, Slot::A);
+        let failure = s.take_failure().unwrap().unwrap();
+        assert!(failure.contains("crashes.bin"), "{failure}");
+    }
+
+    /// A boot-control file whose active slot is neither the last good one nor on trial
+    /// (written by hand, or by another tool) must not make the active slot the one written.
+    #[test]
+    fn the_active_slot_is_never_opened_for_writing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = slots(dir.path(), None);
+        install(&mut s, "v2.bin", b"version two").unwrap();
+        s.boot().unwrap();
+        let mut odd = on_disk(dir.path());
+        odd.last_good = Slot::A;
+        fs::write(
+            dir.path().join("boot-control.json"),
+            serde_json::to_vec(&odd).unwrap(),
+        )
+        .unwrap();
+        let mut s = Slots::open(config(dir.path(), None), image("x", b"", 0)).unwrap();
+        assert!(s.begin_write().is_err());
+        assert_eq!(fs::read(dir.path().join("slot-b")).unwrap(), b"version two");
     }
 
     #[test]

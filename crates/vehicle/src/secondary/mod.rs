@@ -281,16 +281,28 @@ impl Secondary {
     /// Boot counting; reports a rollback as an attack indicator (a failed update).
     pub fn boot(&mut self) -> Result<BootOutcome> {
         let outcome = self.slots.boot()?;
-        match &outcome {
-            BootOutcome::RolledBack { .. } => {
-                if let Some(f) = self.slots.take_failure()? {
-                    self.record_attack("boot-failed", f.trim_start_matches("boot-failed: "));
+        if let BootOutcome::Committed(slot) = &outcome {
+            tracing::info!(ecu = %self.config.ecu_id, ?slot, "new image booted and committed");
+        }
+        // The rollback note moves from the boot-control file into the indicators: saved in
+        // the ECU state first, then cleared from the boot-control file, so a power cut in
+        // between repeats it rather than loses it. Checked at every boot, not only after a
+        // rollback, to pick up a note such a cut left behind.
+        if let Some(failure) = self.slots.state().last_failure.clone() {
+            let message = failure
+                .strip_prefix("boot-failed: ")
+                .unwrap_or(&failure)
+                .to_owned();
+            tracing::warn!(ecu = %self.config.ecu_id, rule = "boot-failed", %message, "attack indicator");
+            self.state.indicators.record("boot-failed", &message);
+            match self.save() {
+                Ok(()) => {
+                    self.slots.take_failure()?;
+                }
+                Err(e) => {
+                    tracing::error!(ecu = %self.config.ecu_id, error = %e, "cannot save indicators; the rollback note stays in the boot-control file")
                 }
             }
-            BootOutcome::Committed(slot) => {
-                tracing::info!(ecu = %self.config.ecu_id, ?slot, "new image booted and committed")
-            }
-            _ => {}
         }
         Ok(outcome)
     }
