@@ -90,7 +90,8 @@ pub fn init(layout: &Layout, opts: &CeremonyOptions, now: DateTime<Utc>) -> Resu
             opts.root_threshold, opts.root_keys
         )));
     }
-    std::fs::create_dir_all(layout.root()).map_err(|e| Error::io(layout.root(), e))?;
+    // The data directory holds keys, the database and the configuration: private (0700).
+    create_private_dir(layout.root())?;
     let offline = opts
         .offline_dir
         .clone()
@@ -226,6 +227,9 @@ pub fn init(layout: &Layout, opts: &CeremonyOptions, now: DateTime<Utc>) -> Resu
         .map_err(|e| Error::io(layout.director_public(), e))?;
     director_repo.write_root(&droot, &sign_root(&droot, &dsigners)?)?;
 
+    // The key-encryption key of the content keys of encrypted images.
+    crate::keys::kek::ContentKek::create(&online_dir.join(crate::keys::kek::DEFAULT_FILE_NAME))?;
+
     // PKI and configuration.
     // The PKI also holds the admin token, so it is made even for a plain-HTTP lab server.
     crate::pki::init(&layout.pki(), &opts.server_names, 825)
@@ -246,6 +250,7 @@ pub fn init(layout: &Layout, opts: &CeremonyOptions, now: DateTime<Utc>) -> Resu
             director_targets: rel(&online_dir.join("director-targets.pem")),
             director_snapshot: rel(&online_dir.join("director-snapshot.pem")),
             director_timestamp: rel(&online_dir.join("director-timestamp.pem")),
+            content_kek: rel(&online_dir.join(crate::keys::kek::DEFAULT_FILE_NAME)),
         },
         limits: LimitsConfig::default(),
         server: ServerConfig::default(),

@@ -13,6 +13,7 @@
 //! director_targets = "online-keys/director-targets.pem"
 //! director_snapshot = "online-keys/director-snapshot.pem"
 //! director_timestamp = "online-keys/director-timestamp.pem"
+//! content_kek = "online-keys/content-kek"   # seals content keys of encrypted images (0600)
 //!
 //! [limits]
 //! max_body_bytes = 1048576
@@ -46,6 +47,7 @@ use crate::api::Limits;
 use crate::conn::ConnectionOptions;
 use crate::director::{DirectorKeys, EventPolicy};
 use crate::error::{Error, Result};
+use crate::keys::kek::ContentKek;
 use crate::keys::KeySource;
 use crate::layout::Layout;
 use crate::repo::OnlineKeys;
@@ -226,6 +228,15 @@ pub struct OnlineKeyConfig {
     pub director_snapshot: String,
     /// Director timestamp key.
     pub director_timestamp: String,
+    /// Key-encryption key of the content keys of encrypted images (a file; see
+    /// [`crate::keys::kek`]).
+    #[serde(default = "default_content_kek")]
+    pub content_kek: String,
+}
+
+/// The content KEK's place in the data directory.
+pub fn default_content_kek() -> String {
+    format!("online-keys/{}", crate::keys::kek::DEFAULT_FILE_NAME)
 }
 
 impl OnlineKeyConfig {
@@ -294,11 +305,23 @@ impl Config {
         toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
     }
 
-    /// Writes `D/rampart.toml`.
+    /// Writes `D/rampart.toml`, mode 0600: the database URL may carry a password.
     pub fn save(&self, layout: &Layout) -> Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
         let text = toml::to_string_pretty(self).map_err(|e| Error::Config(e.to_string()))?;
         let path = layout.config_file();
-        fs::write(&path, text).map_err(|e| Error::io(&path, e))
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| Error::io(&path, e))?;
+        // An existing file keeps its mode through `open`: narrow it too.
+        f.set_permissions(fs::Permissions::from_mode(0o600))
+            .and_then(|()| f.write_all(text.as_bytes()))
+            .map_err(|e| Error::io(&path, e))
     }
 
     /// The database URL in force.
@@ -337,6 +360,28 @@ impl Config {
                 .source(layout, &self.online_keys.director_timestamp)
                 .load()?,
         })
+    }
+
+    /// Opens the content KEK. The default one is created if missing (data directories made
+    /// before content keys were sealed); a configured one must exist. PKCS#11 is refused.
+    pub fn content_kek(&self, layout: &Layout) -> Result<ContentKek> {
+        match self.source(layout, &self.online_keys.content_kek) {
+            KeySource::Pkcs11(spec) => Err(Error::Config(format!(
+                "content_kek {spec:?}: a PKCS#11 content KEK is not supported; use a key file"
+            ))),
+            KeySource::File(path) => {
+                let default = layout.root().join(default_content_kek());
+                if path == default {
+                    let (kek, created) = ContentKek::load_or_create(&path)?;
+                    if created {
+                        tracing::info!(path = %path.display(), "created the content key-encryption key");
+                    }
+                    Ok(kek)
+                } else {
+                    ContentKek::load(&path)
+                }
+            }
+        }
     }
 
     /// The offline keys folder (absolute).

@@ -194,7 +194,8 @@ pub struct SecurityEvent {
 pub struct ImageKey {
     /// Target path.
     pub target: String,
-    /// Content key (hex).
+    /// Content key, sealed under the content KEK (`kek1:…`, see [`crate::keys::kek`]); plain
+    /// hex only in rows written before keys were sealed (sealed at the next start).
     pub content_key: String,
     /// Ciphertext path under the targets base URL.
     pub ciphertext_path: String,
@@ -202,6 +203,46 @@ pub struct ImageKey {
     pub ciphertext_length: u64,
     /// Ciphertext hashes (JSON).
     pub ciphertext_hashes: String,
+}
+
+/// The file of a `sqlite:` URL (`None` for in-memory databases).
+fn sqlite_path(url: &str) -> Option<std::path::PathBuf> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = rest.split('?').next().unwrap_or("");
+    (!path.is_empty() && !path.starts_with(":memory:")).then(|| std::path::PathBuf::from(path))
+}
+
+/// Makes the SQLite database and its `-wal`/`-shm` files private (0600) before SQLite opens
+/// them: a new database is created empty with mode 0600 (SQLite gives its WAL and index the
+/// database file's mode), an existing one with a wider mode is narrowed, with a warning. The
+/// database holds the fleet's inventory, manifests and sealed content keys.
+fn make_sqlite_files_private(path: &std::path::Path) -> Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(Error::io(path, e)),
+    }
+    for suffix in ["", "-wal", "-shm", "-journal"] {
+        let file = std::path::PathBuf::from(format!("{}{suffix}", path.display()));
+        let Ok(meta) = std::fs::metadata(&file) else {
+            continue;
+        };
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            tracing::warn!(file = %file.display(), mode = format!("{mode:o}"), "database file was accessible to others; now 0600");
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| Error::io(&file, e))?;
+        }
+    }
+    Ok(())
 }
 
 fn db_err(what: &str) -> impl Fn(sqlx::Error) -> Error + '_ {
@@ -296,6 +337,11 @@ impl Db {
                 "unsupported database URL {url:?} (sqlite://… or postgres://…)"
             )));
         };
+        if backend == Backend::Sqlite {
+            if let Some(path) = sqlite_path(url) {
+                make_sqlite_files_private(&path)?;
+            }
+        }
         let url = match backend {
             Backend::Sqlite if !url.contains("mode=") => {
                 let sep = if url.contains('?') { '&' } else { '?' };
@@ -986,6 +1032,41 @@ impl Db {
         .map_err(db_err("image key"))?;
         tx.commit().await.map_err(db_err("commit"))?;
         Ok(())
+    }
+
+    /// Every encrypted image's key row (for sealing legacy plain-text keys).
+    pub async fn image_keys(&self) -> Result<Vec<ImageKey>> {
+        let rows = sqlx::query(
+            "SELECT target, content_key, ciphertext_path, ciphertext_length, ciphertext_hashes FROM image_keys ORDER BY target",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err("image keys"))?;
+        rows.iter()
+            .map(|r| {
+                Ok(ImageKey {
+                    target: get_str(r, "target")?,
+                    content_key: get_str(r, "content_key")?,
+                    ciphertext_path: get_str(r, "ciphertext_path")?,
+                    ciphertext_length: to_u64(get_i64(r, "ciphertext_length")?),
+                    ciphertext_hashes: get_str(r, "ciphertext_hashes")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Replaces the stored content key of `target` by `new`, only if it is still `old`.
+    pub async fn replace_content_key(&self, target: &str, old: &str, new: &str) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE image_keys SET content_key = $1 WHERE target = $2 AND content_key = $3",
+        )
+        .bind(new)
+        .bind(target)
+        .bind(old)
+        .execute(&self.pool)
+        .await
+        .map_err(db_err("image key"))?;
+        Ok(done.rows_affected() == 1)
     }
 
     /// The content key of an encrypted image.

@@ -113,12 +113,13 @@ pub async fn publish(
         version: req.version.clone(),
     };
     let (length, hashes) = if req.encrypt {
+        let kek = config.content_kek(layout)?;
         let key = ContentKey::generate()?;
         let copy = repo.store_encrypted(&req.file, &name, &key)?;
         let db = Db::connect(&config.database_url(layout)).await?;
         db.store_image_key(&ImageKey {
             target: name.clone(),
-            content_key: hex::encode(key.as_bytes()),
+            content_key: kek.seal(&name, key.as_bytes())?,
             ciphertext_path: copy.ciphertext_path.clone(),
             ciphertext_length: copy.ciphertext_length,
             ciphertext_hashes: serde_json::to_string(&copy.ciphertext_hashes).unwrap_or_default(),

@@ -131,6 +131,12 @@ pub fn server_config(pki_dir: &Path) -> Result<Arc<ServerConfig>> {
         })?;
 
     let chain = read_certs(&files.server_cert)?;
+    rampart_client::store::check_secret_permissions(&files.server_key).map_err(|e| {
+        Error::PkiFile {
+            path: files.server_key.clone(),
+            reason: e.to_string(),
+        }
+    })?;
     let key = PrivateKeyDer::from_pem_file(&files.server_key).map_err(|e| Error::PkiFile {
         path: files.server_key.clone(),
         reason: e.to_string(),
