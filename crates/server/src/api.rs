@@ -276,10 +276,11 @@ fn client_key(identity: Option<&ClientIdentity>) -> (String, Option<String>) {
         Some(ClientIdentity {
             vin: Some(vin),
             peer,
+            ..
         }) => (format!("vin:{vin}"), Some(format!("{vin}@{peer}"))),
-        Some(ClientIdentity { vin: None, peer }) => {
-            (format!("ip:{}", peer.ip()), Some(peer.to_string()))
-        }
+        Some(ClientIdentity {
+            vin: None, peer, ..
+        }) => (format!("ip:{}", peer.ip()), Some(peer.to_string())),
         None => ("unknown".into(), None),
     }
 }
@@ -497,8 +498,42 @@ async fn authorize_vehicle(
             Some(_) => {}
         }
     }
+    // Revoked: every certificate of the VIN, or this certificate by serial (one indexed
+    // read per vehicle request; `rampart pki revoke` takes effect on the next request). Also
+    // without TLS, where the VIN alone identifies the vehicle.
+    let serial = identity.and_then(|i| i.serial.as_deref());
+    if let Some(revoked) = state.inner.director.db().revocation_of(vin, serial).await? {
+        let what = match (&revoked.vin, &revoked.serial) {
+            (Some(_), _) => format!("every certificate of {vin}"),
+            (None, Some(s)) => format!("certificate {s}"),
+            (None, None) => "certificate".to_owned(),
+        };
+        state
+            .inner
+            .director
+            .event(
+                "server",
+                CERTIFICATE_REVOKED_RULE,
+                Some(vin),
+                None,
+                remote.as_deref(),
+                &format!(
+                    "{what} revoked at {}: {}",
+                    revoked.revoked_at, revoked.reason
+                ),
+            )
+            .await;
+        return Err(Error::Rejected {
+            status: StatusCode::FORBIDDEN,
+            rule: CERTIFICATE_REVOKED_RULE,
+            message: format!("{what} is revoked: {}", revoked.reason),
+        });
+    }
     Ok(remote)
 }
+
+/// Rule of the refusal of a revoked vehicle certificate (403).
+pub const CERTIFICATE_REVOKED_RULE: &str = "certificate-revoked";
 
 /// A director metadata file of one vehicle (`N.root.json`, `timestamp.json`, `N.snapshot.json`, `N.targets.json`).
 #[utoipa::path(get, path = "/director/{vin}/metadata/{file}", params(("vin" = String, Path), ("file" = String, Path)),

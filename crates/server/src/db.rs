@@ -279,7 +279,7 @@ fn json(text: &str, what: &str) -> Result<serde_json::Value> {
 }
 
 /// Every table of the schema (what [`Db::count`] accepts).
-pub const TABLES: [&str; 7] = [
+pub const TABLES: [&str; 8] = [
     "vehicles",
     "ecus",
     "assignments",
@@ -287,7 +287,23 @@ pub const TABLES: [&str; 7] = [
     "manifests",
     "security_events",
     "image_keys",
+    "revocations",
 ];
+
+/// A revoked vehicle certificate: every certificate of a VIN, or one by serial.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct Revocation {
+    /// ID (increasing).
+    pub id: i64,
+    /// Every certificate of this VIN is revoked…
+    pub vin: Option<String>,
+    /// …or the certificate with this serial (lower-case hex).
+    pub serial: Option<String>,
+    /// Why.
+    pub reason: String,
+    /// When (RFC 3339).
+    pub revoked_at: String,
+}
 
 /// Prefix of the `content_digest` a change of instructions leaves on a vehicle's stored
 /// director targets (followed by a unique suffix, so that two changes never look alike).
@@ -1090,6 +1106,92 @@ impl Db {
         .transpose()
     }
 
+    /// Revokes every certificate of `vin` and/or the certificate with `serial` (hex, any
+    /// case; stored lower-case). Returns the revocation's ID.
+    pub async fn revoke(
+        &self,
+        vin: Option<&str>,
+        serial: Option<&str>,
+        reason: &str,
+    ) -> Result<i64> {
+        if vin.is_none() && serial.is_none() {
+            return Err(Error::BadRequest(
+                "revoke what: give a VIN or a certificate serial".into(),
+            ));
+        }
+        let serial = serial.map(normalize_serial).transpose()?;
+        let row = sqlx::query(
+            "INSERT INTO revocations (vin, serial, reason, revoked_at) VALUES ($1, $2, $3, $4) RETURNING id",
+        )
+        .bind(vin.map(str::to_owned))
+        .bind(serial)
+        .bind(reason)
+        .bind(now_text())
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db_err("revoke"))?;
+        get_i64(&row, "id")
+    }
+
+    /// Lifts the revocations of `vin` (its certificates are accepted again). Returns how many
+    /// were lifted.
+    pub async fn unrevoke_vin(&self, vin: &str) -> Result<u64> {
+        let done = sqlx::query("DELETE FROM revocations WHERE vin = $1")
+            .bind(vin)
+            .execute(&self.pool)
+            .await
+            .map_err(db_err("unrevoke"))?;
+        Ok(done.rows_affected())
+    }
+
+    /// Every revocation, oldest first.
+    pub async fn revocations(&self) -> Result<Vec<Revocation>> {
+        let rows =
+            sqlx::query("SELECT id, vin, serial, reason, revoked_at FROM revocations ORDER BY id")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db_err("revocations"))?;
+        rows.iter()
+            .map(|r| {
+                Ok(Revocation {
+                    id: get_i64(r, "id")?,
+                    vin: get_opt_str(r, "vin")?,
+                    serial: get_opt_str(r, "serial")?,
+                    reason: get_str(r, "reason")?,
+                    revoked_at: get_str(r, "revoked_at")?,
+                })
+            })
+            .collect()
+    }
+
+    /// The revocation that applies to a certificate for `vin` with `serial` (hex, lower-case)
+    /// if any: one indexed lookup, on the path of every vehicle request.
+    pub async fn revocation_of(
+        &self,
+        vin: &str,
+        serial: Option<&str>,
+    ) -> Result<Option<Revocation>> {
+        let row = sqlx::query(
+            "SELECT id, vin, serial, reason, revoked_at FROM revocations \
+             WHERE vin = $1 OR serial = $2 ORDER BY id LIMIT 1",
+        )
+        .bind(vin)
+        .bind(serial.unwrap_or(""))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_err("revocation"))?;
+        row.map(|r| {
+            Ok(Revocation {
+                id: get_i64(&r, "id")?,
+                vin: get_opt_str(&r, "vin")?,
+                serial: get_opt_str(&r, "serial")?,
+                reason: get_str(&r, "reason")?,
+                revoked_at: get_str(&r, "revoked_at")?,
+            })
+        })
+        .transpose()
+    }
+
     /// Counts rows of a table (for tests and `/metrics`). `table` must be one of [`TABLES`].
     pub async fn count(&self, table: &str) -> Result<u64> {
         if !TABLES.contains(&table) {
@@ -1132,6 +1234,22 @@ pub struct Checkin<'a> {
     /// Security events the manifest carries (attack indicators, dropped ECU reports): stored
     /// in the transaction that accepts it, so only if it is accepted, and once.
     pub events: Vec<NewEvent<'a>>,
+}
+
+/// A certificate serial as stored: lower-case hex without separators (`:` and spaces are
+/// accepted on input, as tools print them).
+pub fn normalize_serial(serial: &str) -> Result<String> {
+    let hex: String = serial
+        .chars()
+        .filter(|c| *c != ':' && !c.is_whitespace())
+        .collect::<String>()
+        .to_ascii_lowercase();
+    if hex.is_empty() || hex.len() > 40 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(Error::BadRequest(format!(
+            "certificate serial {serial:?} is not hex (at most 20 bytes)"
+        )));
+    }
+    Ok(hex)
 }
 
 /// How a security event is aggregated with the ones before it (within the event window).

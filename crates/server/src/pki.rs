@@ -427,6 +427,19 @@ pub fn validate_vin(vin: &str) -> Result<()> {
     Ok(())
 }
 
+/// The serial of a PEM certificate as revocations name it: lower-case hex of the DER
+/// integer's bytes.
+pub fn certificate_serial(cert_pem: &str) -> Result<String> {
+    let malformed = |reason: String| Error::Malformed {
+        path: PathBuf::from("(certificate)"),
+        reason,
+    };
+    let (_, pem) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes())
+        .map_err(|e| malformed(e.to_string()))?;
+    let cert = pem.parse_x509().map_err(|e| malformed(e.to_string()))?;
+    Ok(hex::encode(cert.raw_serial()))
+}
+
 /// Reads the admin token of the PKI in `dir` (surrounding whitespace removed), refusing a
 /// token file others can access.
 pub fn load_admin_token(dir: &Path) -> Result<String> {

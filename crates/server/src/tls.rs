@@ -103,6 +103,8 @@ pub struct ClientIdentity {
     /// The VIN of the verified client certificate (its subject CN), `None` when the client
     /// presented no certificate (or the connection is not TLS).
     pub vin: Option<String>,
+    /// The serial of that certificate (lower-case hex), for revocation checks.
+    pub serial: Option<String>,
     /// The peer's address.
     pub peer: SocketAddr,
 }
@@ -187,8 +189,8 @@ pub async fn serve_tls_with(
         async move {
             match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
                 Ok(Ok(stream)) => {
-                    let vin = vin_of_peer(stream.get_ref().1.peer_certificates(), peer);
-                    Some((stream, vin))
+                    let cert = vehicle_of_peer(stream.get_ref().1.peer_certificates(), peer);
+                    Some((stream, cert))
                 }
                 Ok(Err(e)) => {
                     tracing::debug!(%peer, error = %e, "TLS handshake failed");
@@ -278,7 +280,7 @@ async fn serve_connections<H, F, S>(
 ) -> io::Result<()>
 where
     H: Fn(TcpStream, SocketAddr) -> F,
-    F: Future<Output = Option<(S, Option<String>)>> + Send + 'static,
+    F: Future<Output = Option<(S, Option<PeerVehicle>)>> + Send + 'static,
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let Connections {
@@ -395,7 +397,7 @@ async fn serve_connection<F, S>(
     limits: Limits,
     mut stop: watch::Receiver<bool>,
 ) where
-    F: Future<Output = Option<(S, Option<String>)>>,
+    F: Future<Output = Option<(S, Option<PeerVehicle>)>>,
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let established = tokio::select! {
@@ -408,7 +410,11 @@ async fn serve_connection<F, S>(
     let activity = conn::Activity::new();
     let service = TowerToHyperService::new(WithIdentity {
         inner: app,
-        identity: ClientIdentity { vin, peer },
+        identity: ClientIdentity {
+            vin: vin.as_ref().map(|v| v.vin.clone()),
+            serial: vin.map(|v| v.serial),
+            peer,
+        },
         activity: activity.clone(),
     });
     let options = &limits.options;
@@ -467,9 +473,20 @@ impl Service<Request<Incoming>> for WithIdentity {
     }
 }
 
+/// The vehicle a verified client certificate names.
+struct PeerVehicle {
+    vin: String,
+    /// The certificate's serial, lower-case hex.
+    serial: String,
+}
+
 /// The VIN of a verified client certificate chain: the leaf's single subject CN, which must
-/// also pass [`pki::validate_vin`]. The chain has been verified by rustls before this runs.
-fn vin_of_peer(certs: Option<&[CertificateDer<'static>]>, peer: SocketAddr) -> Option<String> {
+/// also pass [`pki::validate_vin`]; and the leaf's serial. The chain has been verified by
+/// rustls before this runs.
+fn vehicle_of_peer(
+    certs: Option<&[CertificateDer<'static>]>,
+    peer: SocketAddr,
+) -> Option<PeerVehicle> {
     let leaf = certs?.first()?;
     let (_, cert) = match x509_parser::parse_x509_certificate(leaf) {
         Ok(parsed) => parsed,
@@ -491,7 +508,10 @@ fn vin_of_peer(certs: Option<&[CertificateDer<'static>]>, peer: SocketAddr) -> O
         }
     };
     match pki::validate_vin(vin) {
-        Ok(()) => Some(vin.to_owned()),
+        Ok(()) => Some(PeerVehicle {
+            vin: vin.to_owned(),
+            serial: hex::encode(cert.raw_serial()),
+        }),
         Err(e) => {
             tracing::warn!(%peer, error = %e, "client certificate CN is not a valid VIN");
             None
