@@ -220,7 +220,8 @@ pub struct ServeArgs {
 pub struct RotateArgs {
     #[command(flatten)]
     data: DataDir,
-    /// Role whose keys to replace: root, targets, snapshot or timestamp.
+    /// Role whose keys to replace: root, targets, snapshot or timestamp; or content-kek (the
+    /// key sealing content keys of encrypted images; needs --to).
     #[arg(long)]
     role: String,
     /// Repository: image or director.
@@ -507,6 +508,18 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
 /// `rampart rotate`.
 pub fn rotate(args: RotateArgs) -> anyhow::Result<()> {
+    if args.role == "content-kek" {
+        let Some(to) = &args.to else {
+            bail!("--role content-kek needs --to (a new key file, or pkcs11:…)");
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let moved = rt.block_on(ops::rotate_content_kek(&args.data.layout(), to))?;
+        println!("content KEK is now {to}; {moved} content key(s) re-sealed");
+        println!("restart `rampart serve` to open them with the new KEK");
+        return Ok(());
+    }
     let which = match args.repository.as_str() {
         "image" => ops::Which::Image,
         "director" => ops::Which::Director,

@@ -94,3 +94,48 @@ fn revoke_by_vin_and_serial_then_list_and_lift() {
     let listed = ok(&["pki", "revoked", "--data-dir", data]);
     assert!(!listed.contains("vin WVWZZZ1JZXW000001"), "{listed}");
 }
+
+#[test]
+fn content_kek_rotates_to_a_new_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data_s = data.to_str().unwrap();
+    ok(&["repo", "init", "--data-dir", data_s]);
+    let image = dir.path().join("nav.bin");
+    std::fs::write(&image, b"maps").unwrap();
+    ok(&[
+        "publish",
+        "--data-dir",
+        data_s,
+        image.to_str().unwrap(),
+        "--name",
+        "ivi/nav.bin",
+        "--hardware-id",
+        "ivi-x",
+        "--encrypt",
+    ]);
+    // --to is required for the KEK.
+    assert!(
+        !rampart(&["rotate", "--data-dir", data_s, "--role", "content-kek"])
+            .status
+            .success()
+    );
+    let new = data.join("online-keys").join("content-kek-2");
+    let out = ok(&[
+        "rotate",
+        "--data-dir",
+        data_s,
+        "--role",
+        "content-kek",
+        "--to",
+        new.to_str().unwrap(),
+    ]);
+    assert!(out.contains("1 content key(s) re-sealed"), "{out}");
+    let config = std::fs::read_to_string(data.join("rampart.toml")).unwrap();
+    assert!(config.contains("content-kek-2"), "{config}");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&new).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+}

@@ -362,13 +362,12 @@ impl Config {
         })
     }
 
-    /// Opens the content KEK. The default one is created if missing (data directories made
-    /// before content keys were sealed); a configured one must exist. PKCS#11 is refused.
+    /// Opens the content KEK: a file or a PKCS#11 token. The default file is created if
+    /// missing (data directories made before content keys were sealed); a configured one
+    /// must exist.
     pub fn content_kek(&self, layout: &Layout) -> Result<ContentKek> {
         match self.source(layout, &self.online_keys.content_kek) {
-            KeySource::Pkcs11(spec) => Err(Error::Config(format!(
-                "content_kek {spec:?}: a PKCS#11 content KEK is not supported; use a key file"
-            ))),
+            KeySource::Pkcs11(spec) => ContentKek::open_pkcs11(&spec),
             KeySource::File(path) => {
                 let default = layout.root().join(default_content_kek());
                 if path == default {

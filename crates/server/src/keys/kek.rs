@@ -10,9 +10,11 @@
 //! key moved to another target's row does not open.
 //!
 //! Stored form: `kek1:` followed by hex of a random 96-bit nonce, the ciphertext and the tag.
-//! A PKCS#11 KEK is not offered: the token would then have to do AES-GCM for every director
-//! signature of an encrypted assignment, and SoftHSM2-based tests of that path are future
-//! work; the configuration refuses a `pkcs11:` source with a clear error.
+//!
+//! The KEK may also be an AES-256 key in a PKCS#11 token (`content_kek = "pkcs11:…"`,
+//! [`Pkcs11AesKey`]): the token seals and opens, the key never leaves it. `rampart rotate
+//! --role content-kek --to SOURCE` moves every stored content key to a new KEK (a new file, or
+//! a key generated on a token) and points the configuration at it.
 
 use std::fmt;
 use std::fs;
@@ -24,6 +26,7 @@ use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LE
 
 use crate::db::{Db, ImageKey};
 use crate::error::{Error, Result};
+use crate::keys::pkcs11::{Pkcs11AesKey, Pkcs11Config};
 
 /// Prefix of a sealed content key as stored.
 pub const SEALED_PREFIX: &str = "kek1:";
@@ -34,8 +37,15 @@ const KEK_LEN: usize = 32;
 
 /// The content KEK.
 pub struct ContentKek {
-    key: LessSafeKey,
+    key: Sealer,
+    /// Where it is (a file path, or the token and key label), for messages.
     path: PathBuf,
+}
+
+/// Who seals: a key in memory read from a file, or a token.
+enum Sealer {
+    File(LessSafeKey),
+    Token(Pkcs11AesKey),
 }
 
 impl fmt::Debug for ContentKek {
@@ -102,9 +112,35 @@ impl ContentKek {
         let key = UnboundKey::new(&AES_256_GCM, bytes)
             .map_err(|_| Error::Config(format!("{}: unusable content KEK", path.display())))?;
         Ok(ContentKek {
-            key: LessSafeKey::new(key),
+            key: Sealer::File(LessSafeKey::new(key)),
             path: path.to_path_buf(),
         })
+    }
+
+    /// Opens the KEK held by a PKCS#11 token (`pkcs11:module=…;token=…;key=…;pin-env=…`).
+    pub fn open_pkcs11(spec: &str) -> Result<Self> {
+        let config = Pkcs11Config::parse(spec)
+            .map_err(|e| Error::Config(format!("content_kek {spec:?}: {e}")))?;
+        let key = Pkcs11AesKey::open(&config).map_err(|e| Error::Config(e.to_string()))?;
+        Ok(Self::from_token(key, &config))
+    }
+
+    /// Generates a new KEK in a PKCS#11 token (refused if the label is taken) and opens it.
+    pub fn generate_pkcs11(spec: &str) -> Result<Self> {
+        let config = Pkcs11Config::parse(spec)
+            .map_err(|e| Error::Config(format!("content_kek {spec:?}: {e}")))?;
+        let key = Pkcs11AesKey::generate(&config).map_err(|e| Error::Config(e.to_string()))?;
+        Ok(Self::from_token(key, &config))
+    }
+
+    fn from_token(key: Pkcs11AesKey, config: &Pkcs11Config) -> Self {
+        ContentKek {
+            key: Sealer::Token(key),
+            path: PathBuf::from(format!(
+                "pkcs11 token {:?} key {:?}",
+                config.token_label, config.key_label
+            )),
+        }
     }
 
     /// Whether a stored content key is sealed (rather than legacy plain hex).
@@ -117,14 +153,21 @@ impl ContentKek {
         let mut nonce = [0u8; NONCE_LEN];
         aws_lc_rs::rand::fill(&mut nonce)
             .map_err(|_| Error::Config("the system random number generator failed".into()))?;
-        let mut sealed = content_key.to_vec();
-        self.key
-            .seal_in_place_append_tag(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::from(target.as_bytes()),
-                &mut sealed,
-            )
-            .map_err(|_| Error::Config(format!("cannot seal the content key of {target}")))?;
+        let sealed = match &self.key {
+            Sealer::File(key) => {
+                let mut sealed = content_key.to_vec();
+                key.seal_in_place_append_tag(
+                    Nonce::assume_unique_for_key(nonce),
+                    Aad::from(target.as_bytes()),
+                    &mut sealed,
+                )
+                .map_err(|_| Error::Config(format!("cannot seal the content key of {target}")))?;
+                sealed
+            }
+            Sealer::Token(key) => key
+                .seal(&nonce, target.as_bytes(), content_key)
+                .map_err(|e| Error::Config(e.to_string()))?,
+        };
         let mut out = nonce.to_vec();
         out.extend_from_slice(&sealed);
         Ok(format!("{SEALED_PREFIX}{}", hex::encode(out)))
@@ -146,12 +189,25 @@ impl ContentKek {
             return Err(refused("too short"));
         }
         let mut sealed = bytes.split_off(NONCE_LEN);
-        let nonce = Nonce::try_assume_unique_for_key(&bytes).map_err(|_| refused("bad nonce"))?;
-        let plain = self
-            .key
-            .open_in_place(nonce, Aad::from(target.as_bytes()), &mut sealed)
-            .map_err(|_| refused("wrong KEK, or the row was altered or moved"))?;
-        Ok(plain.to_vec())
+        let nonce: [u8; NONCE_LEN] = bytes
+            .as_slice()
+            .try_into()
+            .map_err(|_| refused("bad nonce"))?;
+        match &self.key {
+            Sealer::File(key) => {
+                let plain = key
+                    .open_in_place(
+                        Nonce::assume_unique_for_key(nonce),
+                        Aad::from(target.as_bytes()),
+                        &mut sealed,
+                    )
+                    .map_err(|_| refused("wrong KEK, or the row was altered or moved"))?;
+                Ok(plain.to_vec())
+            }
+            Sealer::Token(key) => key
+                .open_sealed(&nonce, target.as_bytes(), &sealed)
+                .map_err(|e| refused(&format!("wrong KEK, or the row was altered or moved ({e})"))),
+        }
     }
 
     /// The content key of `key` as bytes: opened if sealed, decoded if legacy plain hex.
@@ -163,6 +219,23 @@ impl ContentKek {
                 .map_err(|e| Error::Database(format!("content key of {}: {e}", key.target)))
         }
     }
+}
+
+/// Re-seals every stored content key from `old` to `new` (each only if unchanged since it
+/// was read). Returns how many moved.
+pub async fn reseal_content_keys(db: &Db, old: &ContentKek, new: &ContentKek) -> Result<u64> {
+    let mut moved = 0;
+    for key in db.image_keys().await? {
+        let raw = old.content_key(&key)?;
+        let sealed = new.seal(&key.target, &raw)?;
+        if db
+            .replace_content_key(&key.target, &key.content_key, &sealed)
+            .await?
+        {
+            moved += 1;
+        }
+    }
+    Ok(moved)
 }
 
 /// Seals every content key still stored in plain text (rows written before keys were
