@@ -161,7 +161,7 @@ pub enum PkiCommand {
         days: u32,
     },
     /// Revoke every certificate of a vehicle (--vin) or one certificate (--serial). Written
-    /// to the database: a running server refuses the vehicle from its next request on.
+    /// to the database: running servers refuse the vehicle within `[pki] revocation_refresh_ms`.
     Revoke {
         #[command(flatten)]
         data: DataDir,
@@ -419,7 +419,7 @@ pub fn pki(cmd: PkiCommand) -> anyhow::Result<()> {
             let id = with_db(&data, database, |db| async move {
                 db.revoke(vin.as_deref(), serial.as_deref(), &reason).await
             })?;
-            println!("revocation {id} recorded; the server refuses it from the next request on");
+            println!("revocation {id} recorded; running servers refuse it within [pki] revocation_refresh_ms (1 s by default)");
             Ok(())
         }
         PkiCommand::Revoked { data, database } => {

@@ -35,6 +35,7 @@ use crate::director::{CheckinResponse, Director};
 use crate::error::{Error, Result};
 use crate::layout::Layout;
 use crate::repo::Repository;
+use crate::revocation::Revocations;
 use crate::tls::ClientIdentity;
 
 /// Limits of the API.
@@ -141,6 +142,7 @@ struct Inner {
     limiter: RateLimiter,
     metrics: Metrics,
     connections: Arc<ConnectionStats>,
+    revocations: Revocations,
     require_client_certificate: bool,
 }
 
@@ -161,8 +163,29 @@ impl AppState {
         limits: Limits,
         require_client_certificate: bool,
     ) -> Self {
+        Self::with_revocation_refresh(
+            director,
+            layout,
+            admin_token,
+            limits,
+            require_client_certificate,
+            crate::revocation::DEFAULT_REFRESH,
+        )
+    }
+
+    /// [`AppState::new`], re-reading revoked certificates at most every `revocation_refresh`
+    /// (zero: on every vehicle request).
+    pub fn with_revocation_refresh(
+        director: Director,
+        layout: &Layout,
+        admin_token: String,
+        limits: Limits,
+        require_client_certificate: bool,
+        revocation_refresh: Duration,
+    ) -> Self {
         AppState {
             inner: Arc::new(Inner {
+                revocations: Revocations::new(director.db().clone(), revocation_refresh),
                 director,
                 image: Repository::new(layout.image_metadata(), layout.image_targets()),
                 admin_token,
@@ -498,11 +521,11 @@ async fn authorize_vehicle(
             Some(_) => {}
         }
     }
-    // Revoked: every certificate of the VIN, or this certificate by serial (one indexed
-    // read per vehicle request; `rampart pki revoke` takes effect on the next request). Also
-    // without TLS, where the VIN alone identifies the vehicle.
+    // Revoked: every certificate of the VIN, or this certificate by serial (an in-memory
+    // lookup; `rampart pki revoke` takes effect within the refresh interval, see
+    // `crate::revocation`). Also without TLS, where the VIN alone identifies the vehicle.
     let serial = identity.and_then(|i| i.serial.as_deref());
-    if let Some(revoked) = state.inner.director.db().revocation_of(vin, serial).await? {
+    if let Some(revoked) = state.inner.revocations.of(vin, serial).await? {
         let what = match (&revoked.vin, &revoked.serial) {
             (Some(_), _) => format!("every certificate of {vin}"),
             (None, Some(s)) => format!("certificate {s}"),

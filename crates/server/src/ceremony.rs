@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 use rampart_core::key::KeyScheme;
 use rampart_core::signer::{InMemorySigner, Signer};
 
-use crate::config::{Config, EventsConfig, LimitsConfig, OnlineKeyConfig, ServerConfig};
+use crate::config::{Config, EventsConfig, LimitsConfig, OnlineKeyConfig, PkiConfig, ServerConfig};
 use crate::error::{Error, Result};
 use crate::keys::{create_private_dir, generate_key_file};
 use crate::layout::Layout;
@@ -255,6 +255,7 @@ pub fn init(layout: &Layout, opts: &CeremonyOptions, now: DateTime<Utc>) -> Resu
         limits: LimitsConfig::default(),
         server: ServerConfig::default(),
         events: EventsConfig::default(),
+        pki: PkiConfig::default(),
     };
     config.save(layout)?;
     Ok(CeremonyReport {

@@ -30,6 +30,9 @@
 //! max_connections = 10000           # in total (capped below the open-files limit)
 //! max_connections_per_ip = 256      # per client address (IPv6: per /64)
 //!
+//! [pki]
+//! revocation_refresh_ms = 1000      # revocations take effect within this (0: every request)
+//!
 //! [events]                          # security events; every field optional
 //! window_secs = 60                  # identical events within this are one row with a count
 //! max_new_per_minute = 30           # new rows per (client address, rule); more are counted
@@ -77,6 +80,33 @@ pub struct Config {
     /// Recording and retention of security events.
     #[serde(default)]
     pub events: EventsConfig,
+    /// Vehicle certificates.
+    #[serde(default)]
+    pub pki: PkiConfig,
+}
+
+/// `[pki]`: vehicle certificates.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PkiConfig {
+    /// How often (ms) each server re-reads the revoked certificates from the database: a
+    /// revocation takes effect within this (0: every vehicle request reads the database).
+    pub revocation_refresh_ms: u64,
+}
+
+impl Default for PkiConfig {
+    fn default() -> Self {
+        PkiConfig {
+            revocation_refresh_ms: millis(crate::revocation::DEFAULT_REFRESH),
+        }
+    }
+}
+
+impl PkiConfig {
+    /// The refresh interval of the revocation list.
+    pub fn revocation_refresh(&self) -> Duration {
+        Duration::from_millis(self.revocation_refresh_ms)
+    }
 }
 
 /// `[events]`: how security events are recorded and how long they are kept — anyone can

@@ -1164,6 +1164,16 @@ impl Db {
             .collect()
     }
 
+    /// Row count and highest ID of the revocations: any revoke or unrevoke changes them (what
+    /// [`crate::revocation::Revocations`] polls).
+    pub async fn revocations_version(&self) -> Result<(u64, i64)> {
+        let row = sqlx::query("SELECT COUNT(*) AS n, COALESCE(MAX(id), 0) AS top FROM revocations")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db_err("revocations"))?;
+        Ok((to_u64(get_i64(&row, "n")?), get_i64(&row, "top")?))
+    }
+
     /// The revocation that applies to a certificate for `vin` with `serial` (hex, lower-case)
     /// if any: one indexed lookup, on the path of every vehicle request.
     pub async fn revocation_of(

@@ -122,7 +122,14 @@ pub async fn start(opts: ServeOptions) -> Result<Running> {
     let mut director =
         Director::new(db.clone(), director_keys, layout.director_public()).with_content_kek(kek);
     director.set_event_policy(config.events.policy());
-    let state = AppState::new(director, &layout, admin_token, config.limits.limits(), tls);
+    let state = AppState::with_revocation_refresh(
+        director,
+        &layout,
+        admin_token,
+        config.limits.limits(),
+        tls,
+        config.pki.revocation_refresh(),
+    );
     let connections = connections(&opts, &config, &state);
     let app = router(state, &layout.root().join("public/image"));
 

@@ -1890,10 +1890,29 @@ fn cert_serial(identity_pem: &[u8]) -> String {
     hex::encode(cert.raw_serial())
 }
 
+/// Requests `path` as `car` until the answer is 403 (at most 3 s); returns how long that took
+/// and the refusal's body.
+async fn until_refused(car: &Car, fleet: &Fleet, path: &str) -> (Duration, Value) {
+    let started = std::time::Instant::now();
+    loop {
+        let response = car.get(fleet, path).await;
+        if response.status() == StatusCode::FORBIDDEN {
+            return (started.elapsed(), json_of(response).await.1);
+        }
+        assert_eq!(response.status(), StatusCode::OK);
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "still served 3 s after the revocation"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// A vehicle whose certificate is revoked — by VIN with `rampart pki revoke`, written to the
-/// database while the server runs — is refused on its next request with 403
-/// `certificate-revoked` and an event, on every vehicle route; other vehicles are served.
-/// Revoking one certificate by serial leaves the vehicle's other certificates working.
+/// database while the server runs — is refused within the refresh interval (`[pki]
+/// revocation_refresh_ms`, 1 s) with 403 `certificate-revoked` and an event, on every vehicle
+/// route; other vehicles are served. Revoking one certificate by serial leaves the vehicle's
+/// other certificates working.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn revoked_vehicle_is_refused_while_others_are_served() {
     let (fleet, mut car_a) = fleet_with_car(generous_limits()).await;
@@ -1911,6 +1930,9 @@ async fn revoked_vehicle_is_refused_while_others_are_served() {
         .revoke(Some(VIN_A), None, "stolen vehicle")
         .await
         .unwrap();
+    let (took, body) = until_refused(&car_a, &fleet, &timestamp(VIN_A)).await;
+    assert_eq!(body["rule"], "certificate-revoked", "{body}");
+    assert!(took < Duration::from_millis(1500), "took {took:?}");
     let event = assert_refused(
         &fleet,
         VIN_A,
@@ -1949,9 +1971,8 @@ async fn revoked_vehicle_is_refused_while_others_are_served() {
         .revoke(None, Some(&serial.to_uppercase()), "key leaked")
         .await
         .unwrap();
-    let response = car_b.get(&fleet, &timestamp(VIN_B)).await;
-    assert_eq!(response.status(), StatusCode::FORBIDDEN);
-    assert_eq!(json_of(response).await.1["rule"], "certificate-revoked");
+    let (_, body) = until_refused(&car_b, &fleet, &timestamp(VIN_B)).await;
+    assert_eq!(body["rule"], "certificate-revoked", "{body}");
     let fresh = pki::issue_vehicle_cert(&fleet.layout.pki(), VIN_B, 30).unwrap();
     let identity = format!("{}{}", fresh.cert_pem, fresh.key_pem).into_bytes();
     let reissued = https_client(&fleet.ca_pem, Some(&identity));
@@ -1965,6 +1986,31 @@ async fn revoked_vehicle_is_refused_while_others_are_served() {
     let listed = fleet.db.revocations().await.unwrap();
     assert_eq!(listed.len(), 2);
     assert_eq!(listed[1].serial.as_deref(), Some(serial.as_str()));
+    // Lifted: A is served again within the interval.
+    fleet.db.unrevoke_vin(VIN_A).await.unwrap();
+    let started = std::time::Instant::now();
+    while car_a.get(&fleet, &timestamp(VIN_A)).await.status() != StatusCode::OK {
+        assert!(started.elapsed() < Duration::from_secs(3), "still refused");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// With `revocation_refresh_ms = 0` every vehicle request reads the database: the very next
+/// request after a revocation is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_no_refresh_interval_the_next_request_is_refused() {
+    let (mut fleet, car) = fleet_with_car(generous_limits()).await;
+    fleet.stop_server().await;
+    let mut config = Config::load(&fleet.layout).unwrap();
+    config.pki.revocation_refresh_ms = 0;
+    config.save(&fleet.layout).unwrap();
+    fleet.start_server().await;
+    let path = format!("director/{VIN_A}/metadata/timestamp.json");
+    assert_eq!(car.get(&fleet, &path).await.status(), StatusCode::OK);
+    fleet.db.revoke(Some(VIN_A), None, "stolen").await.unwrap();
+    let response = car.get(&fleet, &path).await;
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    assert_eq!(json_of(response).await.1["rule"], "certificate-revoked");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
