@@ -440,7 +440,8 @@ async fn metrics(State(state): State<AppState>) -> Response {
          # TYPE rampart_connections_accepted_total counter\nrampart_connections_accepted_total {}\n\
          # TYPE rampart_connections_refused_total counter\nrampart_connections_refused_total {}\n\
          # TYPE rampart_connections_idle_closed_total counter\nrampart_connections_idle_closed_total {}\n\
-         # TYPE rampart_accept_errors_total counter\nrampart_accept_errors_total {}\n",
+         # TYPE rampart_accept_errors_total counter\nrampart_accept_errors_total {}\n\
+         # TYPE rampart_connections_stalled_total counter\nrampart_connections_stalled_total {}\n",
         m.requests.load(Ordering::Relaxed),
         m.rate_limited.load(Ordering::Relaxed),
         m.client_errors.load(Ordering::Relaxed),
@@ -452,6 +453,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
         c.refused.load(Ordering::Relaxed),
         c.idle_closed.load(Ordering::Relaxed),
         c.accept_errors.load(Ordering::Relaxed),
+        c.stalled.load(Ordering::Relaxed),
     );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }

@@ -25,6 +25,7 @@
 //! first_request_timeout_ms = 10000  # from accept (after TLS) to the first request's headers
 //! header_read_timeout_ms = 30000    # HTTP/1: one request's headers
 //! idle_timeout_ms = 60000           # HTTP/1 keep-alive and HTTP/2: no request in flight
+//! stall_timeout_ms = 60000          # a request whose client stopped sending or reading is cut
 //! h2_keep_alive_interval_ms = 30000 # HTTP/2 PING every … (0: none)
 //! h2_keep_alive_timeout_ms = 10000  # … and close if it is not answered within
 //! max_connections = 10000           # in total (capped below the open-files limit)
@@ -186,6 +187,9 @@ pub struct ServerConfig {
     /// A connection (HTTP/1 keep-alive or HTTP/2) with no request in flight for this long is
     /// closed.
     pub idle_timeout_ms: u64,
+    /// A connection whose requests in flight make no progress for this long — the client
+    /// stopped sending a request body or reading a response — is cut.
+    pub stall_timeout_ms: u64,
     /// Interval of HTTP/2 keep-alive PINGs (0: none).
     pub h2_keep_alive_interval_ms: u64,
     /// An HTTP/2 connection whose PING is not answered within this is closed.
@@ -215,6 +219,7 @@ impl From<&ConnectionOptions> for ServerConfig {
             first_request_timeout_ms: millis(o.first_request_timeout),
             header_read_timeout_ms: millis(o.header_read_timeout),
             idle_timeout_ms: millis(o.idle_timeout),
+            stall_timeout_ms: millis(o.stall_timeout),
             h2_keep_alive_interval_ms: o.h2_keep_alive_interval.map_or(0, millis),
             h2_keep_alive_timeout_ms: millis(o.h2_keep_alive_timeout),
             max_connections: o.max_connections,
@@ -232,6 +237,7 @@ impl ServerConfig {
             first_request_timeout: ms(self.first_request_timeout_ms),
             header_read_timeout: ms(self.header_read_timeout_ms),
             idle_timeout: ms(self.idle_timeout_ms),
+            stall_timeout: ms(self.stall_timeout_ms),
             h2_keep_alive_interval: (self.h2_keep_alive_interval_ms > 0)
                 .then(|| ms(self.h2_keep_alive_interval_ms)),
             h2_keep_alive_timeout: ms(self.h2_keep_alive_timeout_ms),

@@ -387,8 +387,9 @@ struct Limits {
 }
 
 /// One connection: handshake, then HTTP until the client is done, the connection has been
-/// idle too long (then it is asked to close, and cut after [`conn::CLOSE_GRACE`]), or
-/// shutdown is requested (in-flight requests finish, then it is closed).
+/// idle too long (then it is asked to close, and cut after [`conn::CLOSE_GRACE`]), its client
+/// stopped sending a request body or reading a response (then it is cut), or shutdown is
+/// requested (in-flight requests finish, then it is closed).
 async fn serve_connection<F, S>(
     handshake: F,
     peer: SocketAddr,
@@ -424,6 +425,12 @@ async fn serve_connection<F, S>(
         () = stop_requested(&mut stop) => {
             connection.as_mut().graceful_shutdown();
             connection.await
+        }
+        () = activity.stalled(options.stall_timeout) => {
+            limits.stats.stalled.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(%peer, "cutting a connection whose client stopped sending or reading");
+            // Dropping the connection closes the socket: nothing can be sent to this client.
+            Ok(())
         }
         () = activity.idle(options.first_request_timeout, options.idle_timeout) => {
             limits.stats.idle_closed.fetch_add(1, Ordering::Relaxed);
@@ -467,7 +474,8 @@ impl Service<Request<Incoming>> for WithIdentity {
         // In flight until its response has been sent: the connection is not idle meanwhile.
         let in_flight = self.activity.start();
         // An early answer must reach the client before its unread body is let go.
-        let (request, held) = linger::hold(request);
+        let activity = self.activity.clone();
+        let (request, held) = linger::hold(request, Arc::new(move || activity.request_progress()));
         let response = self.inner.call(request);
         Box::pin(async move { Ok(linger::answer(response.await?, held, in_flight)) })
     }
