@@ -405,17 +405,14 @@ async fn serve_connection<F, S>(
         established = handshake => established,
         () = stop_requested(&mut stop) => None,
     };
-    let Some((stream, vin)) = established else {
+    let Some((stream, vehicle)) = established else {
         return;
     };
     let activity = conn::Activity::new();
+    let (vin, serial) = vehicle.map_or((None, None), |v| (Some(v.vin), Some(v.serial)));
     let service = TowerToHyperService::new(WithIdentity {
         inner: app,
-        identity: ClientIdentity {
-            vin: vin.as_ref().map(|v| v.vin.clone()),
-            serial: vin.map(|v| v.serial),
-            peer,
-        },
+        identity: ClientIdentity { vin, serial, peer },
         activity: activity.clone(),
     });
     let options = &limits.options;
