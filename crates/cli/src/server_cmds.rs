@@ -160,6 +160,43 @@ pub enum PkiCommand {
         #[arg(long, default_value_t = 825)]
         days: u32,
     },
+    /// Revoke every certificate of a vehicle (--vin) or one certificate (--serial). Written
+    /// to the database: running servers refuse the vehicle within `[pki] revocation_refresh_ms`.
+    Revoke {
+        #[command(flatten)]
+        data: DataDir,
+        /// The vehicle whose certificates are revoked.
+        #[arg(long, required_unless_present = "serial")]
+        vin: Option<String>,
+        /// The serial (hex, as `pki issue` prints it) of one certificate to revoke.
+        #[arg(long)]
+        serial: Option<String>,
+        /// Why (recorded, and shown in the security event of each refusal).
+        #[arg(long, default_value = "revoked by the operator")]
+        reason: String,
+        /// Database URL (default: from the data directory's configuration).
+        #[arg(long)]
+        database: Option<String>,
+    },
+    /// List revoked certificates.
+    Revoked {
+        #[command(flatten)]
+        data: DataDir,
+        /// Database URL (default: from the data directory's configuration).
+        #[arg(long)]
+        database: Option<String>,
+    },
+    /// Lift the revocation of a vehicle's certificates (--vin).
+    Unrevoke {
+        #[command(flatten)]
+        data: DataDir,
+        /// The vehicle.
+        #[arg(long)]
+        vin: String,
+        /// Database URL (default: from the data directory's configuration).
+        #[arg(long)]
+        database: Option<String>,
+    },
 }
 
 /// `rampart serve`.
@@ -183,7 +220,8 @@ pub struct ServeArgs {
 pub struct RotateArgs {
     #[command(flatten)]
     data: DataDir,
-    /// Role whose keys to replace: root, targets, snapshot or timestamp.
+    /// Role whose keys to replace: root, targets, snapshot or timestamp; or content-kek (the
+    /// key sealing content keys of encrypted images; needs --to).
     #[arg(long)]
     role: String,
     /// Repository: image or director.
@@ -364,9 +402,75 @@ pub fn pki(cmd: PkiCommand) -> anyhow::Result<()> {
                 format!("{}{}", cert.cert_pem, cert.key_pem).as_bytes(),
             )?;
             println!("vehicle certificate and key for {vin}: {}", path.display());
+            let serial = rampart_server::pki::certificate_serial(&cert.cert_pem)?;
+            println!("serial {serial} (`rampart pki revoke --serial {serial}` revokes it)");
+            Ok(())
+        }
+        PkiCommand::Revoke {
+            data,
+            vin,
+            serial,
+            reason,
+            database,
+        } => {
+            if let Some(vin) = &vin {
+                rampart_server::pki::validate_vin(vin)?;
+            }
+            let id = with_db(&data, database, |db| async move {
+                db.revoke(vin.as_deref(), serial.as_deref(), &reason).await
+            })?;
+            println!("revocation {id} recorded; running servers refuse it within [pki] revocation_refresh_ms (1 s by default)");
+            Ok(())
+        }
+        PkiCommand::Revoked { data, database } => {
+            let list = with_db(&data, database, |db| async move { db.revocations().await })?;
+            if list.is_empty() {
+                println!("no revoked certificates");
+            }
+            for r in list {
+                let what = match (&r.vin, &r.serial) {
+                    (Some(vin), _) => format!("vin {vin}"),
+                    (None, Some(serial)) => format!("serial {serial}"),
+                    (None, None) => "?".to_owned(),
+                };
+                println!("{:>4}  {}  {what}  {}", r.id, r.revoked_at, r.reason);
+            }
+            Ok(())
+        }
+        PkiCommand::Unrevoke {
+            data,
+            vin,
+            database,
+        } => {
+            let lifted = with_db(
+                &data,
+                database,
+                |db| async move { db.unrevoke_vin(&vin).await },
+            )?;
+            println!("lifted {lifted} revocation(s)");
             Ok(())
         }
     }
+}
+
+/// Runs `f` on the server's database (the configured one unless `database` is given).
+fn with_db<T, F, Fut>(data: &DataDir, database: Option<String>, f: F) -> anyhow::Result<T>
+where
+    F: FnOnce(rampart_server::db::Db) -> Fut,
+    Fut: std::future::Future<Output = rampart_server::Result<T>>,
+{
+    let layout = data.layout();
+    let url = match database {
+        Some(url) => url,
+        None => rampart_server::config::Config::load(&layout)?.database_url(&layout),
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let db = rampart_server::db::Db::connect(&url).await?;
+        Ok(f(db).await?)
+    })
 }
 
 fn write_private(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
@@ -404,6 +508,18 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
 /// `rampart rotate`.
 pub fn rotate(args: RotateArgs) -> anyhow::Result<()> {
+    if args.role == "content-kek" {
+        let Some(to) = &args.to else {
+            bail!("--role content-kek needs --to (a new key file, or pkcs11:…)");
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let moved = rt.block_on(ops::rotate_content_kek(&args.data.layout(), to))?;
+        println!("content KEK is now {to}; {moved} content key(s) re-sealed");
+        println!("restart `rampart serve` to open them with the new KEK");
+        return Ok(());
+    }
     let which = match args.repository.as_str() {
         "image" => ops::Which::Image,
         "director" => ops::Which::Director,

@@ -108,6 +108,70 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     sync_dir(dir)
 }
 
+/// A secret file (private key, token, key-encryption key) that must not be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SecretFileError {
+    /// Group or others have some access to it.
+    #[error(
+        "{}: a secret, but {what} (mode {mode:04o}); run `chmod 600 {}`",
+        path.display(),
+        path.display()
+    )]
+    Exposed {
+        /// The file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+        /// Who may do what, in words.
+        what: &'static str,
+    },
+
+    /// Its metadata could not be read (missing, unreadable directory…).
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+}
+
+impl SecretFileError {
+    /// Stable short name of the failed rule.
+    pub fn rule(&self) -> &'static str {
+        match self {
+            SecretFileError::Exposed { .. } => "secret-permissions",
+            SecretFileError::Io { .. } => "io",
+        }
+    }
+}
+
+/// Checks that the secret file `path` (following symlinks) is accessible to its owner only:
+/// no permission bit for group or others, as ssh requires of private keys. A secret anyone
+/// on the machine can read is no secret, and one they can write is not ours. Shared by the
+/// server (admin token, TLS and online keys, key-encryption key) and the vehicle side.
+pub fn check_secret_permissions(path: &Path) -> std::result::Result<(), SecretFileError> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = fs::metadata(path).map_err(|source| SecretFileError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mode = meta.permissions().mode() & 0o7777;
+    let what = match (mode & 0o044 != 0, mode & 0o022 != 0) {
+        (true, true) => "readable and writable by group or others",
+        (true, false) => "readable by group or others",
+        (false, true) => "writable by group or others",
+        (false, false) if mode & 0o011 != 0 => "executable by group or others",
+        (false, false) => return Ok(()),
+    };
+    Err(SecretFileError::Exposed {
+        path: path.to_path_buf(),
+        mode,
+        what,
+    })
+}
+
 /// fsyncs a directory so a rename in it is durable.
 pub fn sync_dir(dir: &Path) -> Result<()> {
     fs::File::open(dir)
@@ -132,6 +196,31 @@ mod tests {
         assert_eq!(store.read("root.json").unwrap(), None);
         let leftovers: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
         assert!(leftovers.is_empty(), "no temp files left behind");
+    }
+
+    #[test]
+    fn secret_files_must_be_private_to_their_owner() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        fs::write(&path, b"secret").unwrap();
+        for ok in [0o600, 0o400, 0o700] {
+            fs::set_permissions(&path, fs::Permissions::from_mode(ok)).unwrap();
+            check_secret_permissions(&path).unwrap();
+        }
+        for bad in [0o644, 0o640, 0o604, 0o620, 0o602, 0o666, 0o610] {
+            fs::set_permissions(&path, fs::Permissions::from_mode(bad)).unwrap();
+            let err = check_secret_permissions(&path).unwrap_err();
+            assert_eq!(err.rule(), "secret-permissions", "{bad:o}");
+            let text = err.to_string();
+            assert!(
+                text.contains(&format!("chmod 600 {}", path.display())),
+                "{text}"
+            );
+            assert!(text.contains(&format!("{bad:04o}")), "{text}");
+        }
+        let missing = check_secret_permissions(&dir.path().join("missing")).unwrap_err();
+        assert_eq!(missing.rule(), "io");
     }
 
     #[test]

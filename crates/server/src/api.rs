@@ -35,6 +35,7 @@ use crate::director::{CheckinResponse, Director};
 use crate::error::{Error, Result};
 use crate::layout::Layout;
 use crate::repo::Repository;
+use crate::revocation::Revocations;
 use crate::tls::ClientIdentity;
 
 /// Limits of the API.
@@ -141,6 +142,7 @@ struct Inner {
     limiter: RateLimiter,
     metrics: Metrics,
     connections: Arc<ConnectionStats>,
+    revocations: Revocations,
     require_client_certificate: bool,
 }
 
@@ -161,8 +163,29 @@ impl AppState {
         limits: Limits,
         require_client_certificate: bool,
     ) -> Self {
+        Self::with_revocation_refresh(
+            director,
+            layout,
+            admin_token,
+            limits,
+            require_client_certificate,
+            crate::revocation::DEFAULT_REFRESH,
+        )
+    }
+
+    /// [`AppState::new`], re-reading revoked certificates at most every `revocation_refresh`
+    /// (zero: on every vehicle request).
+    pub fn with_revocation_refresh(
+        director: Director,
+        layout: &Layout,
+        admin_token: String,
+        limits: Limits,
+        require_client_certificate: bool,
+        revocation_refresh: Duration,
+    ) -> Self {
         AppState {
             inner: Arc::new(Inner {
+                revocations: Revocations::new(director.db().clone(), revocation_refresh),
                 director,
                 image: Repository::new(layout.image_metadata(), layout.image_targets()),
                 admin_token,
@@ -276,10 +299,11 @@ fn client_key(identity: Option<&ClientIdentity>) -> (String, Option<String>) {
         Some(ClientIdentity {
             vin: Some(vin),
             peer,
+            ..
         }) => (format!("vin:{vin}"), Some(format!("{vin}@{peer}"))),
-        Some(ClientIdentity { vin: None, peer }) => {
-            (format!("ip:{}", peer.ip()), Some(peer.to_string()))
-        }
+        Some(ClientIdentity {
+            vin: None, peer, ..
+        }) => (format!("ip:{}", peer.ip()), Some(peer.to_string())),
         None => ("unknown".into(), None),
     }
 }
@@ -416,7 +440,8 @@ async fn metrics(State(state): State<AppState>) -> Response {
          # TYPE rampart_connections_accepted_total counter\nrampart_connections_accepted_total {}\n\
          # TYPE rampart_connections_refused_total counter\nrampart_connections_refused_total {}\n\
          # TYPE rampart_connections_idle_closed_total counter\nrampart_connections_idle_closed_total {}\n\
-         # TYPE rampart_accept_errors_total counter\nrampart_accept_errors_total {}\n",
+         # TYPE rampart_accept_errors_total counter\nrampart_accept_errors_total {}\n\
+         # TYPE rampart_connections_stalled_total counter\nrampart_connections_stalled_total {}\n",
         m.requests.load(Ordering::Relaxed),
         m.rate_limited.load(Ordering::Relaxed),
         m.client_errors.load(Ordering::Relaxed),
@@ -428,6 +453,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
         c.refused.load(Ordering::Relaxed),
         c.idle_closed.load(Ordering::Relaxed),
         c.accept_errors.load(Ordering::Relaxed),
+        c.stalled.load(Ordering::Relaxed),
     );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
@@ -497,8 +523,42 @@ async fn authorize_vehicle(
             Some(_) => {}
         }
     }
+    // Revoked: every certificate of the VIN, or this certificate by serial (an in-memory
+    // lookup; `rampart pki revoke` takes effect within the refresh interval, see
+    // `crate::revocation`). Also without TLS, where the VIN alone identifies the vehicle.
+    let serial = identity.and_then(|i| i.serial.as_deref());
+    if let Some(revoked) = state.inner.revocations.of(vin, serial).await? {
+        let what = match (&revoked.vin, &revoked.serial) {
+            (Some(_), _) => format!("every certificate of {vin}"),
+            (None, Some(s)) => format!("certificate {s}"),
+            (None, None) => "certificate".to_owned(),
+        };
+        state
+            .inner
+            .director
+            .event(
+                "server",
+                CERTIFICATE_REVOKED_RULE,
+                Some(vin),
+                None,
+                remote.as_deref(),
+                &format!(
+                    "{what} revoked at {}: {}",
+                    revoked.revoked_at, revoked.reason
+                ),
+            )
+            .await;
+        return Err(Error::Rejected {
+            status: StatusCode::FORBIDDEN,
+            rule: CERTIFICATE_REVOKED_RULE,
+            message: format!("{what} is revoked: {}", revoked.reason),
+        });
+    }
     Ok(remote)
 }
+
+/// Rule of the refusal of a revoked vehicle certificate (403).
+pub const CERTIFICATE_REVOKED_RULE: &str = "certificate-revoked";
 
 /// A director metadata file of one vehicle (`N.root.json`, `timestamp.json`, `N.snapshot.json`, `N.targets.json`).
 #[utoipa::path(get, path = "/director/{vin}/metadata/{file}", params(("vin" = String, Path), ("file" = String, Path)),

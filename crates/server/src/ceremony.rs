@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 use rampart_core::key::KeyScheme;
 use rampart_core::signer::{InMemorySigner, Signer};
 
-use crate::config::{Config, EventsConfig, LimitsConfig, OnlineKeyConfig, ServerConfig};
+use crate::config::{Config, EventsConfig, LimitsConfig, OnlineKeyConfig, PkiConfig, ServerConfig};
 use crate::error::{Error, Result};
 use crate::keys::{create_private_dir, generate_key_file};
 use crate::layout::Layout;
@@ -90,7 +90,8 @@ pub fn init(layout: &Layout, opts: &CeremonyOptions, now: DateTime<Utc>) -> Resu
             opts.root_threshold, opts.root_keys
         )));
     }
-    std::fs::create_dir_all(layout.root()).map_err(|e| Error::io(layout.root(), e))?;
+    // The data directory holds keys, the database and the configuration: private (0700).
+    create_private_dir(layout.root())?;
     let offline = opts
         .offline_dir
         .clone()
@@ -226,6 +227,9 @@ pub fn init(layout: &Layout, opts: &CeremonyOptions, now: DateTime<Utc>) -> Resu
         .map_err(|e| Error::io(layout.director_public(), e))?;
     director_repo.write_root(&droot, &sign_root(&droot, &dsigners)?)?;
 
+    // The key-encryption key of the content keys of encrypted images.
+    crate::keys::kek::ContentKek::create(&online_dir.join(crate::keys::kek::DEFAULT_FILE_NAME))?;
+
     // PKI and configuration.
     // The PKI also holds the admin token, so it is made even for a plain-HTTP lab server.
     crate::pki::init(&layout.pki(), &opts.server_names, 825)
@@ -246,10 +250,12 @@ pub fn init(layout: &Layout, opts: &CeremonyOptions, now: DateTime<Utc>) -> Resu
             director_targets: rel(&online_dir.join("director-targets.pem")),
             director_snapshot: rel(&online_dir.join("director-snapshot.pem")),
             director_timestamp: rel(&online_dir.join("director-timestamp.pem")),
+            content_kek: rel(&online_dir.join(crate::keys::kek::DEFAULT_FILE_NAME)),
         },
         limits: LimitsConfig::default(),
         server: ServerConfig::default(),
         events: EventsConfig::default(),
+        pki: PkiConfig::default(),
     };
     config.save(layout)?;
     Ok(CeremonyReport {

@@ -13,6 +13,7 @@
 //! director_targets = "online-keys/director-targets.pem"
 //! director_snapshot = "online-keys/director-snapshot.pem"
 //! director_timestamp = "online-keys/director-timestamp.pem"
+//! content_kek = "online-keys/content-kek"   # seals content keys of encrypted images (0600)
 //!
 //! [limits]
 //! max_body_bytes = 1048576
@@ -24,10 +25,14 @@
 //! first_request_timeout_ms = 10000  # from accept (after TLS) to the first request's headers
 //! header_read_timeout_ms = 30000    # HTTP/1: one request's headers
 //! idle_timeout_ms = 60000           # HTTP/1 keep-alive and HTTP/2: no request in flight
+//! stall_timeout_ms = 60000          # a request whose client stopped sending or reading is cut
 //! h2_keep_alive_interval_ms = 30000 # HTTP/2 PING every … (0: none)
 //! h2_keep_alive_timeout_ms = 10000  # … and close if it is not answered within
 //! max_connections = 10000           # in total (capped below the open-files limit)
 //! max_connections_per_ip = 256      # per client address (IPv6: per /64)
+//!
+//! [pki]
+//! revocation_refresh_ms = 1000      # revocations take effect within this (0: every request)
 //!
 //! [events]                          # security events; every field optional
 //! window_secs = 60                  # identical events within this are one row with a count
@@ -46,6 +51,7 @@ use crate::api::Limits;
 use crate::conn::ConnectionOptions;
 use crate::director::{DirectorKeys, EventPolicy};
 use crate::error::{Error, Result};
+use crate::keys::kek::ContentKek;
 use crate::keys::KeySource;
 use crate::layout::Layout;
 use crate::repo::OnlineKeys;
@@ -75,6 +81,33 @@ pub struct Config {
     /// Recording and retention of security events.
     #[serde(default)]
     pub events: EventsConfig,
+    /// Vehicle certificates.
+    #[serde(default)]
+    pub pki: PkiConfig,
+}
+
+/// `[pki]`: vehicle certificates.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PkiConfig {
+    /// How often (ms) each server re-reads the revoked certificates from the database: a
+    /// revocation takes effect within this (0: every vehicle request reads the database).
+    pub revocation_refresh_ms: u64,
+}
+
+impl Default for PkiConfig {
+    fn default() -> Self {
+        PkiConfig {
+            revocation_refresh_ms: millis(crate::revocation::DEFAULT_REFRESH),
+        }
+    }
+}
+
+impl PkiConfig {
+    /// The refresh interval of the revocation list.
+    pub fn revocation_refresh(&self) -> Duration {
+        Duration::from_millis(self.revocation_refresh_ms)
+    }
 }
 
 /// `[events]`: how security events are recorded and how long they are kept — anyone can
@@ -154,6 +187,9 @@ pub struct ServerConfig {
     /// A connection (HTTP/1 keep-alive or HTTP/2) with no request in flight for this long is
     /// closed.
     pub idle_timeout_ms: u64,
+    /// A connection whose requests in flight make no progress for this long — the client
+    /// stopped sending a request body or reading a response — is cut.
+    pub stall_timeout_ms: u64,
     /// Interval of HTTP/2 keep-alive PINGs (0: none).
     pub h2_keep_alive_interval_ms: u64,
     /// An HTTP/2 connection whose PING is not answered within this is closed.
@@ -183,6 +219,7 @@ impl From<&ConnectionOptions> for ServerConfig {
             first_request_timeout_ms: millis(o.first_request_timeout),
             header_read_timeout_ms: millis(o.header_read_timeout),
             idle_timeout_ms: millis(o.idle_timeout),
+            stall_timeout_ms: millis(o.stall_timeout),
             h2_keep_alive_interval_ms: o.h2_keep_alive_interval.map_or(0, millis),
             h2_keep_alive_timeout_ms: millis(o.h2_keep_alive_timeout),
             max_connections: o.max_connections,
@@ -200,6 +237,7 @@ impl ServerConfig {
             first_request_timeout: ms(self.first_request_timeout_ms),
             header_read_timeout: ms(self.header_read_timeout_ms),
             idle_timeout: ms(self.idle_timeout_ms),
+            stall_timeout: ms(self.stall_timeout_ms),
             h2_keep_alive_interval: (self.h2_keep_alive_interval_ms > 0)
                 .then(|| ms(self.h2_keep_alive_interval_ms)),
             h2_keep_alive_timeout: ms(self.h2_keep_alive_timeout_ms),
@@ -226,6 +264,15 @@ pub struct OnlineKeyConfig {
     pub director_snapshot: String,
     /// Director timestamp key.
     pub director_timestamp: String,
+    /// Key-encryption key of the content keys of encrypted images (a file; see
+    /// [`crate::keys::kek`]).
+    #[serde(default = "default_content_kek")]
+    pub content_kek: String,
+}
+
+/// The content KEK's place in the data directory.
+pub fn default_content_kek() -> String {
+    format!("online-keys/{}", crate::keys::kek::DEFAULT_FILE_NAME)
 }
 
 impl OnlineKeyConfig {
@@ -294,11 +341,23 @@ impl Config {
         toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
     }
 
-    /// Writes `D/rampart.toml`.
+    /// Writes `D/rampart.toml`, mode 0600: the database URL may carry a password.
     pub fn save(&self, layout: &Layout) -> Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
         let text = toml::to_string_pretty(self).map_err(|e| Error::Config(e.to_string()))?;
         let path = layout.config_file();
-        fs::write(&path, text).map_err(|e| Error::io(&path, e))
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| Error::io(&path, e))?;
+        // An existing file keeps its mode through `open`: narrow it too.
+        f.set_permissions(fs::Permissions::from_mode(0o600))
+            .and_then(|()| f.write_all(text.as_bytes()))
+            .map_err(|e| Error::io(&path, e))
     }
 
     /// The database URL in force.
@@ -337,6 +396,27 @@ impl Config {
                 .source(layout, &self.online_keys.director_timestamp)
                 .load()?,
         })
+    }
+
+    /// Opens the content KEK: a file or a PKCS#11 token. The default file is created if
+    /// missing (data directories made before content keys were sealed); a configured one
+    /// must exist.
+    pub fn content_kek(&self, layout: &Layout) -> Result<ContentKek> {
+        match self.source(layout, &self.online_keys.content_kek) {
+            KeySource::Pkcs11(spec) => ContentKek::open_pkcs11(&spec),
+            KeySource::File(path) => {
+                let default = layout.root().join(default_content_kek());
+                if path == default {
+                    let (kek, created) = ContentKek::load_or_create(&path)?;
+                    if created {
+                        tracing::info!(path = %path.display(), "created the content key-encryption key");
+                    }
+                    Ok(kek)
+                } else {
+                    ContentKek::load(&path)
+                }
+            }
+        }
     }
 
     /// The offline keys folder (absolute).

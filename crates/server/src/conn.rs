@@ -48,6 +48,9 @@ pub struct ConnectionOptions {
     pub header_read_timeout: Duration,
     /// A connection with no request in flight for this long is closed.
     pub idle_timeout: Duration,
+    /// A connection whose requests in flight make no progress for this long (the client
+    /// stopped sending or reading) is cut.
+    pub stall_timeout: Duration,
     /// Interval of HTTP/2 keep-alive PINGs (`None`: no PINGs).
     pub h2_keep_alive_interval: Option<Duration>,
     /// An HTTP/2 connection whose PING is not answered within this is closed.
@@ -65,6 +68,7 @@ impl Default for ConnectionOptions {
             first_request_timeout: Duration::from_secs(10),
             header_read_timeout: crate::tls::HEADER_READ_TIMEOUT,
             idle_timeout: Duration::from_secs(60),
+            stall_timeout: Duration::from_secs(60),
             h2_keep_alive_interval: Some(Duration::from_secs(30)),
             h2_keep_alive_timeout: Duration::from_secs(10),
             max_connections: 10_000,
@@ -86,6 +90,9 @@ pub struct ConnectionStats {
     pub idle_closed: AtomicU64,
     /// `accept` failures (e.g. out of file descriptors), each followed by a pause.
     pub accept_errors: AtomicU64,
+    /// Connections cut because their requests made no progress (the client stopped sending
+    /// or reading).
+    pub stalled: AtomicU64,
 }
 
 /// Called (from the accept loop, so it must not block) when a refused connection is to be
@@ -331,16 +338,21 @@ impl FloodReports {
 }
 
 /// What a connection is doing: requests in flight, whether it has served any, and when that
-/// last changed — enough to tell when it has been idle too long.
+/// last changed — enough to tell when it has been idle too long; and when a request in
+/// flight last made progress — enough to tell when the client stopped sending or reading.
 pub(crate) struct Activity {
     in_flight: AtomicUsize,
     served: AtomicU64,
     last_change: Mutex<Instant>,
+    last_progress: Mutex<Instant>,
     changed: Notify,
 }
 
 /// A request in flight; dropped once its response has been sent (or abandoned).
-pub(crate) struct InFlight(Arc<Activity>);
+pub(crate) struct InFlight {
+    activity: Arc<Activity>,
+    responding: bool,
+}
 
 impl Activity {
     pub(crate) fn new() -> Arc<Self> {
@@ -348,6 +360,7 @@ impl Activity {
             in_flight: AtomicUsize::new(0),
             served: AtomicU64::new(0),
             last_change: Mutex::new(Instant::now()),
+            last_progress: Mutex::new(Instant::now()),
             changed: Notify::new(),
         })
     }
@@ -361,10 +374,50 @@ impl Activity {
 
     /// A request starts.
     pub(crate) fn start(self: &Arc<Self>) -> InFlight {
+        self.progress();
         self.in_flight.fetch_add(1, Ordering::SeqCst);
         self.served.fetch_add(1, Ordering::SeqCst);
         self.touch();
-        InFlight(self.clone())
+        self.changed.notify_waiters();
+        InFlight {
+            activity: self.clone(),
+            responding: false,
+        }
+    }
+
+    fn progress(&self) {
+        *self
+            .last_progress
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Instant::now();
+    }
+
+    /// Notes progress of a request in flight (a frame of its body arrived).
+    pub(crate) fn request_progress(&self) {
+        self.progress();
+    }
+
+    /// Completes once requests are in flight but the connection made no progress for
+    /// `stall`: no request arrived, no frame of a request body came in, no response started
+    /// and none was asked for more of its body (the client stopped sending or reading).
+    pub(crate) async fn stalled(&self, stall: Duration) {
+        loop {
+            let mut changed = pin!(self.changed.notified());
+            changed.as_mut().enable();
+            if self.in_flight.load(Ordering::SeqCst) == 0 {
+                changed.await;
+                continue;
+            }
+            let since = self
+                .last_progress
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .elapsed();
+            match stall.checked_sub(since).filter(|d| !d.is_zero()) {
+                None => return,
+                Some(left) => tokio::time::sleep(left).await,
+            }
+        }
     }
 
     /// Completes once the connection has had no request in flight for `first_request` (if
@@ -399,11 +452,24 @@ impl Activity {
     }
 }
 
+impl crate::linger::ResponseWatch for InFlight {
+    fn started(&mut self) {
+        if !self.responding {
+            self.responding = true;
+            self.activity.progress();
+        }
+    }
+
+    fn progressed(&self) {
+        self.activity.progress();
+    }
+}
+
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
-        self.0.touch();
-        self.0.changed.notify_waiters();
+        self.activity.in_flight.fetch_sub(1, Ordering::SeqCst);
+        self.activity.touch();
+        self.activity.changed.notify_waiters();
     }
 }
 
@@ -501,5 +567,32 @@ mod tests {
         drop(request);
         idle.await;
         assert!(done_at.elapsed() >= ms(300));
+    }
+
+    #[tokio::test]
+    async fn activity_stalls_only_with_a_request_in_flight_and_no_progress() {
+        let ms = Duration::from_millis;
+        let activity = Activity::new();
+        assert!(
+            tokio::time::timeout(ms(400), activity.stalled(ms(100)))
+                .await
+                .is_err(),
+            "nothing in flight: no stall"
+        );
+        let request = activity.start();
+        let started = Instant::now();
+        activity.stalled(ms(200)).await;
+        assert!(started.elapsed() >= ms(200));
+        // Progress keeps postponing it.
+        activity.request_progress();
+        let stalled = activity.stalled(ms(300));
+        tokio::pin!(stalled);
+        for _ in 0..4 {
+            assert!(tokio::time::timeout(ms(150), stalled.as_mut())
+                .await
+                .is_err());
+            activity.request_progress();
+        }
+        drop(request);
     }
 }

@@ -194,7 +194,8 @@ pub struct SecurityEvent {
 pub struct ImageKey {
     /// Target path.
     pub target: String,
-    /// Content key (hex).
+    /// Content key, sealed under the content KEK (`kek1:…`, see [`crate::keys::kek`]); plain
+    /// hex only in rows written before keys were sealed (sealed at the next start).
     pub content_key: String,
     /// Ciphertext path under the targets base URL.
     pub ciphertext_path: String,
@@ -202,6 +203,46 @@ pub struct ImageKey {
     pub ciphertext_length: u64,
     /// Ciphertext hashes (JSON).
     pub ciphertext_hashes: String,
+}
+
+/// The file of a `sqlite:` URL (`None` for in-memory databases).
+fn sqlite_path(url: &str) -> Option<std::path::PathBuf> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = rest.split('?').next().unwrap_or("");
+    (!path.is_empty() && !path.starts_with(":memory:")).then(|| std::path::PathBuf::from(path))
+}
+
+/// Makes the SQLite database and its `-wal`/`-shm` files private (0600) before SQLite opens
+/// them: a new database is created empty with mode 0600 (SQLite gives its WAL and index the
+/// database file's mode), an existing one with a wider mode is narrowed, with a warning. The
+/// database holds the fleet's inventory, manifests and sealed content keys.
+fn make_sqlite_files_private(path: &std::path::Path) -> Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(Error::io(path, e)),
+    }
+    for suffix in ["", "-wal", "-shm", "-journal"] {
+        let file = std::path::PathBuf::from(format!("{}{suffix}", path.display()));
+        let Ok(meta) = std::fs::metadata(&file) else {
+            continue;
+        };
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            tracing::warn!(file = %file.display(), mode = format!("{mode:o}"), "database file was accessible to others; now 0600");
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| Error::io(&file, e))?;
+        }
+    }
+    Ok(())
 }
 
 fn db_err(what: &str) -> impl Fn(sqlx::Error) -> Error + '_ {
@@ -238,7 +279,7 @@ fn json(text: &str, what: &str) -> Result<serde_json::Value> {
 }
 
 /// Every table of the schema (what [`Db::count`] accepts).
-pub const TABLES: [&str; 7] = [
+pub const TABLES: [&str; 8] = [
     "vehicles",
     "ecus",
     "assignments",
@@ -246,7 +287,23 @@ pub const TABLES: [&str; 7] = [
     "manifests",
     "security_events",
     "image_keys",
+    "revocations",
 ];
+
+/// A revoked vehicle certificate: every certificate of a VIN, or one by serial.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct Revocation {
+    /// ID (increasing).
+    pub id: i64,
+    /// Every certificate of this VIN is revoked…
+    pub vin: Option<String>,
+    /// …or the certificate with this serial (lower-case hex).
+    pub serial: Option<String>,
+    /// Why.
+    pub reason: String,
+    /// When (RFC 3339).
+    pub revoked_at: String,
+}
 
 /// Prefix of the `content_digest` a change of instructions leaves on a vehicle's stored
 /// director targets (followed by a unique suffix, so that two changes never look alike).
@@ -296,6 +353,11 @@ impl Db {
                 "unsupported database URL {url:?} (sqlite://… or postgres://…)"
             )));
         };
+        if backend == Backend::Sqlite {
+            if let Some(path) = sqlite_path(url) {
+                make_sqlite_files_private(&path)?;
+            }
+        }
         let url = match backend {
             Backend::Sqlite if !url.contains("mode=") => {
                 let sep = if url.contains('?') { '&' } else { '?' };
@@ -988,6 +1050,41 @@ impl Db {
         Ok(())
     }
 
+    /// Every encrypted image's key row (for sealing legacy plain-text keys).
+    pub async fn image_keys(&self) -> Result<Vec<ImageKey>> {
+        let rows = sqlx::query(
+            "SELECT target, content_key, ciphertext_path, ciphertext_length, ciphertext_hashes FROM image_keys ORDER BY target",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err("image keys"))?;
+        rows.iter()
+            .map(|r| {
+                Ok(ImageKey {
+                    target: get_str(r, "target")?,
+                    content_key: get_str(r, "content_key")?,
+                    ciphertext_path: get_str(r, "ciphertext_path")?,
+                    ciphertext_length: to_u64(get_i64(r, "ciphertext_length")?),
+                    ciphertext_hashes: get_str(r, "ciphertext_hashes")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Replaces the stored content key of `target` by `new`, only if it is still `old`.
+    pub async fn replace_content_key(&self, target: &str, old: &str, new: &str) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE image_keys SET content_key = $1 WHERE target = $2 AND content_key = $3",
+        )
+        .bind(new)
+        .bind(target)
+        .bind(old)
+        .execute(&self.pool)
+        .await
+        .map_err(db_err("image key"))?;
+        Ok(done.rows_affected() == 1)
+    }
+
     /// The content key of an encrypted image.
     pub async fn image_key(&self, target: &str) -> Result<Option<ImageKey>> {
         let row = sqlx::query(
@@ -1004,6 +1101,102 @@ impl Db {
                 ciphertext_path: get_str(&r, "ciphertext_path")?,
                 ciphertext_length: to_u64(get_i64(&r, "ciphertext_length")?),
                 ciphertext_hashes: get_str(&r, "ciphertext_hashes")?,
+            })
+        })
+        .transpose()
+    }
+
+    /// Revokes every certificate of `vin` and/or the certificate with `serial` (hex, any
+    /// case; stored lower-case). Returns the revocation's ID.
+    pub async fn revoke(
+        &self,
+        vin: Option<&str>,
+        serial: Option<&str>,
+        reason: &str,
+    ) -> Result<i64> {
+        if vin.is_none() && serial.is_none() {
+            return Err(Error::BadRequest(
+                "revoke what: give a VIN or a certificate serial".into(),
+            ));
+        }
+        let serial = serial.map(normalize_serial).transpose()?;
+        let row = sqlx::query(
+            "INSERT INTO revocations (vin, serial, reason, revoked_at) VALUES ($1, $2, $3, $4) RETURNING id",
+        )
+        .bind(vin.map(str::to_owned))
+        .bind(serial)
+        .bind(reason)
+        .bind(now_text())
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db_err("revoke"))?;
+        get_i64(&row, "id")
+    }
+
+    /// Lifts the revocations of `vin` (its certificates are accepted again). Returns how many
+    /// were lifted.
+    pub async fn unrevoke_vin(&self, vin: &str) -> Result<u64> {
+        let done = sqlx::query("DELETE FROM revocations WHERE vin = $1")
+            .bind(vin)
+            .execute(&self.pool)
+            .await
+            .map_err(db_err("unrevoke"))?;
+        Ok(done.rows_affected())
+    }
+
+    /// Every revocation, oldest first.
+    pub async fn revocations(&self) -> Result<Vec<Revocation>> {
+        let rows =
+            sqlx::query("SELECT id, vin, serial, reason, revoked_at FROM revocations ORDER BY id")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db_err("revocations"))?;
+        rows.iter()
+            .map(|r| {
+                Ok(Revocation {
+                    id: get_i64(r, "id")?,
+                    vin: get_opt_str(r, "vin")?,
+                    serial: get_opt_str(r, "serial")?,
+                    reason: get_str(r, "reason")?,
+                    revoked_at: get_str(r, "revoked_at")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Row count and highest ID of the revocations: any revoke or unrevoke changes them (what
+    /// [`crate::revocation::Revocations`] polls).
+    pub async fn revocations_version(&self) -> Result<(u64, i64)> {
+        let row = sqlx::query("SELECT COUNT(*) AS n, COALESCE(MAX(id), 0) AS top FROM revocations")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db_err("revocations"))?;
+        Ok((to_u64(get_i64(&row, "n")?), get_i64(&row, "top")?))
+    }
+
+    /// The revocation that applies to a certificate for `vin` with `serial` (hex, lower-case)
+    /// if any: one indexed lookup, on the path of every vehicle request.
+    pub async fn revocation_of(
+        &self,
+        vin: &str,
+        serial: Option<&str>,
+    ) -> Result<Option<Revocation>> {
+        let row = sqlx::query(
+            "SELECT id, vin, serial, reason, revoked_at FROM revocations \
+             WHERE vin = $1 OR serial = $2 ORDER BY id LIMIT 1",
+        )
+        .bind(vin)
+        .bind(serial.unwrap_or(""))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_err("revocation"))?;
+        row.map(|r| {
+            Ok(Revocation {
+                id: get_i64(&r, "id")?,
+                vin: get_opt_str(&r, "vin")?,
+                serial: get_opt_str(&r, "serial")?,
+                reason: get_str(&r, "reason")?,
+                revoked_at: get_str(&r, "revoked_at")?,
             })
         })
         .transpose()
@@ -1051,6 +1244,22 @@ pub struct Checkin<'a> {
     /// Security events the manifest carries (attack indicators, dropped ECU reports): stored
     /// in the transaction that accepts it, so only if it is accepted, and once.
     pub events: Vec<NewEvent<'a>>,
+}
+
+/// A certificate serial as stored: lower-case hex without separators (`:` and spaces are
+/// accepted on input, as tools print them).
+pub fn normalize_serial(serial: &str) -> Result<String> {
+    let hex: String = serial
+        .chars()
+        .filter(|c| *c != ':' && !c.is_whitespace())
+        .collect::<String>()
+        .to_ascii_lowercase();
+    if hex.is_empty() || hex.len() > 40 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(Error::BadRequest(format!(
+            "certificate serial {serial:?} is not hex (at most 20 bytes)"
+        )));
+    }
+    Ok(hex)
 }
 
 /// How a security event is aggregated with the ones before it (within the event window).

@@ -36,6 +36,7 @@ use crate::db::{
     INSTRUCTIONS_CHANGED,
 };
 use crate::error::{Error, Result};
+use crate::keys::kek::ContentKek;
 
 /// The director's online keys.
 pub struct DirectorKeys {
@@ -134,6 +135,8 @@ pub struct Director {
     /// Lifetimes.
     pub lifetimes: DirectorLifetimes,
     events: EventLimiter,
+    /// Opens the sealed content keys of encrypted images.
+    kek: Option<std::sync::Arc<ContentKek>>,
 }
 
 /// The current director documents of one vehicle.
@@ -210,7 +213,14 @@ impl Director {
             public_dir: public_dir.into(),
             lifetimes: DirectorLifetimes::default(),
             events: EventLimiter::new(EventPolicy::default()),
+            kek: None,
         }
+    }
+
+    /// Opens the sealed content keys of encrypted images with `kek`.
+    pub fn with_content_kek(mut self, kek: std::sync::Arc<ContentKek>) -> Self {
+        self.kek = Some(kek);
+        self
     }
 
     /// Records security events by `policy` from now on.
@@ -473,10 +483,15 @@ impl Director {
                     "ECU {ecu_id} has no X25519 encryption key registered"
                 ))
             })?;
-        let content = ContentKey::from_bytes(
-            &hex::decode(&key.content_key)
-                .map_err(|e| Error::Database(format!("content key: {e}")))?,
-        )?;
+        let raw = match &self.kek {
+            Some(kek) => kek.content_key(&key)?,
+            None => {
+                return Err(Error::Config(format!(
+                    "the content key of {target} is sealed and no content KEK is loaded"
+                )))
+            }
+        };
+        let content = ContentKey::from_bytes(&raw)?;
         let wrapped = wrap_key(&ecu_key, &content)?;
         let hashes: Hashes = serde_json::from_str(&key.ciphertext_hashes)
             .map_err(|e| Error::Database(format!("ciphertext hashes: {e}")))?;

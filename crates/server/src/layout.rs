@@ -1,17 +1,21 @@
 //! Where things live in a data directory.
 //!
 //! ```text
-//! D/rampart.toml                  configuration (written by `repo init`, edited by people)
+//! D/                              0700: keys, database and configuration are private
+//! D/rampart.toml                  configuration (0600; written by `repo init`, edited by people)
 //! D/offline-keys/                 root and targets keys of both repositories (0700/0600):
 //!                                 move this folder to offline storage after the ceremony
 //! D/online-keys/                  snapshot/timestamp (image) and targets/snapshot/timestamp
-//!                                 (director) keys the running server signs with
+//!                                 (director) keys the running server signs with, and
+//!                                 `content-kek`, which seals the content keys of encrypted
+//!                                 images in the database (all 0600)
 //! D/pki/                          fleet CA, TLS server certificate, admin token
 //! D/public/image/metadata/        the image repository, as any static server or CDN serves it
 //! D/public/image/targets/         images, content-addressed (HASH.NAME) and encrypted copies
 //! D/public/director/              the director's root chain (N.root.json), the same for all
 //! D/staging/                      unsigned metadata exported for offline signing
-//! D/rampart.db                    SQLite database (unless PostgreSQL is configured)
+//! D/rampart.db                    SQLite database, with its -wal/-shm files 0600 (unless
+//!                                 PostgreSQL is configured)
 //! ```
 
 use std::path::{Path, PathBuf};

@@ -22,6 +22,7 @@ mod linger;
 pub mod ops;
 pub mod pki;
 pub mod repo;
+pub mod revocation;
 pub mod serve;
 pub mod tls;
 

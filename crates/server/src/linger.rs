@@ -35,12 +35,20 @@ type Shared = Arc<Mutex<Incoming>>;
 /// Keeps a request's body after the handler is done with it; see [`answer`].
 pub(crate) struct Held(Shared);
 
-/// Splits `request`: the returned request reads the connection's body as usual, while
-/// [`Held`] keeps that body alive whatever the handler does with its copy.
-pub(crate) fn hold(request: Request<Incoming>) -> (Request<Body>, Held) {
+/// Called for every frame of a request body received (the connection layer watches for
+/// clients that stop sending).
+pub(crate) type OnFrame = Arc<dyn Fn() + Send + Sync>;
+
+/// Splits `request`: the returned request reads the connection's body as usual (calling
+/// `on_frame` for each frame), while [`Held`] keeps that body alive whatever the handler does
+/// with its copy.
+pub(crate) fn hold(request: Request<Incoming>, on_frame: OnFrame) -> (Request<Body>, Held) {
     let (parts, body) = request.into_parts();
     let shared = Arc::new(Mutex::new(body));
-    let reader = Reader(shared.clone());
+    let reader = Reader {
+        body: shared.clone(),
+        on_frame: Some(on_frame),
+    };
     (Request::from_parts(parts, Body::new(reader)), Held(shared))
 }
 
@@ -48,19 +56,14 @@ pub(crate) fn hold(request: Request<Incoming>) -> (Request<Body>, Held) {
 /// has been sent (or abandoned) — the connection layer counts requests in flight that way —
 /// and, if the request body was not read to its end, drains the rest of it in the background
 /// within the bounds above.
-pub(crate) fn answer<G: Send + Unpin + 'static>(
+pub(crate) fn answer<G: ResponseWatch>(
     response: Response<Body>,
     held: Held,
-    guard: G,
+    mut guard: G,
 ) -> Response<Body> {
+    guard.started();
     let held = (!at_end(&held.0)).then_some(held.0);
-    response.map(|inner| {
-        Body::new(Lingering {
-            inner,
-            held,
-            _guard: guard,
-        })
-    })
+    response.map(|inner| Body::new(Lingering { inner, held, guard }))
 }
 
 fn at_end(shared: &Shared) -> bool {
@@ -68,8 +71,20 @@ fn at_end(shared: &Shared) -> bool {
     shared.lock().map_or(true, |body| body.is_end_stream())
 }
 
+/// Told about a response as it is sent (the connection layer watches for clients that stop
+/// reading).
+pub(crate) trait ResponseWatch: Send + Unpin + 'static {
+    /// The response is about to be sent.
+    fn started(&mut self);
+    /// The connection asked for more of the response body: the client is reading.
+    fn progressed(&self);
+}
+
 /// Reads the shared request body.
-struct Reader(Shared);
+struct Reader {
+    body: Shared,
+    on_frame: Option<OnFrame>,
+}
 
 impl HttpBody for Reader {
     type Data = Bytes;
@@ -79,20 +94,24 @@ impl HttpBody for Reader {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let Ok(mut body) = self.0.lock() else {
-            return Poll::Ready(Some(Err("request body lock poisoned".into())));
+        let polled = {
+            let Ok(mut body) = self.body.lock() else {
+                return Poll::Ready(Some(Err("request body lock poisoned".into())));
+            };
+            Pin::new(&mut *body).poll_frame(cx)
         };
-        Pin::new(&mut *body)
-            .poll_frame(cx)
-            .map(|frame| frame.map(|r| r.map_err(BoxError::from)))
+        if let (Poll::Ready(Some(Ok(_))), Some(on_frame)) = (&polled, &self.on_frame) {
+            on_frame();
+        }
+        polled.map(|frame| frame.map(|r| r.map_err(BoxError::from)))
     }
 
     fn is_end_stream(&self) -> bool {
-        at_end(&self.0)
+        at_end(&self.body)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.0
+        self.body
             .lock()
             .map_or_else(|_| SizeHint::default(), |body| body.size_hint())
     }
@@ -103,10 +122,10 @@ impl HttpBody for Reader {
 struct Lingering<G> {
     inner: Body,
     held: Option<Shared>,
-    _guard: G,
+    guard: G,
 }
 
-impl<G: Unpin> HttpBody for Lingering<G> {
+impl<G: ResponseWatch> HttpBody for Lingering<G> {
     type Data = Bytes;
     type Error = axum::Error;
 
@@ -114,7 +133,9 @@ impl<G: Unpin> HttpBody for Lingering<G> {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
-        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+        let this = self.get_mut();
+        this.guard.progressed();
+        Pin::new(&mut this.inner).poll_frame(cx)
     }
 
     fn is_end_stream(&self) -> bool {
@@ -138,7 +159,10 @@ impl<G> Drop for Lingering<G> {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        runtime.spawn(drain(Reader(shared)));
+        runtime.spawn(drain(Reader {
+            body: shared,
+            on_frame: None,
+        }));
     }
 }
 

@@ -14,7 +14,8 @@ use rampart_core::uptane::ImageCustom;
 use crate::config::Config;
 use crate::db::{Db, ImageKey};
 use crate::error::{Error, Result};
-use crate::keys::{generate_key_file, load_key_file, read_public_key};
+use crate::keys::kek::{reseal_content_keys, ContentKek};
+use crate::keys::{generate_key_file, load_key_file, read_public_key, KeySource};
 use crate::layout::Layout;
 use crate::repo::{sign_root, RepoState, Repository};
 
@@ -113,12 +114,13 @@ pub async fn publish(
         version: req.version.clone(),
     };
     let (length, hashes) = if req.encrypt {
+        let kek = config.content_kek(layout)?;
         let key = ContentKey::generate()?;
         let copy = repo.store_encrypted(&req.file, &name, &key)?;
         let db = Db::connect(&config.database_url(layout)).await?;
         db.store_image_key(&ImageKey {
             target: name.clone(),
-            content_key: hex::encode(key.as_bytes()),
+            content_key: kek.seal(&name, key.as_bytes())?,
             ciphertext_path: copy.ciphertext_path.clone(),
             ciphertext_length: copy.ciphertext_length,
             ciphertext_hashes: serde_json::to_string(&copy.ciphertext_hashes).unwrap_or_default(),
@@ -449,4 +451,27 @@ async fn rotate_with(
         root_version: new_root.version,
         new_key_files: new_files,
     })
+}
+
+/// Moves the content KEK to `to` — a new key file (created 0600; must not exist) or a key
+/// generated on a PKCS#11 token (`pkcs11:…`; the label must be free) — re-sealing every
+/// stored content key under it, then points `[online_keys] content_kek` at it. Returns how
+/// many content keys moved. A running server keeps the old KEK until it is restarted.
+pub async fn rotate_content_kek(layout: &Layout, to: &str) -> Result<u64> {
+    let mut config = Config::load(layout)?;
+    let old = config.content_kek(layout)?;
+    let new = match KeySource::parse(to, layout.root()) {
+        KeySource::Pkcs11(spec) => ContentKek::generate_pkcs11(&spec)?,
+        KeySource::File(path) => ContentKek::create(&path)?,
+    };
+    let db = Db::connect(&config.database_url(layout)).await?;
+    let moved = reseal_content_keys(&db, &old, &new).await?;
+    config.online_keys.content_kek = to.to_owned();
+    config.save(layout).map_err(|e| {
+        Error::Config(format!(
+            "content keys are sealed under {to} but rampart.toml could not be updated ({e}); \
+             set [online_keys] content_kek = {to:?} by hand"
+        ))
+    })?;
+    Ok(moved)
 }

@@ -134,6 +134,10 @@ pub enum Error {
     /// The system random number generator failed.
     #[error("the system random number generator failed")]
     Random,
+
+    /// A secret file (key, token) is accessible to others, or its metadata unreadable.
+    #[error(transparent)]
+    Secret(#[from] rampart_client::store::SecretFileError),
 }
 
 impl Error {
@@ -149,6 +153,7 @@ impl Error {
             Error::EmptyAdminToken { .. } => "empty-admin-token",
             Error::Certificate { .. } => "certificate",
             Error::Random => "random",
+            Error::Secret(e) => e.rule(),
         }
     }
 
@@ -351,6 +356,7 @@ fn issue(
     validate_vin(vin)?;
     let files = PkiFiles::in_dir(dir);
     let ca_pem = read_to_string(&files.ca_cert)?;
+    rampart_client::store::check_secret_permissions(&files.ca_key)?;
     let ca_key_pem = read_to_string(&files.ca_key)?;
     let ca_key = KeyPair::from_pem(&ca_key_pem).map_err(|e| Error::Malformed {
         path: files.ca_key.clone(),
@@ -421,9 +427,24 @@ pub fn validate_vin(vin: &str) -> Result<()> {
     Ok(())
 }
 
-/// Reads the admin token of the PKI in `dir` (surrounding whitespace removed).
+/// The serial of a PEM certificate as revocations name it: lower-case hex of the DER
+/// integer's bytes.
+pub fn certificate_serial(cert_pem: &str) -> Result<String> {
+    let malformed = |reason: String| Error::Malformed {
+        path: PathBuf::from("(certificate)"),
+        reason,
+    };
+    let (_, pem) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes())
+        .map_err(|e| malformed(e.to_string()))?;
+    let cert = pem.parse_x509().map_err(|e| malformed(e.to_string()))?;
+    Ok(hex::encode(cert.raw_serial()))
+}
+
+/// Reads the admin token of the PKI in `dir` (surrounding whitespace removed), refusing a
+/// token file others can access.
 pub fn load_admin_token(dir: &Path) -> Result<String> {
     let path = PkiFiles::in_dir(dir).admin_token;
+    rampart_client::store::check_secret_permissions(&path)?;
     let token = read_to_string(&path)?.trim().to_owned();
     if token.is_empty() {
         return Err(Error::EmptyAdminToken { path });

@@ -83,11 +83,29 @@ impl Running {
     }
 }
 
-/// Starts the server: opens the database (running migrations), loads the online keys,
-/// binds, and serves until stopped.
+/// Starts the server: loads the secrets (admin token, TLS key, online keys, content KEK —
+/// refusing any that others can read), opens the database (running migrations, sealing
+/// content keys left in plain text, pruning events), binds, and serves until stopped.
 pub async fn start(opts: ServeOptions) -> Result<Running> {
     let layout = opts.layout.clone();
     let config = Config::load(&layout)?;
+    // Every secret is loaded (and its permissions checked) before anything starts, so a
+    // refusal leaves nothing running behind it.
+    let tls = config.tls && !opts.danger_plain_http;
+    let admin_token = crate::pki::load_admin_token(&layout.pki())
+        .map_err(|e| Error::Config(format!("admin token: {e}")))?;
+    let tls_config = if tls {
+        Some(
+            crate::tls::server_config(&layout.pki())
+                .map_err(|e| Error::Config(format!("TLS: {e}")))?,
+        )
+    } else {
+        None
+    };
+    let director_keys = config.director_keys(&layout)?;
+    let image_keys = config.image_online_keys(&layout)?;
+    let kek = Arc::new(config.content_kek(&layout)?);
+
     let db_url = opts
         .database
         .clone()
@@ -95,10 +113,38 @@ pub async fn start(opts: ServeOptions) -> Result<Running> {
     let db = Db::connect(&db_url)
         .await?
         .with_event_window(config.events.window());
+    let sealed = crate::keys::kek::seal_plaintext_content_keys(&db, &kek).await?;
+    if sealed > 0 {
+        tracing::info!(sealed, "sealed content keys stored in plain text");
+    }
     // Retention first: a server that was down for long starts within its bounds.
     prune_events(&db, &config.events).await;
+    let mut director =
+        Director::new(db.clone(), director_keys, layout.director_public()).with_content_kek(kek);
+    director.set_event_policy(config.events.policy());
+    let state = AppState::with_revocation_refresh(
+        director,
+        &layout,
+        admin_token,
+        config.limits.limits(),
+        tls,
+        config.pki.revocation_refresh(),
+    );
+    let connections = connections(&opts, &config, &state);
+    let app = router(state, &layout.root().join("public/image"));
+
+    let listen = opts.listen.clone().unwrap_or_else(|| config.listen.clone());
+    let listener = TcpListener::bind(&listen)
+        .await
+        .map_err(|e| Error::Config(format!("cannot listen on {listen}: {e}")))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| Error::Config(e.to_string()))?;
+
+    // Background tasks, from here on nothing fails: pruning of security events and online
+    // re-signing of the image repository's timestamp and snapshot.
     let pruner = {
-        let (db, events) = (db.clone(), config.events.clone());
+        let events = config.events.clone();
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(events.prune_every()).await;
@@ -106,17 +152,6 @@ pub async fn start(opts: ServeOptions) -> Result<Running> {
             }
         })
     };
-    let mut director = Director::new(db, config.director_keys(&layout)?, layout.director_public());
-    director.set_event_policy(config.events.policy());
-    let admin_token = crate::pki::load_admin_token(&layout.pki())
-        .map_err(|e| Error::Config(format!("admin token: {e}")))?;
-    let tls = config.tls && !opts.danger_plain_http;
-    let state = AppState::new(director, &layout, admin_token, config.limits.limits(), tls);
-    let connections = connections(&opts, &config, &state);
-    let app = router(state, &layout.root().join("public/image"));
-
-    // Online re-signing of the image repository's timestamp and snapshot.
-    let image_keys = config.image_online_keys(&layout)?;
     let repo = Repository::new(layout.image_metadata(), layout.image_targets());
     let every = opts.refresh_every;
     let refresher = tokio::spawn(async move {
@@ -139,40 +174,31 @@ pub async fn start(opts: ServeOptions) -> Result<Running> {
             tokio::time::sleep(every).await;
         }
     });
-
-    let listen = opts.listen.clone().unwrap_or_else(|| config.listen.clone());
-    let listener = TcpListener::bind(&listen)
-        .await
-        .map_err(|e| Error::Config(format!("cannot listen on {listen}: {e}")))?;
-    let addr = listener
-        .local_addr()
-        .map_err(|e| Error::Config(e.to_string()))?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let shutdown = async move {
         let _ = stopped.await;
         refresher.abort();
         pruner.abort();
     };
-    let task = if tls {
-        let tls_config = crate::tls::server_config(&layout.pki())
-            .map_err(|e| Error::Config(format!("TLS: {e}")))?;
-        tokio::spawn(crate::tls::serve_tls_with(
+    let task = match tls_config {
+        Some(tls_config) => tokio::spawn(crate::tls::serve_tls_with(
             listener,
             tls_config,
             app,
             connections,
             shutdown,
-        ))
-    } else {
-        tracing::warn!(
-            "serving plain HTTP: vehicle identity rests on manifest signatures alone (lab mode)"
-        );
-        tokio::spawn(crate::tls::serve_plain_with(
-            listener,
-            app,
-            connections,
-            shutdown,
-        ))
+        )),
+        None => {
+            tracing::warn!(
+                "serving plain HTTP: vehicle identity rests on manifest signatures alone (lab mode)"
+            );
+            tokio::spawn(crate::tls::serve_plain_with(
+                listener,
+                app,
+                connections,
+                shutdown,
+            ))
+        }
     };
     tracing::info!(%addr, tls, database = %redact(&db_url), "rampart server listening");
     Ok(Running {

@@ -103,6 +103,8 @@ pub struct ClientIdentity {
     /// The VIN of the verified client certificate (its subject CN), `None` when the client
     /// presented no certificate (or the connection is not TLS).
     pub vin: Option<String>,
+    /// The serial of that certificate (lower-case hex), for revocation checks.
+    pub serial: Option<String>,
     /// The peer's address.
     pub peer: SocketAddr,
 }
@@ -131,6 +133,12 @@ pub fn server_config(pki_dir: &Path) -> Result<Arc<ServerConfig>> {
         })?;
 
     let chain = read_certs(&files.server_cert)?;
+    rampart_client::store::check_secret_permissions(&files.server_key).map_err(|e| {
+        Error::PkiFile {
+            path: files.server_key.clone(),
+            reason: e.to_string(),
+        }
+    })?;
     let key = PrivateKeyDer::from_pem_file(&files.server_key).map_err(|e| Error::PkiFile {
         path: files.server_key.clone(),
         reason: e.to_string(),
@@ -181,8 +189,8 @@ pub async fn serve_tls_with(
         async move {
             match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
                 Ok(Ok(stream)) => {
-                    let vin = vin_of_peer(stream.get_ref().1.peer_certificates(), peer);
-                    Some((stream, vin))
+                    let cert = vehicle_of_peer(stream.get_ref().1.peer_certificates(), peer);
+                    Some((stream, cert))
                 }
                 Ok(Err(e)) => {
                     tracing::debug!(%peer, error = %e, "TLS handshake failed");
@@ -272,7 +280,7 @@ async fn serve_connections<H, F, S>(
 ) -> io::Result<()>
 where
     H: Fn(TcpStream, SocketAddr) -> F,
-    F: Future<Output = Option<(S, Option<String>)>> + Send + 'static,
+    F: Future<Output = Option<(S, Option<PeerVehicle>)>> + Send + 'static,
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let Connections {
@@ -379,8 +387,9 @@ struct Limits {
 }
 
 /// One connection: handshake, then HTTP until the client is done, the connection has been
-/// idle too long (then it is asked to close, and cut after [`conn::CLOSE_GRACE`]), or
-/// shutdown is requested (in-flight requests finish, then it is closed).
+/// idle too long (then it is asked to close, and cut after [`conn::CLOSE_GRACE`]), its client
+/// stopped sending a request body or reading a response (then it is cut), or shutdown is
+/// requested (in-flight requests finish, then it is closed).
 async fn serve_connection<F, S>(
     handshake: F,
     peer: SocketAddr,
@@ -389,20 +398,21 @@ async fn serve_connection<F, S>(
     limits: Limits,
     mut stop: watch::Receiver<bool>,
 ) where
-    F: Future<Output = Option<(S, Option<String>)>>,
+    F: Future<Output = Option<(S, Option<PeerVehicle>)>>,
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let established = tokio::select! {
         established = handshake => established,
         () = stop_requested(&mut stop) => None,
     };
-    let Some((stream, vin)) = established else {
+    let Some((stream, vehicle)) = established else {
         return;
     };
     let activity = conn::Activity::new();
+    let (vin, serial) = vehicle.map_or((None, None), |v| (Some(v.vin), Some(v.serial)));
     let service = TowerToHyperService::new(WithIdentity {
         inner: app,
-        identity: ClientIdentity { vin, peer },
+        identity: ClientIdentity { vin, serial, peer },
         activity: activity.clone(),
     });
     let options = &limits.options;
@@ -412,6 +422,12 @@ async fn serve_connection<F, S>(
         () = stop_requested(&mut stop) => {
             connection.as_mut().graceful_shutdown();
             connection.await
+        }
+        () = activity.stalled(options.stall_timeout) => {
+            limits.stats.stalled.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(%peer, "cutting a connection whose client stopped sending or reading");
+            // Dropping the connection closes the socket: nothing can be sent to this client.
+            Ok(())
         }
         () = activity.idle(options.first_request_timeout, options.idle_timeout) => {
             limits.stats.idle_closed.fetch_add(1, Ordering::Relaxed);
@@ -455,15 +471,27 @@ impl Service<Request<Incoming>> for WithIdentity {
         // In flight until its response has been sent: the connection is not idle meanwhile.
         let in_flight = self.activity.start();
         // An early answer must reach the client before its unread body is let go.
-        let (request, held) = linger::hold(request);
+        let activity = self.activity.clone();
+        let (request, held) = linger::hold(request, Arc::new(move || activity.request_progress()));
         let response = self.inner.call(request);
         Box::pin(async move { Ok(linger::answer(response.await?, held, in_flight)) })
     }
 }
 
+/// The vehicle a verified client certificate names.
+struct PeerVehicle {
+    vin: String,
+    /// The certificate's serial, lower-case hex.
+    serial: String,
+}
+
 /// The VIN of a verified client certificate chain: the leaf's single subject CN, which must
-/// also pass [`pki::validate_vin`]. The chain has been verified by rustls before this runs.
-fn vin_of_peer(certs: Option<&[CertificateDer<'static>]>, peer: SocketAddr) -> Option<String> {
+/// also pass [`pki::validate_vin`]; and the leaf's serial. The chain has been verified by
+/// rustls before this runs.
+fn vehicle_of_peer(
+    certs: Option<&[CertificateDer<'static>]>,
+    peer: SocketAddr,
+) -> Option<PeerVehicle> {
     let leaf = certs?.first()?;
     let (_, cert) = match x509_parser::parse_x509_certificate(leaf) {
         Ok(parsed) => parsed,
@@ -485,7 +513,10 @@ fn vin_of_peer(certs: Option<&[CertificateDer<'static>]>, peer: SocketAddr) -> O
         }
     };
     match pki::validate_vin(vin) {
-        Ok(()) => Some(vin.to_owned()),
+        Ok(()) => Some(PeerVehicle {
+            vin: vin.to_owned(),
+            serial: hex::encode(cert.raw_serial()),
+        }),
         Err(e) => {
             tracing::warn!(%peer, error = %e, "client certificate CN is not a valid VIN");
             None

@@ -1882,6 +1882,137 @@ async fn event_retention_runs_at_start_and_periodically() {
     assert_eq!(left, ["recent"], "the periodic task prunes too");
 }
 
+/// The serial (lower-case hex) of the certificate in `identity_pem`.
+fn cert_serial(identity_pem: &[u8]) -> String {
+    use rustls_pki_types::pem::PemObject;
+    let der = rustls_pki_types::CertificateDer::from_pem_slice(identity_pem).unwrap();
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+    hex::encode(cert.raw_serial())
+}
+
+/// Requests `path` as `car` until the answer is 403 (at most 3 s); returns how long that took
+/// and the refusal's body.
+async fn until_refused(car: &Car, fleet: &Fleet, path: &str) -> (Duration, Value) {
+    let started = std::time::Instant::now();
+    loop {
+        let response = car.get(fleet, path).await;
+        if response.status() == StatusCode::FORBIDDEN {
+            return (started.elapsed(), json_of(response).await.1);
+        }
+        assert_eq!(response.status(), StatusCode::OK);
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "still served 3 s after the revocation"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A vehicle whose certificate is revoked — by VIN with `rampart pki revoke`, written to the
+/// database while the server runs — is refused within the refresh interval (`[pki]
+/// revocation_refresh_ms`, 1 s) with 403 `certificate-revoked` and an event, on every vehicle
+/// route; other vehicles are served. Revoking one certificate by serial leaves the vehicle's
+/// other certificates working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn revoked_vehicle_is_refused_while_others_are_served() {
+    let (fleet, mut car_a) = fleet_with_car(generous_limits()).await;
+    let mut car_b = Car::new(&fleet, VIN_B);
+    car_b.register(&fleet).await;
+    let timestamp = |vin: &str| format!("director/{vin}/metadata/timestamp.json");
+    assert_eq!(
+        car_a.get(&fleet, &timestamp(VIN_A)).await.status(),
+        StatusCode::OK
+    );
+
+    // Revoked while the server runs, through the database as the CLI does.
+    fleet
+        .db
+        .revoke(Some(VIN_A), None, "stolen vehicle")
+        .await
+        .unwrap();
+    let (took, body) = until_refused(&car_a, &fleet, &timestamp(VIN_A)).await;
+    assert_eq!(body["rule"], "certificate-revoked", "{body}");
+    assert!(took < Duration::from_millis(1500), "took {took:?}");
+    let event = assert_refused(
+        &fleet,
+        VIN_A,
+        async { json_of(car_a.get(&fleet, &timestamp(VIN_A)).await).await },
+        StatusCode::FORBIDDEN,
+        "certificate-revoked",
+        "certificate-revoked",
+        Some(VIN_A),
+    )
+    .await;
+    assert!(event.detail.contains("stolen vehicle"), "{event:?}");
+    let manifest = car_a.honest_manifest();
+    assert_refused(
+        &fleet,
+        VIN_A,
+        car_a.post_manifest(&fleet, VIN_A, manifest),
+        StatusCode::FORBIDDEN,
+        "certificate-revoked",
+        "certificate-revoked",
+        Some(VIN_A),
+    )
+    .await;
+    // B is unaffected.
+    let manifest = car_b.honest_manifest();
+    let (status, body) = car_b.post_manifest(&fleet, VIN_B, manifest).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        car_b.get(&fleet, &timestamp(VIN_B)).await.status(),
+        StatusCode::OK
+    );
+
+    // One certificate of B by serial: that one is refused, a new one for B works.
+    let serial = cert_serial(&car_b.identity);
+    fleet
+        .db
+        .revoke(None, Some(&serial.to_uppercase()), "key leaked")
+        .await
+        .unwrap();
+    let (_, body) = until_refused(&car_b, &fleet, &timestamp(VIN_B)).await;
+    assert_eq!(body["rule"], "certificate-revoked", "{body}");
+    let fresh = pki::issue_vehicle_cert(&fleet.layout.pki(), VIN_B, 30).unwrap();
+    let identity = format!("{}{}", fresh.cert_pem, fresh.key_pem).into_bytes();
+    let reissued = https_client(&fleet.ca_pem, Some(&identity));
+    let response = reissued
+        .get(fleet.url(&timestamp(VIN_B)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    // The list shows both.
+    let listed = fleet.db.revocations().await.unwrap();
+    assert_eq!(listed.len(), 2);
+    assert_eq!(listed[1].serial.as_deref(), Some(serial.as_str()));
+    // Lifted: A is served again within the interval.
+    fleet.db.unrevoke_vin(VIN_A).await.unwrap();
+    let started = std::time::Instant::now();
+    while car_a.get(&fleet, &timestamp(VIN_A)).await.status() != StatusCode::OK {
+        assert!(started.elapsed() < Duration::from_secs(3), "still refused");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// With `revocation_refresh_ms = 0` every vehicle request reads the database: the very next
+/// request after a revocation is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_no_refresh_interval_the_next_request_is_refused() {
+    let (mut fleet, car) = fleet_with_car(generous_limits()).await;
+    fleet.stop_server().await;
+    let mut config = Config::load(&fleet.layout).unwrap();
+    config.pki.revocation_refresh_ms = 0;
+    config.save(&fleet.layout).unwrap();
+    fleet.start_server().await;
+    let path = format!("director/{VIN_A}/metadata/timestamp.json");
+    assert_eq!(car.get(&fleet, &path).await.status(), StatusCode::OK);
+    fleet.db.revoke(Some(VIN_A), None, "stolen").await.unwrap();
+    let response = car.get(&fleet, &path).await;
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    assert_eq!(json_of(response).await.1["rule"], "certificate-revoked");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn admin_routes_need_the_token() {
     let (fleet, car) = fleet_with_car(generous_limits()).await;

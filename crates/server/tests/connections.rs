@@ -325,6 +325,88 @@ async fn idle_http2_connection_is_closed_after_the_idle_timeout() {
     assert!(started.elapsed() >= Duration::from_millis(300));
 }
 
+/// A client that asks for a large file and then stops reading keeps its request "in flight"
+/// forever, so the idle timeout never applies: a response that makes no progress for
+/// `stall_timeout_ms` is cut instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_that_stops_reading_a_response_is_cut_after_the_stall_timeout() {
+    const SIZE: usize = 64 * 1024 * 1024;
+    let server = Server::start(ServerConfig {
+        stall_timeout_ms: 800,
+        ..quick(10_000, 10_000)
+    })
+    .await;
+    // Far more than the socket buffers hold.
+    let targets = server.layout.image_targets();
+    std::fs::write(targets.join("big.bin"), vec![0x5a; SIZE]).unwrap();
+    let mut stream = tls_from(&server, host(1), &[b"http/1.1"], None)
+        .await
+        .unwrap();
+    stream
+        .write_all(b"GET /image/targets/big.bin HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut first = [0u8; 1024];
+    let n = stream.read(&mut first).await.unwrap();
+    assert!(String::from_utf8_lossy(&first[..n]).starts_with("HTTP/1.1 200"));
+    // Stop reading for longer than the stall timeout; then what is left is what was buffered.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let mut received = n;
+    let mut buf = vec![0u8; 1 << 20];
+    let drained = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(k) => received += k,
+            }
+        }
+    })
+    .await;
+    assert!(drained.is_ok(), "the connection was not closed");
+    assert!(
+        received < SIZE,
+        "the whole file arrived ({received} bytes): the stalled response was not cut"
+    );
+    let metrics = server.metrics(host(2)).await;
+    assert!(
+        metrics["rampart_connections_stalled_total"] >= 1,
+        "{metrics:?}"
+    );
+}
+
+/// The other way round: a vehicle that announces a manifest body and then sends nothing more
+/// keeps the handler waiting for it; the connection is cut after `stall_timeout_ms` without
+/// progress.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_that_stops_sending_a_request_body_is_cut_after_the_stall_timeout() {
+    let server = Server::start(ServerConfig {
+        stall_timeout_ms: 800,
+        ..quick(10_000, 10_000)
+    })
+    .await;
+    let identity = server.vehicle(VIN_B).await;
+    let mut stream = tls_from(&server, host(1), &[b"http/1.1"], Some(&identity))
+        .await
+        .unwrap();
+    stream
+        .write_all(
+            format!(
+                "POST /director/{VIN_B}/manifest HTTP/1.1\r\nHost: localhost\r\n\
+                 Content-Type: application/json\r\nContent-Length: 50000\r\n\r\n{{\"signed\""
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let took = closed_within(&mut stream, Duration::from_secs(5)).await;
+    assert!(took >= Duration::from_millis(700), "cut after {took:?}");
+    let metrics = server.metrics(host(2)).await;
+    assert!(
+        metrics["rampart_connections_stalled_total"] >= 1,
+        "{metrics:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn connections_over_the_per_address_cap_are_refused_and_reported() {
     let cap = 4;
@@ -452,6 +534,7 @@ async fn connections_over_the_total_cap_are_refused() {
 fn server_section_defaults_and_round_trip() {
     let defaults = ServerConfig::default();
     assert_eq!(defaults.handshake_timeout_ms, 10_000);
+    assert_eq!(defaults.stall_timeout_ms, 60_000);
     assert_eq!(defaults.first_request_timeout_ms, 10_000);
     assert_eq!(defaults.idle_timeout_ms, 60_000);
     assert_eq!(defaults.max_connections_per_ip, 256);

@@ -436,3 +436,105 @@ fn config_for(module: &Path, label: &str) -> Pkcs11Config {
         key_label: label.into(),
     }
 }
+
+/// An AES-256 key generated on the token seals and opens content keys (bound to their
+/// target), reopens by label, and is never generated twice under one label.
+#[test]
+fn aes_kek_on_the_token_seals_and_opens_content_keys() {
+    use rampart_server::keys::kek::ContentKek;
+    use rampart_server::keys::pkcs11::Pkcs11AesKey;
+
+    let hsm = softhsm();
+    let label = format!("kek-{}", std::process::id());
+    let spec = format!(
+        "pkcs11:module={};token={TOKEN};key={label};pin={PIN}",
+        hsm.module.display()
+    );
+    let kek = ContentKek::generate_pkcs11(&spec).unwrap();
+    let key = [9u8; 32];
+    let sealed = kek.seal("ivi/app.bin", &key).unwrap();
+    assert!(ContentKek::is_sealed(&sealed));
+    assert!(!sealed.contains(&hex::encode(key)));
+    assert_eq!(kek.open("ivi/app.bin", &sealed).unwrap(), key);
+    assert!(
+        kek.open("ivi/other.bin", &sealed).is_err(),
+        "bound to the target"
+    );
+    let reopened = ContentKek::open_pkcs11(&spec).unwrap();
+    assert_eq!(reopened.open("ivi/app.bin", &sealed).unwrap(), key);
+    assert!(Pkcs11AesKey::generate(&config_for(&hsm.module, &label)).is_err());
+    let missing = format!(
+        "pkcs11:module={};token={TOKEN};key=no-such-kek;pin={PIN}",
+        hsm.module.display()
+    );
+    assert!(ContentKek::open_pkcs11(&missing).is_err());
+}
+
+/// `rotate_content_kek` moves the stored content keys from the KEK file into a key generated
+/// on the token; the configuration names the token, and the server starts with it.
+#[test]
+fn the_content_kek_moves_into_the_hsm_and_the_server_uses_it() {
+    use rampart_core::encryption::{decrypt_all, ContentKey};
+    use rampart_server::ceremony::{self, CeremonyOptions};
+    use rampart_server::config::Config;
+    use rampart_server::db::Db;
+    use rampart_server::layout::Layout;
+    use rampart_server::ops::{self, PublishRequest};
+    use rampart_server::serve::{self, ServeOptions};
+
+    let hsm = softhsm();
+    let data = tempfile::tempdir().unwrap();
+    let layout = Layout::new(data.path().join("data"));
+    let options = CeremonyOptions {
+        listen: "127.0.0.1:0".into(),
+        tls: false,
+        ..CeremonyOptions::default()
+    };
+    ceremony::init(&layout, &options, Utc::now()).unwrap();
+    let label = format!("content-kek-{}", std::process::id());
+    let spec = format!(
+        "pkcs11:module={};token={TOKEN};key={label};pin={PIN}",
+        hsm.module.display()
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let file = data.path().join("image.bin");
+        std::fs::write(&file, b"navigation maps").unwrap();
+        let request = PublishRequest {
+            file,
+            name: Some("ivi/maps.bin".into()),
+            hardware_id: "ivi-hw".into(),
+            version: None,
+            release_counter: Some(1),
+            role: "targets".into(),
+            keys: Vec::new(),
+            encrypt: true,
+            export_unsigned: None,
+        };
+        ops::publish(&layout, &request, Utc::now()).await.unwrap();
+        let config = Config::load(&layout).unwrap();
+        let db = Db::connect(&config.database_url(&layout)).await.unwrap();
+        let before = db.image_key("ivi/maps.bin").await.unwrap().unwrap();
+
+        assert_eq!(ops::rotate_content_kek(&layout, &spec).await.unwrap(), 1);
+        let config = Config::load(&layout).unwrap();
+        assert_eq!(config.online_keys.content_kek, spec);
+        let after = db.image_key("ivi/maps.bin").await.unwrap().unwrap();
+        assert_ne!(after.content_key, before.content_key);
+        let file_kek =
+            rampart_server::keys::kek::ContentKek::load(&layout.online_keys().join("content-kek"))
+                .unwrap();
+        assert!(file_kek.open("ivi/maps.bin", &after.content_key).is_err());
+        let kek = config.content_kek(&layout).unwrap();
+        let key =
+            ContentKey::from_bytes(&kek.open("ivi/maps.bin", &after.content_key).unwrap()).unwrap();
+        let ciphertext =
+            std::fs::read(layout.image_targets().join(&after.ciphertext_path)).unwrap();
+        assert_eq!(decrypt_all(&key, &ciphertext).unwrap(), b"navigation maps");
+
+        let mut opts = ServeOptions::new(layout.clone());
+        opts.danger_plain_http = true;
+        let server = serve::start(opts).await.unwrap();
+        server.stop().await.unwrap();
+    });
+}

@@ -63,6 +63,7 @@ storage_suite!(
     identical_events_within_the_window_are_counted_on_one_row,
     events_over_their_rate_are_counted_per_address_and_rule,
     retention_prunes_old_rows_and_keeps_the_newest,
+    revocations_match_by_vin_or_serial,
     image_keys_store_replace_read,
     expire_director_roles_marks_every_document,
     count_only_knows_our_tables,
@@ -1059,6 +1060,41 @@ async fn retention_prunes_old_rows_and_keeps_the_newest(url: String) {
         db.prune_events(now, Some(90 * day), Some(2)).await.unwrap(),
         0
     );
+}
+
+/// A revocation names a VIN (all its certificates) or a serial (one certificate, any case
+/// and `:`-separated on input); the lookup finds either, and nothing for others.
+async fn revocations_match_by_vin_or_serial(url: String) {
+    let db = connect(&url).await;
+    assert_eq!(db.revocation_of("VIN-1", Some("0a0b")).await.unwrap(), None);
+    assert!(db.revoke(None, None, "nothing").await.is_err());
+    assert!(db.revoke(None, Some("xyz"), "bad").await.is_err());
+    let by_vin = db.revoke(Some("VIN-1"), None, "stolen").await.unwrap();
+    let by_serial = db
+        .revoke(None, Some("0A:0B:0C"), "key leaked")
+        .await
+        .unwrap();
+    assert!(by_serial > by_vin);
+    let hit = db
+        .revocation_of("VIN-1", Some("ffff"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((hit.id, hit.reason.as_str()), (by_vin, "stolen"));
+    let hit = db
+        .revocation_of("VIN-2", Some("0a0b0c"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(hit.serial.as_deref(), Some("0a0b0c"));
+    assert_eq!(db.revocation_of("VIN-2", Some("0a0b")).await.unwrap(), None);
+    assert_eq!(db.revocation_of("VIN-2", None).await.unwrap(), None);
+    let all = db.revocations().await.unwrap();
+    assert_eq!(all.len(), 2);
+    assert!(all.iter().all(|r| is_rfc3339(&r.revoked_at)));
+    assert_eq!(db.unrevoke_vin("VIN-1").await.unwrap(), 1);
+    assert_eq!(db.revocation_of("VIN-1", None).await.unwrap(), None);
+    assert_eq!(db.count("revocations").await.unwrap(), 1);
 }
 
 async fn image_keys_store_replace_read(url: String) {

@@ -2,8 +2,10 @@
 //! [`Signer`] trait, so the repository and director code never know which one signs.
 //!
 //! A key is named by a *key source* string: a file path (`online-keys/timestamp.pem`), or a
-//! PKCS#11 URI-like string (`pkcs11:module=…;token=…;key=…;pin-env=…`).
+//! PKCS#11 URI-like string (`pkcs11:module=…;token=…;key=…;pin-env=…`). The content
+//! key-encryption key of encrypted images is in [`kek`].
 
+pub mod kek;
 pub mod pkcs11;
 
 use std::fs;
@@ -78,14 +80,8 @@ pub fn write_key_file(path: &Path, signer: &InMemorySigner) -> Result<()> {
 /// Reads a PKCS#8 PEM private key file (any supported scheme). Refuses files readable by
 /// group or others, as ssh does: a key anyone can read is not a secret.
 pub fn load_key_file(path: &Path) -> Result<InMemorySigner> {
-    let meta = fs::metadata(path).map_err(|e| Error::io(path, e))?;
-    if meta.permissions().mode() & 0o077 != 0 {
-        return Err(Error::Config(format!(
-            "{}: private key is readable by others (mode {:o}); chmod 600 it",
-            path.display(),
-            meta.permissions().mode() & 0o777
-        )));
-    }
+    rampart_client::store::check_secret_permissions(path)
+        .map_err(|e| Error::Config(e.to_string()))?;
     let pem = fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     InMemorySigner::from_pkcs8_pem_any(&pem)
         .map_err(|e| Error::Config(format!("{}: {e}", path.display())))

@@ -1,4 +1,5 @@
-//! Online signing keys held in an HSM, through PKCS#11.
+//! Online signing keys held in an HSM, through PKCS#11 — and the content key-encryption key
+//! ([`Pkcs11AesKey`], AES-256-GCM on the token).
 //!
 //! [`Pkcs11Signer`] implements rampart-core's [`Signer`] with a private key that never leaves
 //! the token: Ed25519 keys sign with `CKM_EDDSA` over the message, ECDSA P-256 keys sign with
@@ -760,6 +761,193 @@ impl Signer for Pkcs11Signer {
 
     fn sign(&self, message: &[u8]) -> rampart_core::Result<Vec<u8>> {
         Ok(self.sign_raw(message)?)
+    }
+}
+
+/// Length of an AES-GCM nonce (IV) used with [`Pkcs11AesKey`].
+pub const GCM_NONCE_LEN: usize = 12;
+/// Length of an AES-GCM tag.
+const GCM_TAG_BITS: u64 = 128;
+
+/// An AES-256 secret key held in a PKCS#11 token, for AES-GCM sealing (the content
+/// key-encryption key, [`crate::keys::kek`]). The key is sensitive and not extractable: the
+/// token seals and opens, the key never leaves it.
+pub struct Pkcs11AesKey {
+    session: Mutex<Session>,
+    key: ObjectHandle,
+    token_label: String,
+    key_label: String,
+    module: Arc<Module>,
+}
+
+impl fmt::Debug for Pkcs11AesKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pkcs11AesKey")
+            .field("token", &self.token_label)
+            .field("key", &self.key_label)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Pkcs11AesKey {
+    /// Opens the AES key labelled `config.key_label` on the token, and checks it seals and
+    /// opens (one round trip) before it is returned.
+    pub fn open(config: &Pkcs11Config) -> Result<Self, Pkcs11Error> {
+        let module = load_module(&config.module)?;
+        let shared = module
+            .token_ops
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        let session = open_session(&module, config, false)?;
+        let bad = |reason: String| Pkcs11Error::BadKey {
+            key: config.key_label.clone(),
+            token: config.token_label.clone(),
+            reason,
+        };
+        let found = session
+            .find_objects(&[
+                Attribute::Class(ObjectClass::SECRET_KEY),
+                Attribute::Label(config.key_label.as_bytes().to_vec()),
+            ])
+            .map_err(|e| Pkcs11Error::Token {
+                token: config.token_label.clone(),
+                operation: format!("searching the secret key {:?}", config.key_label),
+                reason: describe(&e),
+            })?;
+        let key = match found.as_slice() {
+            [one] => *one,
+            [] => {
+                return Err(Pkcs11Error::KeyNotFound {
+                    key: config.key_label.clone(),
+                    token: config.token_label.clone(),
+                })
+            }
+            more => {
+                return Err(bad(format!(
+                    "{} secret keys carry this label; labels must be unique",
+                    more.len()
+                )))
+            }
+        };
+        drop(shared);
+        let aes = Pkcs11AesKey {
+            session: Mutex::new(session),
+            key,
+            token_label: config.token_label.clone(),
+            key_label: config.key_label.clone(),
+            module,
+        };
+        // A fresh random nonce: a GCM nonce is never used twice with one key.
+        let mut nonce = [0u8; GCM_NONCE_LEN];
+        aws_lc_rs::rand::fill(&mut nonce).map_err(|e| Pkcs11Error::Token {
+            token: config.token_label.clone(),
+            operation: "drawing a nonce".into(),
+            reason: e.to_string(),
+        })?;
+        let sealed = aes.seal(&nonce, b"self-test", SELF_TEST_MESSAGE)?;
+        if aes.open_sealed(&nonce, b"self-test", &sealed)? != SELF_TEST_MESSAGE {
+            return Err(bad(
+                "AES-GCM round trip on the token gave other bytes".into()
+            ));
+        }
+        Ok(aes)
+    }
+
+    /// Generates a persistent AES-256 key labelled `config.key_label` on the token (sensitive,
+    /// not extractable, encrypt and decrypt only) and opens it. Refuses if a secret key with
+    /// that label exists.
+    pub fn generate(config: &Pkcs11Config) -> Result<Self, Pkcs11Error> {
+        let failed = |reason: String| Pkcs11Error::Generate {
+            key: config.key_label.clone(),
+            token: config.token_label.clone(),
+            reason,
+        };
+        let module = load_module(&config.module)?;
+        {
+            let _exclusive = module
+                .token_ops
+                .write()
+                .unwrap_or_else(PoisonError::into_inner);
+            let session = open_session(&module, config, true)?;
+            let label = Attribute::Label(config.key_label.as_bytes().to_vec());
+            let existing = session
+                .find_objects(&[Attribute::Class(ObjectClass::SECRET_KEY), label.clone()])
+                .map_err(|e| failed(format!("searching for existing keys: {}", describe(&e))))?;
+            if !existing.is_empty() {
+                return Err(failed(
+                    "a secret key with this label already exists on the token".into(),
+                ));
+            }
+            let template = [
+                Attribute::Token(true),
+                Attribute::Private(true),
+                Attribute::Sensitive(true),
+                Attribute::Extractable(false),
+                Attribute::Encrypt(true),
+                Attribute::Decrypt(true),
+                Attribute::ValueLen(32.into()),
+                label,
+            ];
+            session
+                .generate_key(&Mechanism::AesKeyGen, &template)
+                .map_err(|e| failed(describe(&e)))?;
+        }
+        Self::open(config)
+    }
+
+    /// AES-GCM seals `plaintext` with `nonce` and `aad`: ciphertext followed by the tag.
+    pub fn seal(
+        &self,
+        nonce: &[u8; GCM_NONCE_LEN],
+        aad: &[u8],
+        plaintext: &[u8],
+    ) -> Result<Vec<u8>, Pkcs11Error> {
+        self.gcm(nonce, aad, plaintext, true)
+    }
+
+    /// Opens what [`Pkcs11AesKey::seal`] sealed (fails if anything was altered).
+    pub fn open_sealed(
+        &self,
+        nonce: &[u8; GCM_NONCE_LEN],
+        aad: &[u8],
+        sealed: &[u8],
+    ) -> Result<Vec<u8>, Pkcs11Error> {
+        self.gcm(nonce, aad, sealed, false)
+    }
+
+    fn gcm(
+        &self,
+        nonce: &[u8; GCM_NONCE_LEN],
+        aad: &[u8],
+        data: &[u8],
+        seal: bool,
+    ) -> Result<Vec<u8>, Pkcs11Error> {
+        let failed = |reason: String| Pkcs11Error::Token {
+            token: self.token_label.clone(),
+            operation: format!(
+                "AES-GCM {} with key {:?}",
+                if seal { "seal" } else { "open" },
+                self.key_label
+            ),
+            reason,
+        };
+        // The token may write the IV it used into the parameter: a copy of ours.
+        let mut iv = *nonce;
+        let params = cryptoki::mechanism::aead::GcmParams::new(&mut iv, aad, GCM_TAG_BITS.into())
+            .map_err(|e| failed(describe(&e)))?;
+        let mechanism = Mechanism::AesGcm(params);
+        let session = lock(&self.session);
+        let _shared = self
+            .module
+            .token_ops
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        if seal {
+            session.encrypt(&mechanism, self.key, data)
+        } else {
+            session.decrypt(&mechanism, self.key, data)
+        }
+        .map_err(|e| failed(describe(&e)))
     }
 }
 
