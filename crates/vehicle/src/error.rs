@@ -40,6 +40,9 @@ pub enum Error {
     /// Bad configuration.
     #[error("configuration: {0}")]
     Config(String),
+    /// A private key or other secret file that others may read or write.
+    #[error(transparent)]
+    Secret(#[from] rampart_client::store::SecretFileError),
     /// File-system failure.
     #[error("{}: {source}", path.display())]
     Io {
@@ -71,6 +74,7 @@ impl Error {
             Error::Director { rule, .. } => format!("director-{rule}"),
             Error::BootFailed(_) => "boot-failed".into(),
             Error::Config(_) => "config".into(),
+            Error::Secret(e) => e.rule().into(),
             Error::Io { .. } => "io".into(),
         }
     }

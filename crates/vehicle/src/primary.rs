@@ -225,6 +225,11 @@ impl Primary {
     /// Opens the primary: key, TLS identity, state, and the archive of trusted roots.
     pub fn open(config: PrimaryConfig) -> Result<Self> {
         std::fs::create_dir_all(&config.state_dir).map_err(|e| Error::io(&config.state_dir, e))?;
+        // The same rule as the server's and the ECUs': the primary key and the client
+        // certificate's private key must be the owner's alone.
+        for secret in std::iter::once(&config.key).chain(config.client_cert.as_ref()) {
+            rampart_client::store::check_secret_permissions(secret)?;
+        }
         let pem = std::fs::read_to_string(&config.key).map_err(|e| Error::io(&config.key, e))?;
         let signer = InMemorySigner::from_pkcs8_pem_any(&pem)?;
         let read = |p: &Option<PathBuf>| -> Result<Option<Vec<u8>>> {

@@ -38,6 +38,11 @@ struct Ecu {
 fn config(dir: &Path, director_root: &Path, limits: LinkLimits) -> EcuConfig {
     let key = InMemorySigner::generate(KeyScheme::Ed25519).unwrap();
     std::fs::write(dir.join("key.pem"), key.to_pkcs8_pem()).unwrap();
+    std::fs::set_permissions(
+        dir.join("key.pem"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
     std::fs::write(dir.join("slot-a"), b"factory").unwrap();
     EcuConfig {
         ecu_id: ECU.into(),
@@ -232,4 +237,29 @@ async fn a_connection_flood_from_one_address_does_not_lock_out_the_primary() {
         }
     }
     assert!(closed >= 196, "{closed} of 200 closed");
+}
+
+/// A private key anyone on the machine can read is no secret: an ECU refuses to start with
+/// one, naming the file and the fix (the same rule as the server's, one shared check).
+#[tokio::test]
+async fn an_ecu_refuses_a_key_readable_by_others() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let director = TestRepo::new(test_now());
+    let root = dir.path().join("director-root.json");
+    std::fs::write(&root, director.initial_root()).unwrap();
+    let mut cfg = config(dir.path(), &root, LinkLimits::default());
+    std::fs::set_permissions(&cfg.key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let err = Secondary::open(cfg.clone()).unwrap_err();
+    assert_eq!(err.rule(), "secret-permissions", "{err}");
+    assert!(err.to_string().contains("chmod 600"), "{err}");
+    std::fs::set_permissions(&cfg.key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let x25519 = dir.path().join("x25519.hex");
+    std::fs::write(&x25519, "00".repeat(32)).unwrap();
+    std::fs::set_permissions(&x25519, std::fs::Permissions::from_mode(0o640)).unwrap();
+    cfg.encryption_key = Some(x25519.clone());
+    let err = Secondary::open(cfg.clone()).unwrap_err();
+    assert_eq!(err.rule(), "secret-permissions", "{err}");
+    std::fs::set_permissions(&x25519, std::fs::Permissions::from_mode(0o600)).unwrap();
+    Secondary::open(cfg).unwrap();
 }

@@ -49,6 +49,11 @@ impl EcuProcess {
         let d = dir.path();
         let key = InMemorySigner::generate(KeyScheme::Ed25519).unwrap();
         std::fs::write(d.join("key.pem"), key.to_pkcs8_pem()).unwrap();
+        std::fs::set_permissions(
+            d.join("key.pem"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .unwrap();
         std::fs::write(d.join("slot-a"), b"factory").unwrap();
         std::fs::write(
             d.join("director-root.json"),

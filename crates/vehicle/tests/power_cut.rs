@@ -174,6 +174,11 @@ impl Ecu {
         std::fs::create_dir_all(dir).unwrap();
         let key = InMemorySigner::generate(KeyScheme::Ed25519).unwrap();
         std::fs::write(dir.join("key.pem"), key.to_pkcs8_pem()).unwrap();
+        std::fs::set_permissions(
+            dir.join("key.pem"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .unwrap();
         std::fs::write(dir.join("director-root.json"), director_root).unwrap();
         let config = EcuConfig {
             ecu_id: ECU.into(),

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use rampart_client::store::check_secret_permissions;
 use rampart_client::MetadataStore;
 use rampart_core::client::{Action, Client, Config as ClientConfig, Fetched};
 use rampart_core::encryption::EcuKeyPair;
@@ -144,6 +145,10 @@ impl Secondary {
     /// as the factory image), state; then runs boot counting (this is a boot).
     pub fn open(config: EcuConfig) -> Result<Self> {
         std::fs::create_dir_all(&config.state_dir).map_err(|e| Error::io(&config.state_dir, e))?;
+        // The same rule as the server's: a secret others can read is refused, not used.
+        for secret in std::iter::once(&config.key).chain(config.encryption_key.as_ref()) {
+            check_secret_permissions(secret)?;
+        }
         let pem = std::fs::read_to_string(&config.key).map_err(|e| Error::io(&config.key, e))?;
         let signer = InMemorySigner::from_pkcs8_pem_any(&pem)?;
         let decryption = config
