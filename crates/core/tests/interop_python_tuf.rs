@@ -43,8 +43,12 @@ use rampart_core::signer::{InMemorySigner, Signer};
 /// Files by path relative to a base directory (`/`-separated).
 type Files = BTreeMap<String, Vec<u8>>;
 
+/// The committed fixtures, or those in `RAMPART_PYTHON_TUF_FIXTURES` (scripts/test makes
+/// fresh ones there, outside the work tree).
 fn fixtures_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/python-tuf")
+    std::env::var_os("RAMPART_PYTHON_TUF_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/python-tuf"))
 }
 
 /// Every case directory (one with an `expect.json`); fails if there is none.
