@@ -8,7 +8,6 @@
 )]
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,15 +17,15 @@ use rampart_core::testing::{test_now, TestRepo};
 use rampart_core::uptane::receipt::{sign_receipt, ManifestReceipt};
 use rampart_vehicle::primary::{request_report, send_receipt};
 use rampart_vehicle::protocol::{self, Kind, MAX_NONCE_LEN};
-use rampart_vehicle::secondary::{serve, EcuConfig, LinkLimits, Secondary, Verification};
-use rampart_vehicle::slots::SlotConfig;
+use rampart_vehicle::secondary::{serve, LinkLimits, Secondary};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::Mutex;
 
-const VIN: &str = "VIN00000000000001";
-const ECU: &str = "IVI-1";
+mod common;
+
+use common::{ecu_config, ECU, VIN};
 
 struct Ecu {
     addr: SocketAddr,
@@ -35,44 +34,15 @@ struct Ecu {
     _dir: tempfile::TempDir,
 }
 
-fn config(dir: &Path, director_root: &Path, limits: LinkLimits) -> EcuConfig {
-    let key = InMemorySigner::generate(KeyScheme::Ed25519).unwrap();
-    std::fs::write(dir.join("key.pem"), key.to_pkcs8_pem()).unwrap();
-    std::fs::set_permissions(
-        dir.join("key.pem"),
-        std::os::unix::fs::PermissionsExt::from_mode(0o600),
-    )
-    .unwrap();
-    std::fs::write(dir.join("slot-a"), b"factory").unwrap();
-    EcuConfig {
-        ecu_id: ECU.into(),
-        hardware_id: "ivi-x".into(),
-        vin: VIN.into(),
-        listen: "127.0.0.1:0".into(),
-        key: dir.join("key.pem"),
-        encryption_key: None,
-        verification: Verification::Partial,
-        director_root: director_root.to_owned(),
-        image_root: None,
-        state_dir: dir.join("state"),
-        slots: SlotConfig {
-            slot_a: dir.join("slot-a"),
-            slot_b: dir.join("slot-b"),
-            boot_control: dir.join("boot-control.json"),
-            max_boot_attempts: 2,
-            health_check: None,
-        },
-        factory_image: "factory".into(),
-        limits,
-    }
-}
-
 async fn start(limits: LinkLimits) -> Ecu {
     let dir = tempfile::tempdir().unwrap();
     let director = TestRepo::new(test_now());
-    let root = dir.path().join("director-root.json");
-    std::fs::write(&root, director.initial_root()).unwrap();
-    let ecu = Secondary::open(config(dir.path(), &root, limits.clone())).unwrap();
+    let ecu = Secondary::open(ecu_config(
+        dir.path(),
+        &director.initial_root(),
+        limits.clone(),
+    ))
+    .unwrap();
     let ecu = Arc::new(Mutex::new(ecu));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -246,9 +216,7 @@ async fn an_ecu_refuses_a_key_readable_by_others() {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
     let director = TestRepo::new(test_now());
-    let root = dir.path().join("director-root.json");
-    std::fs::write(&root, director.initial_root()).unwrap();
-    let mut cfg = config(dir.path(), &root, LinkLimits::default());
+    let mut cfg = ecu_config(dir.path(), &director.initial_root(), LinkLimits::default());
     std::fs::set_permissions(&cfg.key, std::fs::Permissions::from_mode(0o644)).unwrap();
     let err = Secondary::open(cfg.clone()).unwrap_err();
     assert_eq!(err.rule(), "secret-permissions", "{err}");

@@ -8,26 +8,19 @@
     clippy::panic
 )]
 
+mod common;
+
+use common::{agent, ecu_config, wait_for_address};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use rampart_core::key::KeyScheme;
-use rampart_core::signer::InMemorySigner;
 use rampart_core::testing::{test_now, TestRepo};
 use rampart_vehicle::primary::request_report;
 use rampart_vehicle::protocol::{header, Kind, MAX_PAYLOAD};
-use rampart_vehicle::secondary::{EcuConfig, LinkLimits, Verification};
-use rampart_vehicle::slots::SlotConfig;
+use rampart_vehicle::secondary::LinkLimits;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpSocket, TcpStream};
-
-fn agent() -> PathBuf {
-    std::env::var_os("RAMPART_AGENT")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_rampart-agent")))
-}
 
 struct EcuProcess {
     child: Child,
@@ -47,40 +40,7 @@ impl EcuProcess {
     fn start(limits: LinkLimits, max_fds: u32) -> EcuProcess {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
-        let key = InMemorySigner::generate(KeyScheme::Ed25519).unwrap();
-        std::fs::write(d.join("key.pem"), key.to_pkcs8_pem()).unwrap();
-        std::fs::set_permissions(
-            d.join("key.pem"),
-            std::os::unix::fs::PermissionsExt::from_mode(0o600),
-        )
-        .unwrap();
-        std::fs::write(d.join("slot-a"), b"factory").unwrap();
-        std::fs::write(
-            d.join("director-root.json"),
-            TestRepo::new(test_now()).initial_root(),
-        )
-        .unwrap();
-        let config = EcuConfig {
-            ecu_id: "IVI-1".into(),
-            hardware_id: "ivi-x".into(),
-            vin: "VIN00000000000001".into(),
-            listen: "127.0.0.1:0".into(),
-            key: d.join("key.pem"),
-            encryption_key: None,
-            verification: Verification::Partial,
-            director_root: d.join("director-root.json"),
-            image_root: None,
-            state_dir: d.join("state"),
-            slots: SlotConfig {
-                slot_a: d.join("slot-a"),
-                slot_b: d.join("slot-b"),
-                boot_control: d.join("boot-control.json"),
-                max_boot_attempts: 2,
-                health_check: None,
-            },
-            factory_image: "factory".into(),
-            limits,
-        };
+        let config = ecu_config(d, &TestRepo::new(test_now()).initial_root(), limits);
         std::fs::write(d.join("ecu.toml"), toml::to_string(&config).unwrap()).unwrap();
         let child = Command::new("prlimit")
             .arg(format!("--nofile={max_fds}:{max_fds}"))
@@ -113,19 +73,6 @@ impl EcuProcess {
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
             .unwrap()
     }
-}
-
-fn wait_for_address(path: &Path) -> SocketAddr {
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(20) {
-        if let Ok(text) = std::fs::read_to_string(path) {
-            if let Ok(addr) = text.trim().parse() {
-                return addr;
-            }
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("ECU did not publish its address in {}", path.display());
 }
 
 async fn connect_from(ip: &str, to: SocketAddr) -> Option<TcpStream> {

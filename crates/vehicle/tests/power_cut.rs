@@ -27,28 +27,21 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rampart_core::hash::compute_hashes;
-use rampart_core::key::KeyScheme;
 use rampart_core::metadata::TargetFile;
-use rampart_core::signer::InMemorySigner;
 use rampart_core::testing::TestRepo;
 use rampart_core::uptane::{DirectorCustom, EcuAssignment, InstalledImage, DIRECTOR_VEHICLE_FIELD};
 use rampart_vehicle::primary::request_report;
 use rampart_vehicle::protocol::{self, InstallBegin, InstallResult, Kind, MetadataBundle};
-use rampart_vehicle::secondary::{EcuConfig, LinkLimits, Verification};
-use rampart_vehicle::slots::{BootControl, Slot, SlotConfig};
+use rampart_vehicle::secondary::{EcuConfig, LinkLimits};
+use rampart_vehicle::slots::{BootControl, Slot};
 use tokio::net::TcpStream;
 
-const VIN: &str = "VIN00000000000001";
-const ECU: &str = "IVI-1";
-const HW: &str = "ivi-x";
+mod common;
+
+use common::{agent, ecu_config, ECU, HW, VIN};
+
 const TARGET: &str = "ivi/app-2.bin";
 const IMAGE_LEN: usize = 384 * 1024;
-
-fn agent() -> PathBuf {
-    std::env::var_os("RAMPART_AGENT")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_rampart-agent")))
-}
 
 /// xorshift64*: enough randomness to place cuts, and repeatable from the printed seed.
 struct Rng(u64);
@@ -171,38 +164,10 @@ impl Drop for Ecu {
 
 impl Ecu {
     fn create(dir: &Path, director_root: &[u8], layout: Layout, images: &Images) -> Ecu {
-        std::fs::create_dir_all(dir).unwrap();
-        let key = InMemorySigner::generate(KeyScheme::Ed25519).unwrap();
-        std::fs::write(dir.join("key.pem"), key.to_pkcs8_pem()).unwrap();
-        std::fs::set_permissions(
-            dir.join("key.pem"),
-            std::os::unix::fs::PermissionsExt::from_mode(0o600),
-        )
-        .unwrap();
-        std::fs::write(dir.join("director-root.json"), director_root).unwrap();
-        let config = EcuConfig {
-            ecu_id: ECU.into(),
-            hardware_id: HW.into(),
-            vin: VIN.into(),
-            listen: "127.0.0.1:0".into(),
-            key: dir.join("key.pem"),
-            encryption_key: None,
-            verification: Verification::Partial,
-            director_root: dir.join("director-root.json"),
-            image_root: None,
-            state_dir: dir.join("state"),
-            slots: SlotConfig {
-                slot_a: dir.join("slot-a"),
-                slot_b: dir.join("slot-b"),
-                boot_control: dir.join("boot-control.json"),
-                max_boot_attempts: 2,
-                // A slow health check widens the window between the slot switch and the
-                // commit, so random cuts land in boot counting too.
-                health_check: Some("sleep 0.02".into()),
-            },
-            factory_image: "factory".into(),
-            limits: LinkLimits::default(),
-        };
+        let mut config = ecu_config(dir, director_root, LinkLimits::default());
+        // A slow health check widens the window between the slot switch and the commit, so
+        // random cuts land in boot counting too.
+        config.slots.health_check = Some("sleep 0.02".into());
         std::fs::write(dir.join("ecu.toml"), toml::to_string(&config).unwrap()).unwrap();
         let factory = installed("factory", &images.factory, 0);
         let v1 = installed("ivi/app-1.bin", &images.v1, 1);
