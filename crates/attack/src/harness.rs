@@ -197,6 +197,26 @@ impl Harness {
             .unwrap_or_default()
     }
 
+    /// The folder of the vehicle's ECU `i` (keys, slots, state).
+    pub fn ecu_dir(&self, i: usize) -> anyhow::Result<PathBuf> {
+        self.lab
+            .vehicles
+            .first()
+            .and_then(|v| v.ecus.get(i))
+            .map(|e| e.dir.clone())
+            .with_context(|| format!("no ECU {i}"))
+    }
+
+    /// Where the vehicle's ECU `i` listens now (the primary's entry for it).
+    pub fn ecu_address(&self, i: usize) -> anyhow::Result<String> {
+        self.lab
+            .vehicles
+            .first()
+            .and_then(|v| v.ecus.get(i))
+            .and_then(|e| e.address.clone())
+            .with_context(|| format!("ECU {i} has no address"))
+    }
+
     /// Reads the vehicle's trusted state.
     pub async fn trust_state(&self) -> anyhow::Result<TrustState> {
         let mut s = TrustState::default();
@@ -435,28 +455,7 @@ impl Harness {
                 |l| l.chars().take(200).collect(),
             ),
         );
-        let mark = self.mark.load(std::sync::atomic::Ordering::SeqCst);
-        let events = self.events().await?;
-        let hit = events.iter().find(|e| {
-            e.get("id").and_then(Value::as_i64).unwrap_or(0) > mark
-                && e.get("rule")
-                    .and_then(Value::as_str)
-                    .is_some_and(|r| rules.contains(&r))
-                && e.get("source").and_then(Value::as_str) == Some(source)
-                && e.get("detail")
-                    .and_then(Value::as_str)
-                    .is_some_and(|d| d.contains(about))
-        });
-        f.check(
-            format!("the server recorded a {source} security event ({rule}: {about})"),
-            hit.is_some(),
-            hit.and_then(|e| e.get("detail").and_then(Value::as_str))
-                .unwrap_or("no such event")
-                .chars()
-                .take(160)
-                .collect::<String>(),
-        );
-        Ok(())
+        self.check_event_about(f, rules, Some(about), source).await
     }
 
     /// A security event with one of `rules` from `source`, newer than the last cycle.
@@ -464,6 +463,17 @@ impl Harness {
         &self,
         f: &mut Findings,
         rules: &[&str],
+        source: &str,
+    ) -> anyhow::Result<()> {
+        self.check_event_about(f, rules, None, source).await
+    }
+
+    /// [`Harness::check_event`], the event's detail also naming `about` when given.
+    async fn check_event_about(
+        &self,
+        f: &mut Findings,
+        rules: &[&str],
+        about: Option<&str>,
         source: &str,
     ) -> anyhow::Result<()> {
         let mark = self.mark.load(std::sync::atomic::Ordering::SeqCst);
@@ -474,12 +484,18 @@ impl Harness {
                     .and_then(Value::as_str)
                     .is_some_and(|r| rules.contains(&r))
                 && e.get("source").and_then(Value::as_str) == Some(source)
+                && about.is_none_or(|a| {
+                    e.get("detail")
+                        .and_then(Value::as_str)
+                        .is_some_and(|d| d.contains(a))
+                })
         });
+        let rules = rules.join(" or ");
         f.check(
-            format!(
-                "the server recorded a {source} security event ({})",
-                rules.join(" or ")
-            ),
+            match about {
+                Some(a) => format!("the server recorded a {source} security event ({rules}: {a})"),
+                None => format!("the server recorded a {source} security event ({rules})"),
+            },
             hit.is_some(),
             hit.and_then(|e| e.get("detail").and_then(Value::as_str))
                 .unwrap_or("no such event")
@@ -670,6 +686,34 @@ fn describe(running: &BTreeMap<String, (String, u64)>) -> String {
         .map(|(e, (i, c))| format!("{e}={i}#{c}"))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// An ECU's attack indicators not yet acknowledged by the director (`rule: message`, and
+/// `(N×)` for repeats), read from its state file in `ecu_dir`.
+pub fn pending_indicators(ecu_dir: &Path) -> Vec<String> {
+    let state: Value = std::fs::read(ecu_dir.join("state/ecu-state.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    state
+        .pointer("/indicators/entries")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .map(|e| {
+            let count = e.get("count").and_then(Value::as_u64).unwrap_or(1);
+            format!(
+                "{}: {}{}",
+                e.get("rule").and_then(Value::as_str).unwrap_or_default(),
+                e.get("message").and_then(Value::as_str).unwrap_or_default(),
+                if count > 1 {
+                    format!(" ({count}×)")
+                } else {
+                    String::new()
+                }
+            )
+        })
+        .collect()
 }
 
 /// The image in an ECU's active slot: its file name (from the boot-control file) and bytes.

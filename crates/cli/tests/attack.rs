@@ -12,23 +12,32 @@
 
 use std::process::Command;
 
-fn run(name: &str) {
+/// Runs `rampart attack --json ARGS…` in a fresh lab; returns the first JSON outcome and
+/// whether the command succeeded.
+fn attack(args: &[&str]) -> (serde_json::Value, bool) {
     let dir = tempfile::tempdir().unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_rampart"))
-        .args(["attack", "--json", "--scenario", name, "--keep"])
+        .args(["attack", "--json"])
+        .args(args)
+        .arg("--keep")
         .arg(dir.path())
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let outcome: serde_json::Value = stdout
+    let outcome = stdout
         .lines()
         .find_map(|l| serde_json::from_str(l).ok())
         .unwrap_or_else(|| {
             panic!(
-                "no JSON outcome for {name}:\n{stdout}\n{}",
+                "no JSON outcome for {args:?}:\n{stdout}\n{}",
                 String::from_utf8_lossy(&out.stderr)
             )
         });
+    (outcome, out.status.success())
+}
+
+fn run(name: &str) {
+    let (outcome, success) = attack(&["--scenario", name]);
     assert_eq!(outcome["name"], name);
     assert_eq!(
         outcome["verdict"],
@@ -40,7 +49,7 @@ fn run(name: &str) {
         !outcome["evidence"].as_array().unwrap().is_empty(),
         "no evidence: {outcome}"
     );
-    assert!(out.status.success());
+    assert!(success);
 }
 
 macro_rules! scenarios {
@@ -90,22 +99,7 @@ scenarios! {
 /// A negative control: the scenario against a deliberately naive component must come out
 /// `succeeded`, failing the check that watches the missing control.
 fn control(name: &str) {
-    let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_rampart"))
-        .args(["attack", "--json", "--control", name, "--keep"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let outcome: serde_json::Value = stdout
-        .lines()
-        .find_map(|l| serde_json::from_str(l).ok())
-        .unwrap_or_else(|| {
-            panic!(
-                "no JSON outcome for control {name}:\n{stdout}\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            )
-        });
+    let (outcome, success) = attack(&["--control", name]);
     let pretty = serde_json::to_string_pretty(&outcome).unwrap();
     assert_eq!(outcome["outcome"]["verdict"], "succeeded", "{pretty}");
     assert_eq!(outcome["caught"], true, "{pretty}");
@@ -118,7 +112,7 @@ fn control(name: &str) {
             .any(|c| c["ok"] == false && c["what"].as_str().unwrap().starts_with(must_fail)),
         "{pretty}"
     );
-    assert!(out.status.success());
+    assert!(success);
 }
 
 macro_rules! controls {

@@ -21,6 +21,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::bus::{BusTap, Tamper};
+use crate::harness::pending_indicators;
 use crate::{Findings, Harness, Info};
 
 /// Description.
@@ -37,20 +38,8 @@ pub async fn run(mut h: Harness) -> anyhow::Result<Findings> {
     let mut f = Findings::default();
     let vin = h.vin();
     let ivi = h.ecu_id(1);
-    let ivi_dir = h
-        .lab
-        .vehicles
-        .first()
-        .and_then(|v| v.ecus.get(1))
-        .map(|e| e.dir.clone())
-        .ok_or_else(|| anyhow::anyhow!("no IVI"))?;
-    let ivi_address = h
-        .lab
-        .vehicles
-        .first()
-        .and_then(|v| v.ecus.get(1))
-        .and_then(|e| e.address.clone())
-        .ok_or_else(|| anyhow::anyhow!("the IVI has no address"))?;
+    let ivi_dir = h.ecu_dir(1)?;
+    let ivi_address = h.ecu_address(1)?;
 
     // 0. A genuine cycle passes a tap on the IVI's link: the attacker records its receipt.
     let tap = BusTap::start(&ivi_address, Tamper::None).await?;
@@ -77,10 +66,10 @@ pub async fn run(mut h: Harness) -> anyhow::Result<Findings> {
     ));
     f.check(
         "the IVI noted the attack for its next report",
-        pending(&ivi_dir)
+        pending_indicators(&ivi_dir)
             .iter()
             .any(|p| p.starts_with(&refused_rule)),
-        format!("pending: {}", pending(&ivi_dir).join(" | ")),
+        format!("pending: {}", pending_indicators(&ivi_dir).join(" | ")),
     );
 
     // 2. Erasure attempts.
@@ -133,7 +122,7 @@ pub async fn run(mut h: Harness) -> anyhow::Result<Findings> {
         "attacker replayed the recorded genuine receipt; the IVI answered {}",
         describe(&replayed)
     ));
-    let still = pending(&ivi_dir);
+    let still = pending_indicators(&ivi_dir);
     f.check(
         "after every attempt the IVI still holds the indicator",
         still.iter().any(|p| p.starts_with(&refused_rule)),
@@ -161,7 +150,7 @@ pub async fn run(mut h: Harness) -> anyhow::Result<Findings> {
         noted.is_some(),
         noted.unwrap_or_else(|| "no such event".into()),
     );
-    let left = pending(&ivi_dir);
+    let left = pending_indicators(&ivi_dir);
     f.check(
         "the genuine receipt of that cycle cleared what the director now has",
         left.is_empty(),
@@ -213,32 +202,11 @@ fn describe<T: std::fmt::Debug>(r: &Result<T, rampart_vehicle::error::Error>) ->
     .collect()
 }
 
-fn ecu_state(dir: &std::path::Path) -> Value {
+fn report_counter(dir: &std::path::Path) -> u64 {
     std::fs::read(dir.join("state/ecu-state.json"))
         .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
+        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
         .unwrap_or_default()
-}
-
-/// The IVI's pending indicators (`rule: message`), from its state file.
-fn pending(dir: &std::path::Path) -> Vec<String> {
-    ecu_state(dir)
-        .pointer("/indicators/entries")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .map(|e| {
-            format!(
-                "{}: {}",
-                e["rule"].as_str().unwrap_or_default(),
-                e["message"].as_str().unwrap_or_default()
-            )
-        })
-        .collect()
-}
-
-fn report_counter(dir: &std::path::Path) -> u64 {
-    ecu_state(dir)
         .get("report_counter")
         .and_then(Value::as_u64)
         .unwrap_or(0)

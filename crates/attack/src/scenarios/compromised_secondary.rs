@@ -307,20 +307,7 @@ pub async fn run(h: Harness) -> anyhow::Result<Findings> {
     let mut h = h;
     let mut f = Findings::default();
     let (tbox, ivi, bcm) = (h.ecu_id(0), h.ecu_id(1), h.ecu_id(2));
-    let bcm_dir = h
-        .lab
-        .vehicles
-        .first()
-        .and_then(|v| v.ecus.get(2))
-        .map(|e| e.dir.clone())
-        .context("no BCM")?;
-    let bcm_address = h
-        .lab
-        .vehicles
-        .first()
-        .and_then(|v| v.ecus.get(2))
-        .and_then(|e| e.address.clone())
-        .context("BCM has no address")?;
+    let (bcm_dir, bcm_address) = (h.ecu_dir(2)?, h.ecu_address(2)?);
 
     // A release in flight for the BCM (what the attacker wants to look installed) and for
     // the T-BOX (the rest of the vehicle must keep updating).

@@ -13,12 +13,11 @@
 //! the AEAD of every chunk), writes only the inactive slot, and reports what it saw in its
 //! next signed version report.
 
-use anyhow::Context;
 use rampart_lab::image_bytes;
 use serde_json::Value;
 
 use crate::bus::{BusTap, Tamper};
-use crate::harness::active_slot;
+use crate::harness::{active_slot, pending_indicators};
 use crate::{Findings, Harness, Info};
 
 /// Description.
@@ -33,26 +32,13 @@ pub const INFO: Info = Info {
 const IVI_TARGET: &str = "ivi/app-2.0.bin";
 const BCM_TARGET: &str = "bcm/fw-2.0.bin";
 
-fn ecu(h: &Harness, i: usize) -> anyhow::Result<(std::path::PathBuf, String)> {
-    let e = h
-        .lab
-        .vehicles
-        .first()
-        .and_then(|v| v.ecus.get(i))
-        .context("no such ECU")?;
-    Ok((
-        e.dir.clone(),
-        e.address.clone().context("ECU has no address")?,
-    ))
-}
-
 /// Runs it.
 pub async fn run(h: Harness) -> anyhow::Result<Findings> {
     let mut h = h;
     let mut f = Findings::default();
     let (ivi, bcm) = (h.ecu_id(1), h.ecu_id(2));
-    let (ivi_dir, ivi_address) = ecu(&h, 1)?;
-    let (bcm_dir, bcm_address) = ecu(&h, 2)?;
+    let (ivi_dir, ivi_address) = (h.ecu_dir(1)?, h.ecu_address(1)?);
+    let (bcm_dir, bcm_address) = (h.ecu_dir(2)?, h.ecu_address(2)?);
     let ivi_old = image_bytes("ivi/app-1.0.bin", 120_000);
     let bcm_old = image_bytes("bcm/fw-1.0.bin", 120_000);
 
@@ -130,10 +116,9 @@ pub async fn run(h: Harness) -> anyhow::Result<Findings> {
         .await?;
     // The ECU handles each garbage connection on its own and writes repeated indicators at
     // most once a second: give the last one a moment.
-    let mut state = Value::Null;
     let mut rejected = 0;
     for _ in 0..80 {
-        state = std::fs::read(bcm_dir.join("state/ecu-state.json"))
+        let state: Value = std::fs::read(bcm_dir.join("state/ecu-state.json"))
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_default();
@@ -146,20 +131,7 @@ pub async fn run(h: Harness) -> anyhow::Result<Findings> {
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    let pending: Vec<String> = state
-        .pointer("/indicators/entries")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .map(|e| {
-            format!(
-                "{}: {} ({}×)",
-                e["rule"].as_str().unwrap_or_default(),
-                e["message"].as_str().unwrap_or_default(),
-                e["count"].as_u64().unwrap_or_default()
-            )
-        })
-        .collect();
+    let pending = pending_indicators(&bcm_dir);
     f.check(
         "the BCM refused every garbage frame and counted it for its next report",
         rejected as usize >= sent.len()
