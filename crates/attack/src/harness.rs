@@ -57,8 +57,10 @@ pub struct Attempt<'a> {
     /// What the attacker served, for the evidence line.
     pub what: String,
     /// Forged answers on paths containing this are the evidence that the attack reached
-    /// the vehicle (it requested them).
+    /// the vehicle (it requested them)…
     pub filter: &'a str,
+    /// …at least this many of them (one per forged document the attack needs).
+    pub min_forged: usize,
     /// The vehicle must name one of these rules…
     pub rules: &'a [&'a str],
     /// …about this (e.g. the role), when the rule family alone could be met by another
@@ -569,8 +571,13 @@ impl Harness {
     ) -> anyhow::Result<VehicleRun> {
         self.proxy.clear_log();
         let run = self.cycle().await?;
-        if self.evidence_forged(f, a.filter, &a.what) == 0 {
-            missing.push(format!("never requested: {}", a.what));
+        let n = self.evidence_forged(f, a.filter, &a.what);
+        if n < a.min_forged.max(1) {
+            missing.push(format!(
+                "only {n} of the {} forged answers were requested: {}",
+                a.min_forged.max(1),
+                a.what
+            ));
         }
         self.check_refused(f, &run);
         match a.about {

@@ -26,6 +26,7 @@ use super::rollback::{
     check_genuine, check_unchanged, evidence_forged, finish, partial_targets_version, release,
     runs, trusted_version,
 };
+use crate::harness::Attempt;
 use crate::proxy::{Action, Rule};
 use crate::{Findings, Harness, Info};
 
@@ -241,25 +242,22 @@ pub async fn run(mut h: Harness) -> anyhow::Result<Findings> {
     ];
     for (what, instruction, rule) in &attacks {
         let (tsv, sv, tv) = serve_forged(&h, &stolen, instruction).await?;
-        let run = h.cycle().await?;
-        let n = evidence_forged(
+        h.attempt(
             &mut f,
-            &h,
-            &director_meta,
-            &format!(
-                "director metadata signed with the stolen keys (timestamp v{tsv}, snapshot v{sv}, targets v{tv}) naming {what}"
-            ),
-        );
-        if n < 3 {
-            missing.push(format!(
-                "only {n} of the 3 forged director documents were requested ({what})"
-            ));
-        }
-        h.check_refused(&mut f, &run);
-        h.check_noticed(&mut f, &run, &[rule], "vehicle").await?;
-        let after = h.trust_state().await?;
-        h.check_state(&mut f, &after, &forbidden);
-        check_unchanged(&mut f, &before, &after);
+            &mut missing,
+            &before,
+            Attempt {
+                what: format!(
+                    "director metadata signed with the stolen keys (timestamp v{tsv}, snapshot v{sv}, targets v{tv}) naming {what}"
+                ),
+                filter: &director_meta,
+                min_forged: 3,
+                rules: &[rule],
+                about: None,
+                forbidden: &forbidden,
+            },
+        )
+        .await?;
     }
     let after = h.trust_state().await?;
     let bcm_after = partial_targets_version(&h, 2);

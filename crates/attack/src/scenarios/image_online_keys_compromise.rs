@@ -21,6 +21,7 @@ use super::rollback::{
     active_image, check_genuine, check_unchanged, evidence_forged, finish, genuine_sha256, release,
     trusted_version,
 };
+use crate::harness::Attempt;
 use crate::proxy::{Action, Rule};
 use crate::{Findings, Harness, Info};
 
@@ -144,26 +145,22 @@ pub async fn run(mut h: Harness) -> anyhow::Result<Findings> {
         BTreeMap::from([("targets.json".to_owned(), pinned(old_version, &old_targets))]),
         Vec::new(),
     )?;
-    let run = h.cycle().await?;
-    let n = evidence_forged(
+    h.attempt(
         &mut f,
-        &h,
-        "/image/metadata/",
-        &format!(
-            "timestamp and snapshot v1001 signed with the stolen keys, the snapshot pointing at targets v{old_version} (the current one is v{now_targets})"
-        ),
-    );
-    if n < 2 {
-        missing.push(format!(
-            "only {n} of the 2 documents pointing at older targets were requested"
-        ));
-    }
-    h.check_refused(&mut f, &run);
-    h.check_noticed(&mut f, &run, &["rollback"], "vehicle")
-        .await?;
-    let after = h.trust_state().await?;
-    h.check_state(&mut f, &after, &forbidden);
-    check_unchanged(&mut f, &before, &after);
+        &mut missing,
+        &before,
+        Attempt {
+            what: format!(
+                "timestamp and snapshot v1001 signed with the stolen keys, the snapshot pointing at targets v{old_version} (the current one is v{now_targets})"
+            ),
+            filter: "/image/metadata/",
+            min_forged: 2,
+            rules: &["rollback"],
+            about: Some("targets"),
+            forbidden: &forbidden,
+        },
+    )
+    .await?;
 
     // 3. Altered targets: the current targets with release 2.1 pointing at the attacker's
     //    firmware, pinned by its own snapshot, signed with the only keys it has.

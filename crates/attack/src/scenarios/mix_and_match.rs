@@ -104,6 +104,7 @@ pub async fn run(h: Harness) -> anyhow::Result<Findings> {
                 version_of(&old_snapshot)
             ),
             filter: &path,
+            min_forged: 1,
             rules: &mismatch,
             about: Some("snapshot"),
             forbidden: &[],
@@ -127,6 +128,7 @@ pub async fn run(h: Harness) -> anyhow::Result<Findings> {
                 version_of(&old_targets)
             ),
             filter: &path,
+            min_forged: 1,
             rules: &mismatch,
             about: Some("targets"),
             forbidden: &[],
@@ -162,6 +164,7 @@ pub async fn run(h: Harness) -> anyhow::Result<Findings> {
                 version_of(&old_director_targets)
             ),
             filter: ".targets.json",
+            min_forged: 1,
             rules: &mismatch,
             about: Some("targets"),
             forbidden: &[],
@@ -212,6 +215,7 @@ pub async fn run(h: Harness) -> anyhow::Result<Findings> {
                 version_of(&beta_targets)
             ),
             filter: ".targets.json",
+            min_forged: 1,
             rules: &mismatch,
             about: Some("targets"),
             forbidden: &[BETA],

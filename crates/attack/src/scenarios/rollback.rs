@@ -201,6 +201,7 @@ pub async fn run(h: Harness) -> anyhow::Result<Findings> {
                 version_of(&old_image_ts)
             ),
             filter: image_ts,
+            min_forged: 1,
             rules: &["rollback"],
             about: Some("timestamp version"),
             forbidden: &["tbox/fw-2.0.bin"],
@@ -240,6 +241,7 @@ pub async fn run(h: Harness) -> anyhow::Result<Findings> {
                 snapshot_listed(&current_ts)
             ),
             filter: image_ts,
+            min_forged: 1,
             rules: &["rollback"],
             about: Some("timestamp version"),
             forbidden: &[],
@@ -264,6 +266,7 @@ pub async fn run(h: Harness) -> anyhow::Result<Findings> {
                 version_of(&old_director_ts)
             ),
             filter: &director_ts,
+            min_forged: 1,
             rules: &["rollback"],
             about: Some("timestamp version"),
             forbidden: &["tbox/fw-2.0.bin"],
