@@ -249,12 +249,23 @@ fn db_err(what: &str) -> impl Fn(sqlx::Error) -> Error + '_ {
     move |e| Error::Database(format!("{what}: {e}"))
 }
 
-fn to_i64(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
+/// A counter, length or version as the database's signed 64-bit integer. One that does not
+/// fit is refused: clamping it would silently change a replay counter.
+fn to_i64(v: u64) -> Result<i64> {
+    i64::try_from(v).map_err(|_| Error::Rejected {
+        status: axum::http::StatusCode::BAD_REQUEST,
+        rule: "counter-out-of-range",
+        message: format!(
+            "{v} does not fit the database's 64-bit signed integer (at most {})",
+            i64::MAX
+        ),
+    })
 }
 
-fn to_u64(v: i64) -> u64 {
-    u64::try_from(v).unwrap_or(0)
+/// A stored counter, length or version back as unsigned. A negative one was not written by
+/// us: an error, never 0.
+fn to_u64(v: i64) -> Result<u64> {
+    u64::try_from(v).map_err(|_| Error::Database(format!("stored value {v} is negative")))
 }
 
 fn get_str(row: &AnyRow, col: &str) -> Result<String> {
@@ -495,14 +506,14 @@ impl Db {
             let installed = match get_opt_str(r, "installed_target")? {
                 Some(target) => Some(Installed {
                     target,
-                    length: to_u64(get_opt_i64(r, "installed_length")?.unwrap_or(0)),
+                    length: to_u64(get_opt_i64(r, "installed_length")?.unwrap_or(0))?,
                     hashes: json(
                         &get_opt_str(r, "installed_hashes")?.unwrap_or_else(|| "{}".into()),
                         "hashes",
                     )?,
                     release_counter: to_u64(
                         get_opt_i64(r, "installed_release_counter")?.unwrap_or(0),
-                    ),
+                    )?,
                 }),
                 None => None,
             };
@@ -513,14 +524,18 @@ impl Db {
                 encryption_key: get_opt_str(r, "encryption_key")?,
                 verification: get_str(r, "verification")?,
                 installed,
-                last_report_counter: get_opt_i64(r, "last_report_counter")?.map(to_u64),
+                last_report_counter: get_opt_i64(r, "last_report_counter")?
+                    .map(to_u64)
+                    .transpose()?,
             });
         }
         Ok(Some(Vehicle {
             vin: get_str(row, "vin")?,
             primary_ecu: get_str(row, "primary_ecu")?,
             created_at: get_str(row, "created_at")?,
-            last_manifest_counter: get_opt_i64(row, "last_manifest_counter")?.map(to_u64),
+            last_manifest_counter: get_opt_i64(row, "last_manifest_counter")?
+                .map(to_u64)
+                .transpose()?,
             last_seen: get_opt_str(row, "last_seen")?,
             ecus,
         }))
@@ -551,9 +566,9 @@ impl Db {
         .bind(&a.vin)
         .bind(&a.ecu_id)
         .bind(&a.target)
-        .bind(to_i64(a.length))
+        .bind(to_i64(a.length)?)
         .bind(a.hashes.to_string())
-        .bind(to_i64(a.release_counter))
+        .bind(to_i64(a.release_counter)?)
         .bind(if a.encrypt { "yes" } else { "no" })
         .bind(now_text())
         .fetch_one(&mut *tx)
@@ -571,9 +586,9 @@ impl Db {
             vin: get_str(r, "vin")?,
             ecu_id: get_str(r, "ecu_id")?,
             target: get_str(r, "target")?,
-            length: to_u64(get_i64(r, "length")?),
+            length: to_u64(get_i64(r, "length")?)?,
             hashes: json(&get_str(r, "hashes")?, "hashes")?,
-            release_counter: to_u64(get_i64(r, "release_counter")?),
+            release_counter: to_u64(get_i64(r, "release_counter")?)?,
             encrypt: get_str(r, "encrypt")? == "yes",
             status: get_str(r, "status")?,
             created_at: get_str(r, "created_at")?,
@@ -610,7 +625,7 @@ impl Db {
             "UPDATE vehicles SET last_manifest_counter = $1, last_seen = $2 \
              WHERE vin = $3 AND (last_manifest_counter IS NULL OR last_manifest_counter < $1)",
         )
-        .bind(to_i64(checkin.counter))
+        .bind(to_i64(checkin.counter)?)
         .bind(&now)
         .bind(checkin.vin)
         .execute(&mut *tx)
@@ -648,10 +663,10 @@ impl Db {
                  AND (last_report_counter IS NULL OR last_report_counter < $5)",
             )
             .bind(&report.installed.target)
-            .bind(to_i64(report.installed.length))
+            .bind(to_i64(report.installed.length)?)
             .bind(report.installed.hashes.to_string())
-            .bind(to_i64(report.installed.release_counter))
-            .bind(to_i64(report.report_counter))
+            .bind(to_i64(report.installed.release_counter)?)
+            .bind(to_i64(report.report_counter)?)
             .bind(checkin.vin)
             .bind(&report.ecu_id)
             .execute(&mut *tx)
@@ -694,7 +709,7 @@ impl Db {
         }
         sqlx::query("INSERT INTO manifests (vin, counter, nonce, received_at, document) VALUES ($1, $2, $3, $4, $5)")
             .bind(checkin.vin)
-            .bind(to_i64(checkin.counter))
+            .bind(to_i64(checkin.counter)?)
             .bind(checkin.nonce)
             .bind(&now)
             .bind(checkin.document)
@@ -741,7 +756,7 @@ impl Db {
         for r in &rows {
             let role = StoredRole {
                 role: get_str(r, "role")?,
-                version: to_u64(get_i64(r, "version")?),
+                version: to_u64(get_i64(r, "version")?)?,
                 expires_at: get_str(r, "expires_at")?,
                 content_digest: get_str(r, "content_digest")?,
                 document: get_str(r, "document")?,
@@ -769,7 +784,7 @@ impl Db {
         row.map(|r| {
             Ok(StoredRole {
                 role: get_str(&r, "role")?,
-                version: to_u64(get_i64(&r, "version")?),
+                version: to_u64(get_i64(&r, "version")?)?,
                 expires_at: get_str(&r, "expires_at")?,
                 content_digest: get_str(&r, "content_digest")?,
                 document: get_str(&r, "document")?,
@@ -805,13 +820,13 @@ impl Db {
                     "UPDATE director_roles SET version = $1, expires_at = $2, content_digest = $3, document = $4 \
                      WHERE vin = $5 AND role = $6 AND version = $7 AND ($8 = '' OR content_digest = $8)",
                 )
-                .bind(to_i64(r.version))
+                .bind(to_i64(r.version)?)
                 .bind(&r.expires_at)
                 .bind(&r.content_digest)
                 .bind(&r.document)
                 .bind(vin)
                 .bind(&r.role)
-                .bind(to_i64(*prev))
+                .bind(to_i64(*prev)?)
                 .bind(digest.unwrap_or(""))
                 .execute(&mut *tx)
                 .await
@@ -823,7 +838,7 @@ impl Db {
                 )
                 .bind(vin)
                 .bind(&r.role)
-                .bind(to_i64(r.version))
+                .bind(to_i64(r.version)?)
                 .bind(&r.expires_at)
                 .bind(&r.content_digest)
                 .bind(&r.document)
@@ -982,7 +997,7 @@ impl Db {
                 "DELETE FROM security_events WHERE id <= \
                  (SELECT id FROM security_events ORDER BY id DESC LIMIT 1 OFFSET $1)",
             )
-            .bind(to_i64(rows))
+            .bind(to_i64(rows)?)
             .execute(&self.pool)
             .await
             .map_err(db_err("prune security events"))?
@@ -1019,7 +1034,7 @@ impl Db {
                     ecu_id: get_opt_str(r, "ecu_id")?,
                     remote: get_opt_str(r, "remote")?,
                     detail: get_str(r, "detail")?,
-                    count: to_u64(get_i64(r, "count")?),
+                    count: to_u64(get_i64(r, "count")?)?,
                     last_at: get_opt_str(r, "last_at")?.unwrap_or_default(),
                 })
             })
@@ -1041,7 +1056,7 @@ impl Db {
         .bind(&k.target)
         .bind(&k.content_key)
         .bind(&k.ciphertext_path)
-        .bind(to_i64(k.ciphertext_length))
+        .bind(to_i64(k.ciphertext_length)?)
         .bind(&k.ciphertext_hashes)
         .execute(&mut *tx)
         .await
@@ -1064,7 +1079,7 @@ impl Db {
                     target: get_str(r, "target")?,
                     content_key: get_str(r, "content_key")?,
                     ciphertext_path: get_str(r, "ciphertext_path")?,
-                    ciphertext_length: to_u64(get_i64(r, "ciphertext_length")?),
+                    ciphertext_length: to_u64(get_i64(r, "ciphertext_length")?)?,
                     ciphertext_hashes: get_str(r, "ciphertext_hashes")?,
                 })
             })
@@ -1099,7 +1114,7 @@ impl Db {
                 target: get_str(&r, "target")?,
                 content_key: get_str(&r, "content_key")?,
                 ciphertext_path: get_str(&r, "ciphertext_path")?,
-                ciphertext_length: to_u64(get_i64(&r, "ciphertext_length")?),
+                ciphertext_length: to_u64(get_i64(&r, "ciphertext_length")?)?,
                 ciphertext_hashes: get_str(&r, "ciphertext_hashes")?,
             })
         })
@@ -1171,7 +1186,7 @@ impl Db {
             .fetch_one(&self.pool)
             .await
             .map_err(db_err("revocations"))?;
-        Ok((to_u64(get_i64(&row, "n")?), get_i64(&row, "top")?))
+        Ok((to_u64(get_i64(&row, "n")?)?, get_i64(&row, "top")?))
     }
 
     /// The revocation that applies to a certificate for `vin` with `serial` (hex, lower-case)
@@ -1211,7 +1226,7 @@ impl Db {
             .fetch_one(&self.pool)
             .await
             .map_err(db_err("count"))?;
-        Ok(to_u64(get_i64(&row, "n")?))
+        Ok(to_u64(get_i64(&row, "n")?)?)
     }
 }
 

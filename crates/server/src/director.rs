@@ -762,8 +762,10 @@ impl Director {
                 }
                 c
             }
-            Err(e @ Error::Replay(_)) => {
-                self.event("server", "replay", Some(vin), None, remote, &e.to_string())
+            // Refused vehicle input (a replay, a counter the database cannot hold): the 4xx
+            // and the event name the same rule.
+            Err(e) if e.status().is_client_error() => {
+                self.event("server", e.rule(), Some(vin), None, remote, &e.to_string())
                     .await;
                 return Err(e);
             }

@@ -1394,6 +1394,32 @@ async fn http2_refusal_lets_the_upload_finish_instead_of_resetting_the_stream() 
     assert_eq!(response.await.unwrap().status(), StatusCode::OK);
 }
 
+/// A manifest counter the database cannot hold exactly is refused as such (400 and an event
+/// naming the same rule), not clamped to i64::MAX where the vehicle's later counters would
+/// all look like replays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_manifest_counter_beyond_the_database_integer_is_refused() {
+    let (fleet, car) = fleet_with_car(generous_limits()).await;
+    let mut reports = BTreeMap::new();
+    for ecu in &car.ecus {
+        reports.insert(
+            ecu.id.clone(),
+            signed_report(&ecu.id, &ecu.installed, ecu.report_counter + 1, &ecu.signer),
+        );
+    }
+    let body = car.manifest_with(u64::MAX, reports, &car.ecus[0].signer);
+    assert_refused(
+        &fleet,
+        VIN_A,
+        car.post_manifest(&fleet, VIN_A, body),
+        StatusCode::BAD_REQUEST,
+        "counter-out-of-range",
+        "counter-out-of-range",
+        Some(VIN_A),
+    )
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn replayed_manifest_is_refused() {
     let (fleet, mut car) = fleet_with_car(generous_limits()).await;

@@ -53,6 +53,7 @@ storage_suite!(
     failed_registration_leaves_nothing_behind,
     assignment_supersedes_pending_ones_for_the_same_ecu,
     checkin_moves_counter_forward_and_refuses_replays,
+    counters_beyond_the_database_integer_are_refused_not_clamped,
     checkin_completes_only_matching_assignments,
     concurrent_checkins_with_one_counter_accept_one,
     stale_ecu_report_in_an_accepted_checkin_is_not_stored,
@@ -404,6 +405,57 @@ async fn checkin_moves_counter_forward_and_refuses_replays(url: String) {
     );
     assert_eq!(vehicle(&db, "VIN-C").await.last_manifest_counter, Some(9));
     assert_eq!(db.count("manifests").await.unwrap(), 2);
+}
+
+/// Replay protection rests on stored counters: one that does not fit the database's signed
+/// 64-bit integer must be refused, not stored as i64::MAX (where every later counter would
+/// look like a replay, or a lower one like an equal one); a negative value read back means
+/// the database was tampered with, and is an error, not 0.
+async fn counters_beyond_the_database_integer_are_refused_not_clamped(url: String) {
+    let db = connect(&url).await;
+    db.register_vehicle(&new_vehicle("VIN-O")).await.unwrap();
+    let before = (vehicle(&db, "VIN-O").await, counts(&db).await);
+    let too_big = i64::MAX as u64 + 1;
+    for c in [
+        checkin("VIN-O", too_big, vec![]),
+        checkin("VIN-O", u64::MAX, vec![]),
+        checkin(
+            "VIN-O",
+            3,
+            vec![report(
+                "TBOX-1",
+                Installed {
+                    target: "tbox/fw.bin".into(),
+                    length: 1,
+                    hashes: hashes("a"),
+                    release_counter: 1,
+                },
+                u64::MAX,
+            )],
+        ),
+    ] {
+        let err = db.record_checkin(&c).await.unwrap_err();
+        assert_eq!(err.rule(), "counter-out-of-range", "{err}");
+        assert_eq!((vehicle(&db, "VIN-O").await, counts(&db).await), before);
+    }
+    // The largest counter that fits is stored exactly.
+    db.record_checkin(&checkin("VIN-O", i64::MAX as u64, vec![]))
+        .await
+        .unwrap();
+    assert_eq!(
+        vehicle(&db, "VIN-O").await.last_manifest_counter,
+        Some(i64::MAX as u64)
+    );
+    // A negative counter in the database is refused when read, not taken as 0.
+    sqlx::any::install_default_drivers();
+    let raw = sqlx::AnyPool::connect(&url).await.unwrap();
+    sqlx::query("UPDATE vehicles SET last_manifest_counter = -5 WHERE vin = 'VIN-O'")
+        .execute(&raw)
+        .await
+        .unwrap();
+    let err = db.vehicle("VIN-O").await.unwrap_err();
+    assert_eq!(err.rule(), "database", "{err}");
+    assert!(err.to_string().contains("negative"), "{err}");
 }
 
 async fn checkin_completes_only_matching_assignments(url: String) {

@@ -207,10 +207,22 @@ impl std::fmt::Debug for Primary {
     }
 }
 
-fn random_hex(n: usize) -> String {
+/// A fresh nonce of `n` random bytes, hex-encoded. A nonce is what makes a report or a
+/// manifest fresh: if the system's random source fails, that is an error, never a nonce of
+/// zeros.
+fn random_hex(n: usize) -> Result<String> {
+    random_hex_from(n, aws_lc_rs::rand::fill)
+}
+
+fn random_hex_from(
+    n: usize,
+    fill: impl FnOnce(&mut [u8]) -> std::result::Result<(), aws_lc_rs::error::Unspecified>,
+) -> Result<String> {
     let mut b = vec![0u8; n];
-    let _ = aws_lc_rs::rand::fill(&mut b);
-    hex::encode(b)
+    fill(&mut b).map_err(|_| {
+        rampart_core::Error::Crypto("the system's random source failed to make a nonce".into())
+    })?;
+    Ok(hex::encode(b))
 }
 
 fn with_slash(s: &str) -> String {
@@ -332,7 +344,13 @@ impl Primary {
         let mut docs = BTreeMap::new();
         let mut installed = BTreeMap::new();
         for ecu in self.config.ecus.clone() {
-            let nonce = random_hex(16);
+            let nonce = match random_hex(16) {
+                Ok(n) => n,
+                Err(e) => {
+                    self.note(report, &e.rule(), &e.to_string());
+                    continue;
+                }
+            };
             match request_report(&ecu.address, &nonce).await {
                 Ok(doc) => {
                     // The primary reads, but does not trust, the report: the director verifies it.
@@ -384,7 +402,7 @@ impl Primary {
             vin: self.config.vin.clone(),
             primary_ecu_id: self.config.ecu_id.clone(),
             manifest_counter: self.state.manifest_counter,
-            nonce: random_hex(16),
+            nonce: random_hex(16)?,
             ecu_version_reports: reports,
             attacks_detected: attacks,
             unrecognized: BTreeMap::new(),
@@ -1064,5 +1082,21 @@ pub async fn run(config: PrimaryConfig, consent: ConsentMode, once: bool) -> Res
             (Err(e), false) => tracing::error!(rule = %e.rule(), error = %e, "cycle failed"),
         }
         tokio::time::sleep(poll).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failing_random_source_is_an_error_not_a_zero_nonce() {
+        let err = random_hex_from(16, |_| Err(aws_lc_rs::error::Unspecified)).unwrap_err();
+        assert_eq!(err.rule(), "crypto");
+        let a = random_hex(16).unwrap();
+        let b = random_hex(16).unwrap();
+        assert_eq!(a.len(), 32);
+        assert_ne!(a, b);
+        assert_ne!(a, "0".repeat(32));
     }
 }
