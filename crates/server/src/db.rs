@@ -1226,7 +1226,7 @@ impl Db {
             .fetch_one(&self.pool)
             .await
             .map_err(db_err("count"))?;
-        Ok(to_u64(get_i64(&row, "n")?)?)
+        to_u64(get_i64(&row, "n")?)
     }
 }
 
