@@ -58,14 +58,35 @@ setup() {
   ./scripts/postgres-up >/dev/null
 
   log "build (release)"
-  cargo build --release --locked -p rampart-cli >&2
-  cargo build --locked --profile release-agent -p rampart-vehicle --bin rampart-agent >&2
-  cargo bench --locked -p rampart-lab --bench rampart-bench --no-run >&2
-  BENCH="$(cargo bench --locked -p rampart-lab --bench rampart-bench --no-run 2>&1 |
-    sed -n 's/.*Executable .*(\(.*rampart_bench-[0-9a-f]*\)).*/\1/p' | tail -n 1)"
-  [ -n "$BENCH" ] && [ -x "$BENCH" ] || die "could not find the rampart-bench executable"
-  RAMPART="$ROOT/target/release/rampart"
-  AGENT="$ROOT/target/release-agent/rampart-agent"
+  # Each binary's path comes from cargo's own build messages (JSON), not from its text output.
+  RAMPART="$(built_executable rampart --release --locked -p rampart-cli --bin rampart)"
+  AGENT="$(built_executable rampart-agent --locked --profile release-agent -p rampart-vehicle --bin rampart-agent)"
+  BENCH="$(built_executable rampart-bench --locked -p rampart-lab --bench rampart-bench --no-run)"
+  for exe in "$RAMPART" "$AGENT" "$BENCH"; do
+    [ -n "$exe" ] && [ -x "$exe" ] || die "could not find a built executable (got '$exe')"
+  done
+}
+
+# Builds with cargo (arguments after the target's name; `--no-run` means `cargo bench`) and
+# prints the path of the executable of target $1, read from cargo's JSON build messages.
+built_executable() {
+  local name="$1"
+  shift
+  local cmd=build
+  for a in "$@"; do [ "$a" = "--no-run" ] && cmd=bench; done
+  cargo "$cmd" "$@" --message-format=json-render-diagnostics |
+    python3 -c '
+import json, sys
+name = sys.argv[1]
+exe = ""
+for line in sys.stdin:
+    try:
+        m = json.loads(line)
+    except ValueError:
+        continue
+    if m.get("reason") == "compiler-artifact" and m.get("target", {}).get("name") == name and m.get("executable"):
+        exe = m["executable"]
+print(exe)' "$name"
 }
 
 # Starts `rampart serve` on plain HTTP for data dir $1 (extra args after), waits until it

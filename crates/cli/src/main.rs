@@ -1,4 +1,7 @@
-//! `rampart`: the one binary of Rampart. Each subcommand is a thin layer over a library crate.
+//! `rampart`: Rampart's binary for the cloud side, operators and tools, and for vehicles
+//! (`rampart-agent` is the slim vehicle-only build). Each subcommand is a thin layer over a
+//! library crate. It carries no lab or attack-lab code: the demo and the attack lab are
+//! `rampart-lab` (crate `rampart-lab-cli`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -6,11 +9,10 @@ use std::process::ExitCode;
 use clap::{ArgAction, Parser, Subcommand};
 
 mod admin;
-mod attack_cmd;
-mod demo;
 mod server_cmds;
 mod tuf_client;
-mod vehicle_cmds;
+
+use rampart_cli::{logging, vehicle_cmds};
 
 /// Secure over-the-air updates for vehicle fleets (Uptane on TUF).
 #[derive(Debug, Parser)]
@@ -26,10 +28,18 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// The attack lab: run OTA attacks against a real fleet on loopback and show each fails.
-    Attack(attack_cmd::AttackArgs),
-    /// The whole story on loopback: a server, a fleet, an update, attacks rejected.
-    Demo(demo::DemoArgs),
+    /// Moved: the demo is `rampart-lab demo` (cargo run --release --bin rampart-lab -- demo).
+    #[command(hide = true)]
+    Demo {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        rest: Vec<String>,
+    },
+    /// Moved: the attack lab is `rampart-lab attack`.
+    #[command(hide = true)]
+    Attack {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        rest: Vec<String>,
+    },
     /// Image repository: key ceremony, listing.
     #[command(subcommand)]
     Repo(server_cmds::RepoCommand),
@@ -77,33 +87,15 @@ enum Command {
     TufClient(tuf_client::Args),
 }
 
-fn init_logging(verbose: u8, quiet: bool) {
-    let default = match verbose {
-        // The demo narrates for people; the server's own warnings would interleave.
-        0 if quiet => "error",
-        0 => "warn",
-        1 => "info",
-        2 => "debug",
-        _ => "trace",
-    };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(
-        cli.verbose,
-        matches!(cli.command, Command::Demo(_) | Command::Attack(_)),
-    );
+    logging::init(cli.verbose, false);
     let result = match cli.command {
-        Command::Demo(args) => demo::main(args),
-        Command::Attack(args) => attack_cmd::main(args),
+        Command::Demo { .. } | Command::Attack { .. } => Err(anyhow::anyhow!(
+            "the demo and the attack lab are not part of the product binary; run them with \
+             `rampart-lab demo` / `rampart-lab attack` (from a checkout: cargo run --release \
+             --bin rampart-lab -- demo)"
+        )),
         Command::Repo(cmd) => server_cmds::repo(cmd),
         Command::Publish(args) => server_cmds::publish(args),
         Command::Sign {

@@ -16,7 +16,7 @@ use std::process::Command;
 /// whether the command succeeded.
 fn attack(args: &[&str]) -> (serde_json::Value, bool) {
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_rampart"))
+    let out = Command::new(env!("CARGO_BIN_EXE_rampart-lab"))
         .args(["attack", "--json"])
         .args(args)
         .arg("--keep")
@@ -63,7 +63,7 @@ macro_rules! scenarios {
 
         #[test]
         fn every_scenario_of_the_lab_has_a_test() {
-            let listed = Command::new(env!("CARGO_BIN_EXE_rampart")).args(["attack", "--list"]).output().unwrap();
+            let listed = Command::new(env!("CARGO_BIN_EXE_rampart-lab")).args(["attack", "--list"]).output().unwrap();
             let listed = String::from_utf8_lossy(&listed.stdout);
             let listed = listed.split("Negative controls").next().unwrap();
             let tested = [$($name),*];
@@ -126,7 +126,7 @@ macro_rules! controls {
 
         #[test]
         fn every_negative_control_has_a_test_and_every_position_a_control() {
-            let listed = Command::new(env!("CARGO_BIN_EXE_rampart")).args(["attack", "--list"]).output().unwrap();
+            let listed = Command::new(env!("CARGO_BIN_EXE_rampart-lab")).args(["attack", "--list"]).output().unwrap();
             let listed = String::from_utf8_lossy(&listed.stdout);
             let controls = listed.split("Negative controls").nth(1).unwrap();
             let tested = [$($name),*];

@@ -1,0 +1,6 @@
+//! What the `rampart` binary shares with the lab's `rampart-lab` binary: the vehicle-side
+//! commands (so the lab's fleets run exactly the code path of `rampart vehicle` and `rampart
+//! ecu`) and logging. The rest of `rampart` lives in its binary's own modules.
+
+pub mod logging;
+pub mod vehicle_cmds;

@@ -1,0 +1,20 @@
+//! Logging to stderr with `tracing`, shared by `rampart` and `rampart-lab`.
+
+/// `-v` info, `-vv` debug, `-vvv` trace; `RUST_LOG` overrides. `quiet` commands (those that
+/// narrate for people) show only errors by default.
+pub fn init(verbose: u8, quiet: bool) {
+    let default = match verbose {
+        0 if quiet => "error",
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}

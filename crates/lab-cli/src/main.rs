@@ -1,0 +1,70 @@
+//! `rampart-lab`: the demo and the attack lab — a whole fleet on loopback (a server after a
+//! real key ceremony, vehicles whose primaries and ECUs are processes of this binary running
+//! exactly the code of `rampart vehicle` and `rampart ecu`), attacked and judged. Test
+//! tooling: it is never deployed, and no product crate depends on it.
+
+use std::process::ExitCode;
+
+use clap::{ArgAction, Parser, Subcommand};
+use rampart_cli::{logging, vehicle_cmds};
+
+mod attack_cmd;
+mod demo;
+
+/// Rampart's lab: the demo and the attack lab on a fleet on loopback.
+#[derive(Debug, Parser)]
+#[command(name = "rampart-lab", version, about)]
+struct Cli {
+    /// More logging (-v info, -vv debug, -vvv trace). RUST_LOG overrides.
+    #[arg(short, long, action = ArgAction::Count, global = true)]
+    verbose: u8,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// The whole story on loopback: a server, a fleet, an update, attacks rejected.
+    Demo(demo::DemoArgs),
+    /// The attack lab: run OTA attacks against a real fleet on loopback and show each fails.
+    Attack(attack_cmd::AttackArgs),
+    /// A vehicle's primary, as `rampart vehicle` (the lab's fleets run it as a process).
+    #[command(hide = true)]
+    Vehicle(vehicle_cmds::VehicleArgs),
+    /// A secondary ECU, as `rampart ecu`.
+    #[command(hide = true)]
+    Ecu(vehicle_cmds::EcuArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    logging::init(
+        cli.verbose,
+        matches!(cli.command, Command::Demo(_) | Command::Attack(_)),
+    );
+    let result = match cli.command {
+        Command::Demo(args) => demo::main(args),
+        Command::Attack(args) => attack_cmd::main(args),
+        Command::Vehicle(args) => vehicle_cmds::vehicle(args),
+        Command::Ecu(args) => vehicle_cmds::ecu(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}
