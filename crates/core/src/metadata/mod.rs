@@ -159,7 +159,7 @@ impl Envelope {
     ///
     /// Two paths, same verdicts, same bytes: documents whose keys are already sorted at
     /// every level (what python-tuf and Rampart write) are canonicalised while they are
-    /// parsed, with no intermediate tree ([`canonical::canonicalize_sorted_envelope`]); the
+    /// parsed, with no intermediate tree (`canonical::canonicalize_sorted_envelope`); the
     /// typed role is later read from those canonical bytes. Anything else — or anything that
     /// path refuses — goes through the strict tree ([`canonical::parse_strict`]), which sorts
     /// and names the error. For a 10,000-target role this halves the parse
