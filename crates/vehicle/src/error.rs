@@ -24,8 +24,8 @@ pub enum Error {
     /// The other side broke the protocol (wrong target, missing metadata…).
     #[error("in-vehicle protocol: {0}")]
     Protocol(String),
-    /// The director refused our manifest.
-    #[error("director answered {status}: {message}")]
+    /// The director refused our manifest (its own rule is kept in `rule`).
+    #[error("director refused the manifest (HTTP {status}, {rule}): {message}")]
     Director {
         /// HTTP status.
         status: u16,
@@ -62,20 +62,21 @@ impl Error {
         }
     }
 
-    /// Stable short name of the failed rule.
-    pub fn rule(&self) -> String {
+    /// Stable short name of the failed rule (the director's own rule, for a refused
+    /// manifest, is in the message).
+    pub fn rule(&self) -> &'static str {
         match self {
-            Error::Verification(e) => e.rule().into(),
-            Error::Client(e) => e.rule().into(),
-            Error::Slot(crate::slots::SlotError::Verify(e)) => e.rule().into(),
-            Error::Slot(_) => "slot".into(),
-            Error::Frame(e) => e.rule().into(),
-            Error::Protocol(_) => "protocol".into(),
-            Error::Director { rule, .. } => format!("director-{rule}"),
-            Error::BootFailed(_) => "boot-failed".into(),
-            Error::Config(_) => "config".into(),
-            Error::Secret(e) => e.rule().into(),
-            Error::Io { .. } => "io".into(),
+            Error::Verification(e) => e.rule(),
+            Error::Client(e) => e.rule(),
+            Error::Slot(crate::slots::SlotError::Verify(e)) => e.rule(),
+            Error::Slot(_) => "slot",
+            Error::Frame(e) => e.rule(),
+            Error::Protocol(_) => "protocol",
+            Error::Director { .. } => "director-refused",
+            Error::BootFailed(_) => "boot-failed",
+            Error::Config(_) => "config",
+            Error::Secret(e) => e.rule(),
+            Error::Io { .. } => "io",
         }
     }
 }

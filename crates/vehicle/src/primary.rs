@@ -347,7 +347,7 @@ impl Primary {
             let nonce = match random_hex(16) {
                 Ok(n) => n,
                 Err(e) => {
-                    self.note(report, &e.rule(), &e.to_string());
+                    self.note(report, e.rule(), &e.to_string());
                     continue;
                 }
             };
@@ -598,7 +598,7 @@ impl Primary {
             Err(e) => {
                 self.note(
                     &mut report,
-                    &e.rule(),
+                    e.rule(),
                     &format!("manifest not accepted: {e}"),
                 );
                 return Err(e);
@@ -609,7 +609,7 @@ impl Primary {
             Ok(v) => v,
             Err(e) => {
                 let rule = e.rule();
-                self.note(&mut report, &rule, &e.to_string());
+                self.note(&mut report, rule, &e.to_string());
                 // Tell the director right away: the indicator is the point.
                 let (docs, _) = self.collect_reports(&mut CycleReport::default()).await;
                 let _ = self.send_manifest(docs).await;
@@ -660,7 +660,7 @@ impl Primary {
                     let rule = e.rule();
                     self.note(
                         &mut report,
-                        &rule,
+                        rule,
                         &format!("{} for {}: {e}", u.instruction.target, u.instruction.ecu_id),
                     );
                     blocked = Some((u.instruction.target.clone(), rule, e.to_string()));
@@ -671,7 +671,7 @@ impl Primary {
         if let Some((target, rule, message)) = blocked {
             for u in &verdict.updates {
                 let status = if u.instruction.target == target {
-                    UpdateStatus::Failed(rule.clone(), message.clone())
+                    UpdateStatus::Failed(rule.to_owned(), message.clone())
                 } else {
                     UpdateStatus::Failed(
                         "partial-bundle".into(),
@@ -690,10 +690,10 @@ impl Primary {
                         let rule = e.rule();
                         self.note(
                             &mut report,
-                            &rule,
+                            rule,
                             &format!("{} on {}: {e}", u.instruction.target, u.instruction.ecu_id),
                         );
-                        UpdateStatus::Failed(rule, e.to_string())
+                        UpdateStatus::Failed(rule.to_owned(), e.to_string())
                     }
                 };
                 report.updates.push(self.outcome(u, status));
@@ -730,7 +730,7 @@ impl Primary {
             }
         }
         if let Err(e) = self.send_manifest(docs).await {
-            self.note(&mut report, &e.rule(), &format!("final manifest: {e}"));
+            self.note(&mut report, e.rule(), &format!("final manifest: {e}"));
         }
         for o in &report.updates {
             let line = match &o.status {

@@ -323,9 +323,9 @@ async fn handle(ecu: Arc<Mutex<Secondary>>, mut stream: TcpStream, link: &Arc<Li
                 Err(e) => {
                     let rule = e.rule();
                     let message = format!("manifest receipt refused: {e}");
-                    guard.record_attack(&rule, &message);
+                    guard.record_attack(rule, &message);
                     drop(guard);
-                    answer_error(&mut stream, &rule, &message).await;
+                    answer_error(&mut stream, rule, &message).await;
                 }
             }
         }
@@ -411,10 +411,10 @@ async fn install(
         },
         Err(e) => {
             let rule = e.rule();
-            guard.record_attack(&rule, &e.to_string());
+            guard.record_attack(rule, &e.to_string());
             InstallResult {
                 ok: false,
-                rule: Some(rule),
+                rule: Some(rule.to_owned()),
                 message: e.to_string(),
             }
         }
