@@ -245,8 +245,8 @@ fn make_sqlite_files_private(path: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
-fn db_err(what: &str) -> impl Fn(sqlx::Error) -> Error + '_ {
-    move |e| Error::Database(format!("{what}: {e}"))
+fn db_err(what: &'static str) -> impl Fn(sqlx::Error) -> Error {
+    move |source| Error::Sql { what, source }
 }
 
 /// A counter, length or version as the database's signed 64-bit integer. One that does not
@@ -268,19 +268,19 @@ fn to_u64(v: i64) -> Result<u64> {
     u64::try_from(v).map_err(|_| Error::Database(format!("stored value {v} is negative")))
 }
 
-fn get_str(row: &AnyRow, col: &str) -> Result<String> {
+fn get_str(row: &AnyRow, col: &'static str) -> Result<String> {
     row.try_get::<String, _>(col).map_err(db_err(col))
 }
 
-fn get_opt_str(row: &AnyRow, col: &str) -> Result<Option<String>> {
+fn get_opt_str(row: &AnyRow, col: &'static str) -> Result<Option<String>> {
     row.try_get::<Option<String>, _>(col).map_err(db_err(col))
 }
 
-fn get_i64(row: &AnyRow, col: &str) -> Result<i64> {
+fn get_i64(row: &AnyRow, col: &'static str) -> Result<i64> {
     row.try_get::<i64, _>(col).map_err(db_err(col))
 }
 
-fn get_opt_i64(row: &AnyRow, col: &str) -> Result<Option<i64>> {
+fn get_opt_i64(row: &AnyRow, col: &'static str) -> Result<Option<i64>> {
     row.try_get::<Option<i64>, _>(col).map_err(db_err(col))
 }
 

@@ -14,17 +14,28 @@ pub enum Error {
     #[error(transparent)]
     Verification(#[from] rampart_core::Error),
 
-    /// Database failure.
+    /// Stored data that is not what we write (corrupt or tampered with).
     #[error("database: {0}")]
     Database(String),
 
+    /// A database operation failed.
+    #[error("database: {what}")]
+    Sql {
+        /// What was being done.
+        what: &'static str,
+        /// The driver's error.
+        #[source]
+        source: sqlx::Error,
+    },
+
     /// A file of the data directory could not be read or written.
-    #[error("{path}: {reason}")]
+    #[error("{}", path.display())]
     Io {
         /// File.
-        path: String,
+        path: std::path::PathBuf,
         /// Cause.
-        reason: String,
+        #[source]
+        source: std::io::Error,
     },
 
     /// Bad or missing configuration.
@@ -74,18 +85,31 @@ pub enum Error {
 
 impl Error {
     /// Builds [`Error::Io`].
-    pub fn io(path: impl AsRef<std::path::Path>, e: impl std::fmt::Display) -> Self {
+    pub fn io(path: impl AsRef<std::path::Path>, source: std::io::Error) -> Self {
         Error::Io {
-            path: path.as_ref().display().to_string(),
-            reason: e.to_string(),
+            path: path.as_ref().to_path_buf(),
+            source,
         }
+    }
+
+    /// This error and its causes, `: `-separated (for logs and answers; `Display` alone
+    /// stops at the first).
+    pub fn chain(&self) -> String {
+        let mut out = self.to_string();
+        let mut cause = std::error::Error::source(self);
+        while let Some(c) = cause {
+            out.push_str(": ");
+            out.push_str(&c.to_string());
+            cause = c.source();
+        }
+        out
     }
 
     /// Stable short name of the failed rule.
     pub fn rule(&self) -> &'static str {
         match self {
             Error::Verification(e) => e.rule(),
-            Error::Database(_) => "database",
+            Error::Database(_) | Error::Sql { .. } => "database",
             Error::Io { .. } => "io",
             Error::Config(_) => "config",
             Error::BadRequest(_) => "bad-request",
@@ -112,7 +136,7 @@ impl Error {
             Error::NotFound(_) => StatusCode::NOT_FOUND,
             Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Error::Forbidden(_) => StatusCode::FORBIDDEN,
-            Error::Database(_) | Error::Io { .. } | Error::Config(_) => {
+            Error::Database(_) | Error::Sql { .. } | Error::Io { .. } | Error::Config(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
         }
@@ -123,9 +147,37 @@ impl IntoResponse for Error {
     fn into_response(self) -> Response {
         let status = self.status();
         if status.is_server_error() {
-            tracing::error!(error = %self, "request failed");
+            tracing::error!(error = %self.chain(), "request failed");
         }
-        let body = serde_json::json!({ "error": self.to_string(), "rule": self.rule() });
+        let body = serde_json::json!({ "error": self.chain(), "rule": self.rule() });
         (status, axum::Json(body)).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_keep_their_cause_as_a_source() {
+        let e = Error::io(
+            "/srv/rampart.toml",
+            std::io::Error::new(std::io::ErrorKind::PermissionDenied, "denied"),
+        );
+        assert_eq!(e.to_string(), "/srv/rampart.toml");
+        let source = std::error::Error::source(&e).map(ToString::to_string);
+        assert_eq!(source.as_deref(), Some("denied"));
+        assert_eq!(e.chain(), "/srv/rampart.toml: denied");
+        assert_eq!(e.rule(), "io");
+        let sql = Error::Sql {
+            what: "vehicle",
+            source: sqlx::Error::RowNotFound,
+        };
+        assert!(std::error::Error::source(&sql).is_some());
+        assert!(
+            sql.chain().starts_with("database: vehicle: "),
+            "{}",
+            sql.chain()
+        );
     }
 }
