@@ -337,7 +337,7 @@ async fn rate_limit(State(state): State<AppState>, request: Request, next: Next)
                 .director
                 .event(
                     "server",
-                    "rate-limited",
+                    RATE_LIMITED_RULE,
                     vin.as_deref(),
                     None,
                     remote.as_deref(),
@@ -350,7 +350,7 @@ async fn rate_limit(State(state): State<AppState>, request: Request, next: Next)
             .to_string();
         let mut response = (
             StatusCode::TOO_MANY_REQUESTS,
-            Json(serde_json::json!({"error": "too many requests", "rule": "rate-limited"})),
+            Json(serde_json::json!({"error": "too many requests", "rule": RATE_LIMITED_RULE})),
         )
             .into_response();
         if let Ok(v) = HeaderValue::from_str(&secs) {
@@ -377,22 +377,14 @@ async fn require_admin(
             .extensions()
             .get::<ClientIdentity>()
             .map(|i| i.peer.to_string());
-        state
+        let refused =
+            Error::Unauthorized("admin credentials required (Authorization: Bearer TOKEN)".into());
+        return state
             .inner
             .director
-            .event(
-                "server",
-                "unauthorized",
-                None,
-                None,
-                remote.as_deref(),
-                "admin route without valid credentials",
-            )
-            .await;
-        return Error::Unauthorized(
-            "admin credentials required (Authorization: Bearer TOKEN)".into(),
-        )
-        .into_response();
+            .reject(refused, None, None, remote.as_deref())
+            .await
+            .into_response();
     }
     next.run(request).await
 }
@@ -465,62 +457,35 @@ async fn authorize_vehicle(
     identity: Option<&ClientIdentity>,
 ) -> Result<Option<String>> {
     let remote = identity.map(|i| i.peer.to_string());
+    let director = &state.inner.director;
     if crate::pki::validate_vin(vin).is_err() {
-        state
-            .inner
-            .director
-            .event(
-                "server",
-                "malformed",
-                None,
-                None,
-                remote.as_deref(),
-                "request for a malformed VIN",
-            )
-            .await;
-        return Err(Error::BadRequest("malformed VIN".into()));
+        let refused = Error::Rejected {
+            status: StatusCode::BAD_REQUEST,
+            rule: "malformed",
+            message: "malformed VIN in the request path".into(),
+        };
+        return Err(director
+            .reject(refused, None, None, remote.as_deref())
+            .await);
     }
     if state.inner.require_client_certificate {
-        match identity.and_then(|i| i.vin.as_deref()) {
-            None => {
-                state
-                    .inner
-                    .director
-                    .event(
-                        "server",
-                        "client-certificate-required",
-                        Some(vin),
-                        None,
-                        remote.as_deref(),
-                        "vehicle route without a client certificate",
-                    )
-                    .await;
-                return Err(Error::Rejected {
-                    status: StatusCode::UNAUTHORIZED,
-                    rule: "client-certificate-required",
-                    message: "a vehicle client certificate is required".into(),
-                });
-            }
-            Some(cert_vin) if cert_vin != vin => {
-                state
-                    .inner
-                    .director
-                    .event(
-                        "server",
-                        "vin-mismatch",
-                        Some(vin),
-                        None,
-                        remote.as_deref(),
-                        &format!("certificate for {cert_vin} used for {vin}"),
-                    )
-                    .await;
-                return Err(Error::Rejected {
-                    status: StatusCode::FORBIDDEN,
-                    rule: "vin-mismatch",
-                    message: format!("certificate is for {cert_vin}, not {vin}"),
-                });
-            }
-            Some(_) => {}
+        let refused = match identity.and_then(|i| i.vin.as_deref()) {
+            None => Some(Error::Rejected {
+                status: StatusCode::UNAUTHORIZED,
+                rule: crate::tls::CLIENT_CERT_REQUIRED_RULE,
+                message: "a vehicle route needs a vehicle client certificate".into(),
+            }),
+            Some(cert_vin) if cert_vin != vin => Some(Error::Rejected {
+                status: StatusCode::FORBIDDEN,
+                rule: "vin-mismatch",
+                message: format!("certificate is for {cert_vin}, not {vin}"),
+            }),
+            Some(_) => None,
+        };
+        if let Some(refused) = refused {
+            return Err(director
+                .reject(refused, Some(vin), None, remote.as_deref())
+                .await);
         }
     }
     // Revoked: every certificate of the VIN, or this certificate by serial (an in-memory
@@ -533,29 +498,24 @@ async fn authorize_vehicle(
             (None, Some(s)) => format!("certificate {s}"),
             (None, None) => "certificate".to_owned(),
         };
-        state
-            .inner
-            .director
-            .event(
-                "server",
-                CERTIFICATE_REVOKED_RULE,
-                Some(vin),
-                None,
-                remote.as_deref(),
-                &format!(
-                    "{what} revoked at {}: {}",
-                    revoked.revoked_at, revoked.reason
-                ),
-            )
-            .await;
-        return Err(Error::Rejected {
+        let refused = Error::Rejected {
             status: StatusCode::FORBIDDEN,
             rule: CERTIFICATE_REVOKED_RULE,
-            message: format!("{what} is revoked: {}", revoked.reason),
-        });
+            message: format!(
+                "{what} revoked at {}: {}",
+                revoked.revoked_at, revoked.reason
+            ),
+        };
+        return Err(director
+            .reject(refused, Some(vin), None, remote.as_deref())
+            .await);
     }
     Ok(remote)
 }
+
+/// Rule of a request over its client's rate (429; one event per client per minute — the
+/// answer carries Retry-After, so it is not an [`Error`]).
+pub const RATE_LIMITED_RULE: &str = "rate-limited";
 
 /// Rule of the refusal of a revoked vehicle certificate (403).
 pub const CERTIFICATE_REVOKED_RULE: &str = "certificate-revoked";
@@ -622,24 +582,15 @@ async fn post_manifest(
         Err(_) => {
             state
                 .inner
-                .director
-                .event(
-                    "server",
-                    "endless-data",
-                    Some(&vin),
-                    None,
-                    remote.as_deref(),
-                    &format!("manifest body over {limit} bytes"),
-                )
-                .await;
-            state
-                .inner
                 .metrics
                 .manifests_rejected
                 .fetch_add(1, Ordering::Relaxed);
-            return Err(Error::TooLarge(format!(
-                "manifest larger than {limit} bytes"
-            )));
+            let refused = Error::TooLarge(format!("manifest body over {limit} bytes"));
+            return Err(state
+                .inner
+                .director
+                .reject(refused, Some(&vin), None, remote.as_deref())
+                .await);
         }
     };
     match state

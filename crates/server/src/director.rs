@@ -560,6 +560,27 @@ impl Director {
     /// Records a security event (failures to record are logged, never hide the original).
     /// Past [`EventPolicy::max_new_per_minute`] for its client address and rule, it is
     /// counted on the latest row of that address and rule instead of stored as a new one.
+    /// Refuses a request: records one security event (source `server`) and returns the
+    /// error to answer with, both naming the error's rule. Every refusal of client input goes
+    /// through here, so "a 4xx and an event with the same rule" cannot drift apart.
+    pub async fn reject(
+        &self,
+        error: impl Into<Error>,
+        vin: Option<&str>,
+        ecu_id: Option<&str>,
+        remote: Option<&str>,
+    ) -> Error {
+        let error = error.into();
+        debug_assert!(
+            error.status().is_client_error(),
+            "a refusal is a 4xx: {error}"
+        );
+        self.event("server", error.rule(), vin, ecu_id, remote, &error.chain())
+            .await;
+        error
+    }
+
+    /// Records a security event (rate-limited per address and rule; repeats counted).
     pub async fn event(
         &self,
         source: &str,
@@ -621,20 +642,12 @@ impl Director {
         now: DateTime<Utc>,
     ) -> Result<CheckinResponse> {
         let Some(vehicle) = self.db.vehicle(vin).await? else {
-            self.event(
-                "server",
-                "unknown-vehicle",
-                Some(vin),
-                None,
-                remote,
-                "manifest for an unregistered VIN",
-            )
-            .await;
-            return Err(Error::Rejected {
+            let unknown = Error::Rejected {
                 status: axum::http::StatusCode::NOT_FOUND,
                 rule: "unknown-vehicle",
-                message: format!("vehicle {vin} is not registered"),
-            });
+                message: format!("manifest for an unregistered VIN ({vin})"),
+            };
+            return Err(self.reject(unknown, Some(vin), None, remote).await);
         };
         let mut ecu_keys = BTreeMap::new();
         for ecu in &vehicle.ecus {
@@ -656,11 +669,7 @@ impl Director {
         };
         let verified = match verify_vehicle_manifest(body, &keys) {
             Ok(v) => v,
-            Err(e) => {
-                self.event("server", e.rule(), Some(vin), None, remote, &e.to_string())
-                    .await;
-                return Err(e.into());
-            }
+            Err(e) => return Err(self.reject(e, Some(vin), None, remote).await),
         };
         // A replayed manifest is refused before anything in it is looked at.
         if let Err(e) = rampart_core::uptane::manifest::check_counter(
@@ -668,9 +677,7 @@ impl Director {
             vehicle.last_manifest_counter,
             verified.manifest.manifest_counter,
         ) {
-            self.event("server", e.rule(), Some(vin), None, remote, &e.to_string())
-                .await;
-            return Err(e.into());
+            return Err(self.reject(e, Some(vin), None, remote).await);
         }
         // What the manifest says (attack indicators) and what was wrong in it (dropped ECU
         // reports) is recorded in the check-in's own transaction: once, and only if this copy
@@ -765,9 +772,7 @@ impl Director {
             // Refused vehicle input (a replay, a counter the database cannot hold): the 4xx
             // and the event name the same rule.
             Err(e) if e.status().is_client_error() => {
-                self.event("server", e.rule(), Some(vin), None, remote, &e.to_string())
-                    .await;
-                return Err(e);
+                return Err(self.reject(e, Some(vin), None, remote).await);
             }
             Err(e) => return Err(e),
         };

@@ -1120,12 +1120,17 @@ async fn manifest_for_an_unknown_vin_is_refused() {
         )
         .await;
     assert_eq!(response.status(), StatusCode::NOT_FOUND);
-    // A malformed VIN never reaches the database.
-    let (status, body) = stranger
-        .post_manifest(&fleet, "bad.vin", b"{}".to_vec())
-        .await;
-    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
-    assert_eq!(body["rule"], "bad-request");
+    // A malformed VIN never reaches the database; the answer and the event name one rule.
+    assert_refused(
+        &fleet,
+        VIN_A,
+        stranger.post_manifest(&fleet, "bad.vin", b"{}".to_vec()),
+        StatusCode::BAD_REQUEST,
+        "malformed",
+        "malformed",
+        None,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
