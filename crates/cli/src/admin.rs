@@ -12,7 +12,7 @@ use serde_json::Value;
 
 /// Connection options of the admin client.
 #[derive(Debug, Args)]
-pub struct AdminArgs {
+pub(crate) struct AdminArgs {
     /// Data directory (for defaults of --server, --ca and --token-file).
     #[arg(long, env = "RAMPART_DATA_DIR", default_value = "rampart-data")]
     data_dir: PathBuf,
@@ -103,7 +103,7 @@ fn parse_ecu(spec: &str) -> anyhow::Result<NewEcu> {
 }
 
 /// Runs the admin command.
-pub fn main(args: AdminArgs) -> anyhow::Result<()> {
+pub(crate) fn main(args: AdminArgs) -> anyhow::Result<()> {
     let layout = Layout::new(&args.data_dir);
     let server = match &args.server {
         Some(s) => s.trim_end_matches('/').to_owned(),

@@ -12,7 +12,7 @@ use rampart_server::ops;
 
 /// `--data-dir`, shared by the cloud commands.
 #[derive(Debug, Clone, Args)]
-pub struct DataDir {
+pub(crate) struct DataDir {
     /// Data directory of the server (configuration, keys, public folder, database).
     #[arg(
         long,
@@ -31,7 +31,7 @@ impl DataDir {
 
 /// `rampart repo …`
 #[derive(Debug, Subcommand)]
-pub enum RepoCommand {
+pub(crate) enum RepoCommand {
     /// Key ceremony: keys, first metadata of both repositories, fleet PKI, configuration.
     Init {
         #[command(flatten)]
@@ -70,7 +70,7 @@ pub enum RepoCommand {
 
 /// `rampart publish`.
 #[derive(Debug, Args)]
-pub struct PublishArgs {
+pub(crate) struct PublishArgs {
     #[command(flatten)]
     data: DataDir,
     /// The image file.
@@ -103,7 +103,7 @@ pub struct PublishArgs {
 
 /// `rampart delegate`.
 #[derive(Debug, Args)]
-pub struct DelegateArgs {
+pub(crate) struct DelegateArgs {
     #[command(flatten)]
     data: DataDir,
     /// Name of the supplier's role.
@@ -137,7 +137,7 @@ pub struct DelegateArgs {
 
 /// `rampart pki …`
 #[derive(Debug, Subcommand)]
-pub enum PkiCommand {
+pub(crate) enum PkiCommand {
     /// Create the fleet CA, the server certificate and the admin token (done by `repo init`).
     Init {
         #[command(flatten)]
@@ -201,7 +201,7 @@ pub enum PkiCommand {
 
 /// `rampart serve`.
 #[derive(Debug, Args)]
-pub struct ServeArgs {
+pub(crate) struct ServeArgs {
     #[command(flatten)]
     data: DataDir,
     /// Listen address (overrides the configuration).
@@ -217,7 +217,7 @@ pub struct ServeArgs {
 
 /// `rampart rotate`.
 #[derive(Debug, Args)]
-pub struct RotateArgs {
+pub(crate) struct RotateArgs {
     #[command(flatten)]
     data: DataDir,
     /// Role whose keys to replace: root, targets, snapshot or timestamp; or content-kek (the
@@ -239,7 +239,7 @@ fn scheme(name: &str) -> anyhow::Result<KeyScheme> {
 }
 
 /// `rampart repo …`
-pub fn repo(cmd: RepoCommand) -> anyhow::Result<()> {
+pub(crate) fn repo(cmd: RepoCommand) -> anyhow::Result<()> {
     match cmd {
         RepoCommand::Init {
             data,
@@ -294,7 +294,7 @@ pub fn repo(cmd: RepoCommand) -> anyhow::Result<()> {
 }
 
 /// `rampart publish`.
-pub fn publish(args: PublishArgs) -> anyhow::Result<()> {
+pub(crate) fn publish(args: PublishArgs) -> anyhow::Result<()> {
     let req = ops::PublishRequest {
         file: args.file,
         name: args.name,
@@ -334,7 +334,11 @@ pub fn publish(args: PublishArgs) -> anyhow::Result<()> {
 }
 
 /// `rampart sign DOCUMENT --key K… [--out F]`.
-pub fn sign(document: PathBuf, keys: Vec<PathBuf>, out: Option<PathBuf>) -> anyhow::Result<()> {
+pub(crate) fn sign(
+    document: PathBuf,
+    keys: Vec<PathBuf>,
+    out: Option<PathBuf>,
+) -> anyhow::Result<()> {
     if keys.is_empty() {
         bail!("give at least one --key");
     }
@@ -345,14 +349,14 @@ pub fn sign(document: PathBuf, keys: Vec<PathBuf>, out: Option<PathBuf>) -> anyh
 }
 
 /// `rampart import DOCUMENT --role R`.
-pub fn import(data: DataDir, role: String, document: PathBuf) -> anyhow::Result<()> {
+pub(crate) fn import(data: DataDir, role: String, document: PathBuf) -> anyhow::Result<()> {
     let v = ops::import(&data.layout(), &role, &document, chrono::Utc::now())?;
     println!("imported {role} version {v}; snapshot and timestamp re-signed");
     Ok(())
 }
 
 /// `rampart delegate`.
-pub fn delegate(mut args: DelegateArgs) -> anyhow::Result<()> {
+pub(crate) fn delegate(mut args: DelegateArgs) -> anyhow::Result<()> {
     if let Some(path) = &args.generate_key {
         rampart_server::keys::generate_key_file(path, KeyScheme::Ed25519)?;
         println!("generated the supplier key {}", path.display());
@@ -377,7 +381,7 @@ pub fn delegate(mut args: DelegateArgs) -> anyhow::Result<()> {
 }
 
 /// `rampart pki …`
-pub fn pki(cmd: PkiCommand) -> anyhow::Result<()> {
+pub(crate) fn pki(cmd: PkiCommand) -> anyhow::Result<()> {
     match cmd {
         PkiCommand::Init { data, server_names } => {
             let files = rampart_server::pki::init(&data.layout().pki(), &server_names, 825)?;
@@ -487,7 +491,7 @@ fn write_private(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
 }
 
 /// `rampart serve`.
-pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
+pub(crate) fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -507,7 +511,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 /// `rampart rotate`.
-pub fn rotate(args: RotateArgs) -> anyhow::Result<()> {
+pub(crate) fn rotate(args: RotateArgs) -> anyhow::Result<()> {
     if args.role == "content-kek" {
         let Some(to) = &args.to else {
             bail!("--role content-kek needs --to (a new key file, or pkcs11:…)");

@@ -20,7 +20,7 @@ use rampart_core::client::{safe_file_name, target_url_path, Client, Config};
 
 /// Options of `tuf-client` (given before its subcommand, in any order).
 #[derive(Debug, clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// Directory of trusted metadata.
     #[arg(long, value_name = "DIR")]
     metadata_dir: PathBuf,
@@ -59,7 +59,7 @@ enum TufAction {
 }
 
 /// Runs the subcommand.
-pub fn main(args: Args) -> anyhow::Result<()> {
+pub(crate) fn main(args: Args) -> anyhow::Result<()> {
     let store = MetadataStore::open(&args.metadata_dir)?;
     match &args.action {
         TufAction::Init { trusted_root } => {

@@ -10,7 +10,7 @@ use rampart_attack::{controls, scenarios, Verdict};
 /// `rampart attack [--scenario NAME | --all] [--json]`.
 #[derive(Debug, Args)]
 #[command(after_long_help = scenario_help())]
-pub struct AttackArgs {
+pub(crate) struct AttackArgs {
     /// Run this scenario (repeatable); see the list below.
     #[arg(long = "scenario")]
     scenarios: Vec<String>,
@@ -47,7 +47,7 @@ fn scenario_help() -> String {
 }
 
 /// Runs the lab; exit status 1 if any attack succeeded or a scenario was inconclusive.
-pub fn main(args: AttackArgs) -> anyhow::Result<()> {
+pub(crate) fn main(args: AttackArgs) -> anyhow::Result<()> {
     if args.list {
         print!("{}", scenario_help());
         println!("\nNegative controls (--controls):");

@@ -17,7 +17,7 @@ use serde_json::Value;
 
 /// `rampart demo`.
 #[derive(Debug, Args)]
-pub struct DemoArgs {
+pub(crate) struct DemoArgs {
     /// Answer the owner's consent with yes (for CI; implied when there is no terminal).
     #[arg(long)]
     yes: bool,
@@ -57,7 +57,7 @@ fn short(hex: &str) -> &str {
 }
 
 /// Runs the demo.
-pub fn main(args: DemoArgs) -> anyhow::Result<()> {
+pub(crate) fn main(args: DemoArgs) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

@@ -24,9 +24,9 @@ use axum::BoxError;
 use hyper::body::{Body as HttpBody, Bytes, Frame, Incoming, SizeHint};
 
 /// Most bytes of an unread request body read (and discarded) after the answer.
-pub const LINGER_MAX_BYTES: u64 = 8 * 1024 * 1024;
+pub(crate) const LINGER_MAX_BYTES: u64 = 8 * 1024 * 1024;
 /// Longest the rest of an unread request body is read after the answer.
-pub const LINGER_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const LINGER_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The connection's request body, shared by the handler (which reads it) and the response
 /// (which keeps it until it has been sent).

@@ -13,7 +13,7 @@ use crate::proxy::{Action, Rule};
 use crate::{Findings, Harness, Info};
 
 /// Description.
-pub const INFO: Info = Info {
+pub(super) const INFO: Info = Info {
     name: "arbitrary-software",
     attack: "arbitrary software installation",
     attacker: "man in the middle between vehicle and server (or a hostile mirror); no signing keys",
@@ -30,7 +30,7 @@ fn sha12(s: &crate::proxy::Served) -> String {
 }
 
 /// Runs it.
-pub async fn run(h: Harness) -> anyhow::Result<Findings> {
+pub(super) async fn run(h: Harness) -> anyhow::Result<Findings> {
     let mut f = Findings::default();
     let attacker = Arc::new(InMemorySigner::generate(KeyScheme::Ed25519)?);
 

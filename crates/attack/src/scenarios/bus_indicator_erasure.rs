@@ -25,7 +25,7 @@ use crate::harness::pending_indicators;
 use crate::{Findings, Harness, Info};
 
 /// Description.
-pub const INFO: Info = Info {
+pub(super) const INFO: Info = Info {
     name: "bus-indicator-erasure",
     attack: "erasing an ECU's attack indicators from the in-vehicle bus",
     attacker: "a device on the in-vehicle link, no keys: connects to the IVI directly and sends it any frame; recorded the link during an earlier cycle (a genuine director receipt)",
@@ -34,7 +34,7 @@ pub const INFO: Info = Info {
 };
 
 /// Runs it.
-pub async fn run(mut h: Harness) -> anyhow::Result<Findings> {
+pub(super) async fn run(mut h: Harness) -> anyhow::Result<Findings> {
     let mut f = Findings::default();
     let vin = h.vin();
     let ivi = h.ecu_id(1);

@@ -35,7 +35,7 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::{Findings, Harness, Info};
 
 /// Description.
-pub const INFO: Info = Info {
+pub(super) const INFO: Info = Info {
     name: "compromised-secondary",
     attack: "compromised secondary ECU (forged ECU version reports)",
     attacker: "controls one secondary (the BCM): replaces its software, answers the primary's report requests and install requests as it likes, knows the BCM's own signing key (for the second variant) and recorded an earlier genuine BCM report on the in-vehicle link; no other ECU's key, no primary key",
@@ -303,7 +303,7 @@ async fn start_ecu(h: &mut Harness, i: usize) -> anyhow::Result<String> {
 }
 
 /// Runs it.
-pub async fn run(h: Harness) -> anyhow::Result<Findings> {
+pub(super) async fn run(h: Harness) -> anyhow::Result<Findings> {
     let mut h = h;
     let mut f = Findings::default();
     let (tbox, ivi, bcm) = (h.ecu_id(0), h.ecu_id(1), h.ecu_id(2));

@@ -18,7 +18,7 @@ use tokio::net::{TcpSocket, TcpStream};
 use crate::{Findings, Harness, Info};
 
 /// Description.
-pub const INFO: Info = Info {
+pub(super) const INFO: Info = Info {
     name: "connection-flood",
     attacker: "any host that reaches the server (one address): hundreds of TLS connections that complete the handshake and then send nothing, and a thousand bare TCP connections, all held open; no client certificate",
     attack: "connection flood (denial of service against the server)",
@@ -54,7 +54,7 @@ async fn closed<S: tokio::io::AsyncRead + Unpin>(s: &mut S, wait: Duration) -> b
 }
 
 /// Runs it.
-pub async fn run(h: Harness) -> anyhow::Result<Findings> {
+pub(super) async fn run(h: Harness) -> anyhow::Result<Findings> {
     let mut f = Findings::default();
     let tbox = h.ecu_id(0);
     let image = "tbox/fw-2.0.bin";

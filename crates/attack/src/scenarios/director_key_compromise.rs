@@ -31,7 +31,7 @@ use crate::proxy::{Action, Rule};
 use crate::{Findings, Harness, Info};
 
 /// Description.
-pub const INFO: Info = Info {
+pub(super) const INFO: Info = Info {
     name: "director-key-compromise",
     attack: "compromise of the director's online keys",
     attacker: "holds the director's targets, snapshot and timestamp keys (stolen from the server's online-keys folder) and sits between vehicle and server: it serves this vehicle complete director metadata of its own, validly signed",
@@ -187,7 +187,7 @@ async fn serve_forged(
 }
 
 /// Runs it.
-pub async fn run(mut h: Harness) -> anyhow::Result<Findings> {
+pub(super) async fn run(mut h: Harness) -> anyhow::Result<Findings> {
     let mut f = Findings::default();
     let mut missing = Vec::new();
     let vin = h.vin();

@@ -11,7 +11,7 @@ use crate::proxy::{Action, Rule};
 use crate::{Findings, Harness, Info};
 
 /// Description.
-pub const INFO: Info = Info {
+pub(super) const INFO: Info = Info {
     name: "drop-request",
     attack: "drop-request attack",
     attacker: "man in the middle between vehicle and server: answers image downloads with 503, swallows director metadata requests and the vehicle manifest (never answers)",
@@ -134,7 +134,7 @@ fn drop_second_manifest(h: &Harness, vin: &str) -> tokio::task::JoinHandle<()> {
 }
 
 /// Runs it.
-pub async fn run(h: Harness) -> anyhow::Result<Findings> {
+pub(super) async fn run(h: Harness) -> anyhow::Result<Findings> {
     let mut f = Findings::default();
     let vin = h.vin();
     let tbox = h.ecu_id(0);

@@ -27,7 +27,7 @@ use crate::harness::active_slot;
 use crate::{Findings, Harness, Info};
 
 /// Description.
-pub const INFO: Info = Info {
+pub(super) const INFO: Info = Info {
     name: "eavesdrop",
     attack: "eavesdropping",
     attacker: "passive listener on the cellular/Internet link (sees every request and response), read access to the public image mirror, and a passive tap on the in-vehicle link to the IVI; no ECU keys",
@@ -161,7 +161,7 @@ async fn relay(mut primary: TcpStream, ecu: &str, seen: Arc<Mutex<Vec<u8>>>) -> 
 }
 
 /// Runs it.
-pub async fn run(h: Harness) -> anyhow::Result<Findings> {
+pub(super) async fn run(h: Harness) -> anyhow::Result<Findings> {
     let mut h = h;
     let mut f = Findings::default();
     let plain = secret_image(150_000);

@@ -14,7 +14,7 @@ use crate::proxy::{Action, Rule};
 use crate::{Findings, Harness, Info};
 
 /// Description.
-pub const INFO: Info = Info {
+pub(super) const INFO: Info = Info {
     name: "endless-data",
     attack: "endless data attack",
     attacker: "man in the middle between vehicle and server: after the genuine bytes, sends junk without end (image timestamp, image), or serves a 10 MB director targets file",
@@ -135,7 +135,7 @@ fn partial_bytes(h: &Harness) -> u64 {
 }
 
 /// Runs it.
-pub async fn run(h: Harness) -> anyhow::Result<Findings> {
+pub(super) async fn run(h: Harness) -> anyhow::Result<Findings> {
     let mut f = Findings::default();
     let vin = h.vin();
     let tbox = h.ecu_id(0);

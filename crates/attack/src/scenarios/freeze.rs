@@ -19,7 +19,7 @@ use crate::proxy::{Action, Rule};
 use crate::{Findings, Harness, Info};
 
 /// Description.
-pub const INFO: Info = Info {
+pub(super) const INFO: Info = Info {
     name: "freeze",
     attack: "freeze attack",
     attacker: "man in the middle between vehicle and server: captures validly signed timestamps and replays them later (no signing keys)",
@@ -63,7 +63,7 @@ async fn cycle_in_future(
 }
 
 /// Runs it.
-pub async fn run(h: Harness) -> anyhow::Result<Findings> {
+pub(super) async fn run(h: Harness) -> anyhow::Result<Findings> {
     let mut f = Findings::default();
     let vin = h.vin();
     let tbox = h.ecu_id(0);

@@ -26,7 +26,7 @@ use crate::proxy::{Action, Rule};
 use crate::{Findings, Harness, Info};
 
 /// Description.
-pub const INFO: Info = Info {
+pub(super) const INFO: Info = Info {
     name: "image-online-keys-compromise",
     attack: "compromise of the image repository's timestamp and snapshot keys",
     attacker: "holds the image repository's timestamp and snapshot keys (stolen from the server's online-keys folder), not the offline targets key, and sits between vehicle and server",
@@ -67,7 +67,7 @@ fn serve(
 }
 
 /// Runs it.
-pub async fn run(mut h: Harness) -> anyhow::Result<Findings> {
+pub(super) async fn run(mut h: Harness) -> anyhow::Result<Findings> {
     let mut f = Findings::default();
     let mut missing = Vec::new();
     let meta_dir = h.lab.layout.image_metadata();

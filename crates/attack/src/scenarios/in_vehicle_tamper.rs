@@ -21,7 +21,7 @@ use crate::harness::{active_slot, pending_indicators};
 use crate::{Findings, Harness, Info};
 
 /// Description.
-pub const INFO: Info = Info {
+pub(super) const INFO: Info = Info {
     name: "in-vehicle-tamper",
     attack: "tampered image on the in-vehicle network (man in the middle on the bus)",
     attacker: "on the in-vehicle link between the primary and one ECU: relays, alters or replaces frames (flips a bit in an image chunk, sends garbage); no keys",
@@ -33,7 +33,7 @@ const IVI_TARGET: &str = "ivi/app-2.0.bin";
 const BCM_TARGET: &str = "bcm/fw-2.0.bin";
 
 /// Runs it.
-pub async fn run(h: Harness) -> anyhow::Result<Findings> {
+pub(super) async fn run(h: Harness) -> anyhow::Result<Findings> {
     let mut h = h;
     let mut f = Findings::default();
     let (ivi, bcm) = (h.ecu_id(1), h.ecu_id(2));

@@ -15,7 +15,7 @@ use crate::proxy::{Action, Rule};
 use crate::{Findings, Harness, Info};
 
 /// Description.
-pub const INFO: Info = Info {
+pub(super) const INFO: Info = Info {
     name: "mix-and-match",
     attack: "mix-and-match",
     attacker: "man in the middle between vehicle and server that recorded earlier, validly signed metadata of both repositories and serves it mixed with current metadata (no signing keys)",
@@ -52,7 +52,7 @@ fn current_image_versions(h: &Harness) -> anyhow::Result<(u64, u64)> {
 }
 
 /// Runs it.
-pub async fn run(h: Harness) -> anyhow::Result<Findings> {
+pub(super) async fn run(h: Harness) -> anyhow::Result<Findings> {
     let mut f = Findings::default();
     let mut missing = Vec::new();
     let vin = h.vin();

@@ -12,7 +12,7 @@ use crate::proxy::{Action, Rule};
 use crate::{Findings, Harness, Info};
 
 /// Description.
-pub const INFO: Info = Info {
+pub(super) const INFO: Info = Info {
     name: "partial-bundle",
     attack: "partial bundle installation attack",
     attacker: "man in the middle between vehicle and server: passes the first image of a two-ECU campaign, answers every further image download with 503",
@@ -59,7 +59,7 @@ fn outcomes(run: &VehicleRun) -> Vec<(String, String, String)> {
 }
 
 /// Runs it.
-pub async fn run(h: Harness) -> anyhow::Result<Findings> {
+pub(super) async fn run(h: Harness) -> anyhow::Result<Findings> {
     let mut f = Findings::default();
     let bundle = [
         ("tbox/fw-2.0.bin", "tbox-a", 0usize),

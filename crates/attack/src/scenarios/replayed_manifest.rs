@@ -23,7 +23,7 @@ use crate::harness::sha12;
 use crate::{Findings, Harness, Info};
 
 /// Description.
-pub const INFO: Info = Info {
+pub(super) const INFO: Info = Info {
     name: "replayed-manifest",
     attack: "replayed vehicle version manifest",
     attacker: "man in the middle between vehicle and server: records the vehicle's signed manifests and sends them again later, verbatim or with a raised counter; no vehicle or ECU keys",
@@ -165,7 +165,7 @@ async fn stored(h: &Harness) -> anyhow::Result<Value> {
 }
 
 /// Runs it.
-pub async fn run(h: Harness) -> anyhow::Result<Findings> {
+pub(super) async fn run(h: Harness) -> anyhow::Result<Findings> {
     let mut f = Findings::default();
     let tbox = h.ecu_id(0);
 

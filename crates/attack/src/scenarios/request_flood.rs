@@ -14,7 +14,7 @@ use serde_json::Value;
 use crate::{Findings, Harness, Info};
 
 /// Description.
-pub const INFO: Info = Info {
+pub(super) const INFO: Info = Info {
     name: "request-flood",
     attack: "request flood (denial of service against the server)",
     attacker: "any host that reaches the server: thousands of concurrent HTTPS requests on a public route, no client certificate",
@@ -111,7 +111,7 @@ fn installed(run: &VehicleRun) -> Vec<String> {
 }
 
 /// Runs it.
-pub async fn run(h: Harness) -> anyhow::Result<Findings> {
+pub(super) async fn run(h: Harness) -> anyhow::Result<Findings> {
     let mut f = Findings::default();
     let tbox = h.ecu_id(0);
     let image = "tbox/fw-2.0.bin";

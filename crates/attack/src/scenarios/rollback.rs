@@ -16,7 +16,7 @@ use crate::proxy::{Action, Rule};
 use crate::{Findings, Harness, Info};
 
 /// Description.
-pub const INFO: Info = Info {
+pub(super) const INFO: Info = Info {
     name: "rollback",
     attack: "rollback",
     attacker: "man in the middle between vehicle and server that recorded earlier, validly signed metadata of both repositories and replays it (no signing keys); an insider who makes the director assign an older release the OEM-signed image repository still lists",
@@ -157,7 +157,7 @@ fn resign_image_timestamp_only(h: &Harness) -> anyhow::Result<()> {
 }
 
 /// Runs it.
-pub async fn run(h: Harness) -> anyhow::Result<Findings> {
+pub(super) async fn run(h: Harness) -> anyhow::Result<Findings> {
     let mut f = Findings::default();
     let mut missing = Vec::new();
     let vin = h.vin();

@@ -22,7 +22,7 @@ use crate::proxy::{Action, Rule};
 use crate::{Findings, Harness, Info};
 
 /// Description.
-pub const INFO: Info = Info {
+pub(super) const INFO: Info = Info {
     name: "root-rotation",
     attack: "root key rotation after compromise",
     attacker: "holds copies of the image repository's offline keys (all root keys and the targets key) and sits between vehicle and server, after the OEM rotated those keys",
@@ -51,7 +51,7 @@ fn root_of(bytes: &[u8]) -> anyhow::Result<Root> {
 }
 
 /// Runs it.
-pub async fn run(h: Harness) -> anyhow::Result<Findings> {
+pub(super) async fn run(h: Harness) -> anyhow::Result<Findings> {
     let mut f = Findings::default();
     let mut missing = Vec::new();
     let tbox = h.ecu_id(0);

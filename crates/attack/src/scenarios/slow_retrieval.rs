@@ -11,7 +11,7 @@ use crate::proxy::{Action, Rule};
 use crate::{Findings, Harness, Info};
 
 /// Description.
-pub const INFO: Info = Info {
+pub(super) const INFO: Info = Info {
     name: "slow-retrieval",
     attack: "slow retrieval attack",
     attacker: "man in the middle between vehicle and server: forwards the genuine bytes at a trickle, just under the vehicle's minimum speed, never pausing long enough to look stalled",
@@ -57,7 +57,7 @@ fn check_detected(f: &mut Findings, what: &str, run: &VehicleRun, took: Duration
 }
 
 /// Runs it.
-pub async fn run(h: Harness) -> anyhow::Result<Findings> {
+pub(super) async fn run(h: Harness) -> anyhow::Result<Findings> {
     let mut f = Findings::default();
     let tbox = h.ecu_id(0);
     let image = "tbox/fw-2.0.bin";

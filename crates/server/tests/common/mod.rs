@@ -14,10 +14,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use sqlx::Connection;
 
 /// Default admin URL (trust authentication on loopback, as `scripts/postgres-up` sets up).
-pub const DEFAULT_POSTGRES_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+pub(crate) const DEFAULT_POSTGRES_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
 /// The PostgreSQL admin URL the tests use.
-pub fn postgres_admin_url() -> String {
+pub(crate) fn postgres_admin_url() -> String {
     std::env::var("RAMPART_TEST_POSTGRES")
         .ok()
         .filter(|u| !u.trim().is_empty())
@@ -25,12 +25,12 @@ pub fn postgres_admin_url() -> String {
 }
 
 /// Whether PostgreSQL tests are skipped on purpose (`RAMPART_SKIP_POSTGRES=1`).
-pub fn skip_postgres() -> bool {
+pub(crate) fn skip_postgres() -> bool {
     std::env::var("RAMPART_SKIP_POSTGRES").is_ok_and(|v| v.trim() == "1")
 }
 
 /// `admin_url` with its database name replaced by `name` (query string kept).
-pub fn with_database_name(admin_url: &str, name: &str) -> String {
+pub(crate) fn with_database_name(admin_url: &str, name: &str) -> String {
     let scheme_end = admin_url.find("://").map_or(0, |i| i + 3);
     let (base, query) = match admin_url.find('?') {
         Some(q) => admin_url.split_at(q),
@@ -44,7 +44,7 @@ pub fn with_database_name(admin_url: &str, name: &str) -> String {
 }
 
 /// A database created for one test on the PostgreSQL server.
-pub struct PgDatabase {
+pub(crate) struct PgDatabase {
     admin_url: String,
     /// Database name.
     pub name: String,
@@ -78,7 +78,7 @@ async fn admin_connection(admin_url: &str) -> sqlx::PgConnection {
 impl PgDatabase {
     /// Creates a fresh, uniquely named database. Panics (with what to do) if the server is
     /// unreachable.
-    pub async fn create() -> PgDatabase {
+    pub(crate) async fn create() -> PgDatabase {
         let admin_url = postgres_admin_url();
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -104,7 +104,7 @@ impl PgDatabase {
     }
 
     /// Drops the database (closing any connection still open to it).
-    pub async fn drop_database(self) {
+    pub(crate) async fn drop_database(self) {
         let mut conn = admin_connection(&self.admin_url).await;
         let sql = format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name);
         if let Err(e) = sqlx::raw_sql(&sql).execute(&mut conn).await {
@@ -130,7 +130,7 @@ where
 }
 
 /// Runs `test` with the URL of a fresh SQLite database file (in a temporary directory).
-pub async fn with_sqlite<F, Fut>(test: F)
+pub(crate) async fn with_sqlite<F, Fut>(test: F)
 where
     F: FnOnce(String) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
@@ -142,7 +142,7 @@ where
 
 /// Runs `test` with the URL of a fresh PostgreSQL database, dropped afterwards. Skipped only
 /// with `RAMPART_SKIP_POSTGRES=1`.
-pub async fn with_postgres<F, Fut>(test: F)
+pub(crate) async fn with_postgres<F, Fut>(test: F)
 where
     F: FnOnce(String) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,

@@ -12,15 +12,15 @@ use rampart_vehicle::secondary::{EcuConfig, LinkLimits, Verification};
 use rampart_vehicle::slots::SlotConfig;
 
 /// The vehicle of the tests.
-pub const VIN: &str = "VIN00000000000001";
+pub(crate) const VIN: &str = "VIN00000000000001";
 /// Its ECU.
-pub const ECU: &str = "IVI-1";
+pub(crate) const ECU: &str = "IVI-1";
 /// The ECU's hardware ID.
-pub const HW: &str = "ivi-x";
+pub(crate) const HW: &str = "ivi-x";
 
 /// The agent binary: `RAMPART_AGENT` if set (e.g. an older build, to see a test fail
 /// against it), else the one cargo built.
-pub fn agent() -> PathBuf {
+pub(crate) fn agent() -> PathBuf {
     std::env::var_os("RAMPART_AGENT")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_rampart-agent")))
@@ -28,7 +28,7 @@ pub fn agent() -> PathBuf {
 
 /// A partial-verification ECU in `dir`: a fresh signing key (0600, as the ECU demands), the
 /// director root it trusts, slot A holding a factory image; its configuration.
-pub fn ecu_config(dir: &Path, director_root: &[u8], limits: LinkLimits) -> EcuConfig {
+pub(crate) fn ecu_config(dir: &Path, director_root: &[u8], limits: LinkLimits) -> EcuConfig {
     std::fs::create_dir_all(dir).unwrap();
     let key = InMemorySigner::generate(KeyScheme::Ed25519).unwrap();
     std::fs::write(dir.join("key.pem"), key.to_pkcs8_pem()).unwrap();
@@ -63,7 +63,7 @@ pub fn ecu_config(dir: &Path, director_root: &[u8], limits: LinkLimits) -> EcuCo
 }
 
 /// Waits (up to 20 s) for an ECU process to publish its listening address in `path`.
-pub fn wait_for_address(path: &Path) -> SocketAddr {
+pub(crate) fn wait_for_address(path: &Path) -> SocketAddr {
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(20) {
         if let Ok(text) = std::fs::read_to_string(path) {
