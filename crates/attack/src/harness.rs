@@ -3,6 +3,7 @@
 //! installed through the normal path (so there is trusted state and installed images to
 //! protect), and a man in the middle placed between the vehicle and the server.
 
+use rampart_core::rule::Rule;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -62,7 +63,7 @@ pub struct Attempt<'a> {
     /// …at least this many of them (one per forged document the attack needs).
     pub min_forged: usize,
     /// The vehicle must name one of these rules…
-    pub rules: &'a [&'a str],
+    pub rules: &'a [Rule],
     /// …about this (e.g. the role), when the rule family alone could be met by another
     /// check than the one under test.
     pub about: Option<&'a str>,
@@ -312,7 +313,7 @@ impl Harness {
         mark: i64,
         source: &str,
         ecu: &str,
-        rules: &[&str],
+        rules: &[Rule],
     ) -> anyhow::Result<Option<String>> {
         Ok(self
             .events()
@@ -324,7 +325,7 @@ impl Harness {
                     && e.get("ecu_id").and_then(Value::as_str) == Some(ecu)
                     && e.get("rule")
                         .and_then(Value::as_str)
-                        .is_some_and(|r| rules.contains(&r))
+                        .is_some_and(|r| rules.iter().any(|rule| rule == r))
             })
             .and_then(|e| e.get("detail").and_then(Value::as_str))
             .map(|d| d.chars().take(160).collect()))
@@ -411,17 +412,17 @@ impl Harness {
         &self,
         f: &mut Findings,
         run: &VehicleRun,
-        rules: &[&str],
+        rules: &[Rule],
         source: &str,
     ) -> anyhow::Result<()> {
         let output = format!("{}\n{}", run.stderr, run.stdout);
-        let said = rules.iter().find(|r| output.contains(**r));
+        let said = rules.iter().find(|r| output.contains(r.as_str()));
         f.check(
-            format!("the vehicle names the rule ({})", rules.join(" or ")),
+            format!("the vehicle names the rule ({})", join(rules)),
             said.is_some(),
             said.map_or_else(
                 || "no rule named in its output".to_owned(),
-                |r| first_line_with(&output, r),
+                |r| first_line_with(&output, r.as_str()),
             ),
         );
         self.check_event(f, rules, source).await
@@ -435,15 +436,15 @@ impl Harness {
         &self,
         f: &mut Findings,
         run: &VehicleRun,
-        rules: &[&str],
+        rules: &[Rule],
         about: &str,
         source: &str,
     ) -> anyhow::Result<()> {
         let output = format!("{}\n{}", run.stderr, run.stdout);
-        let rule = rules.join(" or ");
+        let rule = join(rules);
         let line = output
             .lines()
-            .find(|l| rules.iter().any(|r| l.contains(r)) && l.contains(about));
+            .find(|l| rules.iter().any(|r| l.contains(r.as_str())) && l.contains(about));
         f.check(
             format!("the vehicle names the rule ({rule}: {about})"),
             line.is_some(),
@@ -451,7 +452,7 @@ impl Harness {
                 || {
                     format!(
                         "no line names {rule} for {about}: {}",
-                        first_line_with(&output, rules.first().copied().unwrap_or_default())
+                        first_line_with(&output, rules.first().map_or("", |r| r.as_str()))
                     )
                 },
                 |l| l.chars().take(200).collect(),
@@ -464,7 +465,7 @@ impl Harness {
     pub async fn check_event(
         &self,
         f: &mut Findings,
-        rules: &[&str],
+        rules: &[Rule],
         source: &str,
     ) -> anyhow::Result<()> {
         self.check_event_about(f, rules, None, source).await
@@ -474,7 +475,7 @@ impl Harness {
     async fn check_event_about(
         &self,
         f: &mut Findings,
-        rules: &[&str],
+        rules: &[Rule],
         about: Option<&str>,
         source: &str,
     ) -> anyhow::Result<()> {
@@ -484,7 +485,7 @@ impl Harness {
             e.get("id").and_then(Value::as_i64).unwrap_or(0) > mark
                 && e.get("rule")
                     .and_then(Value::as_str)
-                    .is_some_and(|r| rules.contains(&r))
+                    .is_some_and(|r| rules.iter().any(|rule| rule == r))
                 && e.get("source").and_then(Value::as_str) == Some(source)
                 && about.is_none_or(|a| {
                     e.get("detail")
@@ -492,7 +493,7 @@ impl Harness {
                         .is_some_and(|d| d.contains(a))
                 })
         });
-        let rules = rules.join(" or ");
+        let rules = join(rules);
         f.check(
             match about {
                 Some(a) => format!("the server recorded a {source} security event ({rules}: {a})"),
@@ -685,6 +686,15 @@ pub fn check_unchanged(f: &mut Findings, before: &TrustState, after: &TrustState
             back.join("; ")
         },
     );
+}
+
+/// `a or b or c`.
+fn join(rules: &[Rule]) -> String {
+    rules
+        .iter()
+        .map(|r| r.as_str())
+        .collect::<Vec<_>>()
+        .join(" or ")
 }
 
 fn describe(running: &BTreeMap<String, (String, u64)>) -> String {

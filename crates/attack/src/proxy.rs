@@ -50,7 +50,7 @@ impl std::fmt::Debug for Action {
 
 /// A rule: requests whose path contains `pattern` (and, if `method` is set, use it).
 #[derive(Debug, Clone)]
-pub struct Rule {
+pub struct Intercept {
     /// Substring of the request path.
     pub pattern: String,
     /// Only this method (`GET`, `POST`), if set.
@@ -61,10 +61,10 @@ pub struct Rule {
     pub times: Option<usize>,
 }
 
-impl Rule {
+impl Intercept {
     /// A rule for GETs of paths containing `pattern`.
     pub fn get(pattern: &str, action: Action) -> Self {
-        Rule {
+        Intercept {
             pattern: pattern.to_owned(),
             method: Some("GET".into()),
             action,
@@ -99,7 +99,7 @@ impl Served {
 
 #[derive(Default)]
 struct Shared {
-    rules: Vec<Rule>,
+    rules: Vec<Intercept>,
     log: Vec<Served>,
     /// Bodies captured from upstream, by path, for replays.
     captured: Vec<(String, Vec<u8>)>,
@@ -145,7 +145,7 @@ impl Proxy {
     }
 
     /// Adds a rule (earlier rules win).
-    pub fn add(&self, rule: Rule) {
+    pub fn add(&self, rule: Intercept) {
         if let Ok(mut s) = self.shared.lock() {
             s.rules.push(rule);
         }

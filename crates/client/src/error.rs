@@ -1,5 +1,6 @@
 //! Errors of the I/O shell: the core's verification errors plus transport and disk failures.
 
+use rampart_core::rule::Rule;
 use std::path::PathBuf;
 
 /// Result alias.
@@ -65,14 +66,14 @@ pub enum Error {
 
 impl Error {
     /// Stable short name of the failed rule, for logs, security events and attack indicators.
-    pub fn rule(&self) -> &'static str {
+    pub fn rule(&self) -> Rule {
         match self {
             Error::Verification(e) => e.rule(),
-            Error::HttpStatus { .. } => "http-status",
-            Error::Transport { .. } => "transport",
-            Error::SlowRetrieval { .. } => "slow-retrieval",
-            Error::Io { .. } => "io",
-            Error::BadUrl { .. } => "bad-url",
+            Error::HttpStatus { .. } => Rule::HttpStatus,
+            Error::Transport { .. } => Rule::Transport,
+            Error::SlowRetrieval { .. } => Rule::SlowRetrieval,
+            Error::Io { .. } => Rule::Io,
+            Error::BadUrl { .. } => Rule::BadUrl,
         }
     }
 

@@ -5,6 +5,7 @@
 //! old bytes or the new bytes, never a mix. Names come from the core's state machine (role
 //! names percent-encoded), and are checked again here so no name can leave the directory.
 
+use rampart_core::rule::Rule;
 use std::fs;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -139,10 +140,10 @@ pub enum SecretFileError {
 
 impl SecretFileError {
     /// Stable short name of the failed rule.
-    pub fn rule(&self) -> &'static str {
+    pub fn rule(&self) -> Rule {
         match self {
-            SecretFileError::Exposed { .. } => "secret-permissions",
-            SecretFileError::Io { .. } => "io",
+            SecretFileError::Exposed { .. } => Rule::SecretPermissions,
+            SecretFileError::Io { .. } => Rule::Io,
         }
     }
 }

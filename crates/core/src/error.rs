@@ -7,6 +7,8 @@
 
 use std::fmt;
 
+use crate::rule::Rule;
+
 /// Result alias of the core.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -328,42 +330,42 @@ impl Error {
 
     /// A short, stable identifier of the rule that failed, for security events and attack
     /// indicators (`expired`, `rollback`, `threshold`, …).
-    pub fn rule(&self) -> &'static str {
+    pub fn rule(&self) -> Rule {
         match self {
-            Error::Malformed { .. } => "malformed",
-            Error::WrongType { .. } => "wrong-type",
-            Error::UnsupportedSpecVersion { .. } => "spec-version",
-            Error::ExpiredMetadata { .. } => "expired",
-            Error::OlderMetadata { .. } => "rollback",
-            Error::EqualVersion { .. } => "equal-version",
-            Error::VersionMismatch { .. } => "version-mismatch",
-            Error::ThresholdNotMet { .. } => "threshold",
-            Error::HashMismatch { .. } => "hash-mismatch",
-            Error::LengthMismatch { .. } => "length-mismatch",
-            Error::LengthExceeded { .. } => "endless-data",
-            Error::NoSupportedHash { .. } => "no-supported-hash",
-            Error::BadKey { .. } => "bad-key",
-            Error::BadSignature { .. } => "bad-signature",
-            Error::MissingRole { .. } => "missing-role",
-            Error::Workflow(_) => "workflow",
-            Error::NotFound { .. } => "not-found",
-            Error::DelegationLimit { .. } => "delegation-limit",
-            Error::TargetNotFound { .. } => "target-not-found",
-            Error::UnsafeName { .. } => "unsafe-name",
-            Error::DirectorDelegates => "director-delegates",
-            Error::DuplicateEcu { .. } => "duplicate-ecu",
-            Error::EcuNotInVehicle { .. } => "ecu-not-in-vehicle",
-            Error::MissingCustom { .. } => "missing-custom",
-            Error::HardwareIdMismatch { .. } => "hardware-id-mismatch",
-            Error::DirectorImageMismatch { .. } => "director-image-mismatch",
-            Error::ReleaseCounterDecreased { .. } => "release-counter-decreased",
-            Error::NoTargetForEcu { .. } => "no-target-for-ecu",
-            Error::WrongVehicle { .. } => "wrong-vehicle",
-            Error::Manifest(_) => "manifest",
-            Error::Replay { .. } => "replay",
-            Error::DecryptionFailed { .. } => "decryption-failed",
-            Error::Truncated { .. } => "truncated",
-            Error::Crypto(_) => "crypto",
+            Error::Malformed { .. } => Rule::Malformed,
+            Error::WrongType { .. } => Rule::WrongType,
+            Error::UnsupportedSpecVersion { .. } => Rule::SpecVersion,
+            Error::ExpiredMetadata { .. } => Rule::Expired,
+            Error::OlderMetadata { .. } => Rule::Rollback,
+            Error::EqualVersion { .. } => Rule::EqualVersion,
+            Error::VersionMismatch { .. } => Rule::VersionMismatch,
+            Error::ThresholdNotMet { .. } => Rule::Threshold,
+            Error::HashMismatch { .. } => Rule::HashMismatch,
+            Error::LengthMismatch { .. } => Rule::LengthMismatch,
+            Error::LengthExceeded { .. } => Rule::EndlessData,
+            Error::NoSupportedHash { .. } => Rule::NoSupportedHash,
+            Error::BadKey { .. } => Rule::BadKey,
+            Error::BadSignature { .. } => Rule::BadSignature,
+            Error::MissingRole { .. } => Rule::MissingRole,
+            Error::Workflow(_) => Rule::Workflow,
+            Error::NotFound { .. } => Rule::NotFound,
+            Error::DelegationLimit { .. } => Rule::DelegationLimit,
+            Error::TargetNotFound { .. } => Rule::TargetNotFound,
+            Error::UnsafeName { .. } => Rule::UnsafeName,
+            Error::DirectorDelegates => Rule::DirectorDelegates,
+            Error::DuplicateEcu { .. } => Rule::DuplicateEcu,
+            Error::EcuNotInVehicle { .. } => Rule::EcuNotInVehicle,
+            Error::MissingCustom { .. } => Rule::MissingCustom,
+            Error::HardwareIdMismatch { .. } => Rule::HardwareIdMismatch,
+            Error::DirectorImageMismatch { .. } => Rule::DirectorImageMismatch,
+            Error::ReleaseCounterDecreased { .. } => Rule::ReleaseCounterDecreased,
+            Error::NoTargetForEcu { .. } => Rule::NoTargetForEcu,
+            Error::WrongVehicle { .. } => Rule::WrongVehicle,
+            Error::Manifest(_) => Rule::Manifest,
+            Error::Replay { .. } => Rule::Replay,
+            Error::DecryptionFailed { .. } => Rule::DecryptionFailed,
+            Error::Truncated { .. } => Rule::Truncated,
+            Error::Crypto(_) => Rule::Crypto,
         }
     }
 }

@@ -21,6 +21,7 @@ pub mod error;
 pub mod hash;
 pub mod key;
 pub mod metadata;
+pub mod rule;
 pub mod signer;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

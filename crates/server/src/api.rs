@@ -12,6 +12,7 @@
 //! rejection of vehicle input is recorded as a security event. Request bodies are bounded;
 //! each client (VIN, else IP address) has a token bucket and gets 429 past it.
 
+use rampart_core::rule::Rule;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -337,7 +338,7 @@ async fn rate_limit(State(state): State<AppState>, request: Request, next: Next)
                 .director
                 .event(
                     "server",
-                    RATE_LIMITED_RULE,
+                    Rule::RateLimited.as_str(),
                     vin.as_deref(),
                     None,
                     remote.as_deref(),
@@ -350,7 +351,7 @@ async fn rate_limit(State(state): State<AppState>, request: Request, next: Next)
             .to_string();
         let mut response = (
             StatusCode::TOO_MANY_REQUESTS,
-            Json(serde_json::json!({"error": "too many requests", "rule": RATE_LIMITED_RULE})),
+            Json(serde_json::json!({"error": "too many requests", "rule": Rule::RateLimited})),
         )
             .into_response();
         if let Ok(v) = HeaderValue::from_str(&secs) {
@@ -461,7 +462,7 @@ async fn authorize_vehicle(
     if crate::pki::validate_vin(vin).is_err() {
         let refused = Error::Rejected {
             status: StatusCode::BAD_REQUEST,
-            rule: "malformed",
+            rule: Rule::Malformed,
             message: "malformed VIN in the request path".into(),
         };
         return Err(director
@@ -472,12 +473,12 @@ async fn authorize_vehicle(
         let refused = match identity.and_then(|i| i.vin.as_deref()) {
             None => Some(Error::Rejected {
                 status: StatusCode::UNAUTHORIZED,
-                rule: crate::tls::CLIENT_CERT_REQUIRED_RULE,
+                rule: Rule::ClientCertificateRequired,
                 message: "a vehicle route needs a vehicle client certificate".into(),
             }),
             Some(cert_vin) if cert_vin != vin => Some(Error::Rejected {
                 status: StatusCode::FORBIDDEN,
-                rule: "vin-mismatch",
+                rule: Rule::VinMismatch,
                 message: format!("certificate is for {cert_vin}, not {vin}"),
             }),
             Some(_) => None,
@@ -500,7 +501,7 @@ async fn authorize_vehicle(
         };
         let refused = Error::Rejected {
             status: StatusCode::FORBIDDEN,
-            rule: CERTIFICATE_REVOKED_RULE,
+            rule: Rule::CertificateRevoked,
             message: format!(
                 "{what} revoked at {}: {}",
                 revoked.revoked_at, revoked.reason
@@ -512,13 +513,6 @@ async fn authorize_vehicle(
     }
     Ok(remote)
 }
-
-/// Rule of a request over its client's rate (429; one event per client per minute — the
-/// answer carries Retry-After, so it is not an [`Error`]).
-pub const RATE_LIMITED_RULE: &str = "rate-limited";
-
-/// Rule of the refusal of a revoked vehicle certificate (403).
-pub const CERTIFICATE_REVOKED_RULE: &str = "certificate-revoked";
 
 /// A director metadata file of one vehicle (`N.root.json`, `timestamp.json`, `N.snapshot.json`, `N.targets.json`).
 #[utoipa::path(get, path = "/director/{vin}/metadata/{file}", params(("vin" = String, Path), ("file" = String, Path)),

@@ -15,6 +15,7 @@
 //! and a writer that derived instructions before such a change cannot store them after it
 //! (the conditional write also compares the targets' `content_digest`).
 
+use rampart_core::rule::Rule;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 
@@ -254,7 +255,7 @@ fn db_err(what: &'static str) -> impl Fn(sqlx::Error) -> Error {
 fn to_i64(v: u64) -> Result<i64> {
     i64::try_from(v).map_err(|_| Error::Rejected {
         status: axum::http::StatusCode::BAD_REQUEST,
-        rule: "counter-out-of-range",
+        rule: Rule::CounterOutOfRange,
         message: format!(
             "{v} does not fit the database's 64-bit signed integer (at most {})",
             i64::MAX
@@ -680,7 +681,7 @@ impl Db {
                 tracing::warn!(vin = checkin.vin, ecu = %report.ecu_id, %detail, "security event");
                 let event = NewEvent {
                     source: "server",
-                    rule: "replay",
+                    rule: Rule::Replay.as_str(),
                     vin: Some(checkin.vin),
                     ecu_id: Some(&report.ecu_id),
                     remote: checkin.remote,

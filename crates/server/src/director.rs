@@ -11,6 +11,7 @@
 //! A new version is signed only when the instructions change or the old one nears expiry;
 //! the decision is made on a digest of the *inputs* (key wrapping is randomised).
 
+use rampart_core::rule::Rule;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -575,8 +576,15 @@ impl Director {
             error.status().is_client_error(),
             "a refusal is a 4xx: {error}"
         );
-        self.event("server", error.rule(), vin, ecu_id, remote, &error.chain())
-            .await;
+        self.event(
+            "server",
+            error.rule().as_str(),
+            vin,
+            ecu_id,
+            remote,
+            &error.chain(),
+        )
+        .await;
         error
     }
 
@@ -644,7 +652,7 @@ impl Director {
         let Some(vehicle) = self.db.vehicle(vin).await? else {
             let unknown = Error::Rejected {
                 status: axum::http::StatusCode::NOT_FOUND,
-                rule: "unknown-vehicle",
+                rule: Rule::UnknownVehicle,
                 message: format!("manifest for an unregistered VIN ({vin})"),
             };
             return Err(self.reject(unknown, Some(vin), None, remote).await);
@@ -692,13 +700,13 @@ impl Director {
         for (ecu_id, err) in &verified.rejected_reports {
             events.push(CheckinEvent {
                 source: "server",
-                rule: err.rule().to_owned(),
+                rule: err.rule().to_string(),
                 ecu_id: ecu_id.clone(),
                 detail: format!("ECU version report rejected: {err}"),
             });
             rejected.push(RejectedReport {
                 ecu_id: ecu_id.clone(),
-                rule: err.rule().to_owned(),
+                rule: err.rule().to_string(),
             });
         }
         let mut reports = Vec::new();
@@ -715,13 +723,13 @@ impl Director {
             ) {
                 events.push(CheckinEvent {
                     source: "server",
-                    rule: e.rule().to_owned(),
+                    rule: e.rule().to_string(),
                     ecu_id: ecu_id.clone(),
                     detail: e.to_string(),
                 });
                 rejected.push(RejectedReport {
                     ecu_id: ecu_id.clone(),
-                    rule: e.rule().to_owned(),
+                    rule: e.rule().to_string(),
                 });
                 continue;
             }
@@ -808,6 +816,6 @@ fn attack_rule(indicator: &str) -> String {
         .filter(|r| {
             !r.is_empty() && r.len() <= 64 && r.bytes().all(|b| b.is_ascii_lowercase() || b == b'-')
         })
-        .unwrap_or("vehicle-report")
+        .unwrap_or(Rule::VehicleReport.as_str())
         .to_owned()
 }

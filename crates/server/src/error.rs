@@ -2,6 +2,7 @@
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use rampart_core::rule::Rule;
 
 /// Result alias.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -73,7 +74,7 @@ pub enum Error {
         /// HTTP status.
         status: StatusCode,
         /// Rule.
-        rule: &'static str,
+        rule: Rule,
         /// Message.
         message: String,
     },
@@ -106,20 +107,20 @@ impl Error {
     }
 
     /// Stable short name of the failed rule.
-    pub fn rule(&self) -> &'static str {
+    pub fn rule(&self) -> Rule {
         match self {
             Error::Verification(e) => e.rule(),
-            Error::Database(_) | Error::Sql { .. } => "database",
-            Error::Io { .. } => "io",
-            Error::Config(_) => "config",
-            Error::BadRequest(_) => "bad-request",
-            Error::Conflict(_) => "conflict",
-            Error::NotFound(_) => "not-found",
-            Error::Unauthorized(_) => "unauthorized",
-            Error::Forbidden(_) => "forbidden",
-            Error::Replay(_) => "replay",
-            Error::TooLarge(_) => "endless-data",
-            Error::Rejected { rule, .. } => rule,
+            Error::Database(_) | Error::Sql { .. } => Rule::Database,
+            Error::Io { .. } => Rule::Io,
+            Error::Config(_) => Rule::Config,
+            Error::BadRequest(_) => Rule::BadRequest,
+            Error::Conflict(_) => Rule::Conflict,
+            Error::NotFound(_) => Rule::NotFound,
+            Error::Unauthorized(_) => Rule::Unauthorized,
+            Error::Forbidden(_) => Rule::Forbidden,
+            Error::Replay(_) => Rule::Replay,
+            Error::TooLarge(_) => Rule::EndlessData,
+            Error::Rejected { rule, .. } => *rule,
         }
     }
 

@@ -22,6 +22,7 @@
 //! [`init`] — replacing it strands every vehicle certificate, so that takes
 //! [`danger_reinit`].
 
+use rampart_core::rule::Rule;
 use std::fmt;
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{self, Write};
@@ -142,17 +143,17 @@ pub enum Error {
 
 impl Error {
     /// A short stable identifier of the rule that failed, for logs and event stores.
-    pub fn rule(&self) -> &'static str {
+    pub fn rule(&self) -> Rule {
         match self {
-            Error::CaExists { .. } => "ca-exists",
-            Error::InvalidVin { .. } => "invalid-vin",
-            Error::InvalidServerName { .. } => "invalid-server-name",
-            Error::InvalidValidity { .. } => "invalid-validity",
-            Error::Io { .. } => "io",
-            Error::Malformed { .. } => "malformed",
-            Error::EmptyAdminToken { .. } => "empty-admin-token",
-            Error::Certificate { .. } => "certificate",
-            Error::Random => "random",
+            Error::CaExists { .. } => Rule::CaExists,
+            Error::InvalidVin { .. } => Rule::InvalidVin,
+            Error::InvalidServerName { .. } => Rule::InvalidServerName,
+            Error::InvalidValidity { .. } => Rule::InvalidValidity,
+            Error::Io { .. } => Rule::Io,
+            Error::Malformed { .. } => Rule::Malformed,
+            Error::EmptyAdminToken { .. } => Rule::EmptyAdminToken,
+            Error::Certificate { .. } => Rule::Certificate,
+            Error::Random => Rule::Random,
             Error::Secret(e) => e.rule(),
         }
     }

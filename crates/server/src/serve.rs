@@ -228,7 +228,7 @@ fn connections(opts: &ServeOptions, config: &Config, state: &AppState) -> Connec
                 .director()
                 .event(
                     "server",
-                    "connection-flood",
+                    rampart_core::rule::Rule::ConnectionFlood.as_str(),
                     None,
                     None,
                     Some(&flood.address.to_string()),

@@ -14,6 +14,7 @@
 //! request in flight past the timeouts of [`crate::conn`], nor beyond its caps; every request
 //! carries a `ClientIdentity` whose `vin` comes only from a verified certificate.
 
+use rampart_core::rule::Rule;
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
@@ -59,8 +60,6 @@ pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// After shutdown is requested, how long open connections get to finish their requests
 /// before they are cut.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
-/// Rule name in the 401 body of [`RequireVehicle`].
-pub const CLIENT_CERT_REQUIRED_RULE: &str = "client-certificate-required";
 
 /// Result alias of the TLS layer.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -88,10 +87,10 @@ pub enum Error {
 
 impl Error {
     /// A short stable identifier of the rule that failed.
-    pub fn rule(&self) -> &'static str {
+    pub fn rule(&self) -> Rule {
         match self {
-            Error::PkiFile { .. } => "pki-file",
-            Error::Config { .. } => "tls-config",
+            Error::PkiFile { .. } => Rule::PkiFile,
+            Error::Config { .. } => Rule::TlsConfig,
         }
     }
 }
@@ -248,7 +247,7 @@ impl IntoResponse for VehicleCertificateRequired {
     fn into_response(self) -> Response {
         let body = serde_json::json!({
             "error": "this route requires a vehicle client certificate issued by the fleet CA",
-            "rule": CLIENT_CERT_REQUIRED_RULE,
+            "rule": Rule::ClientCertificateRequired,
         });
         (StatusCode::UNAUTHORIZED, Json(body)).into_response()
     }

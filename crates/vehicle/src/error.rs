@@ -1,5 +1,6 @@
 //! Errors of the vehicle side, each naming the rule that failed.
 
+use rampart_core::rule::Rule;
 use std::path::PathBuf;
 
 /// Result alias.
@@ -64,19 +65,19 @@ impl Error {
 
     /// Stable short name of the failed rule (the director's own rule, for a refused
     /// manifest, is in the message).
-    pub fn rule(&self) -> &'static str {
+    pub fn rule(&self) -> Rule {
         match self {
             Error::Verification(e) => e.rule(),
             Error::Client(e) => e.rule(),
             Error::Slot(crate::slots::SlotError::Verify(e)) => e.rule(),
-            Error::Slot(_) => "slot",
+            Error::Slot(_) => Rule::Slot,
             Error::Frame(e) => e.rule(),
-            Error::Protocol(_) => "protocol",
-            Error::Director { .. } => "director-refused",
-            Error::BootFailed(_) => "boot-failed",
-            Error::Config(_) => "config",
+            Error::Protocol(_) => Rule::Protocol,
+            Error::Director { .. } => Rule::DirectorRefused,
+            Error::BootFailed(_) => Rule::BootFailed,
+            Error::Config(_) => Rule::Config,
             Error::Secret(e) => e.rule(),
-            Error::Io { .. } => "io",
+            Error::Io { .. } => Rule::Io,
         }
     }
 }

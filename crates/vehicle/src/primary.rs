@@ -11,6 +11,7 @@
 //!
 //! What goes wrong is recorded (rule: message) and sent as the manifest's attack indicator.
 
+use rampart_core::rule::Rule;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -296,7 +297,7 @@ impl Primary {
         Ok(())
     }
 
-    fn note(&mut self, report: &mut CycleReport, rule: &str, message: &str) {
+    fn note(&mut self, report: &mut CycleReport, rule: Rule, message: &str) {
         tracing::warn!(%rule, %message, "primary noticed a problem");
         let line = format!("{rule}: {message}");
         report.problems.push(line.clone());
@@ -361,7 +362,7 @@ impl Primary {
                         // cycle's: drop it rather than let a stale state reach the director.
                         self.note(
                             report,
-                            "stale-report",
+                            Rule::StaleReport,
                             &format!(
                                 "ECU {} answered with another nonce; report dropped",
                                 ecu.ecu_id
@@ -381,7 +382,7 @@ impl Primary {
                 }
                 Err(e) => self.note(
                     report,
-                    "ecu-unreachable",
+                    Rule::EcuUnreachable,
                     &format!("ECU {} at {}: {e}", ecu.ecu_id, ecu.address),
                 ),
             }
@@ -671,7 +672,7 @@ impl Primary {
         if let Some((target, rule, message)) = blocked {
             for u in &verdict.updates {
                 let status = if u.instruction.target == target {
-                    UpdateStatus::Failed(rule.to_owned(), message.clone())
+                    UpdateStatus::Failed(rule.to_string(), message.clone())
                 } else {
                     UpdateStatus::Failed(
                         "partial-bundle".into(),
@@ -693,7 +694,7 @@ impl Primary {
                             rule,
                             &format!("{} on {}: {e}", u.instruction.target, u.instruction.ecu_id),
                         );
-                        UpdateStatus::Failed(rule.to_owned(), e.to_string())
+                        UpdateStatus::Failed(rule.to_string(), e.to_string())
                     }
                 };
                 report.updates.push(self.outcome(u, status));
@@ -724,9 +725,9 @@ impl Primary {
             }
         }
         for (i, why) in unconfirmed {
-            self.note(&mut report, "unconfirmed-install", &why);
+            self.note(&mut report, Rule::UnconfirmedInstall, &why);
             if let Some(o) = report.updates.get_mut(i) {
-                o.status = UpdateStatus::Failed("unconfirmed-install".into(), why);
+                o.status = UpdateStatus::Failed(Rule::UnconfirmedInstall.to_string(), why);
             }
         }
         if let Err(e) = self.send_manifest(docs).await {

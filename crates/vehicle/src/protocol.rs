@@ -34,6 +34,7 @@
 //! kind, an oversized or truncated frame answers `ERROR` (when it can), closes, and counts
 //! it; the count appears as an attack indicator in its next version report.
 
+use rampart_core::rule::Rule;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -160,18 +161,18 @@ pub enum FrameError {
 
 impl FrameError {
     /// Stable rule name.
-    pub fn rule(&self) -> &'static str {
+    pub fn rule(&self) -> Rule {
         match self {
-            FrameError::Closed => "closed",
-            FrameError::Truncated => "truncated-frame",
+            FrameError::Closed => Rule::Closed,
+            FrameError::Truncated => Rule::TruncatedFrame,
             FrameError::BadMagic(_) | FrameError::BadVersion(_) | FrameError::UnknownKind(_) => {
-                "garbage-frame"
+                Rule::GarbageFrame
             }
-            FrameError::Oversized { .. } => "oversized-frame",
-            FrameError::Busy { .. } => "memory-budget",
-            FrameError::Unexpected(_) => "unexpected-frame",
-            FrameError::Malformed(_) => "malformed-frame",
-            FrameError::Io(_) => "io",
+            FrameError::Oversized { .. } => Rule::OversizedFrame,
+            FrameError::Busy { .. } => Rule::MemoryBudget,
+            FrameError::Unexpected(_) => Rule::UnexpectedFrame,
+            FrameError::Malformed(_) => Rule::MalformedFrame,
+            FrameError::Io(_) => Rule::Io,
         }
     }
 }

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rampart_core::key::KeyScheme;
+use rampart_core::rule::Rule;
 use rampart_core::signer::{InMemorySigner, Signer};
 use rampart_core::testing::{test_now, TestRepo};
 use rampart_core::uptane::receipt::{sign_receipt, ManifestReceipt};
@@ -88,7 +89,7 @@ async fn only_the_directors_receipt_makes_an_ecu_forget_its_indicators() {
     ecu.ecu
         .lock()
         .await
-        .record_attack("hash-mismatch", "tampered image refused");
+        .record_attack(Rule::HashMismatch, "tampered image refused");
     // A bus device asks for the report and drops it: the next report still carries it.
     let first = request_report(&addr, "ab").await.unwrap();
     assert!(first["signed"]["attacks_detected"]
@@ -138,7 +139,7 @@ async fn only_the_directors_receipt_makes_an_ecu_forget_its_indicators() {
     ecu.ecu
         .lock()
         .await
-        .record_attack("rollback", "old image offered");
+        .record_attack(Rule::Rollback, "old image offered");
     send_receipt(&addr, &receipt(director, counter(&report)))
         .await
         .unwrap();
@@ -151,7 +152,7 @@ async fn only_the_directors_receipt_makes_an_ecu_forget_its_indicators() {
 async fn an_oversized_nonce_is_refused_without_side_effects() {
     let ecu = start(LinkLimits::default()).await;
     let addr = ecu.addr.to_string();
-    ecu.ecu.lock().await.record_attack("hash-mismatch", "x");
+    ecu.ecu.lock().await.record_attack(Rule::HashMismatch, "x");
     let before = counter(&request_report(&addr, "01").await.unwrap());
     for nonce in ["a".repeat(MAX_NONCE_LEN + 1), "a".repeat(900)] {
         let err = request_report(&addr, &nonce).await.unwrap_err();

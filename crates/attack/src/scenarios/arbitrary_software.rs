@@ -2,6 +2,7 @@
 //! place of a published image, then its own targets metadata, then its own timestamp — each
 //! signed, where it needs a signature, with the attacker's own key.
 
+use rampart_core::rule::Rule;
 use std::sync::Arc;
 
 use rampart_core::key::KeyScheme;
@@ -9,7 +10,7 @@ use rampart_core::metadata::{sign_role, Envelope, TargetFile, Targets, Timestamp
 use rampart_core::signer::InMemorySigner;
 use rampart_lab::image_bytes;
 
-use crate::proxy::{Action, Rule};
+use crate::proxy::{Action, Intercept};
 use crate::{Findings, Harness, Info};
 
 /// Description.
@@ -40,7 +41,7 @@ pub(super) async fn run(h: Harness) -> anyhow::Result<Findings> {
         .publish_bytes("tbox/fw-2.0.bin", "tbox-a", "2.0", &genuine, false)
         .await?;
     h.lab.assign_all("tbox/fw-2.0.bin", "tbox-a", false).await?;
-    h.proxy.add(Rule::get(
+    h.proxy.add(Intercept::get(
         "fw-2.0.bin",
         Action::Replace(image_bytes("attacker firmware", genuine.len())),
     ));
@@ -54,7 +55,7 @@ pub(super) async fn run(h: Harness) -> anyhow::Result<Findings> {
         ));
     }
     h.check_refused(&mut f, &run);
-    h.check_noticed(&mut f, &run, &["hash-mismatch"], "vehicle")
+    h.check_noticed(&mut f, &run, &[Rule::HashMismatch], "vehicle")
         .await?;
     h.check_state(&mut f, &h.trust_state().await?, &["tbox/fw-2.0.bin"]);
 
@@ -73,7 +74,7 @@ pub(super) async fn run(h: Harness) -> anyhow::Result<Findings> {
     h.lab.assign_all("tbox/fw-2.1.bin", "tbox-a", false).await?;
     let key = attacker.clone();
     let evil = image_bytes("attacker firmware 2", 99_000);
-    h.proxy.add(Rule::get(
+    h.proxy.add(Intercept::get(
         "/image/metadata/",
         Action::Mutate(Arc::new(move |body: &[u8]| {
             let Ok(env) = Envelope::parse(body, "targets") else {
@@ -116,7 +117,7 @@ pub(super) async fn run(h: Harness) -> anyhow::Result<Findings> {
     h.check_noticed(
         &mut f,
         &run,
-        &["length-mismatch", "hash-mismatch"],
+        &[Rule::LengthMismatch, Rule::HashMismatch],
         "vehicle",
     )
     .await?;
@@ -130,7 +131,7 @@ pub(super) async fn run(h: Harness) -> anyhow::Result<Findings> {
     h.proxy.clear();
     h.proxy.clear_log();
     let key = attacker.clone();
-    h.proxy.add(Rule::get(
+    h.proxy.add(Intercept::get(
         "/image/metadata/timestamp.json",
         Action::Mutate(Arc::new(move |body: &[u8]| {
             let Ok(env) = Envelope::parse(body, "timestamp") else {
@@ -153,7 +154,7 @@ pub(super) async fn run(h: Harness) -> anyhow::Result<Findings> {
         ));
     }
     h.check_refused(&mut f, &run);
-    h.check_noticed(&mut f, &run, &["threshold"], "vehicle")
+    h.check_noticed(&mut f, &run, &[Rule::Threshold], "vehicle")
         .await?;
     h.check_state(
         &mut f,

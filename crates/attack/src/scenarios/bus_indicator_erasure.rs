@@ -12,6 +12,7 @@
 //! root, for a report that carried the note, makes the ECU forget it.
 
 use rampart_core::key::KeyScheme;
+use rampart_core::rule::Rule;
 use rampart_core::signer::{InMemorySigner, Signer};
 use rampart_core::uptane::receipt::{sign_receipt, ManifestReceipt};
 use rampart_vehicle::primary::{request_report, send_receipt};
@@ -60,7 +61,8 @@ pub(super) async fn run(mut h: Harness) -> anyhow::Result<Findings> {
 
     // 1. The attack the IVI notices: an install it must refuse, sent directly over the bus.
     let mark = h.newest_event_id().await?;
-    let refused_rule = attack_the_ivi(&ivi_address).await?;
+    let refused = attack_the_ivi(&ivi_address).await?;
+    let refused_rule = refused.as_str();
     f.evidence(format!(
         "attacker sent the IVI an INSTALL_BEGIN with a made-up bundle; the IVI refused it ({refused_rule})"
     ));
@@ -68,7 +70,7 @@ pub(super) async fn run(mut h: Harness) -> anyhow::Result<Findings> {
         "the IVI noted the attack for its next report",
         pending_indicators(&ivi_dir)
             .iter()
-            .any(|p| p.starts_with(&refused_rule)),
+            .any(|p| p.starts_with(refused_rule)),
         format!("pending: {}", pending_indicators(&ivi_dir).join(" | ")),
     );
 
@@ -79,7 +81,7 @@ pub(super) async fn run(mut h: Harness) -> anyhow::Result<Findings> {
             let carried = report
                 .pointer("/signed/attacks_detected")
                 .and_then(Value::as_str)
-                .is_some_and(|a| a.contains(&refused_rule));
+                .is_some_and(|a| a.contains(refused_rule));
             taken += usize::from(carried);
         }
     }
@@ -125,7 +127,7 @@ pub(super) async fn run(mut h: Harness) -> anyhow::Result<Findings> {
     let still = pending_indicators(&ivi_dir);
     f.check(
         "after every attempt the IVI still holds the indicator",
-        still.iter().any(|p| p.starts_with(&refused_rule)),
+        still.iter().any(|p| p.starts_with(refused_rule)),
         format!("pending: {}", still.join(" | ")),
     );
 
@@ -136,15 +138,15 @@ pub(super) async fn run(mut h: Harness) -> anyhow::Result<Findings> {
         run.success,
         run.stderr.lines().last().unwrap_or_default().to_owned(),
     );
-    let recorded = h
-        .event_since(mark, "vehicle", &ivi, &[refused_rule.as_str()])
-        .await?;
+    let recorded = h.event_since(mark, "vehicle", &ivi, &[refused]).await?;
     f.check(
         format!("the director recorded the IVI's indicator ({refused_rule})"),
         recorded.is_some(),
         recorded.unwrap_or_else(|| "no such event".into()),
     );
-    let noted = h.event_since(mark, "vehicle", &ivi, &["threshold"]).await?;
+    let noted = h
+        .event_since(mark, "vehicle", &ivi, &[Rule::Threshold])
+        .await?;
     f.check(
         "the director recorded the forged receipt the IVI refused (threshold)",
         noted.is_some(),
@@ -161,7 +163,7 @@ pub(super) async fn run(mut h: Harness) -> anyhow::Result<Findings> {
 }
 
 /// Sends the IVI an install it must refuse; returns the rule it named.
-async fn attack_the_ivi(address: &str) -> anyhow::Result<String> {
+async fn attack_the_ivi(address: &str) -> anyhow::Result<Rule> {
     let mut s = TcpStream::connect(address).await?;
     let begin = InstallBegin {
         target: "ivi/app-6.6.bin".into(),
@@ -175,8 +177,8 @@ async fn attack_the_ivi(address: &str) -> anyhow::Result<String> {
     let v: Value = serde_json::from_slice(&answer.payload)?;
     v.get("rule")
         .and_then(Value::as_str)
-        .map(str::to_owned)
-        .ok_or_else(|| anyhow::anyhow!("the IVI did not refuse the install: {v}"))
+        .and_then(|r| r.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("the IVI did not refuse the install by a rule: {v}"))
 }
 
 /// Asks for a report with a 1 MiB nonce; returns what the IVI answered.

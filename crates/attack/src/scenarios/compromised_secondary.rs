@@ -15,6 +15,7 @@
 //! counter against the last accepted one: each forgery is dropped and recorded, while the
 //! rest of the vehicle keeps updating.
 
+use rampart_core::rule::Rule;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -363,7 +364,8 @@ pub(super) async fn run(h: Harness) -> anyhow::Result<Findings> {
         f.evidence(format!("impostor BCM: {line}"));
     }
     check_rejected(&mut f, &h, &bcm, "bad-signature");
-    h.check_event(&mut f, &["bad-signature"], "server").await?;
+    h.check_event(&mut f, &[Rule::BadSignature], "server")
+        .await?;
     let bcm_now = director_record(&h, &bcm).await?;
     f.check(
         "the director's view of the BCM is unchanged (image and report counter)",
@@ -411,7 +413,7 @@ pub(super) async fn run(h: Harness) -> anyhow::Result<Findings> {
         f.evidence(format!("compromised BCM: {line}"));
     }
     check_rejected(&mut f, &h, &bcm, "manifest");
-    h.check_event(&mut f, &["manifest"], "server").await?;
+    h.check_event(&mut f, &[Rule::Manifest], "server").await?;
     let ivi_now = director_record(&h, &ivi).await?;
     f.check(
         "the director's view of the IVI is what the IVI itself reported",
@@ -466,7 +468,7 @@ pub(super) async fn run(h: Harness) -> anyhow::Result<Findings> {
         crate::harness::first_line_with(&run.stderr, "report dropped"),
     );
     let stale = h
-        .event_since(mark, "vehicle", &tbox, &["stale-report"])
+        .event_since(mark, "vehicle", &tbox, &[Rule::StaleReport])
         .await?;
     let said = run.stderr.contains("stale-report");
     f.check(

@@ -7,6 +7,7 @@
 //! Also home of the forging helpers the image-repository key compromise scenario shares
 //! (a snapshot and a timestamp signed with whatever key the attacker holds).
 
+use rampart_core::rule::Rule;
 use std::collections::BTreeMap;
 
 use chrono::{Duration, Utc};
@@ -27,7 +28,7 @@ use super::rollback::{
     runs, trusted_version,
 };
 use crate::harness::Attempt;
-use crate::proxy::{Action, Rule};
+use crate::proxy::{Action, Intercept};
 use crate::{Findings, Harness, Info};
 
 /// Description.
@@ -160,15 +161,15 @@ async fn serve_forged(
     let base = format!("/director/{vin}/metadata/");
     h.proxy.clear();
     h.proxy.clear_log();
-    h.proxy.add(Rule::get(
+    h.proxy.add(Intercept::get(
         &format!("{base}timestamp.json"),
         Action::Replace(timestamp),
     ));
-    h.proxy.add(Rule::get(
+    h.proxy.add(Intercept::get(
         &format!("{base}{sv}.snapshot.json"),
         Action::Replace(snapshot),
     ));
-    h.proxy.add(Rule::get(
+    h.proxy.add(Intercept::get(
         &format!("{base}{tv}.targets.json"),
         Action::Replace(targets),
     ));
@@ -179,7 +180,7 @@ async fn serve_forged(
         Some((dir, file)) => format!("/image/targets/{dir}/{sha}.{file}"),
         None => format!("/image/targets/{sha}.{}", instruction.name),
     };
-    h.proxy.add(Rule::get(
+    h.proxy.add(Intercept::get(
         &image_path,
         Action::Replace(instruction.bytes.clone()),
     ));
@@ -215,7 +216,7 @@ pub(super) async fn run(mut h: Harness) -> anyhow::Result<Findings> {
                 bytes: image_bytes("attacker firmware for the T-BOX", 90_000),
                 release_counter: 99,
             },
-            "target-not-found",
+            Rule::TargetNotFound,
         ),
         (
             "the listed name tbox/fw-2.0.bin with the attacker's bytes, for the T-BOX",
@@ -226,7 +227,7 @@ pub(super) async fn run(mut h: Harness) -> anyhow::Result<Findings> {
                 bytes: image_bytes("attacker firmware posing as 2.0", 90_000),
                 release_counter: 2,
             },
-            "director-image-mismatch",
+            Rule::DirectorImageMismatch,
         ),
         (
             "the listed name bcm/fw-2.0.bin with the attacker's bytes, for the BCM (partial verification: on its own it checks only director targets)",
@@ -237,7 +238,7 @@ pub(super) async fn run(mut h: Harness) -> anyhow::Result<Findings> {
                 bytes: image_bytes("attacker firmware for the BCM", 90_000),
                 release_counter: 2,
             },
-            "director-image-mismatch",
+            Rule::DirectorImageMismatch,
         ),
     ];
     for (what, instruction, rule) in &attacks {
@@ -252,7 +253,7 @@ pub(super) async fn run(mut h: Harness) -> anyhow::Result<Findings> {
                 ),
                 filter: &director_meta,
                 min_forged: 3,
-                rules: &[rule],
+                rules: &[*rule],
                 about: None,
                 forbidden: &forbidden,
             },
@@ -313,7 +314,7 @@ pub(super) async fn run(mut h: Harness) -> anyhow::Result<Findings> {
         );
     }
     h.check_refused(&mut f, &run);
-    h.check_noticed(&mut f, &run, &["threshold"], "vehicle")
+    h.check_noticed(&mut f, &run, &[Rule::Threshold], "vehicle")
         .await?;
     let after = h.trust_state().await?;
     h.check_state(&mut f, &after, &forbidden);

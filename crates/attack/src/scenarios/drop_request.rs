@@ -3,11 +3,12 @@
 //! without an answer — so that updates never arrive and the vehicle, if it waited forever,
 //! would never learn that it is being kept back.
 
+use rampart_core::rule::Rule;
 use std::time::{Duration, Instant};
 
 use rampart_lab::{image_bytes, VehicleRun};
 
-use crate::proxy::{Action, Rule};
+use crate::proxy::{Action, Intercept};
 use crate::{Findings, Harness, Info};
 
 /// Description.
@@ -120,7 +121,7 @@ fn drop_second_manifest(h: &Harness, vin: &str) -> tokio::task::JoinHandle<()> {
                 .iter()
                 .any(|s| s.method == "POST" && s.path.contains(&pattern))
             {
-                proxy.add(Rule {
+                proxy.add(Intercept {
                     pattern,
                     method: Some("POST".into()),
                     action: Action::Status(503),
@@ -149,7 +150,7 @@ pub(super) async fn run(h: Harness) -> anyhow::Result<Findings> {
     //    drops the manifest that would tell the director (the one sent after the downloads):
     //    the indicator must still arrive with the next manifest that gets through.
     h.proxy
-        .add(Rule::get("/image/targets/", Action::Status(503)));
+        .add(Intercept::get("/image/targets/", Action::Status(503)));
     let watcher = drop_second_manifest(&h, &vin);
     let run = timed_cycle(&h, &mut f, "image download answered 503", bound).await?;
     watcher.abort();
@@ -174,7 +175,7 @@ pub(super) async fn run(h: Harness) -> anyhow::Result<Findings> {
     // 2. The director's metadata is swallowed: the request is accepted and never answered.
     h.proxy.clear();
     h.proxy.clear_log();
-    h.proxy.add(Rule::get(
+    h.proxy.add(Intercept::get(
         &format!("/director/{vin}/metadata/timestamp.json"),
         Action::Blackhole,
     ));
@@ -186,17 +187,23 @@ pub(super) async fn run(h: Harness) -> anyhow::Result<Findings> {
         format!("{n} director requests swallowed"),
     );
     h.check_refused(&mut f, &run);
-    h.check_noticed(&mut f, &run, &["slow-retrieval", "transport"], "vehicle")
-        .await?;
+    h.check_noticed(
+        &mut f,
+        &run,
+        &[Rule::SlowRetrieval, Rule::Transport],
+        "vehicle",
+    )
+    .await?;
     // This cycle's manifests went through: the indicator of step 1 must be in them.
-    h.check_event(&mut f, &["http-status"], "vehicle").await?;
+    h.check_event(&mut f, &[Rule::HttpStatus], "vehicle")
+        .await?;
     h.check_state(&mut f, &h.trust_state().await?, &[image]);
 
     // 3. The vehicle's manifest is swallowed: the director hears nothing this cycle, so the
     //    indicator can only arrive with the next manifest that gets through.
     h.proxy.clear();
     h.proxy.clear_log();
-    h.proxy.add(Rule {
+    h.proxy.add(Intercept {
         pattern: format!("/director/{vin}/manifest"),
         method: Some("POST".into()),
         action: Action::Blackhole,
@@ -211,15 +218,15 @@ pub(super) async fn run(h: Harness) -> anyhow::Result<Findings> {
     );
     h.check_refused(&mut f, &run);
     let output = format!("{}\n{}", run.stderr, run.stdout);
-    let said = ["slow-retrieval", "transport"]
+    let said = [Rule::SlowRetrieval, Rule::Transport]
         .iter()
-        .find(|r| output.contains(**r));
+        .find(|r| output.contains(r.as_str()));
     f.check(
         "the vehicle names the rule (slow-retrieval or transport)",
         said.is_some(),
         said.map_or_else(
             || "no rule named in its output".to_owned(),
-            |r| crate::harness::first_line_with(&output, r),
+            |r| crate::harness::first_line_with(&output, r.as_str()),
         ),
     );
     h.check_state(&mut f, &h.trust_state().await?, &[image]);
@@ -227,7 +234,7 @@ pub(super) async fn run(h: Harness) -> anyhow::Result<Findings> {
     // 4. The attacker leaves: the indicator of the swallowed manifest reaches the director
     //    with the next manifest, and the update installs.
     let run = h.check_recovers(&mut f).await?;
-    h.check_event(&mut f, &["slow-retrieval", "transport"], "vehicle")
+    h.check_event(&mut f, &[Rule::SlowRetrieval, Rule::Transport], "vehicle")
         .await?;
     let after = h.trust_state().await?;
     let ok = after.running.get(&tbox).map(|(i, _)| i.as_str()) == Some(image);

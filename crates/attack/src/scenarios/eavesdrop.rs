@@ -331,7 +331,7 @@ pub(super) async fn run(h: Harness) -> anyhow::Result<Findings> {
         let other = EcuKeyPair::generate()?;
         other_keys.push(match unwrap_key(&other, &encryption.key) {
             Ok(_) => "opened".to_owned(),
-            Err(e) => e.rule().to_owned(),
+            Err(e) => e.rule().to_string(),
         });
     }
     f.check(

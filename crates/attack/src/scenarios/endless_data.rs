@@ -3,6 +3,7 @@
 //! `Content-Length`), or a 10 MB file announced as such — to fill the vehicle's memory or
 //! disk, or keep it downloading for ever.
 
+use rampart_core::rule::Rule;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -10,7 +11,7 @@ use anyhow::Context;
 use rampart_lab::{image_bytes, VehicleRun};
 use serde_json::Value;
 
-use crate::proxy::{Action, Rule};
+use crate::proxy::{Action, Intercept};
 use crate::{Findings, Harness, Info};
 
 /// Description.
@@ -152,7 +153,7 @@ pub(super) async fn run(h: Harness) -> anyhow::Result<Findings> {
     h.lab.assign_all(image, "tbox-a", false).await?;
 
     // 1. The director's targets metadata (new: the assignment changed it) padded to 10 MB.
-    h.proxy.add(Rule::get(
+    h.proxy.add(Intercept::get(
         &format!("/director/{vin}/metadata/"),
         Action::Mutate(std::sync::Arc::new(|body: &[u8]| {
             // Only the targets file (it has the "targets" type); others pass unchanged.
@@ -192,7 +193,7 @@ pub(super) async fn run(h: Harness) -> anyhow::Result<Findings> {
     h.check_noticed(
         &mut f,
         &run,
-        &["endless-data", "length-mismatch", "hash-mismatch"],
+        &[Rule::EndlessData, Rule::LengthMismatch, Rule::HashMismatch],
         "vehicle",
     )
     .await?;
@@ -201,8 +202,10 @@ pub(super) async fn run(h: Harness) -> anyhow::Result<Findings> {
     // 2. The image repository's timestamp, followed by junk without end.
     h.proxy.clear();
     h.proxy.clear_log();
-    h.proxy
-        .add(Rule::get("/image/metadata/timestamp.json", Action::Endless));
+    h.proxy.add(Intercept::get(
+        "/image/metadata/timestamp.json",
+        Action::Endless,
+    ));
     let (run, peak, took) = measured_cycle(&h).await?;
     for s in h.proxy.forged() {
         f.evidence(format!(
@@ -212,14 +215,15 @@ pub(super) async fn run(h: Harness) -> anyhow::Result<Findings> {
     }
     check_bounded(&mut f, "endless timestamp", peak, took);
     h.check_refused(&mut f, &run);
-    h.check_noticed(&mut f, &run, &["endless-data"], "vehicle")
+    h.check_noticed(&mut f, &run, &[Rule::EndlessData], "vehicle")
         .await?;
     h.check_state(&mut f, &h.trust_state().await?, &[image]);
 
     // 3. The image, followed by junk without end.
     h.proxy.clear();
     h.proxy.clear_log();
-    h.proxy.add(Rule::get("/image/targets/", Action::Endless));
+    h.proxy
+        .add(Intercept::get("/image/targets/", Action::Endless));
     let (run, peak, took) = measured_cycle(&h).await?;
     let endless: Vec<_> = h.proxy.forged();
     for s in &endless {
@@ -241,7 +245,7 @@ pub(super) async fn run(h: Harness) -> anyhow::Result<Findings> {
         format!("{kept} bytes of partial download kept (signed length {IMAGE_LEN})"),
     );
     h.check_refused(&mut f, &run);
-    h.check_noticed(&mut f, &run, &["endless-data"], "vehicle")
+    h.check_noticed(&mut f, &run, &[Rule::EndlessData], "vehicle")
         .await?;
     h.check_state(&mut f, &h.trust_state().await?, &[image]);
 

@@ -11,11 +11,12 @@
 //! metadata whose lifetime has passed on its own clock is refused.
 
 use anyhow::Context;
+use rampart_core::rule::Rule;
 use rampart_lab::{image_bytes, VehicleRun};
 use serde_json::Value;
 
 use crate::harness::sha12;
-use crate::proxy::{Action, Rule};
+use crate::proxy::{Action, Intercept};
 use crate::{Findings, Harness, Info};
 
 /// Description.
@@ -104,7 +105,7 @@ pub(super) async fn run(h: Harness) -> anyhow::Result<Findings> {
     h.lab.assign_all(v22, "tbox-a", false).await?;
     h.proxy.clear_log();
     h.proxy
-        .add(Rule::get(image_ts, Action::Replace(stale.clone())));
+        .add(Intercept::get(image_ts, Action::Replace(stale.clone())));
     let run = h.cycle().await?;
     let replayed: Vec<_> = h.proxy.forged();
     for s in &replayed {
@@ -121,7 +122,7 @@ pub(super) async fn run(h: Harness) -> anyhow::Result<Findings> {
         format!("replayed version {stale_version}, trusted {trusted}"),
     );
     h.check_refused(&mut f, &run);
-    h.check_noticed(&mut f, &run, &["rollback"], "vehicle")
+    h.check_noticed(&mut f, &run, &[Rule::Rollback], "vehicle")
         .await?;
     let after = h.trust_state().await?;
     h.check_state(&mut f, &after, &[v22]);
@@ -154,12 +155,14 @@ pub(super) async fn run(h: Harness) -> anyhow::Result<Findings> {
                 .proxy
                 .captured(image_ts)
                 .context("the proxy captured no image timestamp")?;
-            h.proxy.add(Rule::get(
+            h.proxy.add(Intercept::get(
                 &director_ts,
                 Action::Replace(frozen_director.clone()),
             ));
-            h.proxy
-                .add(Rule::get(image_ts, Action::Replace(frozen_image.clone())));
+            h.proxy.add(Intercept::get(
+                image_ts,
+                Action::Replace(frozen_image.clone()),
+            ));
             let run = cycle_in_future(&h, &ft, FAKETIME_OFFSET).await?;
             for s in h.proxy.forged() {
                 let body = if s.path.contains("/director/") {
@@ -182,7 +185,7 @@ pub(super) async fn run(h: Harness) -> anyhow::Result<Findings> {
                 format!("{} frozen answers", h.proxy.forged().len()),
             );
             h.check_refused(&mut f, &run);
-            h.check_noticed(&mut f, &run, &["expired"], "vehicle")
+            h.check_noticed(&mut f, &run, &[Rule::Expired], "vehicle")
                 .await?;
             h.check_state(&mut f, &h.trust_state().await?, &[v22]);
         }

@@ -6,6 +6,7 @@
 //! vehicle recovers from the fast-forward (TUF 5.3.11: it deletes its trusted timestamp and
 //! snapshot when their keys rotate).
 
+use rampart_core::rule::Rule;
 use std::collections::BTreeMap;
 
 use chrono::Utc;
@@ -22,7 +23,7 @@ use super::rollback::{
     trusted_version,
 };
 use crate::harness::Attempt;
-use crate::proxy::{Action, Rule};
+use crate::proxy::{Action, Intercept};
 use crate::{Findings, Harness, Info};
 
 /// Description.
@@ -55,13 +56,13 @@ fn serve(
     let timestamp = forge_timestamp(version, version, &snapshot, &stolen.timestamp)?;
     h.proxy.clear();
     h.proxy.clear_log();
-    h.proxy.add(Rule::get(TS, Action::Replace(timestamp)));
-    h.proxy.add(Rule::get(
+    h.proxy.add(Intercept::get(TS, Action::Replace(timestamp)));
+    h.proxy.add(Intercept::get(
         &format!("/image/metadata/{version}.snapshot.json"),
         Action::Replace(snapshot),
     ));
     for (path, bytes) in extra {
-        h.proxy.add(Rule::get(&path, Action::Replace(bytes)));
+        h.proxy.add(Intercept::get(&path, Action::Replace(bytes)));
     }
     Ok(())
 }
@@ -155,7 +156,7 @@ pub(super) async fn run(mut h: Harness) -> anyhow::Result<Findings> {
             ),
             filter: "/image/metadata/",
             min_forged: 2,
-            rules: &["rollback"],
+            rules: &[Rule::Rollback],
             about: Some("targets"),
             forbidden: &forbidden,
         },
@@ -210,7 +211,7 @@ pub(super) async fn run(mut h: Harness) -> anyhow::Result<Findings> {
         ));
     }
     h.check_refused(&mut f, &run);
-    h.check_noticed(&mut f, &run, &["threshold"], "vehicle")
+    h.check_noticed(&mut f, &run, &[Rule::Threshold], "vehicle")
         .await?;
     let after = h.trust_state().await?;
     h.check_state(&mut f, &after, &forbidden);
@@ -231,7 +232,7 @@ pub(super) async fn run(mut h: Harness) -> anyhow::Result<Findings> {
     if trusted > genuine_ts {
         // Fast-forwarded: the genuine timestamp must be refused as a rollback, and reported.
         h.check_refused(&mut f, &run);
-        h.check_noticed(&mut f, &run, &["rollback"], "vehicle")
+        h.check_noticed(&mut f, &run, &[Rule::Rollback], "vehicle")
             .await?;
     }
     let after = h.trust_state().await?;
@@ -276,7 +277,7 @@ pub(super) async fn run(mut h: Harness) -> anyhow::Result<Findings> {
         missing.push("the forged timestamp after the rotation was never requested".to_owned());
     }
     h.check_refused(&mut f, &run);
-    h.check_noticed(&mut f, &run, &["threshold"], "vehicle")
+    h.check_noticed(&mut f, &run, &[Rule::Threshold], "vehicle")
         .await?;
     let after = h.trust_state().await?;
     h.check_state(&mut f, &after, &forbidden);

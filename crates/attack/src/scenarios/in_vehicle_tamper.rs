@@ -13,6 +13,7 @@
 //! the AEAD of every chunk), writes only the inactive slot, and reports what it saw in its
 //! next signed version report.
 
+use rampart_core::rule::Rule;
 use rampart_lab::image_bytes;
 use serde_json::Value;
 
@@ -59,7 +60,7 @@ pub(super) async fn run(h: Harness) -> anyhow::Result<Findings> {
     h.check_noticed(
         &mut f,
         &run,
-        &["decryption-failed", "hash-mismatch"],
+        &[Rule::DecryptionFailed, Rule::HashMismatch],
         "vehicle",
     )
     .await?;
@@ -68,7 +69,7 @@ pub(super) async fn run(h: Harness) -> anyhow::Result<Findings> {
             mark,
             "vehicle",
             &ivi,
-            &["decryption-failed", "hash-mismatch"],
+            &[Rule::DecryptionFailed, Rule::HashMismatch],
         )
         .await?;
     f.check(
@@ -112,7 +113,7 @@ pub(super) async fn run(h: Harness) -> anyhow::Result<Findings> {
     }
     h.check_refused(&mut f, &run);
     // The primary, for its part, could not talk to the BCM and says so.
-    h.check_noticed(&mut f, &run, &["ecu-unreachable"], "vehicle")
+    h.check_noticed(&mut f, &run, &[Rule::EcuUnreachable], "vehicle")
         .await?;
     // The ECU handles each garbage connection on its own and writes repeated indicators at
     // most once a second: give the last one a moment.
@@ -165,7 +166,7 @@ pub(super) async fn run(h: Harness) -> anyhow::Result<Findings> {
     }
     h.check_refused(&mut f, &run);
     let event = h
-        .event_since(mark, "vehicle", &bcm, &["hash-mismatch"])
+        .event_since(mark, "vehicle", &bcm, &[Rule::HashMismatch])
         .await?;
     f.check(
         "the BCM (partial verification) refused the altered image and reported it",
@@ -178,7 +179,11 @@ pub(super) async fn run(h: Harness) -> anyhow::Result<Findings> {
             mark,
             "vehicle",
             &bcm,
-            &["oversized-frame", "garbage-frame", "truncated-frame"],
+            &[
+                Rule::OversizedFrame,
+                Rule::GarbageFrame,
+                Rule::TruncatedFrame,
+            ],
         )
         .await?;
     f.check(

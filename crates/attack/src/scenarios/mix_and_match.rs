@@ -4,6 +4,7 @@
 //! snapshot, the current snapshot with an older targets, the director's current timestamp and
 //! snapshot with its older targets.
 
+use rampart_core::rule::Rule;
 use std::sync::Arc;
 
 use rampart_lab::image_bytes;
@@ -11,7 +12,7 @@ use serde_json::Value;
 
 use super::rollback::{check_runs, fetched, finish, genuine_cycle, release, version_of};
 use crate::harness::Attempt;
-use crate::proxy::{Action, Rule};
+use crate::proxy::{Action, Intercept};
 use crate::{Findings, Harness, Info};
 
 /// Description.
@@ -60,7 +61,7 @@ pub(super) async fn run(h: Harness) -> anyhow::Result<Findings> {
     let director_meta = format!("/director/{vin}/metadata/");
     // Which rule fires depends on the bytes: a shorter or equally long document fails its
     // signed length or hashes, a longer one is cut off at the signed length (endless-data).
-    let mismatch = ["length-mismatch", "hash-mismatch", "endless-data"];
+    let mismatch = [Rule::LengthMismatch, Rule::HashMismatch, Rule::EndlessData];
 
     // 0. A genuine release of two ECUs passes the attacker, who records the image snapshot
     //    and targets and the director targets the vehicle fetches.
@@ -93,7 +94,7 @@ pub(super) async fn run(h: Harness) -> anyhow::Result<Findings> {
     // 1. The current timestamp (it names snapshot v{snapshot_now}) with an older snapshot.
     let path = format!("/image/metadata/{snapshot_now}.snapshot.json");
     h.proxy
-        .add(Rule::get(&path, Action::Replace(old_snapshot.clone())));
+        .add(Intercept::get(&path, Action::Replace(old_snapshot.clone())));
     h.attempt(
         &mut f,
         &mut missing,
@@ -117,7 +118,7 @@ pub(super) async fn run(h: Harness) -> anyhow::Result<Findings> {
     h.proxy.clear();
     let path = format!("/image/metadata/{targets_now}.targets.json");
     h.proxy
-        .add(Rule::get(&path, Action::Replace(old_targets.clone())));
+        .add(Intercept::get(&path, Action::Replace(old_targets.clone())));
     h.attempt(
         &mut f,
         &mut missing,
@@ -143,7 +144,7 @@ pub(super) async fn run(h: Harness) -> anyhow::Result<Findings> {
     h.proxy.clear_log();
     release(&h, "bcm/fw-2.0.bin", "bcm-1", "2.0").await?;
     let old = old_director_targets.clone();
-    h.proxy.add(Rule::get(
+    h.proxy.add(Intercept::get(
         &director_meta,
         Action::Mutate(Arc::new(move |body: &[u8]| {
             if is_targets(body) {
@@ -195,7 +196,7 @@ pub(super) async fn run(h: Harness) -> anyhow::Result<Findings> {
     let before_mix = h.trust_state().await?;
     h.proxy.clear_log();
     let beta = beta_targets.clone();
-    h.proxy.add(Rule::get(
+    h.proxy.add(Intercept::get(
         &director_meta,
         Action::Mutate(Arc::new(move |body: &[u8]| {
             if is_targets(body) {

@@ -3,12 +3,13 @@
 //! other, hoping the vehicle installs half the bundle and ends up running a combination the
 //! OEM never released.
 
+use rampart_core::rule::Rule;
 use std::sync::Arc;
 
 use rampart_lab::{image_bytes, VehicleRun};
 use serde_json::Value;
 
-use crate::proxy::{Action, Rule};
+use crate::proxy::{Action, Intercept};
 use crate::{Findings, Harness, Info};
 
 /// Description.
@@ -74,14 +75,14 @@ pub(super) async fn run(h: Harness) -> anyhow::Result<Findings> {
     let names: Vec<&str> = bundle.iter().map(|(n, _, _)| *n).collect();
 
     // The first image download passes unchanged; every later one is answered 503.
-    h.proxy.add(Rule {
+    h.proxy.add(Intercept {
         pattern: "/image/targets/".into(),
         method: Some("GET".into()),
         action: Action::Mutate(Arc::new(|b: &[u8]| b.to_vec())),
         times: Some(1),
     });
     h.proxy
-        .add(Rule::get("/image/targets/", Action::Status(503)));
+        .add(Intercept::get("/image/targets/", Action::Status(503)));
     let run = h.cycle().await?;
 
     let log = h.proxy.forged();
@@ -129,7 +130,7 @@ pub(super) async fn run(h: Harness) -> anyhow::Result<Findings> {
             described
         },
     );
-    h.check_noticed(&mut f, &run, &["http-status"], "vehicle")
+    h.check_noticed(&mut f, &run, &[Rule::HttpStatus], "vehicle")
         .await?;
     h.check_state(&mut f, &h.trust_state().await?, &names);
     let after = h.trust_state().await?;

@@ -8,6 +8,7 @@
 //! The director accepts a manifest only if its counter is above the last accepted one, and
 //! the counter is covered by the signature.
 
+use rampart_core::rule::Rule;
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
@@ -270,8 +271,9 @@ pub(super) async fn run(h: Harness) -> anyhow::Result<Findings> {
         status == 400 && rule == "bad-signature",
         format!("HTTP {status}, rule {rule}"),
     );
-    h.check_event(&mut f, &["replay"], "server").await?;
-    h.check_event(&mut f, &["bad-signature"], "server").await?;
+    h.check_event(&mut f, &[Rule::Replay], "server").await?;
+    h.check_event(&mut f, &[Rule::BadSignature], "server")
+        .await?;
 
     // Stored state is unchanged.
     let after = stored(&h).await?;

@@ -6,13 +6,14 @@
 //! root rotation) share: what the vehicle fetched through the proxy, what an ECU runs, and
 //! "the attack changed nothing" checks against the state just before it.
 
+use rampart_core::rule::Rule;
 use rampart_lab::image_bytes;
 use rampart_server::ops::PublishRequest;
 use serde_json::Value;
 
 use crate::harness::Attempt;
 use crate::harness::TrustState;
-use crate::proxy::{Action, Rule};
+use crate::proxy::{Action, Intercept};
 use crate::{Findings, Harness, Info};
 
 /// Description.
@@ -189,8 +190,10 @@ pub(super) async fn run(h: Harness) -> anyhow::Result<Findings> {
 
     // 1. Replay of the older image-repository timestamp.
     let trusted = trusted_version(&h, "primary/image/timestamp").await?;
-    h.proxy
-        .add(Rule::get(image_ts, Action::Replace(old_image_ts.clone())));
+    h.proxy.add(Intercept::get(
+        image_ts,
+        Action::Replace(old_image_ts.clone()),
+    ));
     h.attempt(
         &mut f,
         &mut missing,
@@ -202,7 +205,7 @@ pub(super) async fn run(h: Harness) -> anyhow::Result<Findings> {
             ),
             filter: image_ts,
             min_forged: 1,
-            rules: &["rollback"],
+            rules: &[Rule::Rollback],
             about: Some("timestamp version"),
             forbidden: &["tbox/fw-2.0.bin"],
         },
@@ -228,8 +231,10 @@ pub(super) async fn run(h: Harness) -> anyhow::Result<Findings> {
         ));
     }
     let before_1b = h.trust_state().await?;
-    h.proxy
-        .add(Rule::get(image_ts, Action::Replace(current_ts.clone())));
+    h.proxy.add(Intercept::get(
+        image_ts,
+        Action::Replace(current_ts.clone()),
+    ));
     h.attempt(
         &mut f,
         &mut missing,
@@ -242,7 +247,7 @@ pub(super) async fn run(h: Harness) -> anyhow::Result<Findings> {
             ),
             filter: image_ts,
             min_forged: 1,
-            rules: &["rollback"],
+            rules: &[Rule::Rollback],
             about: Some("timestamp version"),
             forbidden: &[],
         },
@@ -252,7 +257,7 @@ pub(super) async fn run(h: Harness) -> anyhow::Result<Findings> {
     // 2. Replay of the older director timestamp (it led to the instruction to install 2.0).
     let trusted = trusted_version(&h, "primary/director/timestamp").await?;
     h.proxy.clear();
-    h.proxy.add(Rule::get(
+    h.proxy.add(Intercept::get(
         &director_ts,
         Action::Replace(old_director_ts.clone()),
     ));
@@ -267,7 +272,7 @@ pub(super) async fn run(h: Harness) -> anyhow::Result<Findings> {
             ),
             filter: &director_ts,
             min_forged: 1,
-            rules: &["rollback"],
+            rules: &[Rule::Rollback],
             about: Some("timestamp version"),
             forbidden: &["tbox/fw-2.0.bin"],
         },
@@ -290,7 +295,7 @@ pub(super) async fn run(h: Harness) -> anyhow::Result<Findings> {
         &mut missing,
     );
     h.check_refused(&mut f, &run);
-    h.check_noticed(&mut f, &run, &["release-counter-decreased"], "vehicle")
+    h.check_noticed(&mut f, &run, &[Rule::ReleaseCounterDecreased], "vehicle")
         .await?;
     let after = h.trust_state().await?;
     h.check_state(&mut f, &after, &["tbox/fw-2.0.bin"]);
@@ -331,7 +336,7 @@ pub(super) async fn run(h: Harness) -> anyhow::Result<Findings> {
         &mut missing,
     );
     h.check_refused(&mut f, &run);
-    h.check_noticed(&mut f, &run, &["release-counter-decreased"], "vehicle")
+    h.check_noticed(&mut f, &run, &[Rule::ReleaseCounterDecreased], "vehicle")
         .await?;
     let after = h.trust_state().await?;
     h.check_state(&mut f, &after, &["tbox/fw-2.0.bin", "bcm/fw-0.9.bin"]);

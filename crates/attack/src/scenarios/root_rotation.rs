@@ -4,6 +4,7 @@
 //! and from then on whatever the attacker signs with the retired keys is worthless: its own
 //! next root version, and targets signed with the retired targets key.
 
+use rampart_core::rule::Rule;
 use std::path::{Path, PathBuf};
 
 use chrono::{Duration, Utc};
@@ -18,7 +19,7 @@ use rampart_server::ops::{image_repo, rotate, Which};
 use super::rollback::{
     check_genuine, check_unchanged, evidence_forged, finish, genuine_cycle, release,
 };
-use crate::proxy::{Action, Rule};
+use crate::proxy::{Action, Intercept};
 use crate::{Findings, Harness, Info};
 
 /// Description.
@@ -151,7 +152,8 @@ pub(super) async fn run(h: Harness) -> anyhow::Result<Findings> {
     let forged_root = sign_role(&forged, &refs)?;
     let path = format!("/image/metadata/{}.root.json", forged.version);
     h.proxy.clear_log();
-    h.proxy.add(Rule::get(&path, Action::Replace(forged_root)));
+    h.proxy
+        .add(Intercept::get(&path, Action::Replace(forged_root)));
     let run = h.cycle().await?;
     let n = evidence_forged(
         &mut f,
@@ -172,7 +174,7 @@ pub(super) async fn run(h: Harness) -> anyhow::Result<Findings> {
         missing.push("the attacker's root was never requested".to_owned());
     }
     h.check_refused(&mut f, &run);
-    h.check_noticed(&mut f, &run, &["threshold"], "vehicle")
+    h.check_noticed(&mut f, &run, &[Rule::Threshold], "vehicle")
         .await?;
     let after = h.trust_state().await?;
     h.check_state(&mut f, &after, &forbidden);
@@ -207,8 +209,10 @@ pub(super) async fn run(h: Harness) -> anyhow::Result<Findings> {
     }
     let forged_targets = sign_role(&targets, &[&old_key as &dyn Signer])?;
     let path = format!("/image/metadata/{version}.targets.json");
-    h.proxy
-        .add(Rule::get(&path, Action::Replace(forged_targets.clone())));
+    h.proxy.add(Intercept::get(
+        &path,
+        Action::Replace(forged_targets.clone()),
+    ));
     let run = h.cycle().await?;
     let n = evidence_forged(
         &mut f,
@@ -230,7 +234,7 @@ pub(super) async fn run(h: Harness) -> anyhow::Result<Findings> {
     h.check_noticed(
         &mut f,
         &run,
-        &["length-mismatch", "hash-mismatch", "endless-data"],
+        &[Rule::LengthMismatch, Rule::HashMismatch, Rule::EndlessData],
         "vehicle",
     )
     .await?;

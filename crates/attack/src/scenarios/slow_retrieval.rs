@@ -3,11 +3,12 @@
 //! image, a few bytes a second for metadata — without ever stalling long enough to trip a
 //! simple idle timeout.
 
+use rampart_core::rule::Rule;
 use std::time::{Duration, Instant};
 
 use rampart_lab::{image_bytes, VehicleRun};
 
-use crate::proxy::{Action, Rule};
+use crate::proxy::{Action, Intercept};
 use crate::{Findings, Harness, Info};
 
 /// Description.
@@ -75,7 +76,7 @@ pub(super) async fn run(h: Harness) -> anyhow::Result<Findings> {
     // 1. The image at 4000 B/s, just under the vehicle's 4096 B/s.
     let rate = MIN_SPEED - 96;
     h.proxy
-        .add(Rule::get("/image/targets/", Action::Trickle(rate)));
+        .add(Intercept::get("/image/targets/", Action::Trickle(rate)));
     let (run, took) = attacked_cycle(&h).await?;
     let slowed: Vec<_> = h
         .proxy
@@ -99,14 +100,14 @@ pub(super) async fn run(h: Harness) -> anyhow::Result<Findings> {
     );
     check_detected(&mut f, "image", &run, took);
     h.check_refused(&mut f, &run);
-    h.check_noticed(&mut f, &run, &["slow-retrieval"], "vehicle")
+    h.check_noticed(&mut f, &run, &[Rule::SlowRetrieval], "vehicle")
         .await?;
     h.check_state(&mut f, &h.trust_state().await?, &[image]);
 
     // 2. The image repository's timestamp at 20 B/s (~700 bytes: ~35 s in all).
     h.proxy.clear();
     h.proxy.clear_log();
-    h.proxy.add(Rule::get(
+    h.proxy.add(Intercept::get(
         "/image/metadata/timestamp.json",
         Action::Trickle(20),
     ));
@@ -125,7 +126,7 @@ pub(super) async fn run(h: Harness) -> anyhow::Result<Findings> {
     );
     check_detected(&mut f, "metadata", &run, took);
     h.check_refused(&mut f, &run);
-    h.check_noticed(&mut f, &run, &["slow-retrieval"], "vehicle")
+    h.check_noticed(&mut f, &run, &[Rule::SlowRetrieval], "vehicle")
         .await?;
     h.check_state(&mut f, &h.trust_state().await?, &[image]);
 

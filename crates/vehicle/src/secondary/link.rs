@@ -8,6 +8,7 @@
 //! frames being received ([`MemoryBudget`]). Failing `accept` (out of file descriptors)
 //! pauses and goes on; it never stops the ECU.
 
+use rampart_core::rule::Rule;
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -198,7 +199,7 @@ pub async fn serve(ecu: Arc<Mutex<Secondary>>, listener: TcpListener, limits: Li
                     let deferred = ecu
                         .lock()
                         .await
-                        .record_repeatable("connection-flood", &message);
+                        .record_repeatable(Rule::ConnectionFlood, &message);
                     link.flush_later(&ecu, deferred);
                 });
             }
@@ -257,12 +258,12 @@ async fn refuse(
     answer_error(stream, err.rule(), &err.to_string()).await;
 }
 
-async fn answer_error(stream: &mut TcpStream, rule: &str, message: &str) {
+async fn answer_error(stream: &mut TcpStream, rule: Rule, message: &str) {
     let _ = protocol::write_json(
         stream,
         Kind::Error,
         &ErrorPayload {
-            rule: rule.into(),
+            rule: rule.to_string(),
             message: message.into(),
         },
     )
@@ -414,7 +415,7 @@ async fn install(
             guard.record_attack(rule, &e.to_string());
             InstallResult {
                 ok: false,
-                rule: Some(rule.to_owned()),
+                rule: Some(rule.to_string()),
                 message: e.to_string(),
             }
         }

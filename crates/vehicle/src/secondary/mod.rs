@@ -10,6 +10,7 @@
 
 mod link;
 
+use rampart_core::rule::Rule;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -171,7 +172,9 @@ impl Secondary {
             Err(_) => EcuState::default(),
         };
         for line in std::mem::take(&mut state.attacks) {
-            let (rule, message) = line.split_once(": ").unwrap_or(("vehicle-report", &line));
+            let (rule, message) = line
+                .split_once(": ")
+                .unwrap_or((Rule::VehicleReport.as_str(), &line));
             state.indicators.record(rule, message);
         }
         let mut ecu = Secondary {
@@ -211,9 +214,9 @@ impl Secondary {
 
     /// Records something that went wrong; it goes into every version report until the
     /// director acknowledges one that carried it (see [`crate::indicators`]).
-    pub fn record_attack(&mut self, rule: &str, message: &str) {
+    pub fn record_attack(&mut self, rule: Rule, message: &str) {
         tracing::warn!(ecu = %self.config.ecu_id, %rule, %message, "attack indicator");
-        self.state.indicators.record(rule, message);
+        self.state.indicators.record(rule.as_str(), message);
         self.save_indicators();
     }
 
@@ -221,9 +224,9 @@ impl Secondary {
     /// frames, refused connections): written at most once per second, so a flood does not
     /// become a disk write per frame. Returns `true` if the write was put off; the caller
     /// must then [`Secondary::flush`] within about a second.
-    pub fn record_repeatable(&mut self, rule: &str, message: &str) -> bool {
+    pub fn record_repeatable(&mut self, rule: Rule, message: &str) -> bool {
         tracing::debug!(ecu = %self.config.ecu_id, %rule, %message, "attack indicator");
-        self.state.indicators.record(rule, message);
+        self.state.indicators.record(rule.as_str(), message);
         let due = self
             .last_indicator_save
             .is_none_or(|at| at.elapsed() >= INDICATOR_SAVE_INTERVAL);
