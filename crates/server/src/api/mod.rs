@@ -1,0 +1,291 @@
+//! The HTTP API (axum): public image repository files, the director's vehicle routes, the
+//! admin API, `/health`, `/metrics` and the OpenAPI document.
+//!
+//! | route | who | what |
+//! |---|---|---|
+//! | `GET /image/{metadata,targets}/…` | anyone | the image repository folder, as a CDN would serve it (Range supported) |
+//! | `GET /director/{vin}/metadata/{file}` | the vehicle (client certificate for `vin`) | its director metadata; `N.root.json` is the shared director root chain |
+//! | `POST /director/{vin}/manifest` | the vehicle | its signed vehicle version manifest |
+//! | `/api/v1/…` | admin (`Authorization: Bearer TOKEN`) | inventory, assignments, security events, images |
+//!
+//! Every rejection answers JSON `{"error": …, "rule": …}` with a 4xx status, and every
+//! rejection of vehicle input is recorded as a security event. Request bodies are bounded;
+//! each client (VIN, else IP address) has a token bucket and gets 429 past it.
+//!
+//! Modules: `rate_limit` (token buckets per client), `extract` (JSON bodies, admin and
+//! vehicle authorisation), `vehicle` (director routes), `admin` (inventory, assignments,
+//! events, images).
+
+mod admin;
+mod extract;
+mod rate_limit;
+mod vehicle;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::DefaultBodyLimit;
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::middleware::{self};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use tower_http::services::ServeDir;
+use utoipa::OpenApi;
+
+use crate::conn::ConnectionStats;
+use crate::db::{Assignment, NewVehicle, SecurityEvent, Vehicle};
+use crate::director::{CheckinResponse, Director};
+use crate::layout::Layout;
+use crate::repo::Repository;
+use crate::revocation::Revocations;
+
+pub use admin::{AssignRequest, ImageEntry};
+pub use extract::ApiJson;
+pub use rate_limit::RateLimiter;
+
+/// Limits of the API.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest request body accepted (bytes).
+    pub max_body_bytes: usize,
+    /// Sustained requests per second per client.
+    pub requests_per_second: f64,
+    /// Burst size per client.
+    pub burst: f64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_body_bytes: 1024 * 1024,
+            requests_per_second: 20.0,
+            burst: 60.0,
+        }
+    }
+}
+
+/// Process-wide counters for `/metrics` (per-process, not per-vehicle).
+#[derive(Debug, Default)]
+pub struct Metrics {
+    requests: AtomicU64,
+    rate_limited: AtomicU64,
+    manifests_accepted: AtomicU64,
+    manifests_rejected: AtomicU64,
+    metadata_served: AtomicU64,
+    client_errors: AtomicU64,
+}
+
+struct Inner {
+    director: Director,
+    image: Repository,
+    admin_token: String,
+    limits: Limits,
+    limiter: RateLimiter,
+    metrics: Metrics,
+    connections: Arc<ConnectionStats>,
+    revocations: Revocations,
+    require_client_certificate: bool,
+}
+
+/// Shared state of the handlers.
+#[derive(Clone)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+impl AppState {
+    /// Builds the state. With `require_client_certificate` (TLS mode), vehicle routes need a
+    /// client certificate whose VIN is the one in the path; without it (plain HTTP, for the
+    /// attack lab and tests), the manifest signature alone authenticates the vehicle.
+    pub fn new(
+        director: Director,
+        layout: &Layout,
+        admin_token: String,
+        limits: Limits,
+        require_client_certificate: bool,
+    ) -> Self {
+        Self::with_revocation_refresh(
+            director,
+            layout,
+            admin_token,
+            limits,
+            require_client_certificate,
+            crate::revocation::DEFAULT_REFRESH,
+        )
+    }
+
+    /// [`AppState::new`], re-reading revoked certificates at most every `revocation_refresh`
+    /// (zero: on every vehicle request).
+    pub fn with_revocation_refresh(
+        director: Director,
+        layout: &Layout,
+        admin_token: String,
+        limits: Limits,
+        require_client_certificate: bool,
+        revocation_refresh: Duration,
+    ) -> Self {
+        AppState {
+            inner: Arc::new(Inner {
+                revocations: Revocations::new(director.db().clone(), revocation_refresh),
+                director,
+                image: Repository::new(layout.image_metadata(), layout.image_targets()),
+                admin_token,
+                limits,
+                limiter: RateLimiter::new(limits.requests_per_second, limits.burst),
+                metrics: Metrics::default(),
+                connections: Arc::new(ConnectionStats::default()),
+                require_client_certificate,
+            }),
+        }
+    }
+
+    /// The director.
+    pub fn director(&self) -> &Director {
+        &self.inner.director
+    }
+
+    /// The counters of the connection layer serving this API (shown by `/metrics`).
+    pub fn connection_stats(&self) -> Arc<ConnectionStats> {
+        self.inner.connections.clone()
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Rampart API",
+        description = "Director, inventory and security events of a Rampart OTA server"
+    ),
+    paths(
+        health,
+        vehicle::director_metadata,
+        vehicle::post_manifest,
+        admin::register_vehicle,
+        admin::list_vehicles,
+        admin::get_vehicle,
+        admin::create_assignments,
+        admin::list_assignments,
+        admin::list_events,
+        admin::list_images
+    ),
+    components(schemas(
+        NewVehicle,
+        crate::db::NewEcu,
+        Vehicle,
+        crate::db::Ecu,
+        crate::db::Installed,
+        Assignment,
+        SecurityEvent,
+        CheckinResponse,
+        crate::director::RejectedReport,
+        AssignRequest,
+        ImageEntry
+    ))
+)]
+struct ApiDoc;
+
+/// The OpenAPI document of the API.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    ApiDoc::openapi()
+}
+
+/// The router. `public_image_dir` is `D/public/image`.
+pub fn router(state: AppState, public_image_dir: &std::path::Path) -> Router {
+    let admin = Router::new()
+        .route(
+            "/vehicles",
+            post(admin::register_vehicle).get(admin::list_vehicles),
+        )
+        .route("/vehicles/{vin}", get(admin::get_vehicle))
+        .route(
+            "/assignments",
+            post(admin::create_assignments).get(admin::list_assignments),
+        )
+        .route("/events", get(admin::list_events))
+        .route("/images", get(admin::list_images))
+        .layer(DefaultBodyLimit::max(state.inner.limits.max_body_bytes))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            extract::require_admin,
+        ));
+    Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .route("/openapi.json", get(|| async { Json(openapi()) }))
+        .route(
+            "/director/{vin}/metadata/{file}",
+            get(vehicle::director_metadata),
+        )
+        .route("/director/{vin}/manifest", post(vehicle::post_manifest))
+        .nest("/api/v1", admin)
+        .nest_service("/image", ServeDir::new(public_image_dir))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            rate_limit::rate_limit,
+        ))
+        .with_state(state)
+}
+
+/// Liveness and database reachability.
+#[utoipa::path(get, path = "/health", responses((status = 200, description = "healthy"), (status = 503, description = "database unreachable")))]
+async fn health(State(state): State<AppState>) -> Response {
+    match state.inner.director.db().ping().await {
+        Ok(()) => Json(serde_json::json!({"status": "ok", "database": "ok"})).into_response(),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({"status": "degraded", "database": e.to_string()})),
+        )
+            .into_response(),
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    let m = &state.inner.metrics;
+    let c = &state.inner.connections;
+    let events = state
+        .inner
+        .director
+        .db()
+        .count("security_events")
+        .await
+        .unwrap_or(0);
+    let vehicles = state
+        .inner
+        .director
+        .db()
+        .count("vehicles")
+        .await
+        .unwrap_or(0);
+    let body = format!(
+        "# TYPE rampart_requests_total counter\nrampart_requests_total {}\n\
+         # TYPE rampart_rate_limited_total counter\nrampart_rate_limited_total {}\n\
+         # TYPE rampart_client_errors_total counter\nrampart_client_errors_total {}\n\
+         # TYPE rampart_manifests_accepted_total counter\nrampart_manifests_accepted_total {}\n\
+         # TYPE rampart_manifests_rejected_total counter\nrampart_manifests_rejected_total {}\n\
+         # TYPE rampart_director_metadata_served_total counter\nrampart_director_metadata_served_total {}\n\
+         # TYPE rampart_security_events gauge\nrampart_security_events {events}\n\
+         # TYPE rampart_vehicles gauge\nrampart_vehicles {vehicles}\n\
+         # TYPE rampart_connections_open gauge\nrampart_connections_open {}\n\
+         # TYPE rampart_connections_accepted_total counter\nrampart_connections_accepted_total {}\n\
+         # TYPE rampart_connections_refused_total counter\nrampart_connections_refused_total {}\n\
+         # TYPE rampart_connections_idle_closed_total counter\nrampart_connections_idle_closed_total {}\n\
+         # TYPE rampart_accept_errors_total counter\nrampart_accept_errors_total {}\n\
+         # TYPE rampart_connections_stalled_total counter\nrampart_connections_stalled_total {}\n",
+        m.requests.load(Ordering::Relaxed),
+        m.rate_limited.load(Ordering::Relaxed),
+        m.client_errors.load(Ordering::Relaxed),
+        m.manifests_accepted.load(Ordering::Relaxed),
+        m.manifests_rejected.load(Ordering::Relaxed),
+        m.metadata_served.load(Ordering::Relaxed),
+        c.open.load(Ordering::Relaxed),
+        c.accepted.load(Ordering::Relaxed),
+        c.refused.load(Ordering::Relaxed),
+        c.idle_closed.load(Ordering::Relaxed),
+        c.accept_errors.load(Ordering::Relaxed),
+        c.stalled.load(Ordering::Relaxed),
+    );
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
+}
