@@ -3,4 +3,5 @@
 //! ecu`) and logging. The rest of `rampart` lives in its binary's own modules.
 
 pub mod logging;
+pub mod terminal;
 pub mod vehicle_cmds;

@@ -53,7 +53,12 @@ pub fn vehicle(args: VehicleArgs) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let report = rt.block_on(rampart_vehicle::primary::run(config, consent, args.once))?;
+    let report = rt.block_on(rampart_vehicle::primary::run_with(
+        config,
+        consent,
+        args.once,
+        std::sync::Arc::new(crate::terminal::TerminalReporter),
+    ))?;
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     }

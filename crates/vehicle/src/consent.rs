@@ -5,7 +5,10 @@
 //! worked. [`UpdateNotice`] carries exactly that; the answer comes from a terminal prompt,
 //! a policy (`auto`/`deny`), or an answer file a head unit writes (`file:PATH`).
 
-use std::io::{BufRead, IsTerminal, Write};
+use std::sync::Arc;
+
+use crate::report::Reporter;
+
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -124,34 +127,31 @@ struct Answer {
     approve: bool,
 }
 
-/// Asks for consent to the listed updates.
-pub async fn ask(mode: &ConsentMode, notices: &[UpdateNotice]) -> Result<Decision> {
+/// Asks for consent to the listed updates: by policy, through `reporter` (the owner at a
+/// terminal), or through a head unit's answer file.
+pub async fn ask(
+    mode: &ConsentMode,
+    notices: &[UpdateNotice],
+    reporter: Arc<dyn Reporter>,
+) -> Result<Decision> {
     let text: String = notices.iter().map(UpdateNotice::render).collect();
     match mode {
         ConsentMode::Auto => {
-            println!("Update available (approved by policy):\n{text}");
+            reporter.say(&format!("Update available (approved by policy):\n{text}"));
             Ok(Decision::Approved)
         }
         ConsentMode::Deny => Ok(Decision::Declined("declined by policy".into())),
         ConsentMode::Ask => {
-            if !std::io::stdin().is_terminal() {
-                return Ok(Decision::Declined(
+            let question = format!("Update available:\n{text}Install now?");
+            let answer = tokio::task::spawn_blocking(move || reporter.ask(&question))
+                .await
+                .map_err(|e| Error::Config(e.to_string()))?;
+            Ok(match answer {
+                Some(true) => Decision::Approved,
+                Some(false) => Decision::Declined("the owner said no".into()),
+                None => Decision::Declined(
                     "no terminal to ask the owner (use --consent auto or file:PATH)".into(),
-                ));
-            }
-            print!("Update available:\n{text}Install now? [y/N] ");
-            let _ = std::io::stdout().flush();
-            let line = tokio::task::spawn_blocking(|| {
-                let mut l = String::new();
-                std::io::stdin().lock().read_line(&mut l).map(|_| l)
-            })
-            .await
-            .map_err(|e| Error::Config(e.to_string()))?
-            .map_err(|e| Error::io("stdin", e))?;
-            Ok(if matches!(line.trim(), "y" | "Y" | "yes") {
-                Decision::Approved
-            } else {
-                Decision::Declined("the owner said no".into())
+                ),
             })
         }
         ConsentMode::File(path) => {
@@ -211,16 +211,72 @@ mod tests {
         }
     }
 
+    /// Records what it is told and answers the owner's question as set.
+    #[derive(Default)]
+    struct Owner {
+        answer: Option<bool>,
+        heard: std::sync::Mutex<Vec<String>>,
+    }
+
+    impl Reporter for Owner {
+        fn say(&self, line: &str) {
+            self.heard.lock().unwrap().push(line.to_owned());
+        }
+        fn transfer(&self, label: &str, len: u64) -> Box<dyn crate::report::Progress> {
+            crate::report::LogReporter.transfer(label, len)
+        }
+        fn ask(&self, question: &str) -> Option<bool> {
+            self.heard.lock().unwrap().push(question.to_owned());
+            self.answer
+        }
+    }
+
     #[tokio::test]
     async fn policies_decide_without_asking() {
+        let owner = Arc::new(Owner::default());
         assert_eq!(
-            ask(&ConsentMode::Auto, &[notice()]).await.unwrap(),
+            ask(&ConsentMode::Auto, &[notice()], owner.clone())
+                .await
+                .unwrap(),
             Decision::Approved
         );
+        // The owner is told what the policy approved (R156: informed), not asked.
+        let heard = owner.heard.lock().unwrap().clone();
+        assert_eq!(heard.len(), 1);
+        assert!(heard[0].contains("approved by policy") && heard[0].contains("navigation fixes"));
         assert!(matches!(
-            ask(&ConsentMode::Deny, &[notice()]).await.unwrap(),
+            ask(&ConsentMode::Deny, &[notice()], owner.clone())
+                .await
+                .unwrap(),
             Decision::Declined(_)
         ));
+    }
+
+    #[tokio::test]
+    async fn the_owner_is_asked_through_the_reporter() {
+        for (answer, approved) in [
+            (Some(true), Some(true)),
+            (Some(false), Some(false)),
+            (None, None),
+        ] {
+            let owner = Arc::new(Owner {
+                answer,
+                ..Owner::default()
+            });
+            let d = ask(&ConsentMode::Ask, &[notice()], owner.clone())
+                .await
+                .unwrap();
+            match (approved, &d) {
+                (Some(true), Decision::Approved) => {}
+                (Some(false), Decision::Declined(why)) => assert!(why.contains("said no")),
+                (None, Decision::Declined(why)) => assert!(why.contains("no terminal")),
+                other => panic!("{answer:?}: {other:?}"),
+            }
+            let heard = owner.heard.lock().unwrap().clone();
+            assert!(heard
+                .iter()
+                .any(|q| q.contains("Install now?") && q.contains("5.0 MiB")));
+        }
     }
 
     #[tokio::test]
@@ -235,7 +291,13 @@ mod tests {
             }
             std::fs::write(&a, br#"{"approve": true}"#).unwrap();
         });
-        let d = ask(&ConsentMode::File(answer), &[notice()]).await.unwrap();
+        let d = ask(
+            &ConsentMode::File(answer),
+            &[notice()],
+            Arc::new(crate::report::LogReporter),
+        )
+        .await
+        .unwrap();
         writer.await.unwrap();
         assert_eq!(d, Decision::Approved);
     }

@@ -18,6 +18,7 @@ pub mod error;
 pub mod indicators;
 pub mod primary;
 pub mod protocol;
+pub mod report;
 pub mod secondary;
 pub mod slots;
 

@@ -166,7 +166,12 @@ fn run(cli: Cli) -> Result<(), String> {
                 rampart_vehicle::primary::load_config(&config).map_err(|e| e.to_string())?;
             let consent: ConsentMode = consent.parse().map_err(|e| format!("{e}"))?;
             let report = rt
-                .block_on(rampart_vehicle::primary::run(config, consent, once))
+                .block_on(rampart_vehicle::primary::run_with(
+                    config,
+                    consent,
+                    once,
+                    std::sync::Arc::new(Lines),
+                ))
                 .map_err(|e| e.to_string())?;
             if json {
                 let text = serde_json::to_string(&report).map_err(|e| e.to_string())?;
@@ -202,6 +207,32 @@ fn main() -> ExitCode {
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The agent's messages: plain lines on stdout (no progress bars: the agent is built small),
+/// transfers logged, the owner asked on stdin when it is a terminal.
+struct Lines;
+
+impl rampart_vehicle::report::Reporter for Lines {
+    fn say(&self, line: &str) {
+        println!("{line}");
+    }
+
+    fn transfer(&self, label: &str, len: u64) -> Box<dyn rampart_vehicle::report::Progress> {
+        rampart_vehicle::report::LogReporter.transfer(label, len)
+    }
+
+    fn ask(&self, question: &str) -> Option<bool> {
+        use std::io::{BufRead, IsTerminal, Write};
+        if !std::io::stdin().is_terminal() {
+            return None;
+        }
+        print!("{question} [y/N] ");
+        let _ = std::io::stdout().flush();
+        let mut line = String::new();
+        std::io::stdin().lock().read_line(&mut line).ok()?;
+        Some(matches!(line.trim(), "y" | "Y" | "yes"))
     }
 }
 

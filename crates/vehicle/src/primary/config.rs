@@ -1,0 +1,105 @@
+//! `vehicle.toml`: what a primary is provisioned with.
+
+use std::path::{Path, PathBuf};
+
+use super::*;
+
+/// One ECU as the primary knows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EcuRef {
+    /// ECU identifier.
+    pub ecu_id: String,
+    /// Hardware identifier.
+    pub hardware_id: String,
+    /// Where the gateway reaches it (host:port).
+    pub address: String,
+    /// Full or partial verification.
+    pub verification: Verification,
+    /// What it does, for the owner ("infotainment (IVI)").
+    #[serde(default)]
+    pub description: String,
+    /// What is unavailable while it updates.
+    #[serde(default)]
+    pub unavailable: String,
+}
+
+/// `vehicle.toml`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PrimaryConfig {
+    /// Vehicle identification number.
+    pub vin: String,
+    /// ECU ID of the primary (its key signs the manifest).
+    pub ecu_id: String,
+    /// Server base URL (`https://host:port/`).
+    pub server: String,
+    /// Image repository base URL (default `SERVER/image/`); a CDN or static mirror works.
+    #[serde(default)]
+    pub image_base: Option<String>,
+    /// CA certificate(s) to trust for HTTPS (the fleet CA).
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+    /// Client certificate and key (PEM) identifying the vehicle.
+    #[serde(default)]
+    pub client_cert: Option<PathBuf>,
+    /// The primary's signing key (PKCS#8 PEM).
+    pub key: PathBuf,
+    /// Director root provisioned at the factory.
+    pub director_root: PathBuf,
+    /// Image repository root provisioned at the factory.
+    pub image_root: PathBuf,
+    /// Trusted state.
+    pub state_dir: PathBuf,
+    /// Seconds between cycles.
+    #[serde(default = "default_poll")]
+    pub poll_seconds: u64,
+    /// Shell command checked before installing (battery, parked…); non-zero exit refuses.
+    #[serde(default)]
+    pub precondition: Option<String>,
+    /// Minimum download speed (bytes/s) before a download counts as slow retrieval.
+    #[serde(default = "default_min_speed")]
+    pub min_bytes_per_second: u64,
+    /// Longest pause in a download (seconds).
+    #[serde(default = "default_stall")]
+    pub stall_seconds: u64,
+    /// The vehicle's ECUs (the primary's own firmware ECU included).
+    pub ecus: Vec<EcuRef>,
+}
+
+fn default_poll() -> u64 {
+    300
+}
+
+fn default_min_speed() -> u64 {
+    1024
+}
+
+fn default_stall() -> u64 {
+    20
+}
+
+/// Loads `vehicle.toml`, making relative paths relative to its folder.
+pub fn load_config(path: &Path) -> Result<PrimaryConfig> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let mut c: PrimaryConfig =
+        toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+    let base = path.parent().unwrap_or_else(|| Path::new("."));
+    for p in [
+        &mut c.key,
+        &mut c.director_root,
+        &mut c.image_root,
+        &mut c.state_dir,
+    ] {
+        if p.is_relative() {
+            *p = base.join(&*p);
+        }
+    }
+    for p in [c.ca.as_mut(), c.client_cert.as_mut()]
+        .into_iter()
+        .flatten()
+    {
+        if p.is_relative() {
+            *p = base.join(&*p);
+        }
+    }
+    Ok(c)
+}

@@ -1,0 +1,262 @@
+//! One update cycle of the primary, in Uptane's order (see the module above), with the
+//! owner's consent, preconditions, all-or-nothing downloads and the hand-over to the ECUs.
+
+use std::path::Path;
+
+use rampart_core::rule::Rule;
+use rampart_core::uptane::{FullVerifier, VerifiedUpdate};
+
+use super::*;
+
+impl Primary {
+    /// Runs one whole cycle.
+    pub async fn cycle(&mut self, consent_mode: &ConsentMode) -> Result<CycleReport> {
+        let mut report = CycleReport::default();
+        let (docs, installed) = self.collect_reports(&mut report).await;
+        let answer = match self.send_manifest(docs).await {
+            Ok(a) => a,
+            Err(e) => {
+                self.note(
+                    &mut report,
+                    e.rule(),
+                    &format!("manifest not accepted: {e}"),
+                );
+                return Err(e);
+            }
+        };
+        tracing::info!(director_targets_version = %answer.get("director_targets_version").cloned().unwrap_or_default(), "manifest accepted");
+        let v = match self.verify(installed).await {
+            Ok(v) => v,
+            Err(e) => {
+                let rule = e.rule();
+                self.note(&mut report, rule, &e.to_string());
+                // Tell the director right away: the indicator is the point.
+                let (docs, _) = self.collect_reports(&mut CycleReport::default()).await;
+                let _ = self.send_manifest(docs).await;
+                return Err(e);
+            }
+        };
+        let verdict = v.verdict().cloned().unwrap_or_default();
+        report.director_targets_version = verdict.director_targets_version;
+        report.up_to_date = verdict.up_to_date.clone();
+        self.prune_downloads(&v, &verdict.updates);
+        if verdict.updates.is_empty() {
+            return Ok(report);
+        }
+        // Owner consent for the whole set (a partial set could be a mix the OEM never tested).
+        let notices: Vec<UpdateNotice> =
+            verdict.updates.iter().map(|u| self.notice(&v, u)).collect();
+        match consent::ask(consent_mode, &notices, self.reporter.clone()).await? {
+            Decision::Approved => {}
+            Decision::Declined(why) => {
+                for u in &verdict.updates {
+                    report
+                        .updates
+                        .push(self.outcome(u, UpdateStatus::Declined(why.clone())));
+                }
+                self.reporter
+                    .say(&format!("Update declined: {why}. Nothing was installed."));
+                return Ok(report);
+            }
+        }
+        if let Some(cmd) = &self.config.precondition {
+            if let Err(why) = run_precondition(cmd).await {
+                for u in &verdict.updates {
+                    report
+                        .updates
+                        .push(self.outcome(u, UpdateStatus::PreconditionFailed(why.clone())));
+                }
+                self.reporter
+                    .say(&format!("Update postponed: precondition not met ({why})."));
+                return Ok(report);
+            }
+        }
+        // Download and verify every image first: if one cannot be had, none is installed, so
+        // an attacker who blocks part of a bundle cannot leave the vehicle with a mixed set.
+        let mut downloaded = Vec::new();
+        let mut blocked = None;
+        for u in &verdict.updates {
+            match self.download(&v, u).await {
+                Ok(path) => downloaded.push(path),
+                Err(e) => {
+                    let rule = e.rule();
+                    self.note(
+                        &mut report,
+                        rule,
+                        &format!("{} for {}: {e}", u.instruction.target, u.instruction.ecu_id),
+                    );
+                    blocked = Some((u.instruction.target.clone(), rule, e.to_string()));
+                    break;
+                }
+            }
+        }
+        if let Some((target, rule, message)) = blocked {
+            for u in &verdict.updates {
+                let status = if u.instruction.target == target {
+                    UpdateStatus::Failed(rule.to_string(), message.clone())
+                } else {
+                    UpdateStatus::Failed(
+                        "partial-bundle".into(),
+                        format!(
+                            "not installed: {target} of the same bundle could not be downloaded"
+                        ),
+                    )
+                };
+                report.updates.push(self.outcome(u, status));
+            }
+        } else {
+            for (u, path) in verdict.updates.iter().zip(&downloaded) {
+                let status = match self.install(&v, u, path).await {
+                    Ok(()) => UpdateStatus::Installed,
+                    Err(e) => {
+                        let rule = e.rule();
+                        self.note(
+                            &mut report,
+                            rule,
+                            &format!("{} on {}: {e}", u.instruction.target, u.instruction.ecu_id),
+                        );
+                        UpdateStatus::Failed(rule.to_string(), e.to_string())
+                    }
+                };
+                report.updates.push(self.outcome(u, status));
+            }
+        }
+        for path in &downloaded {
+            let _ = std::fs::remove_file(path);
+        }
+        // Report the new state right away so the director sees what installed, and believe
+        // an ECU's "installed" only if its fresh signed report says so.
+        let (docs, running) = self.collect_reports(&mut CycleReport::default()).await;
+        let mut unconfirmed = Vec::new();
+        for (i, o) in report.updates.iter().enumerate() {
+            if o.status == UpdateStatus::Installed
+                && running.get(&o.ecu_id).map(|img| img.filename.as_str())
+                    != Some(o.target.as_str())
+            {
+                let seen = running
+                    .get(&o.ecu_id)
+                    .map_or("no report".to_owned(), |img| img.filename.clone());
+                unconfirmed.push((
+                    i,
+                    format!(
+                        "ECU {} said installed, but its signed report shows {seen}",
+                        o.ecu_id
+                    ),
+                ));
+            }
+        }
+        for (i, why) in unconfirmed {
+            self.note(&mut report, Rule::UnconfirmedInstall, &why);
+            if let Some(o) = report.updates.get_mut(i) {
+                o.status = UpdateStatus::Failed(Rule::UnconfirmedInstall.to_string(), why);
+            }
+        }
+        if let Err(e) = self.send_manifest(docs).await {
+            self.note(&mut report, e.rule(), &format!("final manifest: {e}"));
+        }
+        for o in &report.updates {
+            let line = match &o.status {
+                UpdateStatus::Installed => format!("✔ {} installed on {}", o.target, o.ecu_id),
+                UpdateStatus::Failed(rule, msg) => {
+                    format!("✘ {} on {} failed [{rule}]: {msg}", o.target, o.ecu_id)
+                }
+                UpdateStatus::Declined(w) | UpdateStatus::PreconditionFailed(w) => {
+                    format!("– {} on {}: {w}", o.target, o.ecu_id)
+                }
+            };
+            self.reporter.say(&format!("Update result: {line}"));
+        }
+        Ok(report)
+    }
+
+    pub(super) fn ecu(&self, id: &str) -> Option<&EcuRef> {
+        self.config.ecus.iter().find(|e| e.ecu_id == id)
+    }
+
+    pub(super) fn outcome(&self, u: &VerifiedUpdate, status: UpdateStatus) -> UpdateOutcome {
+        let enc = u.instruction.encryption.as_ref();
+        UpdateOutcome {
+            ecu_id: u.instruction.ecu_id.clone(),
+            target: u.instruction.target.clone(),
+            bytes: enc.map_or(u.instruction.file.length, |e| e.ciphertext.length),
+            encrypted: enc.is_some(),
+            status,
+        }
+    }
+
+    pub(super) fn notice(&self, v: &FullVerifier, u: &VerifiedUpdate) -> UpdateNotice {
+        let ecu = self.ecu(&u.instruction.ecu_id);
+        let custom = rampart_core::uptane::image_custom(
+            &u.instruction.target,
+            &self.image_file(v, u).unwrap_or(u.instruction.file.clone()),
+        )
+        .ok();
+        let size = u
+            .instruction
+            .encryption
+            .as_ref()
+            .map_or(u.instruction.file.length, |e| e.ciphertext.length);
+        UpdateNotice {
+            ecu_id: u.instruction.ecu_id.clone(),
+            ecu_description: ecu
+                .map(|e| e.description.clone())
+                .filter(|d| !d.is_empty())
+                .unwrap_or_else(|| u.instruction.hardware_id.clone()),
+            target: u.instruction.target.clone(),
+            version: custom.and_then(|c| c.version),
+            purpose: format!(
+                "signed by the {} role of the image repository",
+                u.image_role
+            ),
+            size_bytes: size,
+            estimated_seconds: 5 + size / (8 * 1024 * 1024),
+            unavailable: ecu
+                .map(|e| e.unavailable.clone())
+                .filter(|d| !d.is_empty())
+                .unwrap_or_else(|| "the functions of this ECU".into()),
+        }
+    }
+
+    /// Hands a downloaded image and the metadata to verify it to its ECU.
+    pub(super) async fn install(
+        &mut self,
+        v: &FullVerifier,
+        u: &VerifiedUpdate,
+        path: &Path,
+    ) -> Result<()> {
+        let ecu = self.ecu(&u.instruction.ecu_id).cloned().ok_or_else(|| {
+            Error::Config(format!("ECU {} is not configured", u.instruction.ecu_id))
+        })?;
+        let length = std::fs::metadata(path)
+            .map_err(|e| Error::io(path, e))?
+            .len();
+        let bundle = self.bundle_for(v, ecu.verification)?;
+        let result = self
+            .send_to_ecu(&ecu, &u.instruction.target, bundle, path, length)
+            .await?;
+        if result.ok {
+            Ok(())
+        } else {
+            Err(Error::Protocol(format!(
+                "ECU {} refused: [{}] {}",
+                ecu.ecu_id,
+                result.rule.unwrap_or_default(),
+                result.message
+            )))
+        }
+    }
+}
+
+async fn run_precondition(cmd: &str) -> std::result::Result<(), String> {
+    let status = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .status()
+        .await
+        .map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{cmd:?} exited with {status}"))
+    }
+}

@@ -1,0 +1,122 @@
+//! Downloads of verified images: bounded by the signed length, every hash checked while
+//! streaming, resumable, staged in the primary's downloads folder (what no update of the
+//! cycle needs is removed).
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use rampart_core::uptane::{FullVerifier, VerifiedUpdate};
+
+use super::*;
+
+impl Primary {
+    pub(super) fn image_file(
+        &self,
+        v: &FullVerifier,
+        u: &VerifiedUpdate,
+    ) -> Option<rampart_core::metadata::TargetFile> {
+        v.image()
+            .trusted()
+            .targets(&u.image_role)?
+            .signed
+            .targets
+            .get(&u.instruction.target)
+            .cloned()
+    }
+
+    /// What to download for one update: path under the targets URL, length and hashes
+    /// (of the ciphertext for an encrypted image).
+    pub(super) fn download_source(
+        &self,
+        v: &FullVerifier,
+        u: &VerifiedUpdate,
+    ) -> (String, u64, rampart_core::hash::Hashes) {
+        match &u.instruction.encryption {
+            Some(enc) => (
+                enc.ciphertext.path.clone(),
+                enc.ciphertext.length,
+                enc.ciphertext.hashes.clone(),
+            ),
+            None => {
+                let consistent = v.image().trusted().root().signed.consistent_snapshot();
+                let info = TargetInfo {
+                    path: u.instruction.target.clone(),
+                    file: u.instruction.file.clone(),
+                    role: u.image_role.clone(),
+                };
+                (
+                    target_url_path(&info, consistent),
+                    u.instruction.file.length,
+                    u.instruction.file.hashes.clone(),
+                )
+            }
+        }
+    }
+
+    pub(super) fn downloads_dir(&self) -> PathBuf {
+        self.config.state_dir.join("downloads")
+    }
+
+    /// Removes from the download folder whatever no update of this cycle needs: what a
+    /// power cut or a failed cycle left of a release the director has since replaced
+    /// (whole images, `#partial` ones) would otherwise stay on the T-BOX's disk for good.
+    /// Downloads of this cycle's updates stay, to be resumed or reused.
+    pub(super) fn prune_downloads(&self, v: &FullVerifier, updates: &[VerifiedUpdate]) {
+        let dir = self.downloads_dir();
+        let mut keep = std::collections::BTreeSet::new();
+        for u in updates {
+            let (path, _, _) = self.download_source(v, u);
+            let dest = dir.join(rampart_core::client::safe_file_name(&path));
+            keep.insert(rampart_client::runner::partial_path(&dest));
+            keep.insert(dest);
+        }
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if keep.contains(&path) {
+                continue;
+            }
+            match std::fs::remove_file(&path) {
+                Ok(()) => {
+                    tracing::info!(file = %path.display(), "removed a download no update needs")
+                }
+                Err(e) => {
+                    tracing::warn!(file = %path.display(), error = %e, "cannot remove a stale download")
+                }
+            }
+        }
+    }
+
+    /// Downloads one verified update (bounded, resumable, every hash checked).
+    pub(super) async fn download(
+        &mut self,
+        v: &FullVerifier,
+        u: &VerifiedUpdate,
+    ) -> Result<PathBuf> {
+        let targets = format!("{}targets/", self.image_base());
+        let (path, length, hashes) = self.download_source(v, u);
+        let url = format!("{targets}{}", encode_target_path(&path));
+        let dest = self
+            .downloads_dir()
+            .join(rampart_core::client::safe_file_name(&path));
+        let mut progress = self
+            .reporter
+            .transfer(&format!("download {}", u.instruction.target), length);
+        let started = Instant::now();
+        let outcome = download_target(
+            &self.fetcher,
+            &url,
+            &dest,
+            length,
+            &hashes,
+            &mut |done, _total| progress.set(done),
+        )
+        .await;
+        progress.finish();
+        let outcome = outcome?;
+        tracing::info!(target = %u.instruction.target, ?outcome, seconds = started.elapsed().as_secs_f64(), "downloaded and verified");
+        Ok(dest)
+    }
+}
