@@ -228,7 +228,7 @@ pub(crate) struct RotateArgs {
     #[arg(long, default_value = "image")]
     repository: String,
     /// Create the new key here instead of a key file next to the old one: a file path or a
-    /// PKCS#11 key source (`pkcs11:module=…;token=…;key=…;pin-env=…`; online keys only).
+    /// PKCS#11 key source (RFC 7512 URI `pkcs11:token=…;object=…?module-path=…&pin-source=env:…`; online keys only).
     #[arg(long)]
     to: Option<String>,
 }

@@ -237,6 +237,25 @@ fn reopening_a_key_by_label_gives_the_same_key_id() {
     }
 }
 
+/// An RFC 7512 URI, the PIN read from an environment variable, opens the key on the token.
+#[test]
+fn an_rfc7512_uri_opens_a_key() {
+    let generated =
+        Pkcs11Signer::generate(&config("from-rfc7512-uri"), KeyScheme::Ed25519).unwrap();
+    let uri = format!(
+        "pkcs11:token={TOKEN};object=from-rfc7512-uri;type=private?module-path={}&pin-source=env:RAMPART_TEST_HSM_PIN",
+        softhsm().module.display()
+    );
+    let parsed = Pkcs11Config::parse_with_env(&uri, |v| {
+        (v == "RAMPART_TEST_HSM_PIN").then(|| PIN.to_owned())
+    })
+    .unwrap();
+    assert_eq!(parsed, config("from-rfc7512-uri"));
+    let opened = Pkcs11Signer::open(&parsed).unwrap();
+    assert_eq!(opened.key_id(), generated.key_id());
+}
+
+/// The earlier compact form still opens the key (with a deprecation warning).
 #[test]
 fn the_compact_config_string_opens_a_key() {
     let generated =
@@ -390,7 +409,7 @@ fn an_online_key_rotated_into_the_hsm_signs_what_the_server_serves() {
     ceremony::init(&layout, &options, Utc::now()).unwrap();
     let label = format!("server-timestamp-{}", std::process::id());
     let spec = format!(
-        "pkcs11:module={};token={TOKEN};key={label};pin={PIN}",
+        "pkcs11:token={TOKEN};object={label};type=private?module-path={}&pin-value={PIN}",
         hsm.module.display()
     );
     let rt = tokio::runtime::Runtime::new().unwrap();

@@ -117,7 +117,7 @@ impl ContentKek {
         })
     }
 
-    /// Opens the KEK held by a PKCS#11 token (`pkcs11:module=…;token=…;key=…;pin-env=…`).
+    /// Opens the KEK held by a PKCS#11 token (`pkcs11:token=…;object=…?module-path=…&pin-source=env:…`).
     pub fn open_pkcs11(spec: &str) -> Result<Self> {
         let config = Pkcs11Config::parse(spec)
             .map_err(|e| Error::Config(format!("content_kek {spec:?}: {e}")))?;

@@ -2,7 +2,7 @@
 //! [`Signer`] trait, so the repository and director code never know which one signs.
 //!
 //! A key is named by a *key source* string: a file path (`online-keys/timestamp.pem`), or a
-//! PKCS#11 URI-like string (`pkcs11:module=…;token=…;key=…;pin-env=…`). The content
+//! PKCS#11 URI (`pkcs11:token=…;object=…?module-path=…&pin-source=env:…`, RFC 7512). The content
 //! key-encryption key of encrypted images is in [`kek`].
 
 pub mod kek;
@@ -23,7 +23,7 @@ use crate::error::{Error, Result};
 pub enum KeySource {
     /// A PKCS#8 PEM file.
     File(PathBuf),
-    /// A key on a PKCS#11 token (`pkcs11:module=…;token=…;key=…;pin-env=…`).
+    /// A key on a PKCS#11 token (`pkcs11:token=…;object=…?module-path=…&pin-source=env:…`, RFC 7512).
     Pkcs11(String),
 }
 

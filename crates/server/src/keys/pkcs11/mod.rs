@@ -8,15 +8,17 @@
 //! `ecdsa-sha2-nistp256` scheme uses. The TUF public key object (and so the key ID) is built
 //! from the token's public key object (`CKA_EC_POINT`).
 //!
-//! A key is named by a [`Pkcs11Config`], which config files write in a compact form:
+//! A key is named by a [`Pkcs11Config`], which config files write as an RFC 7512 URI:
 //!
 //! ```text
-//! pkcs11:module=/usr/lib/softhsm/libsofthsm2.so;token=rampart;key=timestamp;pin-env=RAMPART_HSM_PIN
+//! pkcs11:token=rampart;object=timestamp;type=private?module-path=/usr/lib/softhsm/libsofthsm2.so&pin-source=env:RAMPART_HSM_PIN
 //! ```
 //!
-//! `module` is the PKCS#11 library, `token` the token label (which selects the slot), `key`
-//! the `CKA_LABEL` of the private key (and of its public key), and the user PIN comes from the
-//! environment variable named by `pin-env`, or literally from `pin=` (tests only).
+//! `token` is the token label (which selects the slot), `object` the `CKA_LABEL` of the key
+//! (and of its public key), `module-path` the PKCS#11 library, and the user PIN comes from
+//! `pin-source` (`env:VAR`, or `file:PATH` of a 0600 file) or literally from `pin-value`
+//! (tests only). The earlier form `pkcs11:module=…;token=…;key=…;pin-env=…` is still read,
+//! with a deprecation warning (see `uri`).
 //!
 //! PKCS#11 modules may be initialised once per process, and login state is shared by every
 //! session an application has on a token. This module therefore keeps one context per module
