@@ -24,7 +24,7 @@ use rampart_core::metadata::{
     sign_role, Expiry, MetaFile, Snapshot, TargetFile, Targets, Timestamp, SPEC_VERSION,
 };
 use rampart_core::signer::Signer;
-use rampart_core::uptane::manifest::{verify_vehicle_manifest, VehicleKeys};
+use rampart_core::uptane::manifest::{verify_vehicle_manifest, VehicleKeys, VerifiedManifest};
 use rampart_core::uptane::receipt::{sign_receipt, ManifestReceipt};
 use rampart_core::uptane::{
     CiphertextFile, DirectorCustom, DirectorVehicle, EcuAssignment, EncryptedImage,
@@ -649,6 +649,59 @@ impl Director {
         remote: Option<&str>,
         now: DateTime<Utc>,
     ) -> Result<CheckinResponse> {
+        let (vehicle, verified) = self.verified_manifest(vin, body, remote).await?;
+        let sorted = sort_reports(&vehicle, &verified);
+        let document = String::from_utf8_lossy(body);
+        let checkin = Checkin {
+            vin,
+            counter: verified.manifest.manifest_counter,
+            nonce: &verified.manifest.nonce,
+            document: &document,
+            reports: sorted.accepted.clone(),
+            remote,
+            events: sorted
+                .events
+                .iter()
+                .map(|e| NewEvent {
+                    source: e.source,
+                    rule: &e.rule,
+                    vin: Some(vin),
+                    ecu_id: Some(&e.ecu_id),
+                    remote,
+                    detail: &e.detail,
+                })
+                .collect(),
+        };
+        let completed = match self.db.record_checkin(&checkin).await {
+            Ok(c) => c,
+            // Refused vehicle input (a replay, a counter the database cannot hold): the 4xx
+            // and the event name the same rule.
+            Err(e) if e.status().is_client_error() => {
+                return Err(self.reject(e, Some(vin), None, remote).await);
+            }
+            Err(e) => return Err(e),
+        };
+        for e in &sorted.events {
+            tracing::warn!(source = e.source, rule = %e.rule, %vin, ecu = %e.ecu_id, detail = %e.detail, "security event");
+        }
+        let docs = self.documents(vin, now).await?;
+        Ok(CheckinResponse {
+            director_targets_version: docs.targets.version,
+            completed_assignments: completed,
+            rejected_reports: sorted.rejected,
+            receipt: self.receipt(vin, verified.manifest.manifest_counter, &sorted.accepted)?,
+        })
+    }
+
+    /// The registered vehicle and its manifest, verified (primary signature, VIN, each ECU
+    /// report against its key) and fresh (counter above the last accepted one). Anything
+    /// else is refused through [`Director::reject`].
+    async fn verified_manifest(
+        &self,
+        vin: &str,
+        body: &[u8],
+        remote: Option<&str>,
+    ) -> Result<(Vehicle, VerifiedManifest)> {
         let Some(vehicle) = self.db.vehicle(vin).await? else {
             let unknown = Error::Rejected {
                 status: axum::http::StatusCode::NOT_FOUND,
@@ -687,119 +740,100 @@ impl Director {
         ) {
             return Err(self.reject(e, Some(vin), None, remote).await);
         }
-        // What the manifest says (attack indicators) and what was wrong in it (dropped ECU
-        // reports) is recorded in the check-in's own transaction: once, and only if this copy
-        // of the manifest is the one accepted — concurrent copies are refused as replays.
-        let mut events = Vec::new();
-        Self::attack_indicators(
-            &mut events,
-            &vehicle.primary_ecu,
-            &verified.manifest.attacks_detected,
-        );
-        let mut rejected = Vec::new();
-        for (ecu_id, err) in &verified.rejected_reports {
-            events.push(CheckinEvent {
-                source: "server",
-                rule: err.rule().to_string(),
-                ecu_id: ecu_id.clone(),
-                detail: format!("ECU version report rejected: {err}"),
-            });
-            rejected.push(RejectedReport {
-                ecu_id: ecu_id.clone(),
-                rule: err.rule().to_string(),
-            });
-        }
-        let mut reports = Vec::new();
-        for (ecu_id, report) in &verified.reports {
-            let last = vehicle
-                .ecus
-                .iter()
-                .find(|e| &e.ecu_id == ecu_id)
-                .and_then(|e| e.last_report_counter);
-            if let Err(e) = rampart_core::uptane::manifest::check_counter(
-                &format!("ECU report of {ecu_id}"),
-                last,
-                report.report_counter,
-            ) {
-                events.push(CheckinEvent {
-                    source: "server",
-                    rule: e.rule().to_string(),
-                    ecu_id: ecu_id.clone(),
-                    detail: e.to_string(),
-                });
-                rejected.push(RejectedReport {
-                    ecu_id: ecu_id.clone(),
-                    rule: e.rule().to_string(),
-                });
-                continue;
-            }
-            Self::attack_indicators(&mut events, ecu_id, &report.attacks_detected);
-            let img = &report.installed_image;
-            reports.push(ReportUpdate {
-                ecu_id: ecu_id.clone(),
-                installed: Installed {
-                    target: img.filename.clone(),
-                    length: img.length,
-                    hashes: serde_json::to_value(&img.hashes).unwrap_or_default(),
-                    release_counter: img.release_counter,
-                },
-                report_counter: report.report_counter,
-            });
-        }
-        let acknowledged: BTreeMap<String, u64> = reports
+        Ok((vehicle, verified))
+    }
+
+    /// The signed receipt of an accepted manifest: its counter and each accepted report's.
+    fn receipt(
+        &self,
+        vin: &str,
+        manifest_counter: u64,
+        accepted: &[ReportUpdate],
+    ) -> Result<serde_json::Value> {
+        let acknowledged: BTreeMap<String, u64> = accepted
             .iter()
             .map(|r| (r.ecu_id.clone(), r.report_counter))
             .collect();
-        let document = String::from_utf8_lossy(body);
-        let checkin = Checkin {
-            vin,
-            counter: verified.manifest.manifest_counter,
-            nonce: &verified.manifest.nonce,
-            document: &document,
-            reports,
-            remote,
-            events: events
-                .iter()
-                .map(|e| NewEvent {
-                    source: e.source,
-                    rule: &e.rule,
-                    vin: Some(vin),
-                    ecu_id: Some(&e.ecu_id),
-                    remote,
-                    detail: &e.detail,
-                })
-                .collect(),
-        };
-        let completed = match self.db.record_checkin(&checkin).await {
-            Ok(c) => {
-                for e in &events {
-                    tracing::warn!(source = e.source, rule = %e.rule, %vin, ecu = %e.ecu_id, detail = %e.detail, "security event");
-                }
-                c
-            }
-            // Refused vehicle input (a replay, a counter the database cannot hold): the 4xx
-            // and the event name the same rule.
-            Err(e) if e.status().is_client_error() => {
-                return Err(self.reject(e, Some(vin), None, remote).await);
-            }
-            Err(e) => return Err(e),
-        };
-        let docs = self.documents(vin, now).await?;
-        let receipt = ManifestReceipt::new(vin, verified.manifest.manifest_counter, acknowledged);
+        let receipt = ManifestReceipt::new(vin, manifest_counter, acknowledged);
         let receipt = sign_receipt(&receipt, &[self.keys.targets.as_ref()])?;
-        let receipt = serde_json::from_slice(&receipt)
-            .map_err(|e| rampart_core::Error::malformed("manifest receipt", e))?;
-        Ok(CheckinResponse {
-            director_targets_version: docs.targets.version,
-            completed_assignments: completed,
-            rejected_reports: rejected,
-            receipt,
-        })
+        Ok(serde_json::from_slice(&receipt)
+            .map_err(|e| rampart_core::Error::malformed("manifest receipt", e))?)
     }
+}
+
+/// What a verified manifest amounts to: the ECU reports to store, those refused (and why),
+/// and the security events it carries — recorded in the check-in's own transaction, so once,
+/// and only if this copy of the manifest is the one accepted.
+#[derive(Debug, Default)]
+struct SortedReports {
+    accepted: Vec<ReportUpdate>,
+    rejected: Vec<RejectedReport>,
+    events: Vec<CheckinEvent>,
+}
+
+/// Sorts a verified manifest's reports: the primary's and each accepted ECU's attack
+/// indicators become events; a report whose signature failed, or whose counter is not above
+/// the ECU's last accepted one, is refused (an event, and listed in the answer).
+fn sort_reports(vehicle: &Vehicle, verified: &VerifiedManifest) -> SortedReports {
+    let mut out = SortedReports::default();
+    Director::attack_indicators(
+        &mut out.events,
+        &vehicle.primary_ecu,
+        &verified.manifest.attacks_detected,
+    );
+    let refuse = |out: &mut SortedReports, ecu_id: &str, rule: Rule, detail: String| {
+        out.events.push(CheckinEvent {
+            source: "server",
+            rule: rule.to_string(),
+            ecu_id: ecu_id.to_owned(),
+            detail,
+        });
+        out.rejected.push(RejectedReport {
+            ecu_id: ecu_id.to_owned(),
+            rule: rule.to_string(),
+        });
+    };
+    for (ecu_id, err) in &verified.rejected_reports {
+        refuse(
+            &mut out,
+            ecu_id,
+            err.rule(),
+            format!("ECU version report rejected: {err}"),
+        );
+    }
+    for (ecu_id, report) in &verified.reports {
+        let last = vehicle
+            .ecus
+            .iter()
+            .find(|e| &e.ecu_id == ecu_id)
+            .and_then(|e| e.last_report_counter);
+        if let Err(e) = rampart_core::uptane::manifest::check_counter(
+            &format!("ECU report of {ecu_id}"),
+            last,
+            report.report_counter,
+        ) {
+            refuse(&mut out, ecu_id, e.rule(), e.to_string());
+            continue;
+        }
+        Director::attack_indicators(&mut out.events, ecu_id, &report.attacks_detected);
+        let img = &report.installed_image;
+        out.accepted.push(ReportUpdate {
+            ecu_id: ecu_id.clone(),
+            installed: Installed {
+                target: img.filename.clone(),
+                length: img.length,
+                hashes: serde_json::to_value(&img.hashes).unwrap_or_default(),
+                release_counter: img.release_counter,
+            },
+            report_counter: report.report_counter,
+        });
+    }
+    out
 }
 
 /// A security event found in a manifest, recorded with its check-in (see
 /// [`Director::check_in`]).
+#[derive(Debug)]
 struct CheckinEvent {
     /// `vehicle` (an indicator the vehicle reported) or `server` (a report the server dropped).
     source: &'static str,
@@ -818,4 +852,107 @@ fn attack_rule(indicator: &str) -> String {
         })
         .unwrap_or(Rule::VehicleReport.as_str())
         .to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+
+    use super::*;
+    use rampart_core::metadata::Expiry;
+    use rampart_core::uptane::manifest::{EcuVersionReport, VehicleManifest, ECU_REPORT_TYPE};
+    use rampart_core::uptane::InstalledImage;
+
+    fn ecu(id: &str, last: Option<u64>) -> crate::db::Ecu {
+        crate::db::Ecu {
+            ecu_id: id.into(),
+            hardware_id: "hw".into(),
+            public_key: serde_json::Value::Null,
+            encryption_key: None,
+            verification: "full".into(),
+            installed: None,
+            last_report_counter: last,
+        }
+    }
+
+    fn report(id: &str, counter: u64, attacks: &str) -> EcuVersionReport {
+        EcuVersionReport {
+            type_: ECU_REPORT_TYPE.into(),
+            ecu_id: id.into(),
+            installed_image: InstalledImage {
+                filename: format!("{id}/fw.bin"),
+                length: 3,
+                hashes: BTreeMap::new(),
+                release_counter: 1,
+            },
+            attacks_detected: attacks.into(),
+            latest_verified_time: Expiry::new(Utc::now()),
+            report_counter: counter,
+            nonce: "00".into(),
+            unrecognized: BTreeMap::new(),
+        }
+    }
+
+    /// The pure part of a check-in: indicators become events, a report signed by the wrong
+    /// key or with a stale counter is refused (event + answer), the rest is stored.
+    #[test]
+    fn a_manifests_reports_are_sorted_into_accepted_refused_and_events() {
+        let vehicle = Vehicle {
+            vin: "VIN1".into(),
+            primary_ecu: "TBOX".into(),
+            created_at: String::new(),
+            last_manifest_counter: Some(1),
+            last_seen: None,
+            ecus: vec![ecu("TBOX", Some(3)), ecu("IVI", Some(5)), ecu("BCM", None)],
+        };
+        let verified = VerifiedManifest {
+            manifest: VehicleManifest {
+                type_: "vehicle_manifest".into(),
+                vin: "VIN1".into(),
+                primary_ecu_id: "TBOX".into(),
+                manifest_counter: 2,
+                nonce: "00".into(),
+                ecu_version_reports: BTreeMap::new(),
+                attacks_detected: "freeze: timestamp expired\n".into(),
+                unrecognized: BTreeMap::new(),
+            },
+            reports: BTreeMap::from([
+                (
+                    "TBOX".to_owned(),
+                    report("TBOX", 4, "hash-mismatch: tampered"),
+                ),
+                ("IVI".to_owned(), report("IVI", 5, "")),
+            ]),
+            rejected_reports: vec![(
+                "BCM".to_owned(),
+                rampart_core::Error::BadSignature {
+                    what: "report of BCM".into(),
+                    keyid: "k".into(),
+                },
+            )],
+        };
+        let sorted = sort_reports(&vehicle, &verified);
+        let accepted: Vec<_> = sorted.accepted.iter().map(|r| r.ecu_id.as_str()).collect();
+        assert_eq!(accepted, ["TBOX"]);
+        let rejected: Vec<_> = sorted
+            .rejected
+            .iter()
+            .map(|r| (r.ecu_id.as_str(), r.rule.as_str()))
+            .collect();
+        assert_eq!(rejected, [("BCM", "bad-signature"), ("IVI", "replay")]);
+        let events: Vec<_> = sorted
+            .events
+            .iter()
+            .map(|e| (e.source, e.rule.as_str(), e.ecu_id.as_str()))
+            .collect();
+        assert_eq!(
+            events,
+            [
+                ("vehicle", "freeze", "TBOX"),
+                ("server", "bad-signature", "BCM"),
+                ("server", "replay", "IVI"),
+                ("vehicle", "hash-mismatch", "TBOX"),
+            ]
+        );
+    }
 }
