@@ -12,30 +12,7 @@ impl Primary {
     /// Runs one whole cycle.
     pub async fn cycle(&mut self, consent_mode: &ConsentMode) -> Result<CycleReport> {
         let mut report = CycleReport::default();
-        let (docs, installed) = self.collect_reports(&mut report).await;
-        let answer = match self.send_manifest(docs).await {
-            Ok(a) => a,
-            Err(e) => {
-                self.note(
-                    &mut report,
-                    e.rule(),
-                    &format!("manifest not accepted: {e}"),
-                );
-                return Err(e);
-            }
-        };
-        tracing::info!(director_targets_version = %answer.get("director_targets_version").cloned().unwrap_or_default(), "manifest accepted");
-        let v = match self.verify(installed).await {
-            Ok(v) => v,
-            Err(e) => {
-                let rule = e.rule();
-                self.note(&mut report, rule, &e.to_string());
-                // Tell the director right away: the indicator is the point.
-                let (docs, _) = self.collect_reports(&mut CycleReport::default()).await;
-                let _ = self.send_manifest(docs).await;
-                return Err(e);
-            }
-        };
+        let v = self.report_in_and_verify(&mut report).await?;
         let verdict = v.verdict().cloned().unwrap_or_default();
         report.director_targets_version = verdict.director_targets_version;
         report.up_to_date = verdict.up_to_date.clone();
@@ -43,45 +20,97 @@ impl Primary {
         if verdict.updates.is_empty() {
             return Ok(report);
         }
-        // Owner consent for the whole set (a partial set could be a mix the OEM never tested).
-        let notices: Vec<UpdateNotice> =
-            verdict.updates.iter().map(|u| self.notice(&v, u)).collect();
-        match consent::ask(consent_mode, &notices, self.reporter.clone()).await? {
-            Decision::Approved => {}
-            Decision::Declined(why) => {
-                for u in &verdict.updates {
-                    report
-                        .updates
-                        .push(self.outcome(u, UpdateStatus::Declined(why.clone())));
-                }
-                self.reporter
-                    .say(&format!("Update declined: {why}. Nothing was installed."));
-                return Ok(report);
+        if !self
+            .allowed(consent_mode, &v, &verdict.updates, &mut report)
+            .await?
+        {
+            return Ok(report);
+        }
+        self.deliver(&v, &verdict.updates, &mut report).await;
+        self.confirm_and_report(&mut report).await;
+        self.say_results(&report);
+        Ok(report)
+    }
+
+    /// Steps 1–3: the ECUs' signed reports, the vehicle manifest, full verification of both
+    /// repositories. A failed verification is told to the director at once (the indicator is
+    /// the point) before the cycle ends.
+    async fn report_in_and_verify(&mut self, report: &mut CycleReport) -> Result<FullVerifier> {
+        let (docs, installed) = self.collect_reports(report).await;
+        let answer = match self.send_manifest(docs).await {
+            Ok(a) => a,
+            Err(e) => {
+                self.note(report, e.rule(), &format!("manifest not accepted: {e}"));
+                return Err(e);
             }
+        };
+        tracing::info!(director_targets_version = %answer.get("director_targets_version").cloned().unwrap_or_default(), "manifest accepted");
+        match self.verify(installed).await {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                self.note(report, e.rule(), &e.to_string());
+                let (docs, _) = self.collect_reports(&mut CycleReport::default()).await;
+                let _ = self.send_manifest(docs).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// The owner's consent to the whole set (a partial set could be a mix the OEM never
+    /// tested), then the preconditions. `false`: nothing is to be installed now (recorded).
+    async fn allowed(
+        &mut self,
+        consent_mode: &ConsentMode,
+        v: &FullVerifier,
+        updates: &[VerifiedUpdate],
+        report: &mut CycleReport,
+    ) -> Result<bool> {
+        let notices: Vec<UpdateNotice> = updates.iter().map(|u| self.notice(v, u)).collect();
+        if let Decision::Declined(why) =
+            consent::ask(consent_mode, &notices, self.reporter.clone()).await?
+        {
+            for u in updates {
+                report
+                    .updates
+                    .push(self.outcome(u, UpdateStatus::Declined(why.clone())));
+            }
+            self.reporter
+                .say(&format!("Update declined: {why}. Nothing was installed."));
+            return Ok(false);
         }
         if let Some(cmd) = &self.config.precondition {
             if let Err(why) = run_precondition(cmd).await {
-                for u in &verdict.updates {
+                for u in updates {
                     report
                         .updates
                         .push(self.outcome(u, UpdateStatus::PreconditionFailed(why.clone())));
                 }
                 self.reporter
                     .say(&format!("Update postponed: precondition not met ({why})."));
-                return Ok(report);
+                return Ok(false);
             }
         }
-        // Download and verify every image first: if one cannot be had, none is installed, so
-        // an attacker who blocks part of a bundle cannot leave the vehicle with a mixed set.
+        Ok(true)
+    }
+
+    /// Steps 4–5: every image downloaded and verified first — if one cannot be had, none is
+    /// installed, so an attacker who blocks part of a bundle cannot leave a mixed set — then
+    /// each handed to its ECU. The downloads are removed afterwards.
+    async fn deliver(
+        &mut self,
+        v: &FullVerifier,
+        updates: &[VerifiedUpdate],
+        report: &mut CycleReport,
+    ) {
         let mut downloaded = Vec::new();
         let mut blocked = None;
-        for u in &verdict.updates {
-            match self.download(&v, u).await {
+        for u in updates {
+            match self.download(v, u).await {
                 Ok(path) => downloaded.push(path),
                 Err(e) => {
                     let rule = e.rule();
                     self.note(
-                        &mut report,
+                        report,
                         rule,
                         &format!("{} for {}: {e}", u.instruction.target, u.instruction.ecu_id),
                     );
@@ -91,7 +120,7 @@ impl Primary {
             }
         }
         if let Some((target, rule, message)) = blocked {
-            for u in &verdict.updates {
+            for u in updates {
                 let status = if u.instruction.target == target {
                     UpdateStatus::Failed(rule.to_string(), message.clone())
                 } else {
@@ -105,13 +134,13 @@ impl Primary {
                 report.updates.push(self.outcome(u, status));
             }
         } else {
-            for (u, path) in verdict.updates.iter().zip(&downloaded) {
-                let status = match self.install(&v, u, path).await {
+            for (u, path) in updates.iter().zip(&downloaded) {
+                let status = match self.install(v, u, path).await {
                     Ok(()) => UpdateStatus::Installed,
                     Err(e) => {
                         let rule = e.rule();
                         self.note(
-                            &mut report,
+                            report,
                             rule,
                             &format!("{} on {}: {e}", u.instruction.target, u.instruction.ecu_id),
                         );
@@ -124,8 +153,11 @@ impl Primary {
         for path in &downloaded {
             let _ = std::fs::remove_file(path);
         }
-        // Report the new state right away so the director sees what installed, and believe
-        // an ECU's "installed" only if its fresh signed report says so.
+    }
+
+    /// Step 6: the ECUs' fresh signed reports go to the director at once, and an ECU's
+    /// "installed" counts only if its report shows the image.
+    async fn confirm_and_report(&mut self, report: &mut CycleReport) {
         let (docs, running) = self.collect_reports(&mut CycleReport::default()).await;
         let mut unconfirmed = Vec::new();
         for (i, o) in report.updates.iter().enumerate() {
@@ -146,14 +178,18 @@ impl Primary {
             }
         }
         for (i, why) in unconfirmed {
-            self.note(&mut report, Rule::UnconfirmedInstall, &why);
+            self.note(report, Rule::UnconfirmedInstall, &why);
             if let Some(o) = report.updates.get_mut(i) {
                 o.status = UpdateStatus::Failed(Rule::UnconfirmedInstall.to_string(), why);
             }
         }
         if let Err(e) = self.send_manifest(docs).await {
-            self.note(&mut report, e.rule(), &format!("final manifest: {e}"));
+            self.note(report, e.rule(), &format!("final manifest: {e}"));
         }
+    }
+
+    /// One line per update for the people around.
+    fn say_results(&self, report: &CycleReport) {
         for o in &report.updates {
             let line = match &o.status {
                 UpdateStatus::Installed => format!("✔ {} installed on {}", o.target, o.ecu_id),
@@ -166,7 +202,6 @@ impl Primary {
             };
             self.reporter.say(&format!("Update result: {line}"));
         }
-        Ok(report)
     }
 
     pub(super) fn ecu(&self, id: &str) -> Option<&EcuRef> {
