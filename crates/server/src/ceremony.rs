@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
+use rampart_core::key::Key;
 use rampart_core::key::KeyScheme;
 use rampart_core::signer::{InMemorySigner, Signer};
 
@@ -76,6 +77,85 @@ fn gen(
     Ok(s)
 }
 
+/// One repository's keys, as the ceremony makes them.
+struct RepositoryKeys {
+    root: Vec<InMemorySigner>,
+    targets: InMemorySigner,
+    snapshot: InMemorySigner,
+    timestamp: InMemorySigner,
+}
+
+impl RepositoryKeys {
+    /// Generates `repo`'s keys (`image` or `director`): root keys always offline, the targets
+    /// key offline for the image repository and online for the director, snapshot and
+    /// timestamp online. Key files are named `REPO-ROLE[-N].pem`; their IDs go to `ids`.
+    fn generate(
+        repo: &str,
+        offline: &Path,
+        online: &Path,
+        opts: &CeremonyOptions,
+        ids: &mut BTreeMap<String, Vec<String>>,
+    ) -> Result<Self> {
+        let scheme = opts.scheme;
+        let root = (1..=opts.root_keys)
+            .map(|i| {
+                gen(
+                    offline,
+                    &format!("{repo}-root-{i}.pem"),
+                    scheme,
+                    ids,
+                    &format!("{repo} root"),
+                )
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let targets_dir = if repo == "director" { online } else { offline };
+        let mut one = |dir: &Path, role: &str| {
+            gen(
+                dir,
+                &format!("{repo}-{role}.pem"),
+                scheme,
+                ids,
+                &format!("{repo} {role}"),
+            )
+        };
+        Ok(RepositoryKeys {
+            root,
+            targets: one(targets_dir, "targets")?,
+            snapshot: one(online, "snapshot")?,
+            timestamp: one(online, "timestamp")?,
+        })
+    }
+
+    /// The role table of the first root: `threshold` of the root keys, one key per other role.
+    fn roles(&self, threshold: u32) -> BTreeMap<String, (Vec<Key>, u32)> {
+        BTreeMap::from([
+            (
+                "root".to_owned(),
+                (
+                    self.root.iter().map(|s| s.public_key().clone()).collect(),
+                    threshold,
+                ),
+            ),
+            (
+                "targets".to_owned(),
+                (vec![self.targets.public_key().clone()], 1),
+            ),
+            (
+                "snapshot".to_owned(),
+                (vec![self.snapshot.public_key().clone()], 1),
+            ),
+            (
+                "timestamp".to_owned(),
+                (vec![self.timestamp.public_key().clone()], 1),
+            ),
+        ])
+    }
+
+    fn root_signers(&self) -> Vec<&dyn Signer> {
+        self.root.iter().map(|s| s as &dyn Signer).collect()
+    }
+}
+
 /// Runs the ceremony in data directory `layout` (which must not hold a configuration yet).
 pub fn init(layout: &Layout, opts: &CeremonyOptions, now: DateTime<Utc>) -> Result<CeremonyReport> {
     if layout.config_file().exists() {
@@ -97,143 +177,64 @@ pub fn init(layout: &Layout, opts: &CeremonyOptions, now: DateTime<Utc>) -> Resu
         .clone()
         .unwrap_or_else(|| layout.offline_keys());
     create_private_dir(&offline)?;
-    create_private_dir(&layout.online_keys())?;
     let online_dir = layout.online_keys();
+    create_private_dir(&online_dir)?;
     let mut ids = BTreeMap::new();
-    let scheme = opts.scheme;
 
-    // Image repository.
-    let image_roots = (1..=opts.root_keys)
-        .map(|i| {
-            gen(
-                &offline,
-                &format!("image-root-{i}.pem"),
-                scheme,
-                &mut ids,
-                "image root",
-            )
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let image_targets = gen(
-        &offline,
-        "image-targets.pem",
-        scheme,
-        &mut ids,
-        "image targets",
-    )?;
-    let image_snapshot = gen(
-        &online_dir,
-        "image-snapshot.pem",
-        scheme,
-        &mut ids,
-        "image snapshot",
-    )?;
-    let image_timestamp = gen(
-        &online_dir,
-        "image-timestamp.pem",
-        scheme,
-        &mut ids,
-        "image timestamp",
-    )?;
+    // Image repository: offline root and targets, online snapshot and timestamp.
+    let image = RepositoryKeys::generate("image", &offline, &online_dir, opts, &mut ids)?;
     let repo = Repository::new(layout.image_metadata(), layout.image_targets());
-    let mut roles = BTreeMap::new();
-    roles.insert(
-        "root".to_owned(),
-        (
-            image_roots.iter().map(|s| s.public_key().clone()).collect(),
-            opts.root_threshold,
-        ),
-    );
-    roles.insert(
-        "targets".to_owned(),
-        (vec![image_targets.public_key().clone()], 1),
-    );
-    roles.insert(
-        "snapshot".to_owned(),
-        (vec![image_snapshot.public_key().clone()], 1),
-    );
-    roles.insert(
-        "timestamp".to_owned(),
-        (vec![image_timestamp.public_key().clone()], 1),
-    );
-    let root = new_root(&roles, 1, now + repo.lifetimes.root)?;
-    let root_signers: Vec<&dyn Signer> = image_roots.iter().map(|s| s as &dyn Signer).collect();
+    let root = new_root(
+        &image.roles(opts.root_threshold),
+        1,
+        now + repo.lifetimes.root,
+    )?;
+    let RepositoryKeys {
+        root: image_root,
+        targets: image_targets,
+        snapshot,
+        timestamp,
+    } = image;
+    let root_signers: Vec<&dyn Signer> = image_root.iter().map(|s| s as &dyn Signer).collect();
     let online = OnlineKeys {
-        snapshot: Box::new(image_snapshot),
-        timestamp: Box::new(image_timestamp),
+        snapshot: Box::new(snapshot),
+        timestamp: Box::new(timestamp),
     };
     repo.create(&root, &root_signers, &[&image_targets], &online, now)?;
 
-    // Director: offline root, online targets/snapshot/timestamp.
-    let director_roots = (1..=opts.root_keys)
-        .map(|i| {
-            gen(
-                &offline,
-                &format!("director-root-{i}.pem"),
-                scheme,
-                &mut ids,
-                "director root",
-            )
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let director_targets = gen(
-        &online_dir,
-        "director-targets.pem",
-        scheme,
-        &mut ids,
-        "director targets",
+    // Director: offline root, online targets, snapshot and timestamp.
+    let director = RepositoryKeys::generate("director", &offline, &online_dir, opts, &mut ids)?;
+    let droot = new_root(
+        &director.roles(opts.root_threshold),
+        1,
+        now + repo.lifetimes.root,
     )?;
-    let director_snapshot = gen(
-        &online_dir,
-        "director-snapshot.pem",
-        scheme,
-        &mut ids,
-        "director snapshot",
-    )?;
-    let director_timestamp = gen(
-        &online_dir,
-        "director-timestamp.pem",
-        scheme,
-        &mut ids,
-        "director timestamp",
-    )?;
-    let mut droles = BTreeMap::new();
-    droles.insert(
-        "root".to_owned(),
-        (
-            director_roots
-                .iter()
-                .map(|s| s.public_key().clone())
-                .collect(),
-            opts.root_threshold,
-        ),
-    );
-    droles.insert(
-        "targets".to_owned(),
-        (vec![director_targets.public_key().clone()], 1),
-    );
-    droles.insert(
-        "snapshot".to_owned(),
-        (vec![director_snapshot.public_key().clone()], 1),
-    );
-    droles.insert(
-        "timestamp".to_owned(),
-        (vec![director_timestamp.public_key().clone()], 1),
-    );
-    let droot = new_root(&droles, 1, now + repo.lifetimes.root)?;
-    let dsigners: Vec<&dyn Signer> = director_roots.iter().map(|s| s as &dyn Signer).collect();
     let director_repo = Repository::new(layout.director_public(), layout.director_public());
     std::fs::create_dir_all(layout.director_public())
         .map_err(|e| Error::io(layout.director_public(), e))?;
-    director_repo.write_root(&droot, &sign_root(&droot, &dsigners)?)?;
+    director_repo.write_root(&droot, &sign_root(&droot, &director.root_signers())?)?;
 
     // The key-encryption key of the content keys of encrypted images.
     crate::keys::kek::ContentKek::create(&online_dir.join(crate::keys::kek::DEFAULT_FILE_NAME))?;
 
-    // PKI and configuration.
-    // The PKI also holds the admin token, so it is made even for a plain-HTTP lab server.
+    // PKI (it also holds the admin token, so it is made even for a plain-HTTP lab server)
+    // and the configuration.
     crate::pki::init(&layout.pki(), &opts.server_names, 825)
         .map_err(|e| Error::Config(format!("PKI: {e}")))?;
+    write_config(layout, opts, &offline, &online_dir)?;
+    Ok(CeremonyReport {
+        offline_dir: offline,
+        key_ids: ids,
+    })
+}
+
+/// `rampart.toml` of a fresh data directory: paths relative to it where they are inside.
+fn write_config(
+    layout: &Layout,
+    opts: &CeremonyOptions,
+    offline: &Path,
+    online_dir: &Path,
+) -> Result<()> {
     let rel = |p: &Path| {
         p.strip_prefix(layout.root())
             .map(|r| r.display().to_string())
@@ -243,7 +244,7 @@ pub fn init(layout: &Layout, opts: &CeremonyOptions, now: DateTime<Utc>) -> Resu
         listen: opts.listen.clone(),
         tls: opts.tls,
         database: opts.database.clone(),
-        offline_keys: rel(&offline),
+        offline_keys: rel(offline),
         online_keys: OnlineKeyConfig {
             image_snapshot: rel(&online_dir.join("image-snapshot.pem")),
             image_timestamp: rel(&online_dir.join("image-timestamp.pem")),
@@ -257,9 +258,5 @@ pub fn init(layout: &Layout, opts: &CeremonyOptions, now: DateTime<Utc>) -> Resu
         events: EventsConfig::default(),
         pki: PkiConfig::default(),
     };
-    config.save(layout)?;
-    Ok(CeremonyReport {
-        offline_dir: offline,
-        key_ids: ids,
-    })
+    config.save(layout)
 }
