@@ -1,4 +1,4 @@
-//! `rampart attack`: runs the attack lab's scenarios against a real fleet on loopback.
+//! `rampart-lab attack`: runs the attack lab's scenarios against a real fleet on loopback.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -7,7 +7,7 @@ use anyhow::bail;
 use clap::Args;
 use rampart_attack::{controls, scenarios, Verdict};
 
-/// `rampart attack [--scenario NAME | --all] [--json]`.
+/// `rampart-lab attack [--scenario NAME | --all | --controls] [--json]`.
 #[derive(Debug, Args)]
 #[command(after_long_help = scenario_help())]
 pub(crate) struct AttackArgs {

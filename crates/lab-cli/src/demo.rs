@@ -1,4 +1,4 @@
-//! `rampart demo`: the main job on embedded defaults. A server after a real key ceremony, a
+//! `rampart-lab demo`: the main job on embedded defaults. A server after a real key ceremony, a
 //! release published, a small fleet whose ECUs run as real processes, an update campaign
 //! with owner consent, download, verification, install and reports — then three attacks,
 //! each rejected, and a summary. Exit status 0 only if everything went as it should.
@@ -15,7 +15,7 @@ use rampart_core::uptane::manifest::{
 use rampart_lab::{image_bytes, Lab, LabOptions};
 use serde_json::Value;
 
-/// `rampart demo`.
+/// `rampart-lab demo`.
 #[derive(Debug, Args)]
 pub(crate) struct DemoArgs {
     /// Answer the owner's consent with yes (for CI; implied when there is no terminal).
@@ -28,6 +28,13 @@ pub(crate) struct DemoArgs {
     #[arg(long)]
     keep: Option<PathBuf>,
 }
+
+/// The release the demo publishes: name, hardware ID, version, size, encrypted per ECU.
+const IMAGES: [(&str, &str, &str, usize, bool); 3] = [
+    ("tbox/fw-2.0.bin", "tbox-a", "2.0", 1_500_000, false),
+    ("ivi/nav-3.1.bin", "ivi-x", "3.1", 2_500_000, true),
+    ("bcm/fw-1.4.bin", "bcm-1", "1.4", 200_000, false),
+];
 
 struct Out {
     step: usize,
@@ -77,316 +84,35 @@ async fn run(args: DemoArgs) -> anyhow::Result<()> {
             temp.clone()
         }
     };
-    let bin = std::env::current_exe().context("locating the rampart binary")?;
-    let mut out = Out { step: 0 };
-    let mut failures = Vec::new();
+    let bin = std::env::current_exe().context("locating the rampart-lab binary")?;
     println!(
         "Rampart demo — secure over-the-air updates for a fleet of {} vehicles (Uptane on TUF)",
         args.vehicles
     );
     println!("Working folder: {}", root.display());
-
-    out.step("Key ceremony and server");
-    let mut lab = Lab::create(LabOptions::new(&root, &bin, args.vehicles)).await?;
-    ok("root keys (2 of 3) and targets key of the image repository: offline folder, 0600");
-    ok("director root keys offline; snapshot, timestamp and director keys online");
-    ok("fleet CA, TLS server certificate, admin token");
-    ok(format!(
-        "server listening on {} (SQLite, HTTPS; vehicles authenticate with client certificates)",
-        lab.url
-    ));
-
-    out.step("Release engineering: publishing images");
-    let images = [
-        ("tbox/fw-2.0.bin", "tbox-a", "2.0", 1_500_000usize, false),
-        ("ivi/nav-3.1.bin", "ivi-x", "3.1", 2_500_000, true),
-        ("bcm/fw-1.4.bin", "bcm-1", "1.4", 200_000, false),
-    ];
-    println!(
-        "   {:<18} {:<8} {:>10}  {:<14} {:>7}  delivery",
-        "image", "hardware", "size", "sha256", "counter"
-    );
-    for (name, hw, version, size, encrypt) in images {
-        let p = lab
-            .publish_bytes(name, hw, version, &image_bytes(name, size), encrypt)
-            .await?;
-        println!(
-            "   {:<18} {:<8} {:>10}  {:<14} {:>7}  {}",
-            p.name,
-            hw,
-            rampart_vehicle::consent::human_bytes(p.length),
-            format!("{}…", short(&p.sha256)),
-            p.release_counter,
-            if encrypt {
-                "encrypted per ECU"
-            } else {
-                "signed"
-            }
-        );
+    let mut demo = Demo::start(&root, &bin, args.vehicles).await?;
+    demo.publish().await?;
+    demo.start_fleet().await?;
+    demo.campaign().await?;
+    if !owner_approves(&args)? {
+        demo.lab.stop().await?;
+        return Ok(());
     }
-    ok("targets metadata signed with the offline targets key; snapshot and timestamp online");
-
-    out.step("Fleet: registering vehicles and starting their ECUs");
-    lab.start_ecus().await?;
-    for v in &lab.vehicles {
-        let ecus: Vec<String> = v
-            .ecus
-            .iter()
-            .map(|e| {
-                format!(
-                    "{} ({}, {})",
-                    e.ecu_id,
-                    e.spec.hardware_id,
-                    if e.spec.verification == rampart_vehicle::secondary::Verification::Full {
-                        "full"
-                    } else {
-                        "partial"
-                    }
-                )
-            })
-            .collect();
-        ok(format!("{}  {}", v.vin, ecus.join(", ")));
-    }
-    println!("   {} ECU processes listening on loopback; each has its own keys, trusted roots and A/B slots", lab.vehicles.iter().map(|v| v.ecus.len()).sum::<usize>());
-
-    out.step("Campaign: the director assigns the release to every vehicle");
-    for (name, hw, _, _, encrypt) in images {
-        let ids = lab.assign_all(name, hw, encrypt).await?;
-        ok(format!(
-            "{name} → every {hw} ECU ({} assignment(s){})",
-            ids.len(),
-            if encrypt { ", key wrapped per ECU" } else { "" }
-        ));
-    }
-
-    let interactive = std::io::stdin().is_terminal() && !args.yes;
-    if interactive {
-        println!("\n   The owner of each car is asked before anything installs (UNECE R156 §7.2):");
-        for (name, _, version, size, _) in images {
-            println!(
-                "   • {name} version {version}, {}",
-                rampart_vehicle::consent::human_bytes(size as u64)
-            );
-        }
-        print!("   Approve the update for your vehicles? [y/N] ");
-        std::io::stdout().flush()?;
-        let mut line = String::new();
-        std::io::stdin().lock().read_line(&mut line)?;
-        if !matches!(line.trim(), "y" | "Y" | "yes") {
-            println!("   Declined: nothing is installed. (Run with --yes to skip this question.)");
-            lab.stop().await?;
-            return Ok(());
-        }
-    }
-
-    out.step("Vehicles: manifest → verification → consent → download → install → report");
-    let mut before_after = Vec::new();
-    for i in 0..lab.vehicles.len() {
-        let vin = lab
-            .vehicles
-            .get(i)
-            .map(|v| v.vin.clone())
-            .unwrap_or_default();
-        let before = lab.installed(&vin).await?;
-        let run = lab.run_vehicle(i, "auto").await?;
-        if i == 0 {
-            println!("   What the owner of {vin} is shown:");
-            for line in run.stdout.lines().filter(|l| l.starts_with("  ")) {
-                println!("   │{line}");
-            }
-        }
-        let report = run.report.clone().unwrap_or(Value::Null);
-        let updates = report
-            .get("updates")
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default();
-        let installed = updates
-            .iter()
-            .filter(|u| u.get("status") == Some(&Value::from("Installed")))
-            .count();
-        if run.success && installed == updates.len() && !updates.is_empty() {
-            ok(format!("{vin}: {installed} image(s) verified (director + image repository) and installed; ECUs rebooted into the new slots"));
-        } else {
-            bad(format!("{vin}: {installed}/{} installed", updates.len()));
-            failures.push(format!(
-                "vehicle {vin} did not install everything:\n{}\n{}",
-                run.stdout, run.stderr
-            ));
-        }
-        let after = lab.installed(&vin).await?;
-        before_after.push((vin, before, after, updates));
-    }
-
-    out.step("Summary: what each ECU runs, as the director knows it");
-    println!(
-        "   {:<18} {:<10} {:<26} {:<20} how",
-        "vehicle", "ECU", "before", "after"
-    );
-    for (vin, before, after, updates) in &before_after {
-        for (ecu, now) in after {
-            let how = updates
-                .iter()
-                .find(|u| u.get("ecu_id").and_then(Value::as_str) == Some(ecu))
-                .map(|u| {
-                    if u.get("encrypted") == Some(&Value::Bool(true)) {
-                        "encrypted, decrypted by the ECU"
-                    } else {
-                        "signed image"
-                    }
-                })
-                .unwrap_or("");
-            let was = before
-                .get(ecu)
-                .map(String::as_str)
-                .filter(|b| !b.starts_with('('))
-                .unwrap_or("factory image");
-            println!("   {:<18} {:<10} {:<26} {:<20} {}", vin, ecu, was, now, how);
-        }
-    }
-    let pending: usize = lab
-        .admin_get("assignments?status=pending")
-        .await?
-        .as_array()
-        .map_or(0, Vec::len);
-    if pending == 0 {
-        ok("every assignment is complete: the ECUs' signed reports confirmed each image");
-    } else {
-        bad(format!("{pending} assignment(s) still pending"));
-        failures.push(format!("{pending} assignments pending"));
-    }
-
-    out.step("Attacks (each must be rejected, noticed and recorded)");
-    let first_vin = lab
+    let before_after = demo.update_vehicles().await?;
+    demo.summary(&before_after).await?;
+    demo.out
+        .step("Attacks (each must be rejected, noticed and recorded)");
+    let first_vin = demo
+        .lab
         .vehicles
         .first()
         .map(|v| v.vin.clone())
         .unwrap_or_default();
-
-    // 1. A tampered image on the mirror.
-    let p = lab
-        .publish_bytes(
-            "tbox/fw-2.1.bin",
-            "tbox-a",
-            "2.1",
-            &image_bytes("tbox 2.1", 800_000),
-            false,
-        )
-        .await?;
-    lab.admin_post("assignments", &serde_json::json!({"target": "tbox/fw-2.1.bin", "vins": [first_vin], "hardware_id": "tbox-a"})).await?;
-    let tampered = lab
-        .layout
-        .image_targets()
-        .join("tbox")
-        .join(format!("{}.fw-2.1.bin", p.sha256));
-    let mut bytes = std::fs::read(&tampered)?;
-    if let Some(b) = bytes.get_mut(4242) {
-        *b ^= 0x01;
-    }
-    std::fs::write(&tampered, &bytes)?;
-    let run = lab.run_vehicle(0, "auto").await?;
-    let installed_now = lab.installed(&first_vin).await?;
-    let tbox = lab
-        .vehicles
-        .first()
-        .and_then(|v| v.ecus.first())
-        .map(|e| e.ecu_id.clone())
-        .unwrap_or_default();
-    let still_old = installed_now.get(&tbox).map(String::as_str) == Some("tbox/fw-2.0.bin");
-    let noticed = run.stdout.contains("hash-mismatch") || run.stderr.contains("hash-mismatch");
-    if still_old && noticed {
-        ok("tampered image on the mirror: download rejected (hash-mismatch); the T-BOX still runs fw-2.0");
-    } else {
-        bad("tampered image was not rejected as expected");
-        failures.push(format!("tamper: {}\n{}", run.stdout, run.stderr));
-    }
-
-    // 2. A replayed vehicle manifest.
-    let v0 = lab.vehicles.first().context("no vehicle")?;
-    let key = std::fs::read_to_string(v0.dir.join("primary-key.pem"))?;
-    let signer = InMemorySigner::from_pkcs8_pem_any(&key)?;
-    let manifest = VehicleManifest {
-        type_: VEHICLE_MANIFEST_TYPE.into(),
-        vin: first_vin.clone(),
-        primary_ecu_id: tbox.clone(),
-        manifest_counter: 1,
-        nonce: "00".into(),
-        ecu_version_reports: Default::default(),
-        attacks_detected: String::new(),
-        unrecognized: Default::default(),
-    };
-    let body = sign_vehicle_manifest(&manifest, &signer)?;
-    let status = post_manifest(&lab, v0, &body).await?;
-    if status == 409 {
-        ok("replayed vehicle manifest (old counter, valid signature): refused with 409 (replay)");
-    } else {
-        bad(format!("replayed manifest answered {status}"));
-        failures.push(format!("replay answered {status}"));
-    }
-
-    // 3. Rollback: the director is told to install an older release than the ECU runs.
-    let req = rampart_server::ops::PublishRequest {
-        file: {
-            let f = root.join("release/bcm-old.bin");
-            std::fs::write(&f, image_bytes("bcm 1.2", 150_000))?;
-            f
-        },
-        name: Some("bcm/fw-1.2.bin".into()),
-        hardware_id: "bcm-1".into(),
-        version: Some("1.2".into()),
-        release_counter: Some(0),
-        role: "targets".into(),
-        keys: Vec::new(),
-        encrypt: false,
-        export_unsigned: None,
-    };
-    lab.publish(&req).await?;
-    lab.admin_post("assignments", &serde_json::json!({"target": "bcm/fw-1.2.bin", "vins": [first_vin], "hardware_id": "bcm-1"})).await?;
-    let run = lab.run_vehicle(0, "auto").await?;
-    let bcm = lab
-        .vehicles
-        .first()
-        .and_then(|v| v.ecus.get(2))
-        .map(|e| e.ecu_id.clone())
-        .unwrap_or_default();
-    let installed_now = lab.installed(&first_vin).await?;
-    let kept = installed_now.get(&bcm).map(String::as_str) == Some("bcm/fw-1.4.bin");
-    let noticed = run.stdout.contains("release-counter-decreased")
-        || run.stderr.contains("release-counter-decreased");
-    if kept && noticed {
-        ok("rollback to an older release (release counter 0 < 1): rejected by full verification (release-counter-decreased)");
-    } else {
-        bad("rollback was not rejected as expected");
-        failures.push(format!("rollback: {}\n{}", run.stdout, run.stderr));
-    }
-
-    out.step("Security events recorded by the server (V-SOC view)");
-    let events = lab.events(Some(&first_vin)).await?;
-    for e in events.iter().take(8) {
-        println!(
-            "   {}  {:<8} {:<28} {}",
-            e.get("at").and_then(Value::as_str).unwrap_or(""),
-            e.get("source").and_then(Value::as_str).unwrap_or(""),
-            e.get("rule").and_then(Value::as_str).unwrap_or(""),
-            e.get("detail")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .chars()
-                .take(70)
-                .collect::<String>()
-        );
-    }
-    let rules: Vec<&str> = events
-        .iter()
-        .filter_map(|e| e.get("rule").and_then(Value::as_str))
-        .collect();
-    for expected in ["hash-mismatch", "replay", "release-counter-decreased"] {
-        if !rules.contains(&expected) {
-            bad(format!("no security event for {expected}"));
-            failures.push(format!("missing event {expected}"));
-        }
-    }
-
+    demo.tampered_image(&first_vin).await?;
+    demo.replayed_manifest(&first_vin).await?;
+    demo.rollback(&first_vin, &root).await?;
+    demo.events(&first_vin).await?;
+    let Demo { lab, failures, .. } = demo;
     lab.stop().await?;
     println!();
     if failures.is_empty() {
@@ -408,6 +134,394 @@ async fn run(args: DemoArgs) -> anyhow::Result<()> {
             root.display()
         )
     }
+}
+
+/// The demo's fleet and what went wrong so far.
+struct Demo {
+    lab: Lab,
+    out: Out,
+    failures: Vec<String>,
+}
+
+/// Per vehicle: its VIN, what each ECU ran before and runs after, and the updates handled.
+type BeforeAfter = Vec<(VinMap, VinMap, Vec<Value>, String)>;
+
+/// ECU ID → installed target.
+type VinMap = std::collections::BTreeMap<String, String>;
+
+impl Demo {
+    /// Step 1: the key ceremony and the server.
+    async fn start(
+        root: &std::path::Path,
+        bin: &std::path::Path,
+        vehicles: usize,
+    ) -> anyhow::Result<Demo> {
+        let mut out = Out { step: 0 };
+        out.step("Key ceremony and server");
+        let lab = Lab::create(LabOptions::new(root, bin, vehicles)).await?;
+        ok("root keys (2 of 3) and targets key of the image repository: offline folder, 0600");
+        ok("director root keys offline; snapshot, timestamp and director keys online");
+        ok("fleet CA, TLS server certificate, admin token");
+        ok(format!(
+        "server listening on {} (SQLite, HTTPS; vehicles authenticate with client certificates)",
+        lab.url
+    ));
+
+        Ok(Demo {
+            lab,
+            out,
+            failures: Vec::new(),
+        })
+    }
+
+    /// Step 2: the release engineer publishes the images.
+    async fn publish(&mut self) -> anyhow::Result<()> {
+        self.out.step("Release engineering: publishing images");
+        println!(
+            "   {:<18} {:<8} {:>10}  {:<14} {:>7}  delivery",
+            "image", "hardware", "size", "sha256", "counter"
+        );
+        for (name, hw, version, size, encrypt) in IMAGES {
+            let p = self
+                .lab
+                .publish_bytes(name, hw, version, &image_bytes(name, size), encrypt)
+                .await?;
+            println!(
+                "   {:<18} {:<8} {:>10}  {:<14} {:>7}  {}",
+                p.name,
+                hw,
+                rampart_vehicle::consent::human_bytes(p.length),
+                format!("{}…", short(&p.sha256)),
+                p.release_counter,
+                if encrypt {
+                    "encrypted per ECU"
+                } else {
+                    "signed"
+                }
+            );
+        }
+        ok("targets metadata signed with the offline targets key; snapshot and timestamp online");
+
+        Ok(())
+    }
+
+    /// Step 3: the vehicles are registered and their ECUs started.
+    async fn start_fleet(&mut self) -> anyhow::Result<()> {
+        self.out
+            .step("Fleet: registering vehicles and starting their ECUs");
+        self.lab.start_ecus().await?;
+        for v in &self.lab.vehicles {
+            let ecus: Vec<String> = v
+                .ecus
+                .iter()
+                .map(|e| {
+                    format!(
+                        "{} ({}, {})",
+                        e.ecu_id,
+                        e.spec.hardware_id,
+                        if e.spec.verification == rampart_vehicle::secondary::Verification::Full {
+                            "full"
+                        } else {
+                            "partial"
+                        }
+                    )
+                })
+                .collect();
+            ok(format!("{}  {}", v.vin, ecus.join(", ")));
+        }
+        println!("   {} ECU processes listening on loopback; each has its own keys, trusted roots and A/B slots", self.lab.vehicles.iter().map(|v| v.ecus.len()).sum::<usize>());
+
+        Ok(())
+    }
+
+    /// Step 4: the director assigns the release to every vehicle.
+    async fn campaign(&mut self) -> anyhow::Result<()> {
+        self.out
+            .step("Campaign: the director assigns the release to every vehicle");
+        for (name, hw, _, _, encrypt) in IMAGES {
+            let ids = self.lab.assign_all(name, hw, encrypt).await?;
+            ok(format!(
+                "{name} → every {hw} ECU ({} assignment(s){})",
+                ids.len(),
+                if encrypt { ", key wrapped per ECU" } else { "" }
+            ));
+        }
+
+        Ok(())
+    }
+
+    /// Step 5: each vehicle's cycle.
+    async fn update_vehicles(&mut self) -> anyhow::Result<BeforeAfter> {
+        self.out
+            .step("Vehicles: manifest → verification → consent → download → install → report");
+        let mut before_after = Vec::new();
+        for i in 0..self.lab.vehicles.len() {
+            let vin = self
+                .lab
+                .vehicles
+                .get(i)
+                .map(|v| v.vin.clone())
+                .unwrap_or_default();
+            let before = self.lab.installed(&vin).await?;
+            let run = self.lab.run_vehicle(i, "auto").await?;
+            if i == 0 {
+                println!("   What the owner of {vin} is shown:");
+                for line in run.stdout.lines().filter(|l| l.starts_with("  ")) {
+                    println!("   │{line}");
+                }
+            }
+            let report = run.report.clone().unwrap_or(Value::Null);
+            let updates = report
+                .get("updates")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            let installed = updates
+                .iter()
+                .filter(|u| u.get("status") == Some(&Value::from("Installed")))
+                .count();
+            if run.success && installed == updates.len() && !updates.is_empty() {
+                ok(format!("{vin}: {installed} image(s) verified (director + image repository) and installed; ECUs rebooted into the new slots"));
+            } else {
+                bad(format!("{vin}: {installed}/{} installed", updates.len()));
+                self.failures.push(format!(
+                    "vehicle {vin} did not install everything:\n{}\n{}",
+                    run.stdout, run.stderr
+                ));
+            }
+            let after = self.lab.installed(&vin).await?;
+            before_after.push((before, after, updates, vin));
+        }
+
+        Ok(before_after)
+    }
+
+    /// Step 6: what each ECU runs, as the director knows it.
+    async fn summary(&mut self, before_after: &BeforeAfter) -> anyhow::Result<()> {
+        self.out
+            .step("Summary: what each ECU runs, as the director knows it");
+        println!(
+            "   {:<18} {:<10} {:<26} {:<20} how",
+            "vehicle", "ECU", "before", "after"
+        );
+        for (before, after, updates, vin) in before_after {
+            for (ecu, now) in after {
+                let how = updates
+                    .iter()
+                    .find(|u| u.get("ecu_id").and_then(Value::as_str) == Some(ecu))
+                    .map(|u| {
+                        if u.get("encrypted") == Some(&Value::Bool(true)) {
+                            "encrypted, decrypted by the ECU"
+                        } else {
+                            "signed image"
+                        }
+                    })
+                    .unwrap_or("");
+                let was = before
+                    .get(ecu)
+                    .map(String::as_str)
+                    .filter(|b| !b.starts_with('('))
+                    .unwrap_or("factory image");
+                println!("   {:<18} {:<10} {:<26} {:<20} {}", vin, ecu, was, now, how);
+            }
+        }
+        let pending: usize = self
+            .lab
+            .admin_get("assignments?status=pending")
+            .await?
+            .as_array()
+            .map_or(0, Vec::len);
+        if pending == 0 {
+            ok("every assignment is complete: the ECUs' signed reports confirmed each image");
+        } else {
+            bad(format!("{pending} assignment(s) still pending"));
+            self.failures.push(format!("{pending} assignments pending"));
+        }
+
+        Ok(())
+    }
+
+    /// Attack 1: a tampered image on the mirror.
+    async fn tampered_image(&mut self, first_vin: &str) -> anyhow::Result<()> {
+        // 1. A tampered image on the mirror.
+        let p = self
+            .lab
+            .publish_bytes(
+                "tbox/fw-2.1.bin",
+                "tbox-a",
+                "2.1",
+                &image_bytes("tbox 2.1", 800_000),
+                false,
+            )
+            .await?;
+        self.lab.admin_post("assignments", &serde_json::json!({"target": "tbox/fw-2.1.bin", "vins": [first_vin], "hardware_id": "tbox-a"})).await?;
+        let tampered = self
+            .lab
+            .layout
+            .image_targets()
+            .join("tbox")
+            .join(format!("{}.fw-2.1.bin", p.sha256));
+        let mut bytes = std::fs::read(&tampered)?;
+        if let Some(b) = bytes.get_mut(4242) {
+            *b ^= 0x01;
+        }
+        std::fs::write(&tampered, &bytes)?;
+        let run = self.lab.run_vehicle(0, "auto").await?;
+        let installed_now = self.lab.installed(first_vin).await?;
+        let tbox = self
+            .lab
+            .vehicles
+            .first()
+            .and_then(|v| v.ecus.first())
+            .map(|e| e.ecu_id.clone())
+            .unwrap_or_default();
+        let still_old = installed_now.get(&tbox).map(String::as_str) == Some("tbox/fw-2.0.bin");
+        let noticed = run.stdout.contains("hash-mismatch") || run.stderr.contains("hash-mismatch");
+        if still_old && noticed {
+            ok("tampered image on the mirror: download rejected (hash-mismatch); the T-BOX still runs fw-2.0");
+        } else {
+            bad("tampered image was not rejected as expected");
+            self.failures
+                .push(format!("tamper: {}\n{}", run.stdout, run.stderr));
+        }
+
+        Ok(())
+    }
+
+    /// Attack 2: a replayed vehicle manifest.
+    async fn replayed_manifest(&mut self, first_vin: &str) -> anyhow::Result<()> {
+        let tbox = self
+            .lab
+            .vehicles
+            .first()
+            .and_then(|v| v.ecus.first())
+            .map(|e| e.ecu_id.clone())
+            .unwrap_or_default();
+        // 2. A replayed vehicle manifest.
+        let v0 = self.lab.vehicles.first().context("no vehicle")?;
+        let key = std::fs::read_to_string(v0.dir.join("primary-key.pem"))?;
+        let signer = InMemorySigner::from_pkcs8_pem_any(&key)?;
+        let manifest = VehicleManifest {
+            type_: VEHICLE_MANIFEST_TYPE.into(),
+            vin: first_vin.to_owned(),
+            primary_ecu_id: tbox.clone(),
+            manifest_counter: 1,
+            nonce: "00".into(),
+            ecu_version_reports: Default::default(),
+            attacks_detected: String::new(),
+            unrecognized: Default::default(),
+        };
+        let body = sign_vehicle_manifest(&manifest, &signer)?;
+        let status = post_manifest(&self.lab, v0, &body).await?;
+        if status == 409 {
+            ok("replayed vehicle manifest (old counter, valid signature): refused with 409 (replay)");
+        } else {
+            bad(format!("replayed manifest answered {status}"));
+            self.failures.push(format!("replay answered {status}"));
+        }
+
+        Ok(())
+    }
+
+    /// Attack 3: the director is told to install an older release than the ECU runs.
+    async fn rollback(&mut self, first_vin: &str, root: &std::path::Path) -> anyhow::Result<()> {
+        // 3. Rollback: the director is told to install an older release than the ECU runs.
+        let req = rampart_server::ops::PublishRequest {
+            file: {
+                let f = root.join("release/bcm-old.bin");
+                std::fs::write(&f, image_bytes("bcm 1.2", 150_000))?;
+                f
+            },
+            name: Some("bcm/fw-1.2.bin".into()),
+            hardware_id: "bcm-1".into(),
+            version: Some("1.2".into()),
+            release_counter: Some(0),
+            role: "targets".into(),
+            keys: Vec::new(),
+            encrypt: false,
+            export_unsigned: None,
+        };
+        self.lab.publish(&req).await?;
+        self.lab.admin_post("assignments", &serde_json::json!({"target": "bcm/fw-1.2.bin", "vins": [first_vin], "hardware_id": "bcm-1"})).await?;
+        let run = self.lab.run_vehicle(0, "auto").await?;
+        let bcm = self
+            .lab
+            .vehicles
+            .first()
+            .and_then(|v| v.ecus.get(2))
+            .map(|e| e.ecu_id.clone())
+            .unwrap_or_default();
+        let installed_now = self.lab.installed(first_vin).await?;
+        let kept = installed_now.get(&bcm).map(String::as_str) == Some("bcm/fw-1.4.bin");
+        let noticed = run.stdout.contains("release-counter-decreased")
+            || run.stderr.contains("release-counter-decreased");
+        if kept && noticed {
+            ok("rollback to an older release (release counter 0 < 1): rejected by full verification (release-counter-decreased)");
+        } else {
+            bad("rollback was not rejected as expected");
+            self.failures
+                .push(format!("rollback: {}\n{}", run.stdout, run.stderr));
+        }
+
+        Ok(())
+    }
+
+    /// Step 8: the security events the server recorded.
+    async fn events(&mut self, first_vin: &str) -> anyhow::Result<()> {
+        self.out
+            .step("Security events recorded by the server (V-SOC view)");
+        let events = self.lab.events(Some(first_vin)).await?;
+        for e in events.iter().take(8) {
+            println!(
+                "   {}  {:<8} {:<28} {}",
+                e.get("at").and_then(Value::as_str).unwrap_or(""),
+                e.get("source").and_then(Value::as_str).unwrap_or(""),
+                e.get("rule").and_then(Value::as_str).unwrap_or(""),
+                e.get("detail")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .chars()
+                    .take(70)
+                    .collect::<String>()
+            );
+        }
+        let rules: Vec<&str> = events
+            .iter()
+            .filter_map(|e| e.get("rule").and_then(Value::as_str))
+            .collect();
+        for expected in ["hash-mismatch", "replay", "release-counter-decreased"] {
+            if !rules.contains(&expected) {
+                bad(format!("no security event for {expected}"));
+                self.failures.push(format!("missing event {expected}"));
+            }
+        }
+
+        Ok(())
+    }
+}
+
+/// Asks the owner (at a terminal, unless --yes) before anything installs.
+fn owner_approves(args: &DemoArgs) -> anyhow::Result<bool> {
+    let interactive = std::io::stdin().is_terminal() && !args.yes;
+    if interactive {
+        println!("\n   The owner of each car is asked before anything installs (UNECE R156 §7.2):");
+        for (name, _, version, size, _) in IMAGES {
+            println!(
+                "   • {name} version {version}, {}",
+                rampart_vehicle::consent::human_bytes(size as u64)
+            );
+        }
+        print!("   Approve the update for your vehicles? [y/N] ");
+        std::io::stdout().flush()?;
+        let mut line = String::new();
+        std::io::stdin().lock().read_line(&mut line)?;
+        if !matches!(line.trim(), "y" | "Y" | "yes") {
+            println!("   Declined: nothing is installed. (Run with --yes to skip this question.)");
+            return Ok(false);
+        }
+    }
+
+    Ok(true)
 }
 
 async fn post_manifest(
