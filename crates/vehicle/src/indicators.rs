@@ -103,8 +103,9 @@ impl Indicators {
         self.entries.is_empty() && self.dropped == 0
     }
 
-    /// The entries (for tests and diagnostics).
-    pub fn entries(&self) -> &[Indicator] {
+    /// The entries.
+    #[cfg(test)]
+    fn entries(&self) -> &[Indicator] {
         &self.entries
     }
 }

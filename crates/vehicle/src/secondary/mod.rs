@@ -527,3 +527,138 @@ pub fn load_config(path: &Path) -> Result<EcuConfig> {
 pub fn public_key(ecu: &Secondary) -> rampart_core::key::Key {
     ecu.signer.public_key().clone()
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+
+    use super::*;
+    use rampart_core::hash::compute_hashes;
+    use rampart_core::key::KeyScheme;
+    use rampart_core::metadata::TargetFile;
+    use rampart_core::testing::TestRepo;
+    use rampart_core::uptane::{DirectorCustom, EcuAssignment, DIRECTOR_VEHICLE_FIELD};
+
+    const VIN: &str = "VIN00000000000001";
+    const ECU: &str = "IVI-1";
+
+    /// A partial-verification ECU in `dir` trusting `director_root`.
+    fn ecu(dir: &Path, director_root: &[u8]) -> EcuConfig {
+        let key = InMemorySigner::generate(KeyScheme::Ed25519).unwrap();
+        std::fs::write(dir.join("key.pem"), key.to_pkcs8_pem()).unwrap();
+        std::fs::set_permissions(
+            dir.join("key.pem"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .unwrap();
+        std::fs::write(dir.join("root.json"), director_root).unwrap();
+        std::fs::write(dir.join("slot-a"), b"factory").unwrap();
+        EcuConfig {
+            ecu_id: ECU.into(),
+            hardware_id: "ivi-x".into(),
+            vin: VIN.into(),
+            listen: "127.0.0.1:0".into(),
+            key: dir.join("key.pem"),
+            encryption_key: None,
+            verification: Verification::Partial,
+            director_root: dir.join("root.json"),
+            image_root: None,
+            state_dir: dir.join("state"),
+            slots: SlotConfig {
+                slot_a: dir.join("slot-a"),
+                slot_b: dir.join("slot-b"),
+                boot_control: dir.join("boot-control.json"),
+                max_boot_attempts: 2,
+                health_check: None,
+            },
+            factory_image: "factory".into(),
+            limits: LinkLimits::default(),
+        }
+    }
+
+    /// The director assigns `target` (release counter `counter`) to `ecu` and publishes
+    /// a new targets version; returns the bundle holding it.
+    fn assign(repo: &mut TestRepo, target: &str, ecu: &str, counter: u64) -> MetadataBundle {
+        let file = TargetFile {
+            length: 5,
+            hashes: compute_hashes(b"image"),
+            custom: Some(
+                DirectorCustom {
+                    release_counter: counter,
+                    ecus: BTreeMap::from([(
+                        ecu.to_owned(),
+                        EcuAssignment {
+                            hardware_id: "ivi-x".into(),
+                            encryption: None,
+                        },
+                    )]),
+                }
+                .to_value(),
+            ),
+            unrecognized: BTreeMap::new(),
+        };
+        let targets = repo.targets.get_mut("targets").unwrap();
+        targets.targets = BTreeMap::from([(target.to_owned(), file)]);
+        targets.unrecognized.insert(
+            DIRECTOR_VEHICLE_FIELD.into(),
+            serde_json::json!({ "vin": VIN }),
+        );
+        repo.bump("targets");
+        repo.publish();
+        let name = format!("{}.targets.json", repo.targets["targets"].version);
+        let text = String::from_utf8(repo.metadata[&name].clone()).unwrap();
+        MetadataBundle {
+            director: BTreeMap::from([(name, text)]),
+            image: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn report_counters_grow_and_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = TestRepo::new(Utc::now());
+        let config = ecu(dir.path(), &repo.initial_root());
+        let counter = |doc: &[u8]| {
+            serde_json::from_slice::<serde_json::Value>(doc).unwrap()["signed"]["report_counter"]
+                .as_u64()
+                .unwrap()
+        };
+        let mut e = Secondary::open(config.clone()).unwrap();
+        let first = counter(&e.report("n1", Utc::now()).unwrap());
+        let second = counter(&e.report("n2", Utc::now()).unwrap());
+        assert_eq!(second, first + 1);
+        drop(e);
+        // A power cut after the report left: the counter was persisted before, never reused.
+        let mut e = Secondary::open(config).unwrap();
+        assert_eq!(counter(&e.report("n3", Utc::now()).unwrap()), second + 1);
+    }
+
+    #[test]
+    fn partial_verification_takes_only_this_ecus_fresh_signed_instruction() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut repo = TestRepo::new(Utc::now());
+        let mut e = Secondary::open(ecu(dir.path(), &repo.initial_root())).unwrap();
+        // Its own instruction verifies.
+        let bundle = assign(&mut repo, "ivi/app-2.bin", ECU, 2);
+        let i = e.verify("ivi/app-2.bin", &bundle, Utc::now()).unwrap();
+        assert_eq!((i.target.as_str(), i.release_counter), ("ivi/app-2.bin", 2));
+        // The primary naming another target than the director's is refused.
+        let err = e.verify("ivi/other.bin", &bundle, Utc::now()).unwrap_err();
+        assert_eq!(err.rule(), "protocol");
+        // An instruction for another ECU is not one for this ECU.
+        let other = assign(&mut repo, "ivi/app-3.bin", "IVI-2", 3);
+        let err = e.verify("ivi/app-3.bin", &other, Utc::now()).unwrap_err();
+        assert_eq!(err.rule(), "no-target-for-ecu");
+        // Targets signed by someone else's key are refused.
+        let newer = assign(&mut repo, "ivi/app-4.bin", ECU, 4);
+        let intruder = InMemorySigner::generate(KeyScheme::Ed25519).unwrap();
+        repo.signers.insert("targets".into(), vec![intruder]);
+        let forged = assign(&mut repo, "ivi/evil.bin", ECU, 9);
+        let err = e.verify("ivi/evil.bin", &forged, Utc::now()).unwrap_err();
+        assert_eq!(err.rule(), "threshold");
+        // Once a newer version is trusted, the older one is a rollback.
+        e.verify("ivi/app-4.bin", &newer, Utc::now()).unwrap();
+        let err = e.verify("ivi/app-2.bin", &bundle, Utc::now()).unwrap_err();
+        assert_eq!(err.rule(), "rollback");
+    }
+}
