@@ -114,6 +114,26 @@ pub trait RoleMetadata: Serialize + DeserializeOwned + Clone {
     fn validate(&self, role: &str) -> Result<()>;
 }
 
+/// The accessors of [`RoleMetadata`] every role type implements the same way, from its
+/// `type_`, `spec_version`, `version` and `expires` fields.
+macro_rules! common_role_fields {
+    () => {
+        fn type_field(&self) -> &str {
+            &self.type_
+        }
+        fn spec_version(&self) -> &str {
+            &self.spec_version
+        }
+        fn version(&self) -> u64 {
+            self.version
+        }
+        fn expires(&self) -> &Expiry {
+            &self.expires
+        }
+    };
+}
+pub(crate) use common_role_fields;
+
 /// Checks the fields common to all roles: `_type`, `spec_version` major, version ≥ 1.
 fn validate_common<T: RoleMetadata>(signed: &T, role: &str) -> Result<()> {
     if signed.type_field() != T::TYPE {

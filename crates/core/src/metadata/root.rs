@@ -102,18 +102,7 @@ impl Root {
 impl RoleMetadata for Root {
     const TYPE: &'static str = "root";
 
-    fn type_field(&self) -> &str {
-        &self.type_
-    }
-    fn spec_version(&self) -> &str {
-        &self.spec_version
-    }
-    fn version(&self) -> u64 {
-        self.version
-    }
-    fn expires(&self) -> &Expiry {
-        &self.expires
-    }
+    super::common_role_fields!();
     fn validate(&self, role: &str) -> Result<()> {
         for name in TOP_LEVEL_ROLES {
             let r = self.role(name)?;

@@ -30,18 +30,7 @@ pub struct Snapshot {
 impl RoleMetadata for Snapshot {
     const TYPE: &'static str = "snapshot";
 
-    fn type_field(&self) -> &str {
-        &self.type_
-    }
-    fn spec_version(&self) -> &str {
-        &self.spec_version
-    }
-    fn version(&self) -> u64 {
-        self.version
-    }
-    fn expires(&self) -> &Expiry {
-        &self.expires
-    }
+    super::common_role_fields!();
     fn validate(&self, role: &str) -> Result<()> {
         for (name, meta) in &self.meta {
             meta.validate(&format!("{role} meta {name}"))?;

@@ -250,18 +250,7 @@ pub struct Targets {
 impl RoleMetadata for Targets {
     const TYPE: &'static str = "targets";
 
-    fn type_field(&self) -> &str {
-        &self.type_
-    }
-    fn spec_version(&self) -> &str {
-        &self.spec_version
-    }
-    fn version(&self) -> u64 {
-        self.version
-    }
-    fn expires(&self) -> &Expiry {
-        &self.expires
-    }
+    super::common_role_fields!();
     fn validate(&self, role: &str) -> Result<()> {
         for (name, t) in &self.targets {
             if t.hashes.is_empty() {

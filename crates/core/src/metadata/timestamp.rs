@@ -42,18 +42,7 @@ impl Timestamp {
 impl RoleMetadata for Timestamp {
     const TYPE: &'static str = "timestamp";
 
-    fn type_field(&self) -> &str {
-        &self.type_
-    }
-    fn spec_version(&self) -> &str {
-        &self.spec_version
-    }
-    fn version(&self) -> u64 {
-        self.version
-    }
-    fn expires(&self) -> &Expiry {
-        &self.expires
-    }
+    super::common_role_fields!();
     fn validate(&self, role: &str) -> Result<()> {
         if self.meta.len() != 1 {
             return Err(Error::malformed(
