@@ -42,26 +42,16 @@ async fn measure(bin: &Path, root: &Path, image_mib: usize, time: &str) -> anyho
         ("bcm/body-2.bin", "bcm-1", 256 * 1024, false),
     ];
     for (name, hw, len, encrypt) in images {
-        lab.publish_bytes(name, hw, "2.0", &image_bytes(name, len), encrypt)
+        lab.release(name, hw, "2.0", &image_bytes(name, len), encrypt)
             .await
-            .with_context(|| format!("publishing {name}"))?;
-        lab.assign_all(name, hw, encrypt).await?;
+            .with_context(|| format!("releasing {name}"))?;
     }
     lab.start_ecus().await?;
     let vehicle = lab.vehicles.first().context("no vehicle")?;
-    let config = vehicle.primary_config.clone();
     let out = tokio::process::Command::new(time)
-        .arg("-v")
+        .arg("-v") // GNU time's verbose report: its maximum resident set size
         .arg(bin)
-        .args([
-            "vehicle",
-            "--once",
-            "--json",
-            "--consent",
-            "auto",
-            "--config",
-        ])
-        .arg(&config)
+        .args(vehicle.once_args("auto"))
         .stdin(Stdio::null())
         .output()
         .await

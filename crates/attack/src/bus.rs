@@ -84,7 +84,7 @@ impl BusTap {
         }
     }
 
-    async fn relay(&self, mut primary: TcpStream, ecu: &str, tamper: Tamper) -> anyhow::Result<()> {
+    async fn relay(&self, primary: TcpStream, ecu: &str, tamper: Tamper) -> anyhow::Result<()> {
         let mut to_ecu = TcpStream::connect(ecu).await?;
         if tamper == Tamper::Garbage {
             let junk: Vec<u8> = (0..4096u32).map(|i| (i * 7919 % 251) as u8).collect();
@@ -96,41 +96,51 @@ impl BusTap {
             let _ = to_ecu.shutdown().await;
             return Ok(());
         }
-        let (mut ecu_read, mut ecu_write) = to_ecu.into_split();
-        let (mut primary_read, mut primary_write) = primary.split();
         let mut flipped = false;
-        let upstream = async {
-            loop {
-                let mut frame = match protocol::read_frame(&mut primary_read).await {
-                    Ok(f) => f,
-                    Err(_) => break,
-                };
-                if frame.kind != Kind::ImageChunk {
-                    if let Ok(mut r) = self.recorded.lock() {
-                        r.push((frame.kind, frame.payload.clone()));
-                    }
-                }
-                if tamper == Tamper::FlipImageBit && frame.kind == Kind::ImageChunk && !flipped {
-                    if let Some(b) = frame.payload.get_mut(100) {
-                        *b ^= 0x20;
-                        flipped = true;
-                        self.note(format!(
-                            "flipped a bit in an image chunk of {} bytes on its way to the ECU",
-                            frame.payload.len()
-                        ));
-                    }
-                }
-                if protocol::write_frame(&mut ecu_write, frame.kind, &frame.payload)
-                    .await
-                    .is_err()
-                {
-                    break;
+        relay_frames(primary, to_ecu, |frame| {
+            if frame.kind != Kind::ImageChunk {
+                if let Ok(mut r) = self.recorded.lock() {
+                    r.push((frame.kind, frame.payload.clone()));
                 }
             }
-            let _ = ecu_write.shutdown().await;
-        };
-        let downstream = tokio::io::copy(&mut ecu_read, &mut primary_write);
-        let _ = tokio::join!(upstream, downstream);
+            if tamper == Tamper::FlipImageBit && frame.kind == Kind::ImageChunk && !flipped {
+                if let Some(b) = frame.payload.get_mut(100) {
+                    *b ^= 0x20;
+                    flipped = true;
+                    self.note(format!(
+                        "flipped a bit in an image chunk of {} bytes on its way to the ECU",
+                        frame.payload.len()
+                    ));
+                }
+            }
+        })
+        .await;
         Ok(())
     }
+}
+
+/// Relays one connection of the in-vehicle link: each frame from the primary goes through
+/// `on_frame` (which may read or change it) on its way to the ECU; the ECU's answers go back
+/// unchanged. Ends when either side closes.
+pub async fn relay_frames(
+    mut primary: TcpStream,
+    to_ecu: TcpStream,
+    mut on_frame: impl FnMut(&mut protocol::Frame),
+) {
+    let (mut ecu_read, mut ecu_write) = to_ecu.into_split();
+    let (mut primary_read, mut primary_write) = primary.split();
+    let upstream = async {
+        while let Ok(mut frame) = protocol::read_frame(&mut primary_read).await {
+            on_frame(&mut frame);
+            if protocol::write_frame(&mut ecu_write, frame.kind, &frame.payload)
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+        let _ = ecu_write.shutdown().await;
+    };
+    let downstream = tokio::io::copy(&mut ecu_read, &mut primary_write);
+    let _ = tokio::join!(upstream, downstream);
 }

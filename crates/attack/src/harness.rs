@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use rampart_lab::{image_bytes, Lab, LabOptions, VehicleRun};
+use rampart_lab::{image_bytes, EcuHandle, Lab, LabOptions, VehicleRun};
 use serde_json::Value;
 
 use crate::naive::{naive_cycle, NaiveDirector, NaiveEcu};
@@ -69,6 +69,42 @@ pub struct Attempt<'a> {
     pub about: Option<&'a str>,
     /// Images the attacker chose: none may be installed.
     pub forbidden: &'a [&'a str],
+}
+
+impl<'a> Attempt<'a> {
+    /// An attempt whose forged answers are on paths containing `filter` (at least one),
+    /// refused with one of `rules`.
+    pub fn new(what: impl Into<String>, filter: &'a str, rules: &'a [Rule]) -> Self {
+        Attempt {
+            what: what.into(),
+            filter,
+            min_forged: 1,
+            rules,
+            about: None,
+            forbidden: &[],
+        }
+    }
+
+    /// The rule must be named about this (see [`Attempt::about`]).
+    pub fn about(self, about: &'a str) -> Self {
+        Attempt {
+            about: Some(about),
+            ..self
+        }
+    }
+
+    /// Images the attacker chose, which must not be installed.
+    pub fn forbid(self, forbidden: &'a [&'a str]) -> Self {
+        Attempt { forbidden, ..self }
+    }
+
+    /// At least `n` forged answers must reach the vehicle.
+    pub fn at_least(self, n: usize) -> Self {
+        Attempt {
+            min_forged: n,
+            ..self
+        }
+    }
 }
 
 /// A lab with an attacker in place.
@@ -165,15 +201,8 @@ impl Harness {
 
     /// Stops the real ECU `i` and puts a [`NaiveEcu`] on its slots and key in its place.
     async fn replace_ecu_naively(&mut self, i: usize) -> anyhow::Result<()> {
-        let e = self
-            .lab
-            .vehicles
-            .first_mut()
-            .and_then(|v| v.ecus.get_mut(i))
-            .context("no such ECU")?;
-        if let Some(mut child) = e.child.take() {
-            child.kill().await?;
-        }
+        let e = self.ecu_mut(i)?;
+        e.stop().await?;
         let config = rampart_vehicle::secondary::load_config(&e.config)?;
         let naive = NaiveEcu::start(&config).await?;
         let address = naive.address.clone();
@@ -200,24 +229,45 @@ impl Harness {
             .unwrap_or_default()
     }
 
-    /// The folder of the vehicle's ECU `i` (keys, slots, state).
-    pub fn ecu_dir(&self, i: usize) -> anyhow::Result<PathBuf> {
+    /// The vehicle's ECU `i` (0 T-BOX, 1 IVI, 2 BCM).
+    pub fn ecu(&self, i: usize) -> anyhow::Result<&EcuHandle> {
         self.lab
             .vehicles
             .first()
             .and_then(|v| v.ecus.get(i))
-            .map(|e| e.dir.clone())
             .with_context(|| format!("no ECU {i}"))
+    }
+
+    /// The same, to start or stop it.
+    pub fn ecu_mut(&mut self, i: usize) -> anyhow::Result<&mut EcuHandle> {
+        self.lab
+            .vehicles
+            .first_mut()
+            .and_then(|v| v.ecus.get_mut(i))
+            .with_context(|| format!("no ECU {i}"))
+    }
+
+    /// The folder of the vehicle's ECU `i` (keys, slots, state).
+    pub fn ecu_dir(&self, i: usize) -> anyhow::Result<PathBuf> {
+        Ok(self.ecu(i)?.dir.clone())
     }
 
     /// Where the vehicle's ECU `i` listens now (the primary's entry for it).
     pub fn ecu_address(&self, i: usize) -> anyhow::Result<String> {
-        self.lab
-            .vehicles
-            .first()
-            .and_then(|v| v.ecus.get(i))
-            .and_then(|e| e.address.clone())
+        self.ecu(i)?
+            .address
+            .clone()
             .with_context(|| format!("ECU {i} has no address"))
+    }
+
+    /// Releases a new T-BOX build of `len` bytes to the vehicle (what a denial-of-service
+    /// attacker tries to hold back) and returns its name.
+    pub async fn release_tbox_update(&self, len: usize) -> anyhow::Result<&'static str> {
+        let image = "tbox/fw-2.0.bin";
+        self.lab
+            .release(image, "tbox-a", "2.0", &image_bytes(image, len), false)
+            .await?;
+        Ok(image)
     }
 
     /// Reads the vehicle's trusted state.
@@ -358,14 +408,10 @@ impl Harness {
             .filter(|(_, (img, _))| forbidden.iter().any(|x| x == img))
             .map(|(e, (img, _))| format!("{e} runs {img}"))
             .collect();
-        f.check(
+        f.check_none(
             "nothing the attacker chose is installed",
-            chosen.is_empty(),
-            if chosen.is_empty() {
-                "no ECU runs an attacker's image".to_owned()
-            } else {
-                chosen.join(", ")
-            },
+            &chosen,
+            "no ECU runs an attacker's image",
         );
         let mut regressions = Vec::new();
         for (ecu, (img, counter)) in &self.baseline.running {
@@ -377,31 +423,15 @@ impl Harness {
                 _ => {}
             }
         }
-        f.check(
+        f.check_none(
             "no ECU moved to an older or mixed set",
-            regressions.is_empty(),
-            if regressions.is_empty() {
-                format!("running: {}", describe(&after.running))
-            } else {
-                regressions.join("; ")
-            },
+            &regressions,
+            format!("running: {}", describe(&after.running)),
         );
-        let mut back = Vec::new();
-        for (k, v) in &self.baseline.versions {
-            if let Some(now) = after.versions.get(k) {
-                if now < v {
-                    back.push(format!("{k}: {v} → {now}"));
-                }
-            }
-        }
-        f.check(
+        f.check_none(
             "trusted metadata versions never went back",
-            back.is_empty(),
-            if back.is_empty() {
-                format!("{} trusted files checked", after.versions.len())
-            } else {
-                back.join("; ")
-            },
+            &versions_back(&self.baseline, after),
+            format!("{} trusted files checked", after.versions.len()),
         );
     }
 
@@ -558,6 +588,42 @@ impl Harness {
         );
     }
 
+    /// Checks 2 and 3 for a cycle the attacker interfered with: the vehicle refused, named
+    /// one of `rules` and the server recorded it, and nothing in `forbidden` is trusted or
+    /// runs. Returns the state it checked.
+    pub async fn check_rejected(
+        &self,
+        f: &mut Findings,
+        run: &VehicleRun,
+        rules: &[Rule],
+        forbidden: &[&str],
+    ) -> anyhow::Result<TrustState> {
+        self.check_refused(f, run);
+        self.check_noticed(f, run, rules, "vehicle").await?;
+        let after = self.trust_state().await?;
+        self.check_state(f, &after, forbidden);
+        Ok(after)
+    }
+
+    /// Check 4 with its proof: once the attacker leaves a cycle succeeds and `ecu` runs the
+    /// `image` the attacker held back.
+    pub async fn check_installs_once_gone(
+        &self,
+        f: &mut Findings,
+        ecu: &str,
+        image: &str,
+    ) -> anyhow::Result<VehicleRun> {
+        let run = self.check_recovers(f).await?;
+        self.check_runs(
+            f,
+            "the update installs once the attacker leaves",
+            ecu,
+            image,
+        )
+        .await?;
+        Ok(run)
+    }
+
     /// The steps every attack attempt repeats, with the attacker's rules already on the
     /// proxy: one cycle; evidence that the forged answers reached the vehicle (if none did,
     /// the step goes to `missing` and the verdict cannot be `defeated`); the vehicle refused;
@@ -660,32 +726,28 @@ pub fn check_unchanged(f: &mut Findings, before: &TrustState, after: &TrustState
         .filter(|(ecu, img)| after.running.get(*ecu) != Some(*img))
         .map(|(ecu, (img, c))| format!("{ecu}: {img}#{c} → {}", runs(after, ecu)))
         .collect();
-    f.check(
+    f.check_none(
         "every ECU still runs what it ran before the attack",
-        moved.is_empty(),
-        if moved.is_empty() {
-            format!("{} ECUs unchanged", before.running.len())
-        } else {
-            moved.join("; ")
-        },
+        &moved,
+        format!("{} ECUs unchanged", before.running.len()),
     );
-    let back: Vec<String> = before
+    f.check_none(
+        "no trusted metadata version went below what it was before the attack",
+        &versions_back(before, after),
+        format!("{} trusted files checked", after.versions.len()),
+    );
+}
+
+/// The trusted metadata versions of `after` below what they were in `before`.
+fn versions_back(before: &TrustState, after: &TrustState) -> Vec<String> {
+    before
         .versions
         .iter()
         .filter_map(|(k, v)| {
             let now = after.versions.get(k)?;
             (now < v).then(|| format!("{k}: {v} → {now}"))
         })
-        .collect();
-    f.check(
-        "no trusted metadata version went below what it was before the attack",
-        back.is_empty(),
-        if back.is_empty() {
-            format!("{} trusted files checked", after.versions.len())
-        } else {
-            back.join("; ")
-        },
-    );
+        .collect()
 }
 
 /// `a or b or c`.

@@ -65,6 +65,22 @@ impl Findings {
         });
     }
 
+    /// A check that holds when `found` (the problems seen, each described) is empty; its
+    /// detail is `fine` then, and the problems otherwise.
+    pub fn check_none(
+        &mut self,
+        what: impl Into<String>,
+        found: &[String],
+        fine: impl Into<String>,
+    ) {
+        let detail = if found.is_empty() {
+            fine.into()
+        } else {
+            found.join("; ")
+        };
+        self.check(what, found.is_empty(), detail);
+    }
+
     /// Adds evidence that the attack reached the system.
     pub fn evidence(&mut self, line: impl Into<String>) {
         self.reached = true;

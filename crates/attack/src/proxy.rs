@@ -35,6 +35,36 @@ pub enum Action {
     Endless,
 }
 
+impl Action {
+    /// Transforms the upstream body with `f` when it is a metadata document of `role` (its
+    /// `signed._type`); other answers on the same path pass unchanged.
+    pub fn on_role(
+        role: &'static str,
+        f: impl Fn(&[u8]) -> Vec<u8> + Send + Sync + 'static,
+    ) -> Action {
+        Action::Mutate(Arc::new(move |body: &[u8]| {
+            if role_of(body).as_deref() == Some(role) {
+                f(body)
+            } else {
+                body.to_vec()
+            }
+        }))
+    }
+}
+
+/// The value at `pointer` of a JSON document, if `body` is one and has it.
+pub fn json_at(body: &[u8], pointer: &str) -> Option<serde_json::Value> {
+    serde_json::from_slice::<serde_json::Value>(body)
+        .ok()?
+        .pointer(pointer)
+        .cloned()
+}
+
+/// The role (`signed._type`) of a metadata document.
+pub fn role_of(body: &[u8]) -> Option<String> {
+    json_at(body, "/signed/_type").and_then(|t| t.as_str().map(str::to_owned))
+}
+
 impl std::fmt::Debug for Action {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -151,6 +181,13 @@ impl Proxy {
         }
     }
 
+    /// The attacker's next move: forgets the rules and the log, then applies `rule` alone.
+    pub fn only(&self, rule: Intercept) {
+        self.clear();
+        self.clear_log();
+        self.add(rule);
+    }
+
     /// Removes every rule: the attacker leaves.
     pub fn clear(&self) {
         if let Ok(mut s) = self.shared.lock() {
@@ -226,40 +263,29 @@ async fn handle(State(proxy): State<Proxy>, request: Request) -> Response {
     let label = action
         .as_ref()
         .map_or("forwarded".to_owned(), |a| format!("{a:?}"));
+    let record = |action: String, status: u16, bytes: u64, sha256: Option<String>| {
+        proxy.record(Served {
+            method: method.clone(),
+            path: path.clone(),
+            action,
+            status,
+            bytes,
+            sha256,
+        });
+    };
     match action {
         Some(Action::Replace(bytes)) => {
-            proxy.record(Served {
-                method,
-                path,
-                action: label,
-                status: 200,
-                bytes: bytes.len() as u64,
-                sha256: Some(sha(&bytes)),
-            });
+            record(label, 200, bytes.len() as u64, Some(sha(&bytes)));
             return (StatusCode::OK, bytes).into_response();
         }
         Some(Action::Status(code)) => {
-            proxy.record(Served {
-                method,
-                path,
-                action: label,
-                status: code,
-                bytes: 0,
-                sha256: None,
-            });
+            record(label, code, 0, None);
             return StatusCode::from_u16(code)
                 .unwrap_or(StatusCode::BAD_GATEWAY)
                 .into_response();
         }
         Some(Action::Blackhole) => {
-            proxy.record(Served {
-                method,
-                path,
-                action: label,
-                status: 0,
-                bytes: 0,
-                sha256: None,
-            });
+            record(label, 0, 0, None);
             tokio::time::sleep(Duration::from_secs(3600)).await;
             return StatusCode::GATEWAY_TIMEOUT.into_response();
         }
@@ -282,14 +308,7 @@ async fn handle(State(proxy): State<Proxy>, request: Request) -> Response {
     let upstream = match req.send().await {
         Ok(r) => r,
         Err(e) => {
-            proxy.record(Served {
-                method,
-                path,
-                action: format!("upstream error: {e}"),
-                status: 502,
-                bytes: 0,
-                sha256: None,
-            });
+            record(format!("upstream error: {e}"), 502, 0, None);
             return StatusCode::BAD_GATEWAY.into_response();
         }
     };
@@ -305,14 +324,7 @@ async fn handle(State(proxy): State<Proxy>, request: Request) -> Response {
     let mut response = match action {
         Some(Action::Mutate(f)) => {
             let forged = f(&bytes);
-            proxy.record(Served {
-                method,
-                path,
-                action: label,
-                status,
-                bytes: forged.len() as u64,
-                sha256: Some(sha(&forged)),
-            });
+            record(label, status, forged.len() as u64, Some(sha(&forged)));
             (
                 StatusCode::from_u16(status).unwrap_or(StatusCode::OK),
                 forged,
@@ -320,14 +332,7 @@ async fn handle(State(proxy): State<Proxy>, request: Request) -> Response {
                 .into_response()
         }
         Some(Action::Trickle(bps)) => {
-            proxy.record(Served {
-                method,
-                path,
-                action: label,
-                status,
-                bytes: bytes.len() as u64,
-                sha256: Some(sha(&bytes)),
-            });
+            record(label, status, bytes.len() as u64, Some(sha(&bytes)));
             let per_tick = (bps / 10).max(1) as usize;
             let chunks: Vec<Bytes> = bytes.chunks(per_tick).map(Bytes::copy_from_slice).collect();
             let stream = futures_util::stream::iter(chunks).then(|c| async move {
@@ -340,14 +345,7 @@ async fn handle(State(proxy): State<Proxy>, request: Request) -> Response {
                 .unwrap_or_default()
         }
         Some(Action::Endless) => {
-            proxy.record(Served {
-                method,
-                path,
-                action: label,
-                status,
-                bytes: bytes.len() as u64,
-                sha256: None,
-            });
+            record(label, status, bytes.len() as u64, None);
             let head =
                 futures_util::stream::once(
                     async move { Ok::<_, std::io::Error>(Bytes::from(bytes)) },
@@ -361,14 +359,7 @@ async fn handle(State(proxy): State<Proxy>, request: Request) -> Response {
                 .unwrap_or_default()
         }
         _ => {
-            proxy.record(Served {
-                method,
-                path,
-                action: label,
-                status,
-                bytes: bytes.len() as u64,
-                sha256: Some(sha(&bytes)),
-            });
+            record(label, status, bytes.len() as u64, Some(sha(&bytes)));
             (
                 StatusCode::from_u16(status).unwrap_or(StatusCode::OK),
                 bytes,

@@ -1,7 +1,8 @@
 //! What the `rampart` binary shares with the lab's `rampart-lab` binary: the vehicle-side
 //! commands (so the lab's fleets run exactly the code path of `rampart vehicle` and `rampart
-//! ecu`) and logging. The rest of `rampart` lives in its binary's own modules.
+//! ecu`), logging and how an outcome becomes an exit code. The rest of `rampart` lives in its binary's own modules.
 
+pub mod exit;
 pub mod logging;
 pub mod terminal;
 pub mod vehicle_cmds;

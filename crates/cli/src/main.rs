@@ -12,7 +12,7 @@ mod admin;
 mod server_cmds;
 mod tuf_client;
 
-use rampart_cli::{logging, vehicle_cmds};
+use rampart_cli::{exit, logging, vehicle_cmds};
 
 /// Secure over-the-air updates for vehicle fleets (Uptane on TUF).
 #[derive(Debug, Parser)]
@@ -118,13 +118,7 @@ fn main() -> ExitCode {
         Command::Keygen(args) => vehicle_cmds::keygen(args),
         Command::TufClient(args) => tuf_client::main(args),
     };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    exit::report(result)
 }
 
 #[cfg(test)]

@@ -151,24 +151,28 @@ async fn fetches_within_the_bound_and_reports_not_found() {
     assert_eq!(f.fetch_bytes(&missing, 1000).await.unwrap(), None);
 }
 
+/// Fetches at most `bound` bytes of `s`'s file with `f`, which must refuse; the rule it names.
+async fn refusal(f: HttpFetcher, s: &Server, bound: u64) -> String {
+    let err = f.fetch_bytes(&s.url, bound).await.unwrap_err();
+    err.rule().to_string()
+}
+
 #[tokio::test]
 async fn endless_data_is_cut_at_the_bound() {
     let s = serve(body(1000), Behaviour::Endless).await;
-    let err = fetcher(1, 10_000, 5_000)
-        .fetch_bytes(&s.url, 5000)
-        .await
-        .unwrap_err();
-    assert_eq!(err.rule(), "endless-data");
+    assert_eq!(
+        refusal(fetcher(1, 10_000, 5_000), &s, 5000).await,
+        "endless-data"
+    );
 }
 
 #[tokio::test]
 async fn announced_length_above_the_bound_is_refused_before_reading() {
     let s = serve(body(10), Behaviour::HugeLength).await;
-    let err = fetcher(1, 10_000, 5_000)
-        .fetch_bytes(&s.url, 5000)
-        .await
-        .unwrap_err();
-    assert_eq!(err.rule(), "endless-data");
+    assert_eq!(
+        refusal(fetcher(1, 10_000, 5_000), &s, 5000).await,
+        "endless-data"
+    );
 }
 
 #[tokio::test]
@@ -176,11 +180,10 @@ async fn slow_retrieval_is_detected_by_average_speed() {
     // 1 byte per 20 ms = 50 B/s, required 1000 B/s over 300 ms windows.
     let s = serve(body(200), Behaviour::Trickle(20)).await;
     let started = std::time::Instant::now();
-    let err = fetcher(1000, 300, 5_000)
-        .fetch_bytes(&s.url, 200)
-        .await
-        .unwrap_err();
-    assert_eq!(err.rule(), "slow-retrieval");
+    assert_eq!(
+        refusal(fetcher(1000, 300, 5_000), &s, 200).await,
+        "slow-retrieval"
+    );
     assert!(
         started.elapsed() < Duration::from_secs(3),
         "detected within the bound"
@@ -190,11 +193,10 @@ async fn slow_retrieval_is_detected_by_average_speed() {
 #[tokio::test]
 async fn a_stalled_server_is_detected() {
     let s = serve(body(10), Behaviour::Trickle(2_000)).await;
-    let err = fetcher(1, 60_000, 300)
-        .fetch_bytes(&s.url, 10)
-        .await
-        .unwrap_err();
-    assert_eq!(err.rule(), "slow-retrieval");
+    assert_eq!(
+        refusal(fetcher(1, 60_000, 300), &s, 10).await,
+        "slow-retrieval"
+    );
 }
 
 async fn download(

@@ -6,7 +6,7 @@
 use std::process::ExitCode;
 
 use clap::{ArgAction, Parser, Subcommand};
-use rampart_cli::{logging, vehicle_cmds};
+use rampart_cli::{exit, logging, vehicle_cmds};
 
 mod attack_cmd;
 mod demo;
@@ -49,13 +49,7 @@ fn main() -> ExitCode {
         Command::Vehicle(args) => vehicle_cmds::vehicle(args),
         Command::Ecu(args) => vehicle_cmds::ecu(args),
     };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    exit::report(result)
 }
 
 #[cfg(test)]
@@ -63,8 +57,14 @@ mod tests {
     use super::*;
     use clap::CommandFactory;
 
+    /// The definition is consistent, and the hidden primary command parses the line the
+    /// lab's fleets run (`rampart_lab::VehicleHandle::once_args`).
     #[test]
-    fn command_line_definition_is_consistent() {
+    fn parses_the_command_line_the_fleets_run() {
         Cli::command().debug_assert();
+        let line = "rampart-lab -v vehicle --once --json --consent auto --config v.toml";
+        let cli = Cli::try_parse_from(line.split(' ')).unwrap();
+        assert_eq!(cli.verbose, 1);
+        assert!(matches!(cli.command, Command::Vehicle(_)));
     }
 }

@@ -96,6 +96,62 @@ pub struct EcuHandle {
     pub address: Option<String>,
 }
 
+impl EcuHandle {
+    /// Starts the ECU's process (`bin ecu`), its log appended to `ecu.log`.
+    pub fn start(&mut self, bin: &Path) -> anyhow::Result<()> {
+        let _ = std::fs::remove_file(self.dir.join("state/listen-address"));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("ecu.log"))?;
+        let child = Command::new(bin)
+            .args(["-v", "ecu", "--config"])
+            .arg(&self.config)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// Waits (up to 10 s) until the started process listens; returns its address.
+    pub async fn listening(&mut self) -> anyhow::Result<String> {
+        let path = self.dir.join("state/listen-address");
+        for _ in 0..200 {
+            if let Ok(a) = std::fs::read_to_string(&path) {
+                self.address = Some(a.clone());
+                return Ok(a);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        anyhow::bail!(
+            "ECU {} did not start (see {})",
+            self.ecu_id,
+            self.dir.join("ecu.log").display()
+        )
+    }
+
+    /// Stops its process, if it runs.
+    pub async fn stop(&mut self) -> anyhow::Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.kill().await?;
+        }
+        Ok(())
+    }
+}
+
+/// The JSON body of an admin API answer, or an error naming the request and its status.
+async fn answer(method: &str, path: &str, r: reqwest::Response) -> anyhow::Result<Value> {
+    let status = r.status();
+    let v: Value = r.json().await.unwrap_or(Value::Null);
+    if !status.is_success() {
+        bail!("{method} {path}: {status} {v}");
+    }
+    Ok(v)
+}
+
 /// A vehicle of a running lab.
 #[derive(Debug)]
 pub struct VehicleHandle {
@@ -107,6 +163,26 @@ pub struct VehicleHandle {
     pub ecus: Vec<EcuHandle>,
     /// `vehicle.toml` (written once the ECUs listen).
     pub primary_config: PathBuf,
+}
+
+impl VehicleHandle {
+    /// The arguments of `rampart` for one cycle of this vehicle that ends with a JSON report
+    /// (`-v`: the lab reads the rule names of the log).
+    pub fn once_args(&self, consent: &str) -> Vec<std::ffi::OsString> {
+        [
+            "-v",
+            "vehicle",
+            "--once",
+            "--json",
+            "--consent",
+            consent,
+            "--config",
+        ]
+        .into_iter()
+        .map(Into::into)
+        .chain([self.primary_config.clone().into_os_string()])
+        .collect()
+    }
 }
 
 /// Options of a lab.
@@ -368,46 +444,13 @@ impl Lab {
         let bin = self.options.bin.clone();
         for v in &mut self.vehicles {
             for e in &mut v.ecus {
-                let _ = std::fs::remove_file(e.dir.join("state/listen-address"));
-                let log = std::fs::File::create(e.dir.join("ecu.log"))?;
-                let child = Command::new(&bin)
-                    .args(["-v", "ecu", "--config"])
-                    .arg(&e.config)
-                    .stdout(Stdio::null())
-                    .stderr(log)
-                    .kill_on_drop(true)
-                    .spawn()
-                    .with_context(|| format!("starting {}", bin.display()))?;
-                e.child = Some(child);
+                e.start(&bin)?;
             }
         }
         for i in 0..self.vehicles.len() {
-            for j in 0..self.vehicles.get(i).map_or(0, |v| v.ecus.len()) {
-                let path = self
-                    .vehicles
-                    .get(i)
-                    .and_then(|v| v.ecus.get(j))
-                    .map(|e| e.dir.join("state/listen-address"));
-                let Some(path) = path else { continue };
-                let mut addr = None;
-                for _ in 0..200 {
-                    if let Ok(a) = std::fs::read_to_string(&path) {
-                        addr = Some(a);
-                        break;
-                    }
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                let addr = addr.with_context(|| {
-                    format!(
-                        "ECU did not start (see {})",
-                        path.parent()
-                            .and_then(Path::parent)
-                            .map(|p| p.join("ecu.log").display().to_string())
-                            .unwrap_or_default()
-                    )
-                })?;
-                if let Some(e) = self.vehicles.get_mut(i).and_then(|v| v.ecus.get_mut(j)) {
-                    e.address = Some(addr);
+            if let Some(v) = self.vehicles.get_mut(i) {
+                for e in &mut v.ecus {
+                    e.listening().await?;
                 }
             }
             self.write_primary_config(i, None)?;
@@ -465,6 +508,22 @@ impl Lab {
         Ok(ops::publish(&self.layout, req, chrono::Utc::now()).await?)
     }
 
+    /// Publishes `bytes` as `name` and assigns it to every vehicle of the lab: a release.
+    pub async fn release(
+        &self,
+        name: &str,
+        hardware_id: &str,
+        version: &str,
+        bytes: &[u8],
+        encrypt: bool,
+    ) -> anyhow::Result<PublishOutcome> {
+        let published = self
+            .publish_bytes(name, hardware_id, version, bytes, encrypt)
+            .await?;
+        self.assign_all(name, hardware_id, encrypt).await?;
+        Ok(published)
+    }
+
     /// Writes `bytes` to a file under the lab and publishes it.
     pub async fn publish_bytes(
         &self,
@@ -501,12 +560,7 @@ impl Lab {
             .json(body)
             .send()
             .await?;
-        let status = r.status();
-        let v: Value = r.json().await.unwrap_or(Value::Null);
-        if !status.is_success() {
-            bail!("POST {path}: {status} {v}");
-        }
-        Ok(v)
+        answer("POST", path, r).await
     }
 
     /// GETs from the admin API.
@@ -517,12 +571,7 @@ impl Lab {
             .bearer_auth(&self.token)
             .send()
             .await?;
-        let status = r.status();
-        let v: Value = r.json().await.unwrap_or(Value::Null);
-        if !status.is_success() {
-            bail!("GET {path}: {status} {v}");
-        }
-        Ok(v)
+        answer("GET", path, r).await
     }
 
     /// Assigns `target` to every ECU of `hardware_id` in all lab vehicles.
@@ -562,16 +611,7 @@ impl Lab {
             None => Command::new(&self.options.bin),
         };
         let out = command
-            .args([
-                "-v",
-                "vehicle",
-                "--once",
-                "--json",
-                "--consent",
-                consent,
-                "--config",
-            ])
-            .arg(&v.primary_config)
+            .args(v.once_args(consent))
             .stdin(Stdio::null())
             .output()
             .await?;

@@ -16,9 +16,7 @@
 //! rest of the vehicle keeps updating.
 
 use rampart_core::rule::Rule;
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use anyhow::Context;
 use chrono::Utc;
@@ -180,7 +178,7 @@ async fn serve(mut stream: TcpStream, answer: &Answer) -> anyhow::Result<String>
 }
 
 /// What the director stores for one ECU: installed target and last report counter.
-async fn director_record(h: &Harness, ecu_id: &str) -> anyhow::Result<(String, Option<u64>)> {
+async fn director_record(h: &Harness, ecu_id: &str) -> anyhow::Result<Record> {
     let v = h.lab.admin_get(&format!("vehicles/{}", h.vin())).await?;
     let ecu = v
         .get("ecus")
@@ -255,52 +253,27 @@ fn check_rejected(f: &mut Findings, h: &Harness, ecu: &str, rule: &str) {
     );
 }
 
-/// Stops the genuine process of ECU `i`.
-async fn stop_ecu(h: &mut Harness, i: usize) -> anyhow::Result<()> {
-    let e = h
-        .lab
-        .vehicles
-        .first_mut()
-        .and_then(|v| v.ecus.get_mut(i))
-        .context("no such ECU")?;
-    if let Some(mut child) = e.child.take() {
-        child.kill().await?;
-    }
-    Ok(())
-}
+/// The director's view of an ECU: its image and report counter.
+type Record = (String, Option<u64>);
 
-/// Starts the genuine process of ECU `i` again (as the lab does) and returns its address.
-async fn start_ecu(h: &mut Harness, i: usize) -> anyhow::Result<String> {
-    let bin = h.lab.options.bin.clone();
-    let e = h
-        .lab
-        .vehicles
-        .first_mut()
-        .and_then(|v| v.ecus.get_mut(i))
-        .context("no such ECU")?;
-    let listen = e.dir.join("state/listen-address");
-    let _ = std::fs::remove_file(&listen);
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(e.dir.join("ecu.log"))?;
-    let child = tokio::process::Command::new(&bin)
-        .args(["-v", "ecu", "--config"])
-        .arg(&e.config)
-        .stdout(Stdio::null())
-        .stderr(log)
-        .kill_on_drop(true)
-        .spawn()
-        .with_context(|| format!("starting {}", bin.display()))?;
-    e.child = Some(child);
-    for _ in 0..200 {
-        if let Ok(a) = std::fs::read_to_string(&listen) {
-            e.address = Some(a.clone());
-            return Ok(a);
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+/// Puts an impostor answering `answer` in the BCM's place and runs a cycle; what the
+/// impostor did becomes evidence (labelled `who`). Returns it (it leaves when dropped), the
+/// run, and the director's view of the BCM and the IVI before the cycle.
+async fn impostor_cycle(
+    h: &mut Harness,
+    f: &mut Findings,
+    answer: Answer,
+    who: &str,
+) -> anyhow::Result<(FakeEcu, rampart_lab::VehicleRun, Record, Record)> {
+    let fake = FakeEcu::start(answer).await?;
+    h.point_ecu_at(2, &fake.address)?;
+    let bcm_before = director_record(h, &h.ecu_id(2)).await?;
+    let ivi_before = director_record(h, &h.ecu_id(1)).await?;
+    let run = h.cycle().await?;
+    for line in fake.log() {
+        f.evidence(format!("{who}: {line}"));
     }
-    anyhow::bail!("ECU {} did not start again", e.ecu_id)
+    Ok((fake, run, bcm_before, ivi_before))
 }
 
 /// Runs it.
@@ -315,11 +288,10 @@ pub(super) async fn run(h: Harness) -> anyhow::Result<Findings> {
     let bcm_bytes = image_bytes(BCM_TARGET, 100_000);
     let bcm_release = h
         .lab
-        .publish_bytes(BCM_TARGET, "bcm-1", "2.0", &bcm_bytes, false)
+        .release(BCM_TARGET, "bcm-1", "2.0", &bcm_bytes, false)
         .await?;
-    h.lab.assign_all(BCM_TARGET, "bcm-1", false).await?;
     h.lab
-        .publish_bytes(
+        .release(
             TBOX_TARGET,
             "tbox-a",
             "2.0",
@@ -327,7 +299,6 @@ pub(super) async fn run(h: Harness) -> anyhow::Result<Findings> {
             false,
         )
         .await?;
-    h.lab.assign_all(TBOX_TARGET, "tbox-a", false).await?;
     let claimed = InstalledImage {
         filename: BCM_TARGET.into(),
         length: bcm_bytes.len() as u64,
@@ -346,23 +317,21 @@ pub(super) async fn run(h: Harness) -> anyhow::Result<Findings> {
     let captured = serde_json::to_vec(&captured)?;
 
     // ── 1. An impostor BCM signs with its own key and claims the new release. ──
-    stop_ecu(&mut h, 2).await?;
+    h.ecu_mut(2)?.stop().await?;
     let attacker = Arc::new(InMemorySigner::generate(KeyScheme::Ed25519)?);
-    let fake = FakeEcu::start(Answer::Forged {
-        signer: attacker,
-        signer_name: "the attacker's key",
-        ecu_id: bcm.clone(),
-        image: claimed.clone(),
-        counter: 1_000_000,
-    })
+    let (fake, run, bcm_before, ivi_before) = impostor_cycle(
+        &mut h,
+        &mut f,
+        Answer::Forged {
+            signer: attacker,
+            signer_name: "the attacker's key",
+            ecu_id: bcm.clone(),
+            image: claimed.clone(),
+            counter: 1_000_000,
+        },
+        "impostor BCM",
+    )
     .await?;
-    h.point_ecu_at(2, &fake.address)?;
-    let bcm_before = director_record(&h, &bcm).await?;
-    let ivi_before = director_record(&h, &ivi).await?;
-    let run = h.cycle().await?;
-    for line in fake.log() {
-        f.evidence(format!("impostor BCM: {line}"));
-    }
     check_rejected(&mut f, &h, &bcm, "bad-signature");
     h.check_event(&mut f, &[Rule::BadSignature], "server")
         .await?;
@@ -392,26 +361,24 @@ pub(super) async fn run(h: Harness) -> anyhow::Result<Findings> {
 
     // ── 2. The BCM, with its own key, speaks for the IVI (and lies about an install). ──
     let bcm_key = std::fs::read_to_string(bcm_dir.join("key.pem"))?;
-    let fake = FakeEcu::start(Answer::Forged {
-        signer: Arc::new(InMemorySigner::from_pkcs8_pem_any(&bcm_key)?),
-        signer_name: "the BCM's own key",
-        ecu_id: ivi.clone(),
-        image: InstalledImage {
-            filename: "ivi/app-0.9.bin".into(),
-            length: 1,
-            hashes: rampart_core::hash::compute_hashes(b"x"),
-            release_counter: 0,
+    let (fake, run, bcm_before, ivi_before) = impostor_cycle(
+        &mut h,
+        &mut f,
+        Answer::Forged {
+            signer: Arc::new(InMemorySigner::from_pkcs8_pem_any(&bcm_key)?),
+            signer_name: "the BCM's own key",
+            ecu_id: ivi.clone(),
+            image: InstalledImage {
+                filename: "ivi/app-0.9.bin".into(),
+                length: 1,
+                hashes: rampart_core::hash::compute_hashes(b"x"),
+                release_counter: 0,
+            },
+            counter: 1_000_000,
         },
-        counter: 1_000_000,
-    })
+        "compromised BCM",
+    )
     .await?;
-    h.point_ecu_at(2, &fake.address)?;
-    let bcm_before = director_record(&h, &bcm).await?;
-    let ivi_before = director_record(&h, &ivi).await?;
-    let run = h.cycle().await?;
-    for line in fake.log() {
-        f.evidence(format!("compromised BCM: {line}"));
-    }
     check_rejected(&mut f, &h, &bcm, "manifest");
     h.check_event(&mut f, &[Rule::Manifest], "server").await?;
     let ivi_now = director_record(&h, &ivi).await?;
@@ -435,7 +402,10 @@ pub(super) async fn run(h: Harness) -> anyhow::Result<Findings> {
     drop(fake);
 
     // The genuine BCM comes back and installs the release for real.
-    let genuine = start_ecu(&mut h, 2).await?;
+    let bin = h.lab.options.bin.clone();
+    let bcm_handle = h.ecu_mut(2)?;
+    bcm_handle.start(&bin)?;
+    let genuine = bcm_handle.listening().await?;
     h.point_ecu_at(2, &genuine)?;
     let run = h.cycle().await?;
     let bcm_now = director_record(&h, &bcm).await?;

@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use rampart_lab::image_bytes;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName};
 use tokio::io::AsyncReadExt;
@@ -57,15 +56,11 @@ async fn closed<S: tokio::io::AsyncRead + Unpin>(s: &mut S, wait: Duration) -> b
 pub(super) async fn run(h: Harness) -> anyhow::Result<Findings> {
     let mut f = Findings::default();
     let tbox = h.ecu_id(0);
-    let image = "tbox/fw-2.0.bin";
     anyhow::ensure!(
         h.lab.url.starts_with("https://"),
         "the connection flood needs the HTTPS lab"
     );
-    h.lab
-        .publish_bytes(image, "tbox-a", "2.0", &image_bytes(image, 150_000), false)
-        .await?;
-    h.lab.assign_all(image, "tbox-a", false).await?;
+    let image = h.release_tbox_update(150_000).await?;
     let mark = h
         .lab
         .events(None)

@@ -159,9 +159,7 @@ async fn serve_forged(
     )?;
     let timestamp = forge_timestamp(tsv, sv, &snapshot, &stolen.timestamp)?;
     let base = format!("/director/{vin}/metadata/");
-    h.proxy.clear();
-    h.proxy.clear_log();
-    h.proxy.add(Intercept::get(
+    h.proxy.only(Intercept::get(
         &format!("{base}timestamp.json"),
         Action::Replace(timestamp),
     ));
@@ -247,16 +245,15 @@ pub(super) async fn run(mut h: Harness) -> anyhow::Result<Findings> {
             &mut f,
             &mut missing,
             &before,
-            Attempt {
-                what: format!(
-                    "director metadata signed with the stolen keys (timestamp v{tsv}, snapshot v{sv}, targets v{tv}) naming {what}"
+            Attempt::new(
+                format!(
+                    "director metadata signed with the stolen keys (timestamp v{tsv}, snapshot v{sv}, targets v{tv}) naming {what}",
                 ),
-                filter: &director_meta,
-                min_forged: 3,
-                rules: &[*rule],
-                about: None,
-                forbidden: &forbidden,
-            },
+                &director_meta,
+                &[*rule],
+            )
+            .forbid(&forbidden)
+            .at_least(3),
         )
         .await?;
     }
@@ -313,11 +310,9 @@ pub(super) async fn run(mut h: Harness) -> anyhow::Result<Findings> {
             "the forged director timestamp after the rotation was never requested".to_owned(),
         );
     }
-    h.check_refused(&mut f, &run);
-    h.check_noticed(&mut f, &run, &[Rule::Threshold], "vehicle")
+    let after = h
+        .check_rejected(&mut f, &run, &[Rule::Threshold], &forbidden)
         .await?;
-    let after = h.trust_state().await?;
-    h.check_state(&mut f, &after, &forbidden);
     check_unchanged(&mut f, &before, &after);
 
     // The attacker leaves: the genuine release installs on the T-BOX and the BCM.

@@ -6,7 +6,7 @@
 use rampart_core::rule::Rule;
 use std::time::{Duration, Instant};
 
-use rampart_lab::{image_bytes, VehicleRun};
+use rampart_lab::VehicleRun;
 
 use crate::proxy::{Action, Intercept};
 use crate::{Findings, Harness, Info};
@@ -139,11 +139,7 @@ pub(super) async fn run(h: Harness) -> anyhow::Result<Findings> {
     let mut f = Findings::default();
     let vin = h.vin();
     let tbox = h.ecu_id(0);
-    let image = "tbox/fw-2.0.bin";
-    h.lab
-        .publish_bytes(image, "tbox-a", "2.0", &image_bytes(image, 150_000), false)
-        .await?;
-    h.lab.assign_all(image, "tbox-a", false).await?;
+    let image = h.release_tbox_update(150_000).await?;
     let bound = HEADER_DEADLINE + SLACK;
 
     // 1. The image repository answers every image download with 503, and the attacker also
@@ -173,9 +169,7 @@ pub(super) async fn run(h: Harness) -> anyhow::Result<Findings> {
     h.check_state(&mut f, &h.trust_state().await?, &[image]);
 
     // 2. The director's metadata is swallowed: the request is accepted and never answered.
-    h.proxy.clear();
-    h.proxy.clear_log();
-    h.proxy.add(Intercept::get(
+    h.proxy.only(Intercept::get(
         &format!("/director/{vin}/metadata/timestamp.json"),
         Action::Blackhole,
     ));
@@ -201,9 +195,7 @@ pub(super) async fn run(h: Harness) -> anyhow::Result<Findings> {
 
     // 3. The vehicle's manifest is swallowed: the director hears nothing this cycle, so the
     //    indicator can only arrive with the next manifest that gets through.
-    h.proxy.clear();
-    h.proxy.clear_log();
-    h.proxy.add(Intercept {
+    h.proxy.only(Intercept {
         pattern: format!("/director/{vin}/manifest"),
         method: Some("POST".into()),
         action: Action::Blackhole,

@@ -18,9 +18,8 @@ use anyhow::Context;
 use rampart_core::encryption::{decrypt_all, unwrap_key, EcuKeyPair, MAGIC};
 use rampart_core::metadata::{Envelope, Targets};
 use rampart_core::uptane::{DirectorCustom, EncryptedImage};
-use rampart_vehicle::protocol::{self, Kind};
+use rampart_vehicle::protocol::Kind;
 use serde_json::Value;
-use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::harness::active_slot;
@@ -135,28 +134,16 @@ impl Sniffer {
     }
 }
 
-async fn relay(mut primary: TcpStream, ecu: &str, seen: Arc<Mutex<Vec<u8>>>) -> anyhow::Result<()> {
+async fn relay(primary: TcpStream, ecu: &str, seen: Arc<Mutex<Vec<u8>>>) -> anyhow::Result<()> {
     let to_ecu = TcpStream::connect(ecu).await?;
-    let (mut ecu_read, mut ecu_write) = to_ecu.into_split();
-    let (mut primary_read, mut primary_write) = primary.split();
-    let upstream = async {
-        while let Ok(frame) = protocol::read_frame(&mut primary_read).await {
-            if frame.kind == Kind::ImageChunk {
-                if let Ok(mut s) = seen.lock() {
-                    s.extend_from_slice(&frame.payload);
-                }
-            }
-            if protocol::write_frame(&mut ecu_write, frame.kind, &frame.payload)
-                .await
-                .is_err()
-            {
-                break;
+    crate::bus::relay_frames(primary, to_ecu, |frame| {
+        if frame.kind == Kind::ImageChunk {
+            if let Ok(mut s) = seen.lock() {
+                s.extend_from_slice(&frame.payload);
             }
         }
-        let _ = ecu_write.shutdown().await;
-    };
-    let downstream = tokio::io::copy(&mut ecu_read, &mut primary_write);
-    let _ = tokio::join!(upstream, downstream);
+    })
+    .await;
     Ok(())
 }
 
@@ -169,10 +156,7 @@ pub(super) async fn run(h: Harness) -> anyhow::Result<Findings> {
     let ivi = h.ecu_id(1);
 
     // The release: encrypted for the IVI.
-    h.lab
-        .publish_bytes(TARGET, "ivi-x", "2.0", &plain, true)
-        .await?;
-    h.lab.assign_all(TARGET, "ivi-x", true).await?;
+    h.lab.release(TARGET, "ivi-x", "2.0", &plain, true).await?;
 
     // The attacker listens: on the network (the proxy, forwarding everything) and on the
     // in-vehicle link to the IVI.

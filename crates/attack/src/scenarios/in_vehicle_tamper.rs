@@ -46,9 +46,8 @@ pub(super) async fn run(h: Harness) -> anyhow::Result<Findings> {
     // ── 1. A flipped bit in the IVI's (encrypted) image on the bus. ──
     let ivi_new = image_bytes(IVI_TARGET, 150_000);
     h.lab
-        .publish_bytes(IVI_TARGET, "ivi-x", "2.0", &ivi_new, true)
+        .release(IVI_TARGET, "ivi-x", "2.0", &ivi_new, true)
         .await?;
-    h.lab.assign_all(IVI_TARGET, "ivi-x", true).await?;
     let flip = BusTap::start(&ivi_address, Tamper::FlipImageBit).await?;
     h.point_ecu_at(1, &flip.address)?;
     let mark = h.newest_event_id().await?;
@@ -98,9 +97,8 @@ pub(super) async fn run(h: Harness) -> anyhow::Result<Findings> {
     // ── 2. Garbage on the BCM's link (the IVI's tap stays). ──
     let bcm_new = image_bytes(BCM_TARGET, 100_000);
     h.lab
-        .publish_bytes(BCM_TARGET, "bcm-1", "2.0", &bcm_new, false)
+        .release(BCM_TARGET, "bcm-1", "2.0", &bcm_new, false)
         .await?;
-    h.lab.assign_all(BCM_TARGET, "bcm-1", false).await?;
     let garbage = BusTap::start(&bcm_address, Tamper::Garbage).await?;
     h.point_ecu_at(2, &garbage.address)?;
     let run = h.cycle().await?;

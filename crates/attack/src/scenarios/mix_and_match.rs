@@ -5,10 +5,8 @@
 //! snapshot with its older targets.
 
 use rampart_core::rule::Rule;
-use std::sync::Arc;
 
 use rampart_lab::image_bytes;
-use serde_json::Value;
 
 use super::rollback::{check_runs, fetched, finish, genuine_cycle, release, version_of};
 use crate::harness::Attempt;
@@ -28,18 +26,6 @@ pub(super) const INFO: Info = Info {
 const BETA: &str = "tbox/fw-3.0-beta.bin";
 /// The build that replaced it.
 const FINAL: &str = "tbox/fw-3.0.bin";
-
-/// Whether `body` is a targets document.
-fn is_targets(body: &[u8]) -> bool {
-    serde_json::from_slice::<Value>(body)
-        .ok()
-        .and_then(|v| {
-            v.pointer("/signed/_type")
-                .and_then(Value::as_str)
-                .map(|t| t == "targets")
-        })
-        .unwrap_or(false)
-}
 
 /// The snapshot and top-level targets versions the image repository serves now.
 fn current_image_versions(h: &Harness) -> anyhow::Result<(u64, u64)> {
@@ -66,7 +52,7 @@ pub(super) async fn run(h: Harness) -> anyhow::Result<Findings> {
     // 0. A genuine release of two ECUs passes the attacker, who records the image snapshot
     //    and targets and the director targets the vehicle fetches.
     h.lab
-        .publish_bytes(
+        .release(
             "ivi/app-2.0.bin",
             "ivi-x",
             "2.0",
@@ -74,7 +60,6 @@ pub(super) async fn run(h: Harness) -> anyhow::Result<Findings> {
             true,
         )
         .await?;
-    h.lab.assign_all("ivi/app-2.0.bin", "ivi-x", true).await?;
     release(&h, "tbox/fw-2.0.bin", "tbox-a", "2.0").await?;
     genuine_cycle(&h, "release 2.0").await?;
     let recorded = |prefix: &str, suffix: &str, what: &str| {
@@ -99,17 +84,15 @@ pub(super) async fn run(h: Harness) -> anyhow::Result<Findings> {
         &mut f,
         &mut missing,
         &before,
-        Attempt {
-            what: format!(
+        Attempt::new(
+            format!(
                 "image snapshot v{} served under the current timestamp, which names snapshot v{snapshot_now}",
-                version_of(&old_snapshot)
+                version_of(&old_snapshot),
             ),
-            filter: &path,
-            min_forged: 1,
-            rules: &mismatch,
-            about: Some("snapshot"),
-            forbidden: &[],
-        },
+            &path,
+            &mismatch,
+        )
+        .about("snapshot"),
     )
     .await?;
 
@@ -123,17 +106,15 @@ pub(super) async fn run(h: Harness) -> anyhow::Result<Findings> {
         &mut f,
         &mut missing,
         &before,
-        Attempt {
-            what: format!(
+        Attempt::new(
+            format!(
                 "image targets v{} served under the current snapshot, which names targets v{targets_now}",
-                version_of(&old_targets)
+                version_of(&old_targets),
             ),
-            filter: &path,
-            min_forged: 1,
-            rules: &mismatch,
-            about: Some("targets"),
-            forbidden: &[],
-        },
+            &path,
+            &mismatch,
+        )
+        .about("targets"),
     )
     .await?;
 
@@ -146,30 +127,22 @@ pub(super) async fn run(h: Harness) -> anyhow::Result<Findings> {
     let old = old_director_targets.clone();
     h.proxy.add(Intercept::get(
         &director_meta,
-        Action::Mutate(Arc::new(move |body: &[u8]| {
-            if is_targets(body) {
-                old.clone()
-            } else {
-                body.to_vec()
-            }
-        })),
+        Action::on_role("targets", move |_| old.clone()),
     ));
     // Only targets answers were changed (timestamp and snapshot went through as they were).
     h.attempt(
         &mut f,
         &mut missing,
         &before,
-        Attempt {
-            what: format!(
+        Attempt::new(
+            format!(
                 "director targets v{} served under the director's current snapshot",
                 version_of(&old_director_targets)
             ),
-            filter: ".targets.json",
-            min_forged: 1,
-            rules: &mismatch,
-            about: Some("targets"),
-            forbidden: &[],
-        },
+            ".targets.json",
+            &mismatch,
+        )
+        .about("targets"),
     )
     .await?;
 
@@ -198,29 +171,22 @@ pub(super) async fn run(h: Harness) -> anyhow::Result<Findings> {
     let beta = beta_targets.clone();
     h.proxy.add(Intercept::get(
         &director_meta,
-        Action::Mutate(Arc::new(move |body: &[u8]| {
-            if is_targets(body) {
-                beta.clone()
-            } else {
-                body.to_vec()
-            }
-        })),
+        Action::on_role("targets", move |_| beta.clone()),
     ));
     h.attempt(
         &mut f,
         &mut missing,
         &before_mix,
-        Attempt {
-            what: format!(
+        Attempt::new(
+            format!(
                 "director targets v{} naming {BETA} (declined, then replaced by {FINAL}) served under the director's current snapshot; {BETA}'s bytes are published as those targets name them",
-                version_of(&beta_targets)
+                version_of(&beta_targets),
             ),
-            filter: ".targets.json",
-            min_forged: 1,
-            rules: &mismatch,
-            about: Some("targets"),
-            forbidden: &[BETA],
-        },
+            ".targets.json",
+            &mismatch,
+        )
+        .about("targets")
+        .forbid(&[BETA]),
     )
     .await?;
 

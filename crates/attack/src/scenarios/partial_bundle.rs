@@ -68,9 +68,8 @@ pub(super) async fn run(h: Harness) -> anyhow::Result<Findings> {
     ];
     for (name, hw, _) in bundle {
         h.lab
-            .publish_bytes(name, hw, "2.0", &image_bytes(name, 150_000), false)
+            .release(name, hw, "2.0", &image_bytes(name, 150_000), false)
             .await?;
-        h.lab.assign_all(name, hw, false).await?;
     }
     let names: Vec<&str> = bundle.iter().map(|(n, _, _)| *n).collect();
 

@@ -21,6 +21,7 @@ use rampart_lab::image_bytes;
 use serde_json::Value;
 
 use crate::harness::sha12;
+use crate::proxy::json_at;
 use crate::{Findings, Harness, Info};
 
 /// Description.
@@ -121,10 +122,7 @@ async fn forward(State(r): State<Recorder>, request: Request) -> Response {
 }
 
 fn counter_of(manifest: &[u8]) -> Option<u64> {
-    serde_json::from_slice::<Value>(manifest)
-        .ok()?
-        .pointer("/signed/manifest_counter")
-        .and_then(Value::as_u64)
+    json_at(manifest, "/signed/manifest_counter")?.as_u64()
 }
 
 fn installed_of(manifest: &[u8], ecu: &str) -> String {
@@ -177,7 +175,7 @@ pub(super) async fn run(h: Harness) -> anyhow::Result<Findings> {
     // A genuine cycle with an update: the vehicle signs one manifest before installing
     // (T-BOX on fw-1.0) and one after (T-BOX on fw-2.0).
     h.lab
-        .publish_bytes(
+        .release(
             TARGET,
             "tbox-a",
             "2.0",
@@ -185,7 +183,6 @@ pub(super) async fn run(h: Harness) -> anyhow::Result<Findings> {
             false,
         )
         .await?;
-    h.lab.assign_all(TARGET, "tbox-a", false).await?;
     let run = h.cycle().await?;
     let recorded = recorder.manifests();
     task.abort();

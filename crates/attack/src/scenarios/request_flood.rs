@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use rampart_lab::{image_bytes, VehicleRun};
+use rampart_lab::VehicleRun;
 use serde_json::Value;
 
 use crate::{Findings, Harness, Info};
@@ -114,11 +114,7 @@ fn installed(run: &VehicleRun) -> Vec<String> {
 pub(super) async fn run(h: Harness) -> anyhow::Result<Findings> {
     let mut f = Findings::default();
     let tbox = h.ecu_id(0);
-    let image = "tbox/fw-2.0.bin";
-    h.lab
-        .publish_bytes(image, "tbox-a", "2.0", &image_bytes(image, 150_000), false)
-        .await?;
-    h.lab.assign_all(image, "tbox-a", false).await?;
+    let image = h.release_tbox_update(150_000).await?;
     anyhow::ensure!(
         h.lab.url.starts_with("https://"),
         "the request flood needs the HTTPS lab"

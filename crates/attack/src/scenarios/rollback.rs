@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use crate::harness::Attempt;
 use crate::harness::TrustState;
-use crate::proxy::{Action, Intercept};
+use crate::proxy::{json_at, Action, Intercept};
 use crate::{Findings, Harness, Info};
 
 /// Description.
@@ -47,9 +47,8 @@ pub(super) fn fetched(h: &Harness, prefix: &str, suffix: &str) -> Option<(String
 
 /// `signed.version` of a metadata document (0 if it has none).
 pub(super) fn version_of(bytes: &[u8]) -> u64 {
-    serde_json::from_slice::<Value>(bytes)
-        .ok()
-        .and_then(|v| v.pointer("/signed/version").and_then(Value::as_u64))
+    json_at(bytes, "/signed/version")
+        .and_then(|v| v.as_u64())
         .unwrap_or(0)
 }
 
@@ -98,7 +97,7 @@ pub(super) async fn release(
     version: &str,
 ) -> anyhow::Result<()> {
     h.lab
-        .publish_bytes(
+        .release(
             name,
             hardware_id,
             version,
@@ -106,7 +105,6 @@ pub(super) async fn release(
             false,
         )
         .await?;
-    h.lab.assign_all(name, hardware_id, false).await?;
     Ok(())
 }
 
@@ -129,12 +127,8 @@ pub(super) async fn genuine_cycle(h: &Harness, what: &str) -> anyhow::Result<()>
 
 /// The snapshot version a timestamp document lists.
 fn snapshot_listed(timestamp: &[u8]) -> u64 {
-    serde_json::from_slice::<Value>(timestamp)
-        .ok()
-        .and_then(|v| {
-            v.pointer("/signed/meta/snapshot.json/version")
-                .and_then(Value::as_u64)
-        })
+    json_at(timestamp, "/signed/meta/snapshot.json/version")
+        .and_then(|v| v.as_u64())
         .unwrap_or(0)
 }
 
@@ -198,17 +192,16 @@ pub(super) async fn run(h: Harness) -> anyhow::Result<Findings> {
         &mut f,
         &mut missing,
         &before,
-        Attempt {
-            what: format!(
+        Attempt::new(
+            format!(
                 "image timestamp v{} replayed (validly signed, recorded two releases ago) while the vehicle trusts v{trusted}",
-                version_of(&old_image_ts)
+                version_of(&old_image_ts),
             ),
-            filter: image_ts,
-            min_forged: 1,
-            rules: &[Rule::Rollback],
-            about: Some("timestamp version"),
-            forbidden: &["tbox/fw-2.0.bin"],
-        },
+            image_ts,
+            &[Rule::Rollback],
+        )
+        .about("timestamp version")
+        .forbid(&["tbox/fw-2.0.bin"]),
     )
     .await?;
 
@@ -239,18 +232,16 @@ pub(super) async fn run(h: Harness) -> anyhow::Result<Findings> {
         &mut f,
         &mut missing,
         &before_1b,
-        Attempt {
-            what: format!(
+        Attempt::new(
+            format!(
                 "image timestamp v{} replayed while the vehicle trusts v{trusted}; both list snapshot v{}",
                 version_of(&current_ts),
-                snapshot_listed(&current_ts)
+                snapshot_listed(&current_ts),
             ),
-            filter: image_ts,
-            min_forged: 1,
-            rules: &[Rule::Rollback],
-            about: Some("timestamp version"),
-            forbidden: &[],
-        },
+            image_ts,
+            &[Rule::Rollback],
+        )
+        .about("timestamp version"),
     )
     .await?;
 
@@ -265,17 +256,16 @@ pub(super) async fn run(h: Harness) -> anyhow::Result<Findings> {
         &mut f,
         &mut missing,
         &before,
-        Attempt {
-            what: format!(
+        Attempt::new(
+            format!(
                 "director timestamp v{} replayed (validly signed, recorded two releases ago) while the vehicle trusts v{trusted}",
-                version_of(&old_director_ts)
+                version_of(&old_director_ts),
             ),
-            filter: &director_ts,
-            min_forged: 1,
-            rules: &[Rule::Rollback],
-            about: Some("timestamp version"),
-            forbidden: &["tbox/fw-2.0.bin"],
-        },
+            &director_ts,
+            &[Rule::Rollback],
+        )
+        .about("timestamp version")
+        .forbid(&["tbox/fw-2.0.bin"]),
     )
     .await?;
 
@@ -294,11 +284,14 @@ pub(super) async fn run(h: Harness) -> anyhow::Result<Findings> {
         &tbox,
         &mut missing,
     );
-    h.check_refused(&mut f, &run);
-    h.check_noticed(&mut f, &run, &[Rule::ReleaseCounterDecreased], "vehicle")
+    let after = h
+        .check_rejected(
+            &mut f,
+            &run,
+            &[Rule::ReleaseCounterDecreased],
+            &["tbox/fw-2.0.bin"],
+        )
         .await?;
-    let after = h.trust_state().await?;
-    h.check_state(&mut f, &after, &["tbox/fw-2.0.bin"]);
     check_unchanged(&mut f, &before, &after);
 
     // 4. An old body-controller build, signed by the OEM with release counter 0, published
@@ -335,11 +328,14 @@ pub(super) async fn run(h: Harness) -> anyhow::Result<Findings> {
         &bcm,
         &mut missing,
     );
-    h.check_refused(&mut f, &run);
-    h.check_noticed(&mut f, &run, &[Rule::ReleaseCounterDecreased], "vehicle")
+    let after = h
+        .check_rejected(
+            &mut f,
+            &run,
+            &[Rule::ReleaseCounterDecreased],
+            &["tbox/fw-2.0.bin", "bcm/fw-0.9.bin"],
+        )
         .await?;
-    let after = h.trust_state().await?;
-    h.check_state(&mut f, &after, &["tbox/fw-2.0.bin", "bcm/fw-0.9.bin"]);
     check_unchanged(&mut f, &before, &after);
     let bcm_after = partial_targets_version(&h, 2);
     f.check(

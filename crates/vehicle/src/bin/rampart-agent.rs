@@ -246,17 +246,9 @@ mod tests {
 
     #[test]
     fn parses_the_lab_command_lines() {
-        let c = cli(&[
-            "-v",
-            "vehicle",
-            "--once",
-            "--json",
-            "--consent",
-            "auto",
-            "--config",
-            "v.toml",
-        ])
-        .unwrap();
+        // As the lab runs it (`rampart_lab::VehicleHandle::once_args`).
+        let lab_line = "-v vehicle --once --json --consent auto --config v.toml";
+        let c = cli(&lab_line.split(' ').collect::<Vec<_>>()).unwrap();
         assert_eq!(c.verbose, 1);
         match c.command {
             Command::Vehicle {
