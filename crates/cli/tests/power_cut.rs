@@ -23,24 +23,10 @@ use std::time::{Duration, Instant};
 use rampart_core::hash::compute_hashes;
 use rampart_lab::{image_bytes, Lab, LabOptions};
 use rampart_vehicle::slots::{BootControl, Slot};
+use rampart_vehicle::testing::Rng;
 
 fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_rampart"))
-}
-
-/// xorshift64*, repeatable from the printed seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
 }
 
 /// Every slot an ECU's boot-control file describes holds exactly that image; the active
@@ -378,7 +364,7 @@ async fn a_primary_cut_during_download_or_distribution_finishes_on_the_next_cycl
     config.save(&lab.layout).unwrap();
     lab.restart_server().await.unwrap();
     lab.start_ecus().await.unwrap();
-    let mut rng = Rng(seed.max(1));
+    let mut rng = Rng::new(seed);
     // A first release, uninterrupted: both slots of every ECU hold an image from now on,
     // and it says how long distribution takes.
     let release = publish(&lab, 0, &mut rng).await;

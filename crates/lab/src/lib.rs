@@ -255,17 +255,7 @@ pub fn vin(i: usize) -> String {
     format!("WRAMPART{:09}", i + 1)
 }
 
-/// Deterministic pseudo-random image bytes (so runs are comparable).
-pub fn image_bytes(seed: &str, len: usize) -> Vec<u8> {
-    let mut out = Vec::with_capacity(len + 32);
-    let mut block = rampart_core::hash::sha256(seed.as_bytes());
-    while out.len() < len {
-        out.extend_from_slice(&block);
-        block = rampart_core::hash::sha256(&block);
-    }
-    out.truncate(len);
-    out
-}
+pub use rampart_vehicle::testing::image_bytes;
 
 fn write_secret(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     use std::io::Write;

@@ -21,5 +21,7 @@ pub mod protocol;
 pub mod report;
 pub mod secondary;
 pub mod slots;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 
 pub use error::{Error, Result};

@@ -39,42 +39,10 @@ use tokio::net::TcpStream;
 mod common;
 
 use common::{agent, ecu_config, ECU, HW, VIN};
+use rampart_vehicle::testing::{image_bytes, Rng};
 
 const TARGET: &str = "ivi/app-2.bin";
 const IMAGE_LEN: usize = 384 * 1024;
-
-/// xorshift64*: enough randomness to place cuts, and repeatable from the printed seed.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed.max(1))
-    }
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    /// Uniform in `0..n` (n > 0).
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-}
-
-fn bytes(seed: &str, len: usize) -> Vec<u8> {
-    let mut out = Vec::with_capacity(len + 32);
-    let mut block = rampart_core::hash::sha256(seed.as_bytes());
-    while out.len() < len {
-        out.extend_from_slice(&block);
-        block = rampart_core::hash::sha256(&block);
-    }
-    out.truncate(len);
-    out
-}
 
 fn installed(name: &str, data: &[u8], counter: u64) -> InstalledImage {
     InstalledImage {
@@ -559,9 +527,9 @@ impl Trial<'_> {
 async fn an_image_that_crashes_the_ecu_at_every_boot_is_rolled_back() {
     let root = tempfile::tempdir().unwrap();
     let images = Images {
-        factory: bytes("factory", 1000),
-        v1: bytes("v1", 5000),
-        v2: bytes("v2", 70_000),
+        factory: image_bytes("factory", 1000),
+        v1: image_bytes("v1", 5000),
+        v2: image_bytes("v2", 70_000),
     };
     let director = director(&images.v2);
     let mut ecu = Ecu::create(root.path(), &director.root, Layout::RunningB, &images);
@@ -612,9 +580,9 @@ async fn an_image_that_crashes_the_ecu_at_every_boot_is_rolled_back() {
 async fn a_rollback_is_reported_even_if_the_power_goes_right_after_it() {
     let root = tempfile::tempdir().unwrap();
     let images = Images {
-        factory: bytes("factory", 1000),
-        v1: bytes("v1", 5000),
-        v2: bytes("v2", 7000),
+        factory: image_bytes("factory", 1000),
+        v1: image_bytes("v1", 5000),
+        v2: image_bytes("v2", 7000),
     };
     let director = director(&images.v2);
     let ecu = Ecu::create(root.path(), &director.root, Layout::RunningB, &images);
@@ -689,9 +657,9 @@ async fn an_ecu_survives_power_cuts_at_any_point_of_an_install() {
         None => tempfile::tempdir().unwrap(),
     };
     let images = Images {
-        factory: bytes("factory", 1000),
-        v1: bytes("v1", IMAGE_LEN / 2 + 17),
-        v2: bytes("v2", IMAGE_LEN),
+        factory: image_bytes("factory", 1000),
+        v1: image_bytes("v1", IMAGE_LEN / 2 + 17),
+        v2: image_bytes("v2", IMAGE_LEN),
     };
     let director = director(&images.v2);
     let install = calibrate(root.path(), &director, &images).await;

@@ -539,41 +539,11 @@ mod tests {
     use rampart_core::testing::TestRepo;
     use rampart_core::uptane::{DirectorCustom, EcuAssignment, DIRECTOR_VEHICLE_FIELD};
 
-    const VIN: &str = "VIN00000000000001";
-    const ECU: &str = "IVI-1";
+    use crate::testing::{ECU, VIN};
 
     /// A partial-verification ECU in `dir` trusting `director_root`.
     fn ecu(dir: &Path, director_root: &[u8]) -> EcuConfig {
-        let key = InMemorySigner::generate(KeyScheme::Ed25519).unwrap();
-        std::fs::write(dir.join("key.pem"), key.to_pkcs8_pem()).unwrap();
-        std::fs::set_permissions(
-            dir.join("key.pem"),
-            std::os::unix::fs::PermissionsExt::from_mode(0o600),
-        )
-        .unwrap();
-        std::fs::write(dir.join("root.json"), director_root).unwrap();
-        std::fs::write(dir.join("slot-a"), b"factory").unwrap();
-        EcuConfig {
-            ecu_id: ECU.into(),
-            hardware_id: "ivi-x".into(),
-            vin: VIN.into(),
-            listen: "127.0.0.1:0".into(),
-            key: dir.join("key.pem"),
-            encryption_key: None,
-            verification: Verification::Partial,
-            director_root: dir.join("root.json"),
-            image_root: None,
-            state_dir: dir.join("state"),
-            slots: SlotConfig {
-                slot_a: dir.join("slot-a"),
-                slot_b: dir.join("slot-b"),
-                boot_control: dir.join("boot-control.json"),
-                max_boot_attempts: 2,
-                health_check: None,
-            },
-            factory_image: "factory".into(),
-            limits: LinkLimits::default(),
-        }
+        crate::testing::ecu_config(dir, director_root, LinkLimits::default())
     }
 
     /// The director assigns `target` (release counter `counter`) to `ecu` and publishes

@@ -6,17 +6,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use rampart_core::key::KeyScheme;
-use rampart_core::signer::InMemorySigner;
-use rampart_vehicle::secondary::{EcuConfig, LinkLimits, Verification};
-use rampart_vehicle::slots::SlotConfig;
-
-/// The vehicle of the tests.
-pub(crate) const VIN: &str = "VIN00000000000001";
-/// Its ECU.
-pub(crate) const ECU: &str = "IVI-1";
-/// The ECU's hardware ID.
-pub(crate) const HW: &str = "ivi-x";
+#[allow(unused_imports)] // each test file uses some of them
+pub(crate) use rampart_vehicle::testing::{ecu_config, ECU, HW, VIN};
 
 /// The agent binary: `RAMPART_AGENT` if set (e.g. an older build, to see a test fail
 /// against it), else the one cargo built.
@@ -24,42 +15,6 @@ pub(crate) fn agent() -> PathBuf {
     std::env::var_os("RAMPART_AGENT")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_rampart-agent")))
-}
-
-/// A partial-verification ECU in `dir`: a fresh signing key (0600, as the ECU demands), the
-/// director root it trusts, slot A holding a factory image; its configuration.
-pub(crate) fn ecu_config(dir: &Path, director_root: &[u8], limits: LinkLimits) -> EcuConfig {
-    std::fs::create_dir_all(dir).unwrap();
-    let key = InMemorySigner::generate(KeyScheme::Ed25519).unwrap();
-    std::fs::write(dir.join("key.pem"), key.to_pkcs8_pem()).unwrap();
-    std::fs::set_permissions(
-        dir.join("key.pem"),
-        std::os::unix::fs::PermissionsExt::from_mode(0o600),
-    )
-    .unwrap();
-    std::fs::write(dir.join("director-root.json"), director_root).unwrap();
-    std::fs::write(dir.join("slot-a"), b"factory").unwrap();
-    EcuConfig {
-        ecu_id: ECU.into(),
-        hardware_id: HW.into(),
-        vin: VIN.into(),
-        listen: "127.0.0.1:0".into(),
-        key: dir.join("key.pem"),
-        encryption_key: None,
-        verification: Verification::Partial,
-        director_root: dir.join("director-root.json"),
-        image_root: None,
-        state_dir: dir.join("state"),
-        slots: SlotConfig {
-            slot_a: dir.join("slot-a"),
-            slot_b: dir.join("slot-b"),
-            boot_control: dir.join("boot-control.json"),
-            max_boot_attempts: 2,
-            health_check: None,
-        },
-        factory_image: "factory".into(),
-        limits,
-    }
 }
 
 /// Waits (up to 20 s) for an ECU process to publish its listening address in `path`.
