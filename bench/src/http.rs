@@ -54,20 +54,6 @@ impl Conn {
         headers: &str,
         body: &[u8],
     ) -> anyhow::Result<Response> {
-        let r = self.request_inner(method, path, headers, body).await;
-        if r.is_err() {
-            self.stream = None;
-        }
-        r
-    }
-
-    async fn request_inner(
-        &mut self,
-        method: &str,
-        path: &str,
-        headers: &str,
-        body: &[u8],
-    ) -> anyhow::Result<Response> {
         let mut head = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{headers}");
         if method == "POST" {
             head.push_str(&format!(
@@ -76,6 +62,15 @@ impl Conn {
             ));
         }
         head.push_str("\r\n");
+        let r = self.exchange(&head, body).await;
+        if r.is_err() {
+            self.stream = None;
+        }
+        r
+    }
+
+    /// Writes `head` and `body`, reads the response.
+    async fn exchange(&mut self, head: &str, body: &[u8]) -> anyhow::Result<Response> {
         let mut out = Vec::with_capacity(head.len() + body.len());
         out.extend_from_slice(head.as_bytes());
         out.extend_from_slice(body);

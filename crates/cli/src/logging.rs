@@ -1,9 +1,17 @@
 //! Logging to stderr with `tracing`, shared by `rampart` and `rampart-lab`.
 
+/// The logging flag every binary takes (flattened into its command line).
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct Verbosity {
+    /// More logging (-v info, -vv debug, -vvv trace). RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+}
+
 /// `-v` info, `-vv` debug, `-vvv` trace; `RUST_LOG` overrides. `quiet` commands (those that
 /// narrate for people) show only errors by default.
-pub fn init(verbose: u8, quiet: bool) {
-    let default = match verbose {
+pub fn init(verbosity: Verbosity, quiet: bool) {
+    let default = match verbosity.verbose {
         0 if quiet => "error",
         0 => "warn",
         1 => "info",

@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{ArgAction, Parser, Subcommand};
+use clap::{Parser, Subcommand};
 
 mod admin;
 mod server_cmds;
@@ -18,9 +18,8 @@ use rampart_cli::{exit, logging, vehicle_cmds};
 #[derive(Debug, Parser)]
 #[command(name = "rampart", version, about)]
 struct Cli {
-    /// More logging (-v info, -vv debug, -vvv trace). RUST_LOG overrides.
-    #[arg(short, long, action = ArgAction::Count, global = true)]
-    verbose: u8,
+    #[command(flatten)]
+    log: logging::Verbosity,
 
     #[command(subcommand)]
     command: Command,
@@ -89,7 +88,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    logging::init(cli.verbose, false);
+    logging::init(cli.log, false);
     let result = match cli.command {
         Command::Demo { .. } | Command::Attack { .. } => Err(anyhow::anyhow!(
             "the demo and the attack lab are not part of the product binary; run them with \

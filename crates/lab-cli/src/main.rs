@@ -5,7 +5,7 @@
 
 use std::process::ExitCode;
 
-use clap::{ArgAction, Parser, Subcommand};
+use clap::{Parser, Subcommand};
 use rampart_cli::{exit, logging, vehicle_cmds};
 
 mod attack_cmd;
@@ -15,9 +15,8 @@ mod demo;
 #[derive(Debug, Parser)]
 #[command(name = "rampart-lab", version, about)]
 struct Cli {
-    /// More logging (-v info, -vv debug, -vvv trace). RUST_LOG overrides.
-    #[arg(short, long, action = ArgAction::Count, global = true)]
-    verbose: u8,
+    #[command(flatten)]
+    log: logging::Verbosity,
 
     #[command(subcommand)]
     command: Command,
@@ -40,7 +39,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     logging::init(
-        cli.verbose,
+        cli.log,
         matches!(cli.command, Command::Demo(_) | Command::Attack(_)),
     );
     let result = match cli.command {
@@ -64,7 +63,7 @@ mod tests {
         Cli::command().debug_assert();
         let line = "rampart-lab -v vehicle --once --json --consent auto --config v.toml";
         let cli = Cli::try_parse_from(line.split(' ')).unwrap();
-        assert_eq!(cli.verbose, 1);
+        assert_eq!(cli.log.verbose, 1);
         assert!(matches!(cli.command, Command::Vehicle(_)));
     }
 }

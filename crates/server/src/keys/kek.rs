@@ -18,8 +18,6 @@
 
 use std::fmt;
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
@@ -66,15 +64,7 @@ impl ContentKek {
         let mut bytes = [0u8; KEK_LEN];
         aws_lc_rs::rand::fill(&mut bytes)
             .map_err(|_| Error::Config("the system random number generator failed".into()))?;
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)
-            .map_err(|e| Error::io(path, e))?;
-        f.write_all(format!("{}\n", hex::encode(bytes)).as_bytes())
-            .and_then(|()| f.sync_all())
-            .map_err(|e| Error::io(path, e))?;
+        super::write_new_secret(path, format!("{}\n", hex::encode(bytes)).as_bytes())?;
         Self::from_bytes(&bytes, path)
     }
 

@@ -66,15 +66,21 @@ pub fn create_private_dir(dir: &Path) -> Result<()> {
 
 /// Writes a private key as PKCS#8 PEM with mode 0600, refusing to overwrite an existing key.
 pub fn write_key_file(path: &Path, signer: &InMemorySigner) -> Result<()> {
+    write_new_secret(path, signer.to_pkcs8_pem().as_bytes())
+}
+
+/// Writes a new secret file (mode 0600 from its creation, synced), refusing to overwrite one
+/// that exists: a key or KEK is never replaced by accident.
+pub(crate) fn write_new_secret(path: &Path, contents: &[u8]) -> Result<()> {
     let mut f = fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .open(path)
         .map_err(|e| Error::io(path, e))?;
-    f.write_all(signer.to_pkcs8_pem().as_bytes())
-        .map_err(|e| Error::io(path, e))?;
-    f.sync_all().map_err(|e| Error::io(path, e))
+    f.write_all(contents)
+        .and_then(|()| f.sync_all())
+        .map_err(|e| Error::io(path, e))
 }
 
 /// Reads a PKCS#8 PEM private key file (any supported scheme). Refuses files readable by

@@ -21,7 +21,7 @@ const USAGE: &str = "usage:
   rampart-agent [-v...] vehicle [--config vehicle.toml] [--once] [--consent ask|auto|deny|file:PATH] [--json]
   rampart-agent [-v...] ecu [--config ecu.toml]";
 
-#[derive(Debug)]
+#[derive(Debug, PartialEq, Eq)]
 enum Command {
     Vehicle {
         config: PathBuf,
@@ -250,19 +250,13 @@ mod tests {
         let lab_line = "-v vehicle --once --json --consent auto --config v.toml";
         let c = cli(&lab_line.split(' ').collect::<Vec<_>>()).unwrap();
         assert_eq!(c.verbose, 1);
-        match c.command {
-            Command::Vehicle {
-                config,
-                once,
-                consent,
-                json,
-            } => {
-                assert_eq!(config, PathBuf::from("v.toml"));
-                assert!(once && json);
-                assert_eq!(consent, "auto");
-            }
-            other => panic!("{other:?}"),
-        }
+        let expected = Command::Vehicle {
+            config: PathBuf::from("v.toml"),
+            once: true,
+            consent: "auto".into(),
+            json: true,
+        };
+        assert_eq!(c.command, expected);
         let c = cli(&["-vv", "ecu", "--config", "e.toml"]).unwrap();
         assert_eq!(c.verbose, 2);
         assert!(matches!(c.command, Command::Ecu { .. }));
