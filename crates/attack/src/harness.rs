@@ -637,15 +637,9 @@ impl Harness {
         a: Attempt<'_>,
     ) -> anyhow::Result<VehicleRun> {
         self.proxy.clear_log();
-        let run = self.cycle().await?;
-        let n = self.evidence_forged(f, a.filter, &a.what);
-        if n < a.min_forged.max(1) {
-            missing.push(format!(
-                "only {n} of the {} forged answers were requested: {}",
-                a.min_forged.max(1),
-                a.what
-            ));
-        }
+        let run = self
+            .forged_cycle(f, missing, a.filter, a.min_forged, &a.what)
+            .await?;
         self.check_refused(f, &run);
         match a.about {
             Some(about) => {
@@ -657,6 +651,28 @@ impl Harness {
         let after = self.trust_state().await?;
         self.check_state(f, &after, a.forbidden);
         check_unchanged(f, before, &after);
+        Ok(run)
+    }
+
+    /// One cycle with the attacker's rules in place; the answers it forged on paths
+    /// containing `filter` become evidence, and fewer than `min` of them (the documents the
+    /// attack needs) mark the step as never reached in `missing`.
+    pub async fn forged_cycle(
+        &self,
+        f: &mut Findings,
+        missing: &mut Vec<String>,
+        filter: &str,
+        min: usize,
+        what: &str,
+    ) -> anyhow::Result<VehicleRun> {
+        let run = self.cycle().await?;
+        let n = self.evidence_forged(f, filter, what);
+        if n < min.max(1) {
+            missing.push(format!(
+                "only {n} of the {} forged answers were requested: {what}",
+                min.max(1)
+            ));
+        }
         Ok(run)
     }
 

@@ -210,6 +210,18 @@ impl Proxy {
         }
     }
 
+    /// File names of the root documents served (200) on paths starting with `prefix`, in
+    /// order: the root chain a vehicle walked.
+    pub fn roots_served(&self, prefix: &str) -> Vec<String> {
+        self.log()
+            .into_iter()
+            .filter(|s| {
+                s.path.starts_with(prefix) && s.path.ends_with(".root.json") && s.status == 200
+            })
+            .map(|s| s.path.rsplit('/').next().unwrap_or_default().to_owned())
+            .collect()
+    }
+
     /// Answers the attacker applied (not plain forwarding).
     pub fn forged(&self) -> Vec<Served> {
         self.log().into_iter().filter(Served::forged).collect()

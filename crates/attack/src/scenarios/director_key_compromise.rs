@@ -24,8 +24,8 @@ use rampart_server::keys::load_key_file;
 use rampart_server::ops::{rotate, Which};
 
 use super::rollback::{
-    check_genuine, check_unchanged, evidence_forged, finish, partial_targets_version, release,
-    runs, trusted_version,
+    check_unchanged, evidence_forged, finish_genuine, partial_targets_version, release, runs,
+    trusted_version,
 };
 use crate::harness::Attempt;
 use crate::proxy::{Action, Intercept};
@@ -287,15 +287,7 @@ pub(super) async fn run(mut h: Harness) -> anyhow::Result<Findings> {
         .ok_or_else(|| anyhow::anyhow!("no attack"))?;
     let (tsv, sv, tv) = serve_forged(&h, &stolen, first).await?;
     let run = h.cycle().await?;
-    let roots: Vec<String> = h
-        .proxy
-        .log()
-        .into_iter()
-        .filter(|s| {
-            s.path.starts_with(&director_meta) && s.path.ends_with(".root.json") && s.status == 200
-        })
-        .map(|s| s.path.rsplit('/').next().unwrap_or_default().to_owned())
-        .collect();
+    let roots = h.proxy.roots_served(&director_meta);
     let n = evidence_forged(
         &mut f,
         &h,
@@ -316,23 +308,6 @@ pub(super) async fn run(mut h: Harness) -> anyhow::Result<Findings> {
     check_unchanged(&mut f, &before, &after);
 
     // The attacker leaves: the genuine release installs on the T-BOX and the BCM.
-    h.check_recovers(&mut f).await?;
-    let after = h.trust_state().await?;
-    check_genuine(
-        &mut f,
-        &h,
-        0,
-        "tbox/fw-2.0.bin",
-        "the genuine T-BOX release (the OEM's bytes) installs once the attacker leaves",
-    );
-    check_genuine(
-        &mut f,
-        &h,
-        2,
-        "bcm/fw-2.0.bin",
-        "the genuine BCM release (the OEM's bytes) installs once the attacker leaves",
-    );
-    h.check_state(&mut f, &after, &forbidden);
-    finish(&mut f, &missing);
-    Ok(f)
+    let installs = [(0, "tbox/fw-2.0.bin"), (2, "bcm/fw-2.0.bin")];
+    finish_genuine(f, &h, &missing, &installs, &forbidden).await
 }

@@ -83,21 +83,13 @@ pub(super) async fn run(mut h: Harness) -> anyhow::Result<Findings> {
     let tbox_before = active_image(&h, 0);
     let genuine = image_repo(&h.lab.layout).state()?;
     serve(&h, &stolen, 1000, genuine.snapshot.meta.clone(), Vec::new())?;
-    let run = h.cycle().await?;
-    let n = evidence_forged(
-        &mut f,
-        &h,
-        "/image/metadata/",
-        &format!(
-            "fast-forward: image timestamp and snapshot v1000 signed with the stolen keys (the genuine ones are v{} and v{})",
-            genuine.timestamp.version, genuine.snapshot.version
-        ),
+    let what = format!(
+        "fast-forward: image timestamp and snapshot v1000 signed with the stolen keys (the genuine ones are v{} and v{})",
+        genuine.timestamp.version, genuine.snapshot.version
     );
-    if n < 2 {
-        missing.push(format!(
-            "only {n} of the 2 fast-forward documents were requested"
-        ));
-    }
+    let run = h
+        .forged_cycle(&mut f, &mut missing, "/image/metadata/", 2, &what)
+        .await?;
     let after = h.trust_state().await?;
     let trusted = after
         .versions
@@ -249,17 +241,7 @@ pub(super) async fn run(mut h: Harness) -> anyhow::Result<Findings> {
     let genuine = image_repo(&h.lab.layout).state()?;
     serve(&h, &stolen, 1003, genuine.snapshot.meta.clone(), Vec::new())?;
     let run = h.cycle().await?;
-    let roots: Vec<String> = h
-        .proxy
-        .log()
-        .into_iter()
-        .filter(|s| {
-            s.path.starts_with("/image/metadata/")
-                && s.path.ends_with(".root.json")
-                && s.status == 200
-        })
-        .map(|s| s.path.rsplit('/').next().unwrap_or_default().to_owned())
-        .collect();
+    let roots = h.proxy.roots_served("/image/metadata/");
     let n = evidence_forged(
         &mut f,
         &h,

@@ -350,18 +350,8 @@ pub(super) async fn run(h: Harness) -> anyhow::Result<Findings> {
 
     // 5. The attacker leaves and the operator restores the assignments: 2.2 installs.
     h.lab.assign_all("bcm/fw-1.0.bin", "bcm-1", false).await?;
-    h.check_recovers(&mut f).await?;
-    let after = h.trust_state().await?;
-    check_genuine(
-        &mut f,
-        &h,
-        0,
-        "tbox/fw-2.2.bin",
-        "the current release (the OEM's bytes) installs once the attacker leaves",
-    );
-    h.check_state(&mut f, &after, &["tbox/fw-2.0.bin", "bcm/fw-0.9.bin"]);
-    finish(&mut f, &missing);
-    Ok(f)
+    let forbidden = ["tbox/fw-2.0.bin", "bcm/fw-0.9.bin"];
+    finish_genuine(f, &h, &missing, &[(0, "tbox/fw-2.2.bin")], &forbidden).await
 }
 
 /// Evidence that the vehicle fetched director targets instructing `ecu` to install `target`.
@@ -442,6 +432,29 @@ pub(super) fn genuine_sha256(name: &str) -> String {
 
 /// Checks that ECU number `i` runs `name` with exactly the bytes [`release`] published
 /// under that name (not an attacker's bytes under the same name).
+/// The end of a scenario: the attacker leaves, a cycle succeeds, each ECU `i` of `installs`
+/// runs the OEM's genuine bytes of its image and nothing in `forbidden` is trusted or runs;
+/// steps the attack never reached are recorded.
+pub(super) async fn finish_genuine(
+    mut f: Findings,
+    h: &Harness,
+    missing: &[String],
+    installs: &[(usize, &str)],
+    forbidden: &[&str],
+) -> anyhow::Result<Findings> {
+    h.check_recovers(&mut f).await?;
+    let after = h.trust_state().await?;
+    for (i, image) in installs {
+        let what =
+            format!("the genuine {image} (the OEM's bytes) installs once the attacker leaves");
+        check_genuine(&mut f, h, *i, image, &what);
+    }
+    h.check_state(&mut f, &after, forbidden);
+    finish(&mut f, missing);
+    Ok(f)
+}
+
+/// ECU `i` runs `name`, and its bytes are the OEM's (not an attacker's under that name).
 pub(super) fn check_genuine(f: &mut Findings, h: &Harness, i: usize, name: &str, what: &str) {
     let ecu = h.ecu_id(i);
     let (file, sha) = active_image(h, i);

@@ -16,9 +16,7 @@ use rampart_lab::image_bytes;
 use rampart_server::keys::load_key_file;
 use rampart_server::ops::{image_repo, rotate, Which};
 
-use super::rollback::{
-    check_genuine, check_unchanged, evidence_forged, finish, genuine_cycle, release,
-};
+use super::rollback::{check_genuine, check_unchanged, finish_genuine, genuine_cycle, release};
 use crate::proxy::{Action, Intercept};
 use crate::{Findings, Harness, Info};
 
@@ -77,17 +75,7 @@ pub(super) async fn run(h: Harness) -> anyhow::Result<Findings> {
     release(&h, "tbox/fw-2.0.bin", "tbox-a", "2.0").await?;
     h.proxy.clear_log();
     genuine_cycle(&h, "release 2.0 after the rotation").await?;
-    let chain: Vec<String> = h
-        .proxy
-        .log()
-        .into_iter()
-        .filter(|s| {
-            s.path.starts_with("/image/metadata/")
-                && s.path.ends_with(".root.json")
-                && s.status == 200
-        })
-        .map(|s| s.path.rsplit('/').next().unwrap_or_default().to_owned())
-        .collect();
+    let chain = h.proxy.roots_served("/image/metadata/");
     let state = h.trust_state().await?;
     let root_of_who = |who: &str| {
         state
@@ -154,25 +142,19 @@ pub(super) async fn run(h: Harness) -> anyhow::Result<Findings> {
     h.proxy.clear_log();
     h.proxy
         .add(Intercept::get(&path, Action::Replace(forged_root)));
-    let run = h.cycle().await?;
-    let n = evidence_forged(
-        &mut f,
-        &h,
-        &path,
-        &format!(
-            "the attacker's root v{} signed with the {} retired root keys (retired files: {})",
-            forged.version,
-            signers.len(),
-            old_roots
-                .iter()
-                .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
+    let what = format!(
+        "the attacker's root v{} signed with the {} retired root keys (retired files: {})",
+        forged.version,
+        signers.len(),
+        old_roots
+            .iter()
+            .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
-    if n == 0 {
-        missing.push("the attacker's root was never requested".to_owned());
-    }
+    let run = h
+        .forged_cycle(&mut f, &mut missing, &path, 1, &what)
+        .await?;
     let after = h
         .check_rejected(&mut f, &run, &[Rule::Threshold], &forbidden)
         .await?;
@@ -211,23 +193,17 @@ pub(super) async fn run(h: Harness) -> anyhow::Result<Findings> {
         &path,
         Action::Replace(forged_targets.clone()),
     ));
-    let run = h.cycle().await?;
-    let n = evidence_forged(
-        &mut f,
-        &h,
-        &path,
-        &format!(
-            "targets v{version} signed with the retired targets key ({}), release 2.1 pointing at the attacker's firmware",
-            old_targets
-                .first()
-                .and_then(|p| p.file_name())
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default()
-        ),
+    let what = format!(
+        "targets v{version} signed with the retired targets key ({}), release 2.1 pointing at the attacker's firmware",
+        old_targets
+            .first()
+            .and_then(|p| p.file_name())
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
     );
-    if n == 0 {
-        missing.push("the targets signed with the retired key were never requested".to_owned());
-    }
+    let run = h
+        .forged_cycle(&mut f, &mut missing, &path, 1, &what)
+        .await?;
     h.check_refused(&mut f, &run);
     h.check_noticed(
         &mut f,
@@ -265,16 +241,5 @@ pub(super) async fn run(h: Harness) -> anyhow::Result<Findings> {
     check_unchanged(&mut f, &before, &after);
 
     // 3. The attacker leaves: the genuine release installs under the new keys.
-    h.check_recovers(&mut f).await?;
-    let after = h.trust_state().await?;
-    check_genuine(
-        &mut f,
-        &h,
-        0,
-        "tbox/fw-2.1.bin",
-        "the genuine release 2.1 (the OEM's bytes) installs once the attacker leaves",
-    );
-    h.check_state(&mut f, &after, &forbidden);
-    finish(&mut f, &missing);
-    Ok(f)
+    finish_genuine(f, &h, &missing, &[(0, "tbox/fw-2.1.bin")], &forbidden).await
 }
