@@ -174,6 +174,17 @@ impl Demo {
         })
     }
 
+    /// One expectation of the story: `good` if it `held`, else `failed`, and `why` kept for
+    /// the end of the demo (which then fails).
+    fn expect(&mut self, held: bool, good: impl AsRef<str>, failed: impl AsRef<str>, why: String) {
+        if held {
+            ok(good);
+        } else {
+            bad(failed);
+            self.failures.push(why);
+        }
+    }
+
     /// Step 2: the release engineer publishes the images.
     async fn publish(&mut self) -> anyhow::Result<()> {
         self.out.step("Release engineering: publishing images");
@@ -280,15 +291,15 @@ impl Demo {
                 .iter()
                 .filter(|u| u.get("status") == Some(&Value::from("Installed")))
                 .count();
-            if run.success && installed == updates.len() && !updates.is_empty() {
-                ok(format!("{vin}: {installed} image(s) verified (director + image repository) and installed; ECUs rebooted into the new slots"));
-            } else {
-                bad(format!("{vin}: {installed}/{} installed", updates.len()));
-                self.failures.push(format!(
+            self.expect(
+                run.success && installed == updates.len() && !updates.is_empty(),
+                format!("{vin}: {installed} image(s) verified (director + image repository) and installed; ECUs rebooted into the new slots"),
+                format!("{vin}: {installed}/{} installed", updates.len()),
+                format!(
                     "vehicle {vin} did not install everything:\n{}\n{}",
                     run.stdout, run.stderr
-                ));
-            }
+                ),
+            );
             let after = self.lab.installed(&vin).await?;
             before_after.push((before, after, updates, vin));
         }
@@ -331,12 +342,12 @@ impl Demo {
             .await?
             .as_array()
             .map_or(0, Vec::len);
-        if pending == 0 {
-            ok("every assignment is complete: the ECUs' signed reports confirmed each image");
-        } else {
-            bad(format!("{pending} assignment(s) still pending"));
-            self.failures.push(format!("{pending} assignments pending"));
-        }
+        self.expect(
+            pending == 0,
+            "every assignment is complete: the ECUs' signed reports confirmed each image",
+            format!("{pending} assignment(s) still pending"),
+            format!("{pending} assignments pending"),
+        );
 
         Ok(())
     }
@@ -377,13 +388,12 @@ impl Demo {
             .unwrap_or_default();
         let still_old = installed_now.get(&tbox).map(String::as_str) == Some("tbox/fw-2.0.bin");
         let noticed = run.stdout.contains("hash-mismatch") || run.stderr.contains("hash-mismatch");
-        if still_old && noticed {
-            ok("tampered image on the mirror: download rejected (hash-mismatch); the T-BOX still runs fw-2.0");
-        } else {
-            bad("tampered image was not rejected as expected");
-            self.failures
-                .push(format!("tamper: {}\n{}", run.stdout, run.stderr));
-        }
+        self.expect(
+            still_old && noticed,
+            "tampered image on the mirror: download rejected (hash-mismatch); the T-BOX still runs fw-2.0",
+            "tampered image was not rejected as expected",
+            format!("tamper: {}\n{}", run.stdout, run.stderr),
+        );
 
         Ok(())
     }
@@ -413,12 +423,12 @@ impl Demo {
         };
         let body = sign_vehicle_manifest(&manifest, &signer)?;
         let status = post_manifest(&self.lab, v0, &body).await?;
-        if status == 409 {
-            ok("replayed vehicle manifest (old counter, valid signature): refused with 409 (replay)");
-        } else {
-            bad(format!("replayed manifest answered {status}"));
-            self.failures.push(format!("replay answered {status}"));
-        }
+        self.expect(
+            status == 409,
+            "replayed vehicle manifest (old counter, valid signature): refused with 409 (replay)",
+            format!("replayed manifest answered {status}"),
+            format!("replay answered {status}"),
+        );
 
         Ok(())
     }
@@ -427,19 +437,17 @@ impl Demo {
     async fn rollback(&mut self, first_vin: &str, root: &std::path::Path) -> anyhow::Result<()> {
         // 3. Rollback: the director is told to install an older release than the ECU runs.
         let req = rampart_server::ops::PublishRequest {
-            file: {
-                let f = root.join("release/bcm-old.bin");
-                std::fs::write(&f, image_bytes("bcm 1.2", 150_000))?;
-                f
-            },
             name: Some("bcm/fw-1.2.bin".into()),
-            hardware_id: "bcm-1".into(),
             version: Some("1.2".into()),
             release_counter: Some(0),
-            role: "targets".into(),
-            keys: Vec::new(),
-            encrypt: false,
-            export_unsigned: None,
+            ..rampart_server::ops::PublishRequest::new(
+                {
+                    let f = root.join("release/bcm-old.bin");
+                    std::fs::write(&f, image_bytes("bcm 1.2", 150_000))?;
+                    f
+                },
+                "bcm-1",
+            )
         };
         self.lab.publish(&req).await?;
         self.lab.admin_post("assignments", &serde_json::json!({"target": "bcm/fw-1.2.bin", "vins": [first_vin], "hardware_id": "bcm-1"})).await?;
@@ -455,13 +463,12 @@ impl Demo {
         let kept = installed_now.get(&bcm).map(String::as_str) == Some("bcm/fw-1.4.bin");
         let noticed = run.stdout.contains("release-counter-decreased")
             || run.stderr.contains("release-counter-decreased");
-        if kept && noticed {
-            ok("rollback to an older release (release counter 0 < 1): rejected by full verification (release-counter-decreased)");
-        } else {
-            bad("rollback was not rejected as expected");
-            self.failures
-                .push(format!("rollback: {}\n{}", run.stdout, run.stderr));
-        }
+        self.expect(
+            kept && noticed,
+            "rollback to an older release (release counter 0 < 1): rejected by full verification (release-counter-decreased)",
+            "rollback was not rejected as expected",
+            format!("rollback: {}\n{}", run.stdout, run.stderr),
+        );
 
         Ok(())
     }

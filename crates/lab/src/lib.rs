@@ -528,15 +528,10 @@ impl Lab {
         let file = dir.join(rampart_core::client::safe_file_name(name));
         std::fs::write(&file, bytes)?;
         self.publish(&PublishRequest {
-            file,
             name: Some(name.to_owned()),
-            hardware_id: hardware_id.to_owned(),
             version: Some(version.to_owned()),
-            release_counter: None,
-            role: "targets".into(),
-            keys: Vec::new(),
             encrypt,
-            export_unsigned: None,
+            ..PublishRequest::new(file, hardware_id)
         })
         .await
     }

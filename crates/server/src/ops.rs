@@ -54,6 +54,24 @@ pub struct PublishRequest {
     pub export_unsigned: Option<PathBuf>,
 }
 
+impl PublishRequest {
+    /// Publishing `file` for `hardware_id` with every default: named after the file, the next
+    /// release counter, signed by the top-level targets role with its offline key, in clear.
+    pub fn new(file: impl Into<PathBuf>, hardware_id: impl Into<String>) -> Self {
+        PublishRequest {
+            file: file.into(),
+            name: None,
+            hardware_id: hardware_id.into(),
+            version: None,
+            release_counter: None,
+            role: "targets".into(),
+            keys: Vec::new(),
+            encrypt: false,
+            export_unsigned: None,
+        }
+    }
+}
+
 /// What was published.
 #[derive(Debug, Clone)]
 pub struct PublishOutcome {

@@ -496,7 +496,7 @@ impl Repository {
         name: &str,
         key: &rampart_core::encryption::ContentKey,
     ) -> Result<EncryptedCopy> {
-        use aws_lc_rs::digest::{Context, SHA256, SHA512};
+        use aws_lc_rs::digest::{Context, SHA256};
         use rampart_core::encryption::{Encryptor, DEFAULT_CHUNK_SIZE};
         let (dir, rel_dir, base) = match name.rsplit_once('/') {
             Some((d, b)) => (self.targets_dir.join(d), format!("{d}/"), b.to_owned()),
@@ -508,39 +508,25 @@ impl Repository {
             std::process::id(),
             safe_file_name(&base)
         ));
-        let mut input = fs::File::open(image).map_err(|e| Error::io(image, e))?;
         let mut out = fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
         let mut enc = Encryptor::new(key, DEFAULT_CHUNK_SIZE)?;
-        let (mut p256, mut p512) = (Context::new(&SHA256), Context::new(&SHA512));
         let mut c256 = Context::new(&SHA256);
-        let mut buf = vec![0u8; 256 * 1024];
-        let mut cipher = Vec::with_capacity(buf.len() + 4096);
-        let (mut plain_len, mut cipher_len) = (0u64, 0u64);
-        let mut emit = |cipher: &mut Vec<u8>, out: &mut fs::File| -> Result<()> {
+        let mut cipher = Vec::with_capacity(256 * 1024 + 4096);
+        let mut cipher_len = 0u64;
+        let mut emit = |cipher: &mut Vec<u8>| -> Result<()> {
             c256.update(cipher);
             cipher_len += cipher.len() as u64;
             out.write_all(cipher).map_err(|e| Error::io(&tmp, e))?;
             cipher.clear();
             Ok(())
         };
-        loop {
-            let n = input.read(&mut buf).map_err(|e| Error::io(image, e))?;
-            if n == 0 {
-                break;
-            }
-            let chunk = buf.get(..n).unwrap_or_default();
-            p256.update(chunk);
-            p512.update(chunk);
-            plain_len += n as u64;
+        let (plain_len, plain) = read_hashing(image, |chunk| {
             enc.update(chunk, &mut cipher)?;
-            emit(&mut cipher, &mut out)?;
-        }
+            emit(&mut cipher)
+        })?;
         enc.finish(&mut cipher)?;
-        emit(&mut cipher, &mut out)?;
+        emit(&mut cipher)?;
         out.sync_all().map_err(|e| Error::io(&tmp, e))?;
-        let mut plain = Hashes::new();
-        plain.insert("sha256".into(), hex::encode(p256.finish()));
-        plain.insert("sha512".into(), hex::encode(p512.finish()));
         let mut cipher_hashes = Hashes::new();
         let c256 = hex::encode(c256.finish());
         cipher_hashes.insert("sha256".into(), c256.clone());
@@ -616,14 +602,7 @@ impl Repository {
                 .join(format!("{}.{}", new.version, metadata_file_name(role))),
             signed,
         )?;
-        let mut roles = BTreeMap::new();
-        for (name, t) in &state.roles {
-            let path =
-                self.metadata_dir
-                    .join(format!("{}.{}", t.version, metadata_file_name(name)));
-            let bytes = fs::read(&path).map_err(|e| Error::io(&path, e))?;
-            roles.insert(name.clone(), (t.version, bytes));
-        }
+        let mut roles = self.current_roles(&state)?;
         roles.insert(role.to_owned(), (new.version, signed.to_vec()));
         self.write_snapshot_and_timestamp(Some(&state), &roles, online, now)?;
         Ok(new.version)
@@ -739,9 +718,8 @@ impl Repository {
         self.commit_role(name, &bytes, online, now).map(|_| ())
     }
 
-    /// Signs a new snapshot and timestamp now (after an online key rotation).
-    pub fn resign_online(&self, online: &OnlineKeys, now: DateTime<Utc>) -> Result<()> {
-        let state = self.state()?;
+    /// Every targets role's current version and bytes, as `state` names them.
+    fn current_roles(&self, state: &RepoState) -> Result<BTreeMap<String, (u64, Vec<u8>)>> {
         let mut roles = BTreeMap::new();
         for (name, t) in &state.roles {
             let path =
@@ -750,6 +728,13 @@ impl Repository {
             let bytes = fs::read(&path).map_err(|e| Error::io(&path, e))?;
             roles.insert(name.clone(), (t.version, bytes));
         }
+        Ok(roles)
+    }
+
+    /// Signs a new snapshot and timestamp now (after an online key rotation).
+    pub fn resign_online(&self, online: &OnlineKeys, now: DateTime<Utc>) -> Result<()> {
+        let state = self.state()?;
+        let roles = self.current_roles(&state)?;
         self.write_snapshot_and_timestamp(Some(&state), &roles, online, now)
     }
 
@@ -804,9 +789,19 @@ pub fn check_target_name(name: &str) -> Result<()> {
 
 /// Copies `from` to `to` while hashing, in constant memory.
 fn copy_hashing(from: &Path, to: &Path) -> Result<(u64, Hashes)> {
+    let mut out = fs::File::create(to).map_err(|e| Error::io(to, e))?;
+    let read = read_hashing(from, |chunk| {
+        out.write_all(chunk).map_err(|e| Error::io(to, e))
+    })?;
+    out.sync_all().map_err(|e| Error::io(to, e))?;
+    Ok(read)
+}
+
+/// Reads `from` in chunks, in constant memory, handing each to `each`; returns its length
+/// and SHA-256 and SHA-512 hashes.
+fn read_hashing(from: &Path, mut each: impl FnMut(&[u8]) -> Result<()>) -> Result<(u64, Hashes)> {
     use aws_lc_rs::digest::{Context, SHA256, SHA512};
     let mut input = fs::File::open(from).map_err(|e| Error::io(from, e))?;
-    let mut out = fs::File::create(to).map_err(|e| Error::io(to, e))?;
     let (mut h256, mut h512) = (Context::new(&SHA256), Context::new(&SHA512));
     let mut buf = vec![0u8; 256 * 1024];
     let mut length = 0u64;
@@ -818,10 +813,9 @@ fn copy_hashing(from: &Path, to: &Path) -> Result<(u64, Hashes)> {
         let chunk = buf.get(..n).unwrap_or_default();
         h256.update(chunk);
         h512.update(chunk);
-        out.write_all(chunk).map_err(|e| Error::io(to, e))?;
+        each(chunk)?;
         length += n as u64;
     }
-    out.sync_all().map_err(|e| Error::io(to, e))?;
     let mut hashes = Hashes::new();
     hashes.insert("sha256".into(), hex::encode(h256.finish()));
     hashes.insert("sha512".into(), hex::encode(h512.finish()));

@@ -226,15 +226,10 @@ impl Fleet {
         let path = self.layout.root().join("..").join(name.replace('/', "_"));
         std::fs::write(&path, file).unwrap();
         PublishRequest {
-            file: path,
             name: Some(name.to_owned()),
-            hardware_id: hardware_id.to_owned(),
             version: Some(format!("{release}.0")),
             release_counter: Some(release),
-            role: "targets".into(),
-            keys: Vec::new(),
-            encrypt: false,
-            export_unsigned: None,
+            ..PublishRequest::new(path, hardware_id.to_owned())
         }
     }
 }
@@ -1259,28 +1254,8 @@ async fn oversized_bodies_over_http2_get_the_rule_not_a_stream_error() {
 /// An HTTP/2 connection (ALPN `h2`, raw frames through the `h2` crate) to the fleet's server,
 /// with `identity_pem` as client certificate if given.
 async fn h2_connect(fleet: &Fleet, identity_pem: Option<&[u8]>) -> h2::client::SendRequest<Bytes> {
-    use rustls_pki_types::pem::PemObject;
-    use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(CertificateDer::from_pem_slice(&fleet.ca_pem).unwrap())
-        .unwrap();
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots);
-    let mut config = match identity_pem {
-        Some(pem) => {
-            let certs = CertificateDer::pem_slice_iter(pem)
-                .collect::<Result<Vec<_>, _>>()
-                .unwrap();
-            let key = PrivateKeyDer::from_pem_slice(pem).unwrap();
-            builder.with_client_auth_cert(certs, key).unwrap()
-        }
-        None => builder.with_no_client_auth(),
-    };
-    config.alpn_protocols = vec![b"h2".to_vec()];
+    use rustls_pki_types::ServerName;
+    let config = common::tls_client_config(&fleet.ca_pem, identity_pem, &[b"h2"]);
     let addr = fleet.server.as_ref().unwrap().addr;
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let tls = tokio_rustls::TlsConnector::from(Arc::new(config))

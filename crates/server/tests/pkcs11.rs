@@ -520,15 +520,10 @@ fn the_content_kek_moves_into_the_hsm_and_the_server_uses_it() {
         let file = data.path().join("image.bin");
         std::fs::write(&file, b"navigation maps").unwrap();
         let request = PublishRequest {
-            file,
             name: Some("ivi/maps.bin".into()),
-            hardware_id: "ivi-hw".into(),
-            version: None,
             release_counter: Some(1),
-            role: "targets".into(),
-            keys: Vec::new(),
             encrypt: true,
-            export_unsigned: None,
+            ..PublishRequest::new(file, "ivi-hw")
         };
         ops::publish(&layout, &request, Utc::now()).await.unwrap();
         let config = Config::load(&layout).unwrap();

@@ -53,15 +53,10 @@ async fn publish_encrypted(layout: &Layout, name: &str, content: &[u8]) {
     let file = layout.root().join("..").join("image.bin");
     std::fs::write(&file, content).unwrap();
     let request = PublishRequest {
-        file,
         name: Some(name.to_owned()),
-        hardware_id: "ivi-hw".into(),
-        version: None,
         release_counter: Some(1),
-        role: "targets".into(),
-        keys: Vec::new(),
         encrypt: true,
-        export_unsigned: None,
+        ..PublishRequest::new(file, "ivi-hw")
     };
     ops::publish(layout, &request, Utc::now()).await.unwrap();
 }

@@ -306,15 +306,10 @@ pub(super) async fn run(h: Harness) -> anyhow::Result<Findings> {
     std::fs::write(&file, image_bytes("bcm/fw-0.9.bin", 60_000))?;
     h.lab
         .publish(&PublishRequest {
-            file,
             name: Some("bcm/fw-0.9.bin".into()),
-            hardware_id: "bcm-1".into(),
             version: Some("0.9".into()),
             release_counter: Some(0),
-            role: "targets".into(),
-            keys: Vec::new(),
-            encrypt: false,
-            export_unsigned: None,
+            ..PublishRequest::new(file, "bcm-1")
         })
         .await?;
     h.lab.assign_all("tbox/fw-2.2.bin", "tbox-a", false).await?;

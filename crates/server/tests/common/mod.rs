@@ -1,4 +1,5 @@
-//! Helpers shared by the integration tests: a throw-away database on each backend.
+//! Helpers shared by the integration tests: a throw-away database on each backend, and a
+//! TLS client configuration for the fleet CA.
 //!
 //! PostgreSQL: the admin URL comes from `RAMPART_TEST_POSTGRES` (default
 //! `postgres://postgres@127.0.0.1:5432/postgres`, what `scripts/postgres-up` provides). Every
@@ -154,4 +155,36 @@ where
     let db = PgDatabase::create().await;
     let url = db.url.clone();
     run_then(test(url), db.drop_database()).await;
+}
+
+/// A TLS client trusting the fleet CA `ca_pem`, offering `alpn`, presenting the certificate
+/// and key of `identity_pem` (one PEM holding both) when given.
+pub(crate) fn tls_client_config(
+    ca_pem: &[u8],
+    identity_pem: Option<&[u8]>,
+    alpn: &[&[u8]],
+) -> rustls::ClientConfig {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(ca_pem).unwrap())
+        .unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+    let mut config = match identity_pem {
+        Some(pem) => {
+            let certs = CertificateDer::pem_slice_iter(pem)
+                .collect::<Result<Vec<_>, _>>()
+                .unwrap();
+            let key = PrivateKeyDer::from_pem_slice(pem).unwrap();
+            builder.with_client_auth_cert(certs, key).unwrap()
+        }
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    config
 }
