@@ -282,7 +282,7 @@ impl Primary {
     }
 }
 
-async fn run_precondition(cmd: &str) -> std::result::Result<(), String> {
+pub(super) async fn run_precondition(cmd: &str) -> std::result::Result<(), String> {
     let status = tokio::process::Command::new("sh")
         .arg("-c")
         .arg(cmd)

@@ -537,17 +537,4 @@ pub async fn run_with(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_failing_random_source_is_an_error_not_a_zero_nonce() {
-        let err = random_hex_from(16, |_| Err(aws_lc_rs::error::Unspecified)).unwrap_err();
-        assert_eq!(err.rule(), "crypto");
-        let a = random_hex(16).unwrap();
-        let b = random_hex(16).unwrap();
-        assert_eq!(a.len(), 32);
-        assert_ne!(a, b);
-        assert_ne!(a, "0".repeat(32));
-    }
-}
+mod tests;
