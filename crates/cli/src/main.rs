@@ -88,6 +88,9 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Serve(_)) {
+        exit::end_quietly_on_closed_pipe();
+    }
     logging::init(cli.log, false);
     let result = match cli.command {
         Command::Demo { .. } | Command::Attack { .. } => Err(anyhow::anyhow!(

@@ -501,10 +501,16 @@ pub(crate) fn serve(args: ServeArgs) -> anyhow::Result<()> {
         opts.database = args.database;
         opts.danger_plain_http = args.danger_plain_http;
         let running = rampart_server::serve::start(opts).await?;
-        println!("rampart serving on {}", running.url());
+        // A server's stdout may go away (a log pipe that closes): it says so if it can and
+        // serves on, instead of panicking in `println!`.
+        let say = |line: String| {
+            use std::io::Write;
+            let _ = writeln!(std::io::stdout(), "{line}");
+        };
+        say(format!("rampart serving on {}", running.url()));
         tokio::select! {
             r = running.wait() => r?,
-            _ = tokio::signal::ctrl_c() => println!("shutting down"),
+            _ = tokio::signal::ctrl_c() => say("shutting down".into()),
         }
         Ok(())
     })

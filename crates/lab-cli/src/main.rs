@@ -37,6 +37,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    exit::end_quietly_on_closed_pipe();
     let cli = Cli::parse();
     logging::init(
         cli.log,

@@ -193,6 +193,9 @@ fn run(cli: Cli) -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
+    // `rampart-agent vehicle --once | head`: a closed stdout ends it by SIGPIPE, as it ends
+    // any Unix tool, instead of a panic on the first line it cannot print.
+    sigpipe::reset();
     let cli = match parse(std::env::args().skip(1)) {
         Ok(cli) => cli,
         Err(message) => {

@@ -89,7 +89,7 @@ pub(super) fn der_octet_string(value: &[u8]) -> Option<&[u8]> {
 /// Converts a PKCS#11 ECDSA signature (`r || s`, each half the length) into the DER
 /// `SEQUENCE { INTEGER r, INTEGER s }` TUF verifies.
 pub(super) fn ecdsa_raw_to_der(raw: &[u8]) -> Result<Vec<u8>, String> {
-    if raw.is_empty() || raw.len() % 2 != 0 {
+    if raw.is_empty() || !raw.len().is_multiple_of(2) {
         return Err(format!(
             "token returned a {}-byte ECDSA signature, expected r || s of equal halves",
             raw.len()
