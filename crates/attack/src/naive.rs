@@ -199,6 +199,7 @@ pub async fn naive_cycle(config: &Path) -> anyhow::Result<VehicleRun> {
         .await
         .unwrap_or_else(|e| VehicleRun {
             success: false,
+            code: Some(1),
             stdout: String::new(),
             stderr: format!("error: naive primary: {e:#}\n"),
             report: None,
@@ -303,6 +304,7 @@ async fn naive_cycle_with(
     let report = json!({ "updates": updates });
     Ok(VehicleRun {
         success,
+        code: Some(if success { 0 } else { 1 }),
         stdout: format!("{log}{report}\n"),
         stderr: String::new(),
         report: Some(report),

@@ -155,7 +155,7 @@ pub(crate) fn main(args: AdminArgs) -> anyhow::Result<()> {
         let response = request.header("authorization", auth).send().await?;
         let status = response.status();
         let body: Value = response.json().await.unwrap_or(Value::Null);
-        println!("{}", serde_json::to_string_pretty(&body)?);
+        rampart_cli::say!("{}", serde_json::to_string_pretty(&body)?);
         if !status.is_success() {
             bail!("server answered {status}");
         }

@@ -2,6 +2,8 @@
 //! (`rampart-agent` is the slim vehicle-only build). Each subcommand is a thin layer over a
 //! library crate. It carries no lab or attack-lab code: the demo and the attack lab are
 //! `rampart-lab` (crate `rampart-lab-cli`).
+// Output goes through `say!` & co., which never panic on a closed pipe.
+#![deny(clippy::print_stdout, clippy::print_stderr)]
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -88,9 +90,6 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if !matches!(cli.command, Command::Serve(_)) {
-        exit::end_quietly_on_closed_pipe();
-    }
     logging::init(cli.log, false);
     let result = match cli.command {
         Command::Demo { .. } | Command::Attack { .. } => Err(anyhow::anyhow!(

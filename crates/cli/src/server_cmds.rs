@@ -264,13 +264,13 @@ pub(crate) fn repo(cmd: RepoCommand) -> anyhow::Result<()> {
                 tls: !danger_plain_http,
             };
             let report = ceremony::init(&layout, &opts, chrono::Utc::now())?;
-            println!("Key ceremony complete in {}", layout.root().display());
+            rampart_cli::say!("Key ceremony complete in {}", layout.root().display());
             for (role, ids) in &report.key_ids {
                 for id in ids {
-                    println!("  {role:<20} {}", &id[..16.min(id.len())]);
+                    rampart_cli::say!("  {role:<20} {}", &id[..16.min(id.len())]);
                 }
             }
-            println!(
+            rampart_cli::say!(
                 "Offline keys (root, targets, director root) are in {}.\nMove that folder to offline storage: `rampart serve` never needs it.",
                 report.offline_dir.display()
             );
@@ -279,9 +279,9 @@ pub(crate) fn repo(cmd: RepoCommand) -> anyhow::Result<()> {
         RepoCommand::List { data } => {
             let state = ops::image_repo(&data.layout()).state()?;
             for (role, t) in &state.roles {
-                println!("{role} (version {})", t.version);
+                rampart_cli::say!("{role} (version {})", t.version);
                 for (name, f) in &t.targets {
-                    println!(
+                    rampart_cli::say!(
                         "  {name:<40} {:>10} bytes  {}",
                         f.length,
                         f.custom.clone().unwrap_or_default()
@@ -311,7 +311,7 @@ pub(crate) fn publish(args: PublishArgs) -> anyhow::Result<()> {
         .build()?;
     let out = rt.block_on(ops::publish(&args.data.layout(), &req, chrono::Utc::now()))?;
     if out.committed {
-        println!(
+        rampart_cli::say!(
             "published {} ({} bytes, sha256 {}…, release counter {}) in role {} version {}{}",
             out.name,
             out.length,
@@ -322,7 +322,7 @@ pub(crate) fn publish(args: PublishArgs) -> anyhow::Result<()> {
             if req.encrypt { ", encrypted" } else { "" }
         );
     } else if let Some(path) = args.export_unsigned {
-        println!(
+        rampart_cli::say!(
             "staged {} in role {} version {}: sign {} offline (`rampart sign`), then `rampart import`",
             out.name,
             out.role,
@@ -344,14 +344,14 @@ pub(crate) fn sign(
     }
     let out = out.unwrap_or_else(|| document.clone());
     ops::sign_file(&document, &keys, &out)?;
-    println!("signed {} with {} key(s)", out.display(), keys.len());
+    rampart_cli::say!("signed {} with {} key(s)", out.display(), keys.len());
     Ok(())
 }
 
 /// `rampart import DOCUMENT --role R`.
 pub(crate) fn import(data: DataDir, role: String, document: PathBuf) -> anyhow::Result<()> {
     let v = ops::import(&data.layout(), &role, &document, chrono::Utc::now())?;
-    println!("imported {role} version {v}; snapshot and timestamp re-signed");
+    rampart_cli::say!("imported {role} version {v}; snapshot and timestamp re-signed");
     Ok(())
 }
 
@@ -359,7 +359,7 @@ pub(crate) fn import(data: DataDir, role: String, document: PathBuf) -> anyhow::
 pub(crate) fn delegate(mut args: DelegateArgs) -> anyhow::Result<()> {
     if let Some(path) = &args.generate_key {
         rampart_server::keys::generate_key_file(path, KeyScheme::Ed25519)?;
-        println!("generated the supplier key {}", path.display());
+        rampart_cli::say!("generated the supplier key {}", path.display());
         args.keys.push(path.clone());
     }
     let req = ops::DelegateRequest {
@@ -373,9 +373,10 @@ pub(crate) fn delegate(mut args: DelegateArgs) -> anyhow::Result<()> {
         parent_keys: args.parent_keys,
     };
     let v = ops::delegate(&args.data.layout(), &req, chrono::Utc::now())?;
-    println!(
+    rampart_cli::say!(
         "delegated {:?} to role {} (parent version {v})",
-        req.paths, args.name
+        req.paths,
+        args.name
     );
     Ok(())
 }
@@ -385,7 +386,7 @@ pub(crate) fn pki(cmd: PkiCommand) -> anyhow::Result<()> {
     match cmd {
         PkiCommand::Init { data, server_names } => {
             let files = rampart_server::pki::init(&data.layout().pki(), &server_names, 825)?;
-            println!(
+            rampart_cli::say!(
                 "fleet CA {}; server certificate {}",
                 files.ca_cert.display(),
                 files.server_cert.display()
@@ -405,9 +406,11 @@ pub(crate) fn pki(cmd: PkiCommand) -> anyhow::Result<()> {
                 &path,
                 format!("{}{}", cert.cert_pem, cert.key_pem).as_bytes(),
             )?;
-            println!("vehicle certificate and key for {vin}: {}", path.display());
+            rampart_cli::say!("vehicle certificate and key for {vin}: {}", path.display());
             let serial = rampart_server::pki::certificate_serial(&cert.cert_pem)?;
-            println!("serial {serial} (`rampart pki revoke --serial {serial}` revokes it)");
+            rampart_cli::say!(
+                "serial {serial} (`rampart pki revoke --serial {serial}` revokes it)"
+            );
             Ok(())
         }
         PkiCommand::Revoke {
@@ -423,13 +426,13 @@ pub(crate) fn pki(cmd: PkiCommand) -> anyhow::Result<()> {
             let id = with_db(&data, database, |db| async move {
                 db.revoke(vin.as_deref(), serial.as_deref(), &reason).await
             })?;
-            println!("revocation {id} recorded; running servers refuse it within [pki] revocation_refresh_ms (1 s by default)");
+            rampart_cli::say!("revocation {id} recorded; running servers refuse it within [pki] revocation_refresh_ms (1 s by default)");
             Ok(())
         }
         PkiCommand::Revoked { data, database } => {
             let list = with_db(&data, database, |db| async move { db.revocations().await })?;
             if list.is_empty() {
-                println!("no revoked certificates");
+                rampart_cli::say!("no revoked certificates");
             }
             for r in list {
                 let what = match (&r.vin, &r.serial) {
@@ -437,7 +440,7 @@ pub(crate) fn pki(cmd: PkiCommand) -> anyhow::Result<()> {
                     (None, Some(serial)) => format!("serial {serial}"),
                     (None, None) => "?".to_owned(),
                 };
-                println!("{:>4}  {}  {what}  {}", r.id, r.revoked_at, r.reason);
+                rampart_cli::say!("{:>4}  {}  {what}  {}", r.id, r.revoked_at, r.reason);
             }
             Ok(())
         }
@@ -451,7 +454,7 @@ pub(crate) fn pki(cmd: PkiCommand) -> anyhow::Result<()> {
                 database,
                 |db| async move { db.unrevoke_vin(&vin).await },
             )?;
-            println!("lifted {lifted} revocation(s)");
+            rampart_cli::say!("lifted {lifted} revocation(s)");
             Ok(())
         }
     }
@@ -501,16 +504,10 @@ pub(crate) fn serve(args: ServeArgs) -> anyhow::Result<()> {
         opts.database = args.database;
         opts.danger_plain_http = args.danger_plain_http;
         let running = rampart_server::serve::start(opts).await?;
-        // A server's stdout may go away (a log pipe that closes): it says so if it can and
-        // serves on, instead of panicking in `println!`.
-        let say = |line: String| {
-            use std::io::Write;
-            let _ = writeln!(std::io::stdout(), "{line}");
-        };
-        say(format!("rampart serving on {}", running.url()));
+        rampart_cli::say!("rampart serving on {}", running.url());
         tokio::select! {
             r = running.wait() => r?,
-            _ = tokio::signal::ctrl_c() => say("shutting down".into()),
+            _ = tokio::signal::ctrl_c() => rampart_cli::say!("shutting down"),
         }
         Ok(())
     })
@@ -526,8 +523,8 @@ pub(crate) fn rotate(args: RotateArgs) -> anyhow::Result<()> {
             .enable_all()
             .build()?;
         let moved = rt.block_on(ops::rotate_content_kek(&args.data.layout(), to))?;
-        println!("content KEK is now {to}; {moved} content key(s) re-sealed");
-        println!("restart `rampart serve` to open them with the new KEK");
+        rampart_cli::say!("content KEK is now {to}; {moved} content key(s) re-sealed");
+        rampart_cli::say!("restart `rampart serve` to open them with the new KEK");
         return Ok(());
     }
     let which = match args.repository.as_str() {
@@ -562,15 +559,17 @@ pub(crate) fn rotate(args: RotateArgs) -> anyhow::Result<()> {
             chrono::Utc::now(),
         ))?,
     };
-    println!(
+    rampart_cli::say!(
         "rotated {} {} key(s); root is now version {}",
-        args.repository, args.role, out.root_version
+        args.repository,
+        args.role,
+        out.root_version
     );
     for f in out.new_key_files {
-        println!("  new key {}", f.display());
+        rampart_cli::say!("  new key {}", f.display());
     }
     if args.role != "root" && args.role != "targets" {
-        println!("restart `rampart serve` to sign with the new online key");
+        rampart_cli::say!("restart `rampart serve` to sign with the new online key");
     }
     Ok(())
 }

@@ -12,7 +12,7 @@ pub struct TerminalReporter;
 
 impl Reporter for TerminalReporter {
     fn say(&self, line: &str) {
-        println!("{line}");
+        crate::say!("{line}");
     }
 
     fn transfer(&self, label: &str, len: u64) -> Box<dyn Progress> {
@@ -33,7 +33,7 @@ impl Reporter for TerminalReporter {
         if !std::io::stdin().is_terminal() {
             return None;
         }
-        print!("{question} [y/N] ");
+        crate::ask!("{question} [y/N] ");
         let _ = std::io::stdout().flush();
         let mut line = String::new();
         std::io::stdin().lock().read_line(&mut line).ok()?;

@@ -13,7 +13,9 @@ pub struct VehicleArgs {
     /// Configuration of the primary (vehicle.toml).
     #[arg(long, default_value = "vehicle.toml")]
     config: PathBuf,
-    /// Run one cycle and exit (exit status 1 if it failed).
+    /// Run one cycle and exit. Exit status: 0 every update due installed (or none was due)
+    /// and every ECU answered; 1 something failed (an update, an ECU, the server,
+    /// verification); 3 nothing failed but an update waits (declined, or a precondition).
     #[arg(long)]
     once: bool,
     /// How the owner's consent is obtained: ask, auto, deny or file:PATH (a head unit's answer).
@@ -60,9 +62,9 @@ pub fn vehicle(args: VehicleArgs) -> anyhow::Result<()> {
         std::sync::Arc::new(crate::terminal::TerminalReporter),
     ))?;
     if args.json {
-        println!("{}", serde_json::to_string(&report)?);
+        crate::say!("{}", serde_json::to_string(&report)?);
     }
-    Ok(())
+    crate::exit::cycle_result(report.outcome())
 }
 
 /// Runs an ECU.
@@ -84,7 +86,7 @@ pub fn keygen(args: KeygenArgs) -> anyhow::Result<()> {
     let scheme = KeyScheme::from_name(&args.scheme)
         .with_context(|| format!("unknown scheme {}", args.scheme))?;
     let signer = rampart_server::keys::generate_key_file(&args.out, scheme)?;
-    println!(
+    crate::say!(
         "signing key {} (key ID {})",
         args.out.display(),
         rampart_core::signer::Signer::key_id(&signer)
@@ -92,7 +94,7 @@ pub fn keygen(args: KeygenArgs) -> anyhow::Result<()> {
     if let Some(path) = args.x25519 {
         let pair = rampart_core::encryption::EcuKeyPair::generate()?;
         write_private(&path, hex::encode(pair.private_bytes()).as_bytes())?;
-        println!(
+        crate::say!(
             "X25519 key {} (public {})",
             path.display(),
             hex::encode(pair.public_key())

@@ -49,12 +49,16 @@ fn scenario_help() -> String {
 /// Runs the lab; exit status 1 if any attack succeeded or a scenario was inconclusive.
 pub(crate) fn main(args: AttackArgs) -> anyhow::Result<()> {
     if args.list {
-        print!("{}", scenario_help());
-        println!("\nNegative controls (--controls):");
+        rampart_cli::ask!("{}", scenario_help());
+        rampart_cli::say!("\nNegative controls (--controls):");
         for c in controls::all() {
-            println!(
+            rampart_cli::say!(
                 "\n  {}\n    position: {}\n    scenario: {}\n    naive:    {}\n    must fail: {}",
-                c.name, c.position, c.scenario, c.naive, c.failing_check
+                c.name,
+                c.position,
+                c.scenario,
+                c.naive,
+                c.failing_check
             );
         }
         return Ok(());
@@ -86,15 +90,17 @@ pub(crate) fn main(args: AttackArgs) -> anyhow::Result<()> {
     let mut outcomes = Vec::new();
     let tty = std::io::stdout().is_terminal();
     if !args.json {
-        println!(
+        rampart_cli::say!(
             "{:<28} {:<40} {:<12} evidence / failed checks",
-            "scenario", "attack", "verdict"
+            "scenario",
+            "attack",
+            "verdict"
         );
     }
     for s in &selected {
         let o = rt.block_on(rampart_attack::run(s, &bin, &root));
         if args.json {
-            println!("{}", serde_json::to_string(&o)?);
+            rampart_cli::say!("{}", serde_json::to_string(&o)?);
         } else {
             let mark = match o.verdict {
                 Verdict::Defeated => {
@@ -128,7 +134,7 @@ pub(crate) fn main(args: AttackArgs) -> anyhow::Result<()> {
                     .collect::<Vec<_>>()
                     .join("; "),
             };
-            println!(
+            rampart_cli::say!(
                 "{:<28} {:<40} {:<12} {}",
                 o.name,
                 o.attack,
@@ -146,7 +152,7 @@ pub(crate) fn main(args: AttackArgs) -> anyhow::Result<()> {
         .filter(|o| o.verdict == Verdict::Defeated)
         .count();
     if !args.json {
-        println!("\n{defeated} of {} attacks defeated", outcomes.len());
+        rampart_cli::say!("\n{defeated} of {} attacks defeated", outcomes.len());
     }
     if defeated != outcomes.len() {
         bail!("{} scenario(s) not defeated", outcomes.len() - defeated);
@@ -176,9 +182,12 @@ fn run_controls(args: &AttackArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     if !args.json {
-        println!(
+        rampart_cli::say!(
             "{:<26} {:<40} {:<26} {:<12} failed check",
-            "control", "position", "scenario", "verdict"
+            "control",
+            "position",
+            "scenario",
+            "verdict"
         );
     }
     let mut missed = 0;
@@ -188,7 +197,7 @@ fn run_controls(args: &AttackArgs) -> anyhow::Result<()> {
             missed += 1;
         }
         if args.json {
-            println!("{}", serde_json::to_string(&o)?);
+            rampart_cli::say!("{}", serde_json::to_string(&o)?);
         } else {
             let failed = o
                 .outcome
@@ -198,7 +207,7 @@ fn run_controls(args: &AttackArgs) -> anyhow::Result<()> {
                 .map(|ch| format!("{}: {}", ch.what, ch.detail))
                 .or_else(|| o.outcome.error.clone())
                 .unwrap_or_else(|| format!("NOT CAUGHT: '{}' held", c.failing_check));
-            println!(
+            rampart_cli::say!(
                 "{:<26} {:<40} {:<26} {:<12} {}",
                 c.name,
                 c.position,
@@ -212,7 +221,7 @@ fn run_controls(args: &AttackArgs) -> anyhow::Result<()> {
         let _ = std::fs::remove_dir_all(&root);
     }
     if !args.json {
-        println!(
+        rampart_cli::say!(
             "\n{} of {} negative controls caught (the lab reports succeeded against a naive component)",
             selected.len() - missed,
             selected.len()

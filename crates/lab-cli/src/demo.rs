@@ -43,7 +43,7 @@ struct Out {
 impl Out {
     fn step(&mut self, title: &str) {
         self.step += 1;
-        println!(
+        rampart_cli::say!(
             "\n── {}. {title} {}",
             self.step,
             "─".repeat(60usize.saturating_sub(title.len()))
@@ -52,11 +52,11 @@ impl Out {
 }
 
 fn ok(msg: impl AsRef<str>) {
-    println!("   ✔ {}", msg.as_ref());
+    rampart_cli::say!("   ✔ {}", msg.as_ref());
 }
 
 fn bad(msg: impl AsRef<str>) {
-    println!("   ✘ {}", msg.as_ref());
+    rampart_cli::say!("   ✘ {}", msg.as_ref());
 }
 
 fn short(hex: &str) -> &str {
@@ -85,11 +85,11 @@ async fn run(args: DemoArgs) -> anyhow::Result<()> {
         }
     };
     let bin = std::env::current_exe().context("locating the rampart-lab binary")?;
-    println!(
+    rampart_cli::say!(
         "Rampart demo — secure over-the-air updates for a fleet of {} vehicles (Uptane on TUF)",
         args.vehicles
     );
-    println!("Working folder: {}", root.display());
+    rampart_cli::say!("Working folder: {}", root.display());
     let mut demo = Demo::start(&root, &bin, args.vehicles).await?;
     demo.publish().await?;
     demo.start_fleet().await?;
@@ -114,9 +114,9 @@ async fn run(args: DemoArgs) -> anyhow::Result<()> {
     demo.events(&first_vin).await?;
     let Demo { lab, failures, .. } = demo;
     lab.stop().await?;
-    println!();
+    rampart_cli::say!();
     if failures.is_empty() {
-        println!(
+        rampart_cli::say!(
             "All {} vehicles updated; 3 of 3 attacks rejected and recorded. ✔",
             args.vehicles
         );
@@ -126,7 +126,7 @@ async fn run(args: DemoArgs) -> anyhow::Result<()> {
         Ok(())
     } else {
         for f in &failures {
-            eprintln!("{f}");
+            rampart_cli::say_err!("{f}");
         }
         bail!(
             "{} check(s) failed (files kept in {})",
@@ -188,16 +188,20 @@ impl Demo {
     /// Step 2: the release engineer publishes the images.
     async fn publish(&mut self) -> anyhow::Result<()> {
         self.out.step("Release engineering: publishing images");
-        println!(
+        rampart_cli::say!(
             "   {:<18} {:<8} {:>10}  {:<14} {:>7}  delivery",
-            "image", "hardware", "size", "sha256", "counter"
+            "image",
+            "hardware",
+            "size",
+            "sha256",
+            "counter"
         );
         for (name, hw, version, size, encrypt) in IMAGES {
             let p = self
                 .lab
                 .publish_bytes(name, hw, version, &image_bytes(name, size), encrypt)
                 .await?;
-            println!(
+            rampart_cli::say!(
                 "   {:<18} {:<8} {:>10}  {:<14} {:>7}  {}",
                 p.name,
                 hw,
@@ -240,7 +244,7 @@ impl Demo {
                 .collect();
             ok(format!("{}  {}", v.vin, ecus.join(", ")));
         }
-        println!("   {} ECU processes listening on loopback; each has its own keys, trusted roots and A/B slots", self.lab.vehicles.iter().map(|v| v.ecus.len()).sum::<usize>());
+        rampart_cli::say!("   {} ECU processes listening on loopback; each has its own keys, trusted roots and A/B slots", self.lab.vehicles.iter().map(|v| v.ecus.len()).sum::<usize>());
 
         Ok(())
     }
@@ -276,9 +280,9 @@ impl Demo {
             let before = self.lab.installed(&vin).await?;
             let run = self.lab.run_vehicle(i, "auto").await?;
             if i == 0 {
-                println!("   What the owner of {vin} is shown:");
+                rampart_cli::say!("   What the owner of {vin} is shown:");
                 for line in run.stdout.lines().filter(|l| l.starts_with("  ")) {
-                    println!("   │{line}");
+                    rampart_cli::say!("   │{line}");
                 }
             }
             let report = run.report.clone().unwrap_or(Value::Null);
@@ -311,9 +315,12 @@ impl Demo {
     async fn summary(&mut self, before_after: &BeforeAfter) -> anyhow::Result<()> {
         self.out
             .step("Summary: what each ECU runs, as the director knows it");
-        println!(
+        rampart_cli::say!(
             "   {:<18} {:<10} {:<26} {:<20} how",
-            "vehicle", "ECU", "before", "after"
+            "vehicle",
+            "ECU",
+            "before",
+            "after"
         );
         for (before, after, updates, vin) in before_after {
             for (ecu, now) in after {
@@ -333,7 +340,7 @@ impl Demo {
                     .map(String::as_str)
                     .filter(|b| !b.starts_with('('))
                     .unwrap_or("factory image");
-                println!("   {:<18} {:<10} {:<26} {:<20} {}", vin, ecu, was, now, how);
+                rampart_cli::say!("   {:<18} {:<10} {:<26} {:<20} {}", vin, ecu, was, now, how);
             }
         }
         let pending: usize = self
@@ -479,7 +486,7 @@ impl Demo {
             .step("Security events recorded by the server (V-SOC view)");
         let events = self.lab.events(Some(first_vin)).await?;
         for e in events.iter().take(8) {
-            println!(
+            rampart_cli::say!(
                 "   {}  {:<8} {:<28} {}",
                 e.get("at").and_then(Value::as_str).unwrap_or(""),
                 e.get("source").and_then(Value::as_str).unwrap_or(""),
@@ -511,19 +518,23 @@ impl Demo {
 fn owner_approves(args: &DemoArgs) -> anyhow::Result<bool> {
     let interactive = std::io::stdin().is_terminal() && !args.yes;
     if interactive {
-        println!("\n   The owner of each car is asked before anything installs (UNECE R156 §7.2):");
+        rampart_cli::say!(
+            "\n   The owner of each car is asked before anything installs (UNECE R156 §7.2):"
+        );
         for (name, _, version, size, _) in IMAGES {
-            println!(
+            rampart_cli::say!(
                 "   • {name} version {version}, {}",
                 rampart_vehicle::consent::human_bytes(size as u64)
             );
         }
-        print!("   Approve the update for your vehicles? [y/N] ");
+        rampart_cli::ask!("   Approve the update for your vehicles? [y/N] ");
         std::io::stdout().flush()?;
         let mut line = String::new();
         std::io::stdin().lock().read_line(&mut line)?;
         if !matches!(line.trim(), "y" | "Y" | "yes") {
-            println!("   Declined: nothing is installed. (Run with --yes to skip this question.)");
+            rampart_cli::say!(
+                "   Declined: nothing is installed. (Run with --yes to skip this question.)"
+            );
             return Ok(false);
         }
     }

@@ -2,6 +2,8 @@
 //! real key ceremony, vehicles whose primaries and ECUs are processes of this binary running
 //! exactly the code of `rampart vehicle` and `rampart ecu`), attacked and judged. Test
 //! tooling: it is never deployed, and no product crate depends on it.
+// Output goes through `say!` & co., which never panic on a closed pipe.
+#![deny(clippy::print_stdout, clippy::print_stderr)]
 
 use std::process::ExitCode;
 
@@ -37,7 +39,6 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    exit::end_quietly_on_closed_pipe();
     let cli = Cli::parse();
     logging::init(
         cli.log,

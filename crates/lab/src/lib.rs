@@ -218,6 +218,8 @@ impl LabOptions {
 pub struct VehicleRun {
     /// Whether it exited 0.
     pub success: bool,
+    /// Its exit code (`None`: ended by a signal).
+    pub code: Option<i32>,
     /// What it printed (consent text, results).
     pub stdout: String,
     /// Its log.
@@ -608,6 +610,7 @@ impl Lab {
         });
         Ok(VehicleRun {
             success: out.status.success(),
+            code: out.status.code(),
             stdout,
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
             report,

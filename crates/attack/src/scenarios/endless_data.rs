@@ -81,6 +81,7 @@ async fn measured_cycle(h: &Harness) -> anyhow::Result<(VehicleRun, u64, Duratio
     Ok((
         VehicleRun {
             success: out.status.success(),
+            code: out.status.code(),
             stdout,
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
             report,

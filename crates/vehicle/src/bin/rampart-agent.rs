@@ -8,14 +8,49 @@
 //! rampart-agent [-v…] ecu [--config ecu.toml]
 //! ```
 //!
+//! Exit status of `vehicle --once`: 0 every update due installed and every ECU answered, 1
+//! something failed, 3 an update waits (declined, or a precondition); 2 a bad command line.
+//!
 //! It runs on a single-threaded runtime (an update agent has one thing to do at a time) and
 //! logs to stderr with `-v` (info) or `-vv` (debug).
+// Output goes through `say!` & co., which never panic on a closed pipe.
+#![deny(clippy::print_stdout, clippy::print_stderr)]
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use rampart_vehicle::consent::ConsentMode;
+use rampart_vehicle::primary::CycleOutcome;
+
+/// Output that never panics: `println!` panics once stdout is a pipe whose reader left
+/// (`rampart-agent vehicle --once | head`); these drop what cannot be written and the agent
+/// goes on with its cycle. (`rampart_cli::out` does the same for `rampart`; the agent does not
+/// link that crate.)
+fn write_out(args: std::fmt::Arguments<'_>, newline: bool, to_stderr: bool) {
+    use std::io::Write;
+    let result = if to_stderr {
+        let mut e = std::io::stderr().lock();
+        e.write_fmt(args)
+            .and_then(|()| if newline { e.write_all(b"\n") } else { Ok(()) })
+    } else {
+        let mut o = std::io::stdout().lock();
+        o.write_fmt(args)
+            .and_then(|()| if newline { o.write_all(b"\n") } else { Ok(()) })
+            .and_then(|()| o.flush())
+    };
+    drop(result); // the reader is gone: nothing to tell it
+}
+
+macro_rules! say {
+    ($($arg:tt)*) => { write_out(format_args!($($arg)*), true, false) };
+}
+macro_rules! say_err {
+    ($($arg:tt)*) => { write_out(format_args!($($arg)*), true, true) };
+}
+macro_rules! ask {
+    ($($arg:tt)*) => { write_out(format_args!($($arg)*), false, false) };
+}
 
 const USAGE: &str = "usage:
   rampart-agent [-v...] vehicle [--config vehicle.toml] [--once] [--consent ask|auto|deny|file:PATH] [--json]
@@ -134,7 +169,7 @@ impl tracing::Subscriber for StderrLog {
             m.target()
         ));
         event.record(&mut line);
-        eprintln!("{}", line.0);
+        say_err!("{}", line.0);
     }
     fn enter(&self, _: &tracing::span::Id) {}
     fn exit(&self, _: &tracing::span::Id) {}
@@ -150,7 +185,7 @@ fn init_logging(verbose: u8) {
     let _ = tracing::subscriber::set_global_default(StderrLog { max });
 }
 
-fn run(cli: Cli) -> Result<(), String> {
+fn run(cli: Cli) -> Result<(), Ended> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -175,16 +210,20 @@ fn run(cli: Cli) -> Result<(), String> {
                 .map_err(|e| e.to_string())?;
             if json {
                 let text = serde_json::to_string(&report).map_err(|e| e.to_string())?;
-                println!("{text}");
+                say!("{text}");
             }
-            Ok(())
+            match report.outcome() {
+                CycleOutcome::Complete => Ok(()),
+                CycleOutcome::Postponed(why) => Err(Ended::Postponed(why)),
+                CycleOutcome::Failed(why) => Err(Ended::Failed(why)),
+            }
         }
         Command::Ecu { config } => {
             let config =
                 rampart_vehicle::secondary::load_config(&config).map_err(|e| e.to_string())?;
             rt.block_on(async move {
                 tokio::select! {
-                    r = rampart_vehicle::secondary::run(config) => r.map_err(|e| e.to_string()),
+                    r = rampart_vehicle::secondary::run(config) => r.map_err(|e| Ended::Failed(e.to_string())),
                     _ = tokio::signal::ctrl_c() => Ok(()),
                 }
             })
@@ -193,23 +232,37 @@ fn run(cli: Cli) -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
-    // `rampart-agent vehicle --once | head`: a closed stdout ends it by SIGPIPE, as it ends
-    // any Unix tool, instead of a panic on the first line it cannot print.
-    sigpipe::reset();
     let cli = match parse(std::env::args().skip(1)) {
         Ok(cli) => cli,
         Err(message) => {
-            eprintln!("{message}");
+            say_err!("{message}");
             return ExitCode::from(2);
         }
     };
     init_logging(cli.verbose);
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
+        Err(Ended::Postponed(why)) => {
+            say_err!("postponed: {why}");
+            ExitCode::from(3)
+        }
+        Err(Ended::Failed(why)) => {
+            say_err!("error: {why}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// How a run that did not succeed ended: exit status 3 (an update waits) or 1 (failed), as
+/// `rampart vehicle --once`.
+enum Ended {
+    Postponed(String),
+    Failed(String),
+}
+
+impl From<String> for Ended {
+    fn from(why: String) -> Self {
+        Ended::Failed(why)
     }
 }
 
@@ -219,7 +272,7 @@ struct Lines;
 
 impl rampart_vehicle::report::Reporter for Lines {
     fn say(&self, line: &str) {
-        println!("{line}");
+        say!("{line}");
     }
 
     fn transfer(&self, label: &str, len: u64) -> Box<dyn rampart_vehicle::report::Progress> {
@@ -231,7 +284,7 @@ impl rampart_vehicle::report::Reporter for Lines {
         if !std::io::stdin().is_terminal() {
             return None;
         }
-        print!("{question} [y/N] ");
+        ask!("{question} [y/N] ");
         let _ = std::io::stdout().flush();
         let mut line = String::new();
         std::io::stdin().lock().read_line(&mut line).ok()?;

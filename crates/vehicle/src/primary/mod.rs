@@ -92,6 +92,59 @@ pub struct CycleReport {
     pub problems: Vec<String>,
 }
 
+/// What a cycle achieved, as a one-shot run (`--once`) exits with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CycleOutcome {
+    /// Every update due installed (or none was due), and every ECU answered.
+    Complete,
+    /// Nothing failed, but an update waits: the owner declined it or a precondition held it.
+    Postponed(String),
+    /// An update failed, or an ECU did not answer (what went wrong, rule first).
+    Failed(String),
+}
+
+impl CycleReport {
+    /// What the cycle achieved (see [`CycleOutcome`]).
+    pub fn outcome(&self) -> CycleOutcome {
+        let failed: Vec<String> = self
+            .updates
+            .iter()
+            .filter_map(|u| match &u.status {
+                UpdateStatus::Failed(rule, msg) => {
+                    Some(format!("{rule}: {} on {}: {msg}", u.target, u.ecu_id))
+                }
+                _ => None,
+            })
+            .collect();
+        if !failed.is_empty() {
+            return CycleOutcome::Failed(format!(
+                "{} of {} update(s) failed: {}",
+                failed.len(),
+                self.updates.len(),
+                failed.join("; ")
+            ));
+        }
+        if !self.problems.is_empty() {
+            return CycleOutcome::Failed(self.problems.join("; "));
+        }
+        let waiting: Vec<String> = self
+            .updates
+            .iter()
+            .filter_map(|u| match &u.status {
+                UpdateStatus::Declined(w) | UpdateStatus::PreconditionFailed(w) => {
+                    Some(format!("{} on {}: {w}", u.target, u.ecu_id))
+                }
+                _ => None,
+            })
+            .collect();
+        if waiting.is_empty() {
+            CycleOutcome::Complete
+        } else {
+            CycleOutcome::Postponed(waiting.join("; "))
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct PrimaryState {
     manifest_counter: u64,

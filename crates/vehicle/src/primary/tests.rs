@@ -229,3 +229,36 @@ fn a_failing_random_source_is_an_error_not_a_zero_nonce() {
     assert_ne!(a, b);
     assert_ne!(a, "0".repeat(32));
 }
+
+fn update(target: &str, status: UpdateStatus) -> UpdateOutcome {
+    UpdateOutcome {
+        ecu_id: "IVI-1".into(),
+        target: target.into(),
+        bytes: 1,
+        encrypted: false,
+        status,
+    }
+}
+
+#[test]
+fn a_cycle_is_complete_only_when_everything_due_installed_and_everyone_answered() {
+    let mut r = CycleReport::default();
+    assert_eq!(r.outcome(), CycleOutcome::Complete);
+    r.updates.push(update("a.bin", UpdateStatus::Installed));
+    assert_eq!(r.outcome(), CycleOutcome::Complete);
+    r.updates.push(update(
+        "b.bin",
+        UpdateStatus::Declined("the owner said no".into()),
+    ));
+    assert!(matches!(r.outcome(), CycleOutcome::Postponed(w) if w.contains("b.bin")));
+    r.problems
+        .push("ecu-unreachable: ECU BCM-1 at 127.0.0.1:9".into());
+    assert!(matches!(r.outcome(), CycleOutcome::Failed(w) if w.starts_with("ecu-unreachable")));
+    r.updates.push(update(
+        "c.bin",
+        UpdateStatus::Failed("hash-mismatch".into(), "bad bytes".into()),
+    ));
+    assert!(
+        matches!(r.outcome(), CycleOutcome::Failed(w) if w.starts_with("1 of 3 update(s) failed: hash-mismatch: c.bin"))
+    );
+}
