@@ -75,7 +75,7 @@ pub fn ecu(args: EcuArgs) -> anyhow::Result<()> {
         .build()?;
     rt.block_on(async move {
         tokio::select! {
-            r = rampart_vehicle::secondary::run(config) => r.map_err(anyhow::Error::from),
+            r = rampart_vehicle::secondary::run_with(config, std::sync::Arc::new(crate::terminal::TerminalReporter)) => r.map_err(anyhow::Error::from),
             _ = tokio::signal::ctrl_c() => Ok(()),
         }
     })

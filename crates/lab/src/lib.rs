@@ -107,7 +107,7 @@ impl EcuHandle {
         let child = Command::new(bin)
             .args(["-v", "ecu", "--config"])
             .arg(&self.config)
-            .stdout(Stdio::null())
+            .stdout(log.try_clone()?)
             .stderr(log)
             .kill_on_drop(true)
             .spawn()

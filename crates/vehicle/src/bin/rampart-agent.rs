@@ -223,7 +223,7 @@ fn run(cli: Cli) -> Result<(), Ended> {
                 rampart_vehicle::secondary::load_config(&config).map_err(|e| e.to_string())?;
             rt.block_on(async move {
                 tokio::select! {
-                    r = rampart_vehicle::secondary::run(config) => r.map_err(|e| Ended::Failed(e.to_string())),
+                    r = rampart_vehicle::secondary::run_with(config, std::sync::Arc::new(Lines)) => r.map_err(|e| Ended::Failed(e.to_string())),
                     _ = tokio::signal::ctrl_c() => Ok(()),
                 }
             })

@@ -495,7 +495,10 @@ async fn install_locked(
         release_counter: instruction.release_counter,
     };
     let slot = ecu.slots.commit_write(writer, image)?;
-    tracing::info!(ecu = %ecu.config.ecu_id, target = %instruction.target, ?slot, "image written and verified; boot slot switched");
+    ecu.tell(&format!(
+        "{} written to slot {slot:?} and verified; booting it",
+        instruction.target
+    ));
     // Reboot into the new slot (simulated): boot counting until committed or rolled back.
     loop {
         match ecu.boot()? {

@@ -35,6 +35,7 @@ pub use self::link::{serve, LinkLimits};
 use crate::error::{Error, Result};
 use crate::indicators::Indicators;
 use crate::protocol::{FrameError, MetadataBundle};
+use crate::report::{LogReporter, Reporter};
 use crate::slots::{BootOutcome, SlotConfig, Slots};
 
 /// Full or partial verification.
@@ -116,6 +117,8 @@ pub struct Secondary {
     last_indicator_save: Option<Instant>,
     /// Indicators recorded but not yet written.
     unsaved: bool,
+    /// Where the ECU's lines for people go (logs, unless told otherwise).
+    reporter: Arc<dyn Reporter>,
 }
 
 /// Indicators recorded within this time of the last save are written with the next one.
@@ -145,6 +148,12 @@ impl Secondary {
     /// Opens the ECU: keys, slots (creating the boot-control file on first start, with slot A
     /// as the factory image), state; then runs boot counting (this is a boot).
     pub fn open(config: EcuConfig) -> Result<Self> {
+        Self::open_with(config, Arc::new(LogReporter))
+    }
+
+    /// [`Secondary::open`], its lines for people (start, installs, refusals, rollbacks) going
+    /// to `reporter`.
+    pub fn open_with(config: EcuConfig, reporter: Arc<dyn Reporter>) -> Result<Self> {
         std::fs::create_dir_all(&config.state_dir).map_err(|e| Error::io(&config.state_dir, e))?;
         // The same rule as the server's: a secret others can read is refused, not used.
         for secret in std::iter::once(&config.key).chain(config.encryption_key.as_ref()) {
@@ -185,9 +194,16 @@ impl Secondary {
             state,
             last_indicator_save: None,
             unsaved: false,
+            reporter,
         };
         ecu.boot()?;
         Ok(ecu)
+    }
+
+    /// A line for the people around (`rampart ecu` prints it; logged otherwise).
+    pub(crate) fn tell(&self, line: &str) {
+        self.reporter
+            .say(&format!("{}: {line}", self.config.ecu_id));
     }
 
     /// The configuration.
@@ -216,6 +232,7 @@ impl Secondary {
     /// director acknowledges one that carried it (see [`crate::indicators`]).
     pub fn record_attack(&mut self, rule: Rule, message: &str) {
         tracing::warn!(ecu = %self.config.ecu_id, %rule, %message, "attack indicator");
+        self.tell(&format!("refused [{rule}]: {message}"));
         self.state.indicators.record(rule.as_str(), message);
         self.save_indicators();
     }
@@ -290,7 +307,8 @@ impl Secondary {
     pub fn boot(&mut self) -> Result<BootOutcome> {
         let outcome = self.slots.boot()?;
         if let BootOutcome::Committed(slot) = &outcome {
-            tracing::info!(ecu = %self.config.ecu_id, ?slot, "new image booted and committed");
+            let image = self.running().filename;
+            self.tell(&format!("{image} booted from slot {slot:?} and committed"));
         }
         // The rollback note moves from the boot-control file into the indicators: saved in
         // the ECU state first, then cleared from the boot-control file, so a power cut in
@@ -302,6 +320,7 @@ impl Secondary {
                 .unwrap_or(&failure)
                 .to_owned();
             tracing::warn!(ecu = %self.config.ecu_id, rule = "boot-failed", %message, "attack indicator");
+            self.tell(&format!("rolled back [boot-failed]: {message}"));
             self.state.indicators.record("boot-failed", &message);
             match self.save() {
                 Ok(()) => {
@@ -476,10 +495,13 @@ fn trusted_root(store: &MetadataStore, provisioned: &Path) -> Result<Vec<u8>> {
 
 /// Runs an ECU: opens it and serves the primary until interrupted.
 pub async fn run(config: EcuConfig) -> Result<()> {
+    run_with(config, Arc::new(LogReporter)).await
+}
+
+/// [`run`], the ECU's lines for people going to `reporter` (`rampart ecu` prints them).
+pub async fn run_with(config: EcuConfig, reporter: Arc<dyn Reporter>) -> Result<()> {
     let listen = config.listen.clone();
-    let ecu = Secondary::open(config)?;
-    let running = ecu.running();
-    tracing::info!(ecu = %ecu.config().ecu_id, image = %running.filename, "ECU up");
+    let ecu = Secondary::open_with(config, reporter)?;
     let listener = TcpListener::bind(&listen)
         .await
         .map_err(|e| Error::Config(format!("cannot listen on {listen}: {e}")))?;
@@ -491,7 +513,10 @@ pub async fn run(config: EcuConfig) -> Result<()> {
         &ecu.config().state_dir.join("listen-address"),
         addr.to_string().as_bytes(),
     )?;
-    tracing::info!(%addr, "listening for the primary");
+    ecu.tell(&format!(
+        "up, running {}; listening for the primary on {addr}",
+        ecu.running().filename
+    ));
     let limits = ecu.config().limits.clone();
     serve(Arc::new(Mutex::new(ecu)), listener, limits).await;
     Ok(())
