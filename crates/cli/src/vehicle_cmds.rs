@@ -37,12 +37,17 @@ pub struct EcuArgs {
 /// `rampart keygen`.
 #[derive(Debug, Args)]
 pub struct KeygenArgs {
-    /// Where to write the signing key (PKCS#8 PEM, 0600).
+    /// Where to write the signing key (PKCS#8 PEM, 0600; OpenSSL reads it).
     #[arg(long)]
     out: PathBuf,
     /// Key type: ed25519, ecdsa or rsa.
     #[arg(long, default_value = "ed25519")]
     scheme: String,
+    /// Also write its public key here (SubjectPublicKeyInfo PEM, as `openssl pkey -pubout`
+    /// writes it): what a supplier sends for `rampart delegate --key`, or a vehicle's ECU
+    /// for registration.
+    #[arg(long)]
+    public_out: Option<PathBuf>,
     /// Also write an X25519 key (hex, 0600) for encrypted images here; prints its public half.
     #[arg(long)]
     x25519: Option<PathBuf>,
@@ -91,6 +96,11 @@ pub fn keygen(args: KeygenArgs) -> anyhow::Result<()> {
         args.out.display(),
         rampart_core::signer::Signer::key_id(&signer)
     );
+    if let Some(path) = &args.public_out {
+        let pem = rampart_core::signer::Signer::public_key(&signer).to_spki_pem()?;
+        std::fs::write(path, pem).with_context(|| format!("writing {}", path.display()))?;
+        crate::say!("public key {}", path.display());
+    }
     if let Some(path) = args.x25519 {
         let pair = rampart_core::encryption::EcuKeyPair::generate()?;
         write_private(&path, hex::encode(pair.private_bytes()).as_bytes())?;

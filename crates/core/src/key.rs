@@ -97,6 +97,11 @@ pub struct KeyVal {
     pub unrecognized: BTreeMap<String, Value>,
 }
 
+/// The DER prefix of an Ed25519 SubjectPublicKeyInfo (RFC 8410); the 32-byte key follows.
+pub const ED25519_SPKI_PREFIX: [u8; 12] = [
+    0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
+];
+
 /// A TUF public key object.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Key {
@@ -122,6 +127,32 @@ impl Key {
                 unrecognized: BTreeMap::new(),
             },
             unrecognized: BTreeMap::new(),
+        }
+    }
+
+    /// The public key as a standard `PUBLIC KEY` (SubjectPublicKeyInfo) PEM, as OpenSSL
+    /// writes it: what a supplier sends, or `rampart delegate --key` reads.
+    pub fn to_spki_pem(&self) -> Result<String> {
+        let bad = |reason: &str| Error::BadKey {
+            keyid: "(public key)".into(),
+            reason: reason.to_owned(),
+        };
+        match self.key_scheme() {
+            Some(KeyScheme::Ed25519) => {
+                let raw = hex::decode(&self.keyval.public)
+                    .map_err(|_| bad("an ed25519 public key is 64 hex digits"))?;
+                if raw.len() != 32 {
+                    return Err(bad("an ed25519 public key is 32 bytes"));
+                }
+                let mut der = ED25519_SPKI_PREFIX.to_vec();
+                der.extend_from_slice(&raw);
+                Ok(pem_encode(&der, "PUBLIC KEY"))
+            }
+            // TUF already writes these as SubjectPublicKeyInfo PEM.
+            Some(KeyScheme::EcdsaP256Sha256 | KeyScheme::RsaPssSha256) => {
+                Ok(self.keyval.public.clone())
+            }
+            None => Err(bad("unsupported key type")),
         }
     }
 
@@ -300,6 +331,17 @@ pub fn pem_encode(der: &[u8], label: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_ed25519_key_exports_as_the_rfc_8410_spki() {
+        let key = Key::new(KeyScheme::Ed25519, "ab".repeat(32));
+        let der = pem_decode(&key.to_spki_pem().unwrap(), "PUBLIC KEY").unwrap();
+        assert_eq!(der.len(), 44);
+        assert!(der.starts_with(&ED25519_SPKI_PREFIX));
+        assert_eq!(hex::encode(&der[12..]), "ab".repeat(32));
+        let short = Key::new(KeyScheme::Ed25519, "ab".repeat(31));
+        assert!(short.to_spki_pem().is_err());
+    }
     use crate::signer::{InMemorySigner, Signer};
 
     #[test]

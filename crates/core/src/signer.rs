@@ -55,8 +55,9 @@ impl InMemorySigner {
     /// Generates a fresh key (RSA keys are 3072 bits).
     pub fn generate(scheme: KeyScheme) -> Result<Self> {
         let pkcs8 = match scheme {
+            // PKCS#8 v1 (RFC 8410 without the public key): what OpenSSL 3 reads.
             KeyScheme::Ed25519 => Ed25519KeyPair::generate()
-                .and_then(|k| k.to_pkcs8())
+                .and_then(|k| k.to_pkcs8v1())
                 .map_err(crypto)?
                 .as_ref()
                 .to_vec(),

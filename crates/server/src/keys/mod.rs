@@ -123,9 +123,7 @@ pub fn public_key_from_text(text: &str) -> std::result::Result<Key, String> {
     }
     let der = pem_decode(trimmed, "PUBLIC KEY")?;
     // Ed25519 SPKI is a fixed 12-byte prefix and the 32-byte key.
-    const ED25519_SPKI_PREFIX: [u8; 12] = [
-        0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
-    ];
+    use rampart_core::key::ED25519_SPKI_PREFIX;
     if der.len() == 44 && der.starts_with(&ED25519_SPKI_PREFIX) {
         return Ok(Key::new(
             KeyScheme::Ed25519,

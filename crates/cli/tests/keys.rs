@@ -1,0 +1,131 @@
+//! Keys a new operator makes with `rampart keygen` are standard files other tools read:
+//! PKCS#8 private keys and SubjectPublicKeyInfo public keys that OpenSSL 3 opens (an
+//! implementation we did not write), and the public half is what `rampart delegate --key`
+//! takes, as the README shows.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn rampart(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_rampart"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn openssl(args: &[&str]) -> std::process::Output {
+    Command::new("openssl")
+        .args(args)
+        .output()
+        .expect("openssl is installed (scripts/test checks it)")
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn keygen_writes_keys_openssl_reads_and_a_public_key_it_matches() {
+    let dir = tempfile::tempdir().unwrap();
+    for scheme in ["ed25519", "ecdsa", "rsa"] {
+        let private: PathBuf = dir.path().join(format!("{scheme}.pem"));
+        let public: PathBuf = dir.path().join(format!("{scheme}.pub.pem"));
+        let out = rampart(&[
+            "keygen",
+            "--scheme",
+            scheme,
+            "--out",
+            s(&private),
+            "--public-out",
+            s(&public),
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let read = openssl(&["pkey", "-in", s(&private), "-noout"]);
+        assert!(
+            read.status.success(),
+            "OpenSSL cannot read the {scheme} private key: {}",
+            String::from_utf8_lossy(&read.stderr)
+        );
+        // OpenSSL's public half of the private key is exactly the public key file.
+        let derived = openssl(&["pkey", "-in", s(&private), "-pubout"]);
+        assert!(derived.status.success());
+        let written = std::fs::read(&public).unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&derived.stdout).trim(),
+            String::from_utf8_lossy(&written).trim(),
+            "{scheme}"
+        );
+        let pubin = openssl(&["pkey", "-pubin", "-in", s(&public), "-noout"]);
+        assert!(pubin.status.success(), "{scheme}");
+    }
+}
+
+#[test]
+fn a_public_key_openssl_made_is_what_delegate_takes() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("srv");
+    let out = rampart(&["repo", "init", "--data-dir", s(&data)]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A supplier makes its key with OpenSSL and sends the public half.
+    let private = dir.path().join("acme.pem");
+    let public = dir.path().join("acme.pub.pem");
+    assert!(
+        openssl(&["genpkey", "-algorithm", "ed25519", "-out", s(&private)])
+            .status
+            .success()
+    );
+    assert!(
+        openssl(&["pkey", "-in", s(&private), "-pubout", "-out", s(&public)])
+            .status
+            .success()
+    );
+    let out = rampart(&[
+        "delegate",
+        "--data-dir",
+        s(&data),
+        "--name",
+        "acme",
+        "--path",
+        "acme/*",
+        "--hardware-id",
+        "ivi-x",
+        "--key",
+        s(&public),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The private key file OpenSSL made is read too (its public half is taken).
+    let out = rampart(&[
+        "delegate",
+        "--data-dir",
+        s(&data),
+        "--name",
+        "acme-tools",
+        "--path",
+        "tools/*",
+        "--key",
+        s(&private),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
