@@ -33,42 +33,17 @@ fn dump(run: &rampart_lab::VehicleRun) -> String {
 async fn update_installs_on_full_and_partial_ecus_and_the_director_sees_it() {
     let dir = tempfile::tempdir().unwrap();
     let lab = lab(dir.path()).await;
-    lab.publish_bytes(
-        "tbox/fw-2.0.bin",
-        "tbox-a",
-        "2.0",
-        &image_bytes("tbox 2.0", 300_000),
-        false,
-    )
-    .await
-    .unwrap();
-    lab.publish_bytes(
-        "ivi/app-3.1.bin",
-        "ivi-x",
-        "3.1",
-        &image_bytes("ivi 3.1", 500_000),
-        true,
-    )
-    .await
-    .unwrap();
-    lab.publish_bytes(
-        "bcm/fw-1.4.bin",
-        "bcm-1",
-        "1.4",
-        &image_bytes("bcm 1.4", 64_000),
-        false,
-    )
-    .await
-    .unwrap();
-    lab.assign_all("tbox/fw-2.0.bin", "tbox-a", false)
-        .await
-        .unwrap();
-    lab.assign_all("ivi/app-3.1.bin", "ivi-x", true)
-        .await
-        .unwrap();
-    lab.assign_all("bcm/fw-1.4.bin", "bcm-1", false)
-        .await
-        .unwrap();
+    for (name, hw, version, len, encrypt) in [
+        ("tbox/fw-2.0.bin", "tbox-a", "2.0", 300_000, false),
+        ("ivi/app-3.1.bin", "ivi-x", "3.1", 500_000, true),
+        ("bcm/fw-1.4.bin", "bcm-1", "1.4", 64_000, false),
+    ] {
+        let seed = format!("{} {version}", &name[..name.find('/').unwrap()]);
+        let bytes = image_bytes(&seed, len);
+        lab.release(name, hw, version, &bytes, encrypt)
+            .await
+            .unwrap();
+    }
 
     let run = lab.run_vehicle(0, "auto").await.unwrap();
     assert!(run.success, "{}", dump(&run));
@@ -137,16 +112,8 @@ async fn update_installs_on_full_and_partial_ecus_and_the_director_sees_it() {
 async fn images_come_from_a_plain_static_mirror_the_cdn_case() {
     let dir = tempfile::tempdir().unwrap();
     let lab = lab(dir.path()).await;
-    lab.publish_bytes(
-        "tbox/fw-2.1.bin",
-        "tbox-a",
-        "2.1",
-        &image_bytes("tbox 2.1", 200_000),
-        false,
-    )
-    .await
-    .unwrap();
-    lab.assign_all("tbox/fw-2.1.bin", "tbox-a", false)
+    let bytes = image_bytes("tbox 2.1", 200_000);
+    lab.release("tbox/fw-2.1.bin", "tbox-a", "2.1", &bytes, false)
         .await
         .unwrap();
 
@@ -189,4 +156,61 @@ async fn images_come_from_a_plain_static_mirror_the_cdn_case() {
     );
     mirror.kill().await.unwrap();
     lab.stop().await.unwrap();
+}
+
+/// `rampart vehicle --once` exits as its help says: 0 only when every update due installed
+/// and every ECU answered; 1 when something failed (an update, an ECU, the server); 3 when
+/// nothing failed but the owner declined (or a precondition held the update back). The JSON
+/// report is printed whenever the cycle ran to its end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn once_exits_1_when_an_ecu_is_unreachable_3_when_declined_0_when_complete() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut lab = Lab::create(LabOptions::new(dir.path(), bin(), 1))
+        .await
+        .unwrap();
+    lab.start_ecus().await.unwrap();
+    lab.release(
+        "ivi/app-2.0.bin",
+        "ivi-x",
+        "2.0",
+        &image_bytes("ivi 2.0", 100_000),
+        false,
+    )
+    .await
+    .unwrap();
+
+    // The owner declines: nothing failed, nothing installed.
+    let declined = lab.run_vehicle(0, "deny").await.unwrap();
+    assert_eq!(declined.code, Some(3), "{}", declined.stderr);
+    assert!(declined.report.is_some(), "the JSON report is printed");
+
+    // The body controller does not answer: the IVI installs, the cycle still failed.
+    lab.vehicles[0].ecus[2].stop().await.unwrap();
+    let unreachable = lab.run_vehicle(0, "auto").await.unwrap();
+    assert_eq!(unreachable.code, Some(1), "{}", unreachable.stderr);
+    let report = unreachable
+        .report
+        .clone()
+        .expect("the JSON report is printed");
+    assert!(
+        report["problems"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("ecu-unreachable"),
+        "{report}"
+    );
+    assert!(
+        unreachable.stderr.contains("ecu-unreachable"),
+        "the error line names the rule: {}",
+        unreachable.stderr
+    );
+
+    // Every ECU back: nothing is due and everyone answered.
+    let bin = lab.options.bin.clone();
+    let bcm = &mut lab.vehicles[0].ecus[2];
+    bcm.start(&bin).unwrap();
+    bcm.listening().await.unwrap();
+    lab.write_primary_config(0, None).unwrap();
+    let complete = lab.run_vehicle(0, "auto").await.unwrap();
+    assert_eq!(complete.code, Some(0), "{}", complete.stderr);
 }

@@ -19,6 +19,13 @@ fn rampart(args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
+/// Runs `rampart args`, which must succeed.
+fn rampart_ok(args: &[&str]) {
+    let out = rampart(args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "rampart {}: {stderr}", args.join(" "));
+}
+
 fn openssl(args: &[&str]) -> std::process::Output {
     Command::new("openssl")
         .args(args)
@@ -36,7 +43,7 @@ fn keygen_writes_keys_openssl_reads_and_a_public_key_it_matches() {
     for scheme in ["ed25519", "ecdsa", "rsa"] {
         let private: PathBuf = dir.path().join(format!("{scheme}.pem"));
         let public: PathBuf = dir.path().join(format!("{scheme}.pub.pem"));
-        let out = rampart(&[
+        rampart_ok(&[
             "keygen",
             "--scheme",
             scheme,
@@ -45,11 +52,6 @@ fn keygen_writes_keys_openssl_reads_and_a_public_key_it_matches() {
             "--public-out",
             s(&public),
         ]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
         let read = openssl(&["pkey", "-in", s(&private), "-noout"]);
         assert!(
             read.status.success(),
@@ -74,12 +76,7 @@ fn keygen_writes_keys_openssl_reads_and_a_public_key_it_matches() {
 fn a_public_key_openssl_made_is_what_delegate_takes() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("srv");
-    let out = rampart(&["repo", "init", "--data-dir", s(&data)]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    rampart_ok(&["repo", "init", "--data-dir", s(&data)]);
     // A supplier makes its key with OpenSSL and sends the public half.
     let private = dir.path().join("acme.pem");
     let public = dir.path().join("acme.pub.pem");
@@ -93,7 +90,7 @@ fn a_public_key_openssl_made_is_what_delegate_takes() {
             .status
             .success()
     );
-    let out = rampart(&[
+    rampart_ok(&[
         "delegate",
         "--data-dir",
         s(&data),
@@ -106,13 +103,8 @@ fn a_public_key_openssl_made_is_what_delegate_takes() {
         "--key",
         s(&public),
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     // The private key file OpenSSL made is read too (its public half is taken).
-    let out = rampart(&[
+    rampart_ok(&[
         "delegate",
         "--data-dir",
         s(&data),
@@ -123,9 +115,4 @@ fn a_public_key_openssl_made_is_what_delegate_takes() {
         "--key",
         s(&private),
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
