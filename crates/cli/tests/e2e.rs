@@ -214,3 +214,35 @@ async fn once_exits_1_when_an_ecu_is_unreachable_3_when_declined_0_when_complete
     let complete = lab.run_vehicle(0, "auto").await.unwrap();
     assert_eq!(complete.code, Some(0), "{}", complete.stderr);
 }
+
+/// A vehicle that trusts another fleet's CA, or whose server is down, says which, and what
+/// to check — not reqwest's bare "error sending request".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn network_failures_name_their_cause_and_what_to_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut lab = lab(dir.path()).await;
+    let other = rampart_server::pki::init(&dir.path().join("other-pki"), &["localhost".into()], 30)
+        .unwrap();
+    let ca = lab.vehicles[0].dir.join("ca.pem");
+    let genuine = std::fs::read(&ca).unwrap();
+    std::fs::copy(&other.ca_cert, &ca).unwrap();
+    let wrong_ca = lab.run_vehicle(0, "auto").await.unwrap();
+    assert_eq!(wrong_ca.code, Some(1), "{}", dump(&wrong_ca));
+    assert!(
+        wrong_ca
+            .stderr
+            .contains("not signed by a CA this client trusts: check `ca`"),
+        "{}",
+        dump(&wrong_ca)
+    );
+
+    std::fs::write(&ca, genuine).unwrap();
+    lab.stop_server().await.unwrap();
+    let down = lab.run_vehicle(0, "auto").await.unwrap();
+    assert_eq!(down.code, Some(1), "{}", dump(&down));
+    assert!(
+        down.stderr.contains("connection refused") && down.stderr.contains("is the server running"),
+        "{}",
+        dump(&down)
+    );
+}

@@ -97,6 +97,14 @@ fn transport(url: &str, e: impl std::fmt::Display) -> Error {
     }
 }
 
+/// A failed request, its cause named (see [`crate::diagnose`]).
+fn request_failed(url: &str, e: &reqwest::Error) -> Error {
+    Error::Transport {
+        url: url.to_owned(),
+        reason: crate::diagnose::explain(e),
+    }
+}
+
 impl HttpFetcher {
     /// Builds a fetcher. With `tls.ca_pem`, only that CA is trusted.
     pub fn new(config: FetchConfig, tls: &TlsConfig) -> Result<Self> {
@@ -147,7 +155,7 @@ impl HttpFetcher {
                 seconds: limit.as_secs_f64(),
                 min_bytes_per_second: self.config.min_bytes_per_second,
             })?
-            .map_err(|e| transport(url, e))?;
+            .map_err(|e| request_failed(url, &e))?;
         let status = response.status().as_u16();
         let mut stream = response.bytes_stream();
         let mut out = Vec::new();
@@ -155,7 +163,7 @@ impl HttpFetcher {
             .await
             .map_err(|_| transport(url, "response stalled"))?
         {
-            let chunk = chunk.map_err(|e| transport(url, e))?;
+            let chunk = chunk.map_err(|e| request_failed(url, &e))?;
             if out.len() as u64 + chunk.len() as u64 > max_response {
                 return Err(Error::Verification(rampart_core::Error::LengthExceeded {
                     what: url.to_owned(),
@@ -202,7 +210,7 @@ impl HttpFetcher {
             seconds: (self.config.stall_timeout + self.config.connect_timeout).as_secs_f64(),
             min_bytes_per_second: self.config.min_bytes_per_second,
         })?
-        .map_err(|e| transport(url, e))?;
+        .map_err(|e| request_failed(url, &e))?;
         let status = response.status();
         let resumed = match status {
             StatusCode::OK => false,
@@ -245,7 +253,7 @@ impl HttpFetcher {
                     min_bytes_per_second: self.config.min_bytes_per_second,
                 })?;
             let Some(chunk) = next else { break };
-            let chunk = chunk.map_err(|e| transport(url, e))?;
+            let chunk = chunk.map_err(|e| request_failed(url, &e))?;
             total = total.saturating_add(chunk.len() as u64);
             if total > max_length {
                 return Err(too_long());

@@ -13,6 +13,7 @@
 //! * [`writeback`] — large files written back to disk while they are still being written,
 //!   so the closing `fsync` does not stall (also used for the ECUs' slots).
 
+pub mod diagnose;
 pub mod error;
 pub mod fetch;
 pub mod runner;

@@ -672,6 +672,14 @@ impl Lab {
         Ok(serde_json::from_value(self.admin_get(&path).await?)?)
     }
 
+    /// Stops the server (the fleet stays): what a vehicle sees when its server is down.
+    pub async fn stop_server(&mut self) -> anyhow::Result<()> {
+        if let Some(s) = self.server.take() {
+            s.stop().await?;
+        }
+        Ok(())
+    }
+
     /// Restarts the server on the same address (it loads its online keys at start, so this
     /// is how a rotation of online keys takes effect).
     pub async fn restart_server(&mut self) -> anyhow::Result<()> {
