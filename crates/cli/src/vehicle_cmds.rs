@@ -18,7 +18,8 @@ pub struct VehicleArgs {
     /// verification); 3 nothing failed but an update waits (declined, or a precondition).
     #[arg(long)]
     once: bool,
-    /// How the owner's consent is obtained: ask, auto, deny or file:PATH (a head unit's answer).
+    /// How the owner's consent is obtained: ask, auto, deny or file:PATH (a head unit
+    /// answers {"approve": true|false} in PATH; the format is in docs/consent.md).
     #[arg(long, default_value = "ask")]
     consent: String,
     /// Print the cycle report as JSON on stdout at the end (with --once).

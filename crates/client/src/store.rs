@@ -90,7 +90,7 @@ impl MetadataStore {
 
 /// Writes `bytes` to `path` atomically: temp file, fsync, rename, fsync directory.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().unwrap_or_else(|| Path::new("."));
+    let dir = parent_dir(path);
     let file_name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -107,6 +107,15 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         return Err(Error::io(path, e));
     }
     sync_dir(dir)
+}
+
+/// The folder `path` is in: `.` for a bare file name (whose `parent()` is the empty path, which
+/// names no folder to sync).
+pub fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
 }
 
 /// A secret file (private key, token, key-encryption key) that must not be used.
@@ -183,6 +192,13 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bare_file_name_is_in_the_current_folder() {
+        assert_eq!(parent_dir(Path::new("answer.json")), Path::new("."));
+        assert_eq!(parent_dir(Path::new("a/b.json")), Path::new("a"));
+        assert_eq!(parent_dir(Path::new("/b.json")), Path::new("/"));
+    }
 
     #[test]
     fn writes_reads_and_removes() {

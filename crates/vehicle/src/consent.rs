@@ -38,14 +38,19 @@ impl std::str::FromStr for ConsentMode {
             "ask" => Ok(ConsentMode::Ask),
             "auto" => Ok(ConsentMode::Auto),
             "deny" => Ok(ConsentMode::Deny),
-            other => other
-                .strip_prefix("file:")
-                .map(|p| ConsentMode::File(PathBuf::from(p)))
-                .ok_or_else(|| {
-                    Error::Config(format!(
-                        "consent {other:?}: use ask, auto, deny or file:PATH"
-                    ))
-                }),
+            other => match other.strip_prefix("file:") {
+                Some("") => Err(Error::Config(
+                    "consent file: needs a path (file:PATH, see docs/consent.md)".into(),
+                )),
+                // Relative to where the command runs, fixed now: the request and the answer
+                // are found at the same place whatever changes later.
+                Some(p) => std::path::absolute(p)
+                    .map(ConsentMode::File)
+                    .map_err(|e| Error::io(p, e)),
+                None => Err(Error::Config(format!(
+                    "consent {other:?}: use ask, auto, deny or file:PATH"
+                ))),
+            },
         }
     }
 }
@@ -127,12 +132,28 @@ struct Answer {
     approve: bool,
 }
 
+/// How long a head unit has to answer (`file:PATH`).
+pub const HEAD_UNIT_WAIT: Duration = Duration::from_secs(300);
+
+/// What an answer file holds (docs/consent.md).
+const ANSWER_FORMAT: &str = r#"{"approve": true} or {"approve": false}"#;
+
 /// Asks for consent to the listed updates: by policy, through `reporter` (the owner at a
-/// terminal), or through a head unit's answer file.
+/// terminal), or through a head unit's answer file (waiting up to [`HEAD_UNIT_WAIT`]).
 pub async fn ask(
     mode: &ConsentMode,
     notices: &[UpdateNotice],
     reporter: Arc<dyn Reporter>,
+) -> Result<Decision> {
+    ask_within(mode, notices, reporter, HEAD_UNIT_WAIT).await
+}
+
+/// [`ask`], a head unit having `wait` to answer.
+pub async fn ask_within(
+    mode: &ConsentMode,
+    notices: &[UpdateNotice],
+    reporter: Arc<dyn Reporter>,
+    wait: Duration,
 ) -> Result<Decision> {
     let text: String = notices.iter().map(UpdateNotice::render).collect();
     match mode {
@@ -154,30 +175,53 @@ pub async fn ask(
                 ),
             })
         }
-        ConsentMode::File(path) => {
-            let request = PathBuf::from(format!("{}.request.json", path.display()));
-            let body =
-                serde_json::to_vec_pretty(notices).map_err(|e| Error::Config(e.to_string()))?;
-            rampart_client::store::write_atomic(&request, &body)?;
-            for _ in 0..600 {
-                if let Ok(bytes) = std::fs::read(path) {
-                    let _ = std::fs::remove_file(path);
-                    let _ = std::fs::remove_file(&request);
-                    let answer: Answer = serde_json::from_slice(&bytes)
-                        .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
-                    return Ok(if answer.approve {
-                        Decision::Approved
-                    } else {
-                        Decision::Declined("the owner declined on the head unit".into())
-                    });
-                }
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-            Ok(Decision::Declined(
-                "no answer from the head unit within 5 minutes".into(),
-            ))
-        }
+        ConsentMode::File(path) => head_unit(path, notices, reporter.as_ref(), wait).await,
     }
+}
+
+/// The head unit's turn: the request goes to `PATH.request.json`, the answer is awaited in
+/// `PATH` (docs/consent.md). The request is withdrawn when the wait ends either way.
+async fn head_unit(
+    path: &std::path::Path,
+    notices: &[UpdateNotice],
+    reporter: &dyn Reporter,
+    wait: Duration,
+) -> Result<Decision> {
+    let request = PathBuf::from(format!("{}.request.json", path.display()));
+    let body = serde_json::to_vec_pretty(notices).map_err(|e| Error::Config(e.to_string()))?;
+    rampart_client::store::write_atomic(&request, &body)?;
+    reporter.say(&format!(
+        "waiting for the head unit's answer in {} ({ANSWER_FORMAT}; the request is in {}), up to {} s",
+        path.display(),
+        request.display(),
+        wait.as_secs()
+    ));
+    let started = std::time::Instant::now();
+    let result = loop {
+        if let Ok(bytes) = std::fs::read(path) {
+            let _ = std::fs::remove_file(path);
+            break match serde_json::from_slice::<Answer>(&bytes) {
+                Ok(a) if a.approve => Ok(Decision::Approved),
+                Ok(_) => Ok(Decision::Declined(
+                    "the owner declined on the head unit".into(),
+                )),
+                Err(e) => Err(Error::Config(format!(
+                    "{}: not a consent answer (expected {ANSWER_FORMAT}): {e}",
+                    path.display()
+                ))),
+            };
+        }
+        if started.elapsed() >= wait {
+            break Ok(Decision::Declined(format!(
+                "no answer from the head unit in {} within {} s",
+                path.display(),
+                wait.as_secs()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let _ = std::fs::remove_file(&request);
+    result
 }
 
 #[cfg(test)]
@@ -309,5 +353,59 @@ mod tests {
             ConsentMode::File("/x".into())
         );
         assert!("maybe".parse::<ConsentMode>().is_err());
+        assert!("file:".parse::<ConsentMode>().is_err());
+    }
+
+    #[test]
+    fn a_relative_answer_file_is_taken_from_the_current_folder() {
+        let mode = "file:answer.json".parse::<ConsentMode>().unwrap();
+        let here = std::env::current_dir().unwrap();
+        assert_eq!(mode, ConsentMode::File(here.join("answer.json")));
+    }
+
+    #[tokio::test]
+    async fn a_malformed_answer_says_what_an_answer_looks_like() {
+        let dir = tempfile::tempdir().unwrap();
+        let answer = dir.path().join("answer.json");
+        std::fs::write(&answer, b"yes please").unwrap();
+        let err = ask_within(
+            &ConsentMode::File(answer.clone()),
+            &[notice()],
+            Arc::new(crate::report::LogReporter),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains(&answer.display().to_string()), "{text}");
+        assert!(text.contains(r#"{"approve": true}"#), "{text}");
+    }
+
+    #[tokio::test]
+    async fn waiting_for_the_head_unit_is_said_and_ends_with_a_decline() {
+        let dir = tempfile::tempdir().unwrap();
+        let answer = dir.path().join("answer.json");
+        let owner = Arc::new(Owner::default());
+        let d = ask_within(
+            &ConsentMode::File(answer.clone()),
+            &[notice()],
+            owner.clone(),
+            Duration::from_millis(600),
+        )
+        .await
+        .unwrap();
+        match d {
+            Decision::Declined(why) => assert!(why.contains("no answer"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        let heard = owner.heard.lock().unwrap().clone();
+        assert!(
+            heard
+                .iter()
+                .any(|l| l.contains("waiting for the head unit") && l.contains("answer.json")),
+            "{heard:?}"
+        );
+        // The request is withdrawn: a late head unit does not answer a stale question.
+        assert!(!dir.path().join("answer.json.request.json").exists());
     }
 }
