@@ -58,3 +58,34 @@ macro_rules! say_err {
 macro_rules! ask {
     ($($arg:tt)*) => { $crate::out::write(format_args!($($arg)*), false, false) };
 }
+
+/// `text` in at most `max` characters, cut at a word boundary with `…` when it is longer
+/// (never in the middle of a word, unless one word alone is longer than `max`).
+pub fn shorten(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        return text.to_owned();
+    }
+    let room = max.saturating_sub(1); // for the ellipsis
+    let head: String = text.chars().take(room).collect();
+    let cut = match head.rfind(char::is_whitespace) {
+        // Only if a reasonable part stays: else a cut word beats an empty line.
+        Some(i) if i >= room / 2 => head.get(..i).unwrap_or(&head),
+        _ => head.as_str(),
+    };
+    format!("{}…", cut.trim_end_matches([' ', ',', ';', ':']))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_line_is_cut_between_words() {
+        let line = "hash-mismatch: tbox/fw-2.1.bin for TBOX-001: sha256 of the download differs";
+        let short = shorten(line, 40);
+        assert!(short.chars().count() <= 40, "{short}");
+        assert_eq!(short, "hash-mismatch: tbox/fw-2.1.bin for…");
+        assert_eq!(shorten("short", 40), "short");
+        assert_eq!(shorten("abcdefghij", 5), "abcd…");
+    }
+}

@@ -4,7 +4,7 @@
 //! each rejected, and a summary. Exit status 0 only if everything went as it should.
 
 use std::io::{BufRead, IsTerminal, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use clap::Args;
@@ -24,7 +24,8 @@ pub(crate) struct DemoArgs {
     /// Number of vehicles.
     #[arg(long, default_value_t = 3)]
     vehicles: usize,
-    /// Keep everything in this folder instead of a temporary one.
+    /// Keep everything in this folder (new or empty) instead of a temporary one that is
+    /// removed at the end, whatever the outcome.
     #[arg(long)]
     keep: Option<PathBuf>,
 }
@@ -71,19 +72,39 @@ pub(crate) fn main(args: DemoArgs) -> anyhow::Result<()> {
     rt.block_on(run(args))
 }
 
-async fn run(args: DemoArgs) -> anyhow::Result<()> {
-    let temp;
-    let root = match &args.keep {
+/// The demo's working folder: `--keep DIR` (absolute, so the configurations written in it
+/// hold paths that work from any folder; new or empty, so nothing is overwritten), or a
+/// temporary folder removed when the demo ends — declined, failed or done — since it holds
+/// private keys.
+fn working_folder(keep: Option<&Path>) -> anyhow::Result<(PathBuf, Option<tempfile::TempDir>)> {
+    match keep {
         Some(p) => {
-            std::fs::create_dir_all(p)?;
-            p.clone()
+            let p = std::path::absolute(p).with_context(|| format!("--keep {}", p.display()))?;
+            if let Ok(mut entries) = std::fs::read_dir(&p) {
+                if entries.next().is_some() {
+                    bail!(
+                        "--keep {}: the folder is not empty; give a new or empty folder (the demo \
+                         writes keys and configurations and must not overwrite anything)",
+                        p.display()
+                    );
+                }
+            }
+            std::fs::create_dir_all(&p).with_context(|| format!("creating {}", p.display()))?;
+            Ok((p, None))
         }
         None => {
-            temp = std::env::temp_dir().join(format!("rampart-demo-{}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&temp);
-            temp.clone()
+            let temp = tempfile::Builder::new()
+                .prefix("rampart-demo-")
+                .tempdir()
+                .context("creating a temporary folder")?;
+            Ok((temp.path().to_path_buf(), Some(temp)))
         }
-    };
+    }
+}
+
+async fn run(args: DemoArgs) -> anyhow::Result<()> {
+    // Dropped at the end of `run`, on every path: the temporary folder goes with it.
+    let (root, _temp) = working_folder(args.keep.as_deref())?;
     let bin = std::env::current_exe().context("locating the rampart-lab binary")?;
     rampart_cli::say!(
         "Rampart demo — secure over-the-air updates for a fleet of {} vehicles (Uptane on TUF)",
@@ -120,18 +141,21 @@ async fn run(args: DemoArgs) -> anyhow::Result<()> {
             "All {} vehicles updated; 3 of 3 attacks rejected and recorded. ✔",
             args.vehicles
         );
-        if args.keep.is_none() {
-            let _ = std::fs::remove_dir_all(&root);
-        }
         Ok(())
     } else {
         for f in &failures {
             rampart_cli::say_err!("{f}");
         }
+        if args.keep.is_some() {
+            bail!(
+                "{} check(s) failed (files kept in {})",
+                failures.len(),
+                root.display()
+            )
+        }
         bail!(
-            "{} check(s) failed (files kept in {})",
-            failures.len(),
-            root.display()
+            "{} check(s) failed (run with --keep DIR to keep the files to look at)",
+            failures.len()
         )
     }
 }
@@ -491,12 +515,10 @@ impl Demo {
                 e.get("at").and_then(Value::as_str).unwrap_or(""),
                 e.get("source").and_then(Value::as_str).unwrap_or(""),
                 e.get("rule").and_then(Value::as_str).unwrap_or(""),
-                e.get("detail")
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
-                    .chars()
-                    .take(70)
-                    .collect::<String>()
+                rampart_cli::out::shorten(
+                    e.get("detail").and_then(Value::as_str).unwrap_or(""),
+                    70
+                )
             );
         }
         let rules: Vec<&str> = events
