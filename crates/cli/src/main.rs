@@ -11,6 +11,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod admin;
+mod provision;
 mod server_cmds;
 mod tuf_client;
 
@@ -78,6 +79,9 @@ enum Command {
     Serve(server_cmds::ServeArgs),
     /// Talk to a server's admin API.
     Admin(admin::AdminArgs),
+    /// Everything one vehicle needs from the server's data dir: certificate, roots, keys,
+    /// commented vehicle.toml and ecu.toml files.
+    Provision(provision::ProvisionArgs),
     /// Run a vehicle's primary (the T-BOX update agent).
     Vehicle(vehicle_cmds::VehicleArgs),
     /// Run a secondary ECU.
@@ -114,6 +118,7 @@ fn main() -> ExitCode {
         Command::Pki(cmd) => server_cmds::pki(cmd),
         Command::Serve(args) => server_cmds::serve(args),
         Command::Admin(args) => admin::main(args),
+        Command::Provision(args) => provision::provision(args),
         Command::Vehicle(args) => vehicle_cmds::vehicle(args),
         Command::Ecu(args) => vehicle_cmds::ecu(args),
         Command::Keygen(args) => vehicle_cmds::keygen(args),

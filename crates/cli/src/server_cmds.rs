@@ -24,7 +24,7 @@ pub(crate) struct DataDir {
 }
 
 impl DataDir {
-    fn layout(&self) -> Layout {
+    pub(crate) fn layout(&self) -> Layout {
         Layout::new(&self.data_dir)
     }
 }

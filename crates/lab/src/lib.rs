@@ -22,7 +22,6 @@ use rampart_server::ops::{self, PublishOutcome, PublishRequest};
 use rampart_server::serve::{self, Running, ServeOptions};
 use rampart_vehicle::primary::{EcuRef, PrimaryConfig};
 use rampart_vehicle::secondary::{EcuConfig, Verification};
-use rampart_vehicle::slots::SlotConfig;
 use serde_json::{json, Value};
 use tokio::process::{Child, Command};
 
@@ -377,27 +376,14 @@ impl Lab {
                 edir.join("slot-a"),
                 format!("factory firmware of {ecu_id}\n"),
             )?;
-            let config = EcuConfig {
-                ecu_id: ecu_id.clone(),
-                hardware_id: spec.hardware_id.clone(),
-                vin: vin.to_owned(),
-                listen: "127.0.0.1:0".into(),
-                key: key_path,
-                encryption_key,
-                verification: spec.verification,
-                director_root: director_root.clone(),
-                image_root: (spec.verification == Verification::Full).then(|| image_root.clone()),
-                state_dir: edir.join("state"),
-                slots: SlotConfig {
-                    slot_a: edir.join("slot-a"),
-                    slot_b: edir.join("slot-b"),
-                    boot_control: edir.join("boot-control.json"),
-                    max_boot_attempts: 2,
-                    health_check: spec.health_check.clone(),
-                },
-                factory_image: format!("factory-{}", spec.hardware_id),
-                limits: Default::default(),
-            };
+            let mut config =
+                EcuConfig::in_folder(&edir, &ecu_id, &spec.hardware_id, vin, spec.verification);
+            config.encryption_key = encryption_key;
+            // The vehicle's copies of the roots, shared by its ECUs.
+            config.director_root = director_root.clone();
+            config.image_root = config.image_root.map(|_| image_root.clone());
+            config.slots.health_check = spec.health_check.clone();
+            config.factory_image = format!("factory-{}", spec.hardware_id);
             let config_path = edir.join("ecu.toml");
             std::fs::write(&config_path, toml::to_string_pretty(&config)?)?;
             registered.push(json!({

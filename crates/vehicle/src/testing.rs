@@ -9,7 +9,6 @@ use rampart_core::key::KeyScheme;
 use rampart_core::signer::InMemorySigner;
 
 use crate::secondary::{EcuConfig, LinkLimits, Verification};
-use crate::slots::SlotConfig;
 
 /// The vehicle of the tests.
 pub const VIN: &str = "VIN00000000000001";
@@ -33,25 +32,8 @@ pub fn ecu_config(dir: &Path, director_root: &[u8], limits: LinkLimits) -> EcuCo
     std::fs::write(dir.join("director-root.json"), director_root).unwrap();
     std::fs::write(dir.join("slot-a"), b"factory").unwrap();
     EcuConfig {
-        ecu_id: ECU.into(),
-        hardware_id: HW.into(),
-        vin: VIN.into(),
-        listen: "127.0.0.1:0".into(),
-        key: dir.join("key.pem"),
-        encryption_key: None,
-        verification: Verification::Partial,
-        director_root: dir.join("director-root.json"),
-        image_root: None,
-        state_dir: dir.join("state"),
-        slots: SlotConfig {
-            slot_a: dir.join("slot-a"),
-            slot_b: dir.join("slot-b"),
-            boot_control: dir.join("boot-control.json"),
-            max_boot_attempts: 2,
-            health_check: None,
-        },
-        factory_image: "factory".into(),
         limits,
+        ..EcuConfig::in_folder(dir, ECU, HW, VIN, Verification::Partial)
     }
 }
 

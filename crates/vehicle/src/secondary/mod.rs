@@ -87,6 +87,43 @@ fn factory_name() -> String {
     "factory".into()
 }
 
+impl EcuConfig {
+    /// An ECU whose files all live in `dir`, under their usual names: `key.pem` (signing
+    /// key), `director-root.json` (and `image-root.json` for full verification), `slot-a`,
+    /// `slot-b`, `boot-control.json`, `state/`. It listens on a port the system picks
+    /// (`127.0.0.1:0`), takes no encrypted images and has the default link limits; change
+    /// what differs.
+    pub fn in_folder(
+        dir: &Path,
+        ecu_id: &str,
+        hardware_id: &str,
+        vin: &str,
+        verification: Verification,
+    ) -> EcuConfig {
+        EcuConfig {
+            ecu_id: ecu_id.to_owned(),
+            hardware_id: hardware_id.to_owned(),
+            vin: vin.to_owned(),
+            listen: "127.0.0.1:0".into(),
+            key: dir.join("key.pem"),
+            encryption_key: None,
+            verification,
+            director_root: dir.join("director-root.json"),
+            image_root: (verification == Verification::Full).then(|| dir.join("image-root.json")),
+            state_dir: dir.join("state"),
+            slots: SlotConfig {
+                slot_a: dir.join("slot-a"),
+                slot_b: dir.join("slot-b"),
+                boot_control: dir.join("boot-control.json"),
+                max_boot_attempts: 2,
+                health_check: None,
+            },
+            factory_image: factory_name(),
+            limits: LinkLimits::default(),
+        }
+    }
+}
+
 /// Persistent counters and indicators of an ECU.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 struct EcuState {
