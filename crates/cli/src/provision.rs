@@ -278,144 +278,129 @@ fn toml_path(p: &Path) -> String {
     toml_str(&p.to_string_lossy())
 }
 
-/// `ecu.toml`, every field with what it means (paths relative to the file's folder).
-fn ecu_toml(c: &EcuConfig) -> String {
-    let mut t = String::new();
-    let _ = writeln!(
-        t,
-        "# ecu.toml — one ECU (written by `rampart provision`; every field: docs/vehicle-config.md).\n# Relative paths are relative to this file's folder. Run it with: rampart ecu --config ecu.toml\n"
-    );
-    let _ = writeln!(
-        t,
-        "# Who it is: the director knows it by this ID (`rampart admin register --ecu`)."
-    );
-    let _ = writeln!(t, "ecu_id = {}", toml_str(&c.ecu_id));
-    let _ = writeln!(t, "# What it is: images are assigned by hardware ID.");
-    let _ = writeln!(t, "hardware_id = {}", toml_str(&c.hardware_id));
-    let _ = writeln!(
-        t,
-        "# The vehicle it is built into (reports from any other VIN are refused)."
-    );
-    let _ = writeln!(t, "vin = {}", toml_str(&c.vin));
-    let _ = writeln!(
-        t,
-        "# Where the primary reaches it on the in-vehicle network (`address` in vehicle.toml)."
-    );
-    let _ = writeln!(t, "listen = {}", toml_str(&c.listen));
-    let _ = writeln!(
-        t,
-        "# Its signing key (PKCS#8 PEM, mode 0600): signs its version reports."
-    );
-    let _ = writeln!(t, "key = {}", toml_path(&c.key));
-    match &c.encryption_key {
-        Some(p) => {
-            let _ = writeln!(t, "# Its X25519 key (hex, 0600): images assigned with --encrypt are decrypted with it.");
-            let _ = writeln!(t, "encryption_key = {}", toml_path(p));
+/// A TOML document written field by field, each with the comment that says what it means.
+#[derive(Default)]
+struct Commented(String);
+
+impl Commented {
+    /// A comment line (`# …`), or a blank line for "".
+    fn note(&mut self, text: &str) -> &mut Self {
+        if text.is_empty() {
+            self.0.push('\n');
+        } else {
+            let _ = writeln!(self.0, "# {text}");
         }
-        None => {
-            let _ = writeln!(
-                t,
-                "# encryption_key = \"x25519.hex\"   # for images assigned with --encrypt"
-            );
-        }
+        self
     }
-    let _ = writeln!(t, "# full: checks the director and the image repository itself; partial: the director's targets only.");
-    let _ = writeln!(
-        t,
-        "verification = \"{}\"",
-        match c.verification {
-            Verification::Full => "full",
-            Verification::Partial => "partial",
-        }
-    );
-    let _ = writeln!(t, "# The director's root it was provisioned with (newer roots are fetched and checked against it).");
-    let _ = writeln!(t, "director_root = {}", toml_path(&c.director_root));
-    if let Some(p) = &c.image_root {
-        let _ = writeln!(t, "# The image repository's root (full verification).");
-        let _ = writeln!(t, "image_root = {}", toml_path(p));
+
+    /// `key = value`, `value` already TOML (a quoted string, a number).
+    fn set(&mut self, key: &str, value: impl std::fmt::Display) -> &mut Self {
+        let _ = writeln!(self.0, "{key} = {value}");
+        self
     }
-    let _ = writeln!(
-        t,
-        "# Its trusted state: metadata versions, counters, attack indicators."
-    );
-    let _ = writeln!(t, "state_dir = {}", toml_path(&c.state_dir));
-    let _ = writeln!(t, "# The name of the image in slot A before any update.");
-    let _ = writeln!(t, "factory_image = {}", toml_str(&c.factory_image));
-    let _ = writeln!(
-        t,
-        "\n# A/B slots: an update is written to the inactive slot, verified, then booted."
-    );
-    let _ = writeln!(t, "[slots]");
-    let _ = writeln!(t, "slot_a = {}", toml_path(&c.slots.slot_a));
-    let _ = writeln!(t, "slot_b = {}", toml_path(&c.slots.slot_b));
-    let _ = writeln!(
-        t,
-        "# Which slot boots; replaced atomically, never describes a half-written slot."
-    );
-    let _ = writeln!(t, "boot_control = {}", toml_path(&c.slots.boot_control));
-    let _ = writeln!(
-        t,
-        "# Boots of a new image without a healthy answer before it rolls back."
-    );
-    let _ = writeln!(t, "max_boot_attempts = {}", c.slots.max_boot_attempts);
-    let _ = writeln!(
-        t,
-        "# health_check = \"/usr/local/bin/self-test\"   # exit 0 = the new image is healthy"
-    );
-    let _ = writeln!(t, "\n# [limits] of the in-vehicle link (connections, timeouts, buffered bytes): defaults, see docs/vehicle-config.md.");
-    t
+
+    /// A line as it is (a table header).
+    fn line(&mut self, text: &str) -> &mut Self {
+        let _ = writeln!(self.0, "{text}");
+        self
+    }
 }
 
-/// `vehicle.toml` (paths relative to the file's folder).
-fn vehicle_toml(vin: &str, ecu_id: &str, server: &str, tls: bool, ecus: &str) -> String {
-    let mut t = String::new();
-    let _ = writeln!(
-        t,
-        "# vehicle.toml — the primary, the vehicle's update agent on its T-BOX (written by\n# `rampart provision`; every field: docs/vehicle-config.md). Relative paths are relative to\n# this file's folder. Run it with: rampart vehicle --config vehicle.toml\n"
-    );
-    let _ = writeln!(
-        t,
-        "# The vehicle, and the primary's own ECU (its key signs the vehicle's manifests)."
-    );
-    let _ = writeln!(t, "vin = {}", toml_str(vin));
-    let _ = writeln!(t, "ecu_id = {}", toml_str(ecu_id));
-    let _ = writeln!(t, "# The server: director and image repository.");
-    let _ = writeln!(t, "server = {}", toml_str(server));
-    let _ = writeln!(
-        t,
-        "# image_base = \"https://cdn.example/image/\"   # images and their metadata from a mirror"
-    );
-    if tls {
-        let _ = writeln!(t, "# The fleet CA: the only one trusted for HTTPS.");
-        let _ = writeln!(t, "ca = \"ca.pem\"");
-        let _ = writeln!(
-            t,
-            "# The vehicle's certificate and key (PEM, 0600): who it is to the server."
-        );
-        let _ = writeln!(t, "client_cert = \"vehicle-cert.pem\"");
+/// `ecu.toml`, every field with what it means (paths relative to the file's folder).
+fn ecu_toml(c: &EcuConfig) -> String {
+    let mut t = Commented::default();
+    t.note("ecu.toml — one ECU (written by `rampart provision`; every field: docs/vehicle-config.md).")
+        .note("Relative paths are relative to this file's folder. Run it with: rampart ecu --config ecu.toml")
+        .note("")
+        .note("Who it is: the director knows it by this ID (`rampart admin register --ecu`).")
+        .set("ecu_id", toml_str(&c.ecu_id))
+        .note("What it is: images are assigned by hardware ID.")
+        .set("hardware_id", toml_str(&c.hardware_id))
+        .note("The vehicle it is built into (metadata for any other VIN is refused).")
+        .set("vin", toml_str(&c.vin))
+        .note("Where the primary reaches it on the in-vehicle network (`address` in vehicle.toml).")
+        .set("listen", toml_str(&c.listen))
+        .note("Its signing key (PKCS#8 PEM, mode 0600): signs its version reports.")
+        .set("key", toml_path(&c.key));
+    match &c.encryption_key {
+        Some(p) => t
+            .note(
+                "Its X25519 key (hex, 0600): images assigned with --encrypt are decrypted with it.",
+            )
+            .set("encryption_key", toml_path(p)),
+        None => t.note("encryption_key = \"x25519.hex\"   # for images assigned with --encrypt"),
+    };
+    let verification = match c.verification {
+        Verification::Full => "\"full\"",
+        Verification::Partial => "\"partial\"",
+    };
+    t.note("full: checks the director and the image repository itself; partial: the director's targets only.")
+        .set("verification", verification)
+        .note("The director's root it was provisioned with (newer roots are fetched and checked against it).")
+        .set("director_root", toml_path(&c.director_root));
+    if let Some(p) = &c.image_root {
+        t.note("The image repository's root (full verification).")
+            .set("image_root", toml_path(p));
     }
-    let _ = writeln!(t, "# The primary's signing key (PKCS#8 PEM, 0600).");
-    let _ = writeln!(t, "key = \"primary-key.pem\"");
-    let _ = writeln!(t, "# The roots it was provisioned with.");
-    let _ = writeln!(t, "director_root = \"director-root.json\"");
-    let _ = writeln!(t, "image_root = \"image-root.json\"");
-    let _ = writeln!(
-        t,
-        "# Its trusted state: metadata of both repositories, manifest counter, root archive."
-    );
-    let _ = writeln!(t, "state_dir = \"primary-state\"");
-    let _ = writeln!(t, "# Seconds between cycles (without --once).");
-    let _ = writeln!(t, "poll_seconds = 300");
-    let _ = writeln!(
-        t,
-        "# precondition = \"/usr/local/bin/parked-and-charged\"   # exit 0 = may install now"
-    );
-    let _ = writeln!(t, "# A download slower than this (bytes/s), or stalled this long (s), is a slow-retrieval attack.");
-    let _ = writeln!(t, "min_bytes_per_second = 1024");
-    let _ = writeln!(t, "stall_seconds = 20");
-    let _ = writeln!(t, "\n# The vehicle's ECUs, the T-BOX first; `description` and `unavailable` are shown to the owner.");
-    t.push_str(ecus);
-    t
+    t.note("Its trusted state: metadata versions, counters, attack indicators.")
+        .set("state_dir", toml_path(&c.state_dir))
+        .note("The name of the image in slot A before any update.")
+        .set("factory_image", toml_str(&c.factory_image))
+        .note("")
+        .note("A/B slots: an update is written to the inactive slot, verified, then booted.")
+        .line("[slots]")
+        .set("slot_a", toml_path(&c.slots.slot_a))
+        .set("slot_b", toml_path(&c.slots.slot_b))
+        .note("Which slot boots; replaced atomically, never describes a half-written slot.")
+        .set("boot_control", toml_path(&c.slots.boot_control))
+        .note("Boots of a new image without a healthy answer before it rolls back.")
+        .set("max_boot_attempts", c.slots.max_boot_attempts)
+        .note("health_check = \"/usr/local/bin/self-test\"   # exit 0 = the new image is healthy")
+        .note("")
+        .note("[limits] of the in-vehicle link (connections, timeouts, buffered bytes): defaults, see docs/vehicle-config.md.");
+    t.0
+}
+
+/// `vehicle.toml` (paths relative to the file's folder); `ecus` are its `[[ecus]]` tables.
+fn vehicle_toml(vin: &str, ecu_id: &str, server: &str, tls: bool, ecus: &str) -> String {
+    let (vin, ecu_id, server) = (toml_str(vin), toml_str(ecu_id), toml_str(server));
+    let tls = if tls {
+        "# The fleet CA: the only one trusted for HTTPS.
+ca = \"ca.pem\"
+# The vehicle's certificate and key (PEM, 0600): who it is to the server.
+client_cert = \"vehicle-cert.pem\"
+"
+    } else {
+        ""
+    };
+    format!(
+        "# vehicle.toml — the primary, the vehicle's update agent on its T-BOX (written by
+# `rampart provision`; every field: docs/vehicle-config.md). Relative paths are relative to
+# this file's folder. Run it with: rampart vehicle --config vehicle.toml
+
+# The vehicle, and the primary's own ECU (its key signs the vehicle's manifests).
+vin = {vin}
+ecu_id = {ecu_id}
+# The server: director and image repository.
+server = {server}
+# image_base = \"https://cdn.example/image/\"   # images and their metadata from a mirror
+{tls}# The primary's signing key (PKCS#8 PEM, 0600).
+key = \"primary-key.pem\"
+# The roots it was provisioned with.
+director_root = \"director-root.json\"
+image_root = \"image-root.json\"
+# Its trusted state: metadata of both repositories, manifest counter, root archive.
+state_dir = \"primary-state\"
+# Seconds between cycles (without --once).
+poll_seconds = 300
+# precondition = \"/usr/local/bin/parked-and-charged\"   # exit 0 = may install now
+# A download slower than this (bytes/s), or stalled this long (s), is a slow-retrieval attack.
+min_bytes_per_second = 1024
+stall_seconds = 20
+
+# The vehicle's ECUs, the T-BOX first; `description` and `unavailable` are shown to the owner.
+{ecus}"
+    )
 }
 
 #[cfg(test)]
@@ -473,5 +458,30 @@ mod tests {
             },
             expected
         );
+    }
+
+    #[test]
+    fn the_commented_vehicle_toml_reads_back_as_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let ecus = "[[ecus]]\necu_id = \"TBOX-1\"\nhardware_id = \"tbox-a\"\naddress = \"127.0.0.1:7101\"\nverification = \"full\"\n";
+        let text = vehicle_toml(
+            "WVW00000000000001",
+            "TBOX-1",
+            "https://ota.example:8443/",
+            true,
+            ecus,
+        );
+        std::fs::write(dir.path().join("vehicle.toml"), text).unwrap();
+        let c = rampart_vehicle::primary::load_config(&dir.path().join("vehicle.toml")).unwrap();
+        assert_eq!(
+            (c.vin.as_str(), c.ecu_id.as_str()),
+            ("WVW00000000000001", "TBOX-1")
+        );
+        assert_eq!(c.server, "https://ota.example:8443/");
+        assert_eq!(c.ca, Some(dir.path().join("ca.pem")));
+        assert_eq!(c.client_cert, Some(dir.path().join("vehicle-cert.pem")));
+        assert_eq!(c.key, dir.path().join("primary-key.pem"));
+        assert_eq!(c.ecus.len(), 1);
+        assert_eq!(c.ecus[0].address, "127.0.0.1:7101");
     }
 }
