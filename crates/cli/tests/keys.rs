@@ -116,3 +116,45 @@ fn a_public_key_openssl_made_is_what_delegate_takes() {
         s(&private),
     ]);
 }
+
+/// After the offline keys moved away, as the README says, publishing says where the key was
+/// looked for and how to sign instead: `--key`, or `--export-unsigned` and offline signing.
+#[test]
+fn publishing_without_the_offline_key_says_how_to_sign() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("srv");
+    rampart_ok(&["repo", "init", "--data-dir", s(&data)]);
+    std::fs::rename(data.join("offline-keys"), dir.path().join("usb-stick")).unwrap();
+    let image = dir.path().join("fw.bin");
+    std::fs::write(&image, b"firmware").unwrap();
+    let out = rampart(&[
+        "publish",
+        "--data-dir",
+        s(&data),
+        s(&image),
+        "--hardware-id",
+        "tbox-a",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for hint in [
+        "image-targets.pem",
+        "--key",
+        "--export-unsigned",
+        "rampart sign",
+    ] {
+        assert!(stderr.contains(hint), "{hint} missing: {stderr}");
+    }
+    // And the hint works: signing with the key where it now is.
+    let key = dir.path().join("usb-stick/image-targets.pem");
+    rampart_ok(&[
+        "publish",
+        "--data-dir",
+        s(&data),
+        s(&image),
+        "--hardware-id",
+        "tbox-a",
+        "--key",
+        s(&key),
+    ]);
+}

@@ -24,6 +24,23 @@ pub fn image_repo(layout: &Layout) -> Repository {
     Repository::new(layout.image_metadata(), layout.image_targets())
 }
 
+/// The offline targets key where the key ceremony left it — or, once it was moved to an
+/// offline machine as it should be, an error saying how to sign instead: the key given with
+/// `flag`, or the unsigned document exported, signed offline and imported.
+fn offline_targets_key(config: &Config, layout: &Layout, flag: &str) -> Result<PathBuf> {
+    let path = config.offline_keys_dir(layout).join("image-targets.pem");
+    if path.exists() {
+        return Ok(path);
+    }
+    Err(Error::Config(format!(
+        "the offline targets key is not at {} (moved to an offline machine?): give it with \
+         {flag} PATH/image-targets.pem, or sign offline: --export-unsigned FILE here, \
+         `rampart sign FILE --key image-targets.pem` on the offline machine, then \
+         `rampart import FILE --data-dir …` here",
+        path.display()
+    )))
+}
+
 fn load_signers(paths: &[PathBuf]) -> Result<Vec<Box<dyn Signer>>> {
     paths
         .iter()
@@ -165,7 +182,7 @@ pub async fn publish(
         });
     }
     let keys = if req.keys.is_empty() && req.role == "targets" {
-        vec![config.offline_keys_dir(layout).join("image-targets.pem")]
+        vec![offline_targets_key(&config, layout, "--key")?]
     } else {
         req.keys.clone()
     };
@@ -252,7 +269,7 @@ pub fn delegate(layout: &Layout, req: &DelegateRequest, now: DateTime<Utc>) -> R
         now,
     )?;
     let parent_keys = if req.parent_keys.is_empty() && req.parent == "targets" {
-        vec![config.offline_keys_dir(layout).join("image-targets.pem")]
+        vec![offline_targets_key(&config, layout, "--parent-key")?]
     } else {
         req.parent_keys.clone()
     };
