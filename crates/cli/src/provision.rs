@@ -110,7 +110,7 @@ fn copy(from: &Path, to: &Path) -> anyhow::Result<()> {
 
 /// Runs `rampart provision`.
 pub(crate) fn provision(args: ProvisionArgs) -> anyhow::Result<()> {
-    rampart_server::pki::validate_vin(&args.vin)?;
+    rampart_server::pki::validate_iso_vin(&args.vin)?;
     let specs = args
         .ecus
         .iter()

@@ -399,6 +399,7 @@ pub(crate) fn pki(cmd: PkiCommand) -> anyhow::Result<()> {
             out,
             days,
         } => {
+            rampart_server::pki::validate_iso_vin(&vin)?;
             let cert = rampart_server::pki::issue_vehicle_cert(&data.layout().pki(), &vin, days)?;
             std::fs::create_dir_all(&out)?;
             let path = out.join(format!("{vin}.pem"));

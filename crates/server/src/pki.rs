@@ -400,6 +400,28 @@ fn issue(
     })
 }
 
+/// Checks that `vin` is a vehicle identification number as ISO 3779 writes it: 17
+/// characters, digits and capital letters except I, O and Q (they read as 1 and 0). What
+/// registration, `rampart pki issue` and `rampart provision` take; [`validate_vin`], the
+/// safety check every VIN passes before it reaches a file name or a certificate, is wider.
+pub fn validate_iso_vin(vin: &str) -> Result<()> {
+    validate_vin(vin)?;
+    let ok = vin.len() == 17
+        && vin.bytes().all(|b| {
+            b.is_ascii_digit() || (b.is_ascii_uppercase() && !matches!(b, b'I' | b'O' | b'Q'))
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidVin {
+            vin: shorten_for_display(vin),
+            reason: "a VIN has 17 characters: digits and capital letters except I, O and Q \
+                     (ISO 3779)"
+                .to_owned(),
+        })
+    }
+}
+
 /// Checks that `vin` may name a vehicle: 1 to [`MAX_VIN_LEN`] characters of `A-Z`, `a-z`,
 /// `0-9` and `-`. The VIN ends up in certificates, URLs, log lines and file names, so
 /// nothing else (no `/`, `.`, spaces or control characters) is let through.
@@ -630,6 +652,31 @@ fn shorten_for_display(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn iso_vins_are_17_characters_without_i_o_or_q() {
+        for good in [
+            "WVWZZZ1JZXW000001",
+            "1HGCM82633A004352",
+            "WRAMPART000000001",
+        ] {
+            assert!(validate_iso_vin(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "bad",
+            "WVWZZZ1JZXW00000",
+            "WVWZZZ1JZXW0000011",
+            "WVWZZZ1JZXW00000I",
+            "WVWZZZ1JZXW00000O",
+            "WVWZZZ1JZXW00000Q",
+            "wvwzzz1jzxw000001",
+            "WVWZZZ1JZXW-00001",
+        ] {
+            let err = validate_iso_vin(bad).unwrap_err();
+            assert_eq!(err.rule(), "invalid-vin", "{bad}");
+            assert!(err.to_string().contains("ISO 3779"), "{bad}: {err}");
+        }
+    }
 
     #[test]
     fn vin_rules() {

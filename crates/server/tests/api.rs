@@ -2346,3 +2346,29 @@ async fn attacks_reported_by_ecus_become_security_events() {
     let ivi = stored.ecus.iter().find(|e| e.ecu_id == "IVI-1").unwrap();
     assert_eq!(ivi.last_report_counter, Some(car.ecus[1].report_counter));
 }
+
+/// Registration takes VINs as ISO 3779 writes them (17 characters, digits and capital letters
+/// but I, O and Q) and says so when one is not; nothing is registered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registration_refuses_a_vin_that_is_not_iso_3779_and_says_the_format() {
+    let (fleet, _car) = fleet_with_car(generous_limits()).await;
+    for bad in [
+        "bad",
+        "WVWZZZ1JZXW00000",
+        "WVWZZZ1JZXW0000001",
+        "WVWZZZ1JZXW00000O",
+        "wvwzzz1jzxw000003",
+    ] {
+        let mut registration = Car::new(&fleet, VIN_B).registration();
+        registration["vin"] = json!(bad);
+        let (status, body) = fleet.admin_post("api/v1/vehicles", &registration).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
+        let error = body["error"].as_str().unwrap_or_default();
+        assert!(
+            error.contains("17 characters") && error.contains("I, O and Q"),
+            "{bad}: {body}"
+        );
+    }
+    let (_, vins) = fleet.admin_get("api/v1/vehicles").await;
+    assert_eq!(vins, json!([VIN_A]));
+}

@@ -12,7 +12,7 @@ use crate::repo::Repository;
 use super::*;
 
 fn validate_vehicle(v: &NewVehicle) -> Result<()> {
-    crate::pki::validate_vin(&v.vin).map_err(|e| Error::BadRequest(e.to_string()))?;
+    crate::pki::validate_iso_vin(&v.vin).map_err(|e| Error::BadRequest(e.to_string()))?;
     if !v.ecus.iter().any(|e| e.ecu_id == v.primary_ecu) {
         return Err(Error::BadRequest(format!(
             "primary ECU {} is not among the ECUs",
