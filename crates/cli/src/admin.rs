@@ -14,16 +14,21 @@ use serde_json::Value;
 #[derive(Debug, Args)]
 pub(crate) struct AdminArgs {
     /// Data directory (for defaults of --server, --ca and --token-file).
-    #[arg(long, env = "RAMPART_DATA_DIR", default_value = "rampart-data")]
+    #[arg(
+        long,
+        global = true,
+        env = "RAMPART_DATA_DIR",
+        default_value = "rampart-data"
+    )]
     data_dir: PathBuf,
     /// Server base URL (default: from the data directory's configuration).
-    #[arg(long)]
+    #[arg(long, global = true)]
     server: Option<String>,
     /// CA certificate to trust (default: DATA_DIR/pki/ca.pem).
-    #[arg(long)]
+    #[arg(long, global = true)]
     ca: Option<PathBuf>,
     /// File holding the admin token (default: DATA_DIR/pki/admin-token).
-    #[arg(long)]
+    #[arg(long, global = true)]
     token_file: Option<PathBuf>,
     #[command(subcommand)]
     command: AdminCommand,
@@ -48,8 +53,8 @@ enum AdminCommand {
         /// Target path in the image repository.
         #[arg(long)]
         target: String,
-        /// Vehicle(s).
-        #[arg(long = "vin", required = true)]
+        /// Vehicle(s): repeat, or separate with commas.
+        #[arg(long = "vin", required = true, value_delimiter = ',')]
         vins: Vec<String>,
         /// One ECU (with one VIN).
         #[arg(long)]
@@ -60,6 +65,15 @@ enum AdminCommand {
         /// Send encrypted to each ECU.
         #[arg(long)]
         encrypt: bool,
+    },
+    /// Take a vehicle out of the fleet (kept for audit; the director refuses it from then on).
+    Remove {
+        /// VIN.
+        #[arg(long)]
+        vin: String,
+        /// Why ("scrapped", "stolen", …), recorded with it.
+        #[arg(long)]
+        reason: String,
     },
     /// List VINs.
     Vehicles,
@@ -144,6 +158,9 @@ pub(crate) fn main(args: AdminArgs) -> anyhow::Result<()> {
             AdminCommand::Assign { target, vins, ecu, hardware_id, encrypt } => client.post(api("assignments")).json(&serde_json::json!({
                 "target": target, "vins": vins, "ecu_id": ecu, "hardware_id": hardware_id, "encrypt": encrypt
             })),
+            AdminCommand::Remove { vin, reason } => client
+                .delete(api(&format!("vehicles/{vin}")))
+                .query(&[("reason", reason)]),
             AdminCommand::Vehicles => client.get(api("vehicles")),
             AdminCommand::Vehicle { vin } => client.get(api(&format!("vehicles/{vin}"))),
             AdminCommand::Assignments { vin } => client.get(api("assignments")).query(&[("vin", vin.unwrap_or_default())]),
@@ -155,10 +172,13 @@ pub(crate) fn main(args: AdminArgs) -> anyhow::Result<()> {
         let response = request.header("authorization", auth).send().await?;
         let status = response.status();
         let body: Value = response.json().await.unwrap_or(Value::Null);
-        rampart_cli::say!("{}", serde_json::to_string_pretty(&body)?);
         if !status.is_success() {
-            bail!("server answered {status}");
+            // The server's refusal, in its words and with its rule.
+            let error = body.get("error").and_then(Value::as_str).unwrap_or("");
+            let rule = body.get("rule").and_then(Value::as_str).unwrap_or("");
+            bail!("the server refused ({status}, {rule}): {error}");
         }
+        rampart_cli::say!("{}", serde_json::to_string_pretty(&body)?);
         Ok(())
     })
 }

@@ -165,6 +165,8 @@ rules! {
     Forbidden = "forbidden",
     /// A vehicle the director does not know.
     UnknownVehicle = "unknown-vehicle",
+    /// A vehicle taken out of the fleet (`rampart admin remove`).
+    VehicleRemoved = "vehicle-removed",
     /// A certificate used for another vehicle.
     VinMismatch = "vin-mismatch",
     /// A vehicle route without a client certificate.

@@ -117,6 +117,12 @@ pub struct Vehicle {
     pub last_manifest_counter: Option<u64>,
     /// Last accepted check-in.
     pub last_seen: Option<String>,
+    /// When it was taken out of the fleet (`None`: in service). Its records stay, for audit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub removed_at: Option<String>,
+    /// Why it was taken out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub removed_reason: Option<String>,
     /// Its ECUs.
     pub ecus: Vec<Ecu>,
 }
@@ -441,16 +447,20 @@ impl Db {
     /// Registers a vehicle and its ECUs (all or nothing).
     pub async fn register_vehicle(&self, v: &NewVehicle) -> Result<()> {
         let mut tx = self.pool.begin().await.map_err(db_err("begin"))?;
-        let exists = sqlx::query("SELECT vin FROM vehicles WHERE vin = $1")
+        let exists = sqlx::query("SELECT removed_at FROM vehicles WHERE vin = $1")
             .bind(&v.vin)
             .fetch_optional(&mut *tx)
             .await
             .map_err(db_err("vehicle lookup"))?;
-        if exists.is_some() {
-            return Err(Error::Conflict(format!(
-                "vehicle {} is already registered",
-                v.vin
-            )));
+        if let Some(row) = exists {
+            return Err(Error::Conflict(match get_opt_str(&row, "removed_at")? {
+                Some(at) => format!(
+                    "vehicle {} was removed at {at}; its records are kept for audit and its VIN \
+                     is not registered again",
+                    v.vin
+                ),
+                None => format!("vehicle {} is already registered", v.vin),
+            }));
         }
         sqlx::query("INSERT INTO vehicles (vin, primary_ecu, created_at) VALUES ($1, $2, $3)")
             .bind(&v.vin)
@@ -483,6 +493,7 @@ impl Db {
         let rows = sqlx::query(
             "SELECT v.vin AS vin, v.primary_ecu AS primary_ecu, v.created_at AS created_at, \
              v.last_manifest_counter AS last_manifest_counter, v.last_seen AS last_seen, \
+             v.removed_at AS removed_at, v.removed_reason AS removed_reason, \
              e.ecu_id AS ecu_id, e.hardware_id AS hardware_id, e.public_key AS public_key, \
              e.encryption_key AS encryption_key, e.verification AS verification, \
              e.installed_target AS installed_target, e.installed_length AS installed_length, \
@@ -538,13 +549,59 @@ impl Db {
                 .map(to_u64)
                 .transpose()?,
             last_seen: get_opt_str(row, "last_seen")?,
+            removed_at: get_opt_str(row, "removed_at")?,
+            removed_reason: get_opt_str(row, "removed_reason")?,
             ecus,
         }))
     }
 
-    /// All VINs, in order.
+    /// Takes a vehicle out of the fleet: it is marked removed (its ECUs, assignments and
+    /// events stay, for audit), its pending assignments are cancelled, and the director
+    /// refuses it from then on. Returns when it was removed.
+    pub async fn remove_vehicle(&self, vin: &str, reason: &str) -> Result<String> {
+        let mut tx = self.pool.begin().await.map_err(db_err("begin"))?;
+        let at = now_text();
+        let done = sqlx::query(
+            "UPDATE vehicles SET removed_at = $1, removed_reason = $2 \
+             WHERE vin = $3 AND removed_at IS NULL",
+        )
+        .bind(&at)
+        .bind(reason)
+        .bind(vin)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err("remove vehicle"))?;
+        if done.rows_affected() == 0 {
+            let row = sqlx::query("SELECT removed_at FROM vehicles WHERE vin = $1")
+                .bind(vin)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db_err("vehicle lookup"))?;
+            return Err(match row {
+                None => Error::NotFound(format!("vehicle {vin} is not registered")),
+                Some(r) => Error::Conflict(format!(
+                    "vehicle {vin} was already removed at {}",
+                    get_opt_str(&r, "removed_at")?.unwrap_or_default()
+                )),
+            });
+        }
+        sqlx::query(
+            "UPDATE assignments SET status = 'cancelled' WHERE vin = $1 AND status = 'pending'",
+        )
+        .bind(vin)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err("cancel assignments"))?;
+        // The stored director documents no longer stand: the director's next request for
+        // them reads the vehicle, and refuses it.
+        Self::mark_instructions_changed(&mut tx, vin).await?;
+        tx.commit().await.map_err(db_err("commit"))?;
+        Ok(at)
+    }
+
+    /// The VINs of the fleet (removed vehicles left out), in order.
     pub async fn list_vins(&self) -> Result<Vec<String>> {
-        let rows = sqlx::query("SELECT vin FROM vehicles ORDER BY vin")
+        let rows = sqlx::query("SELECT vin FROM vehicles WHERE removed_at IS NULL ORDER BY vin")
             .fetch_all(&self.pool)
             .await
             .map_err(db_err("vehicles"))?;

@@ -265,6 +265,9 @@ impl Director {
             .vehicle(vin)
             .await?
             .ok_or_else(|| Error::NotFound(format!("vehicle {vin} is not registered")))?;
+        if let Some(refusal) = removed(&vehicle) {
+            return Err(self.reject(refusal, Some(vin), None, None).await);
+        }
         let mut current = stored;
         for attempt in 0..3 {
             if attempt > 0 {
@@ -710,6 +713,9 @@ impl Director {
             };
             return Err(self.reject(unknown, Some(vin), None, remote).await);
         };
+        if let Some(refusal) = removed(&vehicle) {
+            return Err(self.reject(refusal, Some(vin), None, remote).await);
+        }
         let mut ecu_keys = BTreeMap::new();
         for ecu in &vehicle.ecus {
             let key: Key = serde_json::from_value(ecu.public_key.clone())
@@ -854,6 +860,24 @@ fn attack_rule(indicator: &str) -> String {
         .to_owned()
 }
 
+/// The refusal of a vehicle taken out of the fleet, if `vehicle` is one: it gets no
+/// metadata and no manifest of it is taken (its records stay, for audit).
+fn removed(vehicle: &Vehicle) -> Option<Error> {
+    let at = vehicle.removed_at.as_ref()?;
+    Some(Error::Rejected {
+        status: axum::http::StatusCode::FORBIDDEN,
+        rule: Rule::VehicleRemoved,
+        message: format!(
+            "vehicle {} was removed from the fleet at {at} ({})",
+            vehicle.vin,
+            vehicle
+                .removed_reason
+                .as_deref()
+                .unwrap_or("no reason given")
+        ),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
@@ -903,6 +927,8 @@ mod tests {
             created_at: String::new(),
             last_manifest_counter: Some(1),
             last_seen: None,
+            removed_at: None,
+            removed_reason: None,
             ecus: vec![ecu("TBOX", Some(3)), ecu("IVI", Some(5)), ecu("BCM", None)],
         };
         let verified = VerifiedManifest {

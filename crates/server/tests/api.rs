@@ -2372,3 +2372,50 @@ async fn registration_refuses_a_vin_that_is_not_iso_3779_and_says_the_format() {
     let (_, vins) = fleet.admin_get("api/v1/vehicles").await;
     assert_eq!(vins, json!([VIN_A]));
 }
+
+/// A vehicle taken out of the fleet: out of the list, kept for audit, its manifests and
+/// metadata requests refused (403, `vehicle-removed`, a security event), no new assignment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_vehicle_is_refused_by_the_director_and_kept_for_audit() {
+    let (fleet, mut car) = fleet_with_car(generous_limits()).await;
+    let removal = fleet
+        .admin
+        .delete(fleet.url(&format!("api/v1/vehicles/{VIN_A}?reason=scrapped")))
+        .bearer_auth(&fleet.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(removal.status(), StatusCode::OK);
+    let (_, vins) = fleet.admin_get("api/v1/vehicles").await;
+    assert_eq!(vins, json!([]));
+    let kept = fleet.vehicle(VIN_A).await;
+    assert!(kept.removed_at.is_some());
+    assert_eq!(kept.removed_reason.as_deref(), Some("scrapped"));
+
+    let manifest = car.honest_manifest();
+    assert_refused(
+        &fleet,
+        VIN_A,
+        car.post_manifest(&fleet, VIN_A, manifest),
+        StatusCode::FORBIDDEN,
+        "vehicle-removed",
+        "vehicle-removed",
+        Some(VIN_A),
+    )
+    .await;
+    let metadata = car
+        .get(&fleet, &format!("director/{VIN_A}/metadata/timestamp.json"))
+        .await;
+    assert_eq!(metadata.status(), StatusCode::FORBIDDEN);
+
+    let (status, body) = fleet
+        .admin_post(
+            "api/v1/assignments",
+            &json!({"target": "tbox/fw-1.bin", "vins": [VIN_A], "hardware_id": "tbox-a"}),
+        )
+        .await;
+    assert!(
+        status == StatusCode::CONFLICT || status == StatusCode::NOT_FOUND,
+        "{status} {body}"
+    );
+}

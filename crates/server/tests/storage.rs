@@ -51,6 +51,7 @@ storage_suite!(
     register_and_read_back_vehicle,
     duplicate_vehicle_is_a_conflict_and_changes_nothing,
     failed_registration_leaves_nothing_behind,
+    a_removed_vehicle_is_kept_for_audit_and_out_of_the_fleet,
     assignment_supersedes_pending_ones_for_the_same_ecu,
     checkin_moves_counter_forward_and_refuses_replays,
     counters_beyond_the_database_integer_are_refused_not_clamped,
@@ -267,6 +268,48 @@ async fn failed_registration_leaves_nothing_behind(url: String) {
     assert_eq!(db.count("ecus").await.unwrap(), 0);
     // And the VIN is still free.
     db.register_vehicle(&new_vehicle("VIN-HALF")).await.unwrap();
+}
+
+async fn a_removed_vehicle_is_kept_for_audit_and_out_of_the_fleet(url: String) {
+    let db = connect(&url).await;
+    db.register_vehicle(&new_vehicle("VIN-GONE")).await.unwrap();
+    db.register_vehicle(&new_vehicle("VIN-STAYS"))
+        .await
+        .unwrap();
+    let pending = db
+        .create_assignment(&assignment("VIN-GONE", "TBOX-1", "tbox/fw-1.bin", 1))
+        .await
+        .unwrap();
+    let at = db.remove_vehicle("VIN-GONE", "scrapped").await.unwrap();
+    assert_eq!(db.list_vins().await.unwrap(), ["VIN-STAYS"]);
+    let kept = db
+        .vehicle("VIN-GONE")
+        .await
+        .unwrap()
+        .expect("kept for audit");
+    assert_eq!(kept.removed_at.as_deref(), Some(at.as_str()));
+    assert_eq!(kept.removed_reason.as_deref(), Some("scrapped"));
+    assert_eq!(kept.ecus.len(), 2);
+    let statuses: Vec<(i64, String)> = db
+        .assignments(Some("VIN-GONE"), None)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| (a.id, a.status))
+        .collect();
+    assert_eq!(statuses, [(pending, "cancelled".to_owned())]);
+    match db.remove_vehicle("VIN-GONE", "again").await {
+        Err(Error::Conflict(m)) => assert!(m.contains("already removed"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    match db.register_vehicle(&new_vehicle("VIN-GONE")).await {
+        Err(Error::Conflict(m)) => assert!(m.contains("was removed"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        db.remove_vehicle("VIN-NEVER", "x").await,
+        Err(Error::NotFound(_))
+    ));
 }
 
 async fn assignment_supersedes_pending_ones_for_the_same_ecu(url: String) {

@@ -66,6 +66,34 @@ pub(super) async fn register_vehicle(
     Ok((StatusCode::CREATED, Json(serde_json::json!({"vin": v.vin}))))
 }
 
+/// Why a vehicle is taken out of the fleet.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub(super) struct Removal {
+    /// The reason, recorded with it ("scrapped", "stolen", …).
+    reason: String,
+}
+
+/// Takes a vehicle out of the fleet: kept for audit (ECUs, assignments, events), its pending
+/// assignments cancelled, refused by the director from then on.
+#[utoipa::path(delete, path = "/api/v1/vehicles/{vin}", params(("vin" = String, Path), Removal), responses((status = 200, description = "removed"), (status = 404), (status = 409, description = "already removed")), security(("admin" = [])))]
+pub(super) async fn remove_vehicle(
+    State(state): State<AppState>,
+    Path(vin): Path<String>,
+    Query(removal): Query<Removal>,
+) -> Result<Json<serde_json::Value>> {
+    if removal.reason.trim().is_empty() {
+        return Err(Error::BadRequest("give a reason for the removal".into()));
+    }
+    let at = state
+        .inner
+        .director
+        .db()
+        .remove_vehicle(&vin, removal.reason.trim())
+        .await?;
+    tracing::info!(%vin, reason = %removal.reason, "vehicle removed from the fleet");
+    Ok(Json(serde_json::json!({"vin": vin, "removed_at": at})))
+}
+
 /// Lists registered VINs.
 #[utoipa::path(get, path = "/api/v1/vehicles", responses((status = 200, body = Vec<String>)), security(("admin" = [])))]
 pub(super) async fn list_vehicles(State(state): State<AppState>) -> Result<Json<Vec<String>>> {
@@ -170,6 +198,11 @@ pub(super) async fn create_assignments(
             .vehicle(vin)
             .await?
             .ok_or_else(|| Error::NotFound(format!("vehicle {vin} is not registered")))?;
+        if let Some(at) = &vehicle.removed_at {
+            return Err(Error::Conflict(format!(
+                "vehicle {vin} was removed from the fleet at {at}"
+            )));
+        }
         let ecus: Vec<_> = vehicle
             .ecus
             .iter()

@@ -166,6 +166,7 @@ impl AppState {
         admin::register_vehicle,
         admin::list_vehicles,
         admin::get_vehicle,
+        admin::remove_vehicle,
         admin::create_assignments,
         admin::list_assignments,
         admin::list_events,
@@ -199,7 +200,10 @@ pub fn router(state: AppState, public_image_dir: &std::path::Path) -> Router {
             "/vehicles",
             post(admin::register_vehicle).get(admin::list_vehicles),
         )
-        .route("/vehicles/{vin}", get(admin::get_vehicle))
+        .route(
+            "/vehicles/{vin}",
+            get(admin::get_vehicle).delete(admin::remove_vehicle),
+        )
         .route(
             "/assignments",
             post(admin::create_assignments).get(admin::list_assignments),
