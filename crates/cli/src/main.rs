@@ -89,6 +89,10 @@ enum Command {
     /// Generate a signing key (and optionally an X25519 key) for an ECU or a primary.
     Keygen(vehicle_cmds::KeygenArgs),
     /// A standalone TUF client (the cross-implementation test CLI).
+    #[command(override_usage = "rampart tuf-client --metadata-dir DIR init ROOT.json
+       rampart tuf-client --metadata-url URL --metadata-dir DIR refresh
+       rampart tuf-client --metadata-url URL --metadata-dir DIR --target-name NAME \\
+                          --target-dir DIR --target-base-url URL download")]
     TufClient(tuf_client::Args),
 }
 

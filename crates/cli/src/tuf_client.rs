@@ -25,7 +25,8 @@ pub(crate) struct Args {
     #[arg(long, value_name = "DIR")]
     metadata_dir: PathBuf,
 
-    /// Base URL of the repository's metadata (ending in `/`).
+    /// Base URL of the repository's metadata (ending in `/`); required by refresh and
+    /// download.
     #[arg(long, value_name = "URL")]
     metadata_url: Option<String>,
 
@@ -82,7 +83,10 @@ pub(crate) fn main(args: Args) -> anyhow::Result<()> {
 
 async fn refresh_and_download(args: &Args, store: &MetadataStore) -> anyhow::Result<()> {
     let Some(metadata_url) = args.metadata_url.as_deref() else {
-        bail!("--metadata-url is required");
+        bail!(
+            "--metadata-url URL is required for refresh and download \
+             (rampart tuf-client --metadata-url URL --metadata-dir DIR refresh)"
+        );
     };
     let metadata_url = with_slash(metadata_url);
     let root = store

@@ -10,6 +10,8 @@ use rampart_server::db::{NewEcu, NewVehicle};
 use rampart_server::layout::Layout;
 use serde_json::Value;
 
+mod tables;
+
 /// Connection options of the admin client.
 #[derive(Debug, Args)]
 pub(crate) struct AdminArgs {
@@ -30,6 +32,9 @@ pub(crate) struct AdminArgs {
     /// File holding the admin token (default: DATA_DIR/pki/admin-token).
     #[arg(long, global = true)]
     token_file: Option<PathBuf>,
+    /// Print the server's JSON answer (for tools) instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
     #[command(subcommand)]
     command: AdminCommand,
 }
@@ -149,6 +154,30 @@ pub(crate) fn main(args: AdminArgs) -> anyhow::Result<()> {
     rt.block_on(async move {
         let api = |path: &str| format!("{server}/api/v1/{path}");
         let auth = format!("Bearer {}", token.trim());
+        let render: fn(&Value) -> anyhow::Result<String> = match &args.command {
+            AdminCommand::Events { .. } => tables::events,
+            AdminCommand::Assignments { .. } | AdminCommand::Assign { .. } => |b| {
+                // `assign` answers the new assignment IDs.
+                if b.as_array().is_some_and(|a| a.iter().all(Value::is_i64)) {
+                    Ok(format!("assignment(s) created: {}", b.as_array().map(|a| a.iter().map(Value::to_string).collect::<Vec<_>>().join(", ")).unwrap_or_default()))
+                } else {
+                    tables::assignments(b)
+                }
+            },
+            AdminCommand::Vehicle { .. } => tables::vehicle,
+            AdminCommand::Vehicles => |b| Ok(tables::vins(b)),
+            AdminCommand::Images => tables::images,
+            AdminCommand::Register { .. } => |b| {
+                Ok(format!("registered {}", b.get("vin").and_then(Value::as_str).unwrap_or("")))
+            },
+            AdminCommand::Remove { .. } => |b| {
+                Ok(format!(
+                    "removed {} from the fleet at {} (kept for audit)",
+                    b.get("vin").and_then(Value::as_str).unwrap_or(""),
+                    b.get("removed_at").and_then(Value::as_str).unwrap_or("")
+                ))
+            },
+        };
         let request = match args.command {
             AdminCommand::Register { vin, primary, ecus } => {
                 let ecus = ecus.iter().map(|e| parse_ecu(e)).collect::<anyhow::Result<Vec<_>>>()?;
@@ -178,7 +207,11 @@ pub(crate) fn main(args: AdminArgs) -> anyhow::Result<()> {
             let rule = body.get("rule").and_then(Value::as_str).unwrap_or("");
             bail!("the server refused ({status}, {rule}): {error}");
         }
-        rampart_cli::say!("{}", serde_json::to_string_pretty(&body)?);
+        if args.json {
+            rampart_cli::say!("{}", serde_json::to_string_pretty(&body)?);
+        } else {
+            rampart_cli::say!("{}", render(&body)?);
+        }
         Ok(())
     })
 }

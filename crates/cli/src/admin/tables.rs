@@ -1,0 +1,242 @@
+//! `rampart admin`'s answers for people: tables and one-line confirmations, each long value
+//! shortened between words. `--json` prints the server's JSON instead, for tools.
+
+use serde_json::Value;
+
+use rampart_cli::out::shorten;
+use rampart_server::db::{Assignment, SecurityEvent, Vehicle};
+
+/// A table: a header row and rows, columns padded to their widest cell (the last column
+/// is not padded, so a long detail does not push blank space).
+fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let columns = header.len();
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| -> String {
+        let mut out = String::new();
+        for (i, cell) in cells.iter().enumerate() {
+            if i + 1 == columns {
+                out.push_str(cell);
+            } else {
+                let pad = widths.get(i).copied().unwrap_or(0);
+                out.push_str(&format!("{cell:<pad$}  "));
+            }
+        }
+        out.trim_end().to_owned()
+    };
+    let mut out = vec![line(header.to_vec())];
+    out.extend(
+        rows.iter()
+            .map(|r| line(r.iter().map(String::as_str).collect())),
+    );
+    out.join("\n")
+}
+
+fn or_dash(v: Option<&str>) -> String {
+    v.unwrap_or("-").to_owned()
+}
+
+/// Security events, newest first.
+pub(super) fn events(body: &Value) -> anyhow::Result<String> {
+    let events: Vec<SecurityEvent> = serde_json::from_value(body.clone())?;
+    if events.is_empty() {
+        return Ok("no security events".into());
+    }
+    let rows: Vec<Vec<String>> = events
+        .iter()
+        .map(|e| {
+            vec![
+                e.at.clone(),
+                e.source.clone(),
+                e.rule.clone(),
+                or_dash(e.vin.as_deref()),
+                or_dash(e.ecu_id.as_deref()),
+                e.count.to_string(),
+                shorten(&e.detail, 80),
+            ]
+        })
+        .collect();
+    Ok(table(
+        &["time", "source", "rule", "vin", "ecu", "count", "detail"],
+        &rows,
+    ))
+}
+
+/// Assignments.
+pub(super) fn assignments(body: &Value) -> anyhow::Result<String> {
+    let list: Vec<Assignment> = serde_json::from_value(body.clone())?;
+    if list.is_empty() {
+        return Ok("no assignments".into());
+    }
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|a| {
+            vec![
+                a.id.to_string(),
+                a.vin.clone(),
+                a.ecu_id.clone(),
+                a.target.clone(),
+                a.release_counter.to_string(),
+                if a.encrypt { "encrypted" } else { "clear" }.to_owned(),
+                a.status.clone(),
+            ]
+        })
+        .collect();
+    Ok(table(
+        &[
+            "id", "vin", "ecu", "target", "counter", "delivery", "status",
+        ],
+        &rows,
+    ))
+}
+
+/// One vehicle: its state and each ECU with what it runs.
+pub(super) fn vehicle(body: &Value) -> anyhow::Result<String> {
+    let v: Vehicle = serde_json::from_value(body.clone())?;
+    let mut out = format!(
+        "{}  registered {}, last seen {}, primary {}",
+        v.vin,
+        v.created_at,
+        v.last_seen.as_deref().unwrap_or("never"),
+        v.primary_ecu
+    );
+    if let Some(at) = &v.removed_at {
+        out.push_str(&format!(
+            "\nREMOVED from the fleet at {at} ({})",
+            v.removed_reason.as_deref().unwrap_or("no reason given")
+        ));
+    }
+    let rows: Vec<Vec<String>> = v
+        .ecus
+        .iter()
+        .map(|e| {
+            vec![
+                e.ecu_id.clone(),
+                e.hardware_id.clone(),
+                e.verification.clone(),
+                e.installed
+                    .as_ref()
+                    .map_or("-".to_owned(), |i| i.target.clone()),
+                e.installed
+                    .as_ref()
+                    .map_or("-".to_owned(), |i| i.release_counter.to_string()),
+                if e.encryption_key.is_some() {
+                    "yes"
+                } else {
+                    "no"
+                }
+                .to_owned(),
+            ]
+        })
+        .collect();
+    out.push('\n');
+    out.push_str(&table(
+        &[
+            "ecu",
+            "hardware",
+            "verification",
+            "runs",
+            "counter",
+            "x25519",
+        ],
+        &rows,
+    ));
+    Ok(out)
+}
+
+/// Images of the image repository.
+pub(super) fn images(body: &Value) -> anyhow::Result<String> {
+    let Some(list) = body.as_array() else {
+        return Ok(body.to_string());
+    };
+    if list.is_empty() {
+        return Ok("no images".into());
+    }
+    let field = |i: &Value, k: &str| -> String {
+        i.pointer(k)
+            .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned))
+            .unwrap_or_else(|| "-".into())
+    };
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|i| {
+            vec![
+                field(i, "/name"),
+                field(i, "/custom/hardware_id"),
+                field(i, "/custom/version"),
+                field(i, "/custom/release_counter"),
+                field(i, "/length"),
+                field(i, "/role"),
+            ]
+        })
+        .collect();
+    Ok(table(
+        &[
+            "name",
+            "hardware",
+            "version",
+            "counter",
+            "bytes",
+            "signed by",
+        ],
+        &rows,
+    ))
+}
+
+/// A list of VINs, one per line.
+pub(super) fn vins(body: &Value) -> String {
+    let vins: Vec<&str> = body
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    if vins.is_empty() {
+        "no vehicles".into()
+    } else {
+        vins.join("\n")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_table_pads_every_column_but_the_last() {
+        let t = table(
+            &["id", "rule", "detail"],
+            &[
+                vec!["1".into(), "hash-mismatch".into(), "short".into()],
+                vec!["22".into(), "replay".into(), "a longer detail".into()],
+            ],
+        );
+        assert_eq!(
+            t,
+            "id  rule           detail\n1   hash-mismatch  short\n22  replay         a longer detail"
+        );
+    }
+
+    #[test]
+    fn events_become_a_table_with_their_detail_shortened() {
+        let body = serde_json::json!([{
+            "id": 1, "at": "2026-12-02T08:00:00Z", "source": "vehicle", "rule": "hash-mismatch",
+            "vin": "WVW00000000000001", "ecu_id": "TBOX-1", "remote": null,
+            "detail": "tbox/fw-2.1.bin for TBOX-1: the sha256 of the download is not the one the targets metadata signs, so it was refused",
+            "count": 3, "last_at": "2026-12-02T08:01:00Z"
+        }]);
+        let t = events(&body).unwrap();
+        assert!(t.starts_with("time"), "{t}");
+        assert!(
+            t.contains("hash-mismatch") && t.contains("WVW00000000000001"),
+            "{t}"
+        );
+        assert!(t.contains('…') && !t.contains("refused"), "{t}");
+        assert_eq!(
+            events(&serde_json::json!([])).unwrap(),
+            "no security events"
+        );
+    }
+}
