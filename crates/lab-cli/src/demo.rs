@@ -466,7 +466,10 @@ impl Demo {
 
     /// Attack 3: the director is told to install an older release than the ECU runs.
     async fn rollback(&mut self, first_vin: &str, root: &std::path::Path) -> anyhow::Result<()> {
-        // 3. Rollback: the director is told to install an older release than the ECU runs.
+        // 3. Rollback: an older release than the ECU runs (release counter 0 < 1). The
+        //    director's API refuses to assign it; an insider writes it into the director's
+        //    database anyway, and the vehicle refuses it.
+        let old_build = image_bytes("bcm 1.2", 150_000);
         let req = rampart_server::ops::PublishRequest {
             name: Some("bcm/fw-1.2.bin".into()),
             version: Some("1.2".into()),
@@ -474,15 +477,23 @@ impl Demo {
             ..rampart_server::ops::PublishRequest::new(
                 {
                     let f = root.join("release/bcm-old.bin");
-                    std::fs::write(&f, image_bytes("bcm 1.2", 150_000))?;
+                    std::fs::write(&f, &old_build)?;
                     f
                 },
                 "bcm-1",
             )
         };
         self.lab.publish(&req).await?;
-        self.lab.admin_post("assignments", &serde_json::json!({"target": "bcm/fw-1.2.bin", "vins": [first_vin], "hardware_id": "bcm-1"})).await?;
-        let run = self.lab.run_vehicle(0, "auto").await?;
+        let through_api = self.lab.admin_post("assignments", &serde_json::json!({"target": "bcm/fw-1.2.bin", "vins": [first_vin], "hardware_id": "bcm-1"})).await;
+        let refused = through_api
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("release-counter-decreased"));
+        self.expect(
+            refused,
+            "assigning an older release (release counter 0 < 1): refused by the director's API (release-counter-decreased)",
+            "the director's API accepted an older release",
+            format!("rollback assignment: {through_api:?}"),
+        );
         let bcm = self
             .lab
             .vehicles
@@ -490,13 +501,17 @@ impl Demo {
             .and_then(|v| v.ecus.get(2))
             .map(|e| e.ecu_id.clone())
             .unwrap_or_default();
+        self.lab
+            .insider_assign(first_vin, &bcm, "bcm/fw-1.2.bin", &old_build, 0)
+            .await?;
+        let run = self.lab.run_vehicle(0, "auto").await?;
         let installed_now = self.lab.installed(first_vin).await?;
         let kept = installed_now.get(&bcm).map(String::as_str) == Some("bcm/fw-1.4.bin");
         let noticed = run.stdout.contains("release-counter-decreased")
             || run.stderr.contains("release-counter-decreased");
         self.expect(
             kept && noticed,
-            "rollback to an older release (release counter 0 < 1): rejected by full verification (release-counter-decreased)",
+            "the same, written into the director's database by an insider: rejected by the vehicle (release-counter-decreased)",
             "rollback was not rejected as expected",
             format!("rollback: {}\n{}", run.stdout, run.stderr),
         );

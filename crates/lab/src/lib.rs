@@ -547,6 +547,37 @@ impl Lab {
         answer("GET", path, r).await
     }
 
+    /// What an insider with access to the director's database can do that the admin API
+    /// refuses: assign `bytes`, published as `target` with `release_counter`, to `ecu` of
+    /// `vin`, written straight into the database (no check: an older release included).
+    pub async fn insider_assign(
+        &self,
+        vin: &str,
+        ecu: &str,
+        target: &str,
+        bytes: &[u8],
+        release_counter: u64,
+    ) -> anyhow::Result<()> {
+        let url = rampart_server::config::Config::load(&self.layout)?.database_url(&self.layout);
+        rampart_server::db::Db::connect(&url)
+            .await?
+            .create_assignment(&rampart_server::db::Assignment {
+                id: 0,
+                vin: vin.to_owned(),
+                ecu_id: ecu.to_owned(),
+                target: target.to_owned(),
+                length: bytes.len() as u64,
+                hashes: serde_json::to_value(rampart_core::hash::compute_hashes(bytes))?,
+                release_counter,
+                encrypt: false,
+                status: "pending".into(),
+                created_at: String::new(),
+                completed_at: None,
+            })
+            .await?;
+        Ok(())
+    }
+
     /// Assigns `target` to every ECU of `hardware_id` in all lab vehicles.
     pub async fn assign_all(
         &self,

@@ -877,6 +877,25 @@ async fn flow(database: Option<String>) {
     assert_eq!(body["rejected_reports"], json!([]));
     assert!(body["director_targets_version"].as_u64().unwrap() >= 2);
 
+    // The T-BOX now runs release counter 2: an older release (counter 1) is refused when it
+    // is assigned — the vehicle would refuse it on every cycle and the assignment would stay
+    // pending for ever — and nothing is assigned.
+    let old = content("tbox firmware 1", 20_000);
+    let old_release = fleet.publish(&old, "tbox/fw-1.bin", "tbox-hw", 1);
+    ops::publish(&fleet.layout, &old_release, Utc::now())
+        .await
+        .unwrap();
+    let assigned_before = fleet.assignments(VIN_A).await.len();
+    let (status, body) = fleet
+        .admin_post(
+            "api/v1/assignments",
+            &json!({"target": "tbox/fw-1.bin", "vins": [VIN_A], "ecu_id": "TBOX-1"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["rule"], "release-counter-decreased", "{body}");
+    assert_eq!(fleet.assignments(VIN_A).await.len(), assigned_before);
+
     let assignments = fleet.assignments(VIN_A).await;
     assert_eq!(assignments.len(), 2);
     for a in &assignments {
@@ -978,8 +997,14 @@ async fn flow(database: Option<String>) {
     assert_eq!(tbox.installed.as_ref().unwrap().target, "tbox/fw-3.bin");
     assert_eq!(vehicle.last_manifest_counter, Some(2));
 
-    // Honest traffic raised no security event.
-    assert_eq!(fleet.events("").await, Vec::<SecurityEvent>::new());
+    // Honest traffic raised no security event: the one recorded is the refused older
+    // assignment.
+    let events = fleet.events("").await;
+    let rules: Vec<(&str, &str)> = events
+        .iter()
+        .map(|e| (e.source.as_str(), e.rule.as_str()))
+        .collect();
+    assert_eq!(rules, [("server", "release-counter-decreased")]);
     fleet.stop_server().await;
 }
 

@@ -20,9 +20,9 @@ use crate::{Findings, Harness, Info};
 pub(super) const INFO: Info = Info {
     name: "rollback",
     attack: "rollback",
-    attacker: "man in the middle between vehicle and server that recorded earlier, validly signed metadata of both repositories and replays it (no signing keys); an insider who makes the director assign an older release the OEM-signed image repository still lists",
-    control: "trusted metadata only moves forward: a timestamp older than the trusted one is refused (TUF 5.4), in both repositories; Uptane release counters: no ECU installs an image whose release counter is below the one it runs, checked by the primary for every ECU (the partial-verification BCM included) before anything is downloaded",
-    expected: "defeated: replayed image-repository and director timestamps refused (rollback), older images refused (release-counter-decreased); nothing installed, no trusted version goes down; the vehicle reports it, the server records it; the current release installs once the attacker leaves",
+    attacker: "man in the middle between vehicle and server that recorded earlier, validly signed metadata of both repositories and replays it (no signing keys); an insider who makes the director assign an older release the OEM-signed image repository still lists (through the admin API, then straight into its database)",
+    control: "trusted metadata only moves forward: a timestamp older than the trusted one is refused (TUF 5.4), in both repositories; Uptane release counters: no ECU installs an image whose release counter is below the one it runs, checked by the primary for every ECU (the partial-verification BCM included) before anything is downloaded; the admin API refuses to assign a release older than the one the ECU runs (and records it)",
+    expected: "defeated: replayed image-repository and director timestamps refused (rollback), older images refused (release-counter-decreased) by the admin API at assign time and, when written past it into the database, by the vehicle; nothing installed, no trusted version goes down; the vehicle reports it, the server records it; the current release installs once the attacker leaves",
 };
 
 /// The newest body the proxy forwarded (200, not forged) for a GET whose path starts with
@@ -271,10 +271,22 @@ pub(super) async fn run(h: Harness) -> anyhow::Result<Findings> {
 
     // 3. An older image: release 2.0 is still listed, genuinely signed, by the image
     //    repository; the insider makes the director assign it again (release counter 2, the
-    //    T-BOX runs 3).
+    //    T-BOX runs 3). The admin API refuses that; the insider writes the assignment into
+    //    the director's database itself, and the vehicle must still refuse it.
     h.proxy.clear();
     h.proxy.clear_log();
-    h.lab.assign_all("tbox/fw-2.0.bin", "tbox-a", false).await?;
+    let through_api = h.lab.assign_all("tbox/fw-2.0.bin", "tbox-a", false).await;
+    f.check(
+        "the admin API refuses to assign an older release (release-counter-decreased)",
+        through_api
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("release-counter-decreased")),
+        match &through_api {
+            Ok(ids) => format!("assigned: {ids:?}"),
+            Err(e) => crate::harness::first_line_with(&e.to_string(), "release"),
+        },
+    );
+    insider_reassign(&h, &vin, &tbox, "tbox/fw-2.0.bin").await?;
     let run = h.cycle().await?;
     older_image_evidence(
         &mut f,
@@ -303,7 +315,8 @@ pub(super) async fn run(h: Harness) -> anyhow::Result<Findings> {
     let dir = h.dir.join("old-build");
     std::fs::create_dir_all(&dir)?;
     let file = dir.join("fw-0.9.bin");
-    std::fs::write(&file, image_bytes("bcm/fw-0.9.bin", 60_000))?;
+    let old_build = image_bytes("bcm/fw-0.9.bin", 60_000);
+    std::fs::write(&file, &old_build)?;
     h.lab
         .publish(&PublishRequest {
             name: Some("bcm/fw-0.9.bin".into()),
@@ -313,7 +326,10 @@ pub(super) async fn run(h: Harness) -> anyhow::Result<Findings> {
         })
         .await?;
     h.lab.assign_all("tbox/fw-2.2.bin", "tbox-a", false).await?;
-    h.lab.assign_all("bcm/fw-0.9.bin", "bcm-1", false).await?;
+    // The admin API would refuse the old build (as in 3.): the insider writes it in.
+    h.lab
+        .insider_assign(&h.vin(), &bcm, "bcm/fw-0.9.bin", &old_build, 0)
+        .await?;
     let run = h.cycle().await?;
     older_image_evidence(
         &mut f,
@@ -347,6 +363,33 @@ pub(super) async fn run(h: Harness) -> anyhow::Result<Findings> {
     h.lab.assign_all("bcm/fw-1.0.bin", "bcm-1", false).await?;
     let forbidden = ["tbox/fw-2.0.bin", "bcm/fw-0.9.bin"];
     finish_genuine(f, &h, &missing, &[(0, "tbox/fw-2.2.bin")], &forbidden).await
+}
+
+/// The director's database, as an insider with access to it sees it.
+async fn insider_db(h: &Harness) -> anyhow::Result<rampart_server::db::Db> {
+    let layout = &h.lab.layout;
+    let url = rampart_server::config::Config::load(layout)?.database_url(layout);
+    Ok(rampart_server::db::Db::connect(&url).await?)
+}
+
+/// The insider with access to the director's database: an earlier assignment of `target` to
+/// `ecu` issued again, written straight into the database (past the admin API's checks).
+async fn insider_reassign(h: &Harness, vin: &str, ecu: &str, target: &str) -> anyhow::Result<()> {
+    let db = insider_db(h).await?;
+    let earlier = db
+        .assignments(Some(vin), None)
+        .await?
+        .into_iter()
+        .find(|a| a.target == target && a.ecu_id == ecu)
+        .ok_or_else(|| anyhow::anyhow!("no earlier assignment of {target} to {ecu}"))?;
+    db.create_assignment(&rampart_server::db::Assignment {
+        id: 0,
+        status: "pending".into(),
+        completed_at: None,
+        ..earlier
+    })
+    .await?;
+    Ok(())
 }
 
 /// Evidence that the vehicle fetched director targets instructing `ecu` to install `target`.

@@ -192,7 +192,8 @@ pub(super) async fn create_assignments(
         ));
     }
     let db = state.inner.director.db();
-    let mut ids = Vec::new();
+    // Every assignment is checked before any is made: a refusal leaves nothing half-done.
+    let mut planned = Vec::new();
     for vin in &req.vins {
         let vehicle = db
             .vehicle(vin)
@@ -267,8 +268,37 @@ pub(super) async fn create_assignments(
                     a.target
                 )));
             }
-            ids.push(db.create_assignment(&a).await?);
+            // An ECU refuses a release older than the one it runs (Uptane's rollback rule),
+            // on every cycle: such an assignment could never complete. An operator's slip or
+            // an insider's attempt, it is refused here and recorded.
+            if let Some(running) = ecu.installed.as_ref() {
+                if a.release_counter < running.release_counter {
+                    let refusal = Error::Rejected {
+                        status: StatusCode::CONFLICT,
+                        rule: rampart_core::rule::Rule::ReleaseCounterDecreased,
+                        message: format!(
+                            "{} has release counter {}, below the {} that {} of {vin} runs ({}): \
+                             an ECU never installs an older release",
+                            a.target,
+                            a.release_counter,
+                            running.release_counter,
+                            ecu.ecu_id,
+                            running.target
+                        ),
+                    };
+                    return Err(state
+                        .inner
+                        .director
+                        .reject(refusal, Some(vin), Some(&ecu.ecu_id), None)
+                        .await);
+                }
+            }
+            planned.push(a);
         }
+    }
+    let mut ids = Vec::new();
+    for a in &planned {
+        ids.push(db.create_assignment(a).await?);
     }
     tracing::info!(target = %req.target, count = ids.len(), "assignments created");
     Ok((StatusCode::CREATED, Json(ids)))
