@@ -167,6 +167,8 @@ pub(crate) fn generate(args: &Args) -> anyhow::Result<Value> {
             hardware_id: format!("hw-{:03}", i % 100),
             release_counter: 1 + (i as u64 % 7),
             version: Some(format!("1.{}.{}", i % 13, i)),
+            purpose: None,
+            install_seconds: None,
         };
         image.targets.insert(
             name.clone(),

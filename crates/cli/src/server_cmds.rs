@@ -78,9 +78,20 @@ pub(crate) struct PublishArgs {
     /// Hardware the image is built for.
     #[arg(long)]
     hardware_id: String,
-    /// Human-readable version.
+    /// The version people know it by ("2.0"), shown to the owner; decisions use the
+    /// release counter.
     #[arg(long)]
     version: Option<String>,
+    /// What the update is for, shown to the owner before it installs (UNECE R156 §7.2).
+    #[arg(long)]
+    purpose: Option<String>,
+    /// How long installing it takes, in seconds, shown to the owner (default: estimated from
+    /// the size).
+    #[arg(long)]
+    install_seconds: Option<u64>,
+    /// Replace an image published under the same name with other bytes.
+    #[arg(long)]
+    replace: bool,
     /// Anti-rollback counter (default: one above the highest for this hardware ID).
     #[arg(long)]
     release_counter: Option<u64>,
@@ -305,6 +316,9 @@ pub(crate) fn publish(args: PublishArgs) -> anyhow::Result<()> {
         keys: args.keys,
         encrypt: args.encrypt,
         export_unsigned: args.export_unsigned.clone(),
+        purpose: args.purpose,
+        install_seconds: args.install_seconds,
+        replace: args.replace,
     };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -312,18 +326,22 @@ pub(crate) fn publish(args: PublishArgs) -> anyhow::Result<()> {
     let out = rt.block_on(ops::publish(&args.data.layout(), &req, chrono::Utc::now()))?;
     if out.committed {
         rampart_cli::say!(
-            "published {} ({} bytes, sha256 {}…, release counter {}) in role {} version {}{}",
+            "published {}{} (release counter {}{}): {} bytes, sha256 {}…; signed into {} metadata v{}",
             out.name,
+            req.version
+                .as_deref()
+                .map(|v| format!(", version {v}"))
+                .unwrap_or_default(),
+            out.release_counter,
+            if req.encrypt { ", encrypted per ECU" } else { "" },
             out.length,
             &out.sha256[..12.min(out.sha256.len())],
-            out.release_counter,
             out.role,
             out.role_version,
-            if req.encrypt { ", encrypted" } else { "" }
         );
     } else if let Some(path) = args.export_unsigned {
         rampart_cli::say!(
-            "staged {} in role {} version {}: sign {} offline (`rampart sign`), then `rampart import`",
+            "staged {} in {} metadata v{}: sign {} offline (`rampart sign`), then `rampart import`",
             out.name,
             out.role,
             out.role_version,

@@ -153,6 +153,11 @@ fn the_readme_by_hand_path_works_as_written() {
             out.status
         );
         if command.starts_with("rampart vehicle") {
+            // What the publisher stated is what the owner is told (UNECE R156 §7.2).
+            assert!(
+                stdout.contains("navigation maps and routing fixes") && stdout.contains("40 s"),
+                "the owner is not told the purpose and duration\n--- transcript\n{transcript}"
+            );
             for (target, ecu) in [("tbox/fw-2.0.bin", "TBOX-1"), ("ivi/nav-3.1.bin", "IVI-1")] {
                 assert!(
                     stdout.contains(&format!("{target} installed on {ecu}")),

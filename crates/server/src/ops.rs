@@ -69,6 +69,12 @@ pub struct PublishRequest {
     pub encrypt: bool,
     /// Do not sign: write the unsigned role here for offline signing.
     pub export_unsigned: Option<PathBuf>,
+    /// What the update is for (told to the owner).
+    pub purpose: Option<String>,
+    /// How long installing it takes, in seconds (told to the owner).
+    pub install_seconds: Option<u64>,
+    /// Publish over an image of the same name with other bytes (refused otherwise).
+    pub replace: bool,
 }
 
 impl PublishRequest {
@@ -85,6 +91,9 @@ impl PublishRequest {
             keys: Vec::new(),
             encrypt: false,
             export_unsigned: None,
+            purpose: None,
+            install_seconds: None,
+            replace: false,
         }
     }
 }
@@ -143,10 +152,31 @@ pub async fn publish(
     let release_counter = req
         .release_counter
         .unwrap_or_else(|| next_release_counter(&state, &req.hardware_id));
+    // A name stands for one image: other bytes under a published name are refused unless
+    // said on purpose, since vehicles and assignments refer to the name.
+    if let Some(published) = state.roles.values().find_map(|t| t.targets.get(&name)) {
+        let (_, hashes) = crate::repo::read_hashing(&req.file, |_| Ok(()))?;
+        let same = hashes
+            .get("sha256")
+            .is_some_and(|h| published.hashes.get("sha256") == Some(h));
+        if !same && !req.replace {
+            return Err(Error::Conflict(format!(
+                "{name} is already published with other bytes (sha256 {}…): publish under a new \
+                 name, or give --replace to replace it",
+                published
+                    .hashes
+                    .get("sha256")
+                    .and_then(|h| h.get(..12))
+                    .unwrap_or("?")
+            )));
+        }
+    }
     let custom = ImageCustom {
         hardware_id: req.hardware_id.clone(),
         release_counter,
         version: req.version.clone(),
+        purpose: req.purpose.clone(),
+        install_seconds: req.install_seconds,
     };
     let (length, hashes) = if req.encrypt {
         let kek = config.content_kek(layout)?;

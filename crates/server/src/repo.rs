@@ -799,7 +799,10 @@ fn copy_hashing(from: &Path, to: &Path) -> Result<(u64, Hashes)> {
 
 /// Reads `from` in chunks, in constant memory, handing each to `each`; returns its length
 /// and SHA-256 and SHA-512 hashes.
-fn read_hashing(from: &Path, mut each: impl FnMut(&[u8]) -> Result<()>) -> Result<(u64, Hashes)> {
+pub(crate) fn read_hashing(
+    from: &Path,
+    mut each: impl FnMut(&[u8]) -> Result<()>,
+) -> Result<(u64, Hashes)> {
     use aws_lc_rs::digest::{Context, SHA256, SHA512};
     let mut input = fs::File::open(from).map_err(|e| Error::io(from, e))?;
     let (mut h256, mut h512) = (Context::new(&SHA256), Context::new(&SHA512));

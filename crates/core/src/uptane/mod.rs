@@ -48,6 +48,14 @@ pub struct ImageCustom {
     /// Human-readable version, for people (not used in any decision).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
+    /// What the update is for, in the publisher's words: what the owner is told (UNECE R156
+    /// §7.2). Not used in any decision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub purpose: Option<String>,
+    /// How long installing it takes, in seconds, as the publisher measured it: what the owner
+    /// is told. Not used in any decision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub install_seconds: Option<u64>,
 }
 
 impl ImageCustom {

@@ -63,6 +63,8 @@ fn image_custom_value(hw: &str, counter: u64) -> serde_json::Value {
         hardware_id: hw.into(),
         release_counter: counter,
         version: None,
+        purpose: None,
+        install_seconds: None,
     }
     .to_value()
 }

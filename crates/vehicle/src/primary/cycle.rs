@@ -231,20 +231,24 @@ impl Primary {
             .encryption
             .as_ref()
             .map_or(u.instruction.file.length, |e| e.ciphertext.length);
+        let ecu_description = ecu
+            .map(|e| e.description.clone())
+            .filter(|d| !d.is_empty())
+            .unwrap_or_else(|| u.instruction.hardware_id.clone());
+        let (version, purpose, install_seconds) = custom
+            .map(|c| (c.version, c.purpose, c.install_seconds))
+            .unwrap_or_default();
         UpdateNotice {
             ecu_id: u.instruction.ecu_id.clone(),
-            ecu_description: ecu
-                .map(|e| e.description.clone())
-                .filter(|d| !d.is_empty())
-                .unwrap_or_else(|| u.instruction.hardware_id.clone()),
             target: u.instruction.target.clone(),
-            version: custom.and_then(|c| c.version),
-            purpose: format!(
-                "signed by the {} role of the image repository",
-                u.image_role
-            ),
+            version,
+            purpose: purpose
+                .filter(|p| !p.trim().is_empty())
+                .unwrap_or_else(|| format!("a software update of the {ecu_description}")),
+            ecu_description,
             size_bytes: size,
-            estimated_seconds: 5 + size / (8 * 1024 * 1024),
+            estimated_seconds: install_seconds
+                .unwrap_or_else(|| crate::consent::estimated_install_seconds(size)),
             unavailable: ecu
                 .map(|e| e.unavailable.clone())
                 .filter(|d| !d.is_empty())
