@@ -357,6 +357,74 @@ pub fn now_text() -> String {
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
+/// The query behind [`Db::vehicle`] and [`Db::vehicles`]: a vehicle's row with each of its
+/// ECUs (a vehicle without ECUs: one row of NULLs for them).
+const VEHICLE_ROWS: &str =
+    "SELECT v.vin AS vin, v.primary_ecu AS primary_ecu, v.created_at AS created_at, \
+     v.last_manifest_counter AS last_manifest_counter, v.last_seen AS last_seen, \
+     v.removed_at AS removed_at, v.removed_reason AS removed_reason, \
+     e.ecu_id AS ecu_id, e.hardware_id AS hardware_id, e.public_key AS public_key, \
+     e.encryption_key AS encryption_key, e.verification AS verification, \
+     e.installed_target AS installed_target, e.installed_length AS installed_length, \
+     e.installed_hashes AS installed_hashes, \
+     e.installed_release_counter AS installed_release_counter, \
+     e.last_report_counter AS last_report_counter \
+     FROM vehicles v LEFT JOIN ecus e ON e.vin = v.vin";
+
+/// Vehicles from [`VEHICLE_ROWS`] rows ordered by VIN: consecutive rows of one VIN make one
+/// vehicle.
+fn vehicles_from_rows(rows: &[AnyRow]) -> Result<Vec<Vehicle>> {
+    let mut out: Vec<Vehicle> = Vec::new();
+    for r in rows {
+        let vin = get_str(r, "vin")?;
+        if out.last().is_none_or(|v| v.vin != vin) {
+            out.push(Vehicle {
+                vin,
+                primary_ecu: get_str(r, "primary_ecu")?,
+                created_at: get_str(r, "created_at")?,
+                last_manifest_counter: get_opt_i64(r, "last_manifest_counter")?
+                    .map(to_u64)
+                    .transpose()?,
+                last_seen: get_opt_str(r, "last_seen")?,
+                removed_at: get_opt_str(r, "removed_at")?,
+                removed_reason: get_opt_str(r, "removed_reason")?,
+                ecus: Vec::new(),
+            });
+        }
+        // No ECU row: the LEFT JOIN's NULLs.
+        let Some(ecu_id) = get_opt_str(r, "ecu_id")? else {
+            continue;
+        };
+        let installed = match get_opt_str(r, "installed_target")? {
+            Some(target) => Some(Installed {
+                target,
+                length: to_u64(get_opt_i64(r, "installed_length")?.unwrap_or(0))?,
+                hashes: json(
+                    &get_opt_str(r, "installed_hashes")?.unwrap_or_else(|| "{}".into()),
+                    "hashes",
+                )?,
+                release_counter: to_u64(get_opt_i64(r, "installed_release_counter")?.unwrap_or(0))?,
+            }),
+            None => None,
+        };
+        let ecu = Ecu {
+            ecu_id,
+            hardware_id: get_str(r, "hardware_id")?,
+            public_key: json(&get_str(r, "public_key")?, "public key")?,
+            encryption_key: get_opt_str(r, "encryption_key")?,
+            verification: get_str(r, "verification")?,
+            installed,
+            last_report_counter: get_opt_i64(r, "last_report_counter")?
+                .map(to_u64)
+                .transpose()?,
+        };
+        if let Some(v) = out.last_mut() {
+            v.ecus.push(ecu);
+        }
+    }
+    Ok(out)
+}
+
 impl Db {
     /// Connects (`sqlite://PATH` — created if missing — or `postgres://…`) and runs the
     /// migrations.
@@ -490,69 +558,29 @@ impl Db {
 
     /// A vehicle with its ECUs (one query: every check-in and director request reads it).
     pub async fn vehicle(&self, vin: &str) -> Result<Option<Vehicle>> {
-        let rows = sqlx::query(
-            "SELECT v.vin AS vin, v.primary_ecu AS primary_ecu, v.created_at AS created_at, \
-             v.last_manifest_counter AS last_manifest_counter, v.last_seen AS last_seen, \
-             v.removed_at AS removed_at, v.removed_reason AS removed_reason, \
-             e.ecu_id AS ecu_id, e.hardware_id AS hardware_id, e.public_key AS public_key, \
-             e.encryption_key AS encryption_key, e.verification AS verification, \
-             e.installed_target AS installed_target, e.installed_length AS installed_length, \
-             e.installed_hashes AS installed_hashes, \
-             e.installed_release_counter AS installed_release_counter, \
-             e.last_report_counter AS last_report_counter \
-             FROM vehicles v LEFT JOIN ecus e ON e.vin = v.vin WHERE v.vin = $1 ORDER BY e.ecu_id",
-        )
+        let rows = sqlx::query(&format!(
+            "{VEHICLE_ROWS} WHERE v.vin = $1 ORDER BY e.ecu_id"
+        ))
         .bind(vin)
         .fetch_all(&self.pool)
         .await
         .map_err(db_err("vehicle"))?;
-        let Some(row) = rows.first() else {
-            return Ok(None);
-        };
-        let mut ecus = Vec::new();
-        for r in &rows {
-            // No ECU row: the LEFT JOIN's NULLs.
-            let Some(ecu_id) = get_opt_str(r, "ecu_id")? else {
-                continue;
-            };
-            let installed = match get_opt_str(r, "installed_target")? {
-                Some(target) => Some(Installed {
-                    target,
-                    length: to_u64(get_opt_i64(r, "installed_length")?.unwrap_or(0))?,
-                    hashes: json(
-                        &get_opt_str(r, "installed_hashes")?.unwrap_or_else(|| "{}".into()),
-                        "hashes",
-                    )?,
-                    release_counter: to_u64(
-                        get_opt_i64(r, "installed_release_counter")?.unwrap_or(0),
-                    )?,
-                }),
-                None => None,
-            };
-            ecus.push(Ecu {
-                ecu_id,
-                hardware_id: get_str(r, "hardware_id")?,
-                public_key: json(&get_str(r, "public_key")?, "public key")?,
-                encryption_key: get_opt_str(r, "encryption_key")?,
-                verification: get_str(r, "verification")?,
-                installed,
-                last_report_counter: get_opt_i64(r, "last_report_counter")?
-                    .map(to_u64)
-                    .transpose()?,
-            });
-        }
-        Ok(Some(Vehicle {
-            vin: get_str(row, "vin")?,
-            primary_ecu: get_str(row, "primary_ecu")?,
-            created_at: get_str(row, "created_at")?,
-            last_manifest_counter: get_opt_i64(row, "last_manifest_counter")?
-                .map(to_u64)
-                .transpose()?,
-            last_seen: get_opt_str(row, "last_seen")?,
-            removed_at: get_opt_str(row, "removed_at")?,
-            removed_reason: get_opt_str(row, "removed_reason")?,
-            ecus,
-        }))
+        Ok(vehicles_from_rows(&rows)?.into_iter().next())
+    }
+
+    /// The vehicles of the fleet (removed ones left out) with their ECUs, in VIN order, at
+    /// most `limit` of them after `after` (a page; one query).
+    pub async fn vehicles(&self, after: &str, limit: u32) -> Result<Vec<Vehicle>> {
+        let rows = sqlx::query(&format!(
+            "{VEHICLE_ROWS} WHERE v.vin IN (SELECT vin FROM vehicles WHERE removed_at IS NULL \
+             AND vin > $1 ORDER BY vin LIMIT $2) ORDER BY v.vin, e.ecu_id"
+        ))
+        .bind(after)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err("vehicles"))?;
+        vehicles_from_rows(&rows)
     }
 
     /// Takes a vehicle out of the fleet: it is marked removed (its ECUs, assignments and

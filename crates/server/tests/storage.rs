@@ -52,6 +52,7 @@ storage_suite!(
     duplicate_vehicle_is_a_conflict_and_changes_nothing,
     failed_registration_leaves_nothing_behind,
     a_removed_vehicle_is_kept_for_audit_and_out_of_the_fleet,
+    vehicles_come_whole_a_page_at_a_time,
     assignment_supersedes_pending_ones_for_the_same_ecu,
     checkin_moves_counter_forward_and_refuses_replays,
     counters_beyond_the_database_integer_are_refused_not_clamped,
@@ -268,6 +269,22 @@ async fn failed_registration_leaves_nothing_behind(url: String) {
     assert_eq!(db.count("ecus").await.unwrap(), 0);
     // And the VIN is still free.
     db.register_vehicle(&new_vehicle("VIN-HALF")).await.unwrap();
+}
+
+async fn vehicles_come_whole_a_page_at_a_time(url: String) {
+    let db = connect(&url).await;
+    for vin in ["VIN-P3", "VIN-P1", "VIN-P2", "VIN-P4"] {
+        db.register_vehicle(&new_vehicle(vin)).await.unwrap();
+    }
+    db.remove_vehicle("VIN-P4", "scrapped").await.unwrap();
+    let first = db.vehicles("", 2).await.unwrap();
+    let vins: Vec<&str> = first.iter().map(|v| v.vin.as_str()).collect();
+    assert_eq!(vins, ["VIN-P1", "VIN-P2"]);
+    assert!(first.iter().all(|v| v.ecus.len() == 2), "{first:?}");
+    assert_eq!(first[0], db.vehicle("VIN-P1").await.unwrap().unwrap());
+    let rest = db.vehicles("VIN-P2", 10).await.unwrap();
+    let vins: Vec<&str> = rest.iter().map(|v| v.vin.as_str()).collect();
+    assert_eq!(vins, ["VIN-P3"], "the removed VIN-P4 is left out");
 }
 
 async fn a_removed_vehicle_is_kept_for_audit_and_out_of_the_fleet(url: String) {

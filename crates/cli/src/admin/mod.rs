@@ -80,8 +80,15 @@ enum AdminCommand {
         #[arg(long)]
         reason: String,
     },
-    /// List VINs.
-    Vehicles,
+    /// List the fleet's vehicles: ECUs, what they run, last seen (a page at a time).
+    Vehicles {
+        /// The page after this VIN.
+        #[arg(long, default_value = "")]
+        after: String,
+        /// At most this many vehicles.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
     /// Show one vehicle.
     Vehicle {
         /// VIN.
@@ -165,7 +172,7 @@ pub(crate) fn main(args: AdminArgs) -> anyhow::Result<()> {
                 }
             },
             AdminCommand::Vehicle { .. } => tables::vehicle,
-            AdminCommand::Vehicles => |b| Ok(tables::vins(b)),
+            AdminCommand::Vehicles { .. } => tables::vehicles,
             AdminCommand::Images => tables::images,
             AdminCommand::Register { .. } => |b| {
                 Ok(format!("registered {}", b.get("vin").and_then(Value::as_str).unwrap_or("")))
@@ -190,7 +197,11 @@ pub(crate) fn main(args: AdminArgs) -> anyhow::Result<()> {
             AdminCommand::Remove { vin, reason } => client
                 .delete(api(&format!("vehicles/{vin}")))
                 .query(&[("reason", reason)]),
-            AdminCommand::Vehicles => client.get(api("vehicles")),
+            AdminCommand::Vehicles { after, limit } => client.get(api("vehicles")).query(&[
+                ("detail", "true".to_owned()),
+                ("after", after),
+                ("limit", limit.to_string()),
+            ]),
             AdminCommand::Vehicle { vin } => client.get(api(&format!("vehicles/{vin}"))),
             AdminCommand::Assignments { vin } => client.get(api("assignments")).query(&[("vin", vin.unwrap_or_default())]),
             AdminCommand::Events { vin, rule } => client

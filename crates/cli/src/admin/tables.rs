@@ -187,17 +187,39 @@ pub(super) fn images(body: &Value) -> anyhow::Result<String> {
     ))
 }
 
-/// A list of VINs, one per line.
-pub(super) fn vins(body: &Value) -> String {
-    let vins: Vec<&str> = body
-        .as_array()
-        .map(|a| a.iter().filter_map(Value::as_str).collect())
-        .unwrap_or_default();
-    if vins.is_empty() {
-        "no vehicles".into()
-    } else {
-        vins.join("\n")
+/// A page of vehicles: one row each, its ECUs and what they run.
+pub(super) fn vehicles(body: &Value) -> anyhow::Result<String> {
+    let list: Vec<Vehicle> = serde_json::from_value(body.clone())?;
+    if list.is_empty() {
+        return Ok("no vehicles".into());
     }
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|v| {
+            let ecus: Vec<String> = v
+                .ecus
+                .iter()
+                .map(|e| {
+                    let runs = e.installed.as_ref().map_or("-", |i| i.target.as_str());
+                    format!("{} {runs}", e.ecu_id)
+                })
+                .collect();
+            vec![
+                v.vin.clone(),
+                v.last_seen.clone().unwrap_or_else(|| "never".into()),
+                shorten(&ecus.join(", "), 100),
+            ]
+        })
+        .collect();
+    let mut out = table(&["vin", "last seen", "ECUs and what they run"], &rows);
+    if let Some(last) = list.last() {
+        out.push_str(&format!(
+            "\n({} vehicle(s); the next page: --after {})",
+            list.len(),
+            last.vin
+        ));
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -94,10 +94,34 @@ pub(super) async fn remove_vehicle(
     Ok(Json(serde_json::json!({"vin": vin, "removed_at": at})))
 }
 
-/// Lists registered VINs.
-#[utoipa::path(get, path = "/api/v1/vehicles", responses((status = 200, body = Vec<String>)), security(("admin" = [])))]
-pub(super) async fn list_vehicles(State(state): State<AppState>) -> Result<Json<Vec<String>>> {
-    Ok(Json(state.inner.director.db().list_vins().await?))
+/// How much of the fleet to list.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub(super) struct VehicleQuery {
+    /// Whole vehicles (ECUs, what they run, last seen) instead of VINs, a page at a time.
+    #[serde(default)]
+    detail: bool,
+    /// With `detail`: the page after this VIN.
+    #[serde(default)]
+    after: String,
+    /// With `detail`: at most this many vehicles (default 100, at most 1000).
+    limit: Option<u32>,
+}
+
+/// Lists the fleet's VINs (removed vehicles left out), or with `detail=true` a page of whole
+/// vehicles.
+#[utoipa::path(get, path = "/api/v1/vehicles", params(VehicleQuery), responses((status = 200, description = "VINs, or with detail=true vehicles (see Vehicle)", body = Vec<String>)), security(("admin" = [])))]
+pub(super) async fn list_vehicles(
+    State(state): State<AppState>,
+    Query(q): Query<VehicleQuery>,
+) -> Result<Json<serde_json::Value>> {
+    let db = state.inner.director.db();
+    let value = if q.detail {
+        let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+        serde_json::to_value(db.vehicles(&q.after, limit).await?)
+    } else {
+        serde_json::to_value(db.list_vins().await?)
+    };
+    Ok(Json(value.map_err(|e| Error::Database(e.to_string()))?))
 }
 
 /// One vehicle with its ECUs and what they run.
