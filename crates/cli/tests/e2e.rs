@@ -246,3 +246,57 @@ async fn network_failures_name_their_cause_and_what_to_check() {
         dump(&down)
     );
 }
+
+/// An assignment the vehicle can never install — an older release than the ECU runs, written
+/// into the director's database by an insider past the API's check — ends as `failed` with
+/// the vehicle's rule instead of pending for ever, and the next cycle completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_assignment_the_vehicle_refuses_ends_failed_with_its_rule() {
+    let dir = tempfile::tempdir().unwrap();
+    let lab = lab(dir.path()).await;
+    let vin = lab.vehicles[0].vin.clone();
+    let bcm = lab.vehicles[0].ecus[2].ecu_id.clone();
+    let current = image_bytes("bcm 2.0", 50_000);
+    lab.release("bcm/fw-2.0.bin", "bcm-1", "2.0", &current, false)
+        .await
+        .unwrap();
+    let first = lab.run_vehicle(0, "auto").await.unwrap();
+    assert_eq!(first.code, Some(0), "{}", dump(&first));
+
+    let old = image_bytes("bcm 0.9", 40_000);
+    let file = dir.path().join("fw-0.9.bin");
+    std::fs::write(&file, &old).unwrap();
+    lab.publish(&rampart_server::ops::PublishRequest {
+        name: Some("bcm/fw-0.9.bin".into()),
+        release_counter: Some(0),
+        ..rampart_server::ops::PublishRequest::new(file, "bcm-1")
+    })
+    .await
+    .unwrap();
+    lab.insider_assign(&vin, &bcm, "bcm/fw-0.9.bin", &old, 0)
+        .await
+        .unwrap();
+    let refused = lab.run_vehicle(0, "auto").await.unwrap();
+    assert_eq!(refused.code, Some(1), "{}", dump(&refused));
+
+    let assignments = lab
+        .admin_get(&format!("assignments?vin={vin}"))
+        .await
+        .unwrap();
+    let old_one = assignments
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["target"] == "bcm/fw-0.9.bin")
+        .unwrap();
+    assert_eq!(old_one["status"], "failed", "{old_one}");
+    assert!(
+        old_one["last_error"]
+            .as_str()
+            .unwrap()
+            .starts_with("release-counter-decreased: "),
+        "{old_one}"
+    );
+    let next = lab.run_vehicle(0, "auto").await.unwrap();
+    assert_eq!(next.code, Some(0), "{}", dump(&next));
+}

@@ -329,6 +329,20 @@ impl Error {
     }
 
     /// A short, stable identifier of the rule that failed, for security events and attack
+    /// The target an error is about, for errors that name one (a failed update the director
+    /// can tie to its assignment).
+    pub fn target(&self) -> Option<&str> {
+        match self {
+            Error::DelegationLimit { target, .. }
+            | Error::TargetNotFound { target, .. }
+            | Error::MissingCustom { target, .. }
+            | Error::HardwareIdMismatch { target, .. }
+            | Error::DirectorImageMismatch { target, .. }
+            | Error::ReleaseCounterDecreased { target, .. } => Some(target),
+            _ => None,
+        }
+    }
+
     /// indicators (`expired`, `rollback`, `threshold`, …).
     pub fn rule(&self) -> Rule {
         match self {

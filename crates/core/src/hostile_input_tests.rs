@@ -245,6 +245,7 @@ fn mutated_manifests_and_ciphertexts_never_panic() {
         nonce: "00".into(),
         ecu_version_reports: BTreeMap::from([("TBOX-1".to_string(), report_doc)]),
         attacks_detected: String::new(),
+        update_failures: Vec::new(),
         unrecognized: BTreeMap::new(),
     };
     let bytes = sign_vehicle_manifest(&manifest, &primary).unwrap();

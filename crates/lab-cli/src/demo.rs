@@ -450,6 +450,7 @@ impl Demo {
             nonce: "00".into(),
             ecu_version_reports: Default::default(),
             attacks_detected: String::new(),
+            update_failures: Vec::new(),
             unrecognized: Default::default(),
         };
         let body = sign_vehicle_manifest(&manifest, &signer)?;

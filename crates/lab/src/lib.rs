@@ -573,6 +573,7 @@ impl Lab {
                 status: "pending".into(),
                 created_at: String::new(),
                 completed_at: None,
+                last_error: None,
             })
             .await?;
         Ok(())

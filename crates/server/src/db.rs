@@ -153,6 +153,9 @@ pub struct Assignment {
     pub created_at: String,
     /// Completed (installed) at.
     pub completed_at: Option<String>,
+    /// The last failure the vehicle reported for it (`rule: message`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
 }
 
 /// A director metadata document of one vehicle.
@@ -679,7 +682,44 @@ impl Db {
             status: get_str(r, "status")?,
             created_at: get_str(r, "created_at")?,
             completed_at: get_opt_str(r, "completed_at")?,
+            last_error: get_opt_str(r, "last_error")?,
         })
+    }
+
+    /// Records the update failures a vehicle reported on its pending assignments of the same
+    /// target (and ECU, when named). A failure the vehicle will meet on every cycle (`final`)
+    /// ends the assignment as `failed`, and the director's instructions change; any other
+    /// stays pending with its error shown. Returns how many assignments failed.
+    pub async fn record_update_failures(
+        &self,
+        vin: &str,
+        failures: &[(String, Option<String>, String, bool)],
+    ) -> Result<u64> {
+        let mut tx = self.pool.begin().await.map_err(db_err("begin"))?;
+        let mut ended = 0;
+        for (target, ecu, error, is_final) in failures {
+            let status_if_final = if *is_final { "failed" } else { "pending" };
+            let done = sqlx::query(
+                "UPDATE assignments SET last_error = $1, status = $2 \
+                 WHERE vin = $3 AND target = $4 AND ($5 = '' OR ecu_id = $5) AND status = 'pending'",
+            )
+            .bind(error)
+            .bind(status_if_final)
+            .bind(vin)
+            .bind(target)
+            .bind(ecu.clone().unwrap_or_default())
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err("record update failure"))?;
+            if *is_final {
+                ended += done.rows_affected();
+            }
+        }
+        if ended > 0 {
+            Self::mark_instructions_changed(&mut tx, vin).await?;
+        }
+        tx.commit().await.map_err(db_err("commit"))?;
+        Ok(ended)
     }
 
     /// Assignments, optionally of one vehicle and/or one status, newest first.
@@ -689,7 +729,7 @@ impl Db {
         status: Option<&str>,
     ) -> Result<Vec<Assignment>> {
         let rows = sqlx::query(
-            "SELECT id, vin, ecu_id, target, length, hashes, release_counter, encrypt, status, created_at, completed_at \
+            "SELECT id, vin, ecu_id, target, length, hashes, release_counter, encrypt, status, created_at, completed_at, last_error \
              FROM assignments WHERE ($1 = '' OR vin = $1) AND ($2 = '' OR status = $2) ORDER BY id DESC LIMIT 10000",
         )
         .bind(vin.unwrap_or(""))
@@ -728,7 +768,7 @@ impl Db {
             Vec::new()
         } else {
             sqlx::query(
-                "SELECT id, vin, ecu_id, target, length, hashes, release_counter, encrypt, status, created_at, completed_at \
+                "SELECT id, vin, ecu_id, target, length, hashes, release_counter, encrypt, status, created_at, completed_at, last_error \
                  FROM assignments WHERE vin = $1 AND status = 'pending' ORDER BY id",
             )
             .bind(checkin.vin)

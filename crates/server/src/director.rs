@@ -687,6 +687,11 @@ impl Director {
         for e in &sorted.events {
             tracing::warn!(source = e.source, rule = %e.rule, %vin, ecu = %e.ecu_id, detail = %e.detail, "security event");
         }
+        let failures = update_failures(&verified.manifest);
+        if !failures.is_empty() {
+            let ended = self.db.record_update_failures(vin, &failures).await?;
+            tracing::info!(%vin, reported = failures.len(), ended, "update failures recorded");
+        }
         let docs = self.documents(vin, now).await?;
         Ok(CheckinResponse {
             director_targets_version: docs.targets.version,
@@ -860,6 +865,32 @@ fn attack_rule(indicator: &str) -> String {
         .to_owned()
 }
 
+/// Rules an ECU meets again on every cycle for the same instruction: an assignment that
+/// failed by one of them can never complete, and ends as `failed`.
+const FINAL_RULES: [Rule; 2] = [Rule::ReleaseCounterDecreased, Rule::HardwareIdMismatch];
+
+/// The update failures a manifest reports, bounded (vehicle input: at most 64, each message
+/// at most 300 characters), as `(target, ECU, "rule: message", final)`.
+fn update_failures(
+    manifest: &rampart_core::uptane::manifest::VehicleManifest,
+) -> Vec<(String, Option<String>, String, bool)> {
+    manifest
+        .update_failures
+        .iter()
+        .take(64)
+        .map(|f| {
+            let message: String = f.message.chars().take(300).collect();
+            let is_final = FINAL_RULES.iter().any(|r| r.as_str() == f.rule);
+            (
+                f.target.clone(),
+                f.ecu_id.clone(),
+                format!("{}: {message}", f.rule),
+                is_final,
+            )
+        })
+        .collect()
+}
+
 /// The refusal of a vehicle taken out of the fleet, if `vehicle` is one: it gets no
 /// metadata and no manifest of it is taken (its records stay, for audit).
 fn removed(vehicle: &Vehicle) -> Option<Error> {
@@ -940,6 +971,7 @@ mod tests {
                 nonce: "00".into(),
                 ecu_version_reports: BTreeMap::new(),
                 attacks_detected: "freeze: timestamp expired\n".into(),
+                update_failures: Vec::new(),
                 unrecognized: BTreeMap::new(),
             },
             reports: BTreeMap::from([

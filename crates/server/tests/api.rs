@@ -440,6 +440,7 @@ impl Car {
             nonce: nonce(),
             ecu_version_reports: reports,
             attacks_detected: String::new(),
+            update_failures: Vec::new(),
             unrecognized: BTreeMap::new(),
         };
         sign_vehicle_manifest(&manifest, signer).unwrap()
@@ -1096,6 +1097,7 @@ async fn manifest_signed_by_a_wrong_key_is_refused() {
         nonce: nonce(),
         ecu_version_reports: BTreeMap::new(),
         attacks_detected: String::new(),
+        update_failures: Vec::new(),
         unrecognized: BTreeMap::new(),
     };
     let wrong_vin = sign_vehicle_manifest(&manifest, &car.ecus[0].signer).unwrap();
@@ -1522,6 +1524,7 @@ async fn concurrent_copies_of_a_manifest_record_its_events_once(database: Option
         nonce: nonce(),
         ecu_version_reports: reports,
         attacks_detected: "freeze: director timestamp older than the trusted one".into(),
+        update_failures: Vec::new(),
         unrecognized: BTreeMap::new(),
     };
     let manifest = sign_vehicle_manifest(&manifest, &car.ecus[0].signer).unwrap();

@@ -133,6 +133,7 @@ fn assignment(vin: &str, ecu: &str, target: &str, release_counter: u64) -> Assig
         status: "pending".into(),
         created_at: String::new(),
         completed_at: None,
+        last_error: None,
     }
 }
 

@@ -80,4 +80,13 @@ impl Error {
             Error::Io { .. } => Rule::Io,
         }
     }
+
+    /// The image the error is about, when the core's verification names one.
+    pub fn target(&self) -> Option<String> {
+        match self {
+            Error::Verification(e) => e.target().map(str::to_owned),
+            Error::Client(rampart_client::Error::Verification(e)) => e.target().map(str::to_owned),
+            _ => None,
+        }
+    }
 }

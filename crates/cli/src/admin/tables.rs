@@ -83,15 +83,23 @@ pub(super) fn assignments(body: &Value) -> anyhow::Result<String> {
                 a.release_counter.to_string(),
                 if a.encrypt { "encrypted" } else { "clear" }.to_owned(),
                 a.status.clone(),
+                a.last_error
+                    .as_deref()
+                    .map_or("-".to_owned(), |e| shorten(e, 80)),
             ]
         })
         .collect();
-    Ok(table(
-        &[
-            "id", "vin", "ecu", "target", "counter", "delivery", "status",
-        ],
-        &rows,
-    ))
+    let header = [
+        "id",
+        "vin",
+        "ecu",
+        "target",
+        "counter",
+        "delivery",
+        "status",
+        "last error",
+    ];
+    Ok(table(&header, &rows))
 }
 
 /// One vehicle: its state and each ECU with what it runs.

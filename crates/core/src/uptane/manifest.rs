@@ -78,9 +78,28 @@ pub struct VehicleManifest {
     /// line), e.g. a rejected repository or a slow download; empty if nothing.
     #[serde(default)]
     pub attacks_detected: String,
+    /// Updates the director instructed that failed since the last accepted manifest, each
+    /// with the rule that stopped it: the director records them on its assignments.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub update_failures: Vec<UpdateFailure>,
     /// Unknown fields, kept verbatim.
     #[serde(flatten)]
     pub unrecognized: BTreeMap<String, Value>,
+}
+
+/// An instructed update that failed, as the primary reports it in its manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateFailure {
+    /// The image.
+    pub target: String,
+    /// The ECU it was for, when known (a verification failure may concern every ECU the
+    /// image was assigned to).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ecu_id: Option<String>,
+    /// The rule that stopped it.
+    pub rule: String,
+    /// What happened.
+    pub message: String,
 }
 
 /// Signs an ECU version report; returns the document bytes.

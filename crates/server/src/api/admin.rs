@@ -285,6 +285,7 @@ pub(super) async fn create_assignments(
                 status: "pending".into(),
                 created_at: String::new(),
                 completed_at: None,
+                last_error: None,
             };
             if req.encrypt && db.image_key(&a.target).await?.is_none() {
                 return Err(Error::BadRequest(format!(

@@ -49,6 +49,9 @@ impl Primary {
             Ok(v) => Ok(v),
             Err(e) => {
                 self.note(report, e.rule(), &e.to_string());
+                if let Some(target) = e.target() {
+                    self.failed(&target, None, e.rule(), &e.to_string());
+                }
                 let (docs, _) = self.collect_reports(&mut CycleReport::default()).await;
                 let _ = self.send_manifest(docs).await;
                 Err(e)
@@ -114,6 +117,12 @@ impl Primary {
                         rule,
                         &format!("{} for {}: {e}", u.instruction.target, u.instruction.ecu_id),
                     );
+                    self.failed(
+                        &u.instruction.target,
+                        Some(&u.instruction.ecu_id),
+                        rule,
+                        &e.to_string(),
+                    );
                     blocked = Some((u.instruction.target.clone(), rule, e.to_string()));
                     break;
                 }
@@ -143,6 +152,12 @@ impl Primary {
                             report,
                             rule,
                             &format!("{} on {}: {e}", u.instruction.target, u.instruction.ecu_id),
+                        );
+                        self.failed(
+                            &u.instruction.target,
+                            Some(&u.instruction.ecu_id),
+                            rule,
+                            &e.to_string(),
                         );
                         UpdateStatus::Failed(rule.to_string(), e.to_string())
                     }

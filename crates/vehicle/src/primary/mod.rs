@@ -36,7 +36,7 @@ use rampart_core::client::{
 use rampart_core::signer::{InMemorySigner, Signer};
 use rampart_core::trusted::TrustedSet;
 use rampart_core::uptane::manifest::{
-    sign_vehicle_manifest, VehicleManifest, VEHICLE_MANIFEST_TYPE,
+    sign_vehicle_manifest, UpdateFailure, VehicleManifest, VEHICLE_MANIFEST_TYPE,
 };
 use rampart_core::uptane::{FullVerifier, InstalledImage, Repo, Scope, UptaneAction};
 use serde::{Deserialize, Serialize};
@@ -150,6 +150,10 @@ struct PrimaryState {
     manifest_counter: u64,
     #[serde(default)]
     attacks: Vec<String>,
+    /// Instructed updates that failed, kept (as the indicators) until a manifest carrying
+    /// them is accepted.
+    #[serde(default)]
+    failures: Vec<UpdateFailure>,
 }
 
 /// The primary.
@@ -270,6 +274,21 @@ impl Primary {
         let _ = self.save();
     }
 
+    /// Records that the instructed update of `target` (on `ecu`, when known) failed by `rule`:
+    /// the next manifest tells the director, which records it on the assignment.
+    fn failed(&mut self, target: &str, ecu: Option<&str>, rule: Rule, message: &str) {
+        self.state.failures.push(UpdateFailure {
+            target: target.to_owned(),
+            ecu_id: ecu.map(str::to_owned),
+            rule: rule.to_string(),
+            message: message.to_owned(),
+        });
+        if self.state.failures.len() > 32 {
+            self.state.failures.remove(0);
+        }
+        let _ = self.save();
+    }
+
     fn archive_root(&self, repo: &str, bytes: &[u8]) -> Result<()> {
         let dir = self.config.state_dir.join("root-archive").join(repo);
         std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
@@ -368,6 +387,7 @@ impl Primary {
             nonce: random_hex(16)?,
             ecu_version_reports: reports,
             attacks_detected: attacks,
+            update_failures: self.state.failures.clone(),
             unrecognized: BTreeMap::new(),
         };
         let body = sign_vehicle_manifest(&manifest, &self.signer)?;
@@ -394,6 +414,7 @@ impl Primary {
             });
         }
         self.state.attacks.clear();
+        self.state.failures.clear();
         self.save()?;
         self.forward_receipt(&value).await;
         Ok(value)
