@@ -22,12 +22,10 @@ fn demo(cwd: &std::path::Path, tmp: &std::path::Path, args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// What the demo printed: both streams, one after the other.
 fn text(o: &Output) -> String {
-    format!(
-        "{}\n{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
+    String::from_utf8_lossy(&[o.stdout.as_slice(), b"\n", o.stderr.as_slice()].concat())
+        .into_owned()
 }
 
 #[test]

@@ -190,6 +190,12 @@ impl Fleet {
         .await
     }
 
+    /// Assigns `target` to `ecu` of the first car through the admin API.
+    async fn assign_to_ecu(&self, target: &str, ecu: &str) -> (StatusCode, Value) {
+        let body = json!({"target": target, "vins": [VIN_A], "ecu_id": ecu});
+        self.admin_post("api/v1/assignments", &body).await
+    }
+
     /// Security events (newest first) through the admin API.
     async fn events(&self, query: &str) -> Vec<SecurityEvent> {
         let (status, body) = self.admin_get(&format!("api/v1/events?{query}")).await;
@@ -790,12 +796,7 @@ async fn flow(database: Option<String>) {
     assert_eq!(vins, json!([VIN_A]));
 
     // Assign: the supplier's firmware to the T-BOX, the encrypted app to every IVI.
-    let (status, body) = fleet
-        .admin_post(
-            "api/v1/assignments",
-            &json!({"target": "tbox/acme-fw-2.bin", "vins": [VIN_A], "ecu_id": "TBOX-1"}),
-        )
-        .await;
+    let (status, body) = fleet.assign_to_ecu("tbox/acme-fw-2.bin", "TBOX-1").await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     let tbox_assignment = body[0].as_i64().unwrap();
     let (status, body) = fleet
@@ -887,12 +888,7 @@ async fn flow(database: Option<String>) {
         .await
         .unwrap();
     let assigned_before = fleet.assignments(VIN_A).await.len();
-    let (status, body) = fleet
-        .admin_post(
-            "api/v1/assignments",
-            &json!({"target": "tbox/fw-1.bin", "vins": [VIN_A], "ecu_id": "TBOX-1"}),
-        )
-        .await;
+    let (status, body) = fleet.assign_to_ecu("tbox/fw-1.bin", "TBOX-1").await;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
     assert_eq!(body["rule"], "release-counter-decreased", "{body}");
     assert_eq!(fleet.assignments(VIN_A).await.len(), assigned_before);

@@ -40,15 +40,29 @@ fn or_dash(v: Option<&str>) -> String {
     v.unwrap_or("-").to_owned()
 }
 
+/// Items as a table: one row per item, or `none` for an empty list.
+fn listing<T>(
+    items: Vec<T>,
+    none: &str,
+    header: &[&str],
+    row: impl Fn(&T) -> Vec<String>,
+) -> anyhow::Result<String> {
+    if items.is_empty() {
+        return Ok(none.to_owned());
+    }
+    let rows: Vec<Vec<String>> = items.iter().map(row).collect();
+    Ok(table(header, &rows))
+}
+
 /// Security events, newest first.
 pub(super) fn events(body: &Value) -> anyhow::Result<String> {
-    let events: Vec<SecurityEvent> = serde_json::from_value(body.clone())?;
-    if events.is_empty() {
-        return Ok("no security events".into());
-    }
-    let rows: Vec<Vec<String>> = events
-        .iter()
-        .map(|e| {
+    let header = ["time", "source", "rule", "vin", "ecu", "count", "detail"];
+    let events = serde_json::from_value(body.clone())?;
+    listing(
+        events,
+        "no security events",
+        &header,
+        |e: &SecurityEvent| {
             vec![
                 e.at.clone(),
                 e.source.clone(),
@@ -58,37 +72,12 @@ pub(super) fn events(body: &Value) -> anyhow::Result<String> {
                 e.count.to_string(),
                 shorten(&e.detail, 80),
             ]
-        })
-        .collect();
-    Ok(table(
-        &["time", "source", "rule", "vin", "ecu", "count", "detail"],
-        &rows,
-    ))
+        },
+    )
 }
 
 /// Assignments.
 pub(super) fn assignments(body: &Value) -> anyhow::Result<String> {
-    let list: Vec<Assignment> = serde_json::from_value(body.clone())?;
-    if list.is_empty() {
-        return Ok("no assignments".into());
-    }
-    let rows: Vec<Vec<String>> = list
-        .iter()
-        .map(|a| {
-            vec![
-                a.id.to_string(),
-                a.vin.clone(),
-                a.ecu_id.clone(),
-                a.target.clone(),
-                a.release_counter.to_string(),
-                if a.encrypt { "encrypted" } else { "clear" }.to_owned(),
-                a.status.clone(),
-                a.last_error
-                    .as_deref()
-                    .map_or("-".to_owned(), |e| shorten(e, 80)),
-            ]
-        })
-        .collect();
     let header = [
         "id",
         "vin",
@@ -99,7 +88,21 @@ pub(super) fn assignments(body: &Value) -> anyhow::Result<String> {
         "status",
         "last error",
     ];
-    Ok(table(&header, &rows))
+    let assignments = serde_json::from_value(body.clone())?;
+    listing(assignments, "no assignments", &header, |a: &Assignment| {
+        vec![
+            a.id.to_string(),
+            a.vin.clone(),
+            a.ecu_id.clone(),
+            a.target.clone(),
+            a.release_counter.to_string(),
+            if a.encrypt { "encrypted" } else { "clear" }.to_owned(),
+            a.status.clone(),
+            a.last_error
+                .as_deref()
+                .map_or("-".to_owned(), |e| shorten(e, 80)),
+        ]
+    })
 }
 
 /// One vehicle: its state and each ECU with what it runs.
