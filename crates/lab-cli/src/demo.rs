@@ -37,6 +37,16 @@ const IMAGES: [(&str, &str, &str, usize, bool); 3] = [
     ("bcm/fw-1.4.bin", "bcm-1", "1.4", 200_000, false),
 ];
 
+/// What each image of the release is for, as the release engineer states it: what the owner
+/// is told before it installs (UNECE R156 §7.2).
+fn purpose_of(name: &str) -> &'static str {
+    match name {
+        "tbox/fw-2.0.bin" => "modem firmware: more reliable connections and security fixes",
+        "ivi/nav-3.1.bin" => "navigation maps and routing fixes",
+        _ => "body controller fixes for the central locking",
+    }
+}
+
 struct Out {
     step: usize,
 }
@@ -221,9 +231,15 @@ impl Demo {
             "counter"
         );
         for (name, hw, version, size, encrypt) in IMAGES {
+            let request = self.lab.image_request(name, hw, &image_bytes(name, size))?;
             let p = self
                 .lab
-                .publish_bytes(name, hw, version, &image_bytes(name, size), encrypt)
+                .publish(&rampart_server::ops::PublishRequest {
+                    version: Some(version.into()),
+                    purpose: Some(purpose_of(name).into()),
+                    encrypt,
+                    ..request
+                })
                 .await?;
             rampart_cli::say!(
                 "   {:<18} {:<8} {:>10}  {:<14} {:>7}  {}",

@@ -511,17 +511,31 @@ impl Lab {
         bytes: &[u8],
         encrypt: bool,
     ) -> anyhow::Result<PublishOutcome> {
+        let request = self.image_request(name, hardware_id, bytes)?;
+        self.publish(&PublishRequest {
+            version: Some(version.to_owned()),
+            encrypt,
+            ..request
+        })
+        .await
+    }
+
+    /// Writes `bytes` to a file under the lab; the request that publishes it as `name` (the
+    /// rest of it at its defaults, to change before publishing).
+    pub fn image_request(
+        &self,
+        name: &str,
+        hardware_id: &str,
+        bytes: &[u8],
+    ) -> anyhow::Result<PublishRequest> {
         let dir = self.options.root.join("release");
         std::fs::create_dir_all(&dir)?;
         let file = dir.join(rampart_core::client::safe_file_name(name));
         std::fs::write(&file, bytes)?;
-        self.publish(&PublishRequest {
+        Ok(PublishRequest {
             name: Some(name.to_owned()),
-            version: Some(version.to_owned()),
-            encrypt,
             ..PublishRequest::new(file, hardware_id)
         })
-        .await
     }
 
     /// POSTs to the admin API.
