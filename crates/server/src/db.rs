@@ -18,6 +18,7 @@
 use rampart_core::rule::Rule;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::error::{Error, Result};
 
@@ -51,6 +52,52 @@ pub struct NewVehicle {
     pub primary_ecu: String,
     /// Every ECU, the primary included.
     pub ecus: Vec<NewEcu>,
+    /// What the vehicle is (`model`, `region`, …), for choosing vehicles by it.
+    #[serde(default)]
+    pub attributes: BTreeMap<String, String>,
+    /// Free labels (`fleet-a`, `test-bench`), likewise.
+    #[serde(default)]
+    pub tags: BTreeSet<String>,
+}
+
+/// Longest attribute or tag name, and value.
+const MAX_LABEL: usize = 64;
+/// Most attributes and tags one vehicle has.
+const MAX_LABELS: usize = 32;
+
+/// Checks a vehicle's attributes and tags: at most [`MAX_LABELS`] of each; names of
+/// `a-z`, `0-9`, `-`, `_`, `.` (1 to [`MAX_LABEL`] characters); values up to [`MAX_LABEL`]
+/// characters without control characters. They end up in filters and tables.
+pub fn validate_labels(
+    attributes: &BTreeMap<String, String>,
+    tags: &BTreeSet<String>,
+) -> Result<()> {
+    let name_ok = |n: &str| {
+        !n.is_empty()
+            && n.len() <= MAX_LABEL
+            && n.bytes().all(|b| {
+                b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'.')
+            })
+    };
+    if attributes.len() > MAX_LABELS || tags.len() > MAX_LABELS {
+        return Err(Error::BadRequest(format!(
+            "at most {MAX_LABELS} attributes and {MAX_LABELS} tags per vehicle"
+        )));
+    }
+    for (k, v) in attributes {
+        if !name_ok(k) || v.chars().count() > MAX_LABEL || v.chars().any(char::is_control) {
+            return Err(Error::BadRequest(format!(
+                "attribute {k:?}={v:?}: names are 1 to {MAX_LABEL} characters of a-z, 0-9, -, _ \
+                 and .; values at most {MAX_LABEL} characters"
+            )));
+        }
+    }
+    if let Some(t) = tags.iter().find(|t| !name_ok(t)) {
+        return Err(Error::BadRequest(format!(
+            "tag {t:?}: 1 to {MAX_LABEL} characters of a-z, 0-9, -, _ and ."
+        )));
+    }
+    Ok(())
 }
 
 /// An ECU to register.
@@ -123,6 +170,12 @@ pub struct Vehicle {
     /// Why it was taken out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub removed_reason: Option<String>,
+    /// What the vehicle is (`model`, `region`, …).
+    #[serde(default)]
+    pub attributes: BTreeMap<String, String>,
+    /// Its labels.
+    #[serde(default)]
+    pub tags: BTreeSet<String>,
     /// Its ECUs.
     pub ecus: Vec<Ecu>,
 }
@@ -294,6 +347,11 @@ fn get_opt_i64(row: &AnyRow, col: &'static str) -> Result<Option<i64>> {
     row.try_get::<Option<i64>, _>(col).map_err(db_err(col))
 }
 
+fn json_as<T: serde::de::DeserializeOwned>(text: &str, what: &str) -> Result<T> {
+    serde_json::from_str(text)
+        .map_err(|e| Error::Database(format!("stored {what} is not what it should be: {e}")))
+}
+
 fn json(text: &str, what: &str) -> Result<serde_json::Value> {
     serde_json::from_str(text)
         .map_err(|e| Error::Database(format!("stored {what} is not JSON: {e}")))
@@ -366,6 +424,7 @@ const VEHICLE_ROWS: &str =
     "SELECT v.vin AS vin, v.primary_ecu AS primary_ecu, v.created_at AS created_at, \
      v.last_manifest_counter AS last_manifest_counter, v.last_seen AS last_seen, \
      v.removed_at AS removed_at, v.removed_reason AS removed_reason, \
+     v.attributes AS attributes, v.tags AS tags, \
      e.ecu_id AS ecu_id, e.hardware_id AS hardware_id, e.public_key AS public_key, \
      e.encryption_key AS encryption_key, e.verification AS verification, \
      e.installed_target AS installed_target, e.installed_length AS installed_length, \
@@ -391,6 +450,14 @@ fn vehicles_from_rows(rows: &[AnyRow]) -> Result<Vec<Vehicle>> {
                 last_seen: get_opt_str(r, "last_seen")?,
                 removed_at: get_opt_str(r, "removed_at")?,
                 removed_reason: get_opt_str(r, "removed_reason")?,
+                attributes: json_as(
+                    &get_opt_str(r, "attributes")?.unwrap_or_else(|| "{}".into()),
+                    "attributes",
+                )?,
+                tags: json_as(
+                    &get_opt_str(r, "tags")?.unwrap_or_else(|| "[]".into()),
+                    "tags",
+                )?,
                 ecus: Vec::new(),
             });
         }
@@ -533,13 +600,18 @@ impl Db {
                 None => format!("vehicle {} is already registered", v.vin),
             }));
         }
-        sqlx::query("INSERT INTO vehicles (vin, primary_ecu, created_at) VALUES ($1, $2, $3)")
-            .bind(&v.vin)
-            .bind(&v.primary_ecu)
-            .bind(now_text())
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err("insert vehicle"))?;
+        sqlx::query(
+            "INSERT INTO vehicles (vin, primary_ecu, created_at, attributes, tags) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(&v.vin)
+        .bind(&v.primary_ecu)
+        .bind(now_text())
+        .bind(serde_json::to_string(&v.attributes).unwrap_or_else(|_| "{}".into()))
+        .bind(serde_json::to_string(&v.tags).unwrap_or_else(|_| "[]".into()))
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err("insert vehicle"))?;
         for ecu in &v.ecus {
             sqlx::query(
                 "INSERT INTO ecus (vin, ecu_id, hardware_id, public_key, encryption_key, verification) \
@@ -584,6 +656,26 @@ impl Db {
         .await
         .map_err(db_err("vehicles"))?;
         vehicles_from_rows(&rows)
+    }
+
+    /// Replaces a vehicle's attributes and tags.
+    pub async fn set_labels(
+        &self,
+        vin: &str,
+        attributes: &BTreeMap<String, String>,
+        tags: &BTreeSet<String>,
+    ) -> Result<()> {
+        let done = sqlx::query("UPDATE vehicles SET attributes = $1, tags = $2 WHERE vin = $3")
+            .bind(serde_json::to_string(attributes).unwrap_or_else(|_| "{}".into()))
+            .bind(serde_json::to_string(tags).unwrap_or_else(|_| "[]".into()))
+            .bind(vin)
+            .execute(&self.pool)
+            .await
+            .map_err(db_err("set labels"))?;
+        if done.rows_affected() == 0 {
+            return Err(Error::NotFound(format!("vehicle {vin} is not registered")));
+        }
+        Ok(())
     }
 
     /// Takes a vehicle out of the fleet: it is marked removed (its ECUs, assignments and

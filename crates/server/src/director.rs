@@ -960,6 +960,8 @@ mod tests {
             last_seen: None,
             removed_at: None,
             removed_reason: None,
+            attributes: Default::default(),
+            tags: Default::default(),
             ecus: vec![ecu("TBOX", Some(3)), ecu("IVI", Some(5)), ecu("BCM", None)],
         };
         let verified = VerifiedManifest {

@@ -2443,3 +2443,39 @@ async fn a_removed_vehicle_is_refused_by_the_director_and_kept_for_audit() {
         "{status} {body}"
     );
 }
+
+/// Attributes and tags (what campaigns will choose vehicles by) come with the registration,
+/// are replaced through `PUT …/labels`, and are checked: nothing odd reaches a filter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn labels_are_registered_replaced_and_checked() {
+    let (fleet, _car) = fleet_with_car(generous_limits()).await;
+    let mut registration = Car::new(&fleet, VIN_B).registration();
+    registration["attributes"] = json!({"model": "id4", "region": "eu"});
+    registration["tags"] = json!(["fleet-a"]);
+    let (status, body) = fleet.admin_post("api/v1/vehicles", &registration).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let stored = fleet.vehicle(VIN_B).await;
+    assert_eq!(stored.attributes["model"], "id4");
+    assert!(stored.tags.contains("fleet-a"));
+
+    let put = |body: Value| {
+        let request = fleet
+            .admin
+            .put(fleet.url(&format!("api/v1/vehicles/{VIN_B}/labels")))
+            .bearer_auth(&fleet.token)
+            .json(&body);
+        async move { json_of(request.send().await.unwrap()).await }
+    };
+    let (status, body) = put(json!({"attributes": {"model": "id7"}, "tags": []})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["attributes"], json!({"model": "id7"}));
+    for bad in [
+        json!({"attributes": {"Model": "x"}}),
+        json!({"attributes": {"model": "a\nb"}}),
+        json!({"tags": ["has space"]}),
+    ] {
+        let (status, body) = put(bad.clone()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
+    }
+    assert_eq!(fleet.vehicle(VIN_B).await.attributes["model"], "id7");
+}

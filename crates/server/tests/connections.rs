@@ -141,6 +141,8 @@ impl Server {
                 encryption_key: None,
                 verification: "full".into(),
             }],
+            attributes: Default::default(),
+            tags: Default::default(),
         })
         .await
         .unwrap();

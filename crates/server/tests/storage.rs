@@ -53,6 +53,7 @@ storage_suite!(
     failed_registration_leaves_nothing_behind,
     a_removed_vehicle_is_kept_for_audit_and_out_of_the_fleet,
     vehicles_come_whole_a_page_at_a_time,
+    attributes_and_tags_are_stored_and_replaced,
     assignment_supersedes_pending_ones_for_the_same_ecu,
     checkin_moves_counter_forward_and_refuses_replays,
     counters_beyond_the_database_integer_are_refused_not_clamped,
@@ -113,6 +114,8 @@ fn new_vehicle(vin: &str) -> NewVehicle {
                 verification: "partial".into(),
             },
         ],
+        attributes: Default::default(),
+        tags: Default::default(),
     }
 }
 
@@ -270,6 +273,29 @@ async fn failed_registration_leaves_nothing_behind(url: String) {
     assert_eq!(db.count("ecus").await.unwrap(), 0);
     // And the VIN is still free.
     db.register_vehicle(&new_vehicle("VIN-HALF")).await.unwrap();
+}
+
+async fn attributes_and_tags_are_stored_and_replaced(url: String) {
+    let db = connect(&url).await;
+    let mut v = new_vehicle("VIN-L");
+    v.attributes.insert("model".into(), "id4".into());
+    v.tags.insert("fleet-a".into());
+    db.register_vehicle(&v).await.unwrap();
+    let stored = db.vehicle("VIN-L").await.unwrap().unwrap();
+    assert_eq!(stored.attributes, v.attributes);
+    assert_eq!(stored.tags, v.tags);
+    let attributes = [("region".to_owned(), "eu".to_owned())].into();
+    db.set_labels("VIN-L", &attributes, &Default::default())
+        .await
+        .unwrap();
+    let stored = db.vehicle("VIN-L").await.unwrap().unwrap();
+    assert_eq!(stored.attributes, attributes);
+    assert!(stored.tags.is_empty());
+    assert!(matches!(
+        db.set_labels("VIN-NONE", &attributes, &Default::default())
+            .await,
+        Err(Error::NotFound(_))
+    ));
 }
 
 async fn vehicles_come_whole_a_page_at_a_time(url: String) {

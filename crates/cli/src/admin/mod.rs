@@ -52,6 +52,24 @@ enum AdminCommand {
         /// An ECU as ID,HARDWARE_ID,KEY_FILE[,full|partial[,X25519_PUBLIC_HEX]] (repeatable).
         #[arg(long = "ecu", required = true)]
         ecus: Vec<String>,
+        /// What the vehicle is, as NAME=VALUE (`model=id4`, `region=eu`; repeatable).
+        #[arg(long = "attribute", value_parser = parse_attribute)]
+        attributes: Vec<(String, String)>,
+        /// A label (`fleet-a`; repeatable, or comma-separated).
+        #[arg(long = "tag", value_delimiter = ',')]
+        tags: Vec<String>,
+    },
+    /// Replace a vehicle's attributes and tags (what campaigns choose vehicles by).
+    Label {
+        /// VIN.
+        #[arg(long)]
+        vin: String,
+        /// NAME=VALUE (repeatable).
+        #[arg(long = "attribute", value_parser = parse_attribute)]
+        attributes: Vec<(String, String)>,
+        /// A label (repeatable, or comma-separated).
+        #[arg(long = "tag", value_delimiter = ',')]
+        tags: Vec<String>,
     },
     /// Assign a target to one ECU, or to every ECU of a hardware ID in some vehicles.
     Assign {
@@ -113,6 +131,14 @@ enum AdminCommand {
     Images,
 }
 
+/// `NAME=VALUE` of `--attribute`.
+fn parse_attribute(spec: &str) -> Result<(String, String), String> {
+    spec.split_once('=')
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .filter(|(k, _)| !k.is_empty())
+        .ok_or_else(|| format!("{spec:?}: expected NAME=VALUE"))
+}
+
 fn parse_ecu(spec: &str) -> anyhow::Result<NewEcu> {
     let parts: Vec<&str> = spec.split(',').collect();
     let (Some(id), Some(hw), Some(key)) = (parts.first(), parts.get(1), parts.get(2)) else {
@@ -171,7 +197,7 @@ pub(crate) fn main(args: AdminArgs) -> anyhow::Result<()> {
                     tables::assignments(b)
                 }
             },
-            AdminCommand::Vehicle { .. } => tables::vehicle,
+            AdminCommand::Vehicle { .. } | AdminCommand::Label { .. } => tables::vehicle,
             AdminCommand::Vehicles { .. } => tables::vehicles,
             AdminCommand::Images => tables::images,
             AdminCommand::Register { .. } => |b| {
@@ -186,11 +212,23 @@ pub(crate) fn main(args: AdminArgs) -> anyhow::Result<()> {
             },
         };
         let request = match args.command {
-            AdminCommand::Register { vin, primary, ecus } => {
+            AdminCommand::Register { vin, primary, ecus, attributes, tags } => {
                 let ecus = ecus.iter().map(|e| parse_ecu(e)).collect::<anyhow::Result<Vec<_>>>()?;
-                let body = NewVehicle { vin, primary_ecu: primary, ecus };
+                let body = NewVehicle {
+                    vin,
+                    primary_ecu: primary,
+                    ecus,
+                    attributes: attributes.into_iter().collect(),
+                    tags: tags.into_iter().collect(),
+                };
                 client.post(api("vehicles")).json(&body)
             }
+            AdminCommand::Label { vin, attributes, tags } => client
+                .put(api(&format!("vehicles/{vin}/labels")))
+                .json(&serde_json::json!({
+                    "attributes": attributes.into_iter().collect::<std::collections::BTreeMap<_, _>>(),
+                    "tags": tags,
+                })),
             AdminCommand::Assign { target, vins, ecu, hardware_id, encrypt } => client.post(api("assignments")).json(&serde_json::json!({
                 "target": target, "vins": vins, "ecu_id": ecu, "hardware_id": hardware_id, "encrypt": encrypt
             })),

@@ -115,6 +115,27 @@ pub(super) fn vehicle(body: &Value) -> anyhow::Result<String> {
         v.last_seen.as_deref().unwrap_or("never"),
         v.primary_ecu
     );
+    if !v.attributes.is_empty() || !v.tags.is_empty() {
+        let attributes: Vec<String> = v
+            .attributes
+            .iter()
+            .map(|(k, a)| format!("{k}={a}"))
+            .collect();
+        let tags: Vec<&str> = v.tags.iter().map(String::as_str).collect();
+        out.push_str(&format!(
+            "\nattributes: {}; tags: {}",
+            if attributes.is_empty() {
+                "-".into()
+            } else {
+                attributes.join(", ")
+            },
+            if tags.is_empty() {
+                "-".into()
+            } else {
+                tags.join(", ")
+            }
+        ));
+    }
     if let Some(at) = &v.removed_at {
         out.push_str(&format!(
             "\nREMOVED from the fleet at {at} ({})",

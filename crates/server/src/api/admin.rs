@@ -13,6 +13,7 @@ use super::*;
 
 fn validate_vehicle(v: &NewVehicle) -> Result<()> {
     crate::pki::validate_iso_vin(&v.vin).map_err(|e| Error::BadRequest(e.to_string()))?;
+    crate::db::validate_labels(&v.attributes, &v.tags)?;
     if !v.ecus.iter().any(|e| e.ecu_id == v.primary_ecu) {
         return Err(Error::BadRequest(format!(
             "primary ECU {} is not among the ECUs",
@@ -64,6 +65,34 @@ pub(super) async fn register_vehicle(
     state.inner.director.db().register_vehicle(&v).await?;
     tracing::info!(vin = %v.vin, ecus = v.ecus.len(), "vehicle registered");
     Ok((StatusCode::CREATED, Json(serde_json::json!({"vin": v.vin}))))
+}
+
+/// A vehicle's attributes and tags, replaced as a whole.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub(super) struct Labels {
+    /// What the vehicle is (`model`, `region`, …).
+    #[serde(default)]
+    pub(super) attributes: std::collections::BTreeMap<String, String>,
+    /// Its labels.
+    #[serde(default)]
+    pub(super) tags: std::collections::BTreeSet<String>,
+}
+
+/// Replaces a vehicle's attributes and tags (what campaigns choose vehicles by).
+#[utoipa::path(put, path = "/api/v1/vehicles/{vin}/labels", params(("vin" = String, Path)), request_body = Labels, responses((status = 200, body = Vehicle), (status = 400), (status = 404)), security(("admin" = [])))]
+pub(super) async fn set_labels(
+    State(state): State<AppState>,
+    Path(vin): Path<String>,
+    ApiJson(labels): ApiJson<Labels>,
+) -> Result<Json<Vehicle>> {
+    crate::db::validate_labels(&labels.attributes, &labels.tags)?;
+    let db = state.inner.director.db();
+    db.set_labels(&vin, &labels.attributes, &labels.tags)
+        .await?;
+    db.vehicle(&vin)
+        .await?
+        .map(Json)
+        .ok_or_else(|| Error::NotFound(format!("vehicle {vin} is not registered")))
 }
 
 /// Why a vehicle is taken out of the fleet.

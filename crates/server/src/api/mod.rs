@@ -30,7 +30,7 @@ use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::middleware::{self};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use tower_http::services::ServeDir;
 use utoipa::OpenApi;
@@ -167,6 +167,7 @@ impl AppState {
         admin::list_vehicles,
         admin::get_vehicle,
         admin::remove_vehicle,
+        admin::set_labels,
         admin::create_assignments,
         admin::list_assignments,
         admin::list_events,
@@ -183,7 +184,8 @@ impl AppState {
         CheckinResponse,
         crate::director::RejectedReport,
         AssignRequest,
-        ImageEntry
+        ImageEntry,
+        admin::Labels
     ))
 )]
 struct ApiDoc;
@@ -204,6 +206,7 @@ pub fn router(state: AppState, public_image_dir: &std::path::Path) -> Router {
             "/vehicles/{vin}",
             get(admin::get_vehicle).delete(admin::remove_vehicle),
         )
+        .route("/vehicles/{vin}/labels", put(admin::set_labels))
         .route(
             "/assignments",
             post(admin::create_assignments).get(admin::list_assignments),
