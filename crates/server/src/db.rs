@@ -61,9 +61,9 @@ pub struct NewVehicle {
 }
 
 /// Longest attribute or tag name, and value.
-const MAX_LABEL: usize = 64;
+pub const MAX_LABEL: usize = 64;
 /// Most attributes and tags one vehicle has.
-const MAX_LABELS: usize = 32;
+pub const MAX_LABELS: usize = 32;
 
 /// Checks a vehicle's attributes and tags: at most [`MAX_LABELS`] of each; names of
 /// `a-z`, `0-9`, `-`, `_`, `.` (1 to [`MAX_LABEL`] characters); values up to [`MAX_LABEL`]
