@@ -111,18 +111,7 @@ impl Primary {
             match self.download(v, u).await {
                 Ok(path) => downloaded.push(path),
                 Err(e) => {
-                    let rule = e.rule();
-                    self.note(
-                        report,
-                        rule,
-                        &format!("{} for {}: {e}", u.instruction.target, u.instruction.ecu_id),
-                    );
-                    self.failed(
-                        &u.instruction.target,
-                        Some(&u.instruction.ecu_id),
-                        rule,
-                        &e.to_string(),
-                    );
+                    let rule = self.update_failed(report, u, "for", &e);
                     blocked = Some((u.instruction.target.clone(), rule, e.to_string()));
                     break;
                 }
@@ -147,18 +136,7 @@ impl Primary {
                 let status = match self.install(v, u, path).await {
                     Ok(()) => UpdateStatus::Installed,
                     Err(e) => {
-                        let rule = e.rule();
-                        self.note(
-                            report,
-                            rule,
-                            &format!("{} on {}: {e}", u.instruction.target, u.instruction.ecu_id),
-                        );
-                        self.failed(
-                            &u.instruction.target,
-                            Some(&u.instruction.ecu_id),
-                            rule,
-                            &e.to_string(),
-                        );
+                        let rule = self.update_failed(report, u, "on", &e);
                         UpdateStatus::Failed(rule.to_string(), e.to_string())
                     }
                 };
@@ -201,6 +179,22 @@ impl Primary {
         if let Err(e) = self.send_manifest(docs).await {
             self.note(report, e.rule(), &format!("final manifest: {e}"));
         }
+    }
+
+    /// An instructed update failed: noted as an indicator (`TARGET {how} ECU: error`) and
+    /// reported to the director for its assignment. Its rule.
+    fn update_failed(
+        &mut self,
+        report: &mut CycleReport,
+        u: &VerifiedUpdate,
+        how: &str,
+        e: &Error,
+    ) -> Rule {
+        let (target, ecu) = (&u.instruction.target, &u.instruction.ecu_id);
+        let rule = e.rule();
+        self.note(report, rule, &format!("{target} {how} {ecu}: {e}"));
+        self.failed(target, Some(ecu), rule, &e.to_string());
+        rule
     }
 
     /// One line per update for the people around.
