@@ -219,6 +219,25 @@ impl Demo {
         }
     }
 
+    /// An attack the vehicle's cycle `run` must have refused by `rule`, with `kept` true when
+    /// the ECU still runs what it ran.
+    fn expect_refused(
+        &mut self,
+        run: &rampart_lab::VehicleRun,
+        rule: &str,
+        kept: bool,
+        good: &str,
+        what: &str,
+    ) {
+        let noticed = run.stdout.contains(rule) || run.stderr.contains(rule);
+        self.expect(
+            kept && noticed,
+            good,
+            format!("{what} was not rejected as expected"),
+            format!("{what}: {}\n{}", run.stdout, run.stderr),
+        );
+    }
+
     /// Step 2: the release engineer publishes the images.
     async fn publish(&mut self) -> anyhow::Result<()> {
         self.out.step("Release engineering: publishing images");
@@ -434,12 +453,12 @@ impl Demo {
             .map(|e| e.ecu_id.clone())
             .unwrap_or_default();
         let still_old = installed_now.get(&tbox).map(String::as_str) == Some("tbox/fw-2.0.bin");
-        let noticed = run.stdout.contains("hash-mismatch") || run.stderr.contains("hash-mismatch");
-        self.expect(
-            still_old && noticed,
+        self.expect_refused(
+            &run,
+            "hash-mismatch",
+            still_old,
             "tampered image on the mirror: download rejected (hash-mismatch); the T-BOX still runs fw-2.0",
-            "tampered image was not rejected as expected",
-            format!("tamper: {}\n{}", run.stdout, run.stderr),
+            "tampered image",
         );
 
         Ok(())
@@ -524,13 +543,12 @@ impl Demo {
         let run = self.lab.run_vehicle(0, "auto").await?;
         let installed_now = self.lab.installed(first_vin).await?;
         let kept = installed_now.get(&bcm).map(String::as_str) == Some("bcm/fw-1.4.bin");
-        let noticed = run.stdout.contains("release-counter-decreased")
-            || run.stderr.contains("release-counter-decreased");
-        self.expect(
-            kept && noticed,
+        self.expect_refused(
+            &run,
+            "release-counter-decreased",
+            kept,
             "the same, written into the director's database by an insider: rejected by the vehicle (release-counter-decreased)",
-            "rollback was not rejected as expected",
-            format!("rollback: {}\n{}", run.stdout, run.stderr),
+            "rollback",
         );
 
         Ok(())
