@@ -110,6 +110,18 @@ fn installed(run: &VehicleRun) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// The first line of the vehicle's log that reports an HTTP 429 from the server, the way the
+/// client and the primary word it ("HTTP status 429", "HTTP 429", the rule's name). A bare
+/// "429" is not enough: ports, sizes and hashes in a verbose log contain it by chance.
+fn refused_line(log: &str) -> Option<&str> {
+    log.lines().find(|l| {
+        l.contains("HTTP status 429")
+            || l.contains("HTTP 429")
+            || l.contains("429 Too Many")
+            || l.contains(rampart_core::rule::Rule::RateLimited.as_str())
+    })
+}
+
 /// Runs it.
 pub(super) async fn run(h: Harness) -> anyhow::Result<Findings> {
     let mut f = Findings::default();
@@ -206,15 +218,17 @@ pub(super) async fn run(h: Harness) -> anyhow::Result<Findings> {
     );
 
     // The vehicle, with its own bucket, completed its update during the flood.
-    let vehicle_429 = run.stderr.contains("429");
+    let vehicle_429 = refused_line(&run.stderr);
     f.check(
         "the vehicle completes its update during the flood",
-        run.success && installed(&run).iter().any(|t| t == image) && !vehicle_429,
+        run.success && installed(&run).iter().any(|t| t == image) && vehicle_429.is_none(),
         if run.success {
             format!(
-                "cycle succeeded; installed: {}; the vehicle saw {} 429",
+                "cycle succeeded; installed: {}; {}",
                 installed(&run).join(", "),
-                if vehicle_429 { "a" } else { "no" }
+                vehicle_429.map_or("the vehicle saw no 429".to_owned(), |l| format!(
+                    "the vehicle saw a 429: {l}"
+                ))
             )
         } else {
             crate::harness::first_line_with(&run.stderr, "error:")
@@ -279,4 +293,22 @@ pub(super) async fn run(h: Harness) -> anyhow::Result<Findings> {
     // Once the flood stops, the server serves everyone again.
     h.check_recovers(&mut f).await?;
     Ok(f)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::refused_line;
+
+    #[test]
+    fn a_429_is_found_by_its_wording_not_by_its_digits() {
+        let clean = "INFO listening on 127.0.0.1:42913\nINFO fetched 150429 bytes sha256=ab429f";
+        assert_eq!(refused_line(clean), None);
+        let refused = "INFO start\nerror: https://x/director/V/manifest: HTTP status 429\n";
+        assert_eq!(
+            refused_line(refused),
+            Some("error: https://x/director/V/manifest: HTTP status 429")
+        );
+        let director = "error: director refused the manifest (HTTP 429, rate-limited): too many";
+        assert!(refused_line(director).is_some());
+    }
 }
