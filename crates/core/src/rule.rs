@@ -179,6 +179,8 @@ rules! {
     CounterOutOfRange = "counter-out-of-range",
     /// A vehicle-reported indicator whose rule is not a rule name.
     VehicleReport = "vehicle-report",
+    /// A campaign halted on failures that name attack rules.
+    CampaignHalted = "campaign-halted",
     // Fleet PKI and TLS set-up (rampart-server).
     /// A CA that already exists.
     CaExists = "ca-exists",

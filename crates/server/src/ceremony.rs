@@ -257,6 +257,7 @@ fn write_config(
         server: ServerConfig::default(),
         events: EventsConfig::default(),
         pki: PkiConfig::default(),
+        campaigns: Default::default(),
     };
     config.save(layout)
 }

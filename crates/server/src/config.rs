@@ -84,6 +84,33 @@ pub struct Config {
     /// Vehicle certificates.
     #[serde(default)]
     pub pki: PkiConfig,
+    /// Campaigns.
+    #[serde(default)]
+    pub campaigns: CampaignsConfig,
+}
+
+/// `[campaigns]`: how often running campaigns are judged without a check-in (a wave's soak
+/// time and a campaign's deadline pass with no vehicle reporting).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CampaignsConfig {
+    /// Seconds between two judgements of every running campaign.
+    pub check_every_secs: u64,
+}
+
+impl Default for CampaignsConfig {
+    fn default() -> Self {
+        CampaignsConfig {
+            check_every_secs: 10,
+        }
+    }
+}
+
+impl CampaignsConfig {
+    /// The interval (at least 1 s).
+    pub fn check_every(&self) -> Duration {
+        Duration::from_secs(self.check_every_secs.max(1))
+    }
 }
 
 /// `[pki]`: vehicle certificates.

@@ -308,13 +308,13 @@ fn make_sqlite_files_private(path: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
-fn db_err(what: &'static str) -> impl Fn(sqlx::Error) -> Error {
+pub(crate) fn db_err(what: &'static str) -> impl Fn(sqlx::Error) -> Error {
     move |source| Error::Sql { what, source }
 }
 
 /// A counter, length or version as the database's signed 64-bit integer. One that does not
 /// fit is refused: clamping it would silently change a replay counter.
-fn to_i64(v: u64) -> Result<i64> {
+pub(crate) fn to_i64(v: u64) -> Result<i64> {
     i64::try_from(v).map_err(|_| Error::Rejected {
         status: axum::http::StatusCode::BAD_REQUEST,
         rule: Rule::CounterOutOfRange,
@@ -327,38 +327,38 @@ fn to_i64(v: u64) -> Result<i64> {
 
 /// A stored counter, length or version back as unsigned. A negative one was not written by
 /// us: an error, never 0.
-fn to_u64(v: i64) -> Result<u64> {
+pub(crate) fn to_u64(v: i64) -> Result<u64> {
     u64::try_from(v).map_err(|_| Error::Database(format!("stored value {v} is negative")))
 }
 
-fn get_str(row: &AnyRow, col: &'static str) -> Result<String> {
+pub(crate) fn get_str(row: &AnyRow, col: &'static str) -> Result<String> {
     row.try_get::<String, _>(col).map_err(db_err(col))
 }
 
-fn get_opt_str(row: &AnyRow, col: &'static str) -> Result<Option<String>> {
+pub(crate) fn get_opt_str(row: &AnyRow, col: &'static str) -> Result<Option<String>> {
     row.try_get::<Option<String>, _>(col).map_err(db_err(col))
 }
 
-fn get_i64(row: &AnyRow, col: &'static str) -> Result<i64> {
+pub(crate) fn get_i64(row: &AnyRow, col: &'static str) -> Result<i64> {
     row.try_get::<i64, _>(col).map_err(db_err(col))
 }
 
-fn get_opt_i64(row: &AnyRow, col: &'static str) -> Result<Option<i64>> {
+pub(crate) fn get_opt_i64(row: &AnyRow, col: &'static str) -> Result<Option<i64>> {
     row.try_get::<Option<i64>, _>(col).map_err(db_err(col))
 }
 
-fn json_as<T: serde::de::DeserializeOwned>(text: &str, what: &str) -> Result<T> {
+pub(crate) fn json_as<T: serde::de::DeserializeOwned>(text: &str, what: &str) -> Result<T> {
     serde_json::from_str(text)
         .map_err(|e| Error::Database(format!("stored {what} is not what it should be: {e}")))
 }
 
-fn json(text: &str, what: &str) -> Result<serde_json::Value> {
+pub(crate) fn json(text: &str, what: &str) -> Result<serde_json::Value> {
     serde_json::from_str(text)
         .map_err(|e| Error::Database(format!("stored {what} is not JSON: {e}")))
 }
 
 /// Every table of the schema (what [`Db::count`] accepts).
-pub const TABLES: [&str; 8] = [
+pub const TABLES: [&str; 11] = [
     "vehicles",
     "ecus",
     "assignments",
@@ -367,6 +367,9 @@ pub const TABLES: [&str; 8] = [
     "security_events",
     "image_keys",
     "revocations",
+    "campaigns",
+    "campaign_members",
+    "campaign_log",
 ];
 
 /// A revoked vehicle certificate: every certificate of a VIN, or one by serial.
@@ -389,7 +392,7 @@ pub struct Revocation {
 pub const INSTRUCTIONS_CHANGED: &str = "instructions-changed ";
 
 /// A marker no other writer produces: time, process and a process-wide counter.
-fn changed_marker() -> String {
+pub(crate) fn changed_marker() -> String {
     static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     format!(
         "{INSTRUCTIONS_CHANGED}{} {} {}",
@@ -734,10 +737,26 @@ impl Db {
     /// Creates an assignment; any pending one for the same ECU is superseded.
     pub async fn create_assignment(&self, a: &Assignment) -> Result<i64> {
         let mut tx = self.pool.begin().await.map_err(db_err("begin"))?;
+        let id = Self::insert_assignment(&mut tx, a).await?;
+        tx.commit().await.map_err(db_err("commit"))?;
+        Ok(id)
+    }
+
+    /// The pool, for the modules that keep their own tables ([`crate::campaign`]).
+    pub(crate) fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    /// [`Db::create_assignment`] inside the caller's transaction: supersedes the ECU's pending
+    /// assignment, inserts this one and marks the vehicle's instructions changed.
+    pub(crate) async fn insert_assignment(
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        a: &Assignment,
+    ) -> Result<i64> {
         sqlx::query("UPDATE assignments SET status = 'superseded' WHERE vin = $1 AND ecu_id = $2 AND status = 'pending'")
             .bind(&a.vin)
             .bind(&a.ecu_id)
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await
             .map_err(db_err("supersede"))?;
         let row = sqlx::query(
@@ -752,16 +771,15 @@ impl Db {
         .bind(to_i64(a.release_counter)?)
         .bind(if a.encrypt { "yes" } else { "no" })
         .bind(now_text())
-        .fetch_one(&mut *tx)
+        .fetch_one(&mut **tx)
         .await
         .map_err(db_err("insert assignment"))?;
         let id = get_i64(&row, "id")?;
-        Self::mark_instructions_changed(&mut tx, &a.vin).await?;
-        tx.commit().await.map_err(db_err("commit"))?;
+        Self::mark_instructions_changed(tx, &a.vin).await?;
         Ok(id)
     }
 
-    fn assignment_from(r: &AnyRow) -> Result<Assignment> {
+    pub(crate) fn assignment_from(r: &AnyRow) -> Result<Assignment> {
         Ok(Assignment {
             id: get_i64(r, "id")?,
             vin: get_str(r, "vin")?,
@@ -946,7 +964,7 @@ impl Db {
 
     /// Marks `vin`'s stored director targets as no longer matching its instructions (see the
     /// module documentation), inside the caller's transaction.
-    async fn mark_instructions_changed(
+    pub(crate) async fn mark_instructions_changed(
         tx: &mut sqlx::Transaction<'_, sqlx::Any>,
         vin: &str,
     ) -> Result<()> {

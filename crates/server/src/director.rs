@@ -692,6 +692,10 @@ impl Director {
             let ended = self.db.record_update_failures(vin, &failures).await?;
             tracing::info!(%vin, reported = failures.len(), ended, "update failures recorded");
         }
+        // A campaign this check-in moved is judged before the answer is signed: a halt it
+        // causes withdraws instructions from the documents signed below.
+        let changed = !completed.is_empty() || !failures.is_empty();
+        crate::campaign::after_checkin(self, vin, changed, now).await;
         let docs = self.documents(vin, now).await?;
         Ok(CheckinResponse {
             director_targets_version: docs.targets.version,

@@ -5,11 +5,13 @@
 //!
 //! * [`repo`] — the image repository as a folder any CDN can serve; stage → sign → commit.
 //! * [`director`] — per-vehicle director metadata from the inventory and assignments.
+//! * [`campaign`] — staged rollouts: waves, automatic halt, progress from signed reports.
 //! * [`db`] — SQLite or PostgreSQL storage; no per-vehicle state in memory.
 //! * [`keys`] — signing keys: PKCS#8 files or PKCS#11 tokens behind one trait.
 //! * [`pki`], [`tls`] — fleet CA, vehicle certificates, HTTPS with client certificates.
 
 pub mod api;
+pub mod campaign;
 pub mod ceremony;
 pub mod config;
 pub mod conn;

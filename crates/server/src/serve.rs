@@ -1,6 +1,7 @@
 //! `rampart serve`: the image repository folder, the director and the admin API over HTTPS,
 //! plus background tasks that re-sign the image repository's timestamp and snapshot before
-//! they expire and prune security events by the retention of `[events]` (also at start).
+//! they expire, prune security events by the retention of `[events]` (also at start) and
+//! judge running campaigns every `[campaigns] check_every_secs`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -131,7 +132,7 @@ pub async fn start(opts: ServeOptions) -> Result<Running> {
         config.pki.revocation_refresh(),
     );
     let connections = connections(&opts, &config, &state);
-    let app = router(state, &layout.root().join("public/image"));
+    let app = router(state.clone(), &layout.root().join("public/image"));
 
     let listen = opts.listen.clone().unwrap_or_else(|| config.listen.clone());
     let listener = TcpListener::bind(&listen)
@@ -149,6 +150,16 @@ pub async fn start(opts: ServeOptions) -> Result<Running> {
             loop {
                 tokio::time::sleep(events.prune_every()).await;
                 prune_events(&db, &events).await;
+            }
+        })
+    };
+    let judge = {
+        let state = state.clone();
+        let every = config.campaigns.check_every();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                crate::campaign::tick(state.director(), chrono::Utc::now()).await;
             }
         })
     };
@@ -179,6 +190,7 @@ pub async fn start(opts: ServeOptions) -> Result<Running> {
         let _ = stopped.await;
         refresher.abort();
         pruner.abort();
+        judge.abort();
     };
     let task = match tls_config {
         Some(tls_config) => tokio::spawn(crate::tls::serve_tls_with(

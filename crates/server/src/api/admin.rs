@@ -205,7 +205,7 @@ pub struct ImageEntry {
     pub custom: serde_json::Value,
 }
 
-fn image_entries(repo: &Repository) -> Result<Vec<ImageEntry>> {
+pub(super) fn image_entries(repo: &Repository) -> Result<Vec<ImageEntry>> {
     let state = repo.state()?;
     let mut out = Vec::new();
     for (role, t) in &state.roles {

@@ -6,7 +6,7 @@
 //! | `GET /image/{metadata,targets}/…` | anyone | the image repository folder, as a CDN would serve it (Range supported) |
 //! | `GET /director/{vin}/metadata/{file}` | the vehicle (client certificate for `vin`) | its director metadata; `N.root.json` is the shared director root chain |
 //! | `POST /director/{vin}/manifest` | the vehicle | its signed vehicle version manifest |
-//! | `/api/v1/…` | admin (`Authorization: Bearer TOKEN`) | inventory, assignments, security events, images |
+//! | `/api/v1/…` | admin (`Authorization: Bearer TOKEN`) | inventory, assignments, campaigns, security events, images |
 //!
 //! Every rejection answers JSON `{"error": …, "rule": …}` with a 4xx status, and every
 //! rejection of vehicle input is recorded as a security event. Request bodies are bounded;
@@ -14,9 +14,10 @@
 //!
 //! Modules: `rate_limit` (token buckets per client), `extract` (JSON bodies, admin and
 //! vehicle authorisation), `vehicle` (director routes), `admin` (inventory, assignments,
-//! events, images).
+//! events, images), `campaigns` (staged rollouts).
 
 mod admin;
+mod campaigns;
 mod extract;
 mod rate_limit;
 mod vehicle;
@@ -171,7 +172,11 @@ impl AppState {
         admin::create_assignments,
         admin::list_assignments,
         admin::list_events,
-        admin::list_images
+        admin::list_images,
+        campaigns::create,
+        campaigns::list,
+        campaigns::status,
+        campaigns::act
     ),
     components(schemas(
         NewVehicle,
@@ -185,7 +190,21 @@ impl AppState {
         crate::director::RejectedReport,
         AssignRequest,
         ImageEntry,
-        admin::Labels
+        admin::Labels,
+        crate::campaign::CampaignSpec,
+        crate::campaign::TargetSet,
+        crate::campaign::Criteria,
+        crate::campaign::Campaign,
+        crate::campaign::ReleaseImage,
+        crate::campaign::State,
+        crate::campaign::CampaignStatus,
+        crate::campaign::WaveStatus,
+        crate::campaign::WaveCounts,
+        crate::campaign::VehicleProgress,
+        crate::campaign::EcuProgress,
+        crate::campaign::Progress,
+        crate::campaign::LogEntry,
+        campaigns::ActionBody
     ))
 )]
 struct ApiDoc;
@@ -211,6 +230,9 @@ pub fn router(state: AppState, public_image_dir: &std::path::Path) -> Router {
             "/assignments",
             post(admin::create_assignments).get(admin::list_assignments),
         )
+        .route("/campaigns", post(campaigns::create).get(campaigns::list))
+        .route("/campaigns/{name}", get(campaigns::status))
+        .route("/campaigns/{name}/{action}", post(campaigns::act))
         .route("/events", get(admin::list_events))
         .route("/images", get(admin::list_images))
         .layer(DefaultBodyLimit::max(state.inner.limits.max_body_bytes))

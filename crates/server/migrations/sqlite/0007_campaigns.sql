@@ -1,0 +1,46 @@
+-- Campaigns (staged rollouts): which vehicles the director signs instructions for, and when.
+-- `spec` is the campaign as asked (JSON: release, target set, waves, criteria); `images`
+-- the images it installs, resolved from the image repository at creation (JSON). `wave` is
+-- the index of the latest started wave (-1: none yet). Keep in step with the other backend's
+-- folder.
+CREATE TABLE campaigns (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT NOT NULL UNIQUE,
+    spec TEXT NOT NULL,
+    images TEXT NOT NULL,
+    wave_sizes TEXT NOT NULL,
+    state TEXT NOT NULL,
+    wave BIGINT NOT NULL,
+    wave_started_at TEXT,
+    wave_met_at TEXT,
+    reason TEXT,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+
+-- One row per ECU a campaign updates: its wave, the image, and the assignment made for it
+-- once its wave started (its status and last error are the member's progress).
+CREATE TABLE campaign_members (
+    campaign_id BIGINT NOT NULL REFERENCES campaigns(id),
+    vin TEXT NOT NULL,
+    ecu_id TEXT NOT NULL,
+    wave BIGINT NOT NULL,
+    target TEXT NOT NULL,
+    assignment_id BIGINT,
+    instructed_at TEXT,
+    PRIMARY KEY (campaign_id, vin, ecu_id)
+);
+CREATE INDEX campaign_members_by_vehicle ON campaign_members (vin, ecu_id);
+CREATE INDEX campaign_members_by_wave ON campaign_members (campaign_id, wave);
+
+-- What happened to a campaign, by whom (an operator's action, or the director's own: a wave
+-- started, a halt and why): the operations log auditors read.
+CREATE TABLE campaign_log (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    campaign_id BIGINT NOT NULL REFERENCES campaigns(id),
+    at TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,
+    detail TEXT NOT NULL
+);
+CREATE INDEX campaign_log_by_campaign ON campaign_log (campaign_id, id);

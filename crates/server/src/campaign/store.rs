@@ -1,0 +1,390 @@
+//! The campaign tables (`campaigns`, `campaign_members`, `campaign_log`; migration 0007):
+//! reads, and the writes that must be atomic with the assignments they make or take back.
+//!
+//! Every state change is a conditional update on the state (or wave) that was read, inside
+//! the transaction that makes its consequences: two instances evaluating the same campaign at
+//! once cannot both start a wave, nor both halt it.
+
+use sqlx::any::AnyRow;
+
+use super::{Campaign, CampaignSpec, ReleaseImage, State};
+use crate::db::{
+    db_err, get_i64, get_opt_i64, get_opt_str, get_str, json_as, now_text, to_i64, Assignment, Db,
+};
+use crate::error::{Error, Result};
+
+type Tx<'c> = sqlx::Transaction<'c, sqlx::Any>;
+
+/// One ECU of a campaign with its assignment's state.
+#[derive(Debug, Clone)]
+pub(super) struct MemberRow {
+    pub vin: String,
+    pub ecu_id: String,
+    pub wave: usize,
+    pub target: String,
+    pub assignment_id: Option<i64>,
+    pub status: Option<String>,
+    pub last_error: Option<String>,
+}
+
+/// A new member (before insertion).
+#[derive(Debug, Clone)]
+pub(super) struct NewMember {
+    pub vin: String,
+    pub ecu_id: String,
+    pub wave: usize,
+    pub target: String,
+}
+
+/// An entry of a campaign's operations log.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct LogEntry {
+    /// When (RFC 3339).
+    pub at: String,
+    /// `operator` or `director`.
+    pub actor: String,
+    /// `created`, `started`, `wave`, `paused`, `halted`, `resumed`, `cancelled`, `completed`.
+    pub action: String,
+    /// What and why.
+    pub detail: String,
+}
+
+const CAMPAIGN_COLUMNS: &str = "id, name, spec, images, wave_sizes, state, wave, \
+     wave_started_at, wave_met_at, reason, created_at, updated_at";
+
+fn campaign_from(r: &AnyRow) -> Result<Campaign> {
+    let state: String = get_str(r, "state")?;
+    Ok(Campaign {
+        id: get_i64(r, "id")?,
+        name: get_str(r, "name")?,
+        state: state.parse()?,
+        wave: get_i64(r, "wave")?,
+        wave_sizes: json_as(&get_str(r, "wave_sizes")?, "wave sizes")?,
+        spec: json_as(&get_str(r, "spec")?, "campaign")?,
+        images: json_as(&get_str(r, "images")?, "campaign images")?,
+        wave_started_at: get_opt_str(r, "wave_started_at")?,
+        wave_met_at: get_opt_str(r, "wave_met_at")?,
+        reason: get_opt_str(r, "reason")?,
+        created_at: get_str(r, "created_at")?,
+        updated_at: get_str(r, "updated_at")?,
+    })
+}
+
+fn wave_index(v: i64) -> Result<usize> {
+    usize::try_from(v).map_err(|_| Error::Database(format!("stored wave {v} is negative")))
+}
+
+/// Reads.
+impl Db {
+    /// Every campaign, newest first.
+    pub async fn campaigns(&self) -> Result<Vec<Campaign>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {CAMPAIGN_COLUMNS} FROM campaigns ORDER BY id DESC"
+        ))
+        .fetch_all(self.pool())
+        .await
+        .map_err(db_err("campaigns"))?;
+        rows.iter().map(campaign_from).collect()
+    }
+
+    /// One campaign by name.
+    pub async fn campaign(&self, name: &str) -> Result<Option<Campaign>> {
+        let row = sqlx::query(&format!(
+            "SELECT {CAMPAIGN_COLUMNS} FROM campaigns WHERE name = $1"
+        ))
+        .bind(name)
+        .fetch_optional(self.pool())
+        .await
+        .map_err(db_err("campaign"))?;
+        row.as_ref().map(campaign_from).transpose()
+    }
+
+    /// One campaign by ID.
+    pub(super) async fn campaign_by_id(&self, id: i64) -> Result<Option<Campaign>> {
+        let row = sqlx::query(&format!(
+            "SELECT {CAMPAIGN_COLUMNS} FROM campaigns WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(self.pool())
+        .await
+        .map_err(db_err("campaign"))?;
+        row.as_ref().map(campaign_from).transpose()
+    }
+
+    /// The IDs of running campaigns that update `vin`.
+    pub(super) async fn running_campaigns_of(&self, vin: &str) -> Result<Vec<i64>> {
+        let rows = sqlx::query(
+            "SELECT DISTINCT c.id AS id FROM campaign_members m JOIN campaigns c ON c.id = m.campaign_id \
+             WHERE m.vin = $1 AND c.state = 'running'",
+        )
+        .bind(vin)
+        .fetch_all(self.pool())
+        .await
+        .map_err(db_err("campaigns of a vehicle"))?;
+        rows.iter().map(|r| get_i64(r, "id")).collect()
+    }
+
+    /// The IDs of running campaigns.
+    pub(super) async fn running_campaigns(&self) -> Result<Vec<i64>> {
+        let rows = sqlx::query("SELECT id FROM campaigns WHERE state = 'running' ORDER BY id")
+            .fetch_all(self.pool())
+            .await
+            .map_err(db_err("running campaigns"))?;
+        rows.iter().map(|r| get_i64(r, "id")).collect()
+    }
+
+    /// A campaign's members with their assignments' state, by wave and VIN.
+    pub(super) async fn campaign_members(&self, id: i64) -> Result<Vec<MemberRow>> {
+        let rows = sqlx::query(
+            "SELECT m.vin AS vin, m.ecu_id AS ecu_id, m.wave AS wave, m.target AS target, \
+             m.assignment_id AS assignment_id, a.status AS status, a.last_error AS last_error \
+             FROM campaign_members m LEFT JOIN assignments a ON a.id = m.assignment_id \
+             WHERE m.campaign_id = $1 ORDER BY m.wave, m.vin, m.ecu_id",
+        )
+        .bind(id)
+        .fetch_all(self.pool())
+        .await
+        .map_err(db_err("campaign members"))?;
+        rows.iter()
+            .map(|r| {
+                Ok(MemberRow {
+                    vin: get_str(r, "vin")?,
+                    ecu_id: get_str(r, "ecu_id")?,
+                    wave: wave_index(get_i64(r, "wave")?)?,
+                    target: get_str(r, "target")?,
+                    assignment_id: get_opt_i64(r, "assignment_id")?,
+                    status: get_opt_str(r, "status")?,
+                    last_error: get_opt_str(r, "last_error")?,
+                })
+            })
+            .collect()
+    }
+
+    /// `(vin, ecu, campaign name)` of every ECU in a campaign that is running, paused or
+    /// halted, other than `except`.
+    pub(super) async fn active_members(
+        &self,
+        except: i64,
+    ) -> Result<Vec<(String, String, String)>> {
+        let rows = sqlx::query(
+            "SELECT m.vin AS vin, m.ecu_id AS ecu_id, c.name AS name FROM campaign_members m \
+             JOIN campaigns c ON c.id = m.campaign_id \
+             WHERE c.state IN ('running', 'paused', 'halted') AND c.id <> $1",
+        )
+        .bind(except)
+        .fetch_all(self.pool())
+        .await
+        .map_err(db_err("active campaign members"))?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    get_str(r, "vin")?,
+                    get_str(r, "ecu_id")?,
+                    get_str(r, "name")?,
+                ))
+            })
+            .collect()
+    }
+
+    /// A campaign's operations log, oldest first.
+    pub async fn campaign_log(&self, id: i64) -> Result<Vec<LogEntry>> {
+        let rows = sqlx::query(
+            "SELECT at, actor, action, detail FROM campaign_log WHERE campaign_id = $1 ORDER BY id",
+        )
+        .bind(id)
+        .fetch_all(self.pool())
+        .await
+        .map_err(db_err("campaign log"))?;
+        rows.iter()
+            .map(|r| {
+                Ok(LogEntry {
+                    at: get_str(r, "at")?,
+                    actor: get_str(r, "actor")?,
+                    action: get_str(r, "action")?,
+                    detail: get_str(r, "detail")?,
+                })
+            })
+            .collect()
+    }
+}
+
+/// Writes (each in the caller's transaction).
+pub(super) async fn begin(db: &Db) -> Result<Tx<'static>> {
+    db.pool().begin().await.map_err(db_err("begin"))
+}
+
+pub(super) async fn commit(tx: Tx<'_>) -> Result<()> {
+    tx.commit().await.map_err(db_err("commit"))
+}
+
+/// Inserts a draft campaign and its members. A name taken is a conflict.
+pub(super) async fn insert_campaign(
+    tx: &mut Tx<'_>,
+    spec: &CampaignSpec,
+    images: &[ReleaseImage],
+    wave_sizes: &[u64],
+    members: &[NewMember],
+) -> Result<i64> {
+    let now = now_text();
+    let taken = sqlx::query("SELECT id FROM campaigns WHERE name = $1")
+        .bind(&spec.name)
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(db_err("campaign lookup"))?;
+    if taken.is_some() {
+        return Err(Error::Conflict(format!(
+            "a campaign named {} exists already",
+            spec.name
+        )));
+    }
+    let row = sqlx::query(
+        "INSERT INTO campaigns (name, spec, images, wave_sizes, state, wave, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, 'draft', -1, $5, $5) RETURNING id",
+    )
+    .bind(&spec.name)
+    .bind(to_json(spec))
+    .bind(to_json(images))
+    .bind(to_json(wave_sizes))
+    .bind(&now)
+    .fetch_one(&mut **tx)
+    .await
+    .map_err(db_err("insert campaign"))?;
+    let id = get_i64(&row, "id")?;
+    for m in members {
+        sqlx::query(
+            "INSERT INTO campaign_members (campaign_id, vin, ecu_id, wave, target) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(id)
+        .bind(&m.vin)
+        .bind(&m.ecu_id)
+        .bind(to_i64(m.wave as u64)?)
+        .bind(&m.target)
+        .execute(&mut **tx)
+        .await
+        .map_err(db_err("insert campaign member"))?;
+    }
+    Ok(id)
+}
+
+/// What the campaign tables keep as JSON text.
+fn to_json<T: serde::Serialize + ?Sized>(value: &T) -> String {
+    serde_json::to_string(value).unwrap_or_default()
+}
+
+/// Appends to a campaign's operations log.
+pub(super) async fn log(
+    tx: &mut Tx<'_>,
+    id: i64,
+    actor: &str,
+    action: &str,
+    detail: &str,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO campaign_log (campaign_id, at, actor, action, detail) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(id)
+    .bind(now_text())
+    .bind(actor)
+    .bind(action)
+    .bind(detail)
+    .execute(&mut **tx)
+    .await
+    .map_err(db_err("campaign log"))?;
+    Ok(())
+}
+
+/// Moves a campaign from one of `from` to `to` (with a reason), if it is still in one of them.
+/// `false`: another writer moved it first.
+pub(super) async fn set_state(
+    tx: &mut Tx<'_>,
+    id: i64,
+    from: &[State],
+    to: State,
+    reason: Option<&str>,
+) -> Result<bool> {
+    let from: Vec<String> = from.iter().map(|s| format!("'{}'", s.as_str())).collect();
+    let done = sqlx::query(&format!(
+        "UPDATE campaigns SET state = $1, reason = $2, updated_at = $3 WHERE id = $4 AND state IN ({})",
+        from.join(", ")
+    ))
+    .bind(to.as_str())
+    .bind(reason.map(str::to_owned))
+    .bind(now_text())
+    .bind(id)
+    .execute(&mut **tx)
+    .await
+    .map_err(db_err("campaign state"))?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Starts wave `to` of a running campaign whose latest started wave is still `from`.
+pub(super) async fn start_wave(tx: &mut Tx<'_>, id: i64, from: i64, to: i64) -> Result<bool> {
+    let now = now_text();
+    let done = sqlx::query(
+        "UPDATE campaigns SET wave = $1, wave_started_at = $2, wave_met_at = NULL, updated_at = $2 \
+         WHERE id = $3 AND wave = $4 AND state = 'running'",
+    )
+    .bind(to)
+    .bind(&now)
+    .bind(id)
+    .bind(from)
+    .execute(&mut **tx)
+    .await
+    .map_err(db_err("start wave"))?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Notes when the current wave met its success criterion (once).
+pub(super) async fn wave_met(db: &Db, id: i64, wave: i64, at: &str) -> Result<()> {
+    sqlx::query(
+        "UPDATE campaigns SET wave_met_at = $1 WHERE id = $2 AND wave = $3 AND wave_met_at IS NULL",
+    )
+    .bind(at)
+    .bind(id)
+    .bind(wave)
+    .execute(db.pool())
+    .await
+    .map_err(db_err("wave met"))?;
+    Ok(())
+}
+
+/// Makes the assignment of one member (its instruction) and links it.
+pub(super) async fn instruct(
+    tx: &mut Tx<'_>,
+    id: i64,
+    member: &MemberRow,
+    a: &Assignment,
+) -> Result<()> {
+    let assignment = Db::insert_assignment(tx, a).await?;
+    sqlx::query(
+        "UPDATE campaign_members SET assignment_id = $1, instructed_at = $2 \
+         WHERE campaign_id = $3 AND vin = $4 AND ecu_id = $5",
+    )
+    .bind(assignment)
+    .bind(now_text())
+    .bind(id)
+    .bind(&member.vin)
+    .bind(&member.ecu_id)
+    .execute(&mut **tx)
+    .await
+    .map_err(db_err("link campaign member"))?;
+    Ok(())
+}
+
+/// Takes a pending instruction back; the director re-signs the vehicle's targets without it.
+/// `false`: it was no longer pending.
+pub(super) async fn withdraw(tx: &mut Tx<'_>, assignment: i64, vin: &str) -> Result<bool> {
+    let done = sqlx::query(
+        "UPDATE assignments SET status = 'withdrawn', completed_at = $1 WHERE id = $2 AND status = 'pending'",
+    )
+    .bind(now_text())
+    .bind(assignment)
+    .execute(&mut **tx)
+    .await
+    .map_err(db_err("withdraw assignment"))?;
+    if done.rows_affected() == 1 {
+        Db::mark_instructions_changed(tx, vin).await?;
+        return Ok(true);
+    }
+    Ok(false)
+}

@@ -1,0 +1,581 @@
+//! Campaigns against the director, in process, on both backends: simulated vehicles sign
+//! real manifests (primary and ECU keys, counters, reported failures) and check in; the
+//! campaign instructs wave by wave, halts by itself on a breach and takes instructions back
+//! (the director re-signs the vehicle's targets without them), and refuses what cannot work.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use chrono::Utc;
+use rampart_core::hash::compute_hashes;
+use rampart_core::key::KeyScheme;
+use rampart_core::metadata::Expiry;
+use rampart_core::signer::{InMemorySigner, Signer};
+use rampart_core::uptane::manifest::{
+    sign_ecu_report, sign_vehicle_manifest, EcuVersionReport, UpdateFailure, VehicleManifest,
+    ECU_REPORT_TYPE, VEHICLE_MANIFEST_TYPE,
+};
+use rampart_core::uptane::InstalledImage;
+use rampart_server::campaign::{
+    self, CampaignSpec, Criteria, Progress, ReleaseImage, State, TargetSet,
+};
+use rampart_server::db::{Db, NewEcu, NewVehicle};
+use rampart_server::director::{Director, DirectorKeys};
+use serde_json::Value;
+
+fn signer() -> InMemorySigner {
+    InMemorySigner::generate(KeyScheme::Ed25519).unwrap()
+}
+
+fn vin(i: usize) -> String {
+    format!("WVWZZZ1JZXW{i:06}")
+}
+
+fn image(target: &str, hw: &str, counter: u64) -> ReleaseImage {
+    let bytes = format!("contents of {target}");
+    ReleaseImage {
+        target: target.into(),
+        hardware_id: hw.into(),
+        length: bytes.len() as u64,
+        hashes: serde_json::to_value(compute_hashes(bytes.as_bytes())).unwrap(),
+        release_counter: counter,
+    }
+}
+
+struct Ecu {
+    id: String,
+    signer: InMemorySigner,
+    installed: InstalledImage,
+    counter: u64,
+}
+
+/// A vehicle: a primary (T-BOX) and an IVI, each with its own key.
+struct Car {
+    vin: String,
+    primary: InMemorySigner,
+    ecus: Vec<Ecu>,
+    counter: u64,
+    /// What the car will do with its next instruction.
+    behaviour: Behaviour,
+    failures: Vec<UpdateFailure>,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Behaviour {
+    Install,
+    /// The image fails its boot check; the ECU rolls back.
+    FailBoot,
+    /// The image does not match its signed hash.
+    Tampered,
+}
+
+impl Car {
+    fn new(i: usize) -> Car {
+        let ecu = |id: &str| Ecu {
+            id: id.into(),
+            signer: signer(),
+            installed: InstalledImage {
+                filename: format!("factory/{id}.bin"),
+                length: 7,
+                hashes: compute_hashes(b"factory"),
+                release_counter: 0,
+            },
+            counter: 0,
+        };
+        Car {
+            vin: vin(i),
+            primary: signer(),
+            ecus: vec![ecu("TBOX"), ecu("IVI")],
+            counter: 0,
+            behaviour: Behaviour::Install,
+            failures: Vec::new(),
+        }
+    }
+
+    fn registration(&self, model: &str) -> NewVehicle {
+        NewVehicle {
+            vin: self.vin.clone(),
+            primary_ecu: "TBOX".into(),
+            ecus: self
+                .ecus
+                .iter()
+                .map(|e| NewEcu {
+                    ecu_id: e.id.clone(),
+                    hardware_id: format!("{}-hw", e.id.to_lowercase()),
+                    public_key: serde_json::to_value(if e.id == "TBOX" {
+                        self.primary.public_key()
+                    } else {
+                        e.signer.public_key()
+                    })
+                    .unwrap(),
+                    encryption_key: None,
+                    verification: "full".into(),
+                })
+                .collect(),
+            attributes: BTreeMap::from([("model".into(), model.into())]),
+            tags: Default::default(),
+        }
+    }
+
+    fn manifest(&mut self) -> Vec<u8> {
+        let mut reports = BTreeMap::new();
+        for e in &mut self.ecus {
+            e.counter += 1;
+            let signer: &dyn Signer = if e.id == "TBOX" {
+                &self.primary
+            } else {
+                &e.signer
+            };
+            let report = EcuVersionReport {
+                type_: ECU_REPORT_TYPE.into(),
+                ecu_id: e.id.clone(),
+                installed_image: e.installed.clone(),
+                attacks_detected: String::new(),
+                latest_verified_time: Expiry::new(Utc::now()),
+                report_counter: e.counter,
+                nonce: "00".into(),
+                unrecognized: BTreeMap::new(),
+            };
+            let doc: Value =
+                serde_json::from_slice(&sign_ecu_report(&report, signer).unwrap()).unwrap();
+            reports.insert(e.id.clone(), doc);
+        }
+        self.counter += 1;
+        let manifest = VehicleManifest {
+            type_: VEHICLE_MANIFEST_TYPE.into(),
+            vin: self.vin.clone(),
+            primary_ecu_id: "TBOX".into(),
+            manifest_counter: self.counter,
+            nonce: "00".into(),
+            ecu_version_reports: reports,
+            attacks_detected: String::new(),
+            update_failures: std::mem::take(&mut self.failures),
+            unrecognized: BTreeMap::new(),
+        };
+        sign_vehicle_manifest(&manifest, &self.primary).unwrap()
+    }
+
+    /// One update cycle: report, then act on the instructions the director now signs (the
+    /// outcome shows in the next report).
+    async fn cycle(&mut self, d: &Director) -> Vec<String> {
+        let body = self.manifest();
+        d.check_in(&self.vin, &body, None, Utc::now())
+            .await
+            .unwrap();
+        let instructed = instructions(d, &self.vin).await;
+        for a in d
+            .db()
+            .assignments(Some(&self.vin), Some("pending"))
+            .await
+            .unwrap()
+        {
+            let Some(e) = self.ecus.iter_mut().find(|e| e.id == a.ecu_id) else {
+                continue;
+            };
+            if e.installed.filename == a.target || a.last_error.is_some() {
+                continue;
+            }
+            match self.behaviour {
+                Behaviour::Install => {
+                    e.installed = InstalledImage {
+                        filename: a.target.clone(),
+                        length: a.length,
+                        hashes: serde_json::from_value(a.hashes.clone()).unwrap(),
+                        release_counter: a.release_counter,
+                    }
+                }
+                Behaviour::FailBoot => self.failures.push(UpdateFailure {
+                    target: a.target.clone(),
+                    ecu_id: Some(a.ecu_id.clone()),
+                    rule: "boot-failed".into(),
+                    message: "no heartbeat after the new image booted; back on the old slot".into(),
+                }),
+                Behaviour::Tampered => self.failures.push(UpdateFailure {
+                    target: a.target.clone(),
+                    ecu_id: Some(a.ecu_id.clone()),
+                    rule: "hash-mismatch".into(),
+                    message: "downloaded image does not match its signed hash".into(),
+                }),
+            }
+        }
+        instructed
+    }
+}
+
+/// The targets the director's signed targets for `vin` list (what the vehicle is told).
+async fn instructions(d: &Director, vin: &str) -> Vec<String> {
+    let docs = d.documents(vin, Utc::now()).await.unwrap();
+    let doc: Value = serde_json::from_str(&docs.targets.document).unwrap();
+    doc["signed"]["targets"]
+        .as_object()
+        .map(|t| t.keys().cloned().collect())
+        .unwrap_or_default()
+}
+
+async fn director(url: &str) -> (Director, tempfile::TempDir) {
+    let db = Db::connect(url).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let keys = DirectorKeys {
+        targets: Box::new(signer()),
+        snapshot: Box::new(signer()),
+        timestamp: Box::new(signer()),
+    };
+    (Director::new(db, keys, dir.path()), dir)
+}
+
+async fn fleet(d: &Director, n: usize, model: &str) -> Vec<Car> {
+    let mut cars = Vec::new();
+    for i in 0..n {
+        let car = Car::new(i);
+        d.db()
+            .register_vehicle(&car.registration(model))
+            .await
+            .unwrap();
+        cars.push(car);
+    }
+    cars
+}
+
+fn spec(name: &str, waves: &str, criteria: Criteria) -> CampaignSpec {
+    CampaignSpec {
+        name: name.into(),
+        images: vec!["ivi/app-2.0.bin".into()],
+        target: TargetSet::default(),
+        waves: waves.into(),
+        criteria,
+        encrypt: false,
+        critical: false,
+        rxswin: None,
+        deadline: None,
+        start: true,
+    }
+}
+
+fn release() -> Vec<ReleaseImage> {
+    vec![image("ivi/app-2.0.bin", "ivi-hw", 2)]
+}
+
+/// The VINs of a campaign's vehicles in each progress state.
+async fn by_progress(d: &Director, name: &str) -> BTreeMap<String, Vec<String>> {
+    let status = campaign::status(d.db(), name).await.unwrap();
+    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for v in status.vehicles {
+        out.entry(v.progress.as_str().to_owned())
+            .or_default()
+            .push(v.vin);
+    }
+    out
+}
+
+fn car_mut<'a>(cars: &'a mut [Car], vin: &str) -> &'a mut Car {
+    cars.iter_mut().find(|c| c.vin == vin).unwrap()
+}
+
+async fn staged_rollout(url: String) {
+    let (d, _dir) = director(&url).await;
+    let mut cars = fleet(&d, 10, "id4").await;
+    let criteria = Criteria {
+        min_success_pct: 100.0,
+        max_failure_pct: 20.0,
+        soak_seconds: 0,
+    };
+    let c = campaign::create(
+        &d,
+        spec("ivi-2.0", "1,50%,all", criteria),
+        release(),
+        Utc::now(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (c.state, c.wave, c.wave_sizes.clone()),
+        (State::Running, 0, vec![1, 4, 5])
+    );
+    let status = campaign::status(d.db(), "ivi-2.0").await.unwrap();
+    let canary = status.vehicles[0].vin.clone();
+    // Every car checks in: only the canary is told about the image.
+    for car in &mut cars {
+        let told = car.cycle(&d).await;
+        assert_eq!(
+            told.contains(&"ivi/app-2.0.bin".to_owned()),
+            car.vin == canary,
+            "{}: {told:?}",
+            car.vin
+        );
+    }
+    // The canary reports the install: wave 2 starts at that check-in.
+    car_mut(&mut cars, &canary).cycle(&d).await;
+    let c = d.db().campaign("ivi-2.0").await.unwrap().unwrap();
+    assert_eq!(
+        c.wave, 1,
+        "wave 2 started on the canary's confirmed install"
+    );
+    let p = by_progress(&d, "ivi-2.0").await;
+    assert_eq!(p["installed"], std::slice::from_ref(&canary));
+    assert_eq!(p["instructed"].len(), 4);
+    assert_eq!(p["pending"].len(), 5);
+    // Rounds of check-ins: wave 2 installs and confirms, wave 3 starts at the last
+    // confirmation, installs and confirms. Four rounds at most, whatever the order.
+    let mut rounds = 0;
+    while rounds < 6 && d.db().campaign("ivi-2.0").await.unwrap().unwrap().state == State::Running {
+        for car in &mut cars {
+            car.cycle(&d).await;
+        }
+        rounds += 1;
+    }
+    assert!(rounds <= 4, "{rounds} rounds");
+    let c = d.db().campaign("ivi-2.0").await.unwrap().unwrap();
+    assert_eq!(c.state, State::Completed, "{:?}", c.reason);
+    assert_eq!(by_progress(&d, "ivi-2.0").await["installed"].len(), 10);
+    let log = d.db().campaign_log(c.id).await.unwrap();
+    let actions: Vec<_> = log.iter().map(|l| l.action.as_str()).collect();
+    assert_eq!(actions, ["created", "started", "wave", "wave", "completed"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn staged_rollout_instructs_wave_by_wave_on_sqlite() {
+    common::with_sqlite(staged_rollout).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn staged_rollout_instructs_wave_by_wave_on_postgres() {
+    common::with_postgres(staged_rollout).await;
+}
+
+async fn halt(url: String) {
+    let (d, _dir) = director(&url).await;
+    let mut cars = fleet(&d, 10, "id4").await;
+    let criteria = Criteria {
+        min_success_pct: 100.0,
+        max_failure_pct: 25.0,
+        soak_seconds: 0,
+    };
+    campaign::create(
+        &d,
+        spec("ivi-2.0", "2,6,all", criteria),
+        release(),
+        Utc::now(),
+    )
+    .await
+    .unwrap();
+    let order: Vec<String> = campaign::status(d.db(), "ivi-2.0")
+        .await
+        .unwrap()
+        .vehicles
+        .iter()
+        .map(|v| v.vin.clone())
+        .collect();
+    // Wave 1 (2 canaries) installs; wave 2 (4 vehicles) starts.
+    for vin in &order[..2] {
+        let car = car_mut(&mut cars, vin);
+        car.cycle(&d).await;
+        car.cycle(&d).await;
+    }
+    assert_eq!(d.db().campaign("ivi-2.0").await.unwrap().unwrap().wave, 1);
+    // In wave 2, one car gets a tampered image and one fails its boot check; the other two
+    // have been told but not started.
+    let (tampered, rolled_back, waiting) = (&order[2], &order[3], &order[4..6]);
+    car_mut(&mut cars, tampered).behaviour = Behaviour::Tampered;
+    car_mut(&mut cars, rolled_back).behaviour = Behaviour::FailBoot;
+    for vin in &order[2..6] {
+        let told = car_mut(&mut cars, vin).cycle(&d).await;
+        assert!(told.contains(&"ivi/app-2.0.bin".to_owned()));
+    }
+    // The first failure is 1 of 4 (25%, not above the threshold): still running.
+    car_mut(&mut cars, tampered).cycle(&d).await;
+    assert_eq!(
+        d.db().campaign("ivi-2.0").await.unwrap().unwrap().state,
+        State::Running
+    );
+    // The second is 2 of 4: the campaign halts at this check-in...
+    let told = car_mut(&mut cars, rolled_back).cycle(&d).await;
+    let c = d.db().campaign("ivi-2.0").await.unwrap().unwrap();
+    assert_eq!(c.state, State::Halted);
+    let reason = c.reason.clone().unwrap();
+    assert!(
+        reason.contains("wave 2")
+            && reason.contains("hash-mismatch")
+            && reason.contains("boot-failed"),
+        "{reason}"
+    );
+    // ... and its answer no longer lists the image, nor do the waiting cars' targets.
+    assert!(told.is_empty(), "{told:?}");
+    for vin in waiting {
+        assert!(
+            instructions(&d, vin).await.is_empty(),
+            "{vin} still instructed"
+        );
+    }
+    let p = by_progress(&d, "ivi-2.0").await;
+    assert_eq!(p["failed"], std::slice::from_ref(tampered));
+    assert_eq!(p["rolled-back"], std::slice::from_ref(rolled_back));
+    assert_eq!(p["withdrawn"].len(), 2);
+    assert_eq!(p["installed"].len(), 2);
+    assert_eq!(p["pending"].len(), 4, "wave 3 was never instructed");
+    // Wave 3 never hears of it, whatever it does.
+    for vin in &order[6..] {
+        assert!(car_mut(&mut cars, vin).cycle(&d).await.is_empty());
+    }
+    // A hash mismatch is an attack rule: the halt is a security event too.
+    let events = d
+        .db()
+        .events(None, Some("campaign-halted"), 10)
+        .await
+        .unwrap();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert!(
+        events[0].detail.contains("hash-mismatch"),
+        "{}",
+        events[0].detail
+    );
+
+    // Resume: the withdrawn and failed are told again; a new breach halts again.
+    let c = campaign::start(&d, "ivi-2.0", Utc::now()).await.unwrap();
+    assert_eq!(c.state, State::Running);
+    for vin in waiting {
+        assert_eq!(instructions(&d, vin).await, ["ivi/app-2.0.bin"]);
+    }
+    // Cancel: every instruction not yet installed is taken back.
+    let c = campaign::cancel(&d, "ivi-2.0", "release withdrawn by QA")
+        .await
+        .unwrap();
+    assert_eq!(c.state, State::Cancelled);
+    for vin in &order[2..] {
+        assert!(instructions(&d, vin).await.is_empty(), "{vin}");
+    }
+    for vin in &order[..2] {
+        let car = cars.iter().find(|c| &c.vin == vin).unwrap();
+        assert_eq!(car.ecus[1].installed.filename, "ivi/app-2.0.bin");
+    }
+    let err = campaign::start(&d, "ivi-2.0", Utc::now())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("is cancelled"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_breach_halts_withdraws_and_spares_later_waves_on_sqlite() {
+    common::with_sqlite(halt).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_breach_halts_withdraws_and_spares_later_waves_on_postgres() {
+    common::with_postgres(halt).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_cannot_work_is_refused() {
+    common::with_sqlite(|url| async move {
+        let (d, _dir) = director(&url).await;
+        let _cars = fleet(&d, 4, "id4").await;
+        let ok = || spec("c1", "1,all", Criteria::default());
+        let refused = |s: CampaignSpec, images: Vec<ReleaseImage>| {
+            let d = &d;
+            async move {
+                campaign::create(d, s, images, Utc::now())
+                    .await
+                    .unwrap_err()
+                    .to_string()
+            }
+        };
+        // An empty target set says why.
+        let mut s = ok();
+        s.target.attributes.insert("model".into(), "golf".into());
+        let e = refused(s, release()).await;
+        assert!(e.contains("target set is empty"), "{e}");
+        // A hardware ID no vehicle has.
+        let e = refused(ok(), vec![image("bcm/fw.bin", "bcm-hw", 1)]).await;
+        assert!(e.contains("target set is empty"), "{e}");
+        // Two images for one hardware ID.
+        let e = refused(
+            ok(),
+            vec![
+                image("ivi/a.bin", "ivi-hw", 1),
+                image("ivi/b.bin", "ivi-hw", 2),
+            ],
+        )
+        .await;
+        assert!(e.contains("one image per hardware ID"), "{e}");
+        // Waves, thresholds, names, deadlines.
+        let mut s = ok();
+        s.waves = "10%,50%".into();
+        assert!(refused(s, release()).await.contains("must cover"));
+        let mut s = ok();
+        s.criteria.max_failure_pct = 120.0;
+        assert!(refused(s, release()).await.contains("out of range"));
+        let mut s = ok();
+        s.name = "no spaces please".into();
+        assert!(refused(s, release()).await.contains("campaign name"));
+        let mut s = ok();
+        s.deadline = Some("tomorrow".into());
+        assert!(refused(s, release()).await.contains("RFC 3339"));
+        // Unknown VIN.
+        let mut s = ok();
+        s.target.vins = vec![vin(99)];
+        assert!(refused(s, release()).await.contains("not registered"));
+        // Overlap: the same ECUs cannot be in two running campaigns.
+        campaign::create(&d, ok(), release(), Utc::now())
+            .await
+            .unwrap();
+        let mut s = ok();
+        s.name = "c2".into();
+        let e = refused(s, vec![image("ivi/app-3.0.bin", "ivi-hw", 3)]).await;
+        assert!(e.contains("is in campaign c1"), "{e}");
+        // Same name twice.
+        let e = refused(ok(), release()).await;
+        assert!(e.contains("exists already"), "{e}");
+        // Nothing was stored by the refusals.
+        assert_eq!(d.db().campaigns().await.unwrap().len(), 1);
+        assert_eq!(d.db().count("campaign_members").await.unwrap(), 4);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_set_chooses_by_attribute_and_an_explicit_list_keeps_its_order() {
+    common::with_sqlite(|url| async move {
+        let (d, _dir) = director(&url).await;
+        let _id4 = fleet(&d, 3, "id4").await;
+        let golf = Car::new(50);
+        d.db()
+            .register_vehicle(&golf.registration("golf"))
+            .await
+            .unwrap();
+        let mut s = spec("golf-only", "all", Criteria::default());
+        s.target.attributes.insert("model".into(), "golf".into());
+        s.start = false;
+        let c = campaign::create(&d, s, release(), Utc::now())
+            .await
+            .unwrap();
+        assert_eq!((c.state, c.wave_sizes.clone()), (State::Draft, vec![1]));
+        let status = campaign::status(d.db(), "golf-only").await.unwrap();
+        assert_eq!(status.vehicles.len(), 1);
+        assert_eq!(status.vehicles[0].vin, golf.vin);
+        assert_eq!(status.vehicles[0].progress, Progress::Pending);
+        // A draft instructs nobody.
+        assert!(instructions(&d, &golf.vin).await.is_empty());
+        campaign::cancel(&d, "golf-only", "wrong model")
+            .await
+            .unwrap();
+
+        let mut s = spec("listed", "1,all", Criteria::default());
+        s.target.vins = vec![vin(2), vin(0)];
+        let c = campaign::create(&d, s, release(), Utc::now())
+            .await
+            .unwrap();
+        assert_eq!(c.wave_sizes, [1, 1]);
+        let status = campaign::status(d.db(), "listed").await.unwrap();
+        let order: Vec<_> = status.vehicles.iter().map(|v| v.vin.clone()).collect();
+        assert_eq!(order, [vin(2), vin(0)], "the first listed is the canary");
+        assert_eq!(instructions(&d, &vin(2)).await, ["ivi/app-2.0.bin"]);
+        assert!(instructions(&d, &vin(0)).await.is_empty());
+    })
+    .await;
+}
