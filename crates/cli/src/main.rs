@@ -11,6 +11,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod admin;
+mod campaign;
 mod provision;
 mod server_cmds;
 mod tuf_client;
@@ -79,6 +80,8 @@ enum Command {
     Serve(server_cmds::ServeArgs),
     /// Talk to a server's admin API.
     Admin(admin::AdminArgs),
+    /// Staged rollouts: create, list, status, start, pause, resume, cancel.
+    Campaign(campaign::CampaignArgs),
     /// Everything one vehicle needs from the server's data dir: certificate, roots, keys,
     /// commented vehicle.toml and ecu.toml files.
     Provision(provision::ProvisionArgs),
@@ -122,6 +125,7 @@ fn main() -> ExitCode {
         Command::Pki(cmd) => server_cmds::pki(cmd),
         Command::Serve(args) => server_cmds::serve(args),
         Command::Admin(args) => admin::main(args),
+        Command::Campaign(args) => campaign::main(args),
         Command::Provision(args) => provision::provision(args),
         Command::Vehicle(args) => vehicle_cmds::vehicle(args),
         Command::Ecu(args) => vehicle_cmds::ecu(args),

@@ -38,6 +38,17 @@ pub enum Error {
     /// The new image failed to boot and was rolled back.
     #[error("boot failed: {0}")]
     BootFailed(String),
+    /// An ECU refused an image, naming its own rule (kept, so that the director learns why:
+    /// a rollback after a failed boot is not a hash mismatch).
+    #[error("ECU {ecu} refused: [{rule}] {message}")]
+    EcuRefused {
+        /// The ECU.
+        ecu: String,
+        /// The rule it named (`protocol` if it named none we know).
+        rule: Rule,
+        /// Its message.
+        message: String,
+    },
     /// Bad configuration.
     #[error("configuration: {0}")]
     Config(String),
@@ -75,6 +86,7 @@ impl Error {
             Error::Protocol(_) => Rule::Protocol,
             Error::Director { .. } => Rule::DirectorRefused,
             Error::BootFailed(_) => Rule::BootFailed,
+            Error::EcuRefused { rule, .. } => *rule,
             Error::Config(_) => Rule::Config,
             Error::Secret(e) => e.rule(),
             Error::Io { .. } => Rule::Io,

@@ -10,11 +10,11 @@ use rampart_server::db::{NewEcu, NewVehicle};
 use rampart_server::layout::Layout;
 use serde_json::Value;
 
-mod tables;
+pub(crate) mod tables;
 
-/// Connection options of the admin client.
+/// Connection options of the admin client (shared by `rampart admin` and `rampart campaign`).
 #[derive(Debug, Args)]
-pub(crate) struct AdminArgs {
+pub(crate) struct Connection {
     /// Data directory (for defaults of --server, --ca and --token-file).
     #[arg(
         long,
@@ -34,9 +34,83 @@ pub(crate) struct AdminArgs {
     token_file: Option<PathBuf>,
     /// Print the server's JSON answer (for tools) instead of tables.
     #[arg(long, global = true)]
-    json: bool,
+    pub(crate) json: bool,
+}
+
+/// `rampart admin`.
+#[derive(Debug, Args)]
+pub(crate) struct AdminArgs {
+    #[command(flatten)]
+    connection: Connection,
     #[command(subcommand)]
     command: AdminCommand,
+}
+
+/// An admin API client: the server's URL, a client trusting its CA, the token.
+pub(crate) struct Api {
+    server: String,
+    client: reqwest::Client,
+    auth: String,
+}
+
+impl Api {
+    /// From the connection options (defaults from the data directory).
+    pub(crate) fn connect(c: &Connection) -> anyhow::Result<Api> {
+        let layout = Layout::new(&c.data_dir);
+        let server = match &c.server {
+            Some(s) => s.trim_end_matches('/').to_owned(),
+            None => {
+                let config = Config::load(&layout)?;
+                let scheme = if config.tls { "https" } else { "http" };
+                format!("{scheme}://{}", config.listen)
+            }
+        };
+        let token_file = c
+            .token_file
+            .clone()
+            .unwrap_or_else(|| layout.pki().join("admin-token"));
+        let token = std::fs::read_to_string(&token_file)
+            .with_context(|| format!("reading {}", token_file.display()))?;
+        let mut builder = reqwest::Client::builder();
+        if server.starts_with("https") {
+            let ca = c.ca.clone().unwrap_or_else(|| layout.pki().join("ca.pem"));
+            let pem = std::fs::read(&ca).with_context(|| format!("reading {}", ca.display()))?;
+            builder = builder.tls_certs_only(reqwest::Certificate::from_pem_bundle(&pem)?);
+        }
+        Ok(Api {
+            server,
+            client: builder.build()?,
+            auth: format!("Bearer {}", token.trim()),
+        })
+    }
+
+    /// The URL of an admin route (`vehicles` → `…/api/v1/vehicles`).
+    pub(crate) fn url(&self, path: &str) -> String {
+        format!("{}/api/v1/{path}", self.server)
+    }
+
+    /// The client, to build a request with.
+    pub(crate) fn client(&self) -> &reqwest::Client {
+        &self.client
+    }
+
+    /// Sends `request` with the token; the answer's JSON, or the server's refusal in its
+    /// words and with its rule.
+    pub(crate) async fn send(&self, request: reqwest::RequestBuilder) -> anyhow::Result<Value> {
+        let response = request
+            .header("authorization", &self.auth)
+            .send()
+            .await
+            .map_err(|e| anyhow::anyhow!(rampart_client::diagnose::explain(&e)))?;
+        let status = response.status();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        if !status.is_success() {
+            let error = body.get("error").and_then(Value::as_str).unwrap_or("");
+            let rule = body.get("rule").and_then(Value::as_str).unwrap_or("");
+            bail!("the server refused ({status}, {rule}): {error}");
+        }
+        Ok(body)
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -156,37 +230,13 @@ fn parse_ecu(spec: &str) -> anyhow::Result<NewEcu> {
 
 /// Runs the admin command.
 pub(crate) fn main(args: AdminArgs) -> anyhow::Result<()> {
-    let layout = Layout::new(&args.data_dir);
-    let server = match &args.server {
-        Some(s) => s.trim_end_matches('/').to_owned(),
-        None => {
-            let config = Config::load(&layout)?;
-            let scheme = if config.tls { "https" } else { "http" };
-            format!("{scheme}://{}", config.listen)
-        }
-    };
-    let token_file = args
-        .token_file
-        .clone()
-        .unwrap_or_else(|| layout.pki().join("admin-token"));
-    let token = std::fs::read_to_string(&token_file)
-        .with_context(|| format!("reading {}", token_file.display()))?;
-    let mut builder = reqwest::Client::builder();
-    if server.starts_with("https") {
-        let ca = args
-            .ca
-            .clone()
-            .unwrap_or_else(|| layout.pki().join("ca.pem"));
-        let pem = std::fs::read(&ca).with_context(|| format!("reading {}", ca.display()))?;
-        builder = builder.tls_certs_only(reqwest::Certificate::from_pem_bundle(&pem)?);
-    }
-    let client = builder.build()?;
+    let api = Api::connect(&args.connection)?;
+    let client = api.client().clone();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        let api = |path: &str| format!("{server}/api/v1/{path}");
-        let auth = format!("Bearer {}", token.trim());
+        let url = |path: &str| api.url(path);
         let render: fn(&Value) -> anyhow::Result<String> = match &args.command {
             AdminCommand::Events { .. } => tables::events,
             AdminCommand::Assignments { .. } | AdminCommand::Assign { .. } => |b| {
@@ -221,42 +271,34 @@ pub(crate) fn main(args: AdminArgs) -> anyhow::Result<()> {
                     attributes: attributes.into_iter().collect(),
                     tags: tags.into_iter().collect(),
                 };
-                client.post(api("vehicles")).json(&body)
+                client.post(url("vehicles")).json(&body)
             }
             AdminCommand::Label { vin, attributes, tags } => client
-                .put(api(&format!("vehicles/{vin}/labels")))
+                .put(url(&format!("vehicles/{vin}/labels")))
                 .json(&serde_json::json!({
                     "attributes": attributes.into_iter().collect::<std::collections::BTreeMap<_, _>>(),
                     "tags": tags,
                 })),
-            AdminCommand::Assign { target, vins, ecu, hardware_id, encrypt } => client.post(api("assignments")).json(&serde_json::json!({
+            AdminCommand::Assign { target, vins, ecu, hardware_id, encrypt } => client.post(url("assignments")).json(&serde_json::json!({
                 "target": target, "vins": vins, "ecu_id": ecu, "hardware_id": hardware_id, "encrypt": encrypt
             })),
             AdminCommand::Remove { vin, reason } => client
-                .delete(api(&format!("vehicles/{vin}")))
+                .delete(url(&format!("vehicles/{vin}")))
                 .query(&[("reason", reason)]),
-            AdminCommand::Vehicles { after, limit } => client.get(api("vehicles")).query(&[
+            AdminCommand::Vehicles { after, limit } => client.get(url("vehicles")).query(&[
                 ("detail", "true".to_owned()),
                 ("after", after),
                 ("limit", limit.to_string()),
             ]),
-            AdminCommand::Vehicle { vin } => client.get(api(&format!("vehicles/{vin}"))),
-            AdminCommand::Assignments { vin } => client.get(api("assignments")).query(&[("vin", vin.unwrap_or_default())]),
+            AdminCommand::Vehicle { vin } => client.get(url(&format!("vehicles/{vin}"))),
+            AdminCommand::Assignments { vin } => client.get(url("assignments")).query(&[("vin", vin.unwrap_or_default())]),
             AdminCommand::Events { vin, rule } => client
-                .get(api("events"))
+                .get(url("events"))
                 .query(&[("vin", vin.unwrap_or_default()), ("rule", rule.unwrap_or_default())]),
-            AdminCommand::Images => client.get(api("images")),
+            AdminCommand::Images => client.get(url("images")),
         };
-        let response = request.header("authorization", auth).send().await?;
-        let status = response.status();
-        let body: Value = response.json().await.unwrap_or(Value::Null);
-        if !status.is_success() {
-            // The server's refusal, in its words and with its rule.
-            let error = body.get("error").and_then(Value::as_str).unwrap_or("");
-            let rule = body.get("rule").and_then(Value::as_str).unwrap_or("");
-            bail!("the server refused ({status}, {rule}): {error}");
-        }
-        if args.json {
+        let body = api.send(request).await?;
+        if args.connection.json {
             rampart_cli::say!("{}", serde_json::to_string_pretty(&body)?);
         } else {
             rampart_cli::say!("{}", render(&body)?);

@@ -8,7 +8,7 @@ use rampart_server::db::{Assignment, SecurityEvent, Vehicle};
 
 /// A table: a header row and rows, columns padded to their widest cell (the last column
 /// is not padded, so a long detail does not push blank space).
-fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+pub(crate) fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     let columns = header.len();
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
     for row in rows {

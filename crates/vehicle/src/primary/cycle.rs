@@ -285,12 +285,15 @@ impl Primary {
         if result.ok {
             Ok(())
         } else {
-            Err(Error::Protocol(format!(
-                "ECU {} refused: [{}] {}",
-                ecu.ecu_id,
-                result.rule.unwrap_or_default(),
-                result.message
-            )))
+            Err(Error::EcuRefused {
+                ecu: ecu.ecu_id.clone(),
+                rule: result
+                    .rule
+                    .as_deref()
+                    .and_then(|r| r.parse().ok())
+                    .unwrap_or(Rule::Protocol),
+                message: result.message,
+            })
         }
     }
 }

@@ -1,0 +1,189 @@
+//! Campaigns end to end: a server, four vehicles with real primaries and ECUs as processes,
+//! the operator's `rampart campaign` commands. A good release rolls out wave by wave; a
+//! release whose image fails the body controller's health check halts by itself on the
+//! canary (which rolls back), and the later wave never hears of it.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+use std::process::Command;
+
+use rampart_lab::{image_bytes, Lab, LabOptions};
+use serde_json::Value;
+
+fn bin() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_BIN_EXE_rampart"))
+}
+
+/// `rampart campaign ARGS` against the lab's server; its stdout (it must succeed).
+fn campaign(lab: &Lab, args: &[&str]) -> String {
+    let out = Command::new(bin())
+        .arg("campaign")
+        .args(args)
+        .arg("--data-dir")
+        .arg(lab.layout.root())
+        .args(["--server", lab.url.trim_end_matches('/')])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
+    assert!(
+        out.status.success(),
+        "campaign {args:?}\n{stdout}\n{stderr}"
+    );
+    stdout
+}
+
+fn status(lab: &Lab, name: &str) -> Value {
+    serde_json::from_str(&campaign(lab, &["status", name, "--json"])).unwrap()
+}
+
+/// The lab index of each vehicle of a campaign, in rollout order.
+fn rollout(lab: &Lab, name: &str) -> Vec<usize> {
+    status(lab, name)["vehicles"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| {
+            lab.vehicles
+                .iter()
+                .position(|h| h.vin == v["vin"].as_str().unwrap())
+                .unwrap()
+        })
+        .collect()
+}
+
+async fn bcm_of(lab: &Lab, i: usize) -> String {
+    let v = &lab.vehicles[i];
+    let bcm = &v.ecus[2].ecu_id;
+    let installed = lab.installed(&v.vin).await.unwrap();
+    installed
+        .get(bcm)
+        .cloned()
+        .unwrap_or_else(|| panic!("{bcm}: {installed:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_campaign_rolls_out_in_waves_and_halts_itself_on_a_failing_canary() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut lab = Lab::create(LabOptions::new(dir.path(), bin(), 4))
+        .await
+        .unwrap();
+    lab.start_ecus().await.unwrap();
+
+    // A good release, canary first.
+    lab.publish_bytes(
+        "bcm/fw-2.0.bin",
+        "bcm-1",
+        "2.0",
+        &image_bytes("bcm 2.0", 40_000),
+        false,
+    )
+    .await
+    .unwrap();
+    let created = campaign(
+        &lab,
+        &[
+            "create",
+            "--name",
+            "bcm-2.0",
+            "--image",
+            "bcm/fw-2.0.bin",
+            "--waves",
+            "1,all",
+            "--min-success",
+            "100",
+            "--max-failure",
+            "0",
+            "--soak",
+            "0s",
+            "--start",
+        ],
+    );
+    assert!(
+        created.contains("campaign bcm-2.0: running, wave 1 of 2"),
+        "{created}"
+    );
+    let order = rollout(&lab, "bcm-2.0");
+    // A vehicle of the second wave is told nothing yet.
+    let later = lab.run_vehicle(order[1], "auto").await.unwrap();
+    assert!(later.success, "{}", later.stderr);
+    assert_eq!(bcm_of(&lab, order[1]).await, "factory-bcm-1");
+    // The canary installs; its confirming manifest starts wave 2.
+    let canary = lab.run_vehicle(order[0], "auto").await.unwrap();
+    assert!(canary.success, "{}", canary.stderr);
+    assert_eq!(bcm_of(&lab, order[0]).await, "bcm/fw-2.0.bin");
+    assert_eq!(status(&lab, "bcm-2.0")["campaign"]["wave"], 1);
+    for &i in &order[1..] {
+        let run = lab.run_vehicle(i, "auto").await.unwrap();
+        assert!(run.success, "{}", run.stderr);
+    }
+    let done = status(&lab, "bcm-2.0");
+    assert_eq!(done["campaign"]["state"], "completed", "{done:#}");
+    let table = campaign(&lab, &["status", "bcm-2.0"]);
+    assert!(table.contains("[##########] 3"), "{table}");
+
+    // A release whose image fails the BCM's health check after it boots.
+    let mut broken = image_bytes("bcm 2.1", 40_000);
+    broken.extend_from_slice(b"BROKEN");
+    lab.publish_bytes("bcm/fw-2.1.bin", "bcm-1", "2.1", &broken, false)
+        .await
+        .unwrap();
+    campaign(
+        &lab,
+        &[
+            "create",
+            "--name",
+            "bcm-2.1",
+            "--image",
+            "bcm/fw-2.1.bin",
+            "--waves",
+            "1,all",
+            "--max-failure",
+            "0",
+            "--soak",
+            "0s",
+            "--start",
+        ],
+    );
+    let order = rollout(&lab, "bcm-2.1");
+    let canary = lab.run_vehicle(order[0], "auto").await.unwrap();
+    assert!(!canary.success, "the canary's install failed");
+    assert!(canary.stderr.contains("boot-failed") || canary.stdout.contains("boot-failed"));
+    // Rolled back to the release before, and the campaign halted at that check-in.
+    assert_eq!(bcm_of(&lab, order[0]).await, "bcm/fw-2.0.bin");
+    let halted = status(&lab, "bcm-2.1");
+    assert_eq!(halted["campaign"]["state"], "halted", "{halted:#}");
+    let reason = halted["campaign"]["reason"].as_str().unwrap();
+    assert!(reason.contains("boot-failed"), "{reason}\n{halted:#}");
+    assert_eq!(halted["vehicles"][0]["progress"], "rolled-back");
+    // The later wave never receives it.
+    for &i in &order[1..] {
+        let run = lab.run_vehicle(i, "auto").await.unwrap();
+        assert!(run.success, "{}", run.stderr);
+        assert_eq!(bcm_of(&lab, i).await, "bcm/fw-2.0.bin");
+    }
+    let shown = campaign(&lab, &["status", "bcm-2.1"]);
+    assert!(
+        shown.contains("halted") && shown.contains("rolled-back"),
+        "{shown}"
+    );
+    // The operator cancels it; it cannot be resumed after.
+    let cancelled = campaign(
+        &lab,
+        &["cancel", "bcm-2.1", "--reason", "health check fails"],
+    );
+    assert!(cancelled.contains("cancelled"), "{cancelled}");
+    let list = campaign(&lab, &["list"]);
+    assert!(
+        list.contains("bcm-2.0") && list.contains("completed"),
+        "{list}"
+    );
+    lab.stop().await.unwrap();
+}
