@@ -134,6 +134,7 @@ fn sign_manifests(k: &VehicleKeys, count: usize) -> anyhow::Result<Vec<Vec<u8>>>
             ecu_version_reports: reports,
             attacks_detected: String::new(),
             update_failures: Vec::new(),
+            progress: Vec::new(),
             unrecognized: BTreeMap::new(),
         };
         out.push(sign_vehicle_manifest(&manifest, primary)?);

@@ -246,6 +246,7 @@ fn mutated_manifests_and_ciphertexts_never_panic() {
         ecu_version_reports: BTreeMap::from([("TBOX-1".to_string(), report_doc)]),
         attacks_detected: String::new(),
         update_failures: Vec::new(),
+        progress: Vec::new(),
         unrecognized: BTreeMap::new(),
     };
     let bytes = sign_vehicle_manifest(&manifest, &primary).unwrap();

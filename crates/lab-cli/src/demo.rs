@@ -486,6 +486,7 @@ impl Demo {
             ecu_version_reports: Default::default(),
             attacks_detected: String::new(),
             update_failures: Vec::new(),
+            progress: Vec::new(),
             unrecognized: Default::default(),
         };
         let body = sign_vehicle_manifest(&manifest, &signer)?;

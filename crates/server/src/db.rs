@@ -943,6 +943,19 @@ impl Db {
                 }
             }
         }
+        for (target, ecu, stage) in &checkin.progress {
+            sqlx::query(
+                "UPDATE assignments SET stage = $1 WHERE vin = $2 AND ecu_id = $3 AND target = $4 \
+                 AND status = 'pending'",
+            )
+            .bind(*stage)
+            .bind(checkin.vin)
+            .bind(ecu)
+            .bind(target)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err("update progress"))?;
+        }
         sqlx::query("INSERT INTO manifests (vin, counter, nonce, received_at, document) VALUES ($1, $2, $3, $4, $5)")
             .bind(checkin.vin)
             .bind(to_i64(checkin.counter)?)
@@ -1495,6 +1508,9 @@ pub struct Checkin<'a> {
     /// Security events the manifest carries (attack indicators, dropped ECU reports): stored
     /// in the transaction that accepts it, so only if it is accepted, and once.
     pub events: Vec<NewEvent<'a>>,
+    /// Updates under way the manifest reports: `(target, ECU, stage)`, recorded on the
+    /// vehicle's pending assignments.
+    pub progress: Vec<(String, String, &'static str)>,
 }
 
 /// A certificate serial as stored: lower-case hex without separators (`:` and spaces are

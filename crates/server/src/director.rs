@@ -674,6 +674,14 @@ impl Director {
                     detail: &e.detail,
                 })
                 .collect(),
+            // Vehicle input: bounded like its failures.
+            progress: verified
+                .manifest
+                .progress
+                .iter()
+                .take(64)
+                .map(|p| (p.target.clone(), p.ecu_id.clone(), p.stage.as_str()))
+                .collect(),
         };
         let completed = match self.db.record_checkin(&checkin).await {
             Ok(c) => c,
@@ -978,6 +986,7 @@ mod tests {
                 ecu_version_reports: BTreeMap::new(),
                 attacks_detected: "freeze: timestamp expired\n".into(),
                 update_failures: Vec::new(),
+                progress: Vec::new(),
                 unrecognized: BTreeMap::new(),
             },
             reports: BTreeMap::from([

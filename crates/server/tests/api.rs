@@ -447,6 +447,7 @@ impl Car {
             ecu_version_reports: reports,
             attacks_detected: String::new(),
             update_failures: Vec::new(),
+            progress: Vec::new(),
             unrecognized: BTreeMap::new(),
         };
         sign_vehicle_manifest(&manifest, signer).unwrap()
@@ -1094,6 +1095,7 @@ async fn manifest_signed_by_a_wrong_key_is_refused() {
         ecu_version_reports: BTreeMap::new(),
         attacks_detected: String::new(),
         update_failures: Vec::new(),
+        progress: Vec::new(),
         unrecognized: BTreeMap::new(),
     };
     let wrong_vin = sign_vehicle_manifest(&manifest, &car.ecus[0].signer).unwrap();
@@ -1521,6 +1523,7 @@ async fn concurrent_copies_of_a_manifest_record_its_events_once(database: Option
         ecu_version_reports: reports,
         attacks_detected: "freeze: director timestamp older than the trusted one".into(),
         update_failures: Vec::new(),
+        progress: Vec::new(),
         unrecognized: BTreeMap::new(),
     };
     let manifest = sign_vehicle_manifest(&manifest, &car.ecus[0].signer).unwrap();

@@ -19,8 +19,8 @@ use rampart_core::key::KeyScheme;
 use rampart_core::metadata::Expiry;
 use rampart_core::signer::{InMemorySigner, Signer};
 use rampart_core::uptane::manifest::{
-    sign_ecu_report, sign_vehicle_manifest, EcuVersionReport, UpdateFailure, VehicleManifest,
-    ECU_REPORT_TYPE, VEHICLE_MANIFEST_TYPE,
+    sign_ecu_report, sign_vehicle_manifest, EcuVersionReport, UpdateFailure, UpdateProgress,
+    UpdateStage, VehicleManifest, ECU_REPORT_TYPE, VEHICLE_MANIFEST_TYPE,
 };
 use rampart_core::uptane::InstalledImage;
 use rampart_server::campaign::{
@@ -124,6 +124,39 @@ impl Car {
         }
     }
 
+    /// A manifest sent during a cycle: no ECU reports, the updates under way at `stage`.
+    async fn report_progress(&mut self, d: &Director, stage: UpdateStage) {
+        let progress = d
+            .db()
+            .assignments(Some(&self.vin), Some("pending"))
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|a| UpdateProgress {
+                target: a.target,
+                ecu_id: a.ecu_id,
+                stage,
+            })
+            .collect();
+        self.counter += 1;
+        let manifest = VehicleManifest {
+            type_: VEHICLE_MANIFEST_TYPE.into(),
+            vin: self.vin.clone(),
+            primary_ecu_id: "TBOX".into(),
+            manifest_counter: self.counter,
+            nonce: "01".into(),
+            ecu_version_reports: BTreeMap::new(),
+            attacks_detected: String::new(),
+            update_failures: Vec::new(),
+            progress,
+            unrecognized: BTreeMap::new(),
+        };
+        let body = sign_vehicle_manifest(&manifest, &self.primary).unwrap();
+        d.check_in(&self.vin, &body, None, Utc::now())
+            .await
+            .unwrap();
+    }
+
     fn manifest(&mut self) -> Vec<u8> {
         let mut reports = BTreeMap::new();
         for e in &mut self.ecus {
@@ -157,6 +190,7 @@ impl Car {
             ecu_version_reports: reports,
             attacks_detected: String::new(),
             update_failures: std::mem::take(&mut self.failures),
+            progress: Vec::new(),
             unrecognized: BTreeMap::new(),
         };
         sign_vehicle_manifest(&manifest, &self.primary).unwrap()
@@ -388,6 +422,12 @@ async fn halt(url: String) {
         let told = car_mut(&mut cars, vin).cycle(&d).await;
         assert!(told.contains(&"ivi/app-2.0.bin".to_owned()));
     }
+    // One of the waiting cars is installing when the halt comes: its instruction stands.
+    let installing = waiting[0].clone();
+    car_mut(&mut cars, &installing)
+        .report_progress(&d, UpdateStage::Installing)
+        .await;
+    let waiting = &order[5..6];
     // The first failure is 1 of 4 (25%, not above the threshold): still running.
     car_mut(&mut cars, tampered).cycle(&d).await;
     assert_eq!(
@@ -413,10 +453,12 @@ async fn halt(url: String) {
             "{vin} still instructed"
         );
     }
+    assert_eq!(instructions(&d, &installing).await, ["ivi/app-2.0.bin"]);
     let p = by_progress(&d, "ivi-2.0").await;
     assert_eq!(p["failed"], std::slice::from_ref(tampered));
     assert_eq!(p["rolled-back"], std::slice::from_ref(rolled_back));
-    assert_eq!(p["withdrawn"].len(), 2);
+    assert_eq!(p["installing"], std::slice::from_ref(&installing));
+    assert_eq!(p["withdrawn"].len(), 1);
     assert_eq!(p["installed"].len(), 2);
     assert_eq!(p["pending"].len(), 4, "wave 3 was never instructed");
     // Wave 3 never hears of it, whatever it does.
@@ -436,12 +478,17 @@ async fn halt(url: String) {
         events[0].detail
     );
 
-    // Resume: the withdrawn and failed are told again; a new breach halts again.
+    // Resume: the withdrawn and failed are told again.
     let c = campaign::start(&d, "ivi-2.0", Utc::now()).await.unwrap();
     assert_eq!(c.state, State::Running);
-    for vin in waiting {
-        assert_eq!(instructions(&d, vin).await, ["ivi/app-2.0.bin"]);
+    for vin in waiting.iter().chain([tampered, rolled_back]) {
+        assert_eq!(instructions(&d, vin).await, ["ivi/app-2.0.bin"], "{vin}");
     }
+    // The car that was installing finishes, and its signed report completes it.
+    let car = car_mut(&mut cars, &installing);
+    car.cycle(&d).await;
+    car.cycle(&d).await;
+    assert_eq!(by_progress(&d, "ivi-2.0").await["installed"].len(), 3);
     // Cancel: every instruction not yet installed is taken back.
     let c = campaign::cancel(&d, "ivi-2.0", "release withdrawn by QA")
         .await
@@ -576,6 +623,94 @@ async fn a_target_set_chooses_by_attribute_and_an_explicit_list_keeps_its_order(
         assert_eq!(order, [vin(2), vin(0)], "the first listed is the canary");
         assert_eq!(instructions(&d, &vin(2)).await, ["ivi/app-2.0.bin"]);
         assert!(instructions(&d, &vin(0)).await.is_empty());
+    })
+    .await;
+}
+
+/// A fleet of 1,000 vehicles on PostgreSQL, four waves, failures injected in wave 3: the
+/// campaign halts in wave 3 and no vehicle of wave 4 is ever instructed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_thousand_vehicles_four_waves_halt_in_the_third_on_postgres() {
+    common::with_postgres(|url| async move {
+        let (d, _dir) = director(&url).await;
+        let mut cars = fleet(&d, 1000, "id4").await;
+        let criteria = Criteria {
+            min_success_pct: 95.0,
+            max_failure_pct: 5.0,
+            soak_seconds: 0,
+        };
+        let c = campaign::create(
+            &d,
+            spec("big", "1%,10%,50%,100%", criteria),
+            release(),
+            Utc::now(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(c.wave_sizes, [10, 90, 400, 500]);
+        let status = campaign::status(d.db(), "big").await.unwrap();
+        let wave_of: BTreeMap<String, usize> = status
+            .vehicles
+            .iter()
+            .map(|v| (v.vin.clone(), v.wave))
+            .collect();
+        // In wave 3, one vehicle in ten fails its boot check (10% > 5%).
+        let mut wave3 = 0;
+        for car in &mut cars {
+            if wave_of[&car.vin] == 3 {
+                wave3 += 1;
+                if wave3 % 10 == 0 {
+                    car.behaviour = Behaviour::FailBoot;
+                }
+            }
+        }
+        // Everyone checks in, round after round, until the campaign stops running.
+        let mut rounds = 0;
+        while d.db().campaign("big").await.unwrap().unwrap().state == State::Running {
+            assert!(rounds < 8, "still running after {rounds} rounds");
+            for car in &mut cars {
+                car.cycle(&d).await;
+            }
+            rounds += 1;
+        }
+        let c = d.db().campaign("big").await.unwrap().unwrap();
+        assert_eq!(c.state, State::Halted);
+        assert_eq!(c.wave, 2, "halted in wave 3");
+        assert!(
+            c.reason.as_deref().unwrap().contains("wave 3"),
+            "{:?}",
+            c.reason
+        );
+        let status = campaign::status(d.db(), "big").await.unwrap();
+        for v in &status.vehicles {
+            match v.wave {
+                1 | 2 => assert_eq!(v.progress, Progress::Installed, "{}", v.vin),
+                4 => assert_eq!(v.progress, Progress::Pending, "{} of wave 4", v.vin),
+                _ => {}
+            }
+        }
+        // Not one assignment was ever made for a wave-4 vehicle.
+        let wave4: Vec<&String> = wave_of
+            .iter()
+            .filter(|(_, w)| **w == 4)
+            .map(|(v, _)| v)
+            .collect();
+        assert_eq!(wave4.len(), 500);
+        let all = d.db().assignments(None, None).await.unwrap();
+        assert!(all.len() < 10_000, "the listing is complete");
+        let instructed: std::collections::BTreeSet<&str> =
+            all.iter().map(|a| a.vin.as_str()).collect();
+        for vin in &wave4 {
+            assert!(
+                !instructed.contains(vin.as_str()),
+                "{vin} of wave 4 was instructed"
+            );
+        }
+        let counts = &status.waves[2].counts;
+        eprintln!(
+            "1,000 vehicles: halted after {rounds} rounds; wave 3: {:?}",
+            counts.by_progress
+        );
     })
     .await;
 }

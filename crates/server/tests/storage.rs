@@ -167,6 +167,7 @@ fn checkin<'a>(vin: &'a str, counter: u64, reports: Vec<ReportUpdate>) -> Checki
         reports,
         remote: None,
         events: Vec::new(),
+        progress: Vec::new(),
     }
 }
 

@@ -82,6 +82,11 @@ pub struct VehicleManifest {
     /// with the rule that stopped it: the director records them on its assignments.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub update_failures: Vec<UpdateFailure>,
+    /// Instructed updates under way (a manifest sent during a cycle, between the first and
+    /// the last): the director shows them, and does not take back an instruction an ECU is
+    /// installing.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub progress: Vec<UpdateProgress>,
     /// Unknown fields, kept verbatim.
     #[serde(flatten)]
     pub unrecognized: BTreeMap<String, Value>,
@@ -100,6 +105,37 @@ pub struct UpdateFailure {
     pub rule: String,
     /// What happened.
     pub message: String,
+}
+
+/// An instructed update under way, as the primary reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateProgress {
+    /// The image.
+    pub target: String,
+    /// The ECU it is for.
+    pub ecu_id: String,
+    /// How far it got.
+    pub stage: UpdateStage,
+}
+
+/// A stage of an update under way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpdateStage {
+    /// Being downloaded (and verified) by the primary.
+    Downloading,
+    /// Handed to its ECU, which writes, verifies and boots it.
+    Installing,
+}
+
+impl UpdateStage {
+    /// The name (`downloading`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpdateStage::Downloading => "downloading",
+            UpdateStage::Installing => "installing",
+        }
+    }
 }
 
 /// Signs an ECU version report; returns the document bytes.

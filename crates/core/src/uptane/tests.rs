@@ -638,6 +638,7 @@ fn manifest(v: &Vehicle, reports: BTreeMap<String, serde_json::Value>) -> Vec<u8
         ecu_version_reports: reports,
         attacks_detected: String::new(),
         update_failures: Vec::new(),
+        progress: Vec::new(),
         unrecognized: BTreeMap::new(),
     };
     sign_vehicle_manifest(&m, &v.primary).unwrap()

@@ -44,3 +44,7 @@ CREATE TABLE campaign_log (
     detail TEXT NOT NULL
 );
 CREATE INDEX campaign_log_by_campaign ON campaign_log (campaign_id, id);
+
+-- How far a pending assignment got, as the vehicle reports it during a cycle
+-- (`downloading`, `installing`): a halt does not take back an instruction being installed.
+ALTER TABLE assignments ADD COLUMN stage TEXT;

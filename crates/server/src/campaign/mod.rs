@@ -682,7 +682,11 @@ async fn withdraw_outstanding(
 }
 
 fn progress(m: &MemberRow) -> Progress {
-    Progress::of(m.status.as_deref(), m.last_error.as_deref(), None)
+    Progress::of(
+        m.status.as_deref(),
+        m.last_error.as_deref(),
+        m.stage.as_deref(),
+    )
 }
 
 /// Each vehicle's progress, by wave and in member order.

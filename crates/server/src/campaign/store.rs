@@ -25,6 +25,8 @@ pub(super) struct MemberRow {
     pub assignment_id: Option<i64>,
     pub status: Option<String>,
     pub last_error: Option<String>,
+    /// `downloading` or `installing`, as the vehicle reported.
+    pub stage: Option<String>,
 }
 
 /// A new member (before insertion).
@@ -137,7 +139,8 @@ impl Db {
     pub(super) async fn campaign_members(&self, id: i64) -> Result<Vec<MemberRow>> {
         let rows = sqlx::query(
             "SELECT m.vin AS vin, m.ecu_id AS ecu_id, m.wave AS wave, m.target AS target, \
-             m.assignment_id AS assignment_id, a.status AS status, a.last_error AS last_error \
+             m.assignment_id AS assignment_id, a.status AS status, a.last_error AS last_error, \
+             a.stage AS stage \
              FROM campaign_members m LEFT JOIN assignments a ON a.id = m.assignment_id \
              WHERE m.campaign_id = $1 ORDER BY m.wave, m.vin, m.ecu_id",
         )
@@ -155,6 +158,7 @@ impl Db {
                     assignment_id: get_opt_i64(r, "assignment_id")?,
                     status: get_opt_str(r, "status")?,
                     last_error: get_opt_str(r, "last_error")?,
+                    stage: get_opt_str(r, "stage")?,
                 })
             })
             .collect()
@@ -372,10 +376,11 @@ pub(super) async fn instruct(
 }
 
 /// Takes a pending instruction back; the director re-signs the vehicle's targets without it.
-/// `false`: it was no longer pending.
+/// `false`: it was no longer pending, or its ECU started installing it meanwhile.
 pub(super) async fn withdraw(tx: &mut Tx<'_>, assignment: i64, vin: &str) -> Result<bool> {
     let done = sqlx::query(
-        "UPDATE assignments SET status = 'withdrawn', completed_at = $1 WHERE id = $2 AND status = 'pending'",
+        "UPDATE assignments SET status = 'withdrawn', completed_at = $1 WHERE id = $2 AND status = 'pending' \
+         AND (stage IS NULL OR stage <> 'installing' OR last_error IS NOT NULL)",
     )
     .bind(now_text())
     .bind(assignment)

@@ -4,6 +4,7 @@
 use std::path::Path;
 
 use rampart_core::rule::Rule;
+use rampart_core::uptane::manifest::UpdateStage;
 use rampart_core::uptane::{FullVerifier, VerifiedUpdate};
 
 use super::*;
@@ -105,6 +106,8 @@ impl Primary {
         updates: &[VerifiedUpdate],
         report: &mut CycleReport,
     ) {
+        self.send_progress(report, updates, UpdateStage::Downloading)
+            .await;
         let mut downloaded = Vec::new();
         let mut blocked = None;
         for u in updates {
@@ -132,6 +135,8 @@ impl Primary {
                 report.updates.push(self.outcome(u, status));
             }
         } else {
+            self.send_progress(report, updates, UpdateStage::Installing)
+                .await;
             for (u, path) in updates.iter().zip(&downloaded) {
                 let status = match self.install(v, u, path).await {
                     Ok(()) => UpdateStatus::Installed,

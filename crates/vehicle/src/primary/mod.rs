@@ -36,7 +36,8 @@ use rampart_core::client::{
 use rampart_core::signer::{InMemorySigner, Signer};
 use rampart_core::trusted::TrustedSet;
 use rampart_core::uptane::manifest::{
-    sign_vehicle_manifest, UpdateFailure, VehicleManifest, VEHICLE_MANIFEST_TYPE,
+    sign_vehicle_manifest, UpdateFailure, UpdateProgress, UpdateStage, VehicleManifest,
+    VEHICLE_MANIFEST_TYPE,
 };
 use rampart_core::uptane::{FullVerifier, InstalledImage, Repo, Scope, UptaneAction};
 use serde::{Deserialize, Serialize};
@@ -373,6 +374,41 @@ impl Primary {
 
     /// Signs and sends the vehicle manifest.
     pub async fn send_manifest(&mut self, reports: BTreeMap<String, Value>) -> Result<Value> {
+        self.send_manifest_with(reports, Vec::new()).await
+    }
+
+    /// Tells the director that `updates` reached `stage`: a signed manifest of its own
+    /// (counter, nonce) without ECU reports, sent during the cycle. A failure is noted, never
+    /// fatal: progress is for the operator, the cycle's last manifest is what counts.
+    pub(super) async fn send_progress(
+        &mut self,
+        report: &mut CycleReport,
+        updates: &[rampart_core::uptane::VerifiedUpdate],
+        stage: UpdateStage,
+    ) {
+        let progress = updates
+            .iter()
+            .map(|u| UpdateProgress {
+                target: u.instruction.target.clone(),
+                ecu_id: u.instruction.ecu_id.clone(),
+                stage,
+            })
+            .collect();
+        if let Err(e) = self.send_manifest_with(BTreeMap::new(), progress).await {
+            self.note(
+                report,
+                e.rule(),
+                &format!("progress ({}) not sent: {e}", stage.as_str()),
+            );
+        }
+    }
+
+    /// [`Primary::send_manifest`] with updates under way.
+    async fn send_manifest_with(
+        &mut self,
+        reports: BTreeMap<String, Value>,
+        progress: Vec<UpdateProgress>,
+    ) -> Result<Value> {
         // The counter is persisted before the manifest leaves; the attack indicators are only
         // forgotten once the director has them (an attacker who drops the manifest that
         // reports it must not make the report disappear).
@@ -388,6 +424,7 @@ impl Primary {
             ecu_version_reports: reports,
             attacks_detected: attacks,
             update_failures: self.state.failures.clone(),
+            progress,
             unrecognized: BTreeMap::new(),
         };
         let body = sign_vehicle_manifest(&manifest, &self.signer)?;
