@@ -33,6 +33,9 @@ pub enum Action {
     Trickle(u64),
     /// Send the upstream body, then junk forever.
     Endless,
+    /// Let it through unchanged (with `times`, ahead of another rule on the same path: the
+    /// attacker lets the first requests pass and strikes at a later one).
+    Forward,
 }
 
 impl Action {
@@ -74,6 +77,7 @@ impl std::fmt::Debug for Action {
             Action::Blackhole => f.write_str("Blackhole"),
             Action::Trickle(b) => write!(f, "Trickle({b} B/s)"),
             Action::Endless => f.write_str("Endless"),
+            Action::Forward => f.write_str("Forward"),
         }
     }
 }
@@ -272,9 +276,10 @@ async fn handle(State(proxy): State<Proxy>, request: Request) -> Response {
         .map(|p| p.as_str().to_owned())
         .unwrap_or_default();
     let action = proxy.take_rule(&method, &path);
-    let label = action
-        .as_ref()
-        .map_or("forwarded".to_owned(), |a| format!("{a:?}"));
+    let label = match &action {
+        None | Some(Action::Forward) => "forwarded".to_owned(),
+        Some(a) => format!("{a:?}"),
+    };
     let record = |action: String, status: u16, bytes: u64, sha256: Option<String>| {
         proxy.record(Served {
             method: method.clone(),

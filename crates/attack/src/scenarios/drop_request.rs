@@ -109,29 +109,23 @@ fn record_evidence(h: &Harness, f: &mut Findings, step: &str) -> usize {
     forged.len()
 }
 
-/// Lets the vehicle's first manifest of the cycle through, then answers its next one (the
-/// report sent after the downloads, carrying the attack indicator) with 503.
-fn drop_second_manifest(h: &Harness, vin: &str) -> tokio::task::JoinHandle<()> {
-    let proxy = h.proxy.clone();
+/// Lets the vehicle's first two manifests of the cycle through (its report, then the one
+/// saying its update is downloading), then answers the next one (the report sent after the
+/// failed downloads, carrying the attack indicator) with 503.
+fn drop_last_manifest(h: &Harness, vin: &str) {
     let pattern = format!("/director/{vin}/manifest");
-    tokio::spawn(async move {
-        for _ in 0..3000 {
-            if proxy
-                .log()
-                .iter()
-                .any(|s| s.method == "POST" && s.path.contains(&pattern))
-            {
-                proxy.add(Intercept {
-                    pattern,
-                    method: Some("POST".into()),
-                    action: Action::Status(503),
-                    times: Some(1),
-                });
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
+    h.proxy.add(Intercept {
+        pattern: pattern.clone(),
+        method: Some("POST".into()),
+        action: Action::Forward,
+        times: Some(2),
+    });
+    h.proxy.add(Intercept {
+        pattern,
+        method: Some("POST".into()),
+        action: Action::Status(503),
+        times: Some(1),
+    });
 }
 
 /// Runs it.
@@ -147,9 +141,8 @@ pub(super) async fn run(h: Harness) -> anyhow::Result<Findings> {
     //    the indicator must still arrive with the next manifest that gets through.
     h.proxy
         .add(Intercept::get("/image/targets/", Action::Status(503)));
-    let watcher = drop_second_manifest(&h, &vin);
+    drop_last_manifest(&h, &vin);
     let run = timed_cycle(&h, &mut f, "image download answered 503", bound).await?;
-    watcher.abort();
     let n = record_evidence(&h, &mut f, "step 1 (image repository)");
     f.check(
         "the dropped image download reached the vehicle",
