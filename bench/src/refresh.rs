@@ -204,6 +204,7 @@ pub(crate) fn generate(args: &Args) -> anyhow::Result<Value> {
         let custom: ImageCustom = serde_json::from_value(file.custom.clone().unwrap_or_default())?;
         let dc = DirectorCustom {
             release_counter: custom.release_counter,
+            maintenance_window: None,
             ecus: BTreeMap::from([(
                 ecu_id.clone(),
                 EcuAssignment {

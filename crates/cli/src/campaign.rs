@@ -96,6 +96,13 @@ struct CreateArgs {
     /// Wait this long after a wave met its criterion before the next (`90s`, `10m`, `2h`).
     #[arg(long, default_value = "10m", value_parser = parse_duration)]
     soak: u64,
+    /// Maintenance window of vehicles without their own `maintenance_window` attribute
+    /// (`"Mon-Fri 01:00-05:00 Europe/Berlin"`): instructed, and installing, only inside it.
+    #[arg(long)]
+    window: Option<String>,
+    /// Ignore maintenance windows (needs --critical).
+    #[arg(long)]
+    override_windows: bool,
     /// No new instruction after this time (RFC 3339).
     #[arg(long)]
     deadline: Option<String>,
@@ -173,6 +180,8 @@ pub(crate) fn main(args: CampaignArgs) -> anyhow::Result<()> {
                         "max_failure_pct": a.max_failure,
                         "soak_seconds": a.soak,
                     },
+                    "window": a.window,
+                    "override_windows": a.override_windows,
                     "deadline": a.deadline,
                     "encrypt": a.encrypt,
                     "critical": a.critical,

@@ -588,6 +588,7 @@ impl Lab {
                 created_at: String::new(),
                 completed_at: None,
                 last_error: None,
+                maintenance_window: None,
             })
             .await?;
         Ok(())

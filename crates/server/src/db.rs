@@ -97,8 +97,18 @@ pub fn validate_labels(
             "tag {t:?}: 1 to {MAX_LABEL} characters of a-z, 0-9, -, _ and ."
         )));
     }
+    if let Some(w) = attributes.get(WINDOW_ATTRIBUTE) {
+        w.parse::<rampart_core::uptane::window::MaintenanceWindow>()
+            .map_err(|e| Error::BadRequest(format!("attribute {WINDOW_ATTRIBUTE}: {e}")))?;
+    }
     Ok(())
 }
+
+/// The vehicle attribute that holds its maintenance window (`Mon-Fri 01:00-05:00
+/// Europe/Berlin`): campaigns instruct the vehicle only inside it, and sign it into the
+/// instruction for the primary to enforce. Set it on a group of vehicles with `rampart admin
+/// label`.
+pub const WINDOW_ATTRIBUTE: &str = "maintenance_window";
 
 /// An ECU to register.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
@@ -209,6 +219,9 @@ pub struct Assignment {
     /// The last failure the vehicle reported for it (`rule: message`), if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// When the vehicle may install it (signed into the instruction), if limited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maintenance_window: Option<String>,
 }
 
 /// A director metadata document of one vehicle.
@@ -760,8 +773,8 @@ impl Db {
             .await
             .map_err(db_err("supersede"))?;
         let row = sqlx::query(
-            "INSERT INTO assignments (vin, ecu_id, target, length, hashes, release_counter, encrypt, status, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', $8) RETURNING id",
+            "INSERT INTO assignments (vin, ecu_id, target, length, hashes, release_counter, encrypt, status, created_at, maintenance_window) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', $8, $9) RETURNING id",
         )
         .bind(&a.vin)
         .bind(&a.ecu_id)
@@ -771,6 +784,7 @@ impl Db {
         .bind(to_i64(a.release_counter)?)
         .bind(if a.encrypt { "yes" } else { "no" })
         .bind(now_text())
+        .bind(a.maintenance_window.clone())
         .fetch_one(&mut **tx)
         .await
         .map_err(db_err("insert assignment"))?;
@@ -793,6 +807,7 @@ impl Db {
             created_at: get_str(r, "created_at")?,
             completed_at: get_opt_str(r, "completed_at")?,
             last_error: get_opt_str(r, "last_error")?,
+            maintenance_window: get_opt_str(r, "maintenance_window")?,
         })
     }
 
@@ -839,7 +854,7 @@ impl Db {
         status: Option<&str>,
     ) -> Result<Vec<Assignment>> {
         let rows = sqlx::query(
-            "SELECT id, vin, ecu_id, target, length, hashes, release_counter, encrypt, status, created_at, completed_at, last_error \
+            "SELECT id, vin, ecu_id, target, length, hashes, release_counter, encrypt, status, created_at, completed_at, last_error, maintenance_window \
              FROM assignments WHERE ($1 = '' OR vin = $1) AND ($2 = '' OR status = $2) ORDER BY id DESC LIMIT 10000",
         )
         .bind(vin.unwrap_or(""))
@@ -878,7 +893,7 @@ impl Db {
             Vec::new()
         } else {
             sqlx::query(
-                "SELECT id, vin, ecu_id, target, length, hashes, release_counter, encrypt, status, created_at, completed_at, last_error \
+                "SELECT id, vin, ecu_id, target, length, hashes, release_counter, encrypt, status, created_at, completed_at, last_error, maintenance_window \
                  FROM assignments WHERE vin = $1 AND status = 'pending' ORDER BY id",
             )
             .bind(checkin.vin)

@@ -187,6 +187,7 @@ struct DigestEntry<'a> {
     release_counter: u64,
     encrypt: bool,
     encryption_key: Option<&'a str>,
+    maintenance_window: Option<&'a str>,
 }
 
 #[derive(Serialize)]
@@ -374,6 +375,7 @@ impl Director {
                 release_counter: a.release_counter,
                 encrypt: a.encrypt,
                 encryption_key: enc_key,
+                maintenance_window: a.maintenance_window.as_deref(),
             });
         }
         let canon = to_canonical_from(&InstructionDigest {
@@ -427,6 +429,7 @@ impl Director {
                 .or_insert_with(|| DirectorCustom {
                     release_counter: a.release_counter,
                     ecus: BTreeMap::new(),
+                    maintenance_window: a.maintenance_window.clone(),
                 });
             custom.ecus.insert(
                 a.ecu_id.clone(),

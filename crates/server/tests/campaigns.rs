@@ -13,7 +13,7 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use chrono::Utc;
+use chrono::{Timelike, Utc};
 use rampart_core::hash::compute_hashes;
 use rampart_core::key::KeyScheme;
 use rampart_core::metadata::Expiry;
@@ -287,6 +287,8 @@ fn spec(name: &str, waves: &str, criteria: Criteria) -> CampaignSpec {
         encrypt: false,
         critical: false,
         rxswin: None,
+        window: None,
+        override_windows: false,
         deadline: None,
         start: true,
     }
@@ -711,6 +713,102 @@ async fn a_thousand_vehicles_four_waves_halt_in_the_third_on_postgres() {
             "1,000 vehicles: halted after {rounds} rounds; wave 3: {:?}",
             counts.by_progress
         );
+    })
+    .await;
+}
+
+/// `daily HH:MM-HH:MM UTC` from `from` hours after `now` to `to` hours after it.
+fn daily_window(now: chrono::DateTime<Utc>, from: i64, to: i64) -> String {
+    let at = |h: i64| {
+        (now + chrono::Duration::hours(h))
+            .format("%H:00")
+            .to_string()
+    };
+    format!("daily {}-{} UTC", at(from), at(to))
+}
+
+/// The maintenance window the director signed into `vin`'s instruction for `target`.
+async fn signed_window(d: &Director, vin: &str, target: &str) -> Option<String> {
+    let docs = d.documents(vin, Utc::now()).await.unwrap();
+    let doc: Value = serde_json::from_str(&docs.targets.document).unwrap();
+    doc["signed"]["targets"][target]["custom"]["maintenance_window"]
+        .as_str()
+        .map(str::to_owned)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vehicles_are_instructed_inside_their_maintenance_window_only() {
+    common::with_sqlite(|url| async move {
+        let (d, _dir) = director(&url).await;
+        let cars = fleet(&d, 3, "id4").await;
+        let now = Utc::now();
+        let (closed, open) = (daily_window(now, 6, 7), daily_window(now, -1, 1));
+        let label = |w: &str| {
+            BTreeMap::from([(
+                rampart_server::db::WINDOW_ATTRIBUTE.to_owned(),
+                w.to_owned(),
+            )])
+        };
+        d.db()
+            .set_labels(&cars[0].vin, &label(&closed), &Default::default())
+            .await
+            .unwrap();
+        d.db()
+            .set_labels(&cars[1].vin, &label(&open), &Default::default())
+            .await
+            .unwrap();
+        // Car 2 has no window of its own: the campaign's applies.
+        let mut s = spec("windowed", "all", Criteria::default());
+        s.window = Some(open.clone());
+        campaign::create(&d, s, release(), now).await.unwrap();
+        let target = "ivi/app-2.0.bin";
+        assert!(
+            instructions(&d, &cars[0].vin).await.is_empty(),
+            "outside its window"
+        );
+        assert_eq!(
+            signed_window(&d, &cars[1].vin, target).await.as_deref(),
+            Some(open.as_str())
+        );
+        assert_eq!(
+            signed_window(&d, &cars[2].vin, target).await.as_deref(),
+            Some(open.as_str())
+        );
+        // Its window opens: the periodic judgement instructs it, with its window signed in.
+        campaign::tick(&d, now + chrono::Duration::minutes(30)).await;
+        assert!(
+            instructions(&d, &cars[0].vin).await.is_empty(),
+            "still closed"
+        );
+        // (The windows start on the hour: half past the hour six hours on is inside.)
+        let hour = now - chrono::Duration::seconds(i64::from(now.minute() * 60 + now.second()));
+        campaign::tick(&d, hour + chrono::Duration::minutes(6 * 60 + 30)).await;
+        assert_eq!(
+            signed_window(&d, &cars[0].vin, target).await.as_deref(),
+            Some(closed.as_str())
+        );
+        campaign::cancel(&d, "windowed", "next test").await.unwrap();
+
+        // A critical fix may override windows, and only a critical fix.
+        let mut s = spec("urgent", "all", Criteria::default());
+        s.override_windows = true;
+        let e = campaign::create(&d, s.clone(), release(), now)
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("critical"), "{e}");
+        s.critical = true;
+        campaign::create(&d, s, release(), now).await.unwrap();
+        assert_eq!(instructions(&d, &cars[0].vin).await, [target]);
+        assert_eq!(signed_window(&d, &cars[0].vin, target).await, None);
+        // A window that does not parse is refused where it is set.
+        let e = d
+            .db()
+            .set_labels(&cars[2].vin, &label("nights"), &Default::default())
+            .await;
+        assert!(e.is_ok(), "the storage layer stores; the API validates");
+        let e =
+            rampart_server::db::validate_labels(&label("nights"), &Default::default()).unwrap_err();
+        assert!(e.to_string().contains("maintenance_window"), "{e}");
     })
     .await;
 }

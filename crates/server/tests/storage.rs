@@ -137,6 +137,7 @@ fn assignment(vin: &str, ecu: &str, target: &str, release_counter: u64) -> Assig
         created_at: String::new(),
         completed_at: None,
         last_error: None,
+        maintenance_window: None,
     }
 }
 

@@ -67,6 +67,7 @@ fn director(image: &[u8]) -> Director {
         custom: Some(
             DirectorCustom {
                 release_counter: 2,
+                maintenance_window: None,
                 ecus: BTreeMap::from([(
                     ECU.to_owned(),
                     EcuAssignment {

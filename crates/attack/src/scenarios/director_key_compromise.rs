@@ -123,6 +123,7 @@ async fn serve_forged(
     );
     let custom = DirectorCustom {
         release_counter: instruction.release_counter,
+        maintenance_window: None,
         ecus: BTreeMap::from([(
             instruction.ecu.clone(),
             EcuAssignment {

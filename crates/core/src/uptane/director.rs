@@ -25,6 +25,8 @@ pub struct DirectorInstruction {
     pub release_counter: u64,
     /// Encryption parameters, if the image is sent encrypted to this ECU.
     pub encryption: Option<EncryptedImage>,
+    /// When it may be installed, as the director signed it (see [`super::window`]).
+    pub maintenance_window: Option<String>,
 }
 
 /// Checks verified director targets for a vehicle and returns one instruction per ECU.
@@ -84,6 +86,7 @@ pub fn verify_director_targets(
                 file: file.clone(),
                 release_counter: custom.release_counter,
                 encryption: assignment.encryption,
+                maintenance_window: custom.maintenance_window.clone(),
             });
         }
     }

@@ -23,6 +23,7 @@ mod full;
 pub mod manifest;
 mod partial;
 pub mod receipt;
+pub mod window;
 
 use std::collections::BTreeMap;
 
@@ -102,6 +103,10 @@ pub struct DirectorCustom {
     pub release_counter: u64,
     /// ECU ID → assignment.
     pub ecus: BTreeMap<String, EcuAssignment>,
+    /// When the vehicle may install it ([`window::MaintenanceWindow`] syntax); absent: any
+    /// time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maintenance_window: Option<String>,
 }
 
 impl DirectorCustom {

@@ -98,6 +98,7 @@ fn assign(f: &mut Fleet, ecu: &str, hw: &str, name: &str, role: &str) {
         DirectorCustom {
             release_counter: counter,
             ecus,
+            maintenance_window: None,
         }
         .to_value(),
     );
@@ -223,6 +224,7 @@ fn director_image_the_image_repository_does_not_have_is_rejected() {
         custom: Some(
             DirectorCustom {
                 release_counter: 9,
+                maintenance_window: None,
                 ecus: BTreeMap::from([(
                     "TBOX-1".into(),
                     EcuAssignment {
@@ -357,6 +359,7 @@ fn supplier_delegation_is_resolved_with_the_hardware_id() {
     file2.custom = Some(
         DirectorCustom {
             release_counter: 3,
+            maintenance_window: None,
             ecus: BTreeMap::from([(
                 "TBOX-1".into(),
                 EcuAssignment {
@@ -785,6 +788,7 @@ fn encrypted_assignment_reaches_only_its_ecu() {
     entry.custom = Some(
         DirectorCustom {
             release_counter: 3,
+            maintenance_window: None,
             ecus: BTreeMap::from([(
                 "IVI-1".into(),
                 EcuAssignment {

@@ -48,3 +48,6 @@ CREATE INDEX campaign_log_by_campaign ON campaign_log (campaign_id, id);
 -- How far a pending assignment got, as the vehicle reports it during a cycle
 -- (`downloading`, `installing`): a halt does not take back an instruction being installed.
 ALTER TABLE assignments ADD COLUMN stage TEXT;
+
+-- When the vehicle may install an instruction (a maintenance window, signed into it).
+ALTER TABLE assignments ADD COLUMN maintenance_window TEXT;

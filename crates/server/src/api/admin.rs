@@ -315,6 +315,7 @@ pub(super) async fn create_assignments(
                 created_at: String::new(),
                 completed_at: None,
                 last_error: None,
+                maintenance_window: None,
             };
             if req.encrypt && db.image_key(&a.target).await?.is_none() {
                 return Err(Error::BadRequest(format!(

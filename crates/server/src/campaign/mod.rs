@@ -31,6 +31,7 @@ use serde::{Deserialize, Serialize};
 use crate::db::{Assignment, Db, Vehicle};
 use crate::director::Director;
 use crate::error::{Error, Result};
+use rampart_core::uptane::window::MaintenanceWindow;
 
 pub use plan::{Criteria, Progress, WaveCounts};
 pub use store::LogEntry;
@@ -95,6 +96,15 @@ pub struct CampaignSpec {
     /// The RXSWIN the vehicles have once it is installed (UNECE R156), if it changes one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rxswin: Option<String>,
+    /// The maintenance window of vehicles that have none of their own (their
+    /// `maintenance_window` attribute): `Mon-Fri 01:00-05:00 Europe/Berlin`. A vehicle is
+    /// instructed only inside its window, and the window is signed into the instruction so
+    /// the primary refuses to install outside it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<String>,
+    /// Ignore maintenance windows (only for a `critical` security fix).
+    #[serde(default)]
+    pub override_windows: bool,
     /// No new instruction after this time (RFC 3339); the campaign then completes, and
     /// instructions not yet being installed are taken back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -345,6 +355,16 @@ pub async fn create(
 ) -> Result<Campaign> {
     validate_name(&spec.name)?;
     spec.criteria.validate()?;
+    if let Some(w) = &spec.window {
+        w.parse::<MaintenanceWindow>()
+            .map_err(|e| Error::BadRequest(format!("window: {e}")))?;
+    }
+    if spec.override_windows && !spec.critical {
+        return Err(Error::BadRequest(
+            "only a critical security fix may override maintenance windows (give critical too)"
+                .into(),
+        ));
+    }
     if let Some(deadline) = parse_deadline(spec.deadline.as_deref())? {
         if deadline <= now {
             return Err(Error::BadRequest(format!(
@@ -547,7 +567,7 @@ pub async fn start(director: &Director, name: &str, now: DateTime<Utc>) -> Resul
             "campaign {name} changed meanwhile"
         )));
     }
-    let made = instruct_due(&mut tx, &c, wave, &members).await?;
+    let made = instruct_due(&mut tx, &c, wave, &members, now).await?;
     store::log(
         &mut tx,
         c.id,
@@ -621,19 +641,47 @@ pub async fn cancel(director: &Director, name: &str, reason: &str) -> Result<Cam
     campaign(db, name).await
 }
 
-/// Makes the assignments of members of waves up to `wave` that have none (or whose
-/// instruction a halt took back). Returns how many.
+/// The maintenance window that applies to a member (its vehicle's, else the campaign's),
+/// unless a critical fix overrides windows.
+fn window_of(c: &Campaign, m: &MemberRow) -> Option<String> {
+    if c.spec.override_windows {
+        return None;
+    }
+    m.window.clone().or_else(|| c.spec.window.clone())
+}
+
+/// Whether a member may be instructed at `now`: inside its window (a stored window that no
+/// longer parses keeps it waiting, and says so in the log of the server).
+fn window_open(c: &Campaign, m: &MemberRow, now: DateTime<Utc>) -> bool {
+    match window_of(c, m).map(|w| w.parse::<MaintenanceWindow>()) {
+        None => true,
+        Some(Ok(w)) => w.contains(now),
+        Some(Err(e)) => {
+            tracing::warn!(campaign = %c.name, vin = %m.vin, error = %e, "vehicle not instructed");
+            false
+        }
+    }
+}
+
+/// Members of waves up to `wave` without an instruction (none yet, or one a halt took back).
+fn due(members: &[MemberRow], wave: i64) -> impl Iterator<Item = &MemberRow> {
+    members.iter().filter(move |m| {
+        (m.wave as i64) <= wave
+            && (m.assignment_id.is_none() || m.status.as_deref() == Some("withdrawn"))
+    })
+}
+
+/// Makes the assignments of due members (see [`due`]) whose maintenance window is open at
+/// `now`; the others wait for theirs. Returns how many were made.
 async fn instruct_due(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     c: &Campaign,
     wave: i64,
     members: &[MemberRow],
+    now: DateTime<Utc>,
 ) -> Result<usize> {
     let mut made = 0;
-    for m in members.iter().filter(|m| {
-        (m.wave as i64) <= wave
-            && (m.assignment_id.is_none() || m.status.as_deref() == Some("withdrawn"))
-    }) {
+    for m in due(members, wave).filter(|m| window_open(c, m, now)) {
         let image = c
             .images
             .iter()
@@ -657,9 +705,11 @@ async fn instruct_due(
             created_at: String::new(),
             completed_at: None,
             last_error: None,
+            maintenance_window: window_of(c, m),
         };
-        store::instruct(tx, c.id, m, &a).await?;
-        made += 1;
+        if store::instruct(tx, c.id, m, &a).await? {
+            made += 1;
+        }
     }
     Ok(made)
 }
@@ -816,6 +866,15 @@ pub async fn evaluate(director: &Director, id: i64, now: DateTime<Utc>) -> Resul
             return halt(director, &c, &members, &vehicles, &why).await;
         }
     }
+    // Vehicles of started waves whose maintenance window opened since.
+    if due(&members, c.wave).any(|m| window_open(&c, m, now)) {
+        let mut tx = store::begin(db).await?;
+        if store::set_state(&mut tx, c.id, &[State::Running], State::Running, None).await? {
+            let made = instruct_due(&mut tx, &c, c.wave, &members, now).await?;
+            tracing::info!(campaign = %c.name, instructed = made, "vehicles instructed in their maintenance window");
+        }
+        store::commit(tx).await?;
+    }
     let current = c.wave as usize;
     if plan::judge(current, &wave_counts(&vehicles, current), &c.spec.criteria)
         != plan::Verdict::Met
@@ -827,17 +886,17 @@ pub async fn evaluate(director: &Director, id: i64, now: DateTime<Utc>) -> Resul
         if c.spec.criteria.soak_seconds > 0 {
             return Ok(());
         }
-        return advance(db, &c, &members).await;
+        return advance(db, &c, &members, now).await;
     };
     if now - met < chrono::Duration::seconds(c.spec.criteria.soak_seconds as i64) {
         return Ok(());
     }
-    advance(db, &c, &members).await
+    advance(db, &c, &members, now).await
 }
 
 /// The current wave met its criterion and soaked: the next wave starts, or after the last
 /// the campaign completes.
-async fn advance(db: &Db, c: &Campaign, members: &[MemberRow]) -> Result<()> {
+async fn advance(db: &Db, c: &Campaign, members: &[MemberRow], now: DateTime<Utc>) -> Result<()> {
     let next = c.wave + 1;
     if next as usize >= c.wave_sizes.len() {
         return finish(
@@ -854,7 +913,7 @@ async fn advance(db: &Db, c: &Campaign, members: &[MemberRow]) -> Result<()> {
     if !store::start_wave(&mut tx, c.id, c.wave, next).await? {
         return Ok(());
     }
-    let made = instruct_due(&mut tx, c, next, members).await?;
+    let made = instruct_due(&mut tx, c, next, members, now).await?;
     store::log(
         &mut tx,
         c.id,

@@ -27,6 +27,8 @@ pub(super) struct MemberRow {
     pub last_error: Option<String>,
     /// `downloading` or `installing`, as the vehicle reported.
     pub stage: Option<String>,
+    /// The vehicle's own maintenance window (its attribute), if it has one.
+    pub window: Option<String>,
 }
 
 /// A new member (before insertion).
@@ -140,8 +142,9 @@ impl Db {
         let rows = sqlx::query(
             "SELECT m.vin AS vin, m.ecu_id AS ecu_id, m.wave AS wave, m.target AS target, \
              m.assignment_id AS assignment_id, a.status AS status, a.last_error AS last_error, \
-             a.stage AS stage \
+             a.stage AS stage, v.attributes AS attributes \
              FROM campaign_members m LEFT JOIN assignments a ON a.id = m.assignment_id \
+             JOIN vehicles v ON v.vin = m.vin \
              WHERE m.campaign_id = $1 ORDER BY m.wave, m.vin, m.ecu_id",
         )
         .bind(id)
@@ -159,6 +162,12 @@ impl Db {
                     status: get_opt_str(r, "status")?,
                     last_error: get_opt_str(r, "last_error")?,
                     stage: get_opt_str(r, "stage")?,
+                    window: get_opt_str(r, "attributes")?
+                        .and_then(|a| {
+                            serde_json::from_str::<std::collections::BTreeMap<String, String>>(&a)
+                                .ok()
+                        })
+                        .and_then(|mut a| a.remove(crate::db::WINDOW_ATTRIBUTE)),
                 })
             })
             .collect()
@@ -352,27 +361,51 @@ pub(super) async fn wave_met(db: &Db, id: i64, wave: i64, at: &str) -> Result<()
     Ok(())
 }
 
-/// Makes the assignment of one member (its instruction) and links it.
+/// Makes the assignment of one member (its instruction) and links it, if the member still
+/// has the instruction it was read with (none, or one a halt took back): of two evaluations
+/// racing, the second finds the member claimed and makes nothing. `false`: claimed already.
 pub(super) async fn instruct(
     tx: &mut Tx<'_>,
     id: i64,
     member: &MemberRow,
     a: &Assignment,
-) -> Result<()> {
+) -> Result<bool> {
+    let claim = match member.assignment_id {
+        None => "assignment_id IS NULL",
+        Some(_) => "assignment_id = $5",
+    };
+    let sql = format!(
+        "UPDATE campaign_members SET instructed_at = $1 \
+         WHERE campaign_id = $2 AND vin = $3 AND ecu_id = $4 AND {claim}"
+    );
+    let mut q = sqlx::query(&sql)
+        .bind(now_text())
+        .bind(id)
+        .bind(&member.vin)
+        .bind(&member.ecu_id);
+    if let Some(old) = member.assignment_id {
+        q = q.bind(old);
+    }
+    let claimed = q
+        .execute(&mut **tx)
+        .await
+        .map_err(db_err("claim campaign member"))?;
+    if claimed.rows_affected() != 1 {
+        return Ok(false);
+    }
     let assignment = Db::insert_assignment(tx, a).await?;
     sqlx::query(
-        "UPDATE campaign_members SET assignment_id = $1, instructed_at = $2 \
-         WHERE campaign_id = $3 AND vin = $4 AND ecu_id = $5",
+        "UPDATE campaign_members SET assignment_id = $1 \
+         WHERE campaign_id = $2 AND vin = $3 AND ecu_id = $4",
     )
     .bind(assignment)
-    .bind(now_text())
     .bind(id)
     .bind(&member.vin)
     .bind(&member.ecu_id)
     .execute(&mut **tx)
     .await
     .map_err(db_err("link campaign member"))?;
-    Ok(())
+    Ok(true)
 }
 
 /// Takes a pending instruction back; the director re-signs the vehicle's targets without it.

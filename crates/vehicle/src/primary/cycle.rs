@@ -5,6 +5,7 @@ use std::path::Path;
 
 use rampart_core::rule::Rule;
 use rampart_core::uptane::manifest::UpdateStage;
+use rampart_core::uptane::window::MaintenanceWindow;
 use rampart_core::uptane::{FullVerifier, VerifiedUpdate};
 
 use super::*;
@@ -69,6 +70,17 @@ impl Primary {
         updates: &[VerifiedUpdate],
         report: &mut CycleReport,
     ) -> Result<bool> {
+        // Outside the maintenance window the director signed, nothing is installed and the
+        // owner is not asked for what cannot happen now.
+        if let Some(why) = outside_window(updates, chrono::Utc::now()) {
+            for u in updates {
+                report
+                    .updates
+                    .push(self.outcome(u, UpdateStatus::PreconditionFailed(why.clone())));
+            }
+            self.reporter.say(&format!("Update postponed: {why}."));
+            return Ok(false);
+        }
         let notices: Vec<UpdateNotice> = updates.iter().map(|u| self.notice(v, u)).collect();
         if let Decision::Declined(why) =
             consent::ask(consent_mode, &notices, self.reporter.clone()).await?
@@ -301,6 +313,26 @@ impl Primary {
             })
         }
     }
+}
+
+/// Why `updates` may not be installed at `now`, if one of them carries a maintenance window
+/// that does not contain it. A signed window that does not parse keeps the update back too:
+/// the director meant to limit it, and the vehicle cannot tell how.
+pub(super) fn outside_window(
+    updates: &[VerifiedUpdate],
+    now: chrono::DateTime<chrono::Utc>,
+) -> Option<String> {
+    updates.iter().find_map(|u| {
+        let spec = u.instruction.maintenance_window.as_deref()?;
+        match spec.parse::<MaintenanceWindow>() {
+            Ok(w) if w.contains(now) => None,
+            Ok(w) => Some(format!(
+                "outside its maintenance window ({w}); {} waits for it",
+                u.instruction.target
+            )),
+            Err(e) => Some(format!("{}: {e}", u.instruction.target)),
+        }
+    })
 }
 
 pub(super) async fn run_precondition(cmd: &str) -> std::result::Result<(), String> {

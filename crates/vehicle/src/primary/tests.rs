@@ -262,3 +262,43 @@ fn a_cycle_is_complete_only_when_everything_due_installed_and_everyone_answered(
         matches!(r.outcome(), CycleOutcome::Failed(w) if w.starts_with("1 of 3 update(s) failed: hash-mismatch: c.bin"))
     );
 }
+
+fn windowed(window: Option<&str>) -> rampart_core::uptane::VerifiedUpdate {
+    rampart_core::uptane::VerifiedUpdate {
+        instruction: rampart_core::uptane::DirectorInstruction {
+            ecu_id: "BCM".into(),
+            hardware_id: "bcm-1".into(),
+            target: "bcm/fw-2.bin".into(),
+            file: rampart_core::metadata::TargetFile {
+                length: 1,
+                hashes: Default::default(),
+                custom: None,
+                unrecognized: Default::default(),
+            },
+            release_counter: 2,
+            encryption: None,
+            maintenance_window: window.map(str::to_owned),
+        },
+        image_role: "targets".into(),
+    }
+}
+
+/// The window the director signed decides, on the vehicle's own clock; a window that does
+/// not parse keeps the update back.
+#[test]
+fn an_update_waits_for_its_signed_maintenance_window() {
+    use chrono::TimeZone;
+    // Wednesday 2 December 2026, 02:30 in Berlin.
+    let now = chrono::Utc.with_ymd_and_hms(2026, 12, 2, 1, 30, 0).unwrap();
+    let open = "Mon-Fri 01:00-05:00 Europe/Berlin";
+    let closed = "Sat,Sun 01:00-05:00 Europe/Berlin";
+    assert_eq!(cycle::outside_window(&[windowed(None)], now), None);
+    assert_eq!(cycle::outside_window(&[windowed(Some(open))], now), None);
+    let why = cycle::outside_window(&[windowed(Some(open)), windowed(Some(closed))], now).unwrap();
+    assert!(
+        why.contains("outside its maintenance window (Sat,Sun 01:00-05:00"),
+        "{why}"
+    );
+    let why = cycle::outside_window(&[windowed(Some("whenever"))], now).unwrap();
+    assert!(why.contains("maintenance window"), "{why}");
+}

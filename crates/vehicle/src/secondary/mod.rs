@@ -617,6 +617,7 @@ mod tests {
             custom: Some(
                 DirectorCustom {
                     release_counter: counter,
+                    maintenance_window: None,
                     ecus: BTreeMap::from([(
                         ecu.to_owned(),
                         EcuAssignment {
