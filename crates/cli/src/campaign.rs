@@ -24,7 +24,7 @@ pub(crate) struct CampaignArgs {
 #[derive(Debug, Subcommand)]
 enum CampaignCommand {
     /// Create a campaign: a release, a target set, waves and criteria.
-    Create(CreateArgs),
+    Create(Box<CreateArgs>),
     /// List campaigns (newest first).
     List,
     /// A campaign's waves, vehicles and log.
