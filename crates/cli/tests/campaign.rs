@@ -21,8 +21,13 @@ fn bin() -> std::path::PathBuf {
 
 /// `rampart campaign ARGS` against the lab's server; its stdout (it must succeed).
 fn campaign(lab: &Lab, args: &[&str]) -> String {
+    run(lab, "campaign", args)
+}
+
+/// `rampart SUBCOMMAND ARGS` against the lab's server; its stdout (it must succeed).
+fn run(lab: &Lab, subcommand: &str, args: &[&str]) -> String {
     let out = Command::new(bin())
-        .arg("campaign")
+        .arg(subcommand)
         .args(args)
         .arg("--data-dir")
         .arg(lab.layout.root())
@@ -104,6 +109,8 @@ async fn a_campaign_rolls_out_in_waves_and_halts_itself_on_a_failing_canary() {
             "--soak",
             "0s",
             "--start",
+            "--rxswin",
+            "R156-BCM-2.0",
         ],
     );
     assert!(
@@ -128,6 +135,31 @@ async fn a_campaign_rolls_out_in_waves_and_halts_itself_on_a_failing_canary() {
     assert_eq!(done["campaign"]["state"], "completed", "{done:#}");
     let table = campaign(&lab, &["status", "bcm-2.0"]);
     assert!(table.contains("[##########] 3"), "{table}");
+    // R156: the RXSWIN follows the confirmed install; the records export as CSV.
+    let vin = lab.vehicles[order[0]].vin.clone();
+    let rxswin = run(&lab, "admin", &["rxswin", "--vin", &vin]);
+    assert!(
+        rxswin.contains("RXSWIN R156-BCM-2.0") && rxswin.contains("bcm-2.0"),
+        "{rxswin}\n{}\n{done:#}",
+        run(&lab, "admin", &["records"])
+    );
+    let csv = run(
+        &lab,
+        "admin",
+        &["records", "--campaign", "bcm-2.0", "--csv"],
+    );
+    let rows: Vec<&str> = csv.lines().collect();
+    assert_eq!(rows.len(), 5, "{csv}");
+    assert!(
+        rows[0].starts_with("id,vin,ecu_id,from_target,to_target,rxswin"),
+        "{csv}"
+    );
+    assert!(
+        rows[1..]
+            .iter()
+            .all(|r| r.contains(",factory-bcm-1,bcm/fw-2.0.bin,R156-BCM-2.0,bcm-2.0,installed,")),
+        "{csv}"
+    );
 
     // A release whose image fails the BCM's health check after it boots.
     let mut broken = image_bytes("bcm 2.1", 40_000);
@@ -169,6 +201,11 @@ async fn a_campaign_rolls_out_in_waves_and_halts_itself_on_a_failing_canary() {
         assert!(run.success, "{}", run.stderr);
         assert_eq!(bcm_of(&lab, i).await, "bcm/fw-2.0.bin");
     }
+    let records = run(&lab, "admin", &["records", "--campaign", "bcm-2.1"]);
+    assert!(
+        records.contains("rolled-back") && records.contains("boot-failed"),
+        "{records}"
+    );
     let shown = campaign(&lab, &["status", "bcm-2.1"]);
     assert!(
         shown.contains("halted") && shown.contains("rolled-back"),

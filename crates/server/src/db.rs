@@ -371,7 +371,7 @@ pub(crate) fn json(text: &str, what: &str) -> Result<serde_json::Value> {
 }
 
 /// Every table of the schema (what [`Db::count`] accepts).
-pub const TABLES: [&str; 11] = [
+pub const TABLES: [&str; 13] = [
     "vehicles",
     "ecus",
     "assignments",
@@ -383,6 +383,8 @@ pub const TABLES: [&str; 11] = [
     "campaigns",
     "campaign_members",
     "campaign_log",
+    "update_records",
+    "rxswin_history",
 ];
 
 /// A revoked vehicle certificate: every certificate of a VIN, or one by serial.
@@ -823,6 +825,37 @@ impl Db {
         let mut tx = self.pool.begin().await.map_err(db_err("begin"))?;
         let mut ended = 0;
         for (target, ecu, error, is_final) in failures {
+            // The records first: which pending assignments the failure is about, and what
+            // their ECUs run (still the old image).
+            let about = sqlx::query(
+                "SELECT id, ecu_id FROM assignments \
+                 WHERE vin = $1 AND target = $2 AND ($3 = '' OR ecu_id = $3) AND status = 'pending'",
+            )
+            .bind(vin)
+            .bind(target)
+            .bind(ecu.clone().unwrap_or_default())
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db_err("failed assignments"))?;
+            let result = if crate::campaign::plan::error_rule(error) == Rule::BootFailed.as_str() {
+                "rolled-back"
+            } else {
+                "failed"
+            };
+            for row in &about {
+                let (id, ecu_id) = (get_i64(row, "id")?, get_str(row, "ecu_id")?);
+                let before = crate::records::installed_target(&mut tx, vin, &ecu_id).await?;
+                let outcome = crate::records::Outcome {
+                    assignment: id,
+                    vin,
+                    ecu_id: &ecu_id,
+                    from: before.as_deref(),
+                    to: target,
+                    result,
+                    detail: Some(error),
+                };
+                crate::records::record(&mut tx, &outcome).await?;
+            }
             let status_if_final = if *is_final { "failed" } else { "pending" };
             let done = sqlx::query(
                 "UPDATE assignments SET last_error = $1, status = $2 \
@@ -906,6 +939,18 @@ impl Db {
         };
         let mut completed = Vec::new();
         for report in &checkin.reports {
+            // What the ECU ran before this report, for the update record of an assignment
+            // it completes (read only then: completions are rare, reports are not).
+            let completes = pending.iter().any(|a| {
+                a.ecu_id == report.ecu_id
+                    && a.target == report.installed.target
+                    && !completed.contains(&a.id)
+            });
+            let before = if completes {
+                crate::records::installed_target(&mut tx, checkin.vin, &report.ecu_id).await?
+            } else {
+                None
+            };
             // Conditional like the manifest counter: the caller checked the report counter
             // against what it read, but another check-in may have moved it since.
             let stored = sqlx::query(
@@ -954,6 +999,16 @@ impl Db {
                         .execute(&mut *tx)
                         .await
                         .map_err(db_err("complete assignment"))?;
+                    let outcome = crate::records::Outcome {
+                        assignment: a.id,
+                        vin: checkin.vin,
+                        ecu_id: &a.ecu_id,
+                        from: before.as_deref(),
+                        to: &a.target,
+                        result: "installed",
+                        detail: None,
+                    };
+                    crate::records::record(&mut tx, &outcome).await?;
                     completed.push(a.id);
                 }
             }

@@ -8,6 +8,7 @@
 //! * [`campaign`] — staged rollouts: waves, automatic halt, progress from signed reports.
 //! * [`db`] — SQLite or PostgreSQL storage; no per-vehicle state in memory.
 //! * [`keys`] — signing keys: PKCS#8 files or PKCS#11 tokens behind one trait.
+//! * [`records`] — UNECE R156 update records and each vehicle's RXSWIN.
 //! * [`pki`], [`tls`] — fleet CA, vehicle certificates, HTTPS with client certificates.
 
 pub mod api;
@@ -23,6 +24,7 @@ pub mod layout;
 mod linger;
 pub mod ops;
 pub mod pki;
+pub mod records;
 pub mod repo;
 pub mod revocation;
 pub mod serve;

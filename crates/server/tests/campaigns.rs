@@ -322,14 +322,11 @@ async fn staged_rollout(url: String) {
         max_failure_pct: 20.0,
         soak_seconds: 0,
     };
-    let c = campaign::create(
-        &d,
-        spec("ivi-2.0", "1,50%,all", criteria),
-        release(),
-        Utc::now(),
-    )
-    .await
-    .unwrap();
+    let mut s = spec("ivi-2.0", "1,50%,all", criteria);
+    s.rxswin = Some("R156-ID4-02".into());
+    let c = campaign::create(&d, s, release(), Utc::now())
+        .await
+        .unwrap();
     assert_eq!(
         (c.state, c.wave, c.wave_sizes.clone()),
         (State::Running, 0, vec![1, 4, 5])
@@ -346,8 +343,14 @@ async fn staged_rollout(url: String) {
             car.vin
         );
     }
-    // The canary reports the install: wave 2 starts at that check-in.
+    // Installed, but not yet confirmed by a signed report: the RXSWIN has not changed.
+    assert_eq!(d.db().rxswin(&canary).await.unwrap(), None);
+    // The canary reports the install: wave 2 starts at that check-in, its RXSWIN changes.
     car_mut(&mut cars, &canary).cycle(&d).await;
+    assert_eq!(
+        d.db().rxswin(&canary).await.unwrap().as_deref(),
+        Some("R156-ID4-02")
+    );
     let c = d.db().campaign("ivi-2.0").await.unwrap().unwrap();
     assert_eq!(
         c.wave, 1,
@@ -373,6 +376,34 @@ async fn staged_rollout(url: String) {
     let log = d.db().campaign_log(c.id).await.unwrap();
     let actions: Vec<_> = log.iter().map(|l| l.action.as_str()).collect();
     assert_eq!(actions, ["created", "started", "wave", "wave", "completed"]);
+    // R156: every vehicle's RXSWIN and an update record per confirmed install.
+    for car in &cars {
+        let history = d.db().rxswin_history(&car.vin).await.unwrap();
+        assert_eq!(history.len(), 1, "{}", car.vin);
+        assert_eq!(history[0].campaign.as_deref(), Some("ivi-2.0"));
+    }
+    let records = d
+        .db()
+        .update_records(None, Some("ivi-2.0"), 0, 100)
+        .await
+        .unwrap();
+    assert_eq!(records.len(), 10);
+    for r in &records {
+        assert_eq!(
+            (
+                r.ecu_id.as_str(),
+                r.from_target.as_deref(),
+                r.to_target.as_str()
+            ),
+            ("IVI", Some("factory/IVI.bin"), "ivi/app-2.0.bin")
+        );
+        assert_eq!(
+            (r.result.as_str(), r.rxswin.as_deref()),
+            ("installed", Some("R156-ID4-02"))
+        );
+    }
+    let csv = rampart_server::records::to_csv(&records);
+    assert_eq!(csv.lines().count(), 11, "{csv}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -463,6 +494,24 @@ async fn halt(url: String) {
     assert_eq!(p["withdrawn"].len(), 1);
     assert_eq!(p["installed"].len(), 2);
     assert_eq!(p["pending"].len(), 4, "wave 3 was never instructed");
+    // The failures are update records, with their rules.
+    let records = d
+        .db()
+        .update_records(None, Some("ivi-2.0"), 0, 100)
+        .await
+        .unwrap();
+    let failed: Vec<(&str, &str)> = records
+        .iter()
+        .filter(|r| r.result != "installed")
+        .map(|r| (r.vin.as_str(), r.result.as_str()))
+        .collect();
+    assert_eq!(
+        failed,
+        [
+            (tampered.as_str(), "failed"),
+            (rolled_back.as_str(), "rolled-back")
+        ]
+    );
     // Wave 3 never hears of it, whatever it does.
     for vin in &order[6..] {
         assert!(car_mut(&mut cars, vin).cycle(&d).await.is_empty());

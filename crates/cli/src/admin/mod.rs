@@ -97,19 +97,29 @@ impl Api {
     /// Sends `request` with the token; the answer's JSON, or the server's refusal in its
     /// words and with its rule.
     pub(crate) async fn send(&self, request: reqwest::RequestBuilder) -> anyhow::Result<Value> {
+        let text = self.send_text(request).await?;
+        Ok(serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    /// Like [`Api::send`], for an answer that is not JSON (CSV).
+    pub(crate) async fn send_text(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> anyhow::Result<String> {
         let response = request
             .header("authorization", &self.auth)
             .send()
             .await
             .map_err(|e| anyhow::anyhow!(rampart_client::diagnose::explain(&e)))?;
         let status = response.status();
-        let body: Value = response.json().await.unwrap_or(Value::Null);
+        let text = response.text().await.unwrap_or_default();
         if !status.is_success() {
+            let body: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
             let error = body.get("error").and_then(Value::as_str).unwrap_or("");
             let rule = body.get("rule").and_then(Value::as_str).unwrap_or("");
             bail!("the server refused ({status}, {rule}): {error}");
         }
-        Ok(body)
+        Ok(text)
     }
 }
 
@@ -203,6 +213,28 @@ enum AdminCommand {
     },
     /// List the image repository's targets.
     Images,
+    /// A vehicle's RXSWIN (UNECE R156) and how it changed.
+    Rxswin {
+        /// VIN.
+        #[arg(long)]
+        vin: String,
+    },
+    /// Update records for auditors (vehicle, ECU, from → to, RXSWIN, campaign, time,
+    /// result), oldest first.
+    Records {
+        /// Only this vehicle.
+        #[arg(long)]
+        vin: Option<String>,
+        /// Only this campaign.
+        #[arg(long)]
+        campaign: Option<String>,
+        /// Print CSV (RFC 4180) instead of a table.
+        #[arg(long)]
+        csv: bool,
+        /// At most this many.
+        #[arg(long, default_value_t = 100_000)]
+        limit: u32,
+    },
 }
 
 /// `NAME=VALUE` of `--attribute`.
@@ -250,6 +282,8 @@ pub(crate) fn main(args: AdminArgs) -> anyhow::Result<()> {
             AdminCommand::Vehicle { .. } | AdminCommand::Label { .. } => tables::vehicle,
             AdminCommand::Vehicles { .. } => tables::vehicles,
             AdminCommand::Images => tables::images,
+            AdminCommand::Rxswin { .. } => tables::rxswin,
+            AdminCommand::Records { .. } => tables::records,
             AdminCommand::Register { .. } => |b| {
                 Ok(format!("registered {}", b.get("vin").and_then(Value::as_str).unwrap_or("")))
             },
@@ -296,6 +330,21 @@ pub(crate) fn main(args: AdminArgs) -> anyhow::Result<()> {
                 .get(url("events"))
                 .query(&[("vin", vin.unwrap_or_default()), ("rule", rule.unwrap_or_default())]),
             AdminCommand::Images => client.get(url("images")),
+            AdminCommand::Rxswin { vin } => client.get(url(&format!("vehicles/{vin}/rxswin"))),
+            AdminCommand::Records { vin, campaign, csv, limit } => {
+                let request = client.get(url("update-records")).query(&[
+                    ("vin", vin.unwrap_or_default()),
+                    ("campaign", campaign.unwrap_or_default()),
+                    ("limit", limit.to_string()),
+                    ("format", if csv { "csv" } else { "json" }.to_owned()),
+                ]);
+                if csv {
+                    let text = api.send_text(request).await?;
+                    rampart_cli::say!("{}", text.trim_end());
+                    return Ok(());
+                }
+                request
+            }
         };
         let body = api.send(request).await?;
         if args.connection.json {

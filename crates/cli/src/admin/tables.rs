@@ -254,6 +254,58 @@ pub(super) fn vehicles(body: &Value) -> anyhow::Result<String> {
     Ok(out)
 }
 
+/// A vehicle's RXSWIN and its changes.
+pub(super) fn rxswin(body: &Value) -> anyhow::Result<String> {
+    let text = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).unwrap_or("-").to_owned();
+    let mut out = format!("{}: RXSWIN {}", text(body, "vin"), text(body, "rxswin"));
+    let rows: Vec<Vec<String>> = body
+        .get("history")
+        .and_then(Value::as_array)
+        .map(|h| {
+            h.iter()
+                .map(|c| {
+                    vec![
+                        text(c, "at"),
+                        text(c, "previous"),
+                        text(c, "rxswin"),
+                        text(c, "campaign"),
+                    ]
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if !rows.is_empty() {
+        out.push_str("\n\n");
+        out.push_str(&table(&["time", "from", "to", "campaign"], &rows));
+    }
+    Ok(out)
+}
+
+/// Update records.
+pub(super) fn records(body: &Value) -> anyhow::Result<String> {
+    let records: Vec<rampart_server::records::UpdateRecord> = serde_json::from_value(body.clone())?;
+    listing(
+        records,
+        "no update records",
+        &[
+            "time", "vin", "ecu", "from", "to", "rxswin", "campaign", "result", "detail",
+        ],
+        |r| {
+            vec![
+                r.at.clone(),
+                r.vin.clone(),
+                r.ecu_id.clone(),
+                or_dash(r.from_target.as_deref()),
+                r.to_target.clone(),
+                or_dash(r.rxswin.as_deref()),
+                or_dash(r.campaign.as_deref()),
+                r.result.clone(),
+                shorten(r.detail.as_deref().unwrap_or("-"), 60),
+            ]
+        },
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

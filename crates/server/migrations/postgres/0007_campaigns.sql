@@ -51,3 +51,36 @@ ALTER TABLE assignments ADD COLUMN stage TEXT;
 
 -- When the vehicle may install an instruction (a maintenance window, signed into it).
 ALTER TABLE assignments ADD COLUMN maintenance_window TEXT;
+
+-- UNECE R156 records. `rxswin` of a campaign: the RXSWIN its vehicles have once every ECU it
+-- updates confirmed the install (copied from its spec, for the queries below).
+ALTER TABLE campaigns ADD COLUMN rxswin TEXT;
+
+-- Every update an ECU confirmed or failed: from which image to which, under which campaign
+-- and RXSWIN, with what result (`installed`, `failed`, `rolled-back`). Written with the
+-- check-in that reports it; never changed.
+CREATE TABLE update_records (
+    id BIGSERIAL PRIMARY KEY,
+    vin TEXT NOT NULL,
+    ecu_id TEXT NOT NULL,
+    from_target TEXT,
+    to_target TEXT NOT NULL,
+    rxswin TEXT,
+    campaign TEXT,
+    result TEXT NOT NULL,
+    detail TEXT,
+    at TEXT NOT NULL
+);
+CREATE INDEX update_records_by_vehicle ON update_records (vin, id);
+
+-- A vehicle's RXSWIN over time: a row each time a campaign that changes it is confirmed
+-- installed on every ECU it updates on that vehicle.
+CREATE TABLE rxswin_history (
+    id BIGSERIAL PRIMARY KEY,
+    vin TEXT NOT NULL,
+    rxswin TEXT NOT NULL,
+    previous TEXT,
+    campaign TEXT,
+    at TEXT NOT NULL
+);
+CREATE INDEX rxswin_history_by_vehicle ON rxswin_history (vin, id);

@@ -14,12 +14,13 @@
 //!
 //! Modules: `rate_limit` (token buckets per client), `extract` (JSON bodies, admin and
 //! vehicle authorisation), `vehicle` (director routes), `admin` (inventory, assignments,
-//! events, images), `campaigns` (staged rollouts).
+//! events, images), `campaigns` (staged rollouts), `records` (RXSWIN, update records).
 
 mod admin;
 mod campaigns;
 mod extract;
 mod rate_limit;
+mod records;
 mod vehicle;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -176,7 +177,9 @@ impl AppState {
         campaigns::create,
         campaigns::list,
         campaigns::status,
-        campaigns::act
+        campaigns::act,
+        records::rxswin,
+        records::update_records
     ),
     components(schemas(
         NewVehicle,
@@ -204,7 +207,10 @@ impl AppState {
         crate::campaign::EcuProgress,
         crate::campaign::Progress,
         crate::campaign::LogEntry,
-        campaigns::ActionBody
+        campaigns::ActionBody,
+        records::Rxswin,
+        crate::records::UpdateRecord,
+        crate::records::RxswinChange
     ))
 )]
 struct ApiDoc;
@@ -226,6 +232,8 @@ pub fn router(state: AppState, public_image_dir: &std::path::Path) -> Router {
             get(admin::get_vehicle).delete(admin::remove_vehicle),
         )
         .route("/vehicles/{vin}/labels", put(admin::set_labels))
+        .route("/vehicles/{vin}/rxswin", get(records::rxswin))
+        .route("/update-records", get(records::update_records))
         .route(
             "/assignments",
             post(admin::create_assignments).get(admin::list_assignments),

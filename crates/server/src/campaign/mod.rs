@@ -359,6 +359,13 @@ pub async fn create(
         w.parse::<MaintenanceWindow>()
             .map_err(|e| Error::BadRequest(format!("window: {e}")))?;
     }
+    if let Some(r) = &spec.rxswin {
+        if r.trim().is_empty() || r.chars().count() > 64 || r.chars().any(char::is_control) {
+            return Err(Error::BadRequest(format!(
+                "rxswin {r:?}: give 1 to 64 printable characters"
+            )));
+        }
+    }
     if spec.override_windows && !spec.critical {
         return Err(Error::BadRequest(
             "only a critical security fix may override maintenance windows (give critical too)"
@@ -804,6 +811,9 @@ pub async fn after_checkin(director: &Director, vin: &str, changed: bool, now: D
     if !changed {
         return;
     }
+    if let Err(e) = confirm_rxswin(director.db(), vin).await {
+        tracing::error!(%vin, error = %e, "could not record the vehicle's RXSWIN");
+    }
     let ids = match director.db().running_campaigns_of(vin).await {
         Ok(ids) => ids,
         Err(e) => {
@@ -816,6 +826,20 @@ pub async fn after_checkin(director: &Director, vin: &str, changed: bool, now: D
             tracing::error!(campaign = id, error = %e, "could not judge campaign");
         }
     }
+}
+
+/// Records `vin`'s new RXSWIN for each campaign that changes it and whose every ECU on this
+/// vehicle now reports the image (UNECE R156: the RXSWIN follows confirmed installs only).
+async fn confirm_rxswin(db: &Db, vin: &str) -> Result<()> {
+    for (id, name, rxswin) in db.rxswin_campaigns_of(vin).await? {
+        let statuses = db.vehicle_statuses(id, vin).await?;
+        let confirmed =
+            !statuses.is_empty() && statuses.iter().all(|s| s.as_deref() == Some("installed"));
+        if confirmed && db.set_rxswin(vin, &rxswin, &name).await? {
+            tracing::info!(%vin, %rxswin, campaign = %name, "RXSWIN recorded");
+        }
+    }
+    Ok(())
 }
 
 /// Judges every running campaign (the soak time and deadlines pass without check-ins).

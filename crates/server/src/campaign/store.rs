@@ -199,6 +199,47 @@ impl Db {
             .collect()
     }
 
+    /// `(name, RXSWIN)` of the started campaigns that update `vin` and change its RXSWIN.
+    pub(super) async fn rxswin_campaigns_of(
+        &self,
+        vin: &str,
+    ) -> Result<Vec<(i64, String, String)>> {
+        let rows = sqlx::query(
+            "SELECT DISTINCT c.id AS id, c.name AS name, c.rxswin AS rxswin FROM campaign_members m \
+             JOIN campaigns c ON c.id = m.campaign_id \
+             WHERE m.vin = $1 AND c.rxswin IS NOT NULL AND c.state <> 'draft'",
+        )
+        .bind(vin)
+        .fetch_all(self.pool())
+        .await
+        .map_err(db_err("campaigns changing an RXSWIN"))?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    get_i64(r, "id")?,
+                    get_str(r, "name")?,
+                    get_str(r, "rxswin")?,
+                ))
+            })
+            .collect()
+    }
+
+    /// The status of the assignment of each of `vin`'s ECUs in campaign `id` (`None`: not
+    /// instructed yet).
+    pub(super) async fn vehicle_statuses(&self, id: i64, vin: &str) -> Result<Vec<Option<String>>> {
+        let rows = sqlx::query(
+            "SELECT a.status AS status FROM campaign_members m \
+             LEFT JOIN assignments a ON a.id = m.assignment_id \
+             WHERE m.campaign_id = $1 AND m.vin = $2",
+        )
+        .bind(id)
+        .bind(vin)
+        .fetch_all(self.pool())
+        .await
+        .map_err(db_err("a vehicle's campaign progress"))?;
+        rows.iter().map(|r| get_opt_str(r, "status")).collect()
+    }
+
     /// A campaign's operations log, oldest first.
     pub async fn campaign_log(&self, id: i64) -> Result<Vec<LogEntry>> {
         let rows = sqlx::query(
@@ -251,14 +292,15 @@ pub(super) async fn insert_campaign(
         )));
     }
     let row = sqlx::query(
-        "INSERT INTO campaigns (name, spec, images, wave_sizes, state, wave, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, 'draft', -1, $5, $5) RETURNING id",
+        "INSERT INTO campaigns (name, spec, images, wave_sizes, state, wave, created_at, updated_at, rxswin) \
+         VALUES ($1, $2, $3, $4, 'draft', -1, $5, $5, $6) RETURNING id",
     )
     .bind(&spec.name)
     .bind(to_json(spec))
     .bind(to_json(images))
     .bind(to_json(wave_sizes))
     .bind(&now)
+    .bind(spec.rxswin.clone())
     .fetch_one(&mut **tx)
     .await
     .map_err(db_err("insert campaign"))?;
