@@ -106,9 +106,6 @@ struct CreateArgs {
     /// No new instruction after this time (RFC 3339).
     #[arg(long)]
     deadline: Option<String>,
-    /// Send the images encrypted to each ECU.
-    #[arg(long)]
-    encrypt: bool,
     /// A critical security fix.
     #[arg(long)]
     critical: bool,
@@ -183,7 +180,6 @@ pub(crate) fn main(args: CampaignArgs) -> anyhow::Result<()> {
                     "window": a.window,
                     "override_windows": a.override_windows,
                     "deadline": a.deadline,
-                    "encrypt": a.encrypt,
                     "critical": a.critical,
                     "rxswin": a.rxswin,
                     "start": a.start,

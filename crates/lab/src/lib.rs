@@ -405,7 +405,18 @@ impl Lab {
         let primary_ecu = ecus.first().map(|e| e.ecu_id.clone()).unwrap_or_default();
         self.admin_post(
             "vehicles",
-            &json!({"vin": vin, "primary_ecu": primary_ecu, "ecus": registered}),
+            // What a type-approved car carries from the factory: its model, market and the
+            // RXSWIN it was approved with (UNECE R156), which campaigns then change.
+            &json!({
+                "vin": vin,
+                "primary_ecu": primary_ecu,
+                "ecus": registered,
+                "attributes": {
+                    "model": "rampart-lab",
+                    "region": "eu",
+                    "rxswin": "R156-RAMPART-DEMO.1",
+                },
+            }),
         )
         .await
         .context("registering")?;

@@ -46,6 +46,7 @@ fn image(target: &str, hw: &str, counter: u64) -> ReleaseImage {
         length: bytes.len() as u64,
         hashes: serde_json::to_value(compute_hashes(bytes.as_bytes())).unwrap(),
         release_counter: counter,
+        encrypted: false,
     }
 }
 
@@ -284,7 +285,6 @@ fn spec(name: &str, waves: &str, criteria: Criteria) -> CampaignSpec {
         target: TargetSet::default(),
         waves: waves.into(),
         criteria,
-        encrypt: false,
         critical: false,
         rxswin: None,
         window: None,

@@ -13,8 +13,8 @@ use crate::error::{Error, Result};
 use super::*;
 
 /// The images a campaign names, as the image repository signed them (with their hardware
-/// ID and release counter from the signed custom fields).
-fn resolve(state: &AppState, names: &[String]) -> Result<Vec<ReleaseImage>> {
+/// ID and release counter from the signed custom fields; encrypted if published so).
+async fn resolve(state: &AppState, names: &[String]) -> Result<Vec<ReleaseImage>> {
     let entries = admin::image_entries(&state.inner.image)?;
     let mut out = Vec::new();
     for name in names {
@@ -40,6 +40,7 @@ fn resolve(state: &AppState, names: &[String]) -> Result<Vec<ReleaseImage>> {
                 .get("release_counter")
                 .and_then(|r| r.as_u64())
                 .unwrap_or(0),
+            encrypted: state.director().db().image_key(name).await?.is_some(),
         });
     }
     Ok(out)
@@ -51,7 +52,7 @@ pub(super) async fn create(
     State(state): State<AppState>,
     ApiJson(spec): ApiJson<CampaignSpec>,
 ) -> Result<(StatusCode, Json<Campaign>)> {
-    let images = resolve(&state, &spec.images)?;
+    let images = resolve(&state, &spec.images).await?;
     let c = campaign::create(state.director(), spec, images, chrono::Utc::now()).await?;
     Ok((StatusCode::CREATED, Json(c)))
 }

@@ -87,9 +87,6 @@ pub struct CampaignSpec {
     /// When a wave is done, and when the campaign halts.
     #[serde(default)]
     pub criteria: Criteria,
-    /// Send the images encrypted to each ECU.
-    #[serde(default)]
-    pub encrypt: bool,
     /// A critical security fix (may override maintenance windows).
     #[serde(default)]
     pub critical: bool,
@@ -132,6 +129,9 @@ pub struct ReleaseImage {
     pub hashes: serde_json::Value,
     /// Release counter.
     pub release_counter: u64,
+    /// Published encrypted: sent encrypted to each ECU (its content key wrapped for the ECU).
+    #[serde(default)]
+    pub encrypted: bool,
 }
 
 /// A campaign's state.
@@ -346,7 +346,7 @@ async fn check_conflicts(db: &Db, id: i64, members: &[(String, String)]) -> Resu
 /// Creates a campaign (a draft, or running with `spec.start`): resolves its target set
 /// against the fleet, splits it into waves and refuses what cannot work — an empty target
 /// set, an image for a hardware ID twice, ECUs already in another active campaign, an
-/// encrypted release for ECUs without an encryption key, thresholds or waves out of range.
+/// encrypted image for ECUs without an encryption key, thresholds or waves out of range.
 pub async fn create(
     director: &Director,
     spec: CampaignSpec,
@@ -431,10 +431,10 @@ pub async fn create(
                     continue;
                 }
             }
-            if spec.encrypt && ecu.encryption_key.is_none() {
+            if image.encrypted && ecu.encryption_key.is_none() {
                 return Err(Error::BadRequest(format!(
-                    "ECU {} of {} has no encryption key registered (the release is encrypted)",
-                    ecu.ecu_id, v.vin
+                    "ECU {} of {} has no encryption key registered ({} is published encrypted)",
+                    ecu.ecu_id, v.vin, image.target
                 )));
             }
             ecus.push((ecu.ecu_id.clone(), image.target.clone()));
@@ -707,7 +707,7 @@ async fn instruct_due(
             length: image.length,
             hashes: image.hashes.clone(),
             release_counter: image.release_counter,
-            encrypt: c.spec.encrypt,
+            encrypt: image.encrypted,
             status: "pending".into(),
             created_at: String::new(),
             completed_at: None,

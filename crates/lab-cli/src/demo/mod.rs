@@ -1,7 +1,10 @@
 //! `rampart-lab demo`: the main job on embedded defaults. A server after a real key ceremony, a
-//! release published, a small fleet whose ECUs run as real processes, an update campaign
-//! with owner consent, download, verification, install and reports — then three attacks,
-//! each rejected, and a summary. Exit status 0 only if everything went as it should.
+//! release published, a small fleet whose ECUs run as real processes, a staged campaign
+//! (canary first) with owner consent, download, verification, install and reports; then a
+//! release that fails its health check, which halts its campaign on the canary; then three
+//! attacks, each rejected, and a summary. Exit status 0 only if everything went as it should.
+//!
+//! Modules: `rollout` (the campaigns).
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -14,6 +17,8 @@ use rampart_core::uptane::manifest::{
 };
 use rampart_lab::{image_bytes, Lab, LabOptions};
 use serde_json::Value;
+
+mod rollout;
 
 /// `rampart-lab demo`.
 #[derive(Debug, Args)]
@@ -131,6 +136,8 @@ async fn run(args: DemoArgs) -> anyhow::Result<()> {
     }
     let before_after = demo.update_vehicles().await?;
     demo.summary(&before_after).await?;
+    demo.rollout_completed().await?;
+    demo.halting_rollout(&root).await?;
     demo.out
         .step("Attacks (each must be rejected, noticed and recorded)");
     let first_vin = demo
@@ -148,7 +155,8 @@ async fn run(args: DemoArgs) -> anyhow::Result<()> {
     rampart_cli::say!();
     if failures.is_empty() {
         rampart_cli::say!(
-            "All {} vehicles updated; 3 of 3 attacks rejected and recorded. ✔",
+            "All {} vehicles updated in waves; a failing release halted on its canary; 3 of 3 \
+             attacks rejected and recorded. ✔",
             args.vehicles
         );
         Ok(())
@@ -304,22 +312,6 @@ impl Demo {
             ok(format!("{}  {}", v.vin, ecus.join(", ")));
         }
         rampart_cli::say!("   {} ECU processes listening on loopback; each has its own keys, trusted roots and A/B slots", self.lab.vehicles.iter().map(|v| v.ecus.len()).sum::<usize>());
-
-        Ok(())
-    }
-
-    /// Step 4: the director assigns the release to every vehicle.
-    async fn campaign(&mut self) -> anyhow::Result<()> {
-        self.out
-            .step("Campaign: the director assigns the release to every vehicle");
-        for (name, hw, _, _, encrypt) in IMAGES {
-            let ids = self.lab.assign_all(name, hw, encrypt).await?;
-            ok(format!(
-                "{name} → every {hw} ECU ({} assignment(s){})",
-                ids.len(),
-                if encrypt { ", key wrapped per ECU" } else { "" }
-            ));
-        }
 
         Ok(())
     }
@@ -555,7 +547,7 @@ impl Demo {
         Ok(())
     }
 
-    /// Step 8: the security events the server recorded.
+    /// Step 9: the security events the server recorded.
     async fn events(&mut self, first_vin: &str) -> anyhow::Result<()> {
         self.out
             .step("Security events recorded by the server (V-SOC view)");
