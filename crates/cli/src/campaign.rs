@@ -251,6 +251,18 @@ fn summary(c: &Value) -> String {
     if let Some(reason) = c.get("reason").and_then(Value::as_str) {
         out.push_str(&format!("\n  why: {reason}"));
     }
+    if let (Some(met), "running") = (
+        c.get("wave_met_at").and_then(Value::as_str),
+        text(c, "state"),
+    ) {
+        let soak = c
+            .pointer("/spec/criteria/soak_seconds")
+            .and_then(Value::as_u64)
+            .unwrap_or(0);
+        out.push_str(&format!(
+            "\n  the wave met its success criterion at {met}; it soaks {soak} s before the next step"
+        ));
+    }
     out
 }
 

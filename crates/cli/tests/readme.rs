@@ -107,6 +107,7 @@ fn the_readme_by_hand_path_works_as_written() {
     let port = free_port().to_string();
     let mut background = Background(Vec::new());
     let mut transcript = String::new();
+    let mut vehicle_runs = 0;
     for line in &commands {
         let (command, in_background) = split_line(&line.replace("8443", &port));
         let mut sh = Command::new("sh");
@@ -153,6 +154,9 @@ fn the_readme_by_hand_path_works_as_written() {
             out.status
         );
         if command.starts_with("rampart vehicle") {
+            vehicle_runs += 1;
+        }
+        if command.starts_with("rampart vehicle") && vehicle_runs == 1 {
             // What the publisher stated is what the owner is told (UNECE R156 §7.2).
             assert!(
                 stdout.contains("navigation maps and routing fixes") && stdout.contains("40 s"),
@@ -164,6 +168,26 @@ fn the_readme_by_hand_path_works_as_written() {
                     "{target} not installed on {ecu}\n--- transcript\n{transcript}"
                 );
             }
+        }
+        if command.starts_with("rampart vehicle") && vehicle_runs == 2 {
+            // The campaign's canary wave is this vehicle.
+            assert!(
+                stdout.contains("tbox/fw-2.1.bin installed on TBOX-1"),
+                "the campaign's image was not installed\n--- transcript\n{transcript}"
+            );
+        }
+        if command.starts_with("rampart campaign --data-dir srv status") {
+            // Its one wave is installed; it soaks (--soak 10m) before it completes.
+            assert!(
+                stdout.contains("[##########] 1") && stdout.contains("soaks 600 s"),
+                "the campaign's wave is not done\n--- transcript\n{transcript}"
+            );
+        }
+        if command.starts_with("rampart admin --data-dir srv rxswin") {
+            assert!(
+                stdout.contains("RXSWIN R156-ID4-2.1"),
+                "the RXSWIN did not follow the install\n--- transcript\n{transcript}"
+            );
         }
     }
     // README_TRANSCRIPT=1 cargo test -p rampart-cli --test readme -- --nocapture: what a new
