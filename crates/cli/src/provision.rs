@@ -399,7 +399,14 @@ min_bytes_per_second = 1024
 stall_seconds = 20
 
 # The vehicle's ECUs, the T-BOX first; `description` and `unavailable` are shown to the owner.
-{ecus}"
+{ecus}
+# \"Check in now\" nudges over MQTT (optional; polling stays the fallback). A nudge only makes
+# the vehicle check in early, at most once every min_interval_seconds.
+# [nudges]
+# url = \"mqtts://broker.example:8883\"   # TLS with `ca`, identified by `client_cert`
+# topic_prefix = \"rampart/vehicles\"     # listens on PREFIX/VIN/nudge
+# min_interval_seconds = 30
+"
     )
 }
 

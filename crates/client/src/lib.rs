@@ -11,11 +11,13 @@
 //! * [`runner`] — executes the state machine's actions against a fetcher and a store, and
 //!   downloads targets into place with every hash checked while streaming;
 //! * [`writeback`] — large files written back to disk while they are still being written,
-//!   so the closing `fsync` does not stall (also used for the ECUs' slots).
+//!   so the closing `fsync` does not stall (also used for the ECUs' slots);
+//! * [`nudge`] — the MQTT connection of "check in now" nudges (server and vehicle alike).
 
 pub mod diagnose;
 pub mod error;
 pub mod fetch;
+pub mod nudge;
 pub mod runner;
 pub mod store;
 pub mod writeback;

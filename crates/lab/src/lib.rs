@@ -20,7 +20,7 @@ use rampart_server::ceremony::{self, CeremonyOptions};
 use rampart_server::layout::Layout;
 use rampart_server::ops::{self, PublishOutcome, PublishRequest};
 use rampart_server::serve::{self, Running, ServeOptions};
-use rampart_vehicle::primary::{EcuRef, PrimaryConfig};
+use rampart_vehicle::primary::{EcuRef, NudgeConfig, PrimaryConfig};
 use rampart_vehicle::secondary::{EcuConfig, Verification};
 use serde_json::{json, Value};
 use tokio::process::{Child, Command};
@@ -197,6 +197,9 @@ pub struct LabOptions {
     pub ecus: Vec<EcuSpec>,
     /// Serve plain HTTP (the attack lab's men in the middle need it; TLS is defence in depth).
     pub plain_http: bool,
+    /// An MQTT broker (`mqtt://127.0.0.1:1883`): the server nudges, the primaries listen, on
+    /// topics of this lab's own (a broker is shared by every lab on the machine).
+    pub mqtt: Option<String>,
 }
 
 impl LabOptions {
@@ -208,6 +211,7 @@ impl LabOptions {
             vehicles,
             ecus: default_ecus(),
             plain_http: false,
+            mqtt: None,
         }
     }
 }
@@ -240,6 +244,8 @@ pub struct Lab {
     token: String,
     /// The vehicles.
     pub vehicles: Vec<VehicleHandle>,
+    /// With [`LabOptions::mqtt`]: the topic prefix of this lab's nudges.
+    pub nudge_prefix: Option<String>,
 }
 
 impl std::fmt::Debug for Lab {
@@ -291,6 +297,19 @@ impl Lab {
             config.limits.burst = 10_000.0;
             config.save(&layout)?;
         }
+        let nudge_prefix = options.mqtt.as_ref().map(|_| {
+            format!(
+                "rampart-lab/{}-{}",
+                std::process::id(),
+                chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default()
+            )
+        });
+        if let (Some(url), Some(prefix)) = (&options.mqtt, &nudge_prefix) {
+            let mut config = rampart_server::config::Config::load(&layout)?;
+            config.mqtt.url = url.clone();
+            config.mqtt.topic_prefix = Some(prefix.clone());
+            config.save(&layout)?;
+        }
         let mut serve_opts = ServeOptions::new(layout.clone());
         serve_opts.refresh_every = Duration::from_secs(30);
         let server = serve::start(serve_opts)
@@ -311,6 +330,7 @@ impl Lab {
             token,
             vehicles: Vec::new(),
             options,
+            nudge_prefix,
         };
         for i in 0..lab.options.vehicles {
             let v = lab
@@ -475,6 +495,12 @@ impl Lab {
             precondition: None,
             min_bytes_per_second: 4096,
             stall_seconds: 5,
+            nudges: self.options.mqtt.as_ref().map(|url| NudgeConfig {
+                url: url.clone(),
+                topic_prefix: self.nudge_prefix.clone().unwrap_or_default(),
+                min_interval_seconds: 2,
+                username: None,
+            }),
             ecus: v
                 .ecus
                 .iter()

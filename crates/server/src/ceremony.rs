@@ -258,6 +258,7 @@ fn write_config(
         events: EventsConfig::default(),
         pki: PkiConfig::default(),
         campaigns: Default::default(),
+        mqtt: Default::default(),
     };
     config.save(layout)
 }

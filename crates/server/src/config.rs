@@ -87,6 +87,26 @@ pub struct Config {
     /// Campaigns.
     #[serde(default)]
     pub campaigns: CampaignsConfig,
+    /// "Check in now" nudges over MQTT.
+    #[serde(default)]
+    pub mqtt: MqttConfig,
+}
+
+/// `[mqtt]`: where "check in now" nudges are published (off while `url` is empty). See
+/// `docs/deployment.md` for the broker's TLS and per-VIN ACL.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct MqttConfig {
+    /// `mqtt://HOST:PORT`, or `mqtts://HOST:PORT` for TLS; empty: no nudges (vehicles poll).
+    pub url: String,
+    /// Topic prefix: a vehicle's nudges go to `PREFIX/VIN/nudge`.
+    pub topic_prefix: Option<String>,
+    /// CA certificate of the broker for `mqtts` (default: the fleet CA, `pki/ca.pem`).
+    pub ca: Option<std::path::PathBuf>,
+    /// User name at the broker, if it asks for one.
+    pub username: Option<String>,
+    /// File holding its password (0600).
+    pub password_file: Option<std::path::PathBuf>,
 }
 
 /// `[campaigns]`: how often running campaigns are judged without a check-in (a wave's soak

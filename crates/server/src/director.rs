@@ -138,6 +138,8 @@ pub struct Director {
     events: EventLimiter,
     /// Opens the sealed content keys of encrypted images.
     kek: Option<std::sync::Arc<ContentKek>>,
+    /// Tells vehicles to check in when their instructions change (MQTT), if configured.
+    nudger: Option<crate::nudge::Nudger>,
 }
 
 /// The current director documents of one vehicle.
@@ -216,6 +218,22 @@ impl Director {
             lifetimes: DirectorLifetimes::default(),
             events: EventLimiter::new(EventPolicy::default()),
             kek: None,
+            nudger: None,
+        }
+    }
+
+    /// Nudges vehicles over MQTT when their instructions change.
+    pub fn with_nudger(mut self, nudger: crate::nudge::Nudger) -> Self {
+        self.nudger = Some(nudger);
+        self
+    }
+
+    /// Tells `vins` to check in now (if nudges are configured; never waits).
+    pub fn nudge<'a>(&self, vins: impl IntoIterator<Item = &'a str>) {
+        if let Some(n) = &self.nudger {
+            for vin in vins {
+                n.nudge(vin);
+            }
         }
     }
 

@@ -22,6 +22,7 @@ pub mod error;
 pub mod keys;
 pub mod layout;
 mod linger;
+pub mod nudge;
 pub mod ops;
 pub mod pki;
 pub mod records;

@@ -122,6 +122,9 @@ pub async fn start(opts: ServeOptions) -> Result<Running> {
     prune_events(&db, &config.events).await;
     let mut director =
         Director::new(db.clone(), director_keys, layout.director_public()).with_content_kek(kek);
+    if let Some(nudger) = nudger(&config, &layout)? {
+        director = director.with_nudger(nudger);
+    }
     director.set_event_policy(config.events.policy());
     let state = AppState::with_revocation_refresh(
         director,
@@ -250,6 +253,42 @@ fn connections(opts: &ServeOptions, config: &Config, state: &AppState) -> Connec
         });
     }));
     connections
+}
+
+/// The nudge publisher of `[mqtt]`, if a broker is configured.
+fn nudger(config: &Config, layout: &Layout) -> Result<Option<crate::nudge::Nudger>> {
+    let mqtt = &config.mqtt;
+    if mqtt.url.trim().is_empty() {
+        return Ok(None);
+    }
+    let mut broker = rampart_client::nudge::Broker {
+        url: mqtt.url.trim().to_owned(),
+        ..Default::default()
+    };
+    if broker.url.starts_with("mqtts://") {
+        let ca = mqtt
+            .ca
+            .clone()
+            .unwrap_or_else(|| layout.pki().join("ca.pem"));
+        broker.ca_pem = Some(std::fs::read(&ca).map_err(|e| Error::io(&ca, e))?);
+    }
+    if let Some(user) = &mqtt.username {
+        let password = match &mqtt.password_file {
+            Some(f) => {
+                rampart_client::store::check_secret_permissions(f)
+                    .map_err(|e| Error::Config(e.to_string()))?;
+                std::fs::read_to_string(f).map_err(|e| Error::io(f, e))?
+            }
+            None => String::new(),
+        };
+        broker.credentials = Some((user.clone(), password.trim().to_owned()));
+    }
+    let prefix = mqtt
+        .topic_prefix
+        .clone()
+        .unwrap_or_else(|| rampart_client::nudge::DEFAULT_PREFIX.to_owned());
+    tracing::info!(broker = %broker.url, %prefix, "nudging vehicles over MQTT");
+    Ok(Some(crate::nudge::Nudger::start(&broker, &prefix)?))
 }
 
 /// Applies the retention of `[events]` (errors are logged: retention must never stop the

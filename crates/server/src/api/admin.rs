@@ -355,6 +355,10 @@ pub(super) async fn create_assignments(
     for a in &planned {
         ids.push(db.create_assignment(a).await?);
     }
+    state
+        .inner
+        .director
+        .nudge(planned.iter().map(|a| a.vin.as_str()));
     tracing::info!(target = %req.target, count = ids.len(), "assignments created");
     Ok((StatusCode::CREATED, Json(ids)))
 }

@@ -581,14 +581,16 @@ pub async fn start(director: &Director, name: &str, now: DateTime<Utc>) -> Resul
         OPERATOR,
         action,
         &format!(
-            "wave {} of {}: {made} ECUs instructed",
+            "wave {} of {}: {} ECUs instructed",
             wave + 1,
-            c.wave_sizes.len()
+            c.wave_sizes.len(),
+            made.ecus
         ),
     )
     .await?;
     store::commit(tx).await?;
-    tracing::info!(campaign = %name, wave = wave + 1, instructed = made, "campaign {action}");
+    director.nudge(made.vins());
+    tracing::info!(campaign = %name, wave = wave + 1, instructed = made.ecus, "campaign {action}");
     campaign(db, name).await
 }
 
@@ -640,12 +642,27 @@ pub async fn cancel(director: &Director, name: &str, reason: &str) -> Result<Cam
         c.id,
         OPERATOR,
         "cancelled",
-        &format!("{reason}; {taken} instructions withdrawn"),
+        &format!("{reason}; {} instructions withdrawn", taken.ecus),
     )
     .await?;
     store::commit(tx).await?;
-    tracing::info!(campaign = %name, %reason, withdrawn = taken, "campaign cancelled");
+    director.nudge(taken.vins());
+    tracing::info!(campaign = %name, %reason, withdrawn = taken.ecus, "campaign cancelled");
     campaign(db, name).await
+}
+
+/// What an instruction or withdrawal step changed: how many ECUs, and which vehicles (to
+/// nudge once the transaction is committed).
+#[derive(Debug, Default)]
+struct Instructed {
+    ecus: usize,
+    vins: BTreeSet<String>,
+}
+
+impl Instructed {
+    fn vins(&self) -> impl Iterator<Item = &str> {
+        self.vins.iter().map(String::as_str)
+    }
 }
 
 /// The maintenance window that applies to a member (its vehicle's, else the campaign's),
@@ -686,8 +703,8 @@ async fn instruct_due(
     wave: i64,
     members: &[MemberRow],
     now: DateTime<Utc>,
-) -> Result<usize> {
-    let mut made = 0;
+) -> Result<Instructed> {
+    let mut made = Instructed::default();
     for m in due(members, wave).filter(|m| window_open(c, m, now)) {
         let image = c
             .images
@@ -715,7 +732,8 @@ async fn instruct_due(
             maintenance_window: window_of(c, m),
         };
         if store::instruct(tx, c.id, m, &a).await? {
-            made += 1;
+            made.ecus += 1;
+            made.vins.insert(m.vin.clone());
         }
     }
     Ok(made)
@@ -725,14 +743,15 @@ async fn instruct_due(
 async fn withdraw_outstanding(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     members: &[MemberRow],
-) -> Result<usize> {
-    let mut taken = 0;
+) -> Result<Instructed> {
+    let mut taken = Instructed::default();
     for m in members {
         let Some(assignment) = m.assignment_id else {
             continue;
         };
         if progress(m).withdrawable() && store::withdraw(tx, assignment, &m.vin).await? {
-            taken += 1;
+            taken.ecus += 1;
+            taken.vins.insert(m.vin.clone());
         }
     }
     Ok(taken)
@@ -880,7 +899,7 @@ pub async fn evaluate(director: &Director, id: i64, now: DateTime<Utc>) -> Resul
             "deadline {} passed; {outstanding} vehicles had not installed",
             c.spec.deadline.as_deref().unwrap_or_default()
         );
-        return finish(db, &c, &members, State::Completed, &why, true).await;
+        return finish(director, &c, &members, State::Completed, &why, true).await;
     }
     // A breach in any started wave halts (a late failure in an earlier wave counts too).
     for w in 0..=c.wave as usize {
@@ -893,11 +912,13 @@ pub async fn evaluate(director: &Director, id: i64, now: DateTime<Utc>) -> Resul
     // Vehicles of started waves whose maintenance window opened since.
     if due(&members, c.wave).any(|m| window_open(&c, m, now)) {
         let mut tx = store::begin(db).await?;
+        let mut made = Instructed::default();
         if store::set_state(&mut tx, c.id, &[State::Running], State::Running, None).await? {
-            let made = instruct_due(&mut tx, &c, c.wave, &members, now).await?;
-            tracing::info!(campaign = %c.name, instructed = made, "vehicles instructed in their maintenance window");
+            made = instruct_due(&mut tx, &c, c.wave, &members, now).await?;
+            tracing::info!(campaign = %c.name, instructed = made.ecus, "vehicles instructed in their maintenance window");
         }
         store::commit(tx).await?;
+        director.nudge(made.vins());
     }
     let current = c.wave as usize;
     if plan::judge(current, &wave_counts(&vehicles, current), &c.spec.criteria)
@@ -910,21 +931,27 @@ pub async fn evaluate(director: &Director, id: i64, now: DateTime<Utc>) -> Resul
         if c.spec.criteria.soak_seconds > 0 {
             return Ok(());
         }
-        return advance(db, &c, &members, now).await;
+        return advance(director, &c, &members, now).await;
     };
     if now - met < chrono::Duration::seconds(c.spec.criteria.soak_seconds as i64) {
         return Ok(());
     }
-    advance(db, &c, &members, now).await
+    advance(director, &c, &members, now).await
 }
 
 /// The current wave met its criterion and soaked: the next wave starts, or after the last
 /// the campaign completes.
-async fn advance(db: &Db, c: &Campaign, members: &[MemberRow], now: DateTime<Utc>) -> Result<()> {
+async fn advance(
+    director: &Director,
+    c: &Campaign,
+    members: &[MemberRow],
+    now: DateTime<Utc>,
+) -> Result<()> {
+    let db = director.db();
     let next = c.wave + 1;
     if next as usize >= c.wave_sizes.len() {
         return finish(
-            db,
+            director,
             c,
             members,
             State::Completed,
@@ -944,41 +971,44 @@ async fn advance(db: &Db, c: &Campaign, members: &[MemberRow], now: DateTime<Utc
         DIRECTOR,
         "wave",
         &format!(
-            "wave {} of {} started: {made} ECUs instructed",
+            "wave {} of {} started: {} ECUs instructed",
             next + 1,
-            c.wave_sizes.len()
+            c.wave_sizes.len(),
+            made.ecus
         ),
     )
     .await?;
     store::commit(tx).await?;
-    tracing::info!(campaign = %c.name, wave = next + 1, instructed = made, "campaign wave started");
+    director.nudge(made.vins());
+    tracing::info!(campaign = %c.name, wave = next + 1, instructed = made.ecus, "campaign wave started");
     Ok(())
 }
 
 async fn finish(
-    db: &Db,
+    director: &Director,
     c: &Campaign,
     members: &[MemberRow],
     to: State,
     why: &str,
     withdraw: bool,
 ) -> Result<()> {
-    let mut tx = store::begin(db).await?;
+    let mut tx = store::begin(director.db()).await?;
     if !store::set_state(&mut tx, c.id, &[State::Running], to, Some(why)).await? {
         return Ok(());
     }
     let taken = if withdraw {
         withdraw_outstanding(&mut tx, members).await?
     } else {
-        0
+        Instructed::default()
     };
     let detail = if withdraw {
-        format!("{why}; {taken} instructions withdrawn")
+        format!("{why}; {} instructions withdrawn", taken.ecus)
     } else {
         why.to_owned()
     };
     store::log(&mut tx, c.id, DIRECTOR, to.as_str(), &detail).await?;
     store::commit(tx).await?;
+    director.nudge(taken.vins());
     tracing::info!(campaign = %c.name, state = to.as_str(), %detail, "campaign ended");
     Ok(())
 }
@@ -1029,11 +1059,12 @@ async fn halt(
         c.id,
         DIRECTOR,
         "halted",
-        &format!("{reason}; {taken} instructions withdrawn"),
+        &format!("{reason}; {} instructions withdrawn", taken.ecus),
     )
     .await?;
     store::commit(tx).await?;
-    tracing::warn!(campaign = %c.name, %reason, withdrawn = taken, "campaign halted");
+    director.nudge(taken.vins());
+    tracing::warn!(campaign = %c.name, %reason, withdrawn = taken.ecus, "campaign halted");
     let attacks: Vec<&str> = rules
         .keys()
         .map(String::as_str)

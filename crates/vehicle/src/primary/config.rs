@@ -63,6 +63,36 @@ pub struct PrimaryConfig {
     pub stall_seconds: u64,
     /// The vehicle's ECUs (the primary's own firmware ECU included).
     pub ecus: Vec<EcuRef>,
+    /// "Check in now" nudges over MQTT (optional; polling stays the fallback).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nudges: Option<NudgeConfig>,
+}
+
+/// `[nudges]` of `vehicle.toml`: the MQTT broker the server publishes "check in now" on.
+/// A nudge carries no authority: it can only make the vehicle check in early, at most once
+/// every `min_interval_seconds`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NudgeConfig {
+    /// `mqtt://HOST:PORT`, or `mqtts://HOST:PORT` (TLS with `ca`, and the vehicle's
+    /// `client_cert` as its identity).
+    pub url: String,
+    /// Topic prefix: the vehicle listens on `PREFIX/VIN/nudge`.
+    #[serde(default = "default_prefix")]
+    pub topic_prefix: String,
+    /// At most one early check-in per this many seconds, however many nudges arrive.
+    #[serde(default = "default_nudge_interval")]
+    pub min_interval_seconds: u64,
+    /// User name at the broker, if it asks for one (often the VIN, for its ACL).
+    #[serde(default)]
+    pub username: Option<String>,
+}
+
+fn default_prefix() -> String {
+    rampart_client::nudge::DEFAULT_PREFIX.to_owned()
+}
+
+fn default_nudge_interval() -> u64 {
+    30
 }
 
 fn default_poll() -> u64 {

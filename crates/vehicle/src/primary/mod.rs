@@ -15,8 +15,9 @@ mod config;
 mod cycle;
 mod download;
 mod ecu_link;
+mod nudge;
 
-pub use config::{load_config, EcuRef, PrimaryConfig};
+pub use config::{load_config, EcuRef, NudgeConfig, PrimaryConfig};
 pub use ecu_link::{request_report, send_receipt};
 use std::sync::Arc;
 
@@ -634,8 +635,10 @@ pub async fn run_with(
     reporter: Arc<dyn Reporter>,
 ) -> Result<CycleReport> {
     let poll = Duration::from_secs(config.poll_seconds.max(1));
+    let nudges = if once { None } else { nudge::listen(&config)? };
     let mut primary = Primary::open(config)?;
     primary.set_reporter(reporter);
+    let mut last_early: Option<tokio::time::Instant> = None;
     loop {
         let result = primary.cycle(&consent).await;
         match (&result, once) {
@@ -643,7 +646,48 @@ pub async fn run_with(
             (Ok(r), false) => tracing::info!(updates = r.updates.len(), "cycle complete"),
             (Err(e), false) => tracing::error!(rule = %e.rule(), error = %e, "cycle failed"),
         }
+        wait_for_next_cycle(poll, nudges.as_ref(), &mut last_early).await;
+    }
+}
+
+/// Waits for the poll interval, or for a nudge: the first nudge after
+/// `min_interval` starts the cycle at once; nudges sooner than that (a flood, forged or not)
+/// bring the next cycle forward to when the interval has passed, never closer.
+async fn wait_for_next_cycle(
+    poll: Duration,
+    nudges: Option<&nudge::Nudges>,
+    last_early: &mut Option<tokio::time::Instant>,
+) {
+    let Some(n) = nudges else {
         tokio::time::sleep(poll).await;
+        return;
+    };
+    let polled = tokio::time::Instant::now() + poll;
+    let mut deadline = polled;
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep_until(deadline) => {
+                if deadline < polled {
+                    // A nudge's check-in, brought forward: it counts as early.
+                    *last_early = Some(deadline);
+                }
+                return;
+            }
+            () = n.notify.notified() => {
+                let now = tokio::time::Instant::now();
+                match *last_early {
+                    Some(t) if now < t + n.min_interval => {
+                        deadline = deadline.min(t + n.min_interval);
+                        tracing::debug!("nudge within the minimum interval: the check-in waits for it");
+                    }
+                    _ => {
+                        *last_early = Some(now);
+                        tracing::info!("nudged: checking in now");
+                        return;
+                    }
+                }
+            }
+        }
     }
 }
 
