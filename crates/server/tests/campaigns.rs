@@ -861,3 +861,57 @@ async fn vehicles_are_instructed_inside_their_maintenance_window_only() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_campaign_waits_and_a_passed_deadline_ends_it() {
+    common::with_sqlite(|url| async move {
+        let (d, _dir) = director(&url).await;
+        let mut cars = fleet(&d, 3, "id4").await;
+        let now = Utc::now();
+        let criteria = Criteria {
+            min_success_pct: 100.0,
+            max_failure_pct: 50.0,
+            soak_seconds: 0,
+        };
+        let mut s = spec("paused", "1,all", criteria);
+        s.target.vins = cars.iter().map(|c| c.vin.clone()).collect();
+        s.deadline = Some((now + chrono::Duration::hours(1)).to_rfc3339());
+        campaign::create(&d, s, release(), now).await.unwrap();
+        let c = campaign::pause(&d, "paused", "waiting for the hotline")
+            .await
+            .unwrap();
+        assert_eq!(c.state, State::Paused);
+        // The canary installs while the campaign is paused: no next wave.
+        cars[0].cycle(&d).await;
+        cars[0].cycle(&d).await;
+        campaign::tick(&d, now).await;
+        let c = d.db().campaign("paused").await.unwrap().unwrap();
+        assert_eq!((c.state, c.wave), (State::Paused, 0));
+        assert!(instructions(&d, &cars[1].vin).await.is_empty());
+        // Resumed, it goes on at the next judgement.
+        campaign::start(&d, "paused", now).await.unwrap();
+        campaign::tick(&d, now).await;
+        let c = d.db().campaign("paused").await.unwrap().unwrap();
+        assert_eq!((c.state, c.wave), (State::Running, 1));
+        assert_eq!(instructions(&d, &cars[1].vin).await, ["ivi/app-2.0.bin"]);
+        // Car 1 installs; car 2 never checks in. The deadline passes: the campaign ends and
+        // car 2's instruction is taken back.
+        cars[1].cycle(&d).await;
+        cars[1].cycle(&d).await;
+        campaign::tick(&d, now + chrono::Duration::hours(2)).await;
+        let c = d.db().campaign("paused").await.unwrap().unwrap();
+        assert_eq!(c.state, State::Completed);
+        assert!(
+            c.reason.as_deref().unwrap().contains("deadline"),
+            "{:?}",
+            c.reason
+        );
+        assert!(instructions(&d, &cars[2].vin).await.is_empty());
+        let p = by_progress(&d, "paused").await;
+        assert_eq!(p["installed"].len(), 2);
+        assert_eq!(p["withdrawn"], std::slice::from_ref(&cars[2].vin));
+        let e = campaign::start(&d, "paused", now).await.unwrap_err();
+        assert!(e.to_string().contains("is completed"), "{e}");
+    })
+    .await;
+}
