@@ -243,6 +243,29 @@ def footprint(raw, rep):
                 f"full binary primary peak RSS {c['primary_peak_rss_kib'] / 1024:.1f} MiB")
 
 
+def campaign(raw, rep):
+    path = f"{raw}/campaign.json"
+    if not os.path.exists(path):
+        return
+    c = load(path)
+    n = c["vehicles"]
+    note = (f"{n} vehicles on {c['database']}, in process; registration {c['register_per_s']:.0f}/s; "
+            f"{c['checkins']} check-ins each way")
+    rep.add("campaign_checkin_running_vs_none", c["ratio_campaign_running"],
+            c["checkin_us_campaign_running"], c["checkin_us_no_campaign"],
+            "µs per check-in that changes nothing", "≤ 1.1", c["ratio_campaign_running"] <= 1.1, note)
+    rep.add("campaign_checkin_confirming_vs_none", c["ratio_confirming_install"],
+            c["checkin_us_confirming_install"], c["checkin_us_no_campaign"],
+            "µs per check-in confirming an install (judges the campaign)", "info", None,
+            f"{c['canaries']} canaries of the first wave; the judgement reads the started waves' "
+            "members, so it grows with the wave (issue 19)")
+    per_100k = c["create_seconds"] * 100_000 / n
+    rep.add("campaign_create_100k_vs_target", per_100k / 10.0, per_100k, 10.0,
+            "s to create a campaign over 100,000 vehicles"
+            + ("" if n == 100_000 else f" (scaled from {n})"), "≤ 1 (10 s)", per_100k <= 10.0,
+            f"measured {c['create_seconds']:.2f} s for {n}: target set, waves, members, canaries instructed")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("raw")
@@ -255,7 +278,7 @@ def main():
     ap.add_argument("--cpu-stat1", default="")
     args = ap.parse_args()
     rep = Report()
-    for part in (refresh, image, checkin, footprint):
+    for part in (refresh, image, checkin, footprint, campaign):
         part(args.raw, rep)
     raw = {}
     for p in sorted(glob.glob(f"{args.raw}/*.json")):

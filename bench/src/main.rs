@@ -13,6 +13,7 @@
 //! | `crypto-speed` | SHA-256, SHA-512 and ed25519 speed of aws-lc-rs here (context for the ratios) |
 //! | `checkin` | drives director check-ins (or a static server of the same sizes) |
 //! | `footprint` | runs a lab update with the slim agent and records its peak RSS |
+//! | `campaign` | the director's cost of campaigns: creation over a fleet, check-ins with one running |
 //!
 //! Built as a `[[bench]]` target of `rampart-lab` (`harness = false`), so it is compiled with
 //! the release settings and never shipped.
@@ -22,6 +23,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 
+mod campaign;
 mod checkin;
 mod footprint;
 mod http;
@@ -93,6 +95,7 @@ fn run() -> anyhow::Result<()> {
         "image-fetch" => image::fetch(&args)?,
         "crypto-speed" => image::crypto_speed(&args)?,
         "checkin" => checkin::main(&args)?,
+        "campaign" => campaign::main(&args)?,
         "footprint" => footprint::main(&args)?,
         other => bail!("unknown subcommand {other:?}"),
     };

@@ -888,13 +888,16 @@ pub async fn evaluate(director: &Director, id: i64, now: DateTime<Utc>) -> Resul
     if c.state != State::Running || c.wave < 0 {
         return Ok(());
     }
-    let members = db.campaign_members(id).await?;
+    let members = db.campaign_members_upto(id, c.wave + 1).await?;
     let vehicles = vehicles(&members);
     if parse_deadline(c.spec.deadline.as_deref())?.is_some_and(|d| d <= now) {
+        // Members of waves after the next were not read: none of them was instructed.
+        let unread: u64 = c.wave_sizes.iter().skip(c.wave as usize + 2).sum();
         let outstanding = vehicles
             .iter()
             .filter(|v| v.progress != Progress::Installed)
-            .count();
+            .count() as u64
+            + unread;
         let why = format!(
             "deadline {} passed; {outstanding} vehicles had not installed",
             c.spec.deadline.as_deref().unwrap_or_default()

@@ -139,15 +139,26 @@ impl Db {
 
     /// A campaign's members with their assignments' state, by wave and VIN.
     pub(super) async fn campaign_members(&self, id: i64) -> Result<Vec<MemberRow>> {
+        self.campaign_members_upto(id, i64::MAX).await
+    }
+
+    /// The members of waves up to `max_wave` (what judging a campaign needs: its started
+    /// waves and the next one — not the whole target set while the canaries report).
+    pub(super) async fn campaign_members_upto(
+        &self,
+        id: i64,
+        max_wave: i64,
+    ) -> Result<Vec<MemberRow>> {
         let rows = sqlx::query(
             "SELECT m.vin AS vin, m.ecu_id AS ecu_id, m.wave AS wave, m.target AS target, \
              m.assignment_id AS assignment_id, a.status AS status, a.last_error AS last_error, \
              a.stage AS stage, v.attributes AS attributes \
              FROM campaign_members m LEFT JOIN assignments a ON a.id = m.assignment_id \
              JOIN vehicles v ON v.vin = m.vin \
-             WHERE m.campaign_id = $1 ORDER BY m.wave, m.vin, m.ecu_id",
+             WHERE m.campaign_id = $1 AND m.wave <= $2 ORDER BY m.wave, m.vin, m.ecu_id",
         )
         .bind(id)
+        .bind(max_wave)
         .fetch_all(self.pool())
         .await
         .map_err(db_err("campaign members"))?;
@@ -305,21 +316,36 @@ pub(super) async fn insert_campaign(
     .await
     .map_err(db_err("insert campaign"))?;
     let id = get_i64(&row, "id")?;
-    for m in members {
-        sqlx::query(
-            "INSERT INTO campaign_members (campaign_id, vin, ecu_id, wave, target) VALUES ($1, $2, $3, $4, $5)",
-        )
-        .bind(id)
-        .bind(&m.vin)
-        .bind(&m.ecu_id)
-        .bind(to_i64(m.wave as u64)?)
-        .bind(&m.target)
-        .execute(&mut **tx)
-        .await
-        .map_err(db_err("insert campaign member"))?;
+    // Many rows per statement: a campaign over 100,000 vehicles is 100,000 rows or more.
+    for chunk in members.chunks(MEMBERS_PER_INSERT) {
+        let values: Vec<String> = (0..chunk.len())
+            .map(|i| {
+                let b = i * 4 + 2;
+                format!("($1, ${b}, ${}, ${}, ${})", b + 1, b + 2, b + 3)
+            })
+            .collect();
+        let sql = format!(
+            "INSERT INTO campaign_members (campaign_id, vin, ecu_id, wave, target) VALUES {}",
+            values.join(", ")
+        );
+        let mut q = sqlx::query(&sql).bind(id);
+        for m in chunk {
+            q = q
+                .bind(&m.vin)
+                .bind(&m.ecu_id)
+                .bind(to_i64(m.wave as u64)?)
+                .bind(&m.target);
+        }
+        q.execute(&mut **tx)
+            .await
+            .map_err(db_err("insert campaign members"))?;
     }
     Ok(id)
 }
+
+/// Members inserted by one statement (4 values each, under every backend's limit of bound
+/// parameters).
+const MEMBERS_PER_INSERT: usize = 500;
 
 /// What the campaign tables keep as JSON text.
 fn to_json<T: serde::Serialize + ?Sized>(value: &T) -> String {
