@@ -294,6 +294,15 @@ fn spec(name: &str, waves: &str, criteria: Criteria) -> CampaignSpec {
     }
 }
 
+/// Criteria without a soak time (the tests move on at once).
+fn criteria(min_success_pct: f64, max_failure_pct: f64) -> Criteria {
+    Criteria {
+        min_success_pct,
+        max_failure_pct,
+        soak_seconds: 0,
+    }
+}
+
 fn release() -> Vec<ReleaseImage> {
     vec![image("ivi/app-2.0.bin", "ivi-hw", 2)]
 }
@@ -317,11 +326,7 @@ fn car_mut<'a>(cars: &'a mut [Car], vin: &str) -> &'a mut Car {
 async fn staged_rollout(url: String) {
     let (d, _dir) = director(&url).await;
     let mut cars = fleet(&d, 10, "id4").await;
-    let criteria = Criteria {
-        min_success_pct: 100.0,
-        max_failure_pct: 20.0,
-        soak_seconds: 0,
-    };
+    let criteria = criteria(100.0, 20.0);
     let mut s = spec("ivi-2.0", "1,50%,all", criteria);
     s.rxswin = Some("R156-ID4-02".into());
     let c = campaign::create(&d, s, release(), Utc::now())
@@ -419,11 +424,7 @@ async fn staged_rollout_instructs_wave_by_wave_on_postgres() {
 async fn halt(url: String) {
     let (d, _dir) = director(&url).await;
     let mut cars = fleet(&d, 10, "id4").await;
-    let criteria = Criteria {
-        min_success_pct: 100.0,
-        max_failure_pct: 25.0,
-        soak_seconds: 0,
-    };
+    let criteria = criteria(100.0, 25.0);
     campaign::create(
         &d,
         spec("ivi-2.0", "2,6,all", criteria),
@@ -685,11 +686,7 @@ async fn a_thousand_vehicles_four_waves_halt_in_the_third_on_postgres() {
     common::with_postgres(|url| async move {
         let (d, _dir) = director(&url).await;
         let mut cars = fleet(&d, 1000, "id4").await;
-        let criteria = Criteria {
-            min_success_pct: 95.0,
-            max_failure_pct: 5.0,
-            soak_seconds: 0,
-        };
+        let criteria = criteria(95.0, 5.0);
         let c = campaign::create(
             &d,
             spec("big", "1%,10%,50%,100%", criteria),
@@ -868,11 +865,7 @@ async fn a_paused_campaign_waits_and_a_passed_deadline_ends_it() {
         let (d, _dir) = director(&url).await;
         let mut cars = fleet(&d, 3, "id4").await;
         let now = Utc::now();
-        let criteria = Criteria {
-            min_success_pct: 100.0,
-            max_failure_pct: 50.0,
-            soak_seconds: 0,
-        };
+        let criteria = criteria(100.0, 50.0);
         let mut s = spec("paused", "1,all", criteria);
         s.target.vins = cars.iter().map(|c| c.vin.clone()).collect();
         s.deadline = Some((now + chrono::Duration::hours(1)).to_rfc3339());
