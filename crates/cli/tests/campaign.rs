@@ -224,3 +224,88 @@ async fn a_campaign_rolls_out_in_waves_and_halts_itself_on_a_failing_canary() {
     );
     lab.stop().await.unwrap();
 }
+
+/// The maintenance window travels signed with the instruction and the vehicle enforces it on
+/// its own clock (here moved twelve hours on by `faketime`, while the server's says the window
+/// is open); a paused campaign gives its next wave nothing until it is resumed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_vehicle_keeps_its_window_and_a_paused_campaign_waits_for_resume() {
+    let faketime = ["/usr/bin/faketime", "/usr/local/bin/faketime"]
+        .into_iter()
+        .map(std::path::Path::new)
+        .find(|p| p.exists())
+        .expect("faketime is installed by scripts/test (apt: faketime)");
+    let dir = tempfile::tempdir().unwrap();
+    let mut lab = Lab::create(LabOptions::new(dir.path(), bin(), 2))
+        .await
+        .unwrap();
+    lab.start_ecus().await.unwrap();
+    lab.publish_bytes(
+        "bcm/fw-2.0.bin",
+        "bcm-1",
+        "2.0",
+        &image_bytes("bcm 2.0", 30_000),
+        false,
+    )
+    .await
+    .unwrap();
+    // Open now on the server's clock, for an hour at least: two hours either side of this one.
+    let now = chrono::Utc::now();
+    let hour = |h: i64| {
+        (now + chrono::Duration::hours(h))
+            .format("%H:00")
+            .to_string()
+    };
+    let window = format!("daily {}-{} UTC", hour(-2), hour(2));
+    let vins: Vec<String> = lab.vehicles.iter().map(|v| v.vin.clone()).collect();
+    campaign(
+        &lab,
+        &[
+            "create",
+            "--name",
+            "windowed",
+            "--image",
+            "bcm/fw-2.0.bin",
+            "--vin",
+            &vins.join(","),
+            "--waves",
+            "1,all",
+            "--min-success",
+            "100",
+            "--soak",
+            "0s",
+            "--window",
+            &window,
+            "--start",
+        ],
+    );
+    campaign(&lab, &["pause", "windowed", "--reason", "hotline briefing"]);
+    // Twelve hours on, on the vehicle's clock, the window is closed: it postpones (exit 3).
+    let later = lab
+        .run_vehicle_under(0, "auto", Some((faketime, &["-f", "+12h"])))
+        .await
+        .unwrap();
+    assert_eq!(later.code, Some(3), "{}\n{}", later.stdout, later.stderr);
+    assert!(
+        later.stdout.contains("outside its maintenance window"),
+        "{}",
+        later.stdout
+    );
+    assert_eq!(bcm_of(&lab, 0).await, "factory-bcm-1");
+    // On the real clock it installs (pausing did not take the canary's instruction back).
+    let run = lab.run_vehicle(0, "auto").await.unwrap();
+    assert!(run.success, "{}", run.stderr);
+    assert_eq!(bcm_of(&lab, 0).await, "bcm/fw-2.0.bin");
+    // Paused: the second wave is not started, whatever the canary did.
+    let run = lab.run_vehicle(1, "auto").await.unwrap();
+    assert!(run.success, "{}", run.stderr);
+    assert_eq!(bcm_of(&lab, 1).await, "factory-bcm-1");
+    assert_eq!(status(&lab, "windowed")["campaign"]["state"], "paused");
+    // Resumed: judged at once, the second wave starts and the vehicle installs.
+    let resumed = campaign(&lab, &["resume", "windowed"]);
+    assert!(resumed.contains("running, wave 2 of 2"), "{resumed}");
+    let run = lab.run_vehicle(1, "auto").await.unwrap();
+    assert!(run.success, "{}", run.stderr);
+    assert_eq!(bcm_of(&lab, 1).await, "bcm/fw-2.0.bin");
+    lab.stop().await.unwrap();
+}

@@ -591,6 +591,11 @@ pub async fn start(director: &Director, name: &str, now: DateTime<Utc>) -> Resul
     store::commit(tx).await?;
     director.nudge(made.vins());
     tracing::info!(campaign = %name, wave = wave + 1, instructed = made.ecus, "campaign {action}");
+    // Judged at once: a wave that met its criterion while the campaign was paused moves on
+    // now, not at the next check-in or periodic judgement.
+    if let Err(e) = evaluate(director, c.id, now).await {
+        tracing::error!(campaign = %name, error = %e, "could not judge campaign");
+    }
     campaign(db, name).await
 }
 
