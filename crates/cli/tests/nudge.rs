@@ -14,7 +14,7 @@
 use std::time::{Duration, Instant};
 
 use rampart_lab::{image_bytes, Lab, LabOptions};
-use rumqttc::{AsyncClient, MqttOptions, QoS};
+use rumqttc::{AsyncClient, QoS};
 use serde_json::json;
 
 fn broker() -> String {
@@ -49,14 +49,12 @@ where
 
 /// Someone else on the broker: publishes `n` nudges on `topic`.
 async fn forge(topic: &str, n: usize) {
-    let url = broker();
-    let hostport = url.trim_start_matches("mqtt://");
-    let (host, port) = hostport.rsplit_once(':').unwrap();
-    let options = MqttOptions::new(
-        format!("forger-{}", std::process::id()),
-        host,
-        port.parse().unwrap(),
-    );
+    let options = rampart_client::nudge::Broker {
+        url: broker(),
+        ..Default::default()
+    }
+    .options(&format!("forger-{}", std::process::id()))
+    .unwrap();
     let (client, mut events) = AsyncClient::new(options, 256);
     let pump = tokio::spawn(async move { while events.poll().await.is_ok() {} });
     for _ in 0..n {

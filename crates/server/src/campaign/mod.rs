@@ -921,7 +921,7 @@ pub async fn evaluate(director: &Director, id: i64, now: DateTime<Utc>) -> Resul
     if due(&members, c.wave).any(|m| window_open(&c, m, now)) {
         let mut tx = store::begin(db).await?;
         let mut made = Instructed::default();
-        if store::set_state(&mut tx, c.id, &[State::Running], State::Running, None).await? {
+        if store::lock_running(&mut tx, c.id).await? {
             made = instruct_due(&mut tx, &c, c.wave, &members, now).await?;
             tracing::info!(campaign = %c.name, instructed = made.ecus, "vehicles instructed in their maintenance window");
         }

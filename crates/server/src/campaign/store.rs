@@ -398,6 +398,19 @@ pub(super) async fn set_state(
     Ok(done.rows_affected() == 1)
 }
 
+/// Locks a campaign's row for the caller's transaction if it is still running (`false`:
+/// another writer paused, halted or ended it meanwhile). Changes nothing else.
+pub(super) async fn lock_running(tx: &mut Tx<'_>, id: i64) -> Result<bool> {
+    let done =
+        sqlx::query("UPDATE campaigns SET updated_at = $1 WHERE id = $2 AND state = 'running'")
+            .bind(now_text())
+            .bind(id)
+            .execute(&mut **tx)
+            .await
+            .map_err(db_err("lock campaign"))?;
+    Ok(done.rows_affected() == 1)
+}
+
 /// Starts wave `to` of a running campaign whose latest started wave is still `from`.
 pub(super) async fn start_wave(tx: &mut Tx<'_>, id: i64, from: i64, to: i64) -> Result<bool> {
     let now = now_text();
