@@ -181,6 +181,13 @@ rules! {
     VehicleReport = "vehicle-report",
     /// A campaign halted on failures that name attack rules.
     CampaignHalted = "campaign-halted",
+    /// A TLS client presented a certificate the fleet CA did not sign, or none where one
+    /// was required, and the handshake was refused.
+    ClientCertificateRefused = "client-certificate-refused",
+    /// A console sign-in with a wrong name or password.
+    LoginFailed = "login-failed",
+    /// A console request without a valid session or CSRF token, or beyond its role.
+    ConsoleRefused = "console-refused",
     // Fleet PKI and TLS set-up (rampart-server).
     /// A CA that already exists.
     CaExists = "ca-exists",

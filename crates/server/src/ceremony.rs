@@ -259,6 +259,8 @@ fn write_config(
         pki: PkiConfig::default(),
         campaigns: Default::default(),
         mqtt: Default::default(),
+        vsoc: Default::default(),
+        console: Default::default(),
     };
     config.save(layout)
 }

@@ -40,6 +40,24 @@
 //! max_age_days = 90                 # pruned when last seen longer ago (0: never)
 //! max_rows = 1000000                # at most this many rows, the newest kept (0: no limit)
 //! prune_every_secs = 3600           # pruning runs at start and then this often
+//!
+//! [vsoc]                            # the V-SOC engine (crate::vsoc); every field optional
+//! check_every_secs = 10
+//! window_secs = 900                 # the correlation rules look at this much history
+//! fleet_vehicles = 3                # one attack rule from this many vehicles: fleet incident
+//! vehicle_rejections = 5            # one vehicle refusing metadata this often: vehicle incident
+//! address_events = 50               # certificate / rate-limit refusals of one address
+//! key_vehicles = 2                  # signature failures from this many vehicles: key compromise
+//! silent_after_secs = 21600         # instructed by a running campaign, silent this long
+//! halt_campaigns = true             # an incident about an image halts the campaigns shipping it
+//! quarantine_automatically = false  # a vehicle incident quarantines the vehicle at once
+//!
+//! [vsoc.export]                     # a SIEM webhook (off while webhook_url is empty)
+//! webhook_url = "https://siem.example/rampart"
+//! webhook_secret_file = "/etc/rampart/webhook-secret"  # HMAC key, 0600, ≥ 16 bytes
+//!
+//! [console]
+//! session_minutes = 480             # a console session ends this long after sign-in
 //! ```
 
 use std::fs;
@@ -90,6 +108,12 @@ pub struct Config {
     /// "Check in now" nudges over MQTT.
     #[serde(default)]
     pub mqtt: MqttConfig,
+    /// The V-SOC engine: correlation thresholds, responses, export.
+    #[serde(default)]
+    pub vsoc: crate::vsoc::VsocConfig,
+    /// The web console.
+    #[serde(default)]
+    pub console: crate::console::ConsoleConfig,
 }
 
 /// `[mqtt]`: where "check in now" nudges are published (off while `url` is empty). See

@@ -180,6 +180,13 @@ pub struct Vehicle {
     /// Why it was taken out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub removed_reason: Option<String>,
+    /// When it was quarantined (`None`: not): the director gives it no instructions until a
+    /// security analyst releases it (see [`crate::vsoc`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quarantined_at: Option<String>,
+    /// Why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quarantine_reason: Option<String>,
     /// What the vehicle is (`model`, `region`, …).
     #[serde(default)]
     pub attributes: BTreeMap<String, String>,
@@ -263,6 +270,24 @@ pub struct SecurityEvent {
     pub count: u64,
     /// When it last happened (RFC 3339; `at` is the first time).
     pub last_at: String,
+}
+
+/// The columns [`event_from_row`] reads.
+const EVENT_COLUMNS: &str = "id, at, source, rule, vin, ecu_id, remote, detail, count, last_at";
+
+fn event_from_row(r: &AnyRow) -> Result<SecurityEvent> {
+    Ok(SecurityEvent {
+        id: get_i64(r, "id")?,
+        at: get_str(r, "at")?,
+        source: get_str(r, "source")?,
+        rule: get_str(r, "rule")?,
+        vin: get_opt_str(r, "vin")?,
+        ecu_id: get_opt_str(r, "ecu_id")?,
+        remote: get_opt_str(r, "remote")?,
+        detail: get_str(r, "detail")?,
+        count: to_u64(get_i64(r, "count")?)?,
+        last_at: get_opt_str(r, "last_at")?.unwrap_or_default(),
+    })
 }
 
 /// Where an encrypted image's ciphertext is and its content key.
@@ -371,7 +396,7 @@ pub(crate) fn json(text: &str, what: &str) -> Result<serde_json::Value> {
 }
 
 /// Every table of the schema (what [`Db::count`] accepts).
-pub const TABLES: [&str; 13] = [
+pub const TABLES: [&str; 20] = [
     "vehicles",
     "ecus",
     "assignments",
@@ -385,6 +410,13 @@ pub const TABLES: [&str; 13] = [
     "campaign_log",
     "update_records",
     "rxswin_history",
+    "users",
+    "sessions",
+    "audit_log",
+    "incidents",
+    "incident_events",
+    "incident_vehicles",
+    "webhook_outbox",
 ];
 
 /// A revoked vehicle certificate: every certificate of a VIN, or one by serial.
@@ -442,6 +474,7 @@ const VEHICLE_ROWS: &str =
     "SELECT v.vin AS vin, v.primary_ecu AS primary_ecu, v.created_at AS created_at, \
      v.last_manifest_counter AS last_manifest_counter, v.last_seen AS last_seen, \
      v.removed_at AS removed_at, v.removed_reason AS removed_reason, \
+     v.quarantined_at AS quarantined_at, v.quarantine_reason AS quarantine_reason, \
      v.attributes AS attributes, v.tags AS tags, \
      e.ecu_id AS ecu_id, e.hardware_id AS hardware_id, e.public_key AS public_key, \
      e.encryption_key AS encryption_key, e.verification AS verification, \
@@ -468,6 +501,8 @@ fn vehicles_from_rows(rows: &[AnyRow]) -> Result<Vec<Vehicle>> {
                 last_seen: get_opt_str(r, "last_seen")?,
                 removed_at: get_opt_str(r, "removed_at")?,
                 removed_reason: get_opt_str(r, "removed_reason")?,
+                quarantined_at: get_opt_str(r, "quarantined_at")?,
+                quarantine_reason: get_opt_str(r, "quarantine_reason")?,
                 attributes: json_as(
                     &get_opt_str(r, "attributes")?.unwrap_or_else(|| "{}".into()),
                     "attributes",
@@ -738,6 +773,45 @@ impl Db {
         Self::mark_instructions_changed(&mut tx, vin).await?;
         tx.commit().await.map_err(db_err("commit"))?;
         Ok(at)
+    }
+
+    /// Quarantines a vehicle (`reason: Some`) or releases it (`None`): while quarantined the
+    /// director signs it no instructions. Its stored director documents are marked out of
+    /// date in the same transaction, so the change takes effect at its next request.
+    /// Returns whether anything changed (quarantining a quarantined vehicle does not).
+    pub async fn set_quarantine(&self, vin: &str, reason: Option<&str>) -> Result<bool> {
+        let mut tx = self.pool.begin().await.map_err(db_err("begin"))?;
+        let done = match reason {
+            Some(reason) => sqlx::query(
+                "UPDATE vehicles SET quarantined_at = $1, quarantine_reason = $2 \
+                 WHERE vin = $3 AND quarantined_at IS NULL",
+            )
+            .bind(now_text())
+            .bind(reason)
+            .bind(vin),
+            None => sqlx::query(
+                "UPDATE vehicles SET quarantined_at = NULL, quarantine_reason = NULL \
+                 WHERE vin = $1 AND quarantined_at IS NOT NULL",
+            )
+            .bind(vin),
+        }
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err("quarantine"))?;
+        if done.rows_affected() == 0 {
+            let known = sqlx::query("SELECT vin FROM vehicles WHERE vin = $1")
+                .bind(vin)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db_err("vehicle lookup"))?;
+            if known.is_none() {
+                return Err(Error::NotFound(format!("vehicle {vin} is not registered")));
+            }
+            return Ok(false);
+        }
+        Self::mark_instructions_changed(&mut tx, vin).await?;
+        tx.commit().await.map_err(db_err("commit"))?;
+        Ok(true)
     }
 
     /// The VINs of the fleet (removed vehicles left out), in order.
@@ -1325,6 +1399,87 @@ impl Db {
         Ok(deleted)
     }
 
+    /// Security events last seen at or after `since` (RFC 3339), newest first, at most
+    /// `limit` (what the V-SOC engine's window reads).
+    pub async fn events_since(&self, since: &str, limit: u32) -> Result<Vec<SecurityEvent>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {EVENT_COLUMNS} FROM security_events WHERE COALESCE(last_at, at) >= $1 \
+             ORDER BY id DESC LIMIT $2"
+        ))
+        .bind(since)
+        .bind(i64::from(limit.clamp(1, 100_000)))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err("security events"))?;
+        rows.iter().map(event_from_row).collect()
+    }
+
+    /// Security events with an ID above `after`, oldest first, at most `limit` (an event
+    /// counted again moves to a new ID, so a reader keeping the last ID it saw sees repeats).
+    pub async fn events_after(&self, after: i64, limit: u32) -> Result<Vec<SecurityEvent>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {EVENT_COLUMNS} FROM security_events WHERE id > $1 ORDER BY id LIMIT $2"
+        ))
+        .bind(after)
+        .bind(i64::from(limit.clamp(1, 100_000)))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err("security events"))?;
+        rows.iter().map(event_from_row).collect()
+    }
+
+    /// Security events in a time range (RFC 3339 bounds, empty: open), filtered by vehicle
+    /// and rule, newest first.
+    pub async fn events_between(
+        &self,
+        vin: Option<&str>,
+        rule: Option<&str>,
+        from: &str,
+        to: &str,
+        limit: u32,
+    ) -> Result<Vec<SecurityEvent>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {EVENT_COLUMNS} FROM security_events \
+             WHERE ($1 = '' OR vin = $1) AND ($2 = '' OR rule = $2) \
+             AND ($3 = '' OR COALESCE(last_at, at) >= $3) AND ($4 = '' OR at <= $4) \
+             ORDER BY id DESC LIMIT $5"
+        ))
+        .bind(vin.unwrap_or(""))
+        .bind(rule.unwrap_or(""))
+        .bind(from)
+        .bind(to)
+        .bind(i64::from(limit.clamp(1, 100_000)))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err("security events"))?;
+        rows.iter().map(event_from_row).collect()
+    }
+
+    /// Withdraws the pending assignments of `target` not being installed (a V-SOC response
+    /// to an incident about the image); returns the vehicles concerned.
+    pub async fn withdraw_pending_target(&self, target: &str) -> Result<Vec<String>> {
+        let mut tx = self.pool.begin().await.map_err(db_err("begin"))?;
+        let rows = sqlx::query(
+            "UPDATE assignments SET status = 'withdrawn', completed_at = $1 \
+             WHERE target = $2 AND status = 'pending' \
+             AND (stage IS NULL OR stage <> 'installing' OR last_error IS NOT NULL) RETURNING vin",
+        )
+        .bind(now_text())
+        .bind(target)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db_err("withdraw assignments"))?;
+        let vins: BTreeSet<String> = rows
+            .iter()
+            .map(|r| get_str(r, "vin"))
+            .collect::<Result<_>>()?;
+        for vin in &vins {
+            Self::mark_instructions_changed(&mut tx, vin).await?;
+        }
+        tx.commit().await.map_err(db_err("commit"))?;
+        Ok(vins.into_iter().collect())
+    }
+
     /// Security events, newest first, filtered by vehicle and/or rule.
     pub async fn events(
         &self,
@@ -1342,22 +1497,7 @@ impl Db {
         .fetch_all(&self.pool)
         .await
         .map_err(db_err("security events"))?;
-        rows.iter()
-            .map(|r| {
-                Ok(SecurityEvent {
-                    id: get_i64(r, "id")?,
-                    at: get_str(r, "at")?,
-                    source: get_str(r, "source")?,
-                    rule: get_str(r, "rule")?,
-                    vin: get_opt_str(r, "vin")?,
-                    ecu_id: get_opt_str(r, "ecu_id")?,
-                    remote: get_opt_str(r, "remote")?,
-                    detail: get_str(r, "detail")?,
-                    count: to_u64(get_i64(r, "count")?)?,
-                    last_at: get_opt_str(r, "last_at")?.unwrap_or_default(),
-                })
-            })
-            .collect()
+        rows.iter().map(event_from_row).collect()
     }
 
     /// Stores (or replaces) the content key of an encrypted image.

@@ -292,7 +292,13 @@ impl Director {
             if attempt > 0 {
                 current = self.db.director_roles(vin).await?;
             }
-            let pending = self.db.assignments(Some(vin), Some("pending")).await?;
+            // A quarantined vehicle is signed no instructions (see crate::vsoc): what it was
+            // told is taken back until an analyst releases it.
+            let pending = if vehicle.quarantined_at.is_some() {
+                Vec::new()
+            } else {
+                self.db.assignments(Some(vin), Some("pending")).await?
+            };
             let digest = self.instruction_digest(&vehicle, &pending)?;
             // The targets' digest as read: a change of instructions after this read makes the
             // write below lose, and the next attempt sees the change.
@@ -993,6 +999,8 @@ mod tests {
             last_seen: None,
             removed_at: None,
             removed_reason: None,
+            quarantined_at: None,
+            quarantine_reason: None,
             attributes: Default::default(),
             tags: Default::default(),
             ecus: vec![ecu("TBOX", Some(3)), ecu("IVI", Some(5)), ecu("BCM", None)],

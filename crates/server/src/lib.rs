@@ -12,10 +12,12 @@
 //! * [`pki`], [`tls`] — fleet CA, vehicle certificates, HTTPS with client certificates.
 
 pub mod api;
+pub mod audit;
 pub mod campaign;
 pub mod ceremony;
 pub mod config;
 pub mod conn;
+pub mod console;
 pub mod db;
 pub mod director;
 pub mod error;
@@ -30,5 +32,6 @@ pub mod repo;
 pub mod revocation;
 pub mod serve;
 pub mod tls;
+pub mod vsoc;
 
 pub use error::{Error, Result};

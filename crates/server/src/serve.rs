@@ -1,7 +1,8 @@
 //! `rampart serve`: the image repository folder, the director and the admin API over HTTPS,
 //! plus background tasks that re-sign the image repository's timestamp and snapshot before
 //! they expire, prune security events by the retention of `[events]` (also at start) and
-//! judge running campaigns every `[campaigns] check_every_secs`.
+//! judge running campaigns every `[campaigns] check_every_secs`, run the V-SOC engine every
+//! `[vsoc] check_every_secs` and, with a webhook configured, deliver incidents and events.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -133,7 +134,13 @@ pub async fn start(opts: ServeOptions) -> Result<Running> {
         config.limits.limits(),
         tls,
         config.pki.revocation_refresh(),
-    );
+    )
+    .with_console(config.console.clone())
+    .with_vsoc(config.vsoc.clone());
+    if config.vsoc.export.webhook() {
+        // A webhook without its secret is a configuration error, found at start.
+        config.vsoc.export.secret()?;
+    }
     let connections = connections(&opts, &config, &state);
     let app = router(state.clone(), &layout.root().join("public/image"));
 
@@ -166,6 +173,27 @@ pub async fn start(opts: ServeOptions) -> Result<Running> {
             }
         })
     };
+    let vsoc = {
+        let state = state.clone();
+        let vsoc = config.vsoc.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(vsoc.check_every()).await;
+                if let Err(e) =
+                    crate::vsoc::evaluate(state.director(), &vsoc, chrono::Utc::now()).await
+                {
+                    tracing::error!(error = %e, "V-SOC round failed");
+                }
+            }
+        })
+    };
+    let webhook = config.vsoc.export.webhook().then(|| {
+        tokio::spawn(crate::vsoc::export::run(
+            state.director().db().clone(),
+            config.vsoc.export.clone(),
+            config.vsoc.check_every(),
+        ))
+    });
     let repo = Repository::new(layout.image_metadata(), layout.image_targets());
     let every = opts.refresh_every;
     let refresher = tokio::spawn(async move {
@@ -194,6 +222,10 @@ pub async fn start(opts: ServeOptions) -> Result<Running> {
         refresher.abort();
         pruner.abort();
         judge.abort();
+        vsoc.abort();
+        if let Some(w) = webhook {
+            w.abort();
+        }
     };
     let task = match tls_config {
         Some(tls_config) => tokio::spawn(crate::tls::serve_tls_with(

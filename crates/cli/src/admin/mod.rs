@@ -219,6 +219,57 @@ enum AdminCommand {
         #[arg(long)]
         vin: String,
     },
+    /// Console accounts: add (password from --password-file or standard input), list,
+    /// disable.
+    #[command(subcommand)]
+    User(UserCommand),
+    /// V-SOC incidents (newest first), or one with its evidence; acknowledge or resolve it.
+    Incidents {
+        /// One incident, whole.
+        id: Option<i64>,
+        /// Only incidents in this state (open, acknowledged, resolved).
+        #[arg(long)]
+        state: Option<String>,
+        /// Only incidents affecting this vehicle.
+        #[arg(long)]
+        vin: Option<String>,
+        /// Acknowledge incident ID.
+        #[arg(long, requires = "id", conflicts_with = "resolve")]
+        acknowledge: bool,
+        /// Resolve incident ID.
+        #[arg(long, requires = "id")]
+        resolve: bool,
+    },
+    /// Quarantine a vehicle: the director gives it no instructions until it is released.
+    Quarantine {
+        /// VIN.
+        #[arg(long)]
+        vin: String,
+        /// Why (recorded in the audit log).
+        #[arg(long)]
+        reason: String,
+    },
+    /// Release a quarantined vehicle.
+    Release {
+        /// VIN.
+        #[arg(long)]
+        vin: String,
+        /// Why (recorded in the audit log).
+        #[arg(long)]
+        reason: String,
+    },
+    /// Incidents and security events as JSON lines, for a SIEM.
+    Export {
+        /// Events with an ID above this.
+        #[arg(long, default_value_t = 0)]
+        after_event: i64,
+    },
+    /// The audit log (who changed what, when), newest first.
+    Audit {
+        /// Only this actor.
+        #[arg(long)]
+        actor: Option<String>,
+    },
     /// Update records for auditors (vehicle, ECU, from → to, RXSWIN, campaign, time,
     /// result), oldest first.
     Records {
@@ -235,6 +286,51 @@ enum AdminCommand {
         #[arg(long, default_value_t = 100_000)]
         limit: u32,
     },
+}
+
+/// `rampart admin user …`
+#[derive(Debug, clap::Subcommand)]
+enum UserCommand {
+    /// Create a console account.
+    Add {
+        /// Login name.
+        name: String,
+        /// viewer (reads), operator (campaigns) or security (incidents, quarantine).
+        #[arg(long)]
+        role: String,
+        /// File holding the password (at least 12 characters); else it is read from
+        /// standard input (one line).
+        #[arg(long)]
+        password_file: Option<std::path::PathBuf>,
+    },
+    /// List console accounts.
+    List,
+    /// Disable an account and end its sessions.
+    Disable {
+        /// Login name.
+        name: String,
+    },
+}
+
+fn read_password(file: Option<&std::path::Path>) -> anyhow::Result<String> {
+    let text = match file {
+        Some(path) => std::fs::read_to_string(path)
+            .with_context(|| format!("reading the password from {}", path.display()))?,
+        None => {
+            use std::io::{BufRead, IsTerminal};
+            if std::io::stdin().is_terminal() {
+                rampart_cli::say_err!("password (input is shown; prefer --password-file): ");
+            }
+            let mut line = String::new();
+            std::io::stdin().lock().read_line(&mut line)?;
+            line
+        }
+    };
+    let password = text.trim_end_matches(['\r', '\n']).to_owned();
+    if password.is_empty() {
+        bail!("no password given (--password-file FILE, or one line on standard input)");
+    }
+    Ok(password)
 }
 
 /// `NAME=VALUE` of `--attribute`.
@@ -283,6 +379,20 @@ pub(crate) fn main(args: AdminArgs) -> anyhow::Result<()> {
             AdminCommand::Vehicles { .. } => tables::vehicles,
             AdminCommand::Images => tables::images,
             AdminCommand::Rxswin { .. } => tables::rxswin,
+            AdminCommand::Incidents { id: Some(_), .. } => tables::incident,
+            AdminCommand::Incidents { .. } => tables::incidents,
+            AdminCommand::User(UserCommand::List) => tables::users,
+            AdminCommand::User(UserCommand::Add { .. }) => |b| {
+                Ok(format!("user {} added ({})", b.get("name").and_then(Value::as_str).unwrap_or(""), b.get("role").and_then(Value::as_str).unwrap_or("")))
+            },
+            AdminCommand::User(UserCommand::Disable { .. }) => |b| {
+                Ok(format!("user {} disabled; their sessions ended", b.get("name").and_then(Value::as_str).unwrap_or("")))
+            },
+            AdminCommand::Quarantine { .. } | AdminCommand::Release { .. } => |b| {
+                Ok(format!("{}: {}", b.get("vin").and_then(Value::as_str).unwrap_or(""), b.get("action").and_then(Value::as_str).unwrap_or("")))
+            },
+            AdminCommand::Audit { .. } => tables::audit,
+            AdminCommand::Export { .. } => |b| Ok(b.to_string()),
             AdminCommand::Records { .. } => tables::records,
             AdminCommand::Register { .. } => |b| {
                 Ok(format!("registered {}", b.get("vin").and_then(Value::as_str).unwrap_or("")))
@@ -331,6 +441,36 @@ pub(crate) fn main(args: AdminArgs) -> anyhow::Result<()> {
                 .query(&[("vin", vin.unwrap_or_default()), ("rule", rule.unwrap_or_default())]),
             AdminCommand::Images => client.get(url("images")),
             AdminCommand::Rxswin { vin } => client.get(url(&format!("vehicles/{vin}/rxswin"))),
+            AdminCommand::User(UserCommand::Add { name, role, password_file }) => {
+                let password = read_password(password_file.as_deref())?;
+                client.post(url("users")).json(&serde_json::json!({"name": name, "role": role, "password": password}))
+            }
+            AdminCommand::User(UserCommand::List) => client.get(url("users")),
+            AdminCommand::User(UserCommand::Disable { name }) => client.delete(url(&format!("users/{name}"))),
+            AdminCommand::Incidents { id: Some(id), acknowledge, resolve, .. } => {
+                if acknowledge || resolve {
+                    client.post(url(&format!("incidents/{id}/{}", if resolve { "resolve" } else { "acknowledge" })))
+                } else {
+                    client.get(url(&format!("incidents/{id}")))
+                }
+            }
+            AdminCommand::Incidents { id: None, state, vin, .. } => client
+                .get(url("incidents"))
+                .query(&[("state", state.unwrap_or_default()), ("vin", vin.unwrap_or_default())]),
+            AdminCommand::Quarantine { vin, reason } => client
+                .post(url(&format!("vehicles/{vin}/quarantine")))
+                .json(&serde_json::json!({"reason": reason})),
+            AdminCommand::Release { vin, reason } => client
+                .post(url(&format!("vehicles/{vin}/release")))
+                .json(&serde_json::json!({"reason": reason})),
+            AdminCommand::Audit { actor } => client.get(url("audit")).query(&[("actor", actor.unwrap_or_default())]),
+            AdminCommand::Export { after_event } => {
+                let text = api
+                    .send_text(client.get(url("export")).query(&[("after_event", after_event.to_string())]))
+                    .await?;
+                rampart_cli::say!("{}", text.trim_end());
+                return Ok(());
+            }
             AdminCommand::Records { vin, campaign, csv, limit } => {
                 let request = client.get(url("update-records")).query(&[
                     ("vin", vin.unwrap_or_default()),

@@ -306,6 +306,94 @@ pub(super) fn records(body: &Value) -> anyhow::Result<String> {
     )
 }
 
+/// `admin incidents`.
+pub(crate) fn incidents(body: &Value) -> anyhow::Result<String> {
+    let list: Vec<rampart_server::vsoc::Incident> = serde_json::from_value(body.clone())?;
+    if list.is_empty() {
+        return Ok("no incidents".into());
+    }
+    let rows = list
+        .iter()
+        .map(|i| {
+            vec![
+                format!("#{}", i.id),
+                i.severity.clone(),
+                i.state.clone(),
+                i.kind.clone(),
+                i.vehicles.len().to_string(),
+                i.opened_at.clone(),
+                shorten(&i.title, 90),
+            ]
+        })
+        .collect::<Vec<_>>();
+    Ok(table(
+        &[
+            "ID", "SEVERITY", "STATE", "KIND", "VEHICLES", "OPENED", "WHAT",
+        ],
+        &rows,
+    ))
+}
+
+/// `admin incidents ID`.
+pub(crate) fn incident(body: &Value) -> anyhow::Result<String> {
+    let i: rampart_server::vsoc::Incident = serde_json::from_value(body.clone())?;
+    let mut out = vec![
+        format!(
+            "incident #{} · {} · {} · {} {}",
+            i.id, i.severity, i.state, i.kind, i.subject
+        ),
+        i.title.clone(),
+        i.detail.clone(),
+    ];
+    if let Some(img) = &i.image {
+        out.push(format!("image: {img} (campaigns shipping it halted)"));
+    }
+    if let Some(r) = &i.runbook {
+        out.push(format!("runbook: {r}"));
+    }
+    out.push(format!("vehicles: {}", i.vehicles.join(", ")));
+    if !i.events.is_empty() {
+        out.push(String::new());
+        out.push(events(&serde_json::to_value(&i.events)?)?);
+    }
+    Ok(out.join("\n"))
+}
+
+/// `admin user list`.
+pub(crate) fn users(body: &Value) -> anyhow::Result<String> {
+    let list: Vec<rampart_server::console::User> = serde_json::from_value(body.clone())?;
+    let rows = list
+        .iter()
+        .map(|u| {
+            vec![
+                u.name.clone(),
+                u.role.as_str().to_owned(),
+                u.created_at.clone(),
+                or_dash(u.disabled_at.as_deref()),
+            ]
+        })
+        .collect::<Vec<_>>();
+    Ok(table(&["NAME", "ROLE", "CREATED", "DISABLED"], &rows))
+}
+
+/// `admin audit`.
+pub(crate) fn audit(body: &Value) -> anyhow::Result<String> {
+    let list: Vec<rampart_server::audit::Entry> = serde_json::from_value(body.clone())?;
+    let rows = list
+        .iter()
+        .map(|e| {
+            vec![
+                e.at.clone(),
+                e.actor.clone(),
+                e.action.clone(),
+                e.subject.clone(),
+                shorten(&e.detail, 80),
+            ]
+        })
+        .collect::<Vec<_>>();
+    Ok(table(&["WHEN", "WHO", "WHAT", "ON", "DETAIL"], &rows))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -14,7 +14,9 @@
 //!
 //! Modules: `rate_limit` (token buckets per client), `extract` (JSON bodies, admin and
 //! vehicle authorisation), `vehicle` (director routes), `admin` (inventory, assignments,
-//! events, images), `campaigns` (staged rollouts), `records` (RXSWIN, update records).
+//! events, images), `campaigns` (staged rollouts), `records` (RXSWIN, update records), `vsoc`
+//! (incidents, quarantine, export, audit log, console accounts). The console (`/ui/`) is
+//! [`crate::console`].
 
 mod admin;
 mod campaigns;
@@ -22,6 +24,7 @@ mod extract;
 mod rate_limit;
 mod records;
 mod vehicle;
+mod vsoc;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -90,6 +93,8 @@ struct Inner {
     connections: Arc<ConnectionStats>,
     revocations: Revocations,
     require_client_certificate: bool,
+    console: crate::console::ConsoleConfig,
+    vsoc: crate::vsoc::VsocConfig,
 }
 
 /// Shared state of the handlers.
@@ -140,6 +145,8 @@ impl AppState {
                 metrics: Metrics::default(),
                 connections: Arc::new(ConnectionStats::default()),
                 require_client_certificate,
+                console: crate::console::ConsoleConfig::default(),
+                vsoc: crate::vsoc::VsocConfig::default(),
             }),
         }
     }
@@ -147,6 +154,37 @@ impl AppState {
     /// The director.
     pub fn director(&self) -> &Director {
         &self.inner.director
+    }
+
+    /// The targets of the image repository, with their signing role.
+    pub fn images(&self) -> crate::error::Result<Vec<ImageEntry>> {
+        admin::image_entries(&self.inner.image)
+    }
+
+    /// The console's settings.
+    pub fn console(&self) -> &crate::console::ConsoleConfig {
+        &self.inner.console
+    }
+
+    /// Sets the console's settings (before the state is shared).
+    pub fn with_console(mut self, console: crate::console::ConsoleConfig) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.console = console;
+        }
+        self
+    }
+
+    /// The V-SOC engine's settings (for runs on demand).
+    pub fn vsoc(&self) -> &crate::vsoc::VsocConfig {
+        &self.inner.vsoc
+    }
+
+    /// Sets the V-SOC engine's settings (before the state is shared).
+    pub fn with_vsoc(mut self, vsoc: crate::vsoc::VsocConfig) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.vsoc = vsoc;
+        }
+        self
     }
 
     /// The counters of the connection layer serving this API (shown by `/metrics`).
@@ -179,7 +217,17 @@ impl AppState {
         campaigns::status,
         campaigns::act,
         records::rxswin,
-        records::update_records
+        records::update_records,
+        vsoc::list,
+        vsoc::get_one,
+        vsoc::act,
+        vsoc::evaluate,
+        vsoc::quarantine,
+        vsoc::export,
+        vsoc::audit_log,
+        vsoc::add_user,
+        vsoc::users,
+        vsoc::disable_user
     ),
     components(schemas(
         NewVehicle,
@@ -210,7 +258,13 @@ impl AppState {
         campaigns::ActionBody,
         records::Rxswin,
         crate::records::UpdateRecord,
-        crate::records::RxswinChange
+        crate::records::RxswinChange,
+        crate::vsoc::Incident,
+        crate::audit::Entry,
+        crate::console::User,
+        crate::console::Role,
+        vsoc::ReasonBody,
+        vsoc::NewUser
     ))
 )]
 struct ApiDoc;
@@ -241,6 +295,15 @@ pub fn router(state: AppState, public_image_dir: &std::path::Path) -> Router {
         .route("/campaigns", post(campaigns::create).get(campaigns::list))
         .route("/campaigns/{name}", get(campaigns::status))
         .route("/campaigns/{name}/{action}", post(campaigns::act))
+        .route("/vehicles/{vin}/{action}", post(vsoc::quarantine))
+        .route("/incidents", get(vsoc::list))
+        .route("/incidents/{id}", get(vsoc::get_one))
+        .route("/incidents/{id}/{action}", post(vsoc::act))
+        .route("/vsoc/evaluate", post(vsoc::evaluate))
+        .route("/export", get(vsoc::export))
+        .route("/audit", get(vsoc::audit_log))
+        .route("/users", post(vsoc::add_user).get(vsoc::users))
+        .route("/users/{name}", axum::routing::delete(vsoc::disable_user))
         .route("/events", get(admin::list_events))
         .route("/images", get(admin::list_images))
         .layer(DefaultBodyLimit::max(state.inner.limits.max_body_bytes))
@@ -258,6 +321,7 @@ pub fn router(state: AppState, public_image_dir: &std::path::Path) -> Router {
         )
         .route("/director/{vin}/manifest", post(vehicle::post_manifest))
         .nest("/api/v1", admin)
+        .nest("/ui", crate::console::router())
         .nest_service("/image", ServeDir::new(public_image_dir))
         .layer(middleware::from_fn_with_state(
             state.clone(),
@@ -296,6 +360,22 @@ async fn metrics(State(state): State<AppState>) -> Response {
         .count("vehicles")
         .await
         .unwrap_or(0);
+    let mut incidents = String::from(
+        "# HELP rampart_incidents V-SOC incidents by state and severity\n# TYPE rampart_incidents gauge\n",
+    );
+    let mut opened_total = 0;
+    for (st, severity, n) in crate::vsoc::store::counts(state.inner.director.db())
+        .await
+        .unwrap_or_default()
+    {
+        opened_total += n;
+        incidents.push_str(&format!(
+            "rampart_incidents{{state=\"{st}\",severity=\"{severity}\"}} {n}\n"
+        ));
+    }
+    incidents.push_str(&format!(
+        "# HELP rampart_incidents_opened_total V-SOC incidents ever opened\n# TYPE rampart_incidents_opened_total counter\nrampart_incidents_opened_total {opened_total}\n"
+    ));
     let body = format!(
         "# TYPE rampart_requests_total counter\nrampart_requests_total {}\n\
          # TYPE rampart_rate_limited_total counter\nrampart_rate_limited_total {}\n\
@@ -323,6 +403,6 @@ async fn metrics(State(state): State<AppState>) -> Response {
         c.idle_closed.load(Ordering::Relaxed),
         c.accept_errors.load(Ordering::Relaxed),
         c.stalled.load(Ordering::Relaxed),
-    );
+    ) + &incidents;
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }

@@ -541,6 +541,16 @@ fn refuse(c: &Campaign, action: &str) -> Error {
 /// instructed (again, for those whose instruction a halt took back). Conflicts with other
 /// active campaigns are checked again.
 pub async fn start(director: &Director, name: &str, now: DateTime<Utc>) -> Result<Campaign> {
+    start_by(director, name, OPERATOR, now).await
+}
+
+/// [`start`], by `actor` (a console user's name) in the campaign's log.
+pub async fn start_by(
+    director: &Director,
+    name: &str,
+    actor: &str,
+    now: DateTime<Utc>,
+) -> Result<Campaign> {
     let db = director.db();
     let c = campaign(db, name).await?;
     let (from, action) = match c.state {
@@ -578,7 +588,7 @@ pub async fn start(director: &Director, name: &str, now: DateTime<Utc>) -> Resul
     store::log(
         &mut tx,
         c.id,
-        OPERATOR,
+        actor,
         action,
         &format!(
             "wave {} of {}: {} ECUs instructed",
@@ -601,6 +611,16 @@ pub async fn start(director: &Director, name: &str, now: DateTime<Utc>) -> Resul
 
 /// Pauses a running campaign: no new instruction (no next wave); given ones stand.
 pub async fn pause(director: &Director, name: &str, reason: &str) -> Result<Campaign> {
+    pause_by(director, name, OPERATOR, reason).await
+}
+
+/// [`pause`], by `actor` in the campaign's log.
+pub async fn pause_by(
+    director: &Director,
+    name: &str,
+    actor: &str,
+    reason: &str,
+) -> Result<Campaign> {
     let db = director.db();
     let c = campaign(db, name).await?;
     if c.state != State::Running {
@@ -620,7 +640,7 @@ pub async fn pause(director: &Director, name: &str, reason: &str) -> Result<Camp
             "campaign {name} changed state meanwhile"
         )));
     }
-    store::log(&mut tx, c.id, OPERATOR, "paused", reason).await?;
+    store::log(&mut tx, c.id, actor, "paused", reason).await?;
     store::commit(tx).await?;
     tracing::info!(campaign = %name, %reason, "campaign paused");
     campaign(db, name).await
@@ -628,6 +648,16 @@ pub async fn pause(director: &Director, name: &str, reason: &str) -> Result<Camp
 
 /// Cancels a campaign for good: instructions not yet being installed are taken back.
 pub async fn cancel(director: &Director, name: &str, reason: &str) -> Result<Campaign> {
+    cancel_by(director, name, OPERATOR, reason).await
+}
+
+/// [`cancel`], by `actor` in the campaign's log.
+pub async fn cancel_by(
+    director: &Director,
+    name: &str,
+    actor: &str,
+    reason: &str,
+) -> Result<Campaign> {
     let db = director.db();
     let c = campaign(db, name).await?;
     let from = [State::Draft, State::Running, State::Paused, State::Halted];
@@ -645,7 +675,7 @@ pub async fn cancel(director: &Director, name: &str, reason: &str) -> Result<Cam
     store::log(
         &mut tx,
         c.id,
-        OPERATOR,
+        actor,
         "cancelled",
         &format!("{reason}; {} instructions withdrawn", taken.ecus),
     )
@@ -654,6 +684,36 @@ pub async fn cancel(director: &Director, name: &str, reason: &str) -> Result<Cam
     director.nudge(taken.vins());
     tracing::info!(campaign = %name, %reason, withdrawn = taken.ecus, "campaign cancelled");
     campaign(db, name).await
+}
+
+/// Halts a running or paused campaign from outside its own judgement (the V-SOC, on an
+/// incident about an image it ships): no further wave, instructions not yet being installed
+/// taken back, `actor` and `reason` in its log. `Ok(false)`: it was in neither state.
+pub async fn halt_by(director: &Director, name: &str, actor: &str, reason: &str) -> Result<bool> {
+    let db = director.db();
+    let c = campaign(db, name).await?;
+    let from = [State::Running, State::Paused];
+    if !from.contains(&c.state) {
+        return Ok(false);
+    }
+    let members = db.campaign_members(c.id).await?;
+    let mut tx = store::begin(db).await?;
+    if !store::set_state(&mut tx, c.id, &from, State::Halted, Some(reason)).await? {
+        return Ok(false);
+    }
+    let taken = withdraw_outstanding(&mut tx, &members).await?;
+    store::log(
+        &mut tx,
+        c.id,
+        actor,
+        "halted",
+        &format!("{reason}; {} instructions withdrawn", taken.ecus),
+    )
+    .await?;
+    store::commit(tx).await?;
+    director.nudge(taken.vins());
+    tracing::warn!(campaign = %name, %actor, %reason, withdrawn = taken.ecus, "campaign halted");
+    Ok(true)
 }
 
 /// What an instruction or withdrawal step changed: how many ECUs, and which vehicles (to

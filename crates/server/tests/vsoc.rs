@@ -1,0 +1,397 @@
+//! The V-SOC engine against the director, in process, without a browser: simulated vehicles
+//! (real keys, signed manifests) roll out a campaign and report what they see; the
+//! correlation rules open incidents, the responses halt campaigns and quarantine vehicles,
+//! and a normal rollout of 1,000 vehicles opens none.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+mod common;
+mod fleet;
+
+use chrono::Utc;
+use rampart_server::campaign::{self, CampaignSpec, Criteria, State, TargetSet};
+use rampart_server::db::{Aggregate, NewEvent};
+use rampart_server::director::Director;
+use rampart_server::vsoc::{self, Kind, Recorded, VsocConfig};
+
+use fleet::{director, fleet, image, instructions, Behaviour, Car};
+
+fn spec(name: &str, waves: &str, max_failure_pct: f64) -> CampaignSpec {
+    CampaignSpec {
+        name: name.into(),
+        images: vec!["ivi/app-2.0.bin".into()],
+        target: TargetSet::default(),
+        waves: waves.into(),
+        criteria: Criteria {
+            min_success_pct: 90.0,
+            max_failure_pct,
+            soak_seconds: 0,
+        },
+        critical: false,
+        rxswin: None,
+        window: None,
+        override_windows: false,
+        deadline: None,
+        start: true,
+    }
+}
+
+async fn opened(d: &Director, config: &VsocConfig) -> Vec<(Kind, String, i64)> {
+    vsoc::evaluate(d, config, Utc::now())
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|(r, f)| match r {
+            Recorded::Opened(id) => Some((f.kind, f.subject, id)),
+            _ => None,
+        })
+        .collect()
+}
+
+async fn round(d: &Director, cars: &mut [Car]) {
+    for car in cars.iter_mut() {
+        car.cycle(d).await;
+    }
+}
+
+/// Three cars find the image tampered with (a hostile mirror): one fleet incident about the
+/// image; the campaign shipping it is halted by the V-SOC (its own threshold would not have
+/// halted it), pending instructions are withdrawn, the audit log says who did it; the same
+/// evidence does not open a second incident, nor a new one once resolved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tampered_image_seen_by_three_cars_halts_the_campaign_that_ships_it() {
+    common::with_sqlite(a_tampered_image_seen_by_three_cars_halts_the_campaign_that_ships_it_on)
+        .await;
+}
+
+async fn a_tampered_image_seen_by_three_cars_halts_the_campaign_that_ships_it_on(url: String) {
+    let (d, _dir) = director(&url).await;
+    let mut cars = fleet(&d, 20, "id4").await;
+    campaign::create(
+        &d,
+        spec("spring", "100%", 50.0),
+        vec![image("ivi/app-2.0.bin", "ivi-hw", 2)],
+        Utc::now(),
+    )
+    .await
+    .unwrap();
+    let config = VsocConfig::default();
+    for car in &mut cars[..3] {
+        car.behaviour = Behaviour::Tampered;
+    }
+    // Two cars first: below the fleet threshold (3), nothing opens.
+    cars[0].cycle(&d).await;
+    cars[0].cycle(&d).await;
+    cars[1].cycle(&d).await;
+    cars[1].cycle(&d).await;
+    assert_eq!(opened(&d, &config).await, vec![]);
+    assert_eq!(
+        d.db().campaign("spring").await.unwrap().unwrap().state,
+        State::Running
+    );
+    cars[2].cycle(&d).await;
+    cars[2].cycle(&d).await;
+    let found = opened(&d, &config).await;
+    assert_eq!(found.len(), 1, "{found:?}");
+    let (kind, subject, id) = found[0].clone();
+    assert_eq!(
+        (kind, subject.as_str()),
+        (Kind::FleetAttack, "hash-mismatch")
+    );
+
+    let incident = vsoc::store::incident(d.db(), id).await.unwrap();
+    assert_eq!(incident.severity, "high");
+    assert_eq!(incident.state, "open");
+    assert_eq!(incident.image.as_deref(), Some("ivi/app-2.0.bin"));
+    assert_eq!(
+        incident.vehicles,
+        vec![
+            cars[0].vin.clone(),
+            cars[1].vin.clone(),
+            cars[2].vin.clone()
+        ]
+    );
+    assert!(
+        incident.events.iter().all(|e| e.rule == "hash-mismatch"),
+        "{:?}",
+        incident.events
+    );
+
+    // The response: halted by the V-SOC, instructions taken back, audited.
+    let c = d.db().campaign("spring").await.unwrap().unwrap();
+    assert_eq!(c.state, State::Halted);
+    assert!(
+        c.reason
+            .as_deref()
+            .unwrap()
+            .contains(&format!("incident #{id}")),
+        "{:?}",
+        c.reason
+    );
+    assert!(
+        instructions(&d, &cars[10].vin).await.is_empty(),
+        "a car not yet installing keeps no instruction"
+    );
+    let audit = rampart_server::audit::entries(d.db(), Some("v-soc"), 10)
+        .await
+        .unwrap();
+    assert!(
+        audit
+            .iter()
+            .any(|e| e.action == "campaign.halt" && e.subject == "spring"),
+        "{audit:?}"
+    );
+
+    // Nothing new: the same incident, updated.
+    let again = vsoc::evaluate(&d, &config, Utc::now()).await.unwrap();
+    assert!(
+        again.iter().all(|(r, _)| *r == Recorded::Updated(id)),
+        "{again:?}"
+    );
+    // Resolved: the same evidence does not open it again.
+    vsoc::set_incident_state(d.db(), id, "resolved", "analyst")
+        .await
+        .unwrap();
+    let after = vsoc::evaluate(&d, &config, Utc::now() + chrono::Duration::seconds(1))
+        .await
+        .unwrap();
+    assert!(
+        after.iter().all(|(r, _)| *r == Recorded::Skipped),
+        "{after:?}"
+    );
+    let log = rampart_server::audit::entries(d.db(), Some("analyst"), 10)
+        .await
+        .unwrap();
+    assert_eq!(log[0].action, "incident.resolve");
+}
+
+/// Without the V-SOC's response (`halt_campaigns = false`) the same evidence leaves the
+/// campaign running: the response, not the campaign's own threshold, is what halted it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_response_the_campaign_keeps_running() {
+    common::with_sqlite(without_the_response_the_campaign_keeps_running_on).await;
+}
+
+async fn without_the_response_the_campaign_keeps_running_on(url: String) {
+    let (d, _dir) = director(&url).await;
+    let mut cars = fleet(&d, 20, "id4").await;
+    campaign::create(
+        &d,
+        spec("spring", "100%", 50.0),
+        vec![image("ivi/app-2.0.bin", "ivi-hw", 2)],
+        Utc::now(),
+    )
+    .await
+    .unwrap();
+    for car in &mut cars[..3] {
+        car.behaviour = Behaviour::Tampered;
+        car.cycle(&d).await;
+        car.cycle(&d).await;
+    }
+    let config = VsocConfig {
+        halt_campaigns: false,
+        ..VsocConfig::default()
+    };
+    assert_eq!(opened(&d, &config).await.len(), 1);
+    assert_eq!(
+        d.db().campaign("spring").await.unwrap().unwrap().state,
+        State::Running
+    );
+}
+
+/// A vehicle rejecting metadata again and again is a vehicle incident; quarantined (here
+/// automatically), the director signs it no instructions until it is released.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vehicle_rejecting_metadata_is_quarantined_and_released() {
+    common::with_sqlite(a_vehicle_rejecting_metadata_is_quarantined_and_released_on).await;
+}
+
+async fn a_vehicle_rejecting_metadata_is_quarantined_and_released_on(url: String) {
+    let (d, _dir) = director(&url).await;
+    let mut cars = fleet(&d, 3, "id4").await;
+    campaign::create(
+        &d,
+        spec("c", "100%", 100.0),
+        vec![image("ivi/app-2.0.bin", "ivi-hw", 2)],
+        Utc::now(),
+    )
+    .await
+    .unwrap();
+    let vin = cars[0].vin.clone();
+    assert_eq!(cars[0].cycle(&d).await, vec!["ivi/app-2.0.bin".to_owned()]);
+    for i in 0..5 {
+        d.event(
+            "vehicle",
+            "rollback",
+            Some(&vin),
+            Some("TBOX"),
+            None,
+            &format!("rollback: director timestamp version {i} below 9"),
+        )
+        .await;
+    }
+    let config = VsocConfig {
+        quarantine_automatically: true,
+        ..VsocConfig::default()
+    };
+    let found = opened(&d, &config).await;
+    assert_eq!(
+        found
+            .iter()
+            .map(|f| (f.0, f.1.as_str()))
+            .collect::<Vec<_>>(),
+        vec![(Kind::VehicleRejecting, vin.as_str())]
+    );
+    let v = d.db().vehicle(&vin).await.unwrap().unwrap();
+    assert!(v.quarantined_at.is_some());
+    assert!(
+        instructions(&d, &vin).await.is_empty(),
+        "quarantined: no instructions"
+    );
+    assert_eq!(
+        instructions(&d, &cars[1].vin).await,
+        vec!["ivi/app-2.0.bin".to_owned()],
+        "the others keep theirs"
+    );
+    // Quarantining twice is refused; releasing brings the instruction back.
+    assert!(vsoc::quarantine(&d, &vin, "analyst", "again")
+        .await
+        .is_err());
+    vsoc::release(&d, &vin, "analyst", "false alarm: a test bench")
+        .await
+        .unwrap();
+    assert_eq!(
+        instructions(&d, &vin).await,
+        vec!["ivi/app-2.0.bin".to_owned()]
+    );
+    let audit = rampart_server::audit::entries(d.db(), None, 10)
+        .await
+        .unwrap();
+    let actions: Vec<(&str, &str)> = audit
+        .iter()
+        .map(|e| (e.actor.as_str(), e.action.as_str()))
+        .collect();
+    assert!(
+        actions.contains(&("v-soc", "vehicle.quarantine")),
+        "{actions:?}"
+    );
+    assert!(
+        actions.contains(&("analyst", "vehicle.release")),
+        "{actions:?}"
+    );
+}
+
+/// Refusals from one address (rate limiting, certificates) and signature failures across
+/// vehicles: an address incident and a suspected key compromise with its runbook.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abusive_address_and_a_suspected_key_compromise() {
+    common::with_sqlite(an_abusive_address_and_a_suspected_key_compromise_on).await;
+}
+
+async fn an_abusive_address_and_a_suspected_key_compromise_on(url: String) {
+    let (d, _dir) = director(&url).await;
+    let db = d.db();
+    for i in 0..60 {
+        let e = NewEvent {
+            source: "server",
+            rule: if i % 2 == 0 {
+                "rate-limited"
+            } else {
+                "client-certificate-refused"
+            },
+            vin: None,
+            ecu_id: None,
+            remote: Some("198.51.100.9:40000"),
+            detail: &format!("refusal {i}"),
+        };
+        db.record_event_at(&e, Utc::now(), Aggregate::Identical)
+            .await
+            .unwrap();
+    }
+    for vin in ["WVWZZZ1JZXW000001", "WVWZZZ1JZXW000002"] {
+        let e = NewEvent {
+            source: "vehicle",
+            rule: "bad-signature",
+            vin: Some(vin),
+            ecu_id: Some("TBOX"),
+            remote: Some("10.1.0.1:5000"),
+            detail: "bad-signature: director targets: signature by key 4f2a does not verify",
+        };
+        db.record_event_at(&e, Utc::now(), Aggregate::Identical)
+            .await
+            .unwrap();
+    }
+    let found = opened(&d, &VsocConfig::default()).await;
+    let kinds: Vec<(Kind, &str)> = found.iter().map(|f| (f.0, f.1.as_str())).collect();
+    assert!(
+        kinds.contains(&(Kind::AddressAbuse, "198.51.100.9")),
+        "{kinds:?}"
+    );
+    assert!(
+        kinds.contains(&(Kind::KeyCompromise, "director")),
+        "{kinds:?}"
+    );
+    let key = found.iter().find(|f| f.0 == Kind::KeyCompromise).unwrap();
+    let i = vsoc::store::incident(db, key.2).await.unwrap();
+    assert_eq!(i.severity, "critical");
+    assert!(i
+        .runbook
+        .unwrap()
+        .contains("rampart rotate --repository director"));
+}
+
+/// A normal rollout of 1,000 vehicles on PostgreSQL — two waves, every car installs, some
+/// ordinary noise — opens no incident.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_normal_rollout_of_a_thousand_vehicles_opens_no_incident_on_postgres() {
+    common::with_postgres(|url| async move {
+        let (d, _dir) = director(&url).await;
+        let mut cars = fleet(&d, 1000, "id4").await;
+        campaign::create(
+            &d,
+            spec("big", "10%,100%", 5.0),
+            vec![image("ivi/app-2.0.bin", "ivi-hw", 2)],
+            Utc::now(),
+        )
+        .await
+        .unwrap();
+        // Noise of a normal day: a few cars behind a NAT hit the rate limit once, one car
+        // reports a boot failure it recovered from.
+        for i in 0..5 {
+            d.event(
+                "server",
+                "rate-limited",
+                None,
+                None,
+                Some(&format!("10.9.0.{i}:1000")),
+                "burst",
+            )
+            .await;
+        }
+        cars[7].behaviour = Behaviour::FailBoot;
+        let config = VsocConfig::default();
+        let mut rounds = 0;
+        while d.db().campaign("big").await.unwrap().unwrap().state == State::Running {
+            assert!(rounds < 6, "still running after {rounds} rounds");
+            round(&d, &mut cars).await;
+            assert_eq!(opened(&d, &config).await, vec![], "round {rounds}");
+            rounds += 1;
+        }
+        assert_eq!(
+            d.db().campaign("big").await.unwrap().unwrap().state,
+            State::Completed
+        );
+        assert_eq!(
+            vsoc::store::incidents(d.db(), None, None, 10)
+                .await
+                .unwrap()
+                .len(),
+            0
+        );
+    })
+    .await;
+}
