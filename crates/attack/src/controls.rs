@@ -163,6 +163,7 @@ pub async fn run(control: &Control, bin: &Path, dir: &Path) -> ControlOutcome {
             evidence: findings.evidence,
             checks: findings.checks,
             error,
+            incident: None,
             seconds: started.elapsed().as_secs_f64(),
         },
         caught,

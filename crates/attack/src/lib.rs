@@ -20,6 +20,7 @@
 
 pub mod bus;
 pub mod controls;
+pub mod detection;
 pub mod harness;
 pub mod naive;
 pub mod proxy;
@@ -153,19 +154,44 @@ pub struct Outcome {
     pub checks: Vec<Check>,
     /// Error of the lab, if any.
     pub error: Option<String>,
+    /// What the V-SOC's rules made of the events it left (`None`: not checked).
+    pub incident: Option<detection::IncidentCheck>,
     /// Duration.
     pub seconds: f64,
+}
+
+impl Outcome {
+    /// Defeated, and seen by the V-SOC as it should be.
+    pub fn passed(&self) -> bool {
+        self.verdict == Verdict::Defeated && self.incident.as_ref().is_none_or(|i| i.ok)
+    }
 }
 
 /// Runs one scenario in a fresh lab under `dir`, with `bin` as the `rampart` binary.
 pub async fn run(scenario: &Scenario, bin: &Path, dir: &Path) -> Outcome {
     let started = Instant::now();
     let info = scenario.info;
+    let mut lab = None;
     let result = async {
         let h = Harness::new(bin, &dir.join(info.name), scenario.tls).await?;
+        lab = Some((h.lab.layout.clone(), chrono::Utc::now()));
         (scenario.run)(h).await
     }
     .await;
+    let incident = match (&result, lab) {
+        (Ok(_), Some((layout, since))) => {
+            let expected = scenarios::expected_incidents(info.name);
+            match detection::check(&layout, since, expected).await {
+                Ok(check) => Some(check),
+                Err(e) => Some(detection::IncidentCheck {
+                    expected: expected.iter().map(|k| k.as_str()).collect(),
+                    found: vec![format!("the lab's events could not be read: {e:#}")],
+                    ok: false,
+                }),
+            }
+        }
+        _ => None,
+    };
     let (verdict, findings, error) = match result {
         Ok(f) => {
             let error = f
@@ -187,6 +213,7 @@ pub async fn run(scenario: &Scenario, bin: &Path, dir: &Path) -> Outcome {
         evidence: findings.evidence,
         checks: findings.checks,
         error,
+        incident,
         seconds: started.elapsed().as_secs_f64(),
     }
 }

@@ -120,7 +120,23 @@ pub(crate) fn main(args: AttackArgs) -> anyhow::Result<()> {
                 Verdict::Inconclusive => "inconclusive",
             };
             let detail = match o.verdict {
-                Verdict::Defeated => o.evidence.first().cloned().unwrap_or_default(),
+                Verdict::Defeated => match &o.incident {
+                    Some(i) if !i.ok => format!(
+                        "V-SOC MISSED IT: expected {}, found {}",
+                        i.expected.join(" or "),
+                        if i.found.is_empty() {
+                            "nothing".to_owned()
+                        } else {
+                            i.found.join(", ")
+                        }
+                    ),
+                    Some(i) if !i.found.is_empty() => format!(
+                        "V-SOC: {} · {}",
+                        i.found.join(", "),
+                        o.evidence.first().cloned().unwrap_or_default()
+                    ),
+                    _ => o.evidence.first().cloned().unwrap_or_default(),
+                },
                 _ => o
                     .checks
                     .iter()
@@ -151,11 +167,27 @@ pub(crate) fn main(args: AttackArgs) -> anyhow::Result<()> {
         .iter()
         .filter(|o| o.verdict == Verdict::Defeated)
         .count();
+    let unseen: Vec<String> = outcomes
+        .iter()
+        .filter(|o| o.incident.as_ref().is_some_and(|i| !i.ok))
+        .map(|o| o.name.clone())
+        .collect();
     if !args.json {
         rampart_cli::say!("\n{defeated} of {} attacks defeated", outcomes.len());
+        rampart_cli::say!(
+            "{} of {} raised the V-SOC incident they should",
+            outcomes.len() - unseen.len(),
+            outcomes.len()
+        );
     }
     if defeated != outcomes.len() {
         bail!("{} scenario(s) not defeated", outcomes.len() - defeated);
+    }
+    if !unseen.is_empty() {
+        bail!(
+            "the V-SOC did not raise the expected incident for: {}",
+            unseen.join(", ")
+        );
     }
     Ok(())
 }

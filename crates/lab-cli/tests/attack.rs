@@ -49,6 +49,11 @@ fn run(name: &str) {
         !outcome["evidence"].as_array().unwrap().is_empty(),
         "no evidence: {outcome}"
     );
+    assert_eq!(
+        outcome["incident"]["ok"], true,
+        "the V-SOC did not raise the incident this attack should: {}",
+        outcome["incident"]
+    );
     assert!(success);
 }
 

@@ -46,7 +46,8 @@
 //! window_secs = 900                 # the correlation rules look at this much history
 //! fleet_vehicles = 3                # one attack rule from this many vehicles: fleet incident
 //! vehicle_rejections = 5            # one vehicle refusing metadata this often: vehicle incident
-//! address_events = 50               # certificate / rate-limit refusals of one address
+//! address_events = 50               # certificate / identity refusals of one address
+//! address_floods = 3                # flood episodes (rate limited, connection cap) of one address
 //! key_vehicles = 2                  # signature failures from this many vehicles: key compromise
 //! silent_after_secs = 21600         # instructed by a running campaign, silent this long
 //! halt_campaigns = true             # an incident about an image halts the campaigns shipping it

@@ -99,6 +99,11 @@ pub struct ConnectionStats {
 /// reported; `rampart serve` records a `connection-flood` security event.
 pub type FloodReporter = Arc<dyn Fn(Flood) + Send + Sync>;
 
+/// Called (from a connection's task, so it must not block) when a TLS handshake is refused
+/// because of the client's certificate (one the fleet CA did not sign, an expired one, …),
+/// with the peer and why; `rampart serve` records a `client-certificate-refused` event.
+pub type HandshakeReporter = Arc<dyn Fn(std::net::SocketAddr, String) + Send + Sync>;
+
 /// How the connection layer of one server is set up: options, counters, and who is told of
 /// floods.
 #[derive(Clone)]
@@ -109,6 +114,8 @@ pub struct Connections {
     pub stats: Arc<ConnectionStats>,
     /// Who records floods (none: only logged).
     pub on_flood: Option<FloodReporter>,
+    /// Who records client certificates refused in the TLS handshake (none: only logged).
+    pub on_certificate_refused: Option<HandshakeReporter>,
 }
 
 impl Connections {
@@ -118,6 +125,7 @@ impl Connections {
             options,
             stats: Arc::new(ConnectionStats::default()),
             on_flood: None,
+            on_certificate_refused: None,
         }
     }
 }

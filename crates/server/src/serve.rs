@@ -267,9 +267,9 @@ fn connections(opts: &ServeOptions, config: &Config, state: &AppState) -> Connec
     crate::conn::cap_to_open_files_limit(&mut options);
     let mut connections = Connections::new(options);
     connections.stats = state.connection_stats();
-    let state = state.clone();
+    let flood_state = state.clone();
     connections.on_flood = Some(Arc::new(move |flood: Flood| {
-        let state = state.clone();
+        let state = flood_state.clone();
         tokio::spawn(async move {
             state
                 .director()
@@ -280,6 +280,23 @@ fn connections(opts: &ServeOptions, config: &Config, state: &AppState) -> Connec
                     None,
                     Some(&flood.address.to_string()),
                     &flood.detail(),
+                )
+                .await;
+        });
+    }));
+    let state = state.clone();
+    connections.on_certificate_refused = Some(Arc::new(move |peer, why: String| {
+        let state = state.clone();
+        tokio::spawn(async move {
+            state
+                .director()
+                .event(
+                    "server",
+                    rampart_core::rule::Rule::ClientCertificateRefused.as_str(),
+                    None,
+                    None,
+                    Some(&peer.to_string()),
+                    &why,
                 )
                 .await;
         });

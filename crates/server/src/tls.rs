@@ -183,8 +183,10 @@ pub async fn serve_tls_with(
 ) -> io::Result<()> {
     let acceptor = TlsAcceptor::from(config);
     let timeout = connections.options.handshake_timeout;
+    let report = connections.on_certificate_refused.clone();
     serve_connections(listener, app, connections, shutdown, move |tcp, peer| {
         let acceptor = acceptor.clone();
+        let report = report.clone();
         async move {
             match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
                 Ok(Ok(stream)) => {
@@ -193,6 +195,9 @@ pub async fn serve_tls_with(
                 }
                 Ok(Err(e)) => {
                     tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    if let (Some(why), Some(report)) = (certificate_refusal(&e), &report) {
+                        report(peer, why);
+                    }
                     None
                 }
                 Err(_) => {
@@ -266,6 +271,20 @@ impl<S: Send + Sync> FromRequestParts<S> for RequireVehicle {
     }
 }
 
+/// Why a failed handshake refused the client's certificate, if that is why it failed.
+fn certificate_refusal(e: &io::Error) -> Option<String> {
+    let tls = e.get_ref()?.downcast_ref::<rustls::Error>()?;
+    match tls {
+        rustls::Error::InvalidCertificate(why) => Some(format!(
+            "client certificate refused in the TLS handshake: {why:?}"
+        )),
+        rustls::Error::NoCertificatesPresented => {
+            Some("the TLS handshake presented no client certificate where one was needed".into())
+        }
+        _ => None,
+    }
+}
+
 /// The accept loop shared by [`serve_tls`] and [`serve_plain`]. `handshake` turns a TCP
 /// connection into the stream HTTP is spoken over and the VIN of the client, or `None` to
 /// drop the connection; it runs in the connection's task. A connection over a cap is closed
@@ -286,6 +305,7 @@ where
         options,
         stats,
         on_flood,
+        on_certificate_refused: _,
     } = connections;
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder

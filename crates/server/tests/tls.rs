@@ -303,6 +303,55 @@ async fn cert_from_another_ca_is_refused() {
     server.shut_down().await;
 }
 
+/// A certificate the fleet CA did not sign is reported (for a `client-certificate-refused`
+/// security event, which the V-SOC counts per address); an honest client without one is not.
+#[tokio::test]
+async fn a_refused_client_certificate_is_reported_with_its_address() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = new_pki(&tmp);
+    let other_tmp = tempfile::tempdir().unwrap();
+    let foreign = pki::issue_vehicle_cert(&new_pki(&other_tmp), VIN, 30).unwrap();
+    let reports: Arc<std::sync::Mutex<Vec<(SocketAddr, String)>>> = Arc::default();
+    let mut connections = rampart_server::conn::Connections::default();
+    let sink = reports.clone();
+    connections.on_certificate_refused = Some(Arc::new(move |peer, why| {
+        sink.lock().unwrap().push((peer, why));
+    }));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(tls::serve_tls_with(
+        listener,
+        tls::server_config(&dir).unwrap(),
+        app(),
+        connections,
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    whoami(&client(&dir, None), addr).await.unwrap();
+    assert!(
+        reports.lock().unwrap().is_empty(),
+        "no certificate is not a refusal"
+    );
+    assert_tls_refused(whoami(&client(&dir, Some(&foreign)), addr).await, None);
+    let got = reports.lock().unwrap().clone();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].0.ip(), addr.ip());
+    assert!(
+        got[0].1.contains("client certificate refused"),
+        "{}",
+        got[0].1
+    );
+    Server {
+        addr,
+        stop: Some(stop),
+        task,
+    }
+    .shut_down()
+    .await;
+}
+
 #[tokio::test]
 async fn server_cert_is_not_accepted_as_a_client_cert() {
     let tmp = tempfile::tempdir().unwrap();

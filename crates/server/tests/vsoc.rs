@@ -395,3 +395,147 @@ async fn a_normal_rollout_of_a_thousand_vehicles_opens_no_incident_on_postgres()
     })
     .await;
 }
+
+/// The webhook: a SIEM that is down at first (500) gets the incident later, signed; the
+/// delivery waits out its backoff, keeps its ID across retries, and is not sent twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incidents_reach_a_siem_webhook_signed_after_it_comes_back() {
+    common::with_sqlite(incidents_reach_a_siem_webhook_signed_after_it_comes_back_on).await;
+}
+
+async fn incidents_reach_a_siem_webhook_signed_after_it_comes_back_on(url: String) {
+    use axum::http::{HeaderMap, StatusCode};
+    use std::sync::{Arc, Mutex};
+    use vsoc::export::{self, ExportConfig};
+
+    type Seen = Arc<Mutex<Vec<(HeaderMap, String)>>>;
+    let seen: Seen = Arc::default();
+    let up = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let app = axum::Router::new().route(
+        "/siem",
+        axum::routing::post({
+            let (seen, up) = (seen.clone(), up.clone());
+            move |headers: HeaderMap, body: String| async move {
+                seen.lock().unwrap().push((headers, body));
+                if up.load(std::sync::atomic::Ordering::SeqCst) {
+                    StatusCode::NO_CONTENT
+                } else {
+                    StatusCode::INTERNAL_SERVER_ERROR
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let (d, _dir) = director(&url).await;
+    for (i, vin) in ["WVWZZZ1JZXW000001", "WVWZZZ1JZXW000002"]
+        .into_iter()
+        .enumerate()
+    {
+        let e = NewEvent {
+            source: "vehicle",
+            rule: "bad-signature",
+            vin: Some(vin),
+            ecu_id: Some("TBOX"),
+            remote: Some("10.1.0.1:5000"),
+            detail: &format!("bad-signature: image targets: signature by key {i} does not verify"),
+        };
+        d.db()
+            .record_event_at(&e, Utc::now(), Aggregate::Identical)
+            .await
+            .unwrap();
+    }
+    let found = opened(&d, &VsocConfig::default()).await;
+    assert_eq!(found.len(), 1);
+    let secret = b"a shared secret of the SIEM".to_vec();
+    let config = ExportConfig {
+        webhook_url: format!("http://{addr}/siem"),
+        ..ExportConfig::default()
+    };
+    let client = reqwest::Client::new();
+    let now = Utc::now();
+    // Down: one attempt, then it waits (2 s backoff); nothing is lost.
+    assert_eq!(
+        export::deliver(d.db(), &config, &client, &secret, now)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        export::deliver(d.db(), &config, &client, &secret, now)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        seen.lock().unwrap().len(),
+        1,
+        "not retried before its backoff"
+    );
+    // Back: delivered once, with the same delivery ID, signed over timestamp and body.
+    up.store(true, std::sync::atomic::Ordering::SeqCst);
+    let later = now + chrono::Duration::seconds(3);
+    assert_eq!(
+        export::deliver(d.db(), &config, &client, &secret, later)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        export::deliver(d.db(), &config, &client, &secret, later)
+            .await
+            .unwrap(),
+        0
+    );
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 2);
+    let (headers, body) = &seen[1];
+    assert_eq!(
+        headers["x-rampart-delivery"],
+        seen[0].0["x-rampart-delivery"]
+    );
+    let timestamp: i64 = headers["x-rampart-timestamp"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(timestamp, later.timestamp());
+    assert_eq!(
+        headers["x-rampart-signature"].to_str().unwrap(),
+        export::signature(&secret, timestamp, body.as_bytes())
+    );
+    assert_ne!(
+        headers["x-rampart-signature"].to_str().unwrap(),
+        export::signature(b"another secret", timestamp, body.as_bytes())
+    );
+    let incident: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(incident["type"], "incident");
+    assert_eq!(incident["kind"], "key-compromise");
+    // New security events go out in batches after the incident.
+    assert_eq!(export::enqueue_events(d.db(), &config).await.unwrap(), 2);
+    assert_eq!(
+        export::enqueue_events(d.db(), &config).await.unwrap(),
+        0,
+        "once"
+    );
+    assert_eq!(
+        export::deliver(d.db(), &config, &client, &secret, later)
+            .await
+            .unwrap(),
+        1
+    );
+    // And the same as JSON lines, for a SIEM that pulls.
+    let lines = export::json_lines(d.db(), 0, 100).await.unwrap();
+    let types: Vec<String> = lines
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["type"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(types, ["incident", "event", "event"]);
+}

@@ -4,6 +4,8 @@
 
 use futures_util::future::BoxFuture;
 
+use rampart_server::vsoc::Kind;
+
 use crate::{Findings, Harness, Info, Scenario};
 
 mod arbitrary_software;
@@ -84,4 +86,26 @@ pub fn find(name: &str) -> Option<Scenario> {
 /// Descriptions of every scenario.
 pub fn infos() -> Vec<Info> {
     all().into_iter().map(|s| s.info).collect()
+}
+
+/// The V-SOC incident each attack should raise (one of the kinds is enough), in a lab of one
+/// vehicle ([`crate::detection::lab_thresholds`]: one vehicle is the whole fleet). Empty:
+/// the attack leaves nothing to detect (eavesdropping on encrypted images).
+pub fn expected_incidents(name: &str) -> &'static [Kind] {
+    use Kind::{AddressAbuse, FleetAttack, KeyCompromise, VehicleRejecting};
+    match name {
+        // Passive: the images are encrypted per ECU, the attacker learns nothing and the
+        // fleet sees nothing to report.
+        "eavesdrop" => &[],
+        "request-flood" | "connection-flood" => &[AddressAbuse],
+        "rollback" => &[FleetAttack, VehicleRejecting],
+        // Metadata signed by keys the vehicles do not trust (the attacker's own, or a
+        // compromised online key's outside its authority).
+        "arbitrary-software" | "image-online-keys-compromise" | "root-rotation" => {
+            &[KeyCompromise, FleetAttack]
+        }
+        // Everything else: the attack rule the vehicle (or the server) names, from the
+        // whole fleet of the lab.
+        _ => &[FleetAttack],
+    }
 }

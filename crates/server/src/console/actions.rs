@@ -107,6 +107,17 @@ pub(super) struct ActionForm {
     reason: String,
 }
 
+impl ActionForm {
+    /// The reason given (at most 500 characters), or who did it from where.
+    fn reason_or(&self, action: &str, user: &str) -> String {
+        if self.reason.trim().is_empty() {
+            format!("{action} by {user} from the console")
+        } else {
+            self.reason.trim().chars().take(500).collect()
+        }
+    }
+}
+
 /// Checks the CSRF token and the role: `Err` is the refusal page (recorded).
 async fn check(
     state: &AppState,
@@ -204,11 +215,7 @@ pub(super) async fn campaign(
         return r;
     }
     let director = state.director();
-    let reason = if f.reason.trim().is_empty() {
-        format!("{action} by {} from the console", s.user)
-    } else {
-        f.reason.trim().chars().take(500).collect()
-    };
+    let reason = f.reason_or(&action, &s.user);
     let now = chrono::Utc::now();
     let done = match action.as_str() {
         "start" | "resume" => crate::campaign::start_by(director, &name, &s.user, now).await,
@@ -288,11 +295,7 @@ pub(super) async fn vehicle(
     {
         return r;
     }
-    let reason = if f.reason.trim().is_empty() {
-        format!("{action} by {} from the console", s.user)
-    } else {
-        f.reason.trim().chars().take(500).collect()
-    };
+    let reason = f.reason_or(&action, &s.user);
     let director = state.director();
     let done = match action.as_str() {
         "quarantine" => crate::vsoc::quarantine(director, &vin, &s.user, &reason).await,

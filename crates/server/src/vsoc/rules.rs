@@ -30,8 +30,12 @@ pub struct Thresholds {
     pub fleet_vehicles: usize,
     /// Rejections of metadata or images by one vehicle that make a vehicle incident.
     pub vehicle_rejections: u64,
-    /// Certificate refusals or rate-limit events from one address that make an incident.
+    /// Certificate or identity refusals of one address that make an incident.
     pub address_events: u64,
+    /// Flood episodes of one address (each `rate-limited` or `connection-flood` event is one
+    /// episode: the server records one per bucket emptied or cap hit, not one per request)
+    /// that make an incident.
+    pub address_floods: u64,
     /// Vehicles reporting signature failures on one repository's metadata that make a
     /// suspected key compromise.
     pub key_vehicles: usize,
@@ -46,6 +50,7 @@ impl Default for Thresholds {
             fleet_vehicles: 3,
             vehicle_rejections: 5,
             address_events: 50,
+            address_floods: 3,
             key_vehicles: 2,
             silent_after_secs: 6 * 3600,
         }
@@ -138,7 +143,8 @@ impl Severity {
 }
 
 /// Rules about the identity or the rate of a client: an address's business, not a vehicle's.
-pub const ADDRESS_RULES: [Rule; 6] = [
+pub const ADDRESS_RULES: [Rule; 7] = [
+    Rule::ConnectionFlood,
     Rule::ClientCertificateRequired,
     Rule::VinMismatch,
     Rule::CertificateRevoked,
@@ -147,8 +153,17 @@ pub const ADDRESS_RULES: [Rule; 6] = [
     Rule::UnknownVehicle,
 ];
 
+/// Flood rules: each event is one episode of an address over a limit.
+pub const FLOOD_RULES: [Rule; 2] = [Rule::RateLimited, Rule::ConnectionFlood];
+
 /// Signature rules: across vehicles, a key that signs what it should not.
 pub const SIGNATURE_RULES: [Rule; 3] = [Rule::BadSignature, Rule::Threshold, Rule::BadKey];
+
+/// Whether `e` is a vehicle refusing the signatures of repository metadata (not the server
+/// refusing a manifest's, nor a vehicle refusing a manifest receipt's).
+fn metadata_signature_refused(e: &SecurityEvent) -> bool {
+    e.source == "vehicle" && is(&e.rule, &SIGNATURE_RULES) && !e.detail.contains("receipt")
+}
 
 /// Rules that say metadata or an image was refused (TUF and Uptane checks).
 pub const METADATA_RULES: [Rule; 27] = [
@@ -341,7 +356,7 @@ pub fn correlate(
         if is(rule, &NOT_ATTACKS) {
             continue;
         }
-        if is(rule, &SIGNATURE_RULES) && e.vin.is_some() {
+        if metadata_signature_refused(e) && e.vin.is_some() {
             signatures
                 .entry(repository_of(&e.detail))
                 .or_default()
@@ -418,16 +433,22 @@ pub fn correlate(
         }
     }
     for (address, g) in &by_address {
-        if g.occurrences >= t.address_events.max(1) {
+        let floods: u64 = g
+            .events
+            .iter()
+            .filter(|e| is(&e.rule, &FLOOD_RULES))
+            .map(|e| e.count.max(1))
+            .sum();
+        let refusals = g.occurrences - floods;
+        if refusals >= t.address_events.max(1) || floods >= t.address_floods.max(1) {
             out.push(g.finding(
                 Kind::AddressAbuse,
                 address.clone(),
                 Severity::Medium,
                 format!("{} refusals of {address}", g.occurrences),
                 format!(
-                    "{} certificate or rate-limit refusals ({}) of client address {address} within \
-                     {} s{}",
-                    g.occurrences,
+                    "{refusals} certificate or identity refusals and {floods} flood episodes ({}) \
+                     of client address {address} within {} s{}",
                     rules_of(&g.events),
                     t.window_secs,
                     if g.vins.is_empty() {
@@ -545,25 +566,33 @@ mod tests {
     }
 
     #[test]
-    fn certificate_and_rate_refusals_from_one_address_are_counted_together() {
+    fn certificate_refusals_and_flood_episodes_from_one_address_make_an_incident() {
         let t = Thresholds {
             address_events: 10,
+            address_floods: 3,
             ..Thresholds::default()
         };
-        let mut a = event(1, "rate-limited", None, "192.0.2.7:4000", 0);
-        a.count = 6;
-        let mut b = event(
+        // Refusals of identity: counted per request.
+        let mut cert = event(
             2,
             "client-certificate-required",
             Some("V9"),
             "192.0.2.7:4001",
             0,
         );
-        b.count = 4;
+        cert.count = 9;
+        assert!(correlate(std::slice::from_ref(&cert), &[], &t, at(1)).is_empty());
+        cert.count = 10;
         let other = event(3, "rate-limited", None, "192.0.2.8:4000", 0);
-        let f = correlate(&[a.clone(), b, other], &[], &t, at(1));
+        let f = correlate(&[cert, other.clone()], &[], &t, at(1));
         assert_eq!(kinds(&f), vec![(Kind::AddressAbuse, "192.0.2.7".into())]);
-        assert!(correlate(&[a], &[], &t, at(1)).is_empty());
+        // Flood episodes: one is a burst, three from one address an incident.
+        assert!(correlate(std::slice::from_ref(&other), &[], &t, at(1)).is_empty());
+        let mut floods = other;
+        floods.count = 2;
+        let conn = event(4, "connection-flood", None, "192.0.2.8", 0);
+        let f = correlate(&[floods, conn], &[], &t, at(1));
+        assert_eq!(kinds(&f), vec![(Kind::AddressAbuse, "192.0.2.8".into())]);
     }
 
     #[test]
@@ -582,7 +611,24 @@ mod tests {
             .unwrap()
             .contains("rampart rotate --repository director"));
         // One vehicle: not (yet) a key.
-        assert!(correlate(&[e1], &[], &t, at(1)).is_empty());
+        assert!(correlate(std::slice::from_ref(&e1), &[], &t, at(1)).is_empty());
+        // The server refusing manifests' signatures is not the repositories' keys: forged
+        // manifests, a fleet attack.
+        let forged: Vec<SecurityEvent> = ["V1", "V2", "V3"]
+            .into_iter()
+            .map(|vin| {
+                let mut e = e1.clone();
+                e.source = "server".into();
+                e.vin = Some(vin.into());
+                e
+            })
+            .collect();
+        let f = correlate(&forged, &[], &t, at(1));
+        assert_eq!(kinds(&f), vec![(Kind::FleetAttack, "bad-signature".into())]);
+        // Nor is a vehicle refusing a manifest receipt's signature.
+        let mut receipt = e1;
+        receipt.detail = "threshold: manifest receipt refused: 0 valid signature(s)".into();
+        assert!(correlate(&[receipt], &[], &t, at(1)).is_empty());
     }
 
     #[test]
