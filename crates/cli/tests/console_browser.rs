@@ -114,43 +114,43 @@ impl Console {
             .unwrap();
     }
 
-    async fn text(&self, css: &str) -> String {
+    /// The element `css` selects, waiting for it (pages load while the test runs on).
+    async fn find(&self, css: &str) -> fantoccini::elements::Element {
         self.c
-            .find(Locator::Css(css))
+            .wait()
+            .at_most(Duration::from_secs(30))
+            .for_element(Locator::Css(css))
             .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
+            .unwrap_or_else(|e| panic!("no {css} on the page: {e}"))
+    }
+
+    async fn text(&self, css: &str) -> String {
+        self.find(css).await.text().await.unwrap()
     }
 
     async fn source(&self) -> String {
         self.c.source().await.unwrap()
     }
 
+    /// Clicks `css` (a form's button) and waits until the page it led to replaced this one:
+    /// a click returns before the form's POST and its redirect are done.
     async fn click(&self, css: &str) {
-        self.c
-            .find(Locator::Css(css))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        let old = self.find("html").await;
+        self.find(css).await.click().await.unwrap();
+        for _ in 0..600 {
+            if old.tag_name().await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.find("body").await;
     }
 
     async fn login(&self, name: &str) {
         self.goto("ui/login").await;
-        self.c
-            .find(Locator::Css("#name"))
+        self.find("#name").await.send_keys(name).await.unwrap();
+        self.find("#password")
             .await
-            .unwrap()
-            .send_keys(name)
-            .await
-            .unwrap();
-        self.c
-            .find(Locator::Css("#password"))
-            .await
-            .unwrap()
             .send_keys(&format!("{name}-password-123"))
             .await
             .unwrap();
@@ -179,10 +179,8 @@ impl Console {
 
     async fn campaign_state(&self, name: &str) -> String {
         self.goto(&format!("ui/campaigns/{name}")).await;
-        self.c
-            .find(Locator::Css("#campaign"))
+        self.find("#campaign")
             .await
-            .unwrap()
             .attr("data-state")
             .await
             .unwrap()
@@ -366,10 +364,7 @@ async fn operators_and_analysts_use_the_console_in_chromium() {
     // A viewer reads, and cannot press the operator's buttons.
     ui.login("vera").await;
     assert_eq!(ui.campaign_state("bcm-2.0").await, "halted");
-    let resume =
-        ui.c.find(Locator::Css("button[data-action=resume]"))
-            .await
-            .unwrap();
+    let resume = ui.find("button[data-action=resume]").await;
     assert!(
         resume.attr("disabled").await.unwrap().is_some(),
         "disabled for a viewer"

@@ -539,3 +539,57 @@ async fn incidents_reach_a_siem_webhook_signed_after_it_comes_back_on(url: Strin
         .collect();
     assert_eq!(types, ["incident", "event", "event"]);
 }
+
+/// A car instructed by a running campaign that stops checking in is a silent-vehicle
+/// incident once `silent_after_secs` passed; the cars that checked in since are not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_car_silent_during_a_campaign_is_an_incident() {
+    common::with_sqlite(a_car_silent_during_a_campaign_is_an_incident_on).await;
+}
+
+async fn a_car_silent_during_a_campaign_is_an_incident_on(url: String) {
+    let (d, _dir) = director(&url).await;
+    let mut cars = fleet(&d, 3, "id4").await;
+    campaign::create(
+        &d,
+        spec("c", "100%", 100.0),
+        vec![image("ivi/app-2.0.bin", "ivi-hw", 2)],
+        Utc::now(),
+    )
+    .await
+    .unwrap();
+    // Two cars check in after their instruction (and install); the third never does.
+    cars[0].behaviour = Behaviour::FailBoot;
+    cars[0].cycle(&d).await;
+    cars[1].behaviour = Behaviour::FailBoot;
+    cars[1].cycle(&d).await;
+    let config = |silent_after_secs| VsocConfig {
+        thresholds: vsoc::Thresholds {
+            silent_after_secs,
+            ..vsoc::Thresholds::default()
+        },
+        ..VsocConfig::default()
+    };
+    assert_eq!(
+        opened(&d, &config(3600)).await,
+        vec![],
+        "not silent long enough"
+    );
+    // Two hours pass since the instructions (moved back in the database): the cars that
+    // checked in since are heard from; the third is silent.
+    let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+    let two_hours_ago = (Utc::now() - chrono::Duration::seconds(7200))
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    sqlx::query("UPDATE campaign_members SET instructed_at = $1")
+        .bind(&two_hours_ago)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let found = opened(&d, &config(3600)).await;
+    let silent: Vec<&str> = found
+        .iter()
+        .filter(|f| f.0 == Kind::SilentVehicle)
+        .map(|f| f.1.as_str())
+        .collect();
+    assert_eq!(silent, vec![cars[2].vin.as_str()], "{found:?}");
+}
