@@ -227,6 +227,13 @@ async fn sign_in_roles_csrf_and_sessions_guard_every_change() {
     let id = opened[0]["id"].as_i64().unwrap();
     assert_eq!(opened[0]["kind"], "address-abuse");
 
+    // The console's address, with or without its slash, leads to the fleet page.
+    for path in ["ui", "ui/"] {
+        let (status, _, location) = s.get(path, "").await;
+        assert_eq!(status, StatusCode::SEE_OTHER, "{path}");
+        assert_eq!(location.as_deref(), Some("/ui/fleet"), "{path}");
+    }
+
     // No session: a page sends to the login form, an action is refused and recorded.
     let (status, _, location) = s.get("ui/fleet", "").await;
     assert_eq!(status, StatusCode::SEE_OTHER);

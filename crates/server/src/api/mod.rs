@@ -322,6 +322,11 @@ pub fn router(state: AppState, public_image_dir: &std::path::Path) -> Router {
         .route("/director/{vin}/manifest", post(vehicle::post_manifest))
         .nest("/api/v1", admin)
         .nest("/ui", crate::console::router())
+        // `/ui/` itself is not the nested router's `/`: sent to the fleet page like `/ui`.
+        .route(
+            "/ui/",
+            get(|| async { axum::response::Redirect::to("/ui/fleet") }),
+        )
         .nest_service("/image", ServeDir::new(public_image_dir))
         .layer(middleware::from_fn_with_state(
             state.clone(),
