@@ -151,22 +151,13 @@ async fn refuse_unsigned(
         .get::<axum::extract::OriginalUri>()
         .map_or_else(|| parts.uri.path().to_owned(), |u| u.0.path().to_owned());
     if why.is_some() || is_action {
-        state
-            .director()
-            .event(
-                "server",
-                Rule::ConsoleRefused.as_str(),
-                None,
-                None,
-                remote.as_deref(),
-                &format!(
-                    "{} {} without a valid session: {}",
-                    parts.method,
-                    path,
-                    why.unwrap_or("no session cookie")
-                ),
-            )
-            .await;
+        let detail = format!(
+            "{} {} without a valid session: {}",
+            parts.method,
+            path,
+            why.unwrap_or("no session cookie")
+        );
+        record_refusal(state, remote.as_deref(), &detail).await;
     }
     let why = why.unwrap_or("sign in first");
     if is_action {
@@ -194,6 +185,21 @@ async fn refuse_unsigned(
         .into_response()
 }
 
+/// Records a refused console request as a `console-refused` security event.
+async fn record_refusal(state: &AppState, remote: Option<&str>, detail: &str) {
+    state
+        .director()
+        .event(
+            "server",
+            Rule::ConsoleRefused.as_str(),
+            None,
+            None,
+            remote,
+            detail,
+        )
+        .await;
+}
+
 /// Refuses an action (403 or 400) with a page saying why, and records it.
 async fn refuse_action(
     state: &AppState,
@@ -203,21 +209,12 @@ async fn refuse_action(
     what: &str,
     why: &str,
 ) -> Response {
-    state
-        .director()
-        .event(
-            "server",
-            Rule::ConsoleRefused.as_str(),
-            None,
-            None,
-            remote,
-            &format!(
-                "{} ({}) tried {what}: {why}",
-                session.user,
-                session.role.as_str()
-            ),
-        )
-        .await;
+    let detail = format!(
+        "{} ({}) tried {what}: {why}",
+        session.user,
+        session.role.as_str()
+    );
+    record_refusal(state, remote, &detail).await;
     (
         status,
         layout::message("Refused", &format!("Nothing was changed: {why}.")),

@@ -102,7 +102,13 @@ pub(super) async fn fleet(
             let db = state.director().db();
             let open = incidents::open_by_vehicle(db).await?;
             let total = db.count("vehicles").await?;
-            let open_incidents = incidents::incidents(db, Some("open"), None, 10_000).await?.len();
+            // Counted in the database, not by reading every open incident.
+            let open_incidents: u64 = incidents::counts(db)
+                .await?
+                .iter()
+                .filter(|(state, _, _)| state == "open")
+                .map(|(_, _, n)| n)
+                .sum();
             let running = db
                 .campaigns()
                 .await?
