@@ -14,6 +14,7 @@ mod admin;
 mod campaign;
 mod provision;
 mod server_cmds;
+mod tara;
 mod tuf_client;
 
 use rampart_cli::{exit, logging, vehicle_cmds};
@@ -91,6 +92,9 @@ enum Command {
     Ecu(vehicle_cmds::EcuArgs),
     /// Generate a signing key (and optionally an X25519 key) for an ECU or a primary.
     Keygen(vehicle_cmds::KeygenArgs),
+    /// Threat analysis and risk assessment (ISO/SAE 21434) of Rampart's OTA item, checked
+    /// against the attack lab and the tests: summary, --report, --verify.
+    Tara(tara::TaraArgs),
     /// A standalone TUF client (the cross-implementation test CLI).
     #[command(override_usage = "rampart tuf-client --metadata-dir DIR init ROOT.json
        rampart tuf-client --metadata-url URL --metadata-dir DIR refresh
@@ -130,6 +134,7 @@ fn main() -> ExitCode {
         Command::Vehicle(args) => vehicle_cmds::vehicle(args),
         Command::Ecu(args) => vehicle_cmds::ecu(args),
         Command::Keygen(args) => vehicle_cmds::keygen(args),
+        Command::Tara(args) => tara::main(args),
         Command::TufClient(args) => tuf_client::main(args),
     };
     exit::report(result)

@@ -230,11 +230,20 @@ async fn a_campaign_rolls_out_in_waves_and_halts_itself_on_a_failing_canary() {
 /// is open); a paused campaign gives its next wave nothing until it is resumed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_vehicle_keeps_its_window_and_a_paused_campaign_waits_for_resume() {
-    let faketime = ["/usr/bin/faketime", "/usr/local/bin/faketime"]
+    let Some(faketime) = ["/usr/bin/faketime", "/usr/local/bin/faketime"]
         .into_iter()
         .map(std::path::Path::new)
         .find(|p| p.exists())
-        .expect("faketime is installed by scripts/test (apt: faketime)");
+    else {
+        // scripts/test installs faketime and sets RAMPART_REQUIRE_FAKETIME=1, so CI runs
+        // this; a plain `cargo test` on a machine without it says so and goes on.
+        assert!(
+            !std::env::var("RAMPART_REQUIRE_FAKETIME").is_ok_and(|v| v == "1"),
+            "faketime is missing (apt: faketime; scripts/test installs it)"
+        );
+        eprintln!("skipped: faketime is not installed (apt: faketime; scripts/test installs it)");
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let mut lab = Lab::create(LabOptions::new(dir.path(), bin(), 2))
         .await

@@ -20,6 +20,10 @@ pub(crate) struct AttackArgs {
     /// One JSON object per scenario on stdout instead of the table.
     #[arg(long)]
     json: bool,
+    /// Also write each scenario's outcome to DIR/NAME.json (the evidence `rampart tara`
+    /// reads; scripts/test sets it for the whole test run).
+    #[arg(long, value_name = "DIR", env = "RAMPART_ATTACK_RESULTS")]
+    results: Option<PathBuf>,
     /// Keep each scenario's lab in this folder.
     #[arg(long)]
     keep: Option<PathBuf>,
@@ -99,6 +103,12 @@ pub(crate) fn main(args: AttackArgs) -> anyhow::Result<()> {
     }
     for s in &selected {
         let o = rt.block_on(rampart_attack::run(s, &bin, &root));
+        if let Some(dir) = &args.results {
+            std::fs::create_dir_all(dir)?;
+            let file = dir.join(format!("{}.json", o.name));
+            std::fs::write(&file, serde_json::to_string(&o)? + "\n")
+                .map_err(|e| anyhow::anyhow!("writing {}: {e}", file.display()))?;
+        }
         if args.json {
             rampart_cli::say!("{}", serde_json::to_string(&o)?);
         } else {

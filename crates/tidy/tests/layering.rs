@@ -21,8 +21,9 @@ use std::process::Command;
 use serde_json::Value;
 
 /// Crates of the product: what ships in `rampart` and `rampart-agent`.
-const PRODUCT: [&str; 5] = [
+const PRODUCT: [&str; 6] = [
     "rampart-core",
+    "rampart-tara",
     "rampart-client",
     "rampart-server",
     "rampart-vehicle",
