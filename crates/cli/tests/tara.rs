@@ -115,6 +115,13 @@ fn tara(args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// The standard error of a run that must have failed (exit 1).
+fn failed(o: &Output) -> String {
+    let (out, err) = text(o);
+    assert_eq!(o.status.code(), Some(1), "{out}\n{err}");
+    err
+}
+
 fn text(o: &Output) -> (String, String) {
     (
         String::from_utf8_lossy(&o.stdout).into_owned(),
@@ -166,9 +173,7 @@ fn verify_fails_naming_a_linked_scenario_that_was_not_defeated() {
 fn verify_fails_when_the_v_soc_missed_a_linked_detection() {
     let run = Run::passing();
     run.scenario("freeze", "defeated", false);
-    let o = run.verify();
-    let (_, err) = text(&o);
-    assert_eq!(o.status.code(), Some(1), "{err}");
+    let err = failed(&run.verify());
     assert!(
         err.contains("TS-2:") && err.contains("detect:freeze FAILED"),
         "{err}"
@@ -179,9 +184,7 @@ fn verify_fails_when_the_v_soc_missed_a_linked_detection() {
 fn verify_fails_naming_a_linked_scenario_that_was_removed() {
     let run = Run::passing();
     run.remove_scenario("rollback");
-    let o = run.verify();
-    let (_, err) = text(&o);
-    assert_eq!(o.status.code(), Some(1), "{err}");
+    let err = failed(&run.verify());
     assert!(
         err.contains("control C-ROLLBACK: names attack:rollback: an attack-lab scenario with no result in this run"),
         "{err}"
@@ -194,9 +197,7 @@ fn verify_fails_naming_a_linked_scenario_that_was_removed() {
 fn verify_fails_on_a_scenario_linked_to_no_threat() {
     let run = Run::passing();
     run.scenario("teleport", "defeated", true);
-    let o = run.verify();
-    let (_, err) = text(&o);
-    assert_eq!(o.status.code(), Some(1), "{err}");
+    let err = failed(&run.verify());
     assert!(
         err.contains("scenario teleport: the attack lab runs it but no control names it"),
         "{err}"
@@ -225,9 +226,7 @@ fn verify_fails_on_a_linked_test_that_failed_or_does_not_exist() {
         "client::tests::expired_timestamp_is_a_freeze_attack",
         "ok",
     )]);
-    let o = run.verify();
-    let (_, err) = text(&o);
-    assert_eq!(o.status.code(), Some(1), "{err}");
+    let err = failed(&run.verify());
     assert!(
         err.contains("names test:fixture_suite::rollback_is_refused: a test that is not in this run's test results"),
         "{err}"
@@ -236,9 +235,7 @@ fn verify_fails_on_a_linked_test_that_failed_or_does_not_exist() {
 
 #[test]
 fn verify_needs_the_results_of_a_run() {
-    let o = tara(&["--verify"]);
-    let (_, err) = text(&o);
-    assert_eq!(o.status.code(), Some(1), "{err}");
+    let err = failed(&tara(&["--verify"]));
     assert!(err.contains("--verify needs the results of a run"), "{err}");
 }
 
@@ -337,9 +334,7 @@ fn the_report_is_self_contained_and_check_tells_when_it_is_stale() {
 
     // The evidence changes: the committed report is stale.
     run.scenario("freeze", "succeeded", true);
-    let o = tara(&check);
-    let (_, err) = text(&o);
-    assert_eq!(o.status.code(), Some(1), "{err}");
+    let err = failed(&tara(&check));
     assert!(
         err.contains("is not the report of this model and these results"),
         "{err}"

@@ -205,16 +205,7 @@ lab and the tests of the run that made it. Do not edit: change the model and run
                 );
             }
             _ => {
-                let _ = writeln!(
-                    s,
-                    "- decision: **{}**{} — {}",
-                    t.treatment.label(),
-                    t.shared_with
-                        .as_ref()
-                        .map(|w| format!(" with {w}"))
-                        .unwrap_or_default(),
-                    t.reason.clone().unwrap_or_default()
-                );
+                let _ = writeln!(s, "- decision: {}", decision(t));
                 if !t.controls.is_empty() {
                     let _ = writeln!(s, "- partial controls: {}", t.controls.join(", "));
                 }
@@ -263,16 +254,11 @@ lab and the tests of the run that made it. Do not edit: change the model and run
     {
         let _ = writeln!(
             s,
-            "- **{}** (risk {} → {}, {}{}): {}",
+            "- **{}** (risk {} → {}): {}",
             t.id,
             r.risk_before,
             r.risk_after,
-            t.treatment.label(),
-            t.shared_with
-                .as_ref()
-                .map(|w| format!(" with {w}"))
-                .unwrap_or_default(),
-            t.reason.clone().unwrap_or_default()
+            decision(t)
         );
     }
 
@@ -331,6 +317,19 @@ lab and the tests of the run that made it. Do not edit: change the model and run
 
     s.push_str(&method());
     s
+}
+
+/// A decision other than reduce, with who shares it and why.
+fn decision(t: &crate::model::Threat) -> String {
+    format!(
+        "**{}**{} — {}",
+        t.treatment.label(),
+        t.shared_with
+            .as_ref()
+            .map(|w| format!(" with {w}"))
+            .unwrap_or_default(),
+        t.reason.as_deref().unwrap_or_default()
+    )
 }
 
 fn counts_line(counts: &[usize; 5]) -> String {
