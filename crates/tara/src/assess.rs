@@ -170,7 +170,8 @@ pub struct Assessment {
     pub unlinked_scenarios: Vec<String>,
     /// Problems that fail verification.
     pub findings: Vec<Finding>,
-    /// Threats retained or shared with risk 3 or more: not failures, said aloud.
+    /// Threats retained, shared or avoided with a residual risk of 3 or more: not failures
+    /// (the decision and its reason are the OEM's), said aloud in every report.
     pub accepted: Vec<String>,
     /// Totals.
     pub counts: Counts,
@@ -312,13 +313,11 @@ pub fn assess(model: &Model, results: &Results) -> Assessment {
                             ),
                         });
                     }
-                    Treatment::Retain | Treatment::Share | Treatment::Avoid
-                        if effective.is_empty() =>
-                    {
-                        accepted.push(t.id.clone());
-                    }
                     _ => {}
                 }
+            }
+            if t.treatment != Treatment::Reduce && risk_after >= MUST_REDUCE {
+                accepted.push(t.id.clone());
             }
             ThreatResult {
                 id: t.id.clone(),
