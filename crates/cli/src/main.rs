@@ -90,6 +90,9 @@ enum Command {
     Vehicle(vehicle_cmds::VehicleArgs),
     /// Run a secondary ECU.
     Ecu(vehicle_cmds::EcuArgs),
+    /// Run a legacy ECU's bootloader: UDS (ISO 14229) over DoIP (ISO 13400), flashed by the
+    /// gateway or a diagnostic tester.
+    UdsEcu(vehicle_cmds::UdsEcuArgs),
     /// Generate a signing key (and optionally an X25519 key) for an ECU or a primary.
     Keygen(vehicle_cmds::KeygenArgs),
     /// Threat analysis and risk assessment (ISO/SAE 21434) of Rampart's OTA item, checked
@@ -133,6 +136,7 @@ fn main() -> ExitCode {
         Command::Provision(args) => provision::provision(args),
         Command::Vehicle(args) => vehicle_cmds::vehicle(args),
         Command::Ecu(args) => vehicle_cmds::ecu(args),
+        Command::UdsEcu(args) => vehicle_cmds::uds_ecu(args),
         Command::Keygen(args) => vehicle_cmds::keygen(args),
         Command::Tara(args) => tara::main(args),
         Command::TufClient(args) => tuf_client::main(args),

@@ -35,6 +35,29 @@ pub struct EcuArgs {
     config: PathBuf,
 }
 
+/// `rampart uds-ecu`.
+#[derive(Debug, Args)]
+pub struct UdsEcuArgs {
+    /// Configuration of the ECU (uds-ecu.toml; every field in docs/uds-doip.md).
+    #[arg(long, default_value = "uds-ecu.toml")]
+    config: PathBuf,
+    /// TCP and UDP address to serve DoIP on (instead of the file's `listen`).
+    #[arg(long)]
+    listen: Option<String>,
+    /// DoIP logical address (instead of the file's `logical_address`), e.g. 0x0010.
+    #[arg(long, value_parser = parse_u16)]
+    logical_address: Option<u16>,
+}
+
+/// A 16-bit number, decimal or 0x-hexadecimal.
+fn parse_u16(s: &str) -> Result<u16, String> {
+    let parsed = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(hex) => u16::from_str_radix(hex, 16),
+        None => s.parse(),
+    };
+    parsed.map_err(|e| format!("{s:?}: {e} (a number up to 0xFFFF)"))
+}
+
 /// `rampart keygen`.
 #[derive(Debug, Args)]
 pub struct KeygenArgs {
@@ -82,6 +105,26 @@ pub fn ecu(args: EcuArgs) -> anyhow::Result<()> {
     rt.block_on(async move {
         tokio::select! {
             r = rampart_vehicle::secondary::run_with(config, std::sync::Arc::new(crate::terminal::TerminalReporter)) => r.map_err(anyhow::Error::from),
+            _ = tokio::signal::ctrl_c() => Ok(()),
+        }
+    })
+}
+
+/// Runs a legacy ECU's bootloader (UDS over DoIP).
+pub fn uds_ecu(args: UdsEcuArgs) -> anyhow::Result<()> {
+    let mut config = rampart_vehicle::uds::load_config(&args.config)?;
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    if let Some(address) = args.logical_address {
+        config.logical_address = address;
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        tokio::select! {
+            r = rampart_vehicle::uds::run_with(config, std::sync::Arc::new(crate::terminal::TerminalReporter)) => r.map_err(anyhow::Error::from),
             _ = tokio::signal::ctrl_c() => Ok(()),
         }
     })

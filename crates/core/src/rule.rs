@@ -152,6 +152,23 @@ rules! {
     UnconfirmedInstall = "unconfirmed-install",
     /// More distinct indicators than an ECU keeps.
     IndicatorOverflow = "indicator-overflow",
+    // The diagnostic link: UDS (ISO 14229) over DoIP (ISO 13400) (rampart-vehicle).
+    /// Not a DoIP message, or one the entity does not take (generic header NACK).
+    DoipFrame = "doip-frame",
+    /// Routing activation from a tester address the ECU does not serve.
+    UnknownTester = "unknown-tester",
+    /// A programming service without security access (UDS NRC 0x33).
+    SecurityAccessDenied = "security-access-denied",
+    /// A wrong SecurityAccess key (NRC 0x35, 0x36 once the attempts are spent).
+    InvalidSecurityKey = "invalid-security-key",
+    /// A SecurityAccess request while the delay after failed attempts runs (NRC 0x37).
+    SecurityDelay = "security-delay",
+    /// A TransferData block out of sequence (NRC 0x73).
+    BlockSequence = "block-sequence",
+    /// A diagnostic request out of order or malformed (NRC 0x13, 0x24, 0x31, 0x70, 0x71).
+    DiagnosticRequest = "diagnostic-request",
+    /// A legacy ECU answered the gateway with a negative response it did not expect.
+    DiagnosticRefused = "diagnostic-refused",
     // The server (rampart-server).
     /// A database failure (or stored data we did not write).
     Database = "database",

@@ -23,5 +23,6 @@ pub mod secondary;
 pub mod slots;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+pub mod uds;
 
 pub use error::{Error, Result};

@@ -50,6 +50,83 @@ pub fn image_bytes(seed: &str, len: usize) -> Vec<u8> {
     out
 }
 
+/// A director for tests of ECUs that verify its targets (partial verification, the legacy
+/// path's verify routine): its root, and targets it signs for one vehicle.
+pub struct TestDirector {
+    repo: rampart_core::testing::TestRepo,
+}
+
+impl Default for TestDirector {
+    fn default() -> Self {
+        TestDirector::new()
+    }
+}
+
+impl TestDirector {
+    /// A director whose metadata is valid for a year from now.
+    pub fn new() -> TestDirector {
+        TestDirector {
+            repo: rampart_core::testing::TestRepo::new(chrono::Utc::now()),
+        }
+    }
+
+    /// Its root version 1 (what an ECU is provisioned with).
+    pub fn root(&self) -> Vec<u8> {
+        self.repo.initial_root()
+    }
+
+    /// Signs the next version of the director targets for `vin`, assigning `target` (whose
+    /// length and hashes are those of `image`) to `ecu` with `hardware_id` and
+    /// `release_counter`; returns the signed document's bytes.
+    pub fn assign(
+        &mut self,
+        vin: &str,
+        ecu: &str,
+        hardware_id: &str,
+        target: &str,
+        image: &[u8],
+        release_counter: u64,
+    ) -> Vec<u8> {
+        use rampart_core::metadata::TargetFile;
+        use rampart_core::uptane::{DirectorCustom, EcuAssignment, DIRECTOR_VEHICLE_FIELD};
+        use std::collections::BTreeMap;
+        let file = TargetFile {
+            length: image.len() as u64,
+            hashes: rampart_core::hash::compute_hashes(image),
+            custom: Some(
+                DirectorCustom {
+                    release_counter,
+                    maintenance_window: None,
+                    ecus: BTreeMap::from([(
+                        ecu.to_owned(),
+                        EcuAssignment {
+                            hardware_id: hardware_id.into(),
+                            encryption: None,
+                        },
+                    )]),
+                }
+                .to_value(),
+            ),
+            unrecognized: BTreeMap::new(),
+        };
+        let targets = self.repo.targets.get_mut("targets").unwrap();
+        targets.targets.clear();
+        targets.targets.insert(target.into(), file);
+        targets.unrecognized.insert(
+            DIRECTOR_VEHICLE_FIELD.into(),
+            serde_json::json!({ "vin": vin }),
+        );
+        self.repo.bump("targets");
+        self.repo.publish();
+        let version = self.repo.targets.get("targets").unwrap().version;
+        self.repo
+            .metadata
+            .get(&format!("{version}.targets.json"))
+            .unwrap()
+            .clone()
+    }
+}
+
 /// xorshift64*: enough randomness to place power cuts, and repeatable from a printed seed.
 #[derive(Debug, Clone)]
 pub struct Rng(u64);
