@@ -49,6 +49,20 @@ pub enum Error {
         /// Its message.
         message: String,
     },
+    /// A legacy ECU answered a UDS request with a negative response.
+    #[error("ECU {ecu}: service 0x{service:02X} refused with NRC 0x{nrc:02X} ({name})")]
+    Diagnostic {
+        /// The ECU.
+        ecu: String,
+        /// The request's service identifier.
+        service: u8,
+        /// The negative response code.
+        nrc: u8,
+        /// Its name in ISO 14229-1.
+        name: String,
+        /// The rule the code stands for.
+        rule: Rule,
+    },
     /// Bad configuration.
     #[error("configuration: {0}")]
     Config(String),
@@ -86,7 +100,7 @@ impl Error {
             Error::Protocol(_) => Rule::Protocol,
             Error::Director { .. } => Rule::DirectorRefused,
             Error::BootFailed(_) => Rule::BootFailed,
-            Error::EcuRefused { rule, .. } => *rule,
+            Error::EcuRefused { rule, .. } | Error::Diagnostic { rule, .. } => *rule,
             Error::Config(_) => Rule::Config,
             Error::Secret(e) => e.rule(),
             Error::Io { .. } => Rule::Io,

@@ -74,6 +74,9 @@ struct State {
     failed_attempts: u8,
     #[serde(default)]
     indicators: Indicators,
+    /// Counter of the last read of the security log (DID 0xF1A2).
+    #[serde(default)]
+    log_reads: u64,
 }
 
 /// An answer to one request.
@@ -392,7 +395,7 @@ impl Bootloader {
         })
     }
 
-    fn read_data(&self, req: &[u8]) -> Handled {
+    fn read_data(&mut self, req: &[u8]) -> Handled {
         let ids = req.get(1..).unwrap_or_default();
         if ids.is_empty() || ids.len() % 2 != 0 {
             return Err(Nrc::IncorrectMessageLength.into());
@@ -408,7 +411,7 @@ impl Bootloader {
         Ok(Answer::send(out))
     }
 
-    fn data(&self, id: u16) -> Option<Vec<u8>> {
+    fn data(&mut self, id: u16) -> Option<Vec<u8>> {
         Some(match id {
             did::ACTIVE_SESSION => vec![self.session as u8],
             did::BOOT_SOFTWARE_ID => self.config.boot_software_id.as_bytes().to_vec(),
@@ -419,17 +422,28 @@ impl Bootloader {
             did::RUNNING_IMAGE => {
                 let running = self.running();
                 let mut v = running.length.to_be_bytes().to_vec();
-                let sha256 = running
-                    .hashes
-                    .get("sha256")
-                    .and_then(|h| hex::decode(h).ok())
-                    .unwrap_or_else(|| vec![0; 32]);
-                v.extend_from_slice(&sha256);
+                v.extend_from_slice(&running.release_counter.to_be_bytes());
+                for (name, len) in [("sha256", 32), ("sha512", 64)] {
+                    let digest = running
+                        .hashes
+                        .get(name)
+                        .and_then(|h| hex::decode(h).ok())
+                        .filter(|d| d.len() == len)
+                        .unwrap_or_else(|| vec![0; len]);
+                    v.extend_from_slice(&digest);
+                }
                 v
             }
             did::SECURITY_LOG => {
-                let mut copy = self.state.indicators.clone();
-                copy.report(0).into_bytes()
+                // Each read is numbered; what it returned is forgotten only when the gateway
+                // acknowledges that number (routine 0xFF02), after the director has it.
+                self.state.log_reads += 1;
+                let number = self.state.log_reads;
+                let text = self.state.indicators.report(number);
+                self.save_quietly();
+                let mut v = number.to_be_bytes().to_vec();
+                v.extend_from_slice(text.as_bytes());
+                v
             }
             _ => return None,
         })
@@ -524,6 +538,9 @@ impl Bootloader {
             [_, sub, a, b, option @ ..] => (*sub & 0x7F, u16::from_be_bytes([*a, *b]), option),
             _ => return Err(Nrc::IncorrectMessageLength.into()),
         };
+        if id == routine::CLEAR_SECURITY_LOG {
+            return self.clear_log(sub, option);
+        }
         if id != routine::ERASE_MEMORY && id != routine::CHECK_DEPENDENCIES {
             return Err(Nrc::RequestOutOfRange.into());
         }
@@ -559,6 +576,43 @@ impl Bootloader {
             self.verify_result = Some(status);
         }
         Ok(Answer::send(out))
+    }
+
+    /// clearSecurityLog: forgets what the security-log read numbered in the option record
+    /// returned. Needs security access (extended or programming session): only the gateway,
+    /// which reports the log to the director, may make the ECU forget it.
+    fn clear_log(&mut self, sub: u8, option: &[u8]) -> Handled {
+        if self.session == Session::Default {
+            return Err(Nrc::ServiceNotSupportedInActiveSession.into());
+        }
+        if !self.unlocked {
+            return Err(refuse(
+                Nrc::SecurityAccessDenied,
+                Rule::SecurityAccessDenied,
+                "clearing the security log without security access",
+            ));
+        }
+        if sub != 0x01 {
+            return Err(Nrc::SubFunctionNotSupported.into());
+        }
+        let number: [u8; 8] = option
+            .try_into()
+            .map_err(|_| Refusal::from(Nrc::IncorrectMessageLength))?;
+        let number = u64::from_be_bytes(number);
+        if number > self.state.log_reads {
+            return Err(Nrc::RequestOutOfRange.into());
+        }
+        let forgotten = self.state.indicators.acknowledge(number);
+        self.save_quietly();
+        let [a, b] = routine::CLEAR_SECURITY_LOG.to_be_bytes();
+        Ok(Answer::send(vec![
+            0x71,
+            0x01,
+            a,
+            b,
+            routine::STATUS_OK,
+            u8::try_from(forgotten).unwrap_or(u8::MAX),
+        ]))
     }
 
     fn erase(&mut self) -> std::result::Result<Vec<u8>, Refusal> {

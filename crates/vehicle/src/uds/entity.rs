@@ -295,6 +295,36 @@ impl Entity {
 /// Opens the bootloader, binds TCP and UDP on `listen` and serves until the task is dropped.
 /// `reporter` hears where it listens and what it flashed.
 pub async fn run_with(config: UdsEcuConfig, reporter: Arc<dyn Reporter>) -> Result<()> {
+    start(config, reporter).await?.serve().await;
+    Ok(())
+}
+
+/// A bound entity, not yet serving.
+pub struct Bound {
+    entity: Arc<Entity>,
+    tcp: TcpListener,
+    udp: UdpSocket,
+    reporter: Arc<dyn Reporter>,
+    addr: SocketAddr,
+}
+
+impl Bound {
+    /// Where it listens (TCP and UDP).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Serves until the task is dropped.
+    pub async fn serve(self) {
+        let udp_task = tokio::spawn(serve_udp(self.entity.clone(), self.udp));
+        serve_tcp(self.entity, self.tcp, self.reporter).await;
+        udp_task.abort();
+    }
+}
+
+/// Opens the bootloader and binds TCP and UDP on `listen` (the system picks the port of
+/// `:0`, the same for both).
+pub async fn start(config: UdsEcuConfig, reporter: Arc<dyn Reporter>) -> Result<Bound> {
     let secret_text = {
         rampart_client::store::check_secret_permissions(&config.security_secret)?;
         std::fs::read_to_string(&config.security_secret)
@@ -325,10 +355,13 @@ pub async fn run_with(config: UdsEcuConfig, reporter: Arc<dyn Reporter>) -> Resu
         "{}: UDS over DoIP on {addr} (logical address 0x{:04X}), running {running}",
         entity.config.ecu_id, entity.config.logical_address
     ));
-    let udp_task = tokio::spawn(serve_udp(entity.clone(), udp));
-    serve_tcp(entity, tcp, reporter).await;
-    udp_task.abort();
-    Ok(())
+    Ok(Bound {
+        entity,
+        tcp,
+        udp,
+        reporter,
+        addr,
+    })
 }
 
 async fn serve_udp(entity: Arc<Entity>, socket: UdpSocket) {
@@ -430,6 +463,37 @@ async fn read_message(
     Some(Message::decode(header.payload_type, &payload).map(|m| (header, m)))
 }
 
+/// Registers routing for `tester` on socket `id`. Another socket holding it is given the
+/// alive-check time (ISO 13400-2: 500 ms) to be gone — a tester that closed its socket and
+/// reconnects at once is not refused because its old socket's end is still being noticed.
+async fn register(entity: &Entity, id: u64, tester: u16) -> u8 {
+    let deadline = Instant::now() + ALIVE_CHECK;
+    loop {
+        {
+            let mut active = entity.active();
+            match *active {
+                Some((s, _)) if s == id => return activation::SUCCESS,
+                None => {
+                    *active = Some((id, tester));
+                    return activation::SUCCESS;
+                }
+                Some((_, t)) if Instant::now() >= deadline => {
+                    return if t == tester {
+                        activation::SOURCE_ALREADY_ACTIVE
+                    } else {
+                        activation::NO_FREE_SOCKET
+                    };
+                }
+                Some(_) => {}
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// T_TCP_Alive_Check.
+const ALIVE_CHECK: Duration = Duration::from_millis(500);
+
 async fn connection(
     entity: &Arc<Entity>,
     mut stream: TcpStream,
@@ -483,16 +547,7 @@ async fn connection(
                 } else if !matches!(activation_type, 0x00 | 0x01) {
                     activation::UNSUPPORTED_TYPE
                 } else {
-                    let mut active = entity.active();
-                    match *active {
-                        Some((s, _)) if s == id => activation::SUCCESS,
-                        Some((_, t)) if t == source => activation::SOURCE_ALREADY_ACTIVE,
-                        Some(_) => activation::NO_FREE_SOCKET,
-                        None => {
-                            *active = Some((id, source));
-                            activation::SUCCESS
-                        }
-                    }
+                    register(entity, id, source).await
                 };
                 let bytes = send(Message::RoutingActivationResponse {
                     tester: source,

@@ -8,10 +8,12 @@
 //!   inactive flash bank, the verify routine (Uptane partial verification of the director's
 //!   signed targets) that alone switches banks, reset.
 //! * [`entity`] — `rampart uds-ecu`: the bootloader behind a DoIP entity on TCP/UDP 13400.
+//! * [`gateway`] — the primary's tester: reads what a legacy ECU runs, flashes it.
 
 pub mod bootloader;
 pub mod doip;
 pub mod entity;
+pub mod gateway;
 pub mod service;
 
 pub use entity::{load_config, run_with, UdsEcuConfig};

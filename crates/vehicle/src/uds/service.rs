@@ -142,12 +142,14 @@ pub mod did {
     pub const ECU_SERIAL: u16 = 0xF18C;
     /// VIN (17 ASCII characters).
     pub const VIN: u16 = 0xF190;
-    /// Rampart (vehicle-manufacturer range): the running image's length (8 bytes, big
-    /// endian) and SHA-256 (32 bytes), what the gateway reports to the director.
+    /// Rampart (vehicle-manufacturer range): the running image's length and release counter
+    /// (8 bytes each, big endian), SHA-256 (32 bytes) and SHA-512 (64 bytes): what the
+    /// gateway reports to the director.
     pub const RUNNING_IMAGE: u16 = 0xF1A0;
     /// Rampart: the hardware identifier (ASCII).
     pub const HARDWARE_ID: u16 = 0xF1A1;
-    /// Rampart: the ECU's security log — the attack indicators it counted (JSON).
+    /// Rampart: the ECU's security log — the number of this read (8 bytes) and the attack
+    /// indicators not yet cleared (`rule: message` lines).
     pub const SECURITY_LOG: u16 = 0xF1A2;
 }
 
@@ -159,6 +161,9 @@ pub mod routine {
     /// signed targets metadata (the option record) and, only if it holds, makes its bank
     /// the one the next reset boots.
     pub const CHECK_DEPENDENCIES: u16 = 0xFF01;
+    /// clearSecurityLog (Rampart): forgets the security-log entries a numbered read of DID
+    /// 0xF1A2 returned (option record: that number, 8 bytes); needs security access.
+    pub const CLEAR_SECURITY_LOG: u16 = 0xFF02;
     /// Routine status: correct.
     pub const STATUS_OK: u8 = 0x00;
     /// Routine status: incorrect (followed by the failed rule's name in ASCII).

@@ -146,7 +146,12 @@ fn a_signed_image_is_flashed_and_boots_after_reset() {
     assert_eq!(read(&mut b, now, 0xF189), b"bcm-2.bin");
     let running = read(&mut b, now, 0xF1A0);
     assert_eq!(&running[..8], &5000u64.to_be_bytes());
-    assert_eq!(&running[8..], &rampart_core::hash::sha256(&image));
+    assert_eq!(&running[8..16], &2u64.to_be_bytes());
+    assert_eq!(&running[16..48], &rampart_core::hash::sha256(&image));
+    assert_eq!(
+        &running[48..],
+        rampart_core::hash::sha512(&image).as_slice()
+    );
     // And after a power cycle.
     drop(b);
     let mut b = f.open();
@@ -340,7 +345,10 @@ fn an_interrupted_flash_leaves_the_running_bank_and_s3_ends_the_session() {
     let mut b = f.open();
     assert_eq!(read(&mut b, now, 0xF189), b"factory");
     let running = read(&mut b, now, 0xF1A0);
-    assert_eq!(&running[8..], &rampart_core::hash::sha256(b"factory image"));
+    assert_eq!(
+        &running[16..48],
+        &rampart_core::hash::sha256(b"factory image")
+    );
 }
 
 #[test]
@@ -390,5 +398,53 @@ fn malformed_and_unknown_requests_get_their_negative_responses() {
     assert_eq!(
         ask(&mut b, now, &[0x34, 0x00, 0x44, 0, 0, 0, 0, 0, 0, 0x10, 0]),
         [0x7F, 0x34, 0x70]
+    );
+}
+
+#[test]
+fn the_security_log_is_cleared_only_with_security_access_and_only_up_to_the_read_reported() {
+    let f = Fixture::new();
+    let mut b = f.open();
+    let now = f.now;
+    ask(&mut b, now, &[0x10, 0x02]);
+    ask(&mut b, now, &[0x34, 0x00, 0x44, 0, 0, 0, 0, 0, 0, 0x10, 0]);
+    let first = read(&mut b, now, 0xF1A2);
+    assert_eq!(&first[..8], &1u64.to_be_bytes());
+    assert!(String::from_utf8_lossy(&first[8..]).contains("security-access-denied"));
+    // Something new happens after the read.
+    ask(&mut b, now, &[0x27, 0x02, 0, 0]);
+    // Without security access the log stays (and the attempt is one more indicator).
+    assert_eq!(
+        ask(
+            &mut b,
+            now,
+            &[0x31, 0x01, 0xFF, 0x02, 0, 0, 0, 0, 0, 0, 0, 1]
+        ),
+        [0x7F, 0x31, 0x33]
+    );
+    unlock(&mut b, now);
+    // A number never read is out of range.
+    assert_eq!(
+        ask(
+            &mut b,
+            now,
+            &[0x31, 0x01, 0xFF, 0x02, 0, 0, 0, 0, 0, 0, 0, 9]
+        ),
+        [0x7F, 0x31, 0x31]
+    );
+    assert_eq!(
+        ask(
+            &mut b,
+            now,
+            &[0x31, 0x01, 0xFF, 0x02, 0, 0, 0, 0, 0, 0, 0, 1]
+        )[..5],
+        [0x71, 0x01, 0xFF, 0x02, 0x00]
+    );
+    let second = read(&mut b, now, 0xF1A2);
+    let text = String::from_utf8_lossy(&second[8..]).into_owned();
+    assert!(!text.contains("service 0x34"), "{text}");
+    assert!(
+        text.contains("diagnostic-request") || text.contains("security-access-denied"),
+        "{text}"
     );
 }
