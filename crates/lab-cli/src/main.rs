@@ -36,6 +36,9 @@ enum Command {
     /// A secondary ECU, as `rampart ecu`.
     #[command(hide = true)]
     Ecu(vehicle_cmds::EcuArgs),
+    /// A legacy ECU's bootloader, as `rampart uds-ecu`.
+    #[command(hide = true)]
+    UdsEcu(vehicle_cmds::UdsEcuArgs),
 }
 
 fn main() -> ExitCode {
@@ -49,6 +52,7 @@ fn main() -> ExitCode {
         Command::Attack(args) => attack_cmd::main(args),
         Command::Vehicle(args) => vehicle_cmds::vehicle(args),
         Command::Ecu(args) => vehicle_cmds::ecu(args),
+        Command::UdsEcu(args) => vehicle_cmds::uds_ecu(args),
     };
     exit::report(result)
 }

@@ -35,6 +35,14 @@ fn keep_takes_a_relative_folder_refuses_a_full_one_and_temp_leaves_nothing() {
 
     let kept = demo(cwd.path(), tmp.path(), &["--keep", "keep"]);
     assert!(kept.status.success(), "{}", text(&kept));
+    // The fleet includes a legacy ECU that the primary flashed as its gateway.
+    let summary = text(&kept);
+    assert!(
+        summary.lines().any(|l| l.contains("SEAT-001")
+            && l.contains("seat/fw-5.2.bin")
+            && l.contains("flashed over UDS/DoIP")),
+        "{summary}"
+    );
     let kept_files = cwd.path().join("keep").read_dir().unwrap().count();
     assert!(kept_files > 0, "--keep kept nothing");
 

@@ -22,6 +22,7 @@ use rampart_server::ops::{self, PublishOutcome, PublishRequest};
 use rampart_server::serve::{self, Running, ServeOptions};
 use rampart_vehicle::primary::{EcuRef, NudgeConfig, PrimaryConfig};
 use rampart_vehicle::secondary::{EcuConfig, Verification};
+use rampart_vehicle::uds::gateway::UdsLink;
 use serde_json::{json, Value};
 use tokio::process::{Child, Command};
 
@@ -42,6 +43,9 @@ pub struct EcuSpec {
     pub unavailable: String,
     /// Health check run at boot (`RAMPART_SLOT` is the slot path).
     pub health_check: Option<String>,
+    /// A legacy ECU: a UDS bootloader on DoIP (`uds-ecu`), flashed by the primary as its
+    /// gateway, registered with the primary's key (its reports are the gateway's).
+    pub legacy: bool,
 }
 
 /// The three ECUs of a lab vehicle: the T-BOX (the primary's own firmware), an IVI that takes
@@ -56,6 +60,7 @@ pub fn default_ecus() -> Vec<EcuSpec> {
             description: "telematics box (T-BOX)".into(),
             unavailable: "remote services and eCall (falls back to the previous slot)".into(),
             health_check: None,
+            legacy: false,
         },
         EcuSpec {
             ecu_id: "IVI".into(),
@@ -65,6 +70,7 @@ pub fn default_ecus() -> Vec<EcuSpec> {
             description: "infotainment (IVI)".into(),
             unavailable: "navigation and media".into(),
             health_check: None,
+            legacy: false,
         },
         EcuSpec {
             ecu_id: "BCM".into(),
@@ -74,8 +80,29 @@ pub fn default_ecus() -> Vec<EcuSpec> {
             description: "body controller (doors, lights)".into(),
             unavailable: "central locking (the car must be parked)".into(),
             health_check: Some("! grep -q BROKEN \"$RAMPART_SLOT\"".into()),
+            legacy: false,
         },
     ]
+}
+
+/// A legacy ECU for a lab vehicle: a seat controller whose bootloader speaks UDS on DoIP,
+/// flashed by the primary as the vehicle's gateway.
+pub fn legacy_ecu() -> EcuSpec {
+    EcuSpec {
+        ecu_id: "SEAT".into(),
+        hardware_id: "seat-uds".into(),
+        verification: Verification::Partial,
+        encryption: false,
+        description: "seat controller (legacy bootloader, flashed over UDS/DoIP)".into(),
+        unavailable: "seat adjustment".into(),
+        health_check: None,
+        legacy: true,
+    }
+}
+
+/// The DoIP logical address of a vehicle's `n`-th ECU (legacy ECUs answer on it).
+fn logical_address(n: usize) -> u16 {
+    0x0010 + u16::try_from(n).unwrap_or(0)
 }
 
 /// An ECU of a running lab.
@@ -103,8 +130,9 @@ impl EcuHandle {
             .create(true)
             .append(true)
             .open(self.dir.join("ecu.log"))?;
+        let command = if self.spec.legacy { "uds-ecu" } else { "ecu" };
         let child = Command::new(bin)
-            .args(["-v", "ecu", "--config"])
+            .args(["-v", command, "--config"])
             .arg(&self.config)
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -373,6 +401,26 @@ impl Lab {
             let ecu_id = format!("{}-{suffix}", spec.ecu_id);
             let edir = dir.join(&spec.ecu_id);
             std::fs::create_dir_all(&edir)?;
+            if spec.legacy {
+                let config_path = self.make_legacy_ecu(&dir, &edir, &ecu_id, spec, vin, n)?;
+                registered.push(json!({
+                    "ecu_id": ecu_id,
+                    "hardware_id": spec.hardware_id,
+                    // No key of its own: the primary signs its reports, as its gateway.
+                    "public_key": primary_key.public_key(),
+                    "encryption_key": null,
+                    "verification": "partial",
+                }));
+                ecus.push(EcuHandle {
+                    spec: spec.clone(),
+                    ecu_id,
+                    dir: edir,
+                    config: config_path,
+                    child: None,
+                    address: None,
+                });
+                continue;
+            }
             // The first ECU is the primary's own firmware: same device, same key.
             let key_path = edir.join("key.pem");
             let public = if n == 0 {
@@ -448,6 +496,39 @@ impl Lab {
         })
     }
 
+    /// A legacy ECU's files: `uds-ecu.toml`, bank A with its factory image, the director
+    /// root, and its security-access secret — one copy for the ECU, one for the gateway.
+    fn make_legacy_ecu(
+        &self,
+        vehicle_dir: &Path,
+        edir: &Path,
+        ecu_id: &str,
+        spec: &EcuSpec,
+        vin: &str,
+        n: usize,
+    ) -> anyhow::Result<PathBuf> {
+        let mut secret = [0u8; 32];
+        aws_lc_rs::rand::fill(&mut secret).map_err(|_| anyhow::anyhow!("no random bytes"))?;
+        let secret = hex::encode(secret);
+        let mut config =
+            rampart_vehicle::uds::UdsEcuConfig::in_folder(edir, ecu_id, &spec.hardware_id, vin);
+        write_secret(&config.security_secret, secret.as_bytes())?;
+        write_secret(
+            &vehicle_dir.join(format!("gateway-{}.hex", spec.ecu_id)),
+            secret.as_bytes(),
+        )?;
+        config.logical_address = logical_address(n);
+        config.director_root = vehicle_dir.join("director-root.json");
+        config.factory_image = format!("factory-{}", spec.hardware_id);
+        std::fs::write(
+            &config.banks.slot_a,
+            format!("factory firmware of {ecu_id}\n"),
+        )?;
+        let path = edir.join("uds-ecu.toml");
+        std::fs::write(&path, toml::to_string_pretty(&config)?)?;
+        Ok(path)
+    }
+
     /// Starts every ECU process and writes each `vehicle.toml` with their addresses.
     pub async fn start_ecus(&mut self) -> anyhow::Result<()> {
         let bin = self.options.bin.clone();
@@ -504,13 +585,19 @@ impl Lab {
             ecus: v
                 .ecus
                 .iter()
-                .map(|e| EcuRef {
+                .enumerate()
+                .map(|(n, e)| EcuRef {
                     ecu_id: e.ecu_id.clone(),
                     hardware_id: e.spec.hardware_id.clone(),
                     address: e.address.clone().unwrap_or_default(),
                     verification: e.spec.verification,
                     description: e.spec.description.clone(),
                     unavailable: e.spec.unavailable.clone(),
+                    uds: e.spec.legacy.then(|| UdsLink {
+                        logical_address: logical_address(n),
+                        tester_address: 0x0E80,
+                        security_secret: v.dir.join(format!("gateway-{}.hex", e.spec.ecu_id)),
+                    }),
                 })
                 .collect(),
         };

@@ -35,6 +35,12 @@ pub const ECU_REPORT_TYPE: &str = "ecu_version_report";
 /// `_type` of a vehicle version manifest.
 pub const VEHICLE_MANIFEST_TYPE: &str = "vehicle_manifest";
 
+/// Field of an ECU version report that a primary made itself, from what a legacy ECU (one
+/// without Uptane keys, flashed over UDS) answered: the primary's ECU ID. Such a report is
+/// signed with the primary's key, which is what that ECU is registered with; the director
+/// can tell it from a report the ECU signed.
+pub const VOUCHED_BY_FIELD: &str = "vouched_by";
+
 /// The signed part of an ECU version report.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EcuVersionReport {
@@ -56,6 +62,15 @@ pub struct EcuVersionReport {
     /// Unknown fields, kept verbatim.
     #[serde(flatten)]
     pub unrecognized: BTreeMap<String, Value>,
+}
+
+impl EcuVersionReport {
+    /// The primary that made this report for a legacy ECU ([`VOUCHED_BY_FIELD`]), if one did.
+    pub fn vouched_by(&self) -> Option<&str> {
+        self.unrecognized
+            .get(VOUCHED_BY_FIELD)
+            .and_then(Value::as_str)
+    }
 }
 
 /// The signed part of a vehicle version manifest.
@@ -262,7 +277,11 @@ pub fn verify_vehicle_manifest(bytes: &[u8], keys: &VehicleKeys<'_>) -> Result<V
                     keys.vin
                 ))
             })
-            .and_then(|key| verify_ecu_report(document, ecu_id, key));
+            .and_then(|key| {
+                let report = verify_ecu_report(document, ecu_id, key)?;
+                check_vouching(&report, key, keys)?;
+                Ok(report)
+            });
         match result {
             Ok(report) => {
                 reports.insert(ecu_id.clone(), report);
@@ -275,6 +294,32 @@ pub fn verify_vehicle_manifest(bytes: &[u8], keys: &VehicleKeys<'_>) -> Result<V
         reports,
         rejected_reports,
     })
+}
+
+/// A report says who made it, truthfully: an ECU registered with the primary's key is a
+/// legacy ECU whose reports the primary makes, so they must say `vouched_by` this primary;
+/// a report that says so must be for such an ECU. Either lie is refused.
+fn check_vouching(report: &EcuVersionReport, key: &Key, keys: &VehicleKeys<'_>) -> Result<()> {
+    let primary_key =
+        key.key_id()? == keys.primary_key.key_id()? && report.ecu_id != keys.primary_ecu_id;
+    match (report.vouched_by(), primary_key) {
+        (Some(by), true) if by == keys.primary_ecu_id => Ok(()),
+        (Some(by), _) => Err(Error::Manifest(format!(
+            "report of ECU {} says the gateway {by} vouches for it, but {}",
+            report.ecu_id,
+            if primary_key {
+                format!("the primary is {}", keys.primary_ecu_id)
+            } else {
+                "the ECU is registered with a key of its own".to_owned()
+            }
+        ))),
+        (None, true) => Err(Error::Manifest(format!(
+            "ECU {} is registered with the primary's key (a legacy ECU), but its report does \
+             not say the gateway made it",
+            report.ecu_id
+        ))),
+        (None, false) => Ok(()),
+    }
 }
 
 /// Replay protection: a counter must be strictly above the last accepted one.

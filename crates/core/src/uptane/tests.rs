@@ -669,6 +669,66 @@ fn vehicle_manifest_round_trip_verifies_every_report() {
     assert_eq!(verified.manifest.manifest_counter, 7);
 }
 
+fn vouched(ecu: &str, by: &str, signer: &InMemorySigner) -> serde_json::Value {
+    let mut r = report(ecu, 1, signer);
+    let mut signed: EcuVersionReport = serde_json::from_value(r["signed"].clone()).unwrap();
+    signed.unrecognized.insert(
+        VOUCHED_BY_FIELD.into(),
+        serde_json::Value::String(by.into()),
+    );
+    r = serde_json::from_slice(&sign_ecu_report(&signed, signer).unwrap()).unwrap();
+    r
+}
+
+/// A legacy ECU (flashed over UDS) has no key: it is registered with the primary's, and the
+/// primary makes its reports, saying so. Each way of lying about that is refused.
+#[test]
+fn a_gateway_vouched_report_says_so_and_only_for_an_ecu_registered_with_the_primary_key() {
+    let mut v = vehicle();
+    v.ecu_keys
+        .insert("BCM-1".into(), v.primary.public_key().clone());
+    let reports = BTreeMap::from([
+        ("BCM-1".to_string(), vouched("BCM-1", "TBOX-1", &v.primary)),
+        ("IVI-1".to_string(), report("IVI-1", 1, &v.ivi)),
+    ]);
+    let verified = verify_vehicle_manifest(&manifest(&v, reports), &keys(&v)).unwrap();
+    assert!(
+        verified.rejected_reports.is_empty(),
+        "{:?}",
+        verified.rejected_reports
+    );
+    assert_eq!(verified.reports["BCM-1"].vouched_by(), Some("TBOX-1"));
+    assert_eq!(verified.reports["IVI-1"].vouched_by(), None);
+
+    let cases = [
+        // The legacy ECU's report without the mark: a self-signed claim it cannot make.
+        (
+            "BCM-1",
+            report("BCM-1", 1, &v.primary),
+            "does not say the gateway",
+        ),
+        // Vouched by someone who is not this vehicle's primary.
+        (
+            "BCM-1",
+            vouched("BCM-1", "TBOX-9", &v.primary),
+            "the primary is TBOX-1",
+        ),
+        // An ECU with its own key does not get a gateway's word instead.
+        (
+            "IVI-1",
+            vouched("IVI-1", "TBOX-1", &v.ivi),
+            "a key of its own",
+        ),
+    ];
+    for (ecu, doc, why) in cases {
+        let reports = BTreeMap::from([(ecu.to_string(), doc)]);
+        let verified = verify_vehicle_manifest(&manifest(&v, reports), &keys(&v)).unwrap();
+        assert!(verified.reports.is_empty(), "{why}");
+        let (_, err) = &verified.rejected_reports[0];
+        assert!(err.to_string().contains(why), "{err}");
+    }
+}
+
 #[test]
 fn forged_ecu_report_is_rejected_but_the_rest_is_kept() {
     let v = vehicle();

@@ -36,10 +36,11 @@ pub(crate) struct DemoArgs {
 }
 
 /// The release the demo publishes: name, hardware ID, version, size, encrypted per ECU.
-const IMAGES: [(&str, &str, &str, usize, bool); 3] = [
+const IMAGES: [(&str, &str, &str, usize, bool); 4] = [
     ("tbox/fw-2.0.bin", "tbox-a", "2.0", 1_500_000, false),
     ("ivi/nav-3.1.bin", "ivi-x", "3.1", 2_500_000, true),
     ("bcm/fw-1.4.bin", "bcm-1", "1.4", 200_000, false),
+    ("seat/fw-5.2.bin", "seat-uds", "5.2", 300_000, false),
 ];
 
 /// What each image of the release is for, as the release engineer states it: what the owner
@@ -48,6 +49,7 @@ fn purpose_of(name: &str) -> &'static str {
     match name {
         "tbox/fw-2.0.bin" => "modem firmware: more reliable connections and security fixes",
         "ivi/nav-3.1.bin" => "navigation maps and routing fixes",
+        "seat/fw-5.2.bin" => "seat memory positions are kept after a battery change",
         _ => "body controller fixes for the central locking",
     }
 }
@@ -200,7 +202,11 @@ impl Demo {
     ) -> anyhow::Result<Demo> {
         let mut out = Out { step: 0 };
         out.step("Key ceremony and server");
-        let lab = Lab::create(LabOptions::new(root, bin, vehicles)).await?;
+        // Every vehicle carries the three Uptane ECUs and one legacy ECU that the primary
+        // flashes as its gateway over UDS on DoIP.
+        let mut options = LabOptions::new(root, bin, vehicles);
+        options.ecus.push(rampart_lab::legacy_ecu());
+        let lab = Lab::create(options).await?;
         ok("root keys (2 of 3) and targets key of the image repository: offline folder, 0600");
         ok("director root keys offline; snapshot, timestamp and director keys online");
         ok("fleet CA, TLS server certificate, admin token");
@@ -301,7 +307,11 @@ impl Demo {
                         "{} ({}, {})",
                         e.ecu_id,
                         e.spec.hardware_id,
-                        if e.spec.verification == rampart_vehicle::secondary::Verification::Full {
+                        if e.spec.legacy {
+                            "UDS/DoIP"
+                        } else if e.spec.verification
+                            == rampart_vehicle::secondary::Verification::Full
+                        {
                             "full"
                         } else {
                             "partial"
@@ -311,7 +321,7 @@ impl Demo {
                 .collect();
             ok(format!("{}  {}", v.vin, ecus.join(", ")));
         }
-        rampart_cli::say!("   {} ECU processes listening on loopback; each has its own keys, trusted roots and A/B slots", self.lab.vehicles.iter().map(|v| v.ecus.len()).sum::<usize>());
+        rampart_cli::say!("   {} ECU processes listening on loopback; each has its own trusted roots and A/B slots (flash banks); the Uptane ECUs their own keys, the legacy ones a UDS bootloader with a security-access secret shared with the gateway", self.lab.vehicles.iter().map(|v| v.ecus.len()).sum::<usize>());
 
         Ok(())
     }
@@ -379,7 +389,9 @@ impl Demo {
                     .iter()
                     .find(|u| u.get("ecu_id").and_then(Value::as_str) == Some(ecu))
                     .map(|u| {
-                        if u.get("encrypted") == Some(&Value::Bool(true)) {
+                        if u.get("via").and_then(Value::as_str) == Some("uds-doip") {
+                            "flashed over UDS/DoIP by the gateway"
+                        } else if u.get("encrypted") == Some(&Value::Bool(true)) {
                             "encrypted, decrypted by the ECU"
                         } else {
                             "signed image"

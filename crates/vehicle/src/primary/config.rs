@@ -21,6 +21,12 @@ pub struct EcuRef {
     /// What is unavailable while it updates.
     #[serde(default)]
     pub unavailable: String,
+    /// A legacy ECU, flashed by this gateway over UDS on DoIP (`address` is its DoIP entity):
+    /// its logical address and security-access secret. Its reports are made and signed by
+    /// the primary (`vouched_by`); it is registered with the primary's key. Absent: an
+    /// Uptane secondary on the in-vehicle protocol.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uds: Option<crate::uds::gateway::UdsLink>,
 }
 
 /// `vehicle.toml`.
@@ -123,9 +129,14 @@ pub fn load_config(path: &Path) -> Result<PrimaryConfig> {
             *p = base.join(&*p);
         }
     }
+    let secrets = c
+        .ecus
+        .iter_mut()
+        .filter_map(|e| e.uds.as_mut().map(|u| &mut u.security_secret));
     for p in [c.ca.as_mut(), c.client_cert.as_mut()]
         .into_iter()
         .flatten()
+        .chain(secrets)
     {
         if p.is_relative() {
             *p = base.join(&*p);

@@ -241,6 +241,10 @@ impl Primary {
             target: u.instruction.target.clone(),
             bytes: enc.map_or(u.instruction.file.length, |e| e.ciphertext.length),
             encrypted: enc.is_some(),
+            via: self
+                .ecu(&u.instruction.ecu_id)
+                .and_then(|e| e.uds.as_ref())
+                .map(|_| "uds-doip".to_owned()),
             status,
         }
     }
@@ -295,6 +299,11 @@ impl Primary {
         let length = std::fs::metadata(path)
             .map_err(|e| Error::io(path, e))?
             .len();
+        if let Some(link) = &ecu.uds {
+            return self
+                .flash_legacy(v, &ecu, link, &u.instruction.target, path, length)
+                .await;
+        }
         let bundle = self.bundle_for(v, ecu.verification)?;
         let result = self
             .send_to_ecu(&ecu, &u.instruction.target, bundle, path, length)

@@ -15,6 +15,7 @@ mod config;
 mod cycle;
 mod download;
 mod ecu_link;
+mod legacy;
 mod nudge;
 
 pub use config::{load_config, EcuRef, NudgeConfig, PrimaryConfig};
@@ -75,6 +76,10 @@ pub struct UpdateOutcome {
     pub bytes: u64,
     /// Whether it travelled encrypted.
     pub encrypted: bool,
+    /// How it reached its ECU when not over the in-vehicle protocol (`uds-doip`: flashed by
+    /// the gateway).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<String>,
     /// Result.
     pub status: UpdateStatus,
 }
@@ -156,6 +161,9 @@ struct PrimaryState {
     /// them is accepted.
     #[serde(default)]
     failures: Vec<UpdateFailure>,
+    /// Report counters of the legacy ECUs whose reports the primary makes.
+    #[serde(default)]
+    legacy_counters: BTreeMap<String, u64>,
 }
 
 /// The primary.
@@ -166,6 +174,9 @@ pub struct Primary {
     state: PrimaryState,
     /// Where messages, progress and the owner's question go (logs, unless told otherwise).
     reporter: Arc<dyn Reporter>,
+    /// Legacy ECUs' security-log reads in the reports of this cycle: ECU → (report counter,
+    /// read number), cleared on the ECU once the director's receipt acknowledges the report.
+    legacy_logs: BTreeMap<String, (u64, u64)>,
 }
 
 impl std::fmt::Debug for Primary {
@@ -239,6 +250,7 @@ impl Primary {
             fetcher,
             state,
             reporter: Arc::new(LogReporter),
+            legacy_logs: BTreeMap::new(),
         };
         for (repo, root) in [
             ("director", &primary.config.director_root),
@@ -335,7 +347,11 @@ impl Primary {
                     continue;
                 }
             };
-            match request_report(&ecu.address, &nonce).await {
+            let answer = match &ecu.uds {
+                Some(link) => self.legacy_report(&ecu, link, &nonce).await,
+                None => request_report(&ecu.address, &nonce).await,
+            };
+            match answer {
                 Ok(doc) => {
                     // The primary reads, but does not trust, the report: the director verifies it.
                     let nonce_ok = doc.pointer("/signed/nonce").and_then(Value::as_str)
@@ -473,6 +489,13 @@ impl Primary {
         };
         for ecu in &self.config.ecus {
             if !acknowledged.is_some_and(|a| a.contains_key(&ecu.ecu_id)) {
+                continue;
+            }
+            if let Some(link) = &ecu.uds {
+                let counter = acknowledged
+                    .and_then(|a| a.get(&ecu.ecu_id))
+                    .and_then(Value::as_u64);
+                self.clear_legacy_log(ecu, link, counter).await;
                 continue;
             }
             if let Err(e) = send_receipt(&ecu.address, &bytes).await {

@@ -232,6 +232,7 @@ fn a_failing_random_source_is_an_error_not_a_zero_nonce() {
 
 fn update(target: &str, status: UpdateStatus) -> UpdateOutcome {
     UpdateOutcome {
+        via: None,
         ecu_id: "IVI-1".into(),
         target: target.into(),
         bytes: 1,

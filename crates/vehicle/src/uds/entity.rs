@@ -342,6 +342,11 @@ pub async fn start(config: UdsEcuConfig, reporter: Arc<dyn Reporter>) -> Result<
     let udp = UdpSocket::bind(addr)
         .await
         .map_err(|e| Error::Config(format!("cannot listen on UDP {addr}: {e}")))?;
+    // With port 0 the address is only known now: publish it for whoever starts us.
+    rampart_client::store::write_atomic(
+        &config.state_dir.join("listen-address"),
+        addr.to_string().as_bytes(),
+    )?;
     let running = bootloader.running().filename;
     let entity = Arc::new(Entity {
         vin: config.vin_bytes()?,
