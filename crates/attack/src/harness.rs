@@ -41,6 +41,9 @@ pub const BASELINE: [(&str, &str); 3] = [
     ("bcm/fw-1.0.bin", "bcm-1"),
 ];
 
+/// The baseline of the legacy ECU (ECU 3) in a harness built with one.
+pub const LEGACY_BASELINE: (&str, &str) = ("seat/fw-1.0.bin", "seat-uds");
+
 /// What a vehicle trusts and runs, read from its disk and from the director.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct TrustState {
@@ -153,13 +156,30 @@ impl Harness {
         tls: bool,
         weakness: Weakness,
     ) -> anyhow::Result<Harness> {
+        Harness::build(bin, dir, tls, weakness, false).await
+    }
+
+    /// [`Harness::weakened`]; with `legacy`, the vehicle also carries a legacy ECU (ECU 3,
+    /// [`rampart_lab::legacy_ecu`]) flashed by the primary over UDS on DoIP, its baseline
+    /// [`LEGACY_BASELINE`].
+    pub async fn build(
+        bin: &Path,
+        dir: &Path,
+        tls: bool,
+        weakness: Weakness,
+        legacy: bool,
+    ) -> anyhow::Result<Harness> {
         let _ = std::fs::remove_dir_all(dir);
         std::fs::create_dir_all(dir)?;
         let mut options = LabOptions::new(dir, bin, 1);
         options.plain_http = !tls;
+        if legacy {
+            options.ecus.push(rampart_lab::legacy_ecu());
+        }
         let mut lab = Lab::create(options).await.context("creating the lab")?;
         lab.start_ecus().await?;
-        for (name, hw) in BASELINE {
+        let legacy_baseline = legacy.then_some(LEGACY_BASELINE);
+        for (name, hw) in BASELINE.into_iter().chain(legacy_baseline) {
             lab.publish_bytes(name, hw, "1.0", &image_bytes(name, 120_000), hw == "ivi-x")
                 .await?;
             lab.assign_all(name, hw, hw == "ivi-x").await?;

@@ -21,6 +21,7 @@
 pub mod bus;
 pub mod controls;
 pub mod detection;
+pub mod diag;
 pub mod harness;
 pub mod naive;
 pub mod proxy;
@@ -137,6 +138,8 @@ pub struct Scenario {
     pub run: fn(Harness) -> BoxFuture<'static, anyhow::Result<Findings>>,
     /// Whether it needs the lab over HTTPS (client certificates) instead of plain HTTP.
     pub tls: bool,
+    /// Whether the vehicle carries a legacy ECU (UDS on DoIP) as ECU 3.
+    pub legacy: bool,
 }
 
 /// The outcome of one scenario.
@@ -173,7 +176,14 @@ pub async fn run(scenario: &Scenario, bin: &Path, dir: &Path) -> Outcome {
     let info = scenario.info;
     let mut lab = None;
     let result = async {
-        let h = Harness::new(bin, &dir.join(info.name), scenario.tls).await?;
+        let h = Harness::build(
+            bin,
+            &dir.join(info.name),
+            scenario.tls,
+            harness::Weakness::default(),
+            scenario.legacy,
+        )
+        .await?;
         lab = Some((h.lab.layout.clone(), chrono::Utc::now()));
         (scenario.run)(h).await
     }

@@ -99,6 +99,11 @@ scenarios! {
     bus_indicator_erasure => "bus-indicator-erasure",
     request_flood => "request-flood",
     connection_flood => "connection-flood",
+    uds_unauthenticated_download => "uds-unauthenticated-download",
+    uds_security_brute_force => "uds-security-brute-force",
+    uds_replayed_flash => "uds-replayed-flash",
+    uds_wrong_block_counter => "uds-wrong-block-counter",
+    uds_interrupted_flash => "uds-interrupted-flash",
 }
 
 /// A negative control: the scenario against a deliberately naive component must come out

@@ -12,6 +12,7 @@ mod arbitrary_software;
 mod bus_indicator_erasure;
 mod compromised_secondary;
 mod connection_flood;
+mod diagnostic;
 mod director_key_compromise;
 mod drop_request;
 mod eavesdrop;
@@ -30,9 +31,13 @@ mod slow_retrieval;
 /// Wraps an async scenario function.
 macro_rules! scenario {
     ($info:expr, $tls:expr, $f:path) => {
+        scenario!($info, $tls, $f, false)
+    };
+    ($info:expr, $tls:expr, $f:path, $legacy:expr) => {
         Scenario {
             info: $info,
             tls: $tls,
+            legacy: $legacy,
             run: |h: Harness| -> BoxFuture<'static, anyhow::Result<Findings>> { Box::pin($f(h)) },
         }
     };
@@ -75,6 +80,26 @@ pub fn all() -> Vec<Scenario> {
         ),
         scenario!(request_flood::INFO, true, request_flood::run),
         scenario!(connection_flood::INFO, true, connection_flood::run),
+        scenario!(
+            diagnostic::UNAUTHENTICATED,
+            false,
+            diagnostic::unauthenticated,
+            true
+        ),
+        scenario!(
+            diagnostic::BRUTE_FORCE,
+            false,
+            diagnostic::brute_force,
+            true
+        ),
+        scenario!(diagnostic::REPLAYED, false, diagnostic::replayed, true),
+        scenario!(diagnostic::COUNTER, false, diagnostic::wrong_counter, true),
+        scenario!(
+            diagnostic::INTERRUPTED,
+            false,
+            diagnostic::interrupted,
+            true
+        ),
     ]
 }
 
