@@ -243,6 +243,18 @@ def footprint(raw, rep):
                 f"full binary primary peak RSS {c['primary_peak_rss_kib'] / 1024:.1f} MiB")
 
 
+def flash(raw, rep):
+    path = f"{raw}/flash.json"
+    if not os.path.exists(path):
+        return
+    f = load(path)
+    rep.add("flash_uds_doip_vs_in_vehicle", f["ratio"], f["uds_doip_mib_s"], f["in_vehicle_mib_s"],
+            f"MiB/s flashing a {f['mib']} MiB image on loopback (UDS on DoIP vs the in-vehicle protocol)",
+            "≥ 0.5", f["ratio"] >= 0.5,
+            "both ECUs verify the director's targets and read the slot back; median of "
+            f"{f['runs']} runs: {f['uds_doip_seconds']:.2f} s vs {f['in_vehicle_seconds']:.2f} s")
+
+
 def campaign(raw, rep):
     path = f"{raw}/campaign.json"
     if not os.path.exists(path):
@@ -278,7 +290,7 @@ def main():
     ap.add_argument("--cpu-stat1", default="")
     args = ap.parse_args()
     rep = Report()
-    for part in (refresh, image, checkin, footprint, campaign):
+    for part in (refresh, image, checkin, footprint, campaign, flash):
         part(args.raw, rep)
     raw = {}
     for p in sorted(glob.glob(f"{args.raw}/*.json")):

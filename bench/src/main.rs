@@ -14,6 +14,7 @@
 //! | `checkin` | drives director check-ins (or a static server of the same sizes) |
 //! | `footprint` | runs a lab update with the slim agent and records its peak RSS |
 //! | `campaign` | the director's cost of campaigns: creation over a fleet, check-ins with one running |
+//! | `flash` | a legacy ECU flashed over UDS on DoIP against the same image over the in-vehicle protocol |
 //!
 //! Built as a `[[bench]]` target of `rampart-lab` (`harness = false`), so it is compiled with
 //! the release settings and never shipped.
@@ -25,6 +26,7 @@ use anyhow::{bail, Context};
 
 mod campaign;
 mod checkin;
+mod flash;
 mod footprint;
 mod http;
 mod image;
@@ -97,6 +99,7 @@ fn run() -> anyhow::Result<()> {
         "checkin" => checkin::main(&args)?,
         "campaign" => campaign::main(&args)?,
         "footprint" => footprint::main(&args)?,
+        "flash" => flash::main(&args)?,
         other => bail!("unknown subcommand {other:?}"),
     };
     println!("{}", serde_json::to_string(&result)?);

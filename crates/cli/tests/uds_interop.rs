@@ -9,9 +9,13 @@
 //! too-long block, sees a tampered image refused by the verify routine, flashes the image
 //! the director signed, resets the ECU and reads the new version back.
 //!
-//! Needs the project's venv with udsoncan and doipclient (`scripts/python-env`, which
-//! `scripts/test` runs before setting `RAMPART_REQUIRE_UDS_PEERS=1`). Without it the test
-//! says so and passes, unless `RAMPART_REQUIRE_UDS_PEERS=1`, where it fails.
+//! The other way round, our gateway's flash is recorded on the wire and decoded by scapy's
+//! DoIP and UDS layers (`tests/uds/scapy_decode.py`), which check the sequence and write it
+//! as a pcap (`CARGO_TARGET_TMPDIR/uds-flash.pcap`) for Wireshark.
+//!
+//! Needs the project's venv with udsoncan, doipclient and scapy (`scripts/python-env`, which
+//! `scripts/test` runs before setting `RAMPART_REQUIRE_UDS_PEERS=1`). Without it the tests
+//! say so and pass, unless `RAMPART_REQUIRE_UDS_PEERS=1`, where they fail.
 
 #![allow(
     clippy::unwrap_used,
@@ -43,7 +47,7 @@ fn python() -> Option<PathBuf> {
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace().join(".venv/bin/python"));
     let ok = Command::new(&python)
-        .args(["-c", "import udsoncan, doipclient"])
+        .args(["-c", "import udsoncan, doipclient, scapy"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
@@ -200,4 +204,135 @@ fn udsoncan_over_doipclient_reads_refuses_unlocks_and_flashes_our_ecu() {
     ] {
         assert!(log.contains(rule), "{rule} not recorded: {log}");
     }
+}
+
+/// A relay between the gateway and the ECU that records every DoIP message both ways.
+async fn recording_relay(
+    ecu: std::net::SocketAddr,
+    log: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    async fn pump(
+        mut from: tokio::net::tcp::OwnedReadHalf,
+        mut to: tokio::net::tcp::OwnedWriteHalf,
+        who: &'static str,
+        log: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+    ) {
+        loop {
+            let mut head = [0u8; 8];
+            if from.read_exact(&mut head).await.is_err() {
+                break;
+            }
+            let len = u32::from_be_bytes([head[4], head[5], head[6], head[7]]) as usize;
+            let mut message = head.to_vec();
+            message.resize(8 + len, 0);
+            if from.read_exact(&mut message[8..]).await.is_err() {
+                break;
+            }
+            log.lock()
+                .unwrap()
+                .push(serde_json::json!({"from": who, "hex": hex::encode(&message)}));
+            if to.write_all(&message).await.is_err() {
+                break;
+            }
+        }
+        let _ = to.shutdown().await;
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((gateway, _)) = listener.accept().await {
+            let ecu = tokio::net::TcpStream::connect(ecu).await.unwrap();
+            let (gr, gw) = gateway.into_split();
+            let (er, ew) = ecu.into_split();
+            tokio::spawn(pump(gr, ew, "gateway", log.clone()));
+            tokio::spawn(pump(er, gw, "ecu", log.clone()));
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn our_gateways_flash_decoded_by_scapy_follows_the_bootloader_sequence() {
+    let required = std::env::var("RAMPART_REQUIRE_UDS_PEERS").is_ok_and(|v| v == "1");
+    let Some(python) = python() else {
+        assert!(
+            !required,
+            "the venv with udsoncan, doipclient and scapy is required (scripts/python-env)"
+        );
+        eprintln!("scapy missing: capture test skipped (scripts/python-env)");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut director = TestDirector::new();
+    let image = image_bytes("bcm-legacy-2.0", 70_000);
+    let metadata = director.assign(VIN, ECU, HW, TARGET, &image, 2);
+    std::fs::write(d.join("director-root.json"), director.root()).unwrap();
+    std::fs::write(d.join("bank-a"), b"factory").unwrap();
+    std::fs::write(d.join("image.bin"), &image).unwrap();
+    std::fs::write(d.join("security-secret.hex"), "5ec4e7".repeat(6)).unwrap();
+    std::fs::set_permissions(
+        d.join("security-secret.hex"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let mut config = UdsEcuConfig::in_folder(d, ECU, HW, VIN);
+    // Small blocks: a long run of block counters for the dissector to follow.
+    config.max_block_length = 1026;
+    let ecu = rampart_vehicle::uds::entity::start(
+        config,
+        std::sync::Arc::new(rampart_vehicle::report::LogReporter),
+    )
+    .await
+    .unwrap();
+    let ecu_addr = ecu.addr();
+    tokio::spawn(ecu.serve());
+    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let relay = recording_relay(ecu_addr, log.clone()).await.to_string();
+
+    struct Quiet;
+    impl rampart_vehicle::report::Progress for Quiet {
+        fn set(&mut self, _: u64) {}
+        fn finish(self: Box<Self>) {}
+    }
+    let link = rampart_vehicle::uds::gateway::UdsLink {
+        logical_address: 0x0010,
+        tester_address: 0x0E80,
+        security_secret: d.join("security-secret.hex"),
+    };
+    rampart_vehicle::uds::gateway::Flash {
+        address: &relay,
+        link: &link,
+        ecu_id: ECU,
+        target: TARGET,
+        image: &d.join("image.bin"),
+        length: image.len() as u64,
+        director_targets: &metadata,
+    }
+    .run(&mut Quiet)
+    .await
+    .unwrap();
+
+    let lines: Vec<String> = log.lock().unwrap().iter().map(|v| v.to_string()).collect();
+    std::fs::write(d.join("recorded.jsonl"), lines.join("\n")).unwrap();
+    let pcap = Path::new(env!("CARGO_TARGET_TMPDIR")).join("uds-flash.pcap");
+    let out = Command::new(python)
+        .arg(workspace().join("tests/uds/scapy_decode.py"))
+        .arg(d.join("recorded.jsonl"))
+        .arg(&pcap)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "scapy did not decode the flash as expected"
+    );
+    let verdict: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(verdict["ok"], true);
+    // 70,000 bytes in blocks of 1,024: 69 blocks, counters 1..=69.
+    assert_eq!(verdict["transfer_blocks"], 69);
+    assert!(verdict["response_pending"].as_u64().unwrap() >= 2);
+    assert!(pcap.exists());
 }

@@ -493,6 +493,20 @@ impl Message {
     }
 }
 
+/// A diagnostic message in one allocation, without building a [`Message`] (the hot path of
+/// a flash: one per block, both ways).
+pub fn encode_diagnostic(version: u8, source: u16, target: u16, data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER_LEN + 4 + data.len());
+    out.extend_from_slice(&[version, !version]);
+    out.extend_from_slice(&payload::DIAGNOSTIC.to_be_bytes());
+    let len = u32::try_from(4 + data.len()).unwrap_or(u32::MAX);
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(&source.to_be_bytes());
+    out.extend_from_slice(&target.to_be_bytes());
+    out.extend_from_slice(data);
+    out
+}
+
 /// Decodes one whole message from a datagram (UDP): header, then exactly its payload.
 pub fn decode_datagram(bytes: &[u8], max_payload: u32) -> Result<(Header, Message), HeaderNack> {
     let head: [u8; HEADER_LEN] = bytes
@@ -573,6 +587,19 @@ mod tests {
             assert_eq!(header.version, 2);
             assert_eq!(back, m, "{m:?}");
         }
+    }
+
+    #[test]
+    fn the_diagnostic_fast_path_encodes_as_the_message_does() {
+        let m = Message::Diagnostic {
+            source: 0x0E80,
+            target: 0x0010,
+            data: vec![0x36, 0x01, 1, 2, 3],
+        };
+        assert_eq!(
+            encode_diagnostic(2, 0x0E80, 0x0010, &[0x36, 0x01, 1, 2, 3]),
+            m.encode(2)
+        );
     }
 
     #[test]

@@ -447,7 +447,7 @@ async fn serve_tcp(entity: Arc<Entity>, listener: TcpListener, reporter: Arc<dyn
 }
 
 async fn read_message(
-    stream: &mut TcpStream,
+    stream: &mut (impl tokio::io::AsyncRead + Unpin),
     wait: Duration,
 ) -> Option<std::result::Result<(Header, Message), HeaderNack>> {
     // `None`: the peer closed or went quiet.
@@ -496,17 +496,43 @@ async fn register(entity: &Entity, id: u64, tester: u16) -> u8 {
     }
 }
 
+/// Runs one request on the bootloader, which writes flash (blocking I/O): in place on a
+/// multi-threaded runtime (no hop to another thread per block of a flash), else on the
+/// blocking pool.
+async fn handle(entity: &Arc<Entity>, data: Vec<u8>) -> Option<super::bootloader::Answer> {
+    let now = Instant::now();
+    if tokio::runtime::Handle::current().runtime_flavor()
+        == tokio::runtime::RuntimeFlavor::MultiThread
+    {
+        return Some(tokio::task::block_in_place(|| {
+            entity.lock().handle(&data, now)
+        }));
+    }
+    let worker = entity.clone();
+    match tokio::task::spawn_blocking(move || worker.lock().handle(&data, now)).await {
+        Ok(a) => Some(a),
+        Err(e) => {
+            tracing::error!("UDS handler: {e}");
+            None
+        }
+    }
+}
+
 /// T_TCP_Alive_Check.
 const ALIVE_CHECK: Duration = Duration::from_millis(500);
 
 async fn connection(
     entity: &Arc<Entity>,
-    mut stream: TcpStream,
+    stream: TcpStream,
     peer: SocketAddr,
     id: u64,
     reporter: &dyn Reporter,
 ) {
     let me = entity.config.logical_address;
+    // Reads are buffered (a flash is thousands of small messages); every write is one
+    // whole answer.
+    let (read, mut stream) = stream.into_split();
+    let mut read = tokio::io::BufReader::with_capacity(64 * 1024, read);
     let mut tester: Option<u16> = None;
     loop {
         let wait = Duration::from_millis(if tester.is_some() {
@@ -514,7 +540,7 @@ async fn connection(
         } else {
             entity.config.initial_inactivity_ms
         });
-        let (header, message) = match read_message(&mut stream, wait).await {
+        let (header, message) = match read_message(&mut read, wait).await {
             None => return,
             Some(Err(nack)) => {
                 entity.record(
@@ -600,50 +626,40 @@ async fn connection(
                         .await;
                     continue;
                 }
-                let ack = send(Message::DiagnosticAck {
+                // The acknowledgement goes first on the wire; when the answer is quick it
+                // goes in the same write (one segment per block on a flash).
+                let mut out = send(Message::DiagnosticAck {
                     source: me,
                     target: source,
                 });
-                if stream.write_all(&ack).await.is_err() {
-                    return;
-                }
                 if Bootloader::is_slow(&data) {
                     let service = data.first().copied().unwrap_or_default();
-                    let pending = send(Message::Diagnostic {
-                        source: me,
-                        target: source,
-                        data: negative(service, Nrc::ResponsePending),
-                    });
-                    if stream.write_all(&pending).await.is_err() {
+                    out.extend_from_slice(&doip::encode_diagnostic(
+                        version,
+                        me,
+                        source,
+                        &negative(service, Nrc::ResponsePending),
+                    ));
+                    if stream.write_all(&out).await.is_err() {
                         return;
                     }
+                    out.clear();
                 }
-                let worker = entity.clone();
-                let before = entity.lock().running().filename;
-                let answer = match tokio::task::spawn_blocking(move || {
-                    worker.lock().handle(&data, Instant::now())
-                })
-                .await
-                {
-                    Ok(a) => a,
-                    Err(e) => {
-                        tracing::error!("UDS handler: {e}");
-                        return;
-                    }
+                let resetting = data.first() == Some(&service::sid::ECU_RESET);
+                let before = resetting.then(|| entity.lock().running().filename);
+                let answer = match handle(entity, data).await {
+                    Some(a) => a,
+                    None => return,
                 };
-                if let Some(response) = answer.response {
-                    let bytes = send(Message::Diagnostic {
-                        source: me,
-                        target: source,
-                        data: response,
-                    });
-                    if stream.write_all(&bytes).await.is_err() {
-                        return;
-                    }
+                if let Some(response) = &answer.response {
+                    out.extend_from_slice(&doip::encode_diagnostic(version, me, source, response));
+                }
+                if !out.is_empty() && stream.write_all(&out).await.is_err() {
+                    return;
                 }
                 if answer.reset {
                     let after = entity.lock().running().filename;
-                    if after != before {
+                    if before.is_some_and(|b| b != after) {
                         reporter.say(&format!(
                             "{}: flashed over UDS/DoIP, now running {after}",
                             entity.config.ecu_id

@@ -63,7 +63,8 @@ pub struct LegacyState {
 
 /// A tester connection with routing activated.
 pub struct Tester {
-    stream: TcpStream,
+    read: tokio::io::BufReader<tokio::net::tcp::OwnedReadHalf>,
+    stream: tokio::net::tcp::OwnedWriteHalf,
     tester: u16,
     ecu: u16,
     ecu_id: String,
@@ -87,7 +88,9 @@ impl Tester {
             .map_err(|_| Error::Protocol(format!("ECU {ecu_id} at {address}: no DoIP connection")))?
             .map_err(|e| Error::Protocol(format!("ECU {ecu_id} at {address}: {e}")))?;
         let _ = stream.set_nodelay(true);
+        let (read, stream) = stream.into_split();
         let mut t = Tester {
+            read: tokio::io::BufReader::with_capacity(64 * 1024, read),
             stream,
             tester: link.tester_address,
             ecu: link.logical_address,
@@ -125,14 +128,14 @@ impl Tester {
         let ecu = self.ecu_id.clone();
         let lost = |what: &str| Error::Protocol(format!("ECU {ecu}: {what}"));
         let mut head = [0u8; HEADER_LEN];
-        tokio::time::timeout(wait, self.stream.read_exact(&mut head))
+        tokio::time::timeout(wait, self.read.read_exact(&mut head))
             .await
             .map_err(|_| lost("no answer in time"))?
             .map_err(|e| lost(&format!("connection lost: {e}")))?;
         let header = Header::parse(&head, MAX_PAYLOAD)
             .map_err(|n| lost(&format!("bad DoIP header: {}", n.describe())))?;
         let mut payload = vec![0u8; header.length as usize];
-        tokio::time::timeout(wait, self.stream.read_exact(&mut payload))
+        tokio::time::timeout(wait, self.read.read_exact(&mut payload))
             .await
             .map_err(|_| lost("answer cut short"))?
             .map_err(|e| lost(&format!("connection lost: {e}")))?;
@@ -148,12 +151,11 @@ impl Tester {
     /// pending"; a negative response is an error naming the service, the code and its rule.
     pub async fn request(&mut self, req: &[u8]) -> Result<Vec<u8>> {
         let service = req.first().copied().unwrap_or_default();
-        self.send(Message::Diagnostic {
-            source: self.tester,
-            target: self.ecu,
-            data: req.to_vec(),
-        })
-        .await?;
+        let bytes = super::doip::encode_diagnostic(0x02, self.tester, self.ecu, req);
+        self.stream
+            .write_all(&bytes)
+            .await
+            .map_err(|e| Error::Protocol(format!("ECU {}: {e}", self.ecu_id)))?;
         let mut wait = P2;
         let mut pending = 0;
         loop {
@@ -367,9 +369,14 @@ impl Flash<'_> {
             )));
         }
         let block = (max - 2).min(1 << 20);
-        let mut file = tokio::fs::File::open(self.image)
-            .await
-            .map_err(|e| Error::io(self.image, e))?;
+        // Read ahead in large pieces: a file read is a hop to the blocking pool, which must
+        // not happen once per block.
+        let mut file = tokio::io::BufReader::with_capacity(
+            4 << 20,
+            tokio::fs::File::open(self.image)
+                .await
+                .map_err(|e| Error::io(self.image, e))?,
+        );
         let mut buf = vec![0u8; block + 2];
         let mut counter: u8 = 1;
         let mut sent = 0u64;
