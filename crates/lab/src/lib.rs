@@ -401,59 +401,46 @@ impl Lab {
             let ecu_id = format!("{}-{suffix}", spec.ecu_id);
             let edir = dir.join(&spec.ecu_id);
             std::fs::create_dir_all(&edir)?;
-            if spec.legacy {
-                let config_path = self.make_legacy_ecu(&dir, &edir, &ecu_id, spec, vin, n)?;
-                registered.push(json!({
-                    "ecu_id": ecu_id,
-                    "hardware_id": spec.hardware_id,
-                    // No key of its own: the primary signs its reports, as its gateway.
-                    "public_key": primary_key.public_key(),
-                    "encryption_key": null,
-                    "verification": "partial",
-                }));
-                ecus.push(EcuHandle {
-                    spec: spec.clone(),
-                    ecu_id,
-                    dir: edir,
-                    config: config_path,
-                    child: None,
-                    address: None,
-                });
-                continue;
-            }
-            // The first ECU is the primary's own firmware: same device, same key.
-            let key_path = edir.join("key.pem");
-            let public = if n == 0 {
-                std::fs::copy(&primary_key_path, &key_path)?;
-                primary_key.public_key().clone()
+            let (config_path, public, encryption_public) = if spec.legacy {
+                // No key of its own: the primary signs its reports, as its gateway.
+                let path = self.make_legacy_ecu(&dir, &edir, &ecu_id, spec, vin, n)?;
+                (path, primary_key.public_key().clone(), None)
             } else {
-                rampart_server::keys::generate_key_file(&key_path, KeyScheme::Ed25519)?
-                    .public_key()
-                    .clone()
+                // The first ECU is the primary's own firmware: same device, same key.
+                let key_path = edir.join("key.pem");
+                let public = if n == 0 {
+                    std::fs::copy(&primary_key_path, &key_path)?;
+                    primary_key.public_key().clone()
+                } else {
+                    rampart_server::keys::generate_key_file(&key_path, KeyScheme::Ed25519)?
+                        .public_key()
+                        .clone()
+                };
+                let mut encryption_key = None;
+                let mut encryption_public = None;
+                if spec.encryption {
+                    let pair = rampart_core::encryption::EcuKeyPair::generate()?;
+                    let p = edir.join("x25519.hex");
+                    write_secret(&p, hex::encode(pair.private_bytes()).as_bytes())?;
+                    encryption_key = Some(p);
+                    encryption_public = Some(hex::encode(pair.public_key()));
+                }
+                std::fs::write(
+                    edir.join("slot-a"),
+                    format!("factory firmware of {ecu_id}\n"),
+                )?;
+                let mut config =
+                    EcuConfig::in_folder(&edir, &ecu_id, &spec.hardware_id, vin, spec.verification);
+                config.encryption_key = encryption_key;
+                // The vehicle's copies of the roots, shared by its ECUs.
+                config.director_root = director_root.clone();
+                config.image_root = config.image_root.map(|_| image_root.clone());
+                config.slots.health_check = spec.health_check.clone();
+                config.factory_image = format!("factory-{}", spec.hardware_id);
+                let config_path = edir.join("ecu.toml");
+                std::fs::write(&config_path, toml::to_string_pretty(&config)?)?;
+                (config_path, public, encryption_public)
             };
-            let mut encryption_key = None;
-            let mut encryption_public = None;
-            if spec.encryption {
-                let pair = rampart_core::encryption::EcuKeyPair::generate()?;
-                let p = edir.join("x25519.hex");
-                write_secret(&p, hex::encode(pair.private_bytes()).as_bytes())?;
-                encryption_key = Some(p);
-                encryption_public = Some(hex::encode(pair.public_key()));
-            }
-            std::fs::write(
-                edir.join("slot-a"),
-                format!("factory firmware of {ecu_id}\n"),
-            )?;
-            let mut config =
-                EcuConfig::in_folder(&edir, &ecu_id, &spec.hardware_id, vin, spec.verification);
-            config.encryption_key = encryption_key;
-            // The vehicle's copies of the roots, shared by its ECUs.
-            config.director_root = director_root.clone();
-            config.image_root = config.image_root.map(|_| image_root.clone());
-            config.slots.health_check = spec.health_check.clone();
-            config.factory_image = format!("factory-{}", spec.hardware_id);
-            let config_path = edir.join("ecu.toml");
-            std::fs::write(&config_path, toml::to_string_pretty(&config)?)?;
             registered.push(json!({
                 "ecu_id": ecu_id,
                 "hardware_id": spec.hardware_id,

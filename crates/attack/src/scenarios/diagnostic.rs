@@ -253,6 +253,30 @@ pub(super) async fn brute_force(h: Harness) -> anyhow::Result<Findings> {
     Ok(f)
 }
 
+/// Releases [`NEW`] and runs the cycle that flashes it with the tap in the diagnostic link;
+/// what the tap did is the evidence.
+async fn flash_through_tap(
+    h: &mut Harness,
+    f: &mut Findings,
+    address: &str,
+    tamper: DiagTamper,
+) -> anyhow::Result<rampart_lab::VehicleRun> {
+    h.lab
+        .release(NEW, LEGACY_BASELINE.1, "2.0", &image_bytes(NEW, LEN), false)
+        .await?;
+    let tap = DiagTap::start(address, tamper).await?;
+    h.point_ecu_at(SEAT, &tap.address)?;
+    let run = h.cycle().await?;
+    let log = tap.log();
+    for line in log.iter().take(3) {
+        f.evidence(format!("DoIP tap: {line}"));
+    }
+    if log.len() > 3 {
+        f.evidence(format!("DoIP tap: … {} alterations in all", log.len()));
+    }
+    Ok(run)
+}
+
 /// A genuine flash through a tap that alters it; then the same release without the tap.
 async fn tampered_flash(
     h: Harness,
@@ -263,22 +287,8 @@ async fn tampered_flash(
     let mut h = h;
     let mut f = Findings::default();
     let (ecu, address, _) = seat(&h)?;
-    h.lab
-        .release(NEW, LEGACY_BASELINE.1, "2.0", &image_bytes(NEW, LEN), false)
-        .await?;
-    let tap = DiagTap::start(&address, tamper).await?;
-    h.point_ecu_at(SEAT, &tap.address)?;
     let mark = h.newest_event_id().await?;
-    let run = h.cycle().await?;
-    for line in tap.log().iter().take(3) {
-        f.evidence(format!("DoIP tap: {line}"));
-    }
-    if tap.log().len() > 3 {
-        f.evidence(format!(
-            "DoIP tap: … {} alterations in all",
-            tap.log().len()
-        ));
-    }
+    let run = flash_through_tap(&mut h, &mut f, &address, tamper).await?;
     h.check_refused(&mut f, &run);
     h.check_noticed(&mut f, &run, rules, "vehicle").await?;
     // The ECU's own security log, in the report the gateway made for it.
@@ -322,15 +332,7 @@ pub(super) async fn interrupted(h: Harness) -> anyhow::Result<Findings> {
     let mut h = h;
     let mut f = Findings::default();
     let (ecu, address, _) = seat(&h)?;
-    h.lab
-        .release(NEW, LEGACY_BASELINE.1, "2.0", &image_bytes(NEW, LEN), false)
-        .await?;
-    let tap = DiagTap::start(&address, DiagTamper::CutAfter(3)).await?;
-    h.point_ecu_at(SEAT, &tap.address)?;
-    let run = h.cycle().await?;
-    for line in tap.log() {
-        f.evidence(format!("DoIP tap: {line}"));
-    }
+    let run = flash_through_tap(&mut h, &mut f, &address, DiagTamper::CutAfter(3)).await?;
     h.check_refused(&mut f, &run);
     h.check_noticed(&mut f, &run, &[Rule::Protocol], "vehicle")
         .await?;

@@ -202,7 +202,8 @@ impl UdsEcuConfig {
         }
     }
 
-    fn bootloader(&self) -> BootloaderConfig {
+    /// The bootloader's part of the configuration.
+    pub(crate) fn bootloader(&self) -> BootloaderConfig {
         BootloaderConfig {
             ecu_id: self.ecu_id.clone(),
             hardware_id: self.hardware_id.clone(),

@@ -6,7 +6,6 @@ use std::time::{Duration, Instant};
 
 use super::bootloader::{Bootloader, BootloaderConfig};
 use super::service::{security_key, Session, SECURITY_LEVEL};
-use crate::slots::SlotConfig;
 use crate::testing::{image_bytes, TestDirector};
 
 const VIN: &str = "VIN00000000000001";
@@ -21,29 +20,11 @@ struct Fixture {
 }
 
 fn config(dir: &Path) -> BootloaderConfig {
-    BootloaderConfig {
-        ecu_id: ECU.into(),
-        hardware_id: HW.into(),
-        vin: VIN.into(),
-        boot_software_id: "boot 1".into(),
-        director_root: dir.join("director-root.json"),
-        state_dir: dir.join("state"),
-        banks: SlotConfig {
-            slot_a: dir.join("bank-a"),
-            slot_b: dir.join("bank-b"),
-            boot_control: dir.join("boot-control.json"),
-            max_boot_attempts: 2,
-            health_check: None,
-        },
-        factory_image: "factory".into(),
-        bank_size: 1 << 20,
-        max_block_length: 1026,
-        s3: Duration::from_secs(5),
-        max_attempts: 3,
-        security_delay: Duration::from_secs(10),
-        p2_ms: 50,
-        p2_star_ms: 5000,
-    }
+    let mut c = super::entity::UdsEcuConfig::in_folder(dir, ECU, HW, VIN);
+    c.bank_size = 1 << 20;
+    c.max_block_length = 1026;
+    c.boot_software_id = "boot 1".into();
+    c.bootloader()
 }
 
 impl Fixture {
