@@ -31,16 +31,18 @@ pub(crate) struct ProvisionArgs {
     /// Folder to write into (new or empty).
     #[arg(long)]
     out: PathBuf,
-    /// An ECU: ID,HARDWARE_ID[,full|partial[,encrypted]] (default full, in clear). The first
-    /// is the T-BOX the primary runs on: it signs with the primary's key. Repeat per ECU.
+    /// An ECU: ID,HARDWARE_ID[,full|partial[,encrypted]] (default full, in clear), or
+    /// ID,HARDWARE_ID,uds for a legacy ECU the primary flashes over UDS on DoIP (its bootloader
+    /// is `rampart uds-ecu`; its reports are the primary's). The first is the T-BOX the
+    /// primary runs on: it signs with the primary's key. Repeat per ECU.
     #[arg(long = "ecu", required = true)]
     ecus: Vec<String>,
     /// Server URL the vehicle uses (default: https:// and `listen` of the server's
     /// rampart.toml).
     #[arg(long)]
     server: Option<String>,
-    /// Port on 127.0.0.1 of the first ECU's in-vehicle link; the next ECUs take the ports
-    /// after it.
+    /// Port on 127.0.0.1 of the first ECU's in-vehicle link (a legacy ECU's DoIP entity);
+    /// the next ECUs take the ports after it.
     #[arg(long, default_value_t = 7101)]
     first_port: u16,
     /// Validity of the vehicle certificate, in days.
@@ -54,10 +56,14 @@ struct EcuSpec {
     hardware_id: String,
     verification: Verification,
     encrypted: bool,
+    /// A legacy ECU, flashed over UDS on DoIP.
+    uds: bool,
 }
 
 fn parse_ecu(spec: &str) -> anyhow::Result<EcuSpec> {
-    let usage = || format!("--ecu {spec:?}: expected ID,HARDWARE_ID[,full|partial[,encrypted]]");
+    let usage = || {
+        format!("--ecu {spec:?}: expected ID,HARDWARE_ID[,full|partial[,encrypted]] or ID,HARDWARE_ID,uds")
+    };
     let parts: Vec<&str> = spec.split(',').map(str::trim).collect();
     let (Some(id), Some(hw)) = (parts.first(), parts.get(1)) else {
         bail!(usage());
@@ -65,9 +71,14 @@ fn parse_ecu(spec: &str) -> anyhow::Result<EcuSpec> {
     if id.is_empty() || hw.is_empty() || parts.len() > 4 {
         bail!(usage());
     }
+    let uds = parts.get(2) == Some(&"uds");
+    if uds && parts.len() > 3 {
+        bail!(usage());
+    }
     let verification = match parts.get(2).copied().unwrap_or("full") {
         "full" => Verification::Full,
-        "partial" => Verification::Partial,
+        // A legacy ECU's bootloader checks the director's targets: partial verification.
+        "partial" | "uds" => Verification::Partial,
         _ => bail!(usage()),
     };
     let encrypted = match parts.get(3).copied() {
@@ -80,6 +91,7 @@ fn parse_ecu(spec: &str) -> anyhow::Result<EcuSpec> {
         hardware_id: (*hw).to_owned(),
         verification,
         encrypted,
+        uds,
     })
 }
 
@@ -162,6 +174,20 @@ pub(crate) fn provision(args: ProvisionArgs) -> anyhow::Result<()> {
     for (i, spec) in specs.iter().enumerate() {
         let dir = out.join(&spec.id);
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let port = u32::from(args.first_port) + i as u32;
+        let port = u16::try_from(port).context("--first-port: the ports run past 65535")?;
+        if spec.uds {
+            let legacy = legacy_ecu(&out, &dir, spec, &args.vin, i, port, &director_root)?;
+            let _ = write!(
+                register,
+                " \\\n    --ecu {},{},{},partial",
+                spec.id,
+                spec.hardware_id,
+                primary_key.display()
+            );
+            ecu_refs.push_str(&legacy);
+            continue;
+        }
         let key = dir.join("key.pem");
         if i == 0 {
             // The primary's own ECU is the same device: one key.
@@ -185,8 +211,6 @@ pub(crate) fn provision(args: ProvisionArgs) -> anyhow::Result<()> {
             &args.vin,
             spec.verification,
         );
-        let port = u32::from(args.first_port) + i as u32;
-        let port = u16::try_from(port).context("--first-port: the ports run past 65535")?;
         ecu.listen = format!("127.0.0.1:{port}");
         ecu.factory_image = format!("factory-{}", spec.hardware_id);
         let mut encryption_public = None;
@@ -243,10 +267,15 @@ pub(crate) fn provision(args: ProvisionArgs) -> anyhow::Result<()> {
     );
     rampart_cli::say!("  vehicle.toml     the primary (T-BOX): server {server}");
     for spec in &specs {
+        let (command, file) = if spec.uds {
+            ("uds-ecu", "uds-ecu.toml")
+        } else {
+            ("ecu", "ecu.toml")
+        };
         rampart_cli::say!(
-            "  {:<16} rampart ecu --config {}",
-            format!("{}/ecu.toml", spec.id),
-            out.join(&spec.id).join("ecu.toml").display()
+            "  {:<20} rampart {command} --config {}",
+            format!("{}/{file}", spec.id),
+            out.join(&spec.id).join(file).display()
         );
     }
     let script = out.join("register.sh");
@@ -267,6 +296,61 @@ pub(crate) fn provision(args: ProvisionArgs) -> anyhow::Result<()> {
         out.join("vehicle.toml").display()
     );
     Ok(())
+}
+
+/// A legacy ECU's files: `uds-ecu.toml`, bank A with its factory image, the director root,
+/// its security-access secret (0600) and the gateway's copy of it (`gateway-ID.hex` beside
+/// `vehicle.toml`). Returns its `[[ecus]]` table for `vehicle.toml`.
+fn legacy_ecu(
+    out: &Path,
+    dir: &Path,
+    spec: &EcuSpec,
+    vin: &str,
+    index: usize,
+    port: u16,
+    director_root: &Path,
+) -> anyhow::Result<String> {
+    copy(director_root, &dir.join("director-root.json"))?;
+    std::fs::write(
+        dir.join("bank-a"),
+        format!("factory firmware of {}\n", spec.id),
+    )?;
+    let secret = hex::encode(rampart_core::hash::sha256(
+        rampart_core::encryption::EcuKeyPair::generate()?
+            .private_bytes()
+            .as_slice(),
+    ));
+    rampart_cli::vehicle_cmds::write_private(&dir.join("security-secret.hex"), secret.as_bytes())?;
+    let gateway_secret = format!("gateway-{}.hex", spec.id);
+    rampart_cli::vehicle_cmds::write_private(&out.join(&gateway_secret), secret.as_bytes())?;
+    let mut config = rampart_vehicle::uds::UdsEcuConfig::in_folder(
+        Path::new(""),
+        &spec.id,
+        &spec.hardware_id,
+        vin,
+    );
+    config.listen = format!("127.0.0.1:{port}");
+    config.logical_address = 0x0010 + u16::try_from(index).context("too many ECUs")?;
+    config.factory_image = format!("factory-{}", spec.hardware_id);
+    let path = dir.join("uds-ecu.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "# uds-ecu.toml — a legacy ECU's bootloader, UDS on DoIP (written by `rampart provision`;\n\
+             # every field: docs/uds-doip.md). Relative paths are relative to this file's folder.\n\
+             # Run it with: rampart uds-ecu --config uds-ecu.toml\n\n{}",
+            toml::to_string_pretty(&config)?
+        ),
+    )
+    .with_context(|| format!("writing {}", path.display()))?;
+    Ok(format!(
+        "\n[[ecus]]\necu_id = {}\nhardware_id = {}\n# Its DoIP entity: the primary flashes it over UDS, as its gateway.\naddress = {}\nverification = \"partial\"\n[ecus.uds]\nlogical_address = 0x{:04X}\n# The ECU's security-access secret (hex, 0600), the same as in its folder.\nsecurity_secret = {}\n",
+        toml_str(&spec.id),
+        toml_str(&spec.hardware_id),
+        toml_str(&config.listen),
+        config.logical_address,
+        toml_str(&gateway_secret),
+    ))
 }
 
 /// A TOML string literal.
@@ -420,13 +504,16 @@ mod tests {
         assert_eq!((s.id.as_str(), s.hardware_id.as_str()), ("IVI-1", "ivi-x"));
         assert!(s.encrypted && s.verification == Verification::Full);
         let s = parse_ecu("BCM-1,bcm-1,partial").unwrap();
-        assert!(!s.encrypted && s.verification == Verification::Partial);
+        assert!(!s.encrypted && s.verification == Verification::Partial && !s.uds);
+        let s = parse_ecu("SEAT-1,seat-uds,uds").unwrap();
+        assert!(s.uds && s.verification == Verification::Partial);
         for bad in [
             "IVI-1",
             "IVI-1,",
             "IVI-1,ivi-x,half",
             "IVI-1,ivi-x,full,zip",
             "a,b,full,encrypted,x",
+            "SEAT-1,seat-uds,uds,encrypted",
         ] {
             assert!(parse_ecu(bad).is_err(), "{bad}");
         }

@@ -132,7 +132,10 @@ fn the_readme_by_hand_path_works_as_written() {
                 wait_for("the server", || {
                     TcpStream::connect(format!("127.0.0.1:{port}")).is_ok()
                 });
-            } else if let Some(config) = command.strip_prefix("rampart ecu --config ") {
+            } else if let Some(config) = command
+                .strip_prefix("rampart ecu --config ")
+                .or_else(|| command.strip_prefix("rampart uds-ecu --config "))
+            {
                 let state = dir
                     .path()
                     .join(config.trim())
@@ -162,7 +165,11 @@ fn the_readme_by_hand_path_works_as_written() {
                 stdout.contains("navigation maps and routing fixes") && stdout.contains("40 s"),
                 "the owner is not told the purpose and duration\n--- transcript\n{transcript}"
             );
-            for (target, ecu) in [("tbox/fw-2.0.bin", "TBOX-1"), ("ivi/nav-3.1.bin", "IVI-1")] {
+            for (target, ecu) in [
+                ("tbox/fw-2.0.bin", "TBOX-1"),
+                ("ivi/nav-3.1.bin", "IVI-1"),
+                ("seat/fw-5.2.bin", "SEAT-1"),
+            ] {
                 assert!(
                     stdout.contains(&format!("{target} installed on {ecu}")),
                     "{target} not installed on {ecu}\n--- transcript\n{transcript}"
