@@ -36,12 +36,20 @@ fn naive_vehicle() -> Weakness {
         naive_ecus: vec![0, 1, 2],
         naive_primary: true,
         naive_director: false,
+        naive_uds: false,
     }
 }
 
 fn naive_ivi_and_bcm() -> Weakness {
     Weakness {
         naive_ecus: vec![1, 2],
+        ..Weakness::default()
+    }
+}
+
+fn naive_legacy_ecu() -> Weakness {
+    Weakness {
+        naive_uds: true,
         ..Weakness::default()
     }
 }
@@ -104,6 +112,22 @@ pub fn all() -> Vec<Control> {
             failing_check: "the director's stored record of the vehicle is unchanged",
             weakness: naive_director,
         },
+        Control {
+            name: "diag-naive-bootloader",
+            position: "diagnostic link (rogue tester)",
+            scenario: "uds-unauthenticated-download",
+            naive: "a legacy ECU whose bootloader serves programming to any tester, without security access",
+            failing_check: "RequestDownload refused",
+            weakness: naive_legacy_ecu,
+        },
+        Control {
+            name: "diag-naive-verify",
+            position: "diagnostic link (man in the middle)",
+            scenario: "uds-replayed-flash",
+            naive: "a legacy ECU whose verify routine switches to whatever was written, without checking the director's targets",
+            failing_check: "the legacy ECU runs its image, unchanged",
+            weakness: naive_legacy_ecu,
+        },
     ]
 }
 
@@ -130,11 +154,12 @@ pub async fn run(control: &Control, bin: &Path, dir: &Path) -> ControlOutcome {
     let result = async {
         let scenario = scenarios::find(control.scenario)
             .ok_or_else(|| anyhow::anyhow!("no scenario {}", control.scenario))?;
-        let h = Harness::weakened(
+        let h = Harness::build(
             bin,
             &dir.join(control.name),
             scenario.tls,
             (control.weakness)(),
+            scenario.legacy,
         )
         .await?;
         (scenario.run)(h).await

@@ -25,6 +25,9 @@ pub struct Weakness {
     pub naive_primary: bool,
     /// Manifests recorded by a [`NaiveDirector`] in front of the server.
     pub naive_director: bool,
+    /// The legacy ECU (ECU 3 of a harness built with one) replaced by a
+    /// [`crate::naive_uds::NaiveUdsEcu`].
+    pub naive_uds: bool,
 }
 
 impl Weakness {
@@ -125,6 +128,7 @@ pub struct Harness {
     /// What was swapped for naive components (nothing, outside the negative controls).
     pub weakness: Weakness,
     naive_ecus: Vec<NaiveEcu>,
+    naive_uds: Option<crate::naive_uds::NaiveUdsEcu>,
     _naive_director: Option<NaiveDirector>,
 }
 
@@ -210,10 +214,20 @@ impl Harness {
             mark: std::sync::atomic::AtomicI64::new(0),
             weakness: weakness.clone(),
             naive_ecus: Vec::new(),
+            naive_uds: None,
             _naive_director: naive_director,
         };
         for &i in &weakness.naive_ecus {
             h.replace_ecu_naively(i).await?;
+        }
+        if weakness.naive_uds {
+            let e = h.ecu_mut(3)?;
+            e.stop().await?;
+            let config = rampart_vehicle::uds::load_config(&e.config)?;
+            let naive = crate::naive_uds::NaiveUdsEcu::start(&config).await?;
+            let address = naive.address.clone();
+            h.naive_uds = Some(naive);
+            h.point_ecu_at(3, &address)?;
         }
         h.baseline = h.trust_state().await?;
         Ok(h)

@@ -24,6 +24,7 @@ pub mod detection;
 pub mod diag;
 pub mod harness;
 pub mod naive;
+pub mod naive_uds;
 pub mod proxy;
 pub mod scenarios;
 

@@ -146,7 +146,7 @@ macro_rules! controls {
                 .map(str::trim)
                 .collect();
             assert_eq!(names, tested);
-            for position in ["network man in the middle", "hostile mirror", "in-vehicle link", "stolen online key", "compromised ECU", "replay to the server"] {
+            for position in ["network man in the middle", "hostile mirror", "in-vehicle link", "stolen online key", "compromised ECU", "replay to the server", "diagnostic link"] {
                 assert!(controls.contains(&format!("position: {position}")), "no control for {position}");
             }
         }
@@ -160,4 +160,6 @@ controls! {
     control_stolen_key_naive_vehicle => "stolen-key-naive-vehicle",
     control_ecu_naive_director => "ecu-naive-director",
     control_replay_naive_director => "replay-naive-director",
+    control_diag_naive_bootloader => "diag-naive-bootloader",
+    control_diag_naive_verify => "diag-naive-verify",
 }
