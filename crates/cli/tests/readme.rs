@@ -190,6 +190,15 @@ fn the_readme_by_hand_path_works_as_written() {
                 "the campaign's wave is not done\n--- transcript\n{transcript}"
             );
         }
+        if command.starts_with("rampart admin --data-dir srv vehicle WVW") {
+            // The legacy ECU's reports are the gateway's word, and the director says so.
+            assert!(
+                stdout.lines().any(|l| l.contains("SEAT-1")
+                    && l.contains("gateway-vouched")
+                    && l.contains("seat/fw-5.2.bin")),
+                "the legacy ECU is not shown as gateway-vouched\n--- transcript\n{transcript}"
+            );
+        }
         if command.starts_with("rampart admin --data-dir srv rxswin") {
             assert!(
                 stdout.contains("RXSWIN R156-ID4-2.1"),

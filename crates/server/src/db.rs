@@ -159,6 +159,16 @@ pub struct Ecu {
     pub installed: Option<Installed>,
     /// Last accepted report counter.
     pub last_report_counter: Option<u64>,
+    /// Who signs its version reports: `ecu` (its own key), or `gateway` — a legacy ECU
+    /// flashed over UDS, registered with the primary's key, whose reports the primary makes
+    /// from what the ECU answers (`vouched_by`; the core refuses a report that hides or fakes
+    /// it).
+    #[serde(default = "reports_by_ecu")]
+    pub reports: String,
+}
+
+fn reports_by_ecu() -> String {
+    "ecu".into()
 }
 
 /// A registered vehicle.
@@ -540,12 +550,34 @@ fn vehicles_from_rows(rows: &[AnyRow]) -> Result<Vec<Vehicle>> {
             last_report_counter: get_opt_i64(r, "last_report_counter")?
                 .map(to_u64)
                 .transpose()?,
+            reports: reports_by_ecu(),
         };
         if let Some(v) = out.last_mut() {
             v.ecus.push(ecu);
         }
     }
+    for v in &mut out {
+        mark_gateway_reports(v);
+    }
     Ok(out)
+}
+
+/// An ECU other than the primary registered with the primary's key is a legacy ECU whose
+/// reports the gateway makes.
+fn mark_gateway_reports(v: &mut Vehicle) {
+    let Some(primary_key) = v
+        .ecus
+        .iter()
+        .find(|e| e.ecu_id == v.primary_ecu)
+        .map(|e| e.public_key.clone())
+    else {
+        return;
+    };
+    for e in &mut v.ecus {
+        if e.ecu_id != v.primary_ecu && e.public_key == primary_key {
+            e.reports = "gateway".into();
+        }
+    }
 }
 
 impl Db {

@@ -966,6 +966,7 @@ mod tests {
             verification: "full".into(),
             installed: None,
             last_report_counter: last,
+            reports: "ecu".into(),
         }
     }
 

@@ -149,7 +149,11 @@ pub(super) fn vehicle(body: &Value) -> anyhow::Result<String> {
             vec![
                 e.ecu_id.clone(),
                 e.hardware_id.clone(),
-                e.verification.clone(),
+                if e.reports == "gateway" {
+                    format!("{} (UDS, gateway-vouched)", e.verification)
+                } else {
+                    e.verification.clone()
+                },
                 e.installed
                     .as_ref()
                     .map_or("-".to_owned(), |i| i.target.clone()),
