@@ -9,7 +9,9 @@
 //! too-long block, sees a tampered image refused by the verify routine, flashes the image
 //! the director signed, resets the ECU and reads the new version back.
 //!
-//! The other way round, our gateway's flash is recorded on the wire and decoded by scapy's
+//! The other way round, our gateway flashes an ECU we did not write — scapy's automotive ECU
+//! emulator behind the DoIP front of `tests/uds/scapy_ecu.py` — and our gateway's flash of our
+//! own ECU is recorded on the wire and decoded by scapy's
 //! DoIP and UDS layers (`tests/uds/scapy_decode.py`), which check the sequence and write it
 //! as a pcap (`CARGO_TARGET_TMPDIR/uds-flash.pcap`) for Wireshark.
 //!
@@ -335,4 +337,112 @@ async fn our_gateways_flash_decoded_by_scapy_follows_the_bootloader_sequence() {
     assert_eq!(verdict["transfer_blocks"], 69);
     assert!(verdict["response_pending"].as_u64().unwrap() >= 2);
     assert!(pcap.exists());
+}
+
+/// Our gateway flashes an ECU we did not write: scapy's automotive ECU emulator
+/// (`EcuAnsweringMachine`: its UDS codec and its session, security-level and download state)
+/// behind the DoIP front of `tests/uds/scapy_ecu.py`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn our_gateway_flashes_scapys_ecu_emulator() {
+    let required = std::env::var("RAMPART_REQUIRE_UDS_PEERS").is_ok_and(|v| v == "1");
+    let Some(python) = python() else {
+        assert!(
+            !required,
+            "the venv with udsoncan, doipclient and scapy is required (scripts/python-env)"
+        );
+        eprintln!("scapy missing: emulator test skipped (scripts/python-env)");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let secret = "5ec4e7".repeat(6);
+    for (name, text) in [
+        ("secret.hex", secret.clone()),
+        ("wrong.hex", "ab".repeat(16)),
+    ] {
+        std::fs::write(d.join(name), text).unwrap();
+        std::fs::set_permissions(
+            d.join(name),
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .unwrap();
+    }
+    let image = image_bytes("seat-emulated", 50_000);
+    std::fs::write(d.join("image.bin"), &image).unwrap();
+    let mut director = TestDirector::new();
+    let metadata = director.assign(VIN, ECU, HW, TARGET, &image, 2);
+    let plan = serde_json::json!({
+        "listen": "127.0.0.1",
+        "port_file": d.join("port"),
+        "logical_address": 0x0010,
+        "secret": secret,
+        "image_out": d.join("received.bin"),
+        "report": d.join("report.json"),
+    });
+    std::fs::write(d.join("plan.json"), plan.to_string()).unwrap();
+    let child = Command::new(python)
+        .arg(workspace().join("tests/uds/scapy_ecu.py"))
+        .arg(d.join("plan.json"))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(d.join("ecu.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let _ecu = Ecu(child);
+    let started = Instant::now();
+    let port = loop {
+        if let Ok(p) = std::fs::read_to_string(d.join("port")) {
+            break p;
+        }
+        assert!(
+            started.elapsed().as_secs() < 30,
+            "the scapy ECU did not start: {}",
+            std::fs::read_to_string(d.join("ecu.log")).unwrap_or_default()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let address = format!("127.0.0.1:{}", port.trim());
+    struct Quiet;
+    impl rampart_vehicle::report::Progress for Quiet {
+        fn set(&mut self, _: u64) {}
+        fn finish(self: Box<Self>) {}
+    }
+    let flash = |secret: &str| {
+        let link = rampart_vehicle::uds::gateway::UdsLink {
+            logical_address: 0x0010,
+            tester_address: 0x0E80,
+            security_secret: d.join(secret),
+        };
+        let (address, image_path, metadata) =
+            (address.clone(), d.join("image.bin"), metadata.clone());
+        let length = image.len() as u64;
+        async move {
+            rampart_vehicle::uds::gateway::Flash {
+                address: &address,
+                link: &link,
+                ecu_id: ECU,
+                target: TARGET,
+                image: &image_path,
+                length,
+                director_targets: &metadata,
+            }
+            .run(&mut Quiet)
+            .await
+        }
+    };
+    // scapy's ECU refuses the key made with another secret (its general reject).
+    let refused = flash("wrong.hex").await.unwrap_err();
+    assert!(
+        refused.to_string().contains("service 0x27 refused"),
+        "{refused}"
+    );
+    flash("secret.hex").await.unwrap();
+    assert_eq!(std::fs::read(d.join("received.bin")).unwrap(), image);
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(d.join("report.json")).unwrap()).unwrap();
+    eprintln!("{report}");
+    assert_eq!(report["flashed"], TARGET);
+    let answered = report["answered"].as_array().unwrap();
+    // The end of the second flash (13 blocks of 4,096 bytes, exit, verify, reset): all answered.
+    let last: Vec<&serde_json::Value> = answered.iter().rev().take(12).collect();
+    assert!(last.iter().all(|a| a["ok"] == true), "{report}");
 }
