@@ -426,3 +426,61 @@ async fn expire_sessions(url: &str) {
         .await
         .unwrap();
 }
+
+/// A legacy ECU registered with the primary's key (its reports are the gateway's word) is
+/// marked so in the admin API and on the vehicle's page; an ECU with its own key is not.
+#[tokio::test]
+async fn the_vehicle_page_marks_the_ecus_a_gateway_vouches_for() {
+    use rampart_core::key::KeyScheme;
+    use rampart_core::signer::{InMemorySigner, Signer};
+    let s = Server::start().await;
+    let primary = InMemorySigner::generate(KeyScheme::Ed25519).unwrap();
+    let ivi = InMemorySigner::generate(KeyScheme::Ed25519).unwrap();
+    let vin = "WRAMP000000000099";
+    let ecu = |id: &str, key: &InMemorySigner| json!({"ecu_id": id, "hardware_id": "hw", "public_key": key.public_key(), "verification": "partial"});
+    let (status, body) = s
+        .admin(
+            reqwest::Method::POST,
+            "api/v1/vehicles",
+            Some(json!({
+                "vin": vin,
+                "primary_ecu": "TBOX-9",
+                "ecus": [ecu("TBOX-9", &primary), ecu("SEAT-9", &primary), ecu("IVI-9", &ivi)],
+            })),
+        )
+        .await;
+    assert!(status.is_success(), "{status} {body}");
+    let (_, v) = s
+        .admin(
+            reqwest::Method::GET,
+            &format!("api/v1/vehicles/{vin}"),
+            None,
+        )
+        .await;
+    let reports = |id: &str| {
+        v["ecus"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["ecu_id"] == id)
+            .map(|e| e["reports"].clone())
+            .unwrap()
+    };
+    assert_eq!(reports("SEAT-9"), "gateway", "{v}");
+    assert_eq!(reports("TBOX-9"), "ecu");
+    assert_eq!(reports("IVI-9"), "ecu");
+    s.add_user("vera", "viewer").await;
+    let cookie = s.login("vera").await;
+    let (status, page, _) = s.get(&format!("ui/vehicles/{vin}"), &cookie).await;
+    assert_eq!(status, StatusCode::OK);
+    let seat_row = page
+        .split("<tr>")
+        .find(|r| r.contains("SEAT-9"))
+        .unwrap_or_default();
+    assert!(seat_row.contains("gateway-vouched"), "{seat_row}");
+    let ivi_row = page
+        .split("<tr>")
+        .find(|r| r.contains("IVI-9"))
+        .unwrap_or_default();
+    assert!(!ivi_row.contains("gateway-vouched"), "{ivi_row}");
+}

@@ -226,7 +226,8 @@ pub(super) async fn vehicle(
                 table #ecus {
                     thead { tr { th { "ECU" } th { "Hardware" } th { "Verification" } th { "Runs" } th { "Release counter" } } }
                     tbody { @for e in &v.ecus { tr {
-                        td.mono { (e.ecu_id) } td.mono { (e.hardware_id) } td { (e.verification) }
+                        td.mono { (e.ecu_id) } td.mono { (e.hardware_id) }
+                        td { (e.verification) @if e.reports == "gateway" { " " span.muted { "(UDS, gateway-vouched)" } } }
                         td.mono { (e.installed.as_ref().map(|i| i.target.as_str()).unwrap_or("–")) }
                         td.num { (e.installed.as_ref().map(|i| i.release_counter.to_string()).unwrap_or_else(|| "–".into())) }
                     } } }
