@@ -40,7 +40,10 @@ impl Primary {
         };
         // Persisted before the report leaves, as an ECU does with its own counter.
         self.save()?;
-        if !state.log.is_empty() {
+        // Only a log that says something is cleared later; an empty one leaves nothing to do.
+        if state.log.is_empty() {
+            self.legacy_logs.remove(&ecu.ecu_id);
+        } else {
             self.legacy_logs
                 .insert(ecu.ecu_id.clone(), (counter, state.log_read));
         }
