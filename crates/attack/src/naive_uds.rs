@@ -12,6 +12,7 @@ use rampart_core::hash::compute_hashes;
 use rampart_core::uptane::InstalledImage;
 use rampart_vehicle::slots::{SlotWriter, Slots};
 use rampart_vehicle::uds::doip::{self, activation, Header, Message, HEADER_LEN};
+use rampart_vehicle::uds::service;
 use rampart_vehicle::uds::UdsEcuConfig;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -137,20 +138,9 @@ fn answer(s: &mut State, req: &[u8]) -> Vec<u8> {
             });
             match [*a, *b] {
                 [0xF1, 0x89] => out.extend_from_slice(running.filename.as_bytes()),
-                [0xF1, 0xA0] => {
-                    out.extend_from_slice(&running.length.to_be_bytes());
-                    out.extend_from_slice(&running.release_counter.to_be_bytes());
-                    for (name, len) in [("sha256", 32), ("sha512", 64)] {
-                        let d = running
-                            .hashes
-                            .get(name)
-                            .and_then(|h| hex::decode(h).ok())
-                            .unwrap_or_else(|| vec![0; len]);
-                        out.extend_from_slice(&d);
-                    }
-                }
+                [0xF1, 0xA0] => out.extend_from_slice(&service::encode_running_image(&running)),
                 // An empty security log: it never noticed anything.
-                [0xF1, 0xA2] => out.extend_from_slice(&0u64.to_be_bytes()),
+                [0xF1, 0xA2] => out.extend_from_slice(&service::encode_security_log(0, "")),
                 _ => {}
             }
         }

@@ -419,21 +419,7 @@ impl Bootloader {
             did::ECU_SERIAL => self.config.ecu_id.as_bytes().to_vec(),
             did::VIN => self.config.vin.as_bytes().to_vec(),
             did::HARDWARE_ID => self.config.hardware_id.as_bytes().to_vec(),
-            did::RUNNING_IMAGE => {
-                let running = self.running();
-                let mut v = running.length.to_be_bytes().to_vec();
-                v.extend_from_slice(&running.release_counter.to_be_bytes());
-                for (name, len) in [("sha256", 32), ("sha512", 64)] {
-                    let digest = running
-                        .hashes
-                        .get(name)
-                        .and_then(|h| hex::decode(h).ok())
-                        .filter(|d| d.len() == len)
-                        .unwrap_or_else(|| vec![0; len]);
-                    v.extend_from_slice(&digest);
-                }
-                v
-            }
+            did::RUNNING_IMAGE => super::service::encode_running_image(&self.running()),
             did::SECURITY_LOG => {
                 // Each read is numbered; what it returned is forgotten only when the gateway
                 // acknowledges that number (routine 0xFF02), after the director has it.
@@ -441,9 +427,7 @@ impl Bootloader {
                 let number = self.state.log_reads;
                 let text = self.state.indicators.report(number);
                 self.save_quietly();
-                let mut v = number.to_be_bytes().to_vec();
-                v.extend_from_slice(text.as_bytes());
-                v
+                super::service::encode_security_log(number, &text)
             }
             _ => return None,
         })

@@ -326,13 +326,7 @@ impl Bound {
 /// Opens the bootloader and binds TCP and UDP on `listen` (the system picks the port of
 /// `:0`, the same for both).
 pub async fn start(config: UdsEcuConfig, reporter: Arc<dyn Reporter>) -> Result<Bound> {
-    let secret_text = {
-        rampart_client::store::check_secret_permissions(&config.security_secret)?;
-        std::fs::read_to_string(&config.security_secret)
-            .map_err(|e| Error::io(&config.security_secret, e))?
-    };
-    let secret = service::parse_secret(&secret_text)
-        .map_err(|e| Error::Config(format!("{}: {e}", config.security_secret.display())))?;
+    let secret = service::read_secret(&config.security_secret)?;
     let bootloader = Bootloader::open(config.bootloader(), secret, Instant::now())?;
     let tcp = TcpListener::bind(&config.listen)
         .await

@@ -239,13 +239,6 @@ impl Tester {
     }
 }
 
-/// Reads the ECU's secret file (0600).
-pub fn read_secret(path: &Path) -> Result<Vec<u8>> {
-    rampart_client::store::check_secret_permissions(path)?;
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    service::parse_secret(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
-}
-
 /// What the ECU at `address` runs, and its security log (default session, no access needed).
 pub async fn read_state(address: &str, link: &UdsLink, ecu_id: &str) -> Result<LegacyState> {
     let mut t = Tester::connect(address, link, ecu_id).await?;
@@ -254,40 +247,15 @@ pub async fn read_state(address: &str, link: &UdsLink, ecu_id: &str) -> Result<L
     let log = t.read_did(did::SECURITY_LOG).await?;
     let filename = String::from_utf8(name)
         .map_err(|_| Error::Protocol(format!("ECU {ecu_id}: software version is not text")))?;
-    let malformed = || Error::Protocol(format!("ECU {ecu_id}: DID 0xF1A0 is not 112 bytes"));
-    if image.len() != 112 {
-        return Err(malformed());
-    }
-    let number = |at: usize| {
-        image
-            .get(at..at + 8)
-            .and_then(|b| b.try_into().ok())
-            .map(u64::from_be_bytes)
-            .ok_or_else(malformed)
-    };
-    let mut hashes = rampart_core::hash::Hashes::new();
-    hashes.insert(
-        "sha256".into(),
-        hex::encode(image.get(16..48).unwrap_or_default()),
-    );
-    hashes.insert(
-        "sha512".into(),
-        hex::encode(image.get(48..).unwrap_or_default()),
-    );
-    let (log_read, log) = match log.split_at_checked(8) {
-        Some((n, text)) => (
-            u64::from_be_bytes(n.try_into().unwrap_or_default()),
-            String::from_utf8_lossy(text).into_owned(),
-        ),
-        None => (0, String::new()),
-    };
+    let image = service::decode_running_image(filename, &image).ok_or_else(|| {
+        Error::Protocol(format!(
+            "ECU {ecu_id}: DID 0xF1A0 is not {} bytes",
+            service::RUNNING_IMAGE_LEN
+        ))
+    })?;
+    let (log_read, log) = service::decode_security_log(&log);
     Ok(LegacyState {
-        image: InstalledImage {
-            filename,
-            length: number(0)?,
-            hashes,
-            release_counter: number(8)?,
-        },
+        image,
         log_read,
         log,
     })
@@ -295,7 +263,7 @@ pub async fn read_state(address: &str, link: &UdsLink, ecu_id: &str) -> Result<L
 
 /// Tells the ECU to forget the security log up to read `number` (the director has it).
 pub async fn clear_log(address: &str, link: &UdsLink, ecu_id: &str, number: u64) -> Result<()> {
-    let secret = read_secret(&link.security_secret)?;
+    let secret = service::read_secret(&link.security_secret)?;
     let mut t = Tester::connect(address, link, ecu_id).await?;
     t.request(&[sid::SESSION_CONTROL, 0x03]).await?;
     t.unlock(&secret).await?;
@@ -330,7 +298,7 @@ impl Flash<'_> {
     /// Runs the sequence; `progress` follows the bytes transferred. Ok once the ECU reads
     /// back the new software version after its reset.
     pub async fn run(&self, progress: &mut dyn Progress) -> Result<()> {
-        let secret = read_secret(&self.link.security_secret)?;
+        let secret = service::read_secret(&self.link.security_secret)?;
         let mut t = Tester::connect(self.address, self.link, self.ecu_id).await?;
         t.request(&[sid::SESSION_CONTROL, 0x02]).await?;
         t.unlock(&secret).await?;

@@ -1,7 +1,12 @@
 //! UDS (ISO 14229-1) vocabulary: service identifiers, negative response codes, the data
 //! identifiers and routines Rampart's bootloader serves, and the seed/key function.
 
+use std::path::Path;
+
 use aws_lc_rs::hmac;
+use rampart_core::uptane::InstalledImage;
+
+use crate::error::{Error, Result};
 
 /// Service identifiers of requests (a positive response is the SID + 0x40).
 pub mod sid {
@@ -192,8 +197,78 @@ pub fn security_key(secret: &[u8], level: u8, seed: &[u8]) -> [u8; SEED_LEN] {
     out
 }
 
-/// Reads a security-access secret file: hex, at least 16 bytes.
-pub fn parse_secret(text: &str) -> Result<Vec<u8>, String> {
+/// Length of DID 0xF1A0's value.
+pub const RUNNING_IMAGE_LEN: usize = 112;
+
+/// DID 0xF1A0's value for `image`: length and release counter (8 bytes each, big endian),
+/// SHA-256, SHA-512 (a hash the image does not list is zeros).
+pub fn encode_running_image(image: &InstalledImage) -> Vec<u8> {
+    let mut v = Vec::with_capacity(RUNNING_IMAGE_LEN);
+    v.extend_from_slice(&image.length.to_be_bytes());
+    v.extend_from_slice(&image.release_counter.to_be_bytes());
+    for (name, len) in [("sha256", 32), ("sha512", 64)] {
+        let digest = image
+            .hashes
+            .get(name)
+            .and_then(|h| hex::decode(h).ok())
+            .filter(|d| d.len() == len)
+            .unwrap_or_else(|| vec![0; len]);
+        v.extend_from_slice(&digest);
+    }
+    v
+}
+
+/// The image DID 0xF1A0's `value` describes, named `filename` (DID 0xF189); `None` when the
+/// value is not [`RUNNING_IMAGE_LEN`] bytes.
+pub fn decode_running_image(filename: String, value: &[u8]) -> Option<InstalledImage> {
+    let number = |at: usize| {
+        value
+            .get(at..at + 8)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_be_bytes)
+    };
+    if value.len() != RUNNING_IMAGE_LEN {
+        return None;
+    }
+    let mut hashes = rampart_core::hash::Hashes::new();
+    hashes.insert("sha256".into(), hex::encode(value.get(16..48)?));
+    hashes.insert("sha512".into(), hex::encode(value.get(48..)?));
+    Some(InstalledImage {
+        filename,
+        length: number(0)?,
+        release_counter: number(8)?,
+        hashes,
+    })
+}
+
+/// DID 0xF1A2's value: the number of this read (8 bytes), then the log's lines.
+pub fn encode_security_log(number: u64, text: &str) -> Vec<u8> {
+    let mut v = number.to_be_bytes().to_vec();
+    v.extend_from_slice(text.as_bytes());
+    v
+}
+
+/// The read number and the text of DID 0xF1A2's `value` (`(0, "")` when too short).
+pub fn decode_security_log(value: &[u8]) -> (u64, String) {
+    match value.split_first_chunk::<8>() {
+        Some((n, text)) => (
+            u64::from_be_bytes(*n),
+            String::from_utf8_lossy(text).into_owned(),
+        ),
+        None => (0, String::new()),
+    }
+}
+
+/// Reads a security-access secret file (mode 0600, hex, at least 16 bytes): the ECU's and
+/// the gateway's copy alike.
+pub fn read_secret(path: &Path) -> Result<Vec<u8>> {
+    rampart_client::store::check_secret_permissions(path)?;
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    parse_secret(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
+}
+
+/// Parses a security-access secret: hex, at least 16 bytes.
+pub fn parse_secret(text: &str) -> std::result::Result<Vec<u8>, String> {
     let bytes = hex::decode(text.trim()).map_err(|e| format!("not hex: {e}"))?;
     if bytes.len() < 16 {
         return Err(format!(
@@ -215,6 +290,28 @@ mod tests {
         assert_ne!(a, security_key(b"0123456789abcdeF", 1, &[7; 16]));
         assert_ne!(a, security_key(b"0123456789abcdef", 3, &[7; 16]));
         assert_ne!(a, security_key(b"0123456789abcdef", 1, &[8; 16]));
+    }
+
+    #[test]
+    fn the_running_image_and_the_log_round_trip_through_their_dids() {
+        let image = InstalledImage {
+            filename: "seat/fw-5.2.bin".into(),
+            length: 300_000,
+            hashes: rampart_core::hash::compute_hashes(b"seat"),
+            release_counter: 7,
+        };
+        let value = encode_running_image(&image);
+        assert_eq!(value.len(), RUNNING_IMAGE_LEN);
+        assert_eq!(
+            decode_running_image(image.filename.clone(), &value),
+            Some(image)
+        );
+        assert_eq!(decode_running_image("x".into(), &value[..100]), None);
+        assert_eq!(
+            decode_security_log(&encode_security_log(9, "rollback: old")),
+            (9, "rollback: old".to_owned())
+        );
+        assert_eq!(decode_security_log(&[1, 2]), (0, String::new()));
     }
 
     #[test]

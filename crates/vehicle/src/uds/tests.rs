@@ -429,3 +429,37 @@ fn the_security_log_is_cleared_only_with_security_access_and_only_up_to_the_read
         "{text}"
     );
 }
+
+/// Garbage from the bus — random requests, with and without security access, most starting
+/// with a real service ID — gets answers, never a panic, and never changes what runs.
+#[test]
+fn random_requests_never_panic_nor_change_the_running_bank() {
+    let f = Fixture::new();
+    let mut b = f.open();
+    let now = f.now;
+    let mut rng = crate::testing::Rng::new(0x5eed);
+    let services = [0x10, 0x11, 0x22, 0x27, 0x31, 0x34, 0x36, 0x37, 0x3E, 0x85];
+    for round in 0..4000u64 {
+        if round == 2000 {
+            unlock(&mut b, now);
+            ask(&mut b, now, &[0x31, 0x01, 0xFF, 0x00]);
+        }
+        let len = rng.below(40) as usize;
+        let mut req: Vec<u8> = (0..len).map(|_| rng.next_u64() as u8).collect();
+        if let Some(first) = req.first_mut() {
+            if rng.chance(90) {
+                *first = services[rng.below(services.len() as u64) as usize];
+            }
+        }
+        // A reset is not garbage: keep the session the loop is testing.
+        if req.first() == Some(&0x11) || req.starts_with(&[0x10]) {
+            continue;
+        }
+        let answer = b.handle(&req, now);
+        if let Some(r) = answer.response {
+            assert!(!r.is_empty(), "{req:02X?}");
+        }
+    }
+    b.handle(&[0x11, 0x01], now);
+    assert_eq!(read(&mut b, now, 0xF189), b"factory");
+}
