@@ -330,7 +330,8 @@ fn legacy_ecu(
         vin,
     );
     config.listen = format!("127.0.0.1:{port}");
-    config.logical_address = 0x0010 + u16::try_from(index).context("too many ECUs")?;
+    config.logical_address =
+        rampart_vehicle::uds::logical_address_of(index).context("too many ECUs")?;
     config.factory_image = format!("factory-{}", spec.hardware_id);
     let path = dir.join("uds-ecu.toml");
     std::fs::write(

@@ -102,7 +102,7 @@ pub fn legacy_ecu() -> EcuSpec {
 
 /// The DoIP logical address of a vehicle's `n`-th ECU (legacy ECUs answer on it).
 fn logical_address(n: usize) -> u16 {
-    0x0010 + u16::try_from(n).unwrap_or(0)
+    rampart_vehicle::uds::logical_address_of(n).unwrap_or(0x0010)
 }
 
 /// An ECU of a running lab.

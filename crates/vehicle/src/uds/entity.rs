@@ -99,6 +99,14 @@ fn default_listen() -> String {
 fn default_logical_address() -> u16 {
     0x0010
 }
+
+/// The DoIP logical address of a vehicle's `n`-th ECU in the layout `rampart provision` and
+/// the lab write (0x0010, 0x0011, …); `None` past 0xFFFF.
+pub fn logical_address_of(n: usize) -> Option<u16> {
+    u16::try_from(n)
+        .ok()
+        .and_then(|n| default_logical_address().checked_add(n))
+}
 fn default_boot_software_id() -> String {
     concat!("rampart-uds-boot ", env!("CARGO_PKG_VERSION")).into()
 }

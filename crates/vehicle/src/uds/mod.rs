@@ -16,7 +16,7 @@ pub mod entity;
 pub mod gateway;
 pub mod service;
 
-pub use entity::{load_config, run_with, UdsEcuConfig};
+pub use entity::{load_config, logical_address_of, run_with, UdsEcuConfig};
 
 #[cfg(test)]
 mod tests;
