@@ -169,6 +169,7 @@ pub(crate) fn generate(args: &Args) -> anyhow::Result<Value> {
             version: Some(format!("1.{}.{}", i % 13, i)),
             purpose: None,
             install_seconds: None,
+            delta: None,
         };
         image.targets.insert(
             name.clone(),
@@ -210,6 +211,7 @@ pub(crate) fn generate(args: &Args) -> anyhow::Result<Value> {
                 EcuAssignment {
                     hardware_id: custom.hardware_id.clone(),
                     encryption: None,
+                    delta: None,
                 },
             )]),
         };

@@ -110,6 +110,10 @@ pub(crate) struct PublishArgs {
     /// Do not sign: write the unsigned role here, to sign offline with `rampart sign`.
     #[arg(long)]
     export_unsigned: Option<PathBuf>,
+    /// Also make and sign a delta from this published image (same hardware ID; repeatable):
+    /// ECUs that run it download the delta instead of the whole image.
+    #[arg(long = "delta-from", value_name = "TARGET")]
+    delta_from: Vec<String>,
 }
 
 /// `rampart delegate`.
@@ -319,6 +323,7 @@ pub(crate) fn publish(args: PublishArgs) -> anyhow::Result<()> {
         purpose: args.purpose,
         install_seconds: args.install_seconds,
         replace: args.replace,
+        delta_from: args.delta_from,
     };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -339,6 +344,12 @@ pub(crate) fn publish(args: PublishArgs) -> anyhow::Result<()> {
             out.role,
             out.role_version,
         );
+        for (delta, length) in &out.deltas {
+            rampart_cli::say!(
+                "  with the delta {delta}: {length} bytes ({:.1} % of the image)",
+                *length as f64 * 100.0 / out.length.max(1) as f64
+            );
+        }
     } else if let Some(path) = args.export_unsigned {
         rampart_cli::say!(
             "staged {} in {} metadata v{}: sign {} offline (`rampart sign`), then `rampart import`",
@@ -368,7 +379,15 @@ pub(crate) fn sign(
 
 /// `rampart import DOCUMENT --role R`.
 pub(crate) fn import(data: DataDir, role: String, document: PathBuf) -> anyhow::Result<()> {
-    let v = ops::import(&data.layout(), &role, &document, chrono::Utc::now())?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let v = rt.block_on(ops::import(
+        &data.layout(),
+        &role,
+        &document,
+        chrono::Utc::now(),
+    ))?;
     rampart_cli::say!("imported {role} version {v}; snapshot and timestamp re-signed");
     Ok(())
 }

@@ -406,7 +406,7 @@ pub(crate) fn json(text: &str, what: &str) -> Result<serde_json::Value> {
 }
 
 /// Every table of the schema (what [`Db::count`] accepts).
-pub const TABLES: [&str; 20] = [
+pub const TABLES: [&str; 21] = [
     "vehicles",
     "ecus",
     "assignments",
@@ -414,6 +414,7 @@ pub const TABLES: [&str; 20] = [
     "manifests",
     "security_events",
     "image_keys",
+    "deltas",
     "revocations",
     "campaigns",
     "campaign_members",
@@ -1589,6 +1590,63 @@ impl Db {
         .await
         .map_err(db_err("image key"))?;
         Ok(done.rows_affected() == 1)
+    }
+
+    /// Records a delta target of the image repository (replacing a row for the same path).
+    pub async fn store_delta(
+        &self,
+        offer: &rampart_core::uptane::DeltaOffer,
+        target: &str,
+    ) -> Result<()> {
+        let source_sha256 = offer
+            .source
+            .hashes
+            .get("sha256")
+            .cloned()
+            .unwrap_or_default();
+        let json = serde_json::to_string(offer)
+            .map_err(|e| Error::Database(format!("delta offer: {e}")))?;
+        let mut tx = self.pool.begin().await.map_err(db_err("begin"))?;
+        sqlx::query("DELETE FROM deltas WHERE path = $1")
+            .bind(&offer.path)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err("delta"))?;
+        sqlx::query(
+            "INSERT INTO deltas (path, target, source_sha256, offer) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(&offer.path)
+        .bind(target)
+        .bind(&source_sha256)
+        .bind(&json)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err("delta"))?;
+        tx.commit().await.map_err(db_err("commit"))?;
+        Ok(())
+    }
+
+    /// The delta to `target` from the image whose SHA-256 is `source_sha256`, if one is
+    /// published (the most recently recorded, if several).
+    pub async fn delta_to(
+        &self,
+        target: &str,
+        source_sha256: &str,
+    ) -> Result<Option<rampart_core::uptane::DeltaOffer>> {
+        let row = sqlx::query(
+            "SELECT offer FROM deltas WHERE target = $1 AND source_sha256 = $2 ORDER BY path LIMIT 1",
+        )
+        .bind(target)
+        .bind(source_sha256)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_err("delta"))?;
+        row.map(|r| {
+            let text = get_str(&r, "offer")?;
+            serde_json::from_str(&text)
+                .map_err(|e| Error::Database(format!("stored delta offer: {e}")))
+        })
+        .transpose()
     }
 
     /// The content key of an encrypted image.

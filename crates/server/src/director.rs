@@ -27,7 +27,7 @@ use rampart_core::signer::Signer;
 use rampart_core::uptane::manifest::{verify_vehicle_manifest, VehicleKeys, VerifiedManifest};
 use rampart_core::uptane::receipt::{sign_receipt, ManifestReceipt};
 use rampart_core::uptane::{
-    CiphertextFile, DirectorCustom, DirectorVehicle, EcuAssignment, EncryptedImage,
+    CiphertextFile, DeltaOffer, DirectorCustom, DirectorVehicle, EcuAssignment, EncryptedImage,
     DIRECTOR_VEHICLE_FIELD,
 };
 use serde::Serialize;
@@ -190,6 +190,8 @@ struct DigestEntry<'a> {
     encrypt: bool,
     encryption_key: Option<&'a str>,
     maintenance_window: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    delta: Option<&'a str>,
 }
 
 #[derive(Serialize)]
@@ -299,7 +301,8 @@ impl Director {
             } else {
                 self.db.assignments(Some(vin), Some("pending")).await?
             };
-            let digest = self.instruction_digest(&vehicle, &pending)?;
+            let deltas = self.delta_offers(&vehicle, &pending).await?;
+            let digest = self.instruction_digest(&vehicle, &pending, &deltas)?;
             // The targets' digest as read: a change of instructions after this read makes the
             // write below lose, and the next attempt sees the change.
             let read_digest = current.targets.as_ref().map(|t| t.content_digest.clone());
@@ -339,6 +342,7 @@ impl Director {
                 .sign_targets(
                     &vehicle,
                     &pending,
+                    &deltas,
                     versions.0.unwrap_or(0) + 1,
                     &digest,
                     now,
@@ -383,9 +387,44 @@ impl Director {
         parse_time(&ts.expires_at) - now > self.lifetimes.timestamp / 2
     }
 
-    fn instruction_digest(&self, vehicle: &Vehicle, pending: &[Assignment]) -> Result<String> {
-        let mut assignments = Vec::new();
+    /// For each pending assignment, the delta to its image from the image its ECU last
+    /// reported, if one is published (none for a legacy ECU: its gateway flashes whole
+    /// images). Without encryption: that is wrapped per ECU when signing.
+    async fn delta_offers(
+        &self,
+        vehicle: &Vehicle,
+        pending: &[Assignment],
+    ) -> Result<Vec<Option<DeltaOffer>>> {
+        let mut out = Vec::with_capacity(pending.len());
         for a in pending {
+            let installed = vehicle
+                .ecus
+                .iter()
+                .find(|e| e.ecu_id == a.ecu_id && e.reports != "gateway")
+                .and_then(|e| e.installed.as_ref())
+                .filter(|i| i.target != a.target);
+            let mut offer = None;
+            if let Some(inst) = installed {
+                let hashes = crate::delta::installed_hashes(&inst.hashes);
+                if let Some(sha) = hashes.as_ref().and_then(|h| h.get("sha256")) {
+                    offer = self.db.delta_to(&a.target, sha).await?.filter(|o| {
+                        o.source.length == inst.length && Some(&o.source.hashes) == hashes.as_ref()
+                    });
+                }
+            }
+            out.push(offer);
+        }
+        Ok(out)
+    }
+
+    fn instruction_digest(
+        &self,
+        vehicle: &Vehicle,
+        pending: &[Assignment],
+        deltas: &[Option<DeltaOffer>],
+    ) -> Result<String> {
+        let mut assignments = Vec::new();
+        for (i, a) in pending.iter().enumerate() {
             let enc_key = vehicle
                 .ecus
                 .iter()
@@ -400,6 +439,10 @@ impl Director {
                 encrypt: a.encrypt,
                 encryption_key: enc_key,
                 maintenance_window: a.maintenance_window.as_deref(),
+                delta: deltas
+                    .get(i)
+                    .and_then(|d| d.as_ref())
+                    .map(|d| d.path.as_str()),
             });
         }
         let canon = to_canonical_from(&InstructionDigest {
@@ -413,13 +456,14 @@ impl Director {
         &self,
         vehicle: &Vehicle,
         pending: &[Assignment],
+        deltas: &[Option<DeltaOffer>],
         version: u64,
         digest: &str,
         now: DateTime<Utc>,
     ) -> Result<StoredRole> {
         let mut targets: BTreeMap<String, TargetFile> = BTreeMap::new();
         let mut customs: BTreeMap<String, DirectorCustom> = BTreeMap::new();
-        for a in pending {
+        for (i, a) in pending.iter().enumerate() {
             let ecu = vehicle
                 .ecus
                 .iter()
@@ -437,6 +481,17 @@ impl Director {
                 )
             } else {
                 None
+            };
+            // The delta travels encrypted for this ECU when the image does.
+            let delta = match deltas.get(i).cloned().flatten() {
+                Some(mut offer) if a.encrypt => {
+                    offer.encryption = Some(
+                        self.encryption_for(&offer.path, ecu.encryption_key.as_deref(), &a.ecu_id)
+                            .await?,
+                    );
+                    Some(offer)
+                }
+                other => other,
             };
             let hashes: Hashes = serde_json::from_value(a.hashes.clone())
                 .map_err(|e| Error::Database(format!("assignment hashes: {e}")))?;
@@ -460,6 +515,7 @@ impl Director {
                 EcuAssignment {
                     hardware_id: ecu.hardware_id.clone(),
                     encryption,
+                    delta,
                 },
             );
         }

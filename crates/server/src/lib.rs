@@ -19,6 +19,7 @@ pub mod config;
 pub mod conn;
 pub mod console;
 pub mod db;
+pub mod delta;
 pub mod director;
 pub mod error;
 pub mod keys;

@@ -75,6 +75,8 @@ pub struct PublishRequest {
     pub install_seconds: Option<u64>,
     /// Publish over an image of the same name with other bytes (refused otherwise).
     pub replace: bool,
+    /// Published images (same hardware ID) to make a delta from, each signed with the image.
+    pub delta_from: Vec<String>,
 }
 
 impl PublishRequest {
@@ -94,6 +96,7 @@ impl PublishRequest {
             purpose: None,
             install_seconds: None,
             replace: false,
+            delta_from: Vec::new(),
         }
     }
 }
@@ -115,6 +118,8 @@ pub struct PublishOutcome {
     pub role_version: u64,
     /// Whether it was committed (false: exported for offline signing).
     pub committed: bool,
+    /// The deltas signed with it: target path and length.
+    pub deltas: Vec<(String, u64)>,
 }
 
 fn next_release_counter(state: &RepoState, hardware_id: &str) -> u64 {
@@ -177,6 +182,7 @@ pub async fn publish(
         version: req.version.clone(),
         purpose: req.purpose.clone(),
         install_seconds: req.install_seconds,
+        delta: None,
     };
     let (length, hashes) = if req.encrypt {
         let kek = config.content_kek(layout)?;
@@ -196,7 +202,42 @@ pub async fn publish(
         repo.store_image(&req.file, &name)?
     };
     let sha256 = hashes.get("sha256").cloned().unwrap_or_default();
-    let staged = repo.stage_target(&state, &req.role, &name, length, hashes, &custom, now)?;
+    let mut deltas = Vec::new();
+    for from in &req.delta_from {
+        let made = crate::delta::make(
+            &crate::delta::DeltaRequest {
+                layout,
+                config: &config,
+                repo: &repo,
+                state: &state,
+                new_name: &name,
+                new_file: &req.file,
+                new_length: length,
+                new_hashes: &hashes,
+                custom: &custom,
+                encrypt: req.encrypt,
+            },
+            from,
+        )
+        .await?;
+        deltas.push(made);
+    }
+    let mut staged = repo.stage_target(&state, &req.role, &name, length, hashes, &custom, now)?;
+    for d in &deltas {
+        if let Some(delegation) = state.delegation(&req.role) {
+            if !delegation.is_delegated_path(&d.name) {
+                return Err(Error::BadRequest(format!(
+                    "role {} may not sign for {} (paths {:?})",
+                    req.role, d.name, delegation.paths
+                )));
+            }
+        }
+        staged.role.targets.insert(d.name.clone(), d.file.clone());
+    }
+    let deltas: Vec<(String, u64)> = deltas
+        .into_iter()
+        .map(|d| (d.name, d.file.length))
+        .collect();
     let version = staged.role.version;
     if let Some(out) = &req.export_unsigned {
         let doc = Repository::unsigned_document(&staged.role)?;
@@ -209,6 +250,7 @@ pub async fn publish(
             release_counter,
             role_version: version,
             committed: false,
+            deltas,
         });
     }
     let keys = if req.keys.is_empty() && req.role == "targets" {
@@ -222,6 +264,10 @@ pub async fn publish(
     let signers = load_signers(&keys)?;
     let online = config.image_online_keys(layout)?;
     repo.sign_and_commit(&req.role, &staged.role, &signers, &online, now)?;
+    if !deltas.is_empty() {
+        let db = Db::connect(&config.database_url(layout)).await?;
+        crate::delta::record(&db, &staged.role).await?;
+    }
     Ok(PublishOutcome {
         name,
         role: req.role.clone(),
@@ -230,6 +276,7 @@ pub async fn publish(
         release_counter,
         role_version: version,
         committed: true,
+        deltas,
     })
 }
 
@@ -242,12 +289,29 @@ pub fn sign_file(document: &Path, keys: &[PathBuf], out: &Path) -> Result<()> {
     std::fs::write(out, signed).map_err(|e| Error::io(out, e))
 }
 
-/// Imports a role signed elsewhere: checked against its delegator, then committed.
-pub fn import(layout: &Layout, role: &str, document: &Path, now: DateTime<Utc>) -> Result<u64> {
+/// Imports a role signed elsewhere: checked against its delegator, then committed; the deltas
+/// it signs are recorded for the director.
+pub async fn import(
+    layout: &Layout,
+    role: &str,
+    document: &Path,
+    now: DateTime<Utc>,
+) -> Result<u64> {
     let config = Config::load(layout)?;
     let bytes = std::fs::read(document).map_err(|e| Error::io(document, e))?;
     let online = config.image_online_keys(layout)?;
-    image_repo(layout).commit_role(role, &bytes, &online, now)
+    let version = image_repo(layout).commit_role(role, &bytes, &online, now)?;
+    let signed: rampart_core::metadata::Targets =
+        rampart_core::metadata::Envelope::parse(&bytes, role)?.typed(role)?;
+    let has_deltas = signed
+        .targets
+        .iter()
+        .any(|(n, f)| rampart_core::uptane::image_custom(n, f).is_ok_and(|c| c.delta.is_some()));
+    if has_deltas {
+        let db = Db::connect(&config.database_url(layout)).await?;
+        crate::delta::record(&db, &signed).await?;
+    }
+    Ok(version)
 }
 
 /// A request to delegate to a supplier.

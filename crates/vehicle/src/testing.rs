@@ -102,6 +102,7 @@ impl TestDirector {
                         EcuAssignment {
                             hardware_id: hardware_id.into(),
                             encryption: None,
+                            delta: None,
                         },
                     )]),
                 }

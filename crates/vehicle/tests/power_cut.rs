@@ -73,6 +73,7 @@ fn director(image: &[u8]) -> Director {
                     EcuAssignment {
                         hardware_id: HW.into(),
                         encryption: None,
+                        delta: None,
                     },
                 )]),
             }

@@ -129,6 +129,7 @@ async fn serve_forged(
             EcuAssignment {
                 hardware_id: instruction.hardware_id.to_owned(),
                 encryption: None,
+                delta: None,
             },
         )]),
     };

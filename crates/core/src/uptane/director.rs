@@ -4,7 +4,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::{
-    director_custom, image_custom, DirectorVehicle, EncryptedImage, DIRECTOR_VEHICLE_FIELD,
+    director_custom, image_custom, DeltaOffer, DirectorVehicle, EncryptedImage,
+    DIRECTOR_VEHICLE_FIELD,
 };
 use crate::client::TargetInfo;
 use crate::error::{Error, Result};
@@ -27,6 +28,8 @@ pub struct DirectorInstruction {
     pub encryption: Option<EncryptedImage>,
     /// When it may be installed, as the director signed it (see [`super::window`]).
     pub maintenance_window: Option<String>,
+    /// A delta from the image the ECU reported, if the director offers one.
+    pub delta: Option<DeltaOffer>,
 }
 
 /// Checks verified director targets for a vehicle and returns one instruction per ECU.
@@ -87,6 +90,7 @@ pub fn verify_director_targets(
                 release_counter: custom.release_counter,
                 encryption: assignment.encryption,
                 maintenance_window: custom.maintenance_window.clone(),
+                delta: assignment.delta,
             });
         }
     }
@@ -104,18 +108,8 @@ pub fn check_against_image(instruction: &DirectorInstruction, image: &TargetInfo
     if instruction.file.length != image.file.length {
         return Err(mismatch("length"));
     }
-    let (director_hashes, image_hashes): (&BTreeMap<_, _>, &BTreeMap<_, _>) =
-        (&instruction.file.hashes, &image.file.hashes);
-    for (alg, digest) in director_hashes {
-        if image_hashes.get(alg) != Some(digest) {
-            return Err(mismatch(&format!("{alg} hash")));
-        }
-    }
-    for alg in image_hashes.keys() {
-        if !director_hashes.contains_key(alg) {
-            return Err(mismatch(&format!("{alg} hash (missing from director)")));
-        }
-    }
+    compare_hashes(&instruction.file.hashes, &image.file.hashes, "")
+        .map_err(|field| mismatch(&field))?;
     let custom = image_custom(target, &image.file)?;
     if custom.hardware_id != instruction.hardware_id {
         return Err(Error::HardwareIdMismatch {
@@ -126,6 +120,73 @@ pub fn check_against_image(instruction: &DirectorInstruction, image: &TargetInfo
     }
     if custom.release_counter != instruction.release_counter {
         return Err(mismatch("release_counter"));
+    }
+    Ok(())
+}
+
+/// Every hash of `director` in `image` with the same digest, and no more in `image`; the
+/// field that differs otherwise.
+fn compare_hashes(
+    director: &BTreeMap<String, String>,
+    image: &BTreeMap<String, String>,
+    what: &str,
+) -> std::result::Result<(), String> {
+    for (alg, digest) in director {
+        if image.get(alg) != Some(digest) {
+            return Err(format!("{what}{alg} hash"));
+        }
+    }
+    for alg in image.keys() {
+        if !director.contains_key(alg) {
+            return Err(format!("{what}{alg} hash (missing from director)"));
+        }
+    }
+    Ok(())
+}
+
+/// The delta the director offers for `instruction` must be the image repository's delta
+/// target at that path (found through its delegations with the ECU's hardware ID): the same
+/// length and hashes, signed for the same hardware ID and release counter, from the source the
+/// director names to exactly the image the director instructs. A director that offers bytes the
+/// image repository did not sign as that step is refused like any other disagreement.
+pub fn check_delta_against_image(
+    instruction: &DirectorInstruction,
+    offer: &DeltaOffer,
+    image: &TargetInfo,
+) -> Result<()> {
+    let mismatch = |field: &str| Error::DirectorImageMismatch {
+        target: offer.path.clone(),
+        field: field.to_owned(),
+    };
+    if offer.length != image.file.length {
+        return Err(mismatch("length"));
+    }
+    compare_hashes(&offer.hashes, &image.file.hashes, "").map_err(|f| mismatch(&f))?;
+    let custom = image_custom(&offer.path, &image.file)?;
+    if custom.hardware_id != instruction.hardware_id {
+        return Err(Error::HardwareIdMismatch {
+            target: offer.path.clone(),
+            expected: custom.hardware_id,
+            found: instruction.hardware_id.clone(),
+        });
+    }
+    if custom.release_counter != instruction.release_counter {
+        return Err(mismatch("release_counter"));
+    }
+    let delta = custom
+        .delta
+        .ok_or_else(|| mismatch("delta (the image repository does not sign it as a delta)"))?;
+    if delta.format != offer.format {
+        return Err(mismatch("delta format"));
+    }
+    let result = &delta.result;
+    if result.filename != instruction.target || result.length != instruction.file.length {
+        return Err(mismatch("delta result (not the instructed image)"));
+    }
+    compare_hashes(&instruction.file.hashes, &result.hashes, "delta result ")
+        .map_err(|f| mismatch(&f))?;
+    if delta.source != offer.source {
+        return Err(mismatch("delta source"));
     }
     Ok(())
 }

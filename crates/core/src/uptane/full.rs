@@ -4,11 +4,14 @@
 //! targets), its targets checked (no delegations, this vehicle, no ECU twice, ECUs and
 //! hardware IDs of this vehicle); if nothing new is asked of any ECU, stop there; otherwise the
 //! image repository (root chain … targets), then every director target looked up in the image
-//! repository through its delegations (with the ECU's hardware ID) and compared.
+//! repository through its delegations (with the ECU's hardware ID) and compared — and a
+//! delta the director offers in place of the full image looked up and compared as well.
 
 use std::collections::BTreeMap;
 
-use super::director::{check_against_image, verify_director_targets, DirectorInstruction};
+use super::director::{
+    check_against_image, check_delta_against_image, verify_director_targets, DirectorInstruction,
+};
 use super::{check_release_counter, InstalledImage};
 use crate::client::{Action, Client, Fetched};
 use crate::error::{Error, Result};
@@ -89,6 +92,9 @@ enum Phase {
     Director,
     Image,
     Lookup(usize),
+    /// The delta offered with the instruction at this index (whose image, signed by this
+    /// role, already checked out).
+    DeltaLookup(usize, String),
     Finished,
 }
 
@@ -185,9 +191,49 @@ impl FullVerifier {
                             }
                         })?;
                         check_against_image(&instruction, &found)?;
+                        match &instruction.delta {
+                            Some(offer) => {
+                                self.image
+                                    .start_lookup(&offer.path, Some(&instruction.hardware_id))?;
+                                self.phase = Phase::DeltaLookup(index, found.role);
+                            }
+                            None => {
+                                self.verdict.updates.push(VerifiedUpdate {
+                                    instruction,
+                                    image_role: found.role,
+                                });
+                                self.begin_lookup(index + 1)?;
+                            }
+                        }
+                    }
+                    action => {
+                        return Ok(UptaneAction::Repo {
+                            repo: Repo::Image,
+                            action,
+                        })
+                    }
+                },
+                Phase::DeltaLookup(index, ref role) => match self.image.next_action()? {
+                    Action::Done => {
+                        let image_role = role.clone();
+                        let instruction =
+                            self.pending.get(index).cloned().ok_or_else(|| {
+                                Error::Workflow("lookup index out of range".into())
+                            })?;
+                        let offer = instruction
+                            .delta
+                            .as_ref()
+                            .ok_or_else(|| Error::Workflow("no delta to look up".into()))?;
+                        let found = self.image.found_target().cloned().ok_or_else(|| {
+                            Error::TargetNotFound {
+                                target: offer.path.clone(),
+                                repository: "image".into(),
+                            }
+                        })?;
+                        check_delta_against_image(&instruction, offer, &found)?;
                         self.verdict.updates.push(VerifiedUpdate {
                             instruction,
-                            image_role: found.role,
+                            image_role,
                         });
                         self.begin_lookup(index + 1)?;
                     }

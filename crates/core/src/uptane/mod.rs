@@ -30,7 +30,9 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-pub use director::{check_against_image, verify_director_targets, DirectorInstruction};
+pub use director::{
+    check_against_image, check_delta_against_image, verify_director_targets, DirectorInstruction,
+};
 pub use full::{FullVerifier, Repo, Scope, UptaneAction, Verdict, VerifiedUpdate};
 pub use partial::{PartialOutcome, PartialVerifier};
 
@@ -57,6 +59,60 @@ pub struct ImageCustom {
     /// is told. Not used in any decision.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub install_seconds: Option<u64>,
+    /// Present on a delta target: the images it joins.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delta: Option<DeltaOf>,
+}
+
+/// One image named by path, length and hashes (a delta's source or result).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageRef {
+    /// Target path.
+    pub filename: String,
+    /// Exact length.
+    pub length: u64,
+    /// Hashes.
+    pub hashes: Hashes,
+}
+
+impl ImageRef {
+    /// Whether `installed` is this image (same length and hashes; the name is not compared,
+    /// the bytes are what a delta applies to).
+    pub fn is(&self, installed: &InstalledImage) -> bool {
+        self.length == installed.length && self.hashes == installed.hashes
+    }
+}
+
+/// What an image repository delta target joins (`custom.delta`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeltaOf {
+    /// The delta format ([`DELTA_FORMAT`]).
+    pub format: String,
+    /// The image the delta applies to.
+    pub source: ImageRef,
+    /// The image it makes.
+    pub result: ImageRef,
+}
+
+/// The one delta format Rampart makes and applies: BSDIFF40 (bsdiff 4.3's).
+pub const DELTA_FORMAT: &str = "bsdiff40";
+
+/// A delta the director offers one ECU in place of downloading the full image.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeltaOffer {
+    /// The delta's target path in the image repository.
+    pub path: String,
+    /// Length of the delta (its plaintext), as the image repository signs it.
+    pub length: u64,
+    /// Hashes of the delta (its plaintext).
+    pub hashes: Hashes,
+    /// The delta format ([`DELTA_FORMAT`]).
+    pub format: String,
+    /// The image the ECU must run for the delta to apply.
+    pub source: ImageRef,
+    /// The delta encrypted for this ECU, if the image is sent encrypted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<EncryptedImage>,
 }
 
 impl ImageCustom {
@@ -94,6 +150,9 @@ pub struct EcuAssignment {
     /// Encryption parameters if the image is sent encrypted to this ECU.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encryption: Option<EncryptedImage>,
+    /// A delta from the image this ECU reported to the target, if one is published.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delta: Option<DeltaOffer>,
 }
 
 /// Uptane fields of a director target.

@@ -65,6 +65,7 @@ fn image_custom_value(hw: &str, counter: u64) -> serde_json::Value {
         version: None,
         purpose: None,
         install_seconds: None,
+        delta: None,
     }
     .to_value()
 }
@@ -91,6 +92,7 @@ fn assign(f: &mut Fleet, ecu: &str, hw: &str, name: &str, role: &str) {
         EcuAssignment {
             hardware_id: hw.into(),
             encryption: None,
+            delta: None,
         },
     );
     let mut file = file;
@@ -230,6 +232,7 @@ fn director_image_the_image_repository_does_not_have_is_rejected() {
                     EcuAssignment {
                         hardware_id: "tbox-a".into(),
                         encryption: None,
+                        delta: None,
                     },
                 )]),
             }
@@ -365,6 +368,7 @@ fn supplier_delegation_is_resolved_with_the_hardware_id() {
                 EcuAssignment {
                     hardware_id: "tbox-a".into(),
                     encryption: None,
+                    delta: None,
                 },
             )]),
         }
@@ -854,6 +858,7 @@ fn encrypted_assignment_reaches_only_its_ecu() {
                 EcuAssignment {
                     hardware_id: "ivi-x".into(),
                     encryption: Some(encryption),
+                    delta: None,
                 },
             )]),
         }
@@ -877,4 +882,137 @@ fn encrypted_assignment_reaches_only_its_ecu() {
     let key = unwrap_key(&ivi_key, &enc.key).unwrap();
     let plain = decrypt_all(&key, &ciphertext).unwrap();
     crate::hash::verify_bytes("image", &plain, Some(file.length), Some(&file.hashes)).unwrap();
+}
+
+/// Deltas: the image repository publishes `ivi/app-3.bin.from-v2` (from "ivi app v2"), the
+/// director offers it to IVI-1 with the instruction for `ivi/app-3.bin`; `tamper` changes
+/// the director's offer before it is signed.
+fn delta_fleet(image_delta: Option<DeltaOf>, tamper: impl FnOnce(&mut DeltaOffer)) -> Fleet {
+    let mut f = fleet();
+    let v2 = b"ivi app v2";
+    let v3 = &f.image.targets["acme"].targets["ivi/app-3.bin"].clone();
+    let source = ImageRef {
+        filename: "ivi/app-2.bin".into(),
+        length: v2.len() as u64,
+        hashes: crate::hash::compute_hashes(v2),
+    };
+    let delta_bytes = b"BSDIFF40 pretend";
+    let of = image_delta.unwrap_or_else(|| DeltaOf {
+        format: DELTA_FORMAT.into(),
+        source: source.clone(),
+        result: ImageRef {
+            filename: "ivi/app-3.bin".into(),
+            length: v3.length,
+            hashes: v3.hashes.clone(),
+        },
+    });
+    let mut custom = ImageCustom {
+        hardware_id: "ivi-x".into(),
+        release_counter: 3,
+        version: None,
+        purpose: None,
+        install_seconds: None,
+        delta: Some(of),
+    };
+    custom.delta.as_mut().unwrap().format = DELTA_FORMAT.into();
+    f.image.add_target(
+        "acme",
+        "ivi/app-3.bin.from-v2",
+        delta_bytes,
+        Some(custom.to_value()),
+    );
+    f.image.bump("acme");
+    f.image.bump("targets");
+    f.image.publish();
+    assign(&mut f, "IVI-1", "ivi-x", "ivi/app-3.bin", "acme");
+    let mut offer = DeltaOffer {
+        path: "ivi/app-3.bin.from-v2".into(),
+        length: delta_bytes.len() as u64,
+        hashes: crate::hash::compute_hashes(delta_bytes),
+        format: DELTA_FORMAT.into(),
+        source,
+        encryption: None,
+    };
+    tamper(&mut offer);
+    let t = f.director.targets.get_mut("targets").unwrap();
+    let file = t.targets.get_mut("ivi/app-3.bin").unwrap();
+    let mut custom = director_custom("ivi/app-3.bin", file).unwrap();
+    custom.ecus.get_mut("IVI-1").unwrap().delta = Some(offer);
+    file.custom = Some(custom.to_value());
+    t.version += 1;
+    f.director.publish();
+    f
+}
+
+#[test]
+fn a_delta_both_repositories_agree_on_is_part_of_the_verified_update() {
+    let mut f = delta_fleet(None, |_| {});
+    let verdict = run_primary(&mut f, BTreeMap::new()).unwrap();
+    let update = &verdict.updates[0];
+    assert_eq!(update.image_role, "acme");
+    let offer = update.instruction.delta.as_ref().unwrap();
+    assert_eq!(offer.path, "ivi/app-3.bin.from-v2");
+    let v2 = InstalledImage {
+        filename: "whatever".into(),
+        length: 10,
+        hashes: crate::hash::compute_hashes(b"ivi app v2"),
+        release_counter: 2,
+    };
+    assert!(offer.source.is(&v2), "the bytes decide, not the name");
+    assert!(!offer.source.is(&InstalledImage {
+        hashes: crate::hash::compute_hashes(b"ivi app v1"),
+        ..v2
+    }));
+}
+
+#[test]
+fn a_delta_the_image_repository_does_not_sign_as_that_step_is_refused() {
+    // The director offers other bytes than the image repository signed.
+    let mut f = delta_fleet(None, |o| {
+        o.hashes = crate::hash::compute_hashes(b"evil delta");
+    });
+    let err = run_primary(&mut f, BTreeMap::new()).unwrap_err();
+    assert_eq!(err.rule(), "director-image-mismatch", "{err}");
+    // … or names another source than the image repository's delta.
+    let mut f = delta_fleet(None, |o| o.source.length += 1);
+    let err = run_primary(&mut f, BTreeMap::new()).unwrap_err();
+    assert!(err.to_string().contains("delta source"), "{err}");
+    // … or a path the image repository does not have.
+    let mut f = delta_fleet(None, |o| o.path = "ivi/app-3.bin.from-v1".into());
+    let err = run_primary(&mut f, BTreeMap::new()).unwrap_err();
+    assert_eq!(err.rule(), "target-not-found", "{err}");
+    // The image repository's delta makes another image than the one instructed (a delta of
+    // another release, mixed in).
+    let other = DeltaOf {
+        format: DELTA_FORMAT.into(),
+        source: ImageRef {
+            filename: "ivi/app-2.bin".into(),
+            length: 10,
+            hashes: crate::hash::compute_hashes(b"ivi app v2"),
+        },
+        result: ImageRef {
+            filename: "ivi/app-4.bin".into(),
+            length: 10,
+            hashes: crate::hash::compute_hashes(b"ivi app v4"),
+        },
+    };
+    let mut f = delta_fleet(Some(other), |_| {});
+    let err = run_primary(&mut f, BTreeMap::new()).unwrap_err();
+    assert!(err.to_string().contains("delta result"), "{err}");
+}
+
+#[test]
+fn a_full_image_offered_as_a_delta_is_refused() {
+    // The director points the delta at the full image (no `delta` custom field).
+    let mut f = delta_fleet(None, |o| {
+        o.path = "ivi/app-3.bin".into();
+        o.length = 10;
+        o.hashes = crate::hash::compute_hashes(b"ivi app v3");
+    });
+    let err = run_primary(&mut f, BTreeMap::new()).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("the image repository does not sign it as a delta"),
+        "{err}"
+    );
 }

@@ -279,6 +279,7 @@ fn windowed(window: Option<&str>) -> rampart_core::uptane::VerifiedUpdate {
             release_counter: 2,
             encryption: None,
             maintenance_window: window.map(str::to_owned),
+            delta: None,
         },
         image_role: "targets".into(),
     }

@@ -623,6 +623,7 @@ mod tests {
                         EcuAssignment {
                             hardware_id: "ivi-x".into(),
                             encryption: None,
+                            delta: None,
                         },
                     )]),
                 }

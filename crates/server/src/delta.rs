@@ -1,0 +1,236 @@
+//! Deltas on the server side (issue 18): made at publish from an earlier image of the same
+//! hardware ID (`rampart publish NEW --delta-from OLD`), stored and signed into the image
+//! repository as targets of their own (see [`rampart_core::uptane`] for the fields), and
+//! recorded for the director, which offers one in an ECU's instruction when the image that ECU
+//! reported is the delta's source.
+//!
+//! Nothing here is trusted by a vehicle because the server said it: the primary (and every
+//! full-verification ECU) finds the delta in the image repository and checks that it joins the
+//! source the director names to the image the director instructs; the ECU checks the bytes it
+//! builds against the full image's signed length and hashes.
+
+use std::path::Path;
+
+use rampart_core::encryption::{decrypt_all, ContentKey};
+use rampart_core::hash::{verify_bytes, Hashes};
+use rampart_core::metadata::{TargetFile, Targets};
+use rampart_core::uptane::{
+    image_custom, DeltaOf, DeltaOffer, ImageCustom, ImageRef, DELTA_FORMAT,
+};
+
+use crate::config::Config;
+use crate::db::{Db, ImageKey};
+use crate::error::{Error, Result};
+use crate::layout::Layout;
+use crate::repo::{RepoState, Repository};
+
+/// The target path of the delta to `new` from the image whose SHA-256 is `source_sha256`: next
+/// to `new`, so a supplier's delegation that covers the image covers its deltas.
+pub fn delta_name(new: &str, source_sha256: &str) -> String {
+    let short = source_sha256.get(..16).unwrap_or(source_sha256);
+    format!("{new}.from-{short}.bsdiff")
+}
+
+/// A delta made for a publish, to be staged with the image it leads to.
+#[derive(Debug, Clone)]
+pub(crate) struct MadeDelta {
+    /// Its target path.
+    pub(crate) name: String,
+    /// Its target entry (length, hashes, custom with `delta`).
+    pub(crate) file: TargetFile,
+}
+
+/// What a publish of the image `new_name` (plaintext at `new_file`, `custom` its fields) needs
+/// to make a delta from the published image `from`.
+pub(crate) struct DeltaRequest<'a> {
+    pub(crate) layout: &'a Layout,
+    pub(crate) config: &'a Config,
+    pub(crate) repo: &'a Repository,
+    pub(crate) state: &'a RepoState,
+    pub(crate) new_name: &'a str,
+    pub(crate) new_file: &'a Path,
+    pub(crate) new_length: u64,
+    pub(crate) new_hashes: &'a Hashes,
+    pub(crate) custom: &'a ImageCustom,
+    pub(crate) encrypt: bool,
+}
+
+/// Makes, stores (encrypted if the image is) and describes the delta from `from` to the image
+/// being published.
+pub(crate) async fn make(req: &DeltaRequest<'_>, from: &str) -> Result<MadeDelta> {
+    let published = req
+        .state
+        .roles
+        .values()
+        .find_map(|t| t.targets.get(from))
+        .ok_or_else(|| {
+            Error::NotFound(format!(
+                "--delta-from {from}: no such image in the image repository"
+            ))
+        })?;
+    let old_custom = image_custom(from, published)?;
+    if old_custom.delta.is_some() {
+        return Err(Error::BadRequest(format!(
+            "--delta-from {from}: that is a delta, not an image"
+        )));
+    }
+    if old_custom.hardware_id != req.custom.hardware_id {
+        return Err(Error::BadRequest(format!(
+            "--delta-from {from}: it is built for hardware ID {}, the new image for {} (a delta \
+             joins two images of one ECU type)",
+            old_custom.hardware_id, req.custom.hardware_id
+        )));
+    }
+    let old = published_plaintext(req, from, published).await?;
+    let new = std::fs::read(req.new_file).map_err(|e| Error::io(req.new_file, e))?;
+    let source_sha256 = published.hashes.get("sha256").cloned().unwrap_or_default();
+    let name = delta_name(req.new_name, &source_sha256);
+    let mut patch = Vec::new();
+    rampart_delta::create(&old, &new, &mut patch)
+        .map_err(|e| Error::BadRequest(format!("--delta-from {from}: {e}")))?;
+    // Through a file, as every published image: hashed while stored, encrypted if asked.
+    let scratch = Scratch(
+        req.repo
+            .targets_dir()
+            .join(format!(".delta-{}-{source_sha256}", std::process::id())),
+    );
+    std::fs::write(scratch.path(), &patch).map_err(|e| Error::io(scratch.path(), e))?;
+    let (length, hashes) = if req.encrypt {
+        let kek = req.config.content_kek(req.layout)?;
+        let key = ContentKey::generate()?;
+        let copy = req.repo.store_encrypted(scratch.path(), &name, &key)?;
+        let db = Db::connect(&req.config.database_url(req.layout)).await?;
+        db.store_image_key(&ImageKey {
+            target: name.clone(),
+            content_key: kek.seal(&name, key.as_bytes())?,
+            ciphertext_path: copy.ciphertext_path.clone(),
+            ciphertext_length: copy.ciphertext_length,
+            ciphertext_hashes: serde_json::to_string(&copy.ciphertext_hashes).unwrap_or_default(),
+        })
+        .await?;
+        (copy.length, copy.hashes)
+    } else {
+        req.repo.store_image(scratch.path(), &name)?
+    };
+    let custom = ImageCustom {
+        hardware_id: req.custom.hardware_id.clone(),
+        release_counter: req.custom.release_counter,
+        version: req.custom.version.clone(),
+        purpose: None,
+        install_seconds: None,
+        delta: Some(DeltaOf {
+            format: DELTA_FORMAT.into(),
+            source: ImageRef {
+                filename: from.to_owned(),
+                length: published.length,
+                hashes: published.hashes.clone(),
+            },
+            result: ImageRef {
+                filename: req.new_name.to_owned(),
+                length: req.new_length,
+                hashes: req.new_hashes.clone(),
+            },
+        }),
+    };
+    Ok(MadeDelta {
+        name,
+        file: TargetFile {
+            length,
+            hashes,
+            custom: Some(custom.to_value()),
+            unrecognized: Default::default(),
+        },
+    })
+}
+
+/// A scratch file, removed when dropped.
+struct Scratch(std::path::PathBuf);
+
+impl Scratch {
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// The plaintext of a published image — decrypted with its content key when only the
+/// ciphertext is stored — checked against its signed length and hashes.
+async fn published_plaintext(
+    req: &DeltaRequest<'_>,
+    name: &str,
+    file: &TargetFile,
+) -> Result<Vec<u8>> {
+    let targets = req.repo.targets_dir();
+    let db = Db::connect(&req.config.database_url(req.layout)).await?;
+    let bytes = match db.image_key(name).await? {
+        Some(key) => {
+            let kek = req.config.content_kek(req.layout)?;
+            let content = ContentKey::from_bytes(&kek.content_key(&key)?)?;
+            let path = targets.join(&key.ciphertext_path);
+            let ciphertext = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+            decrypt_all(&content, &ciphertext)?
+        }
+        None => {
+            let sha = file.hashes.get("sha256").cloned().unwrap_or_default();
+            let stored = match name.rsplit_once('/') {
+                Some((dir, base)) => targets.join(dir).join(format!("{sha}.{base}")),
+                None => targets.join(format!("{sha}.{name}")),
+            };
+            std::fs::read(&stored).map_err(|e| Error::io(&stored, e))?
+        }
+    };
+    verify_bytes(name, &bytes, Some(file.length), Some(&file.hashes))?;
+    Ok(bytes)
+}
+
+/// Records the delta targets of a committed role for the director (publish and import both
+/// end here, so a role signed offline brings its deltas too).
+pub async fn record(db: &Db, role: &Targets) -> Result<usize> {
+    let mut n = 0;
+    for (name, file) in &role.targets {
+        let Ok(custom) = image_custom(name, file) else {
+            continue;
+        };
+        let Some(of) = custom.delta else { continue };
+        let offer = DeltaOffer {
+            path: name.clone(),
+            length: file.length,
+            hashes: file.hashes.clone(),
+            format: of.format,
+            source: of.source,
+            encryption: None,
+        };
+        db.store_delta(&offer, &of.result.filename).await?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// The hashes of a stored image report (JSON), for comparing with a delta's source.
+pub(crate) fn installed_hashes(value: &serde_json::Value) -> Option<Hashes> {
+    serde_json::from_value(value.clone()).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn a_delta_is_named_next_to_its_image() {
+        let sha = hex::encode(rampart_core::hash::sha256(b"v1"));
+        let name = delta_name("ivi/app-2.bin", &sha);
+        assert!(name.starts_with("ivi/app-2.bin.from-"));
+        assert!(name.ends_with(".bsdiff"));
+        assert_eq!(
+            name.len(),
+            "ivi/app-2.bin.from-".len() + 16 + ".bsdiff".len()
+        );
+    }
+}
