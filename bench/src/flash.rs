@@ -125,6 +125,7 @@ async fn in_vehicle(dir: &std::path::Path, image: &[u8], runs: usize) -> anyhow:
             target,
             bundle,
             length: image.len() as u64,
+            delta: false,
         };
         protocol::write_json(&mut s, Kind::InstallBegin, &begin).await?;
         for chunk in image.chunks(protocol::CHUNK) {

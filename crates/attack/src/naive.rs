@@ -322,6 +322,7 @@ async fn hand_over(
         target: target.to_owned(),
         bundle,
         length: image.len() as u64,
+        delta: false,
     };
     protocol::write_json(&mut stream, Kind::InstallBegin, &begin).await?;
     for chunk in image.chunks(protocol::CHUNK) {

@@ -150,6 +150,10 @@ rules! {
     EcuUnreachable = "ecu-unreachable",
     /// An install no signed report confirms.
     UnconfirmedInstall = "unconfirmed-install",
+    /// A delta for another image than the one the ECU runs (its source differs).
+    DeltaSource = "delta-source-mismatch",
+    /// A delta that does not build the signed image (corrupt, truncated, unknown format).
+    DeltaCorrupt = "delta-corrupt",
     /// More distinct indicators than an ECU keeps.
     IndicatorOverflow = "indicator-overflow",
     // The diagnostic link: UDS (ISO 14229) over DoIP (ISO 13400) (rampart-vehicle).

@@ -159,7 +159,7 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
 
 /// Applies the patch file at `patch` to `source` (`source_len` bytes; read with seeks, never
 /// held), writing the result to `out` in order. Returns the bytes written (the header's result
-/// length). Memory: three bzip2 decoders and three [`CHUNK`] buffers.
+/// length). Memory: three bzip2 decoders and three 64 KiB buffers.
 pub fn apply<S: Read + Seek, W: Write>(
     source: S,
     source_len: u64,
@@ -223,7 +223,7 @@ pub fn apply_bytes<S: Read + Seek, W: Write>(
     )
 }
 
-/// Where the source is read from: a window of [`CHUNK`] bytes, seeking only when the patch
+/// Where the source is read from: a window of `CHUNK` bytes, seeking only when the patch
 /// moves elsewhere.
 struct Source<S> {
     inner: S,

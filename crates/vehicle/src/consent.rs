@@ -70,6 +70,9 @@ pub struct UpdateNotice {
     pub purpose: String,
     /// Download size.
     pub size_bytes: u64,
+    /// The whole image's size when a delta is downloaded instead (what the delta saves).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub full_bytes: Option<u64>,
     /// Estimated duration of download and installation.
     pub estimated_seconds: u64,
     /// Functions unavailable during the installation.
@@ -89,7 +92,15 @@ impl UpdateNotice {
             self.ecu_id,
             self.ecu_description,
             self.purpose,
-            human_bytes(self.size_bytes),
+            match self.full_bytes {
+                Some(full) if full > self.size_bytes => format!(
+                    "{} (a delta; the whole image is {}, {} saved)",
+                    human_bytes(self.size_bytes),
+                    human_bytes(full),
+                    human_bytes(full - self.size_bytes)
+                ),
+                _ => human_bytes(self.size_bytes),
+            },
             human_duration(self.estimated_seconds),
             self.unavailable
         )
@@ -244,6 +255,7 @@ mod tests {
             version: Some("3.0".into()),
             purpose: "navigation fixes".into(),
             size_bytes: 5 * 1024 * 1024,
+            full_bytes: None,
             estimated_seconds: 40,
             unavailable: "navigation and media".into(),
         }

@@ -63,6 +63,16 @@ pub enum Error {
         /// The rule the code stands for.
         rule: Rule,
     },
+    /// A delta could not be applied (its source differs, or it does not build the image).
+    #[error("delta {target}: {message}")]
+    Delta {
+        /// The delta's target path.
+        target: String,
+        /// [`Rule::DeltaSource`] or [`Rule::DeltaCorrupt`].
+        rule: Rule,
+        /// What went wrong.
+        message: String,
+    },
     /// Bad configuration.
     #[error("configuration: {0}")]
     Config(String),
@@ -100,7 +110,9 @@ impl Error {
             Error::Protocol(_) => Rule::Protocol,
             Error::Director { .. } => Rule::DirectorRefused,
             Error::BootFailed(_) => Rule::BootFailed,
-            Error::EcuRefused { rule, .. } | Error::Diagnostic { rule, .. } => *rule,
+            Error::EcuRefused { rule, .. }
+            | Error::Diagnostic { rule, .. }
+            | Error::Delta { rule, .. } => *rule,
             Error::Config(_) => Rule::Config,
             Error::Secret(e) => e.rule(),
             Error::Io { .. } => Rule::Io,

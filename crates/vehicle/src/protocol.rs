@@ -427,6 +427,10 @@ pub struct InstallBegin {
     pub bundle: MetadataBundle,
     /// Bytes of image data that follow (ciphertext if encrypted).
     pub length: u64,
+    /// The bytes are the delta the director offered this ECU, not the image: the ECU builds
+    /// the image from its running one (absent: `false`, the whole image).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub delta: bool,
 }
 
 /// `INSTALL_RESULT` payload.

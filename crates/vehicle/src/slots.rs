@@ -240,6 +240,11 @@ impl Slots {
         self.state.image(self.state.active)
     }
 
+    /// The file (or device) of the slot the ECU runs from: what a delta is applied to.
+    pub fn running_path(&self) -> &Path {
+        self.path(self.state.active)
+    }
+
     fn path(&self, slot: Slot) -> &Path {
         match slot {
             Slot::A => &self.config.slot_a,

@@ -315,6 +315,7 @@ async fn send_install(
         target: TARGET.into(),
         bundle: bundle.clone(),
         length: image.len() as u64,
+        delta: false,
     };
     protocol::write_json(&mut s, Kind::InstallBegin, &begin)
         .await

@@ -169,6 +169,7 @@ async fn attack_the_ivi(address: &str) -> anyhow::Result<Rule> {
         target: "ivi/app-6.6.bin".into(),
         bundle: MetadataBundle::default(),
         length: 4,
+        delta: false,
     };
     protocol::write_json(&mut s, Kind::InstallBegin, &begin).await?;
     protocol::write_frame(&mut s, Kind::ImageChunk, b"evil").await?;

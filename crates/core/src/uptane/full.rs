@@ -149,6 +149,11 @@ impl FullVerifier {
         &self.image
     }
 
+    /// What each ECU runs, as the verification was given it.
+    pub fn installed(&self) -> &BTreeMap<String, InstalledImage> {
+        &self.installed
+    }
+
     /// The verdict, once [`UptaneAction::Done`] was returned.
     pub fn verdict(&self) -> Option<&Verdict> {
         (self.phase == Phase::Finished).then_some(&self.verdict)

@@ -6,7 +6,7 @@ use std::path::Path;
 use rampart_core::rule::Rule;
 use rampart_core::uptane::manifest::UpdateStage;
 use rampart_core::uptane::window::MaintenanceWindow;
-use rampart_core::uptane::{FullVerifier, VerifiedUpdate};
+use rampart_core::uptane::{DeltaOffer, FullVerifier, VerifiedUpdate};
 
 use super::*;
 
@@ -123,8 +123,8 @@ impl Primary {
         let mut downloaded = Vec::new();
         let mut blocked = None;
         for u in updates {
-            match self.download(v, u).await {
-                Ok(path) => downloaded.push(path),
+            match self.download_delta_or_image(v, u).await {
+                Ok(got) => downloaded.push(got),
                 Err(e) => {
                     let rule = self.update_failed(report, u, "for", &e);
                     blocked = Some((u.instruction.target.clone(), rule, e.to_string()));
@@ -149,20 +149,79 @@ impl Primary {
         } else {
             self.send_progress(report, updates, UpdateStage::Installing)
                 .await;
-            for (u, path) in updates.iter().zip(&downloaded) {
-                let status = match self.install(v, u, path).await {
+            for (u, (path, delta)) in updates.iter().zip(&downloaded) {
+                let (result, by_delta) = self.install_delta_or_image(v, u, path, delta).await;
+                let status = match result {
                     Ok(()) => UpdateStatus::Installed,
                     Err(e) => {
                         let rule = self.update_failed(report, u, "on", &e);
                         UpdateStatus::Failed(rule.to_string(), e.to_string())
                     }
                 };
-                report.updates.push(self.outcome(u, status));
+                let mut outcome = self.outcome(u, status);
+                if let Some(sent) = by_delta {
+                    outcome.saved_bytes = outcome.bytes.saturating_sub(sent);
+                    outcome.bytes = sent;
+                }
+                report.updates.push(outcome);
             }
         }
-        for path in &downloaded {
+        for (path, _) in &downloaded {
             let _ = std::fs::remove_file(path);
         }
+    }
+
+    /// Downloads the delta the director offered for `u` when this cycle can use it (see
+    /// `delta_for`), else — or when the delta cannot be had — the image.
+    async fn download_delta_or_image(
+        &mut self,
+        v: &FullVerifier,
+        u: &VerifiedUpdate,
+    ) -> Result<(std::path::PathBuf, Option<DeltaOffer>)> {
+        if let Some(offer) = self.delta_for(v, u) {
+            match self.download(v, u, Some(&offer)).await {
+                Ok(path) => return Ok((path, Some(offer))),
+                Err(e) => self.reporter.say(&format!(
+                    "The delta {} could not be downloaded ({e}); downloading the whole image.",
+                    offer.path
+                )),
+            }
+        }
+        Ok((self.download(v, u, None).await?, None))
+    }
+
+    /// Installs a downloaded delta, falling back to the whole image (downloaded now) when the
+    /// ECU cannot build it — its source differs, the delta is corrupt, the ECU went down while
+    /// building it: it never boots a slot that did not verify, so the fallback starts from
+    /// the image it runs. With a delta that installed, the bytes it took.
+    async fn install_delta_or_image(
+        &mut self,
+        v: &FullVerifier,
+        u: &VerifiedUpdate,
+        path: &Path,
+        delta: &Option<DeltaOffer>,
+    ) -> (Result<()>, Option<u64>) {
+        let Some(offer) = delta else {
+            return (self.install(v, u, path, false).await, None);
+        };
+        let sent = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+        let e = match self.install(v, u, path, true).await {
+            Ok(()) => return (Ok(()), Some(sent)),
+            Err(e) => e,
+        };
+        let (target, ecu) = (&u.instruction.target, &u.instruction.ecu_id);
+        tracing::warn!(%target, %ecu, delta = %offer.path, error = %e, "delta install failed; falling back to the whole image");
+        self.reporter.say(&format!(
+            "The delta for {target} on {ecu} did not install [{}]: {e}. Installing the whole image.",
+            e.rule()
+        ));
+        let full = match self.download(v, u, None).await {
+            Ok(full) => full,
+            Err(e) => return (Err(e), None),
+        };
+        let result = self.install(v, u, &full, false).await;
+        let _ = std::fs::remove_file(&full);
+        (result, None)
     }
 
     /// Step 6: the ECUs' fresh signed reports go to the director at once, and an ECU's
@@ -240,6 +299,7 @@ impl Primary {
             ecu_id: u.instruction.ecu_id.clone(),
             target: u.instruction.target.clone(),
             bytes: enc.map_or(u.instruction.file.length, |e| e.ciphertext.length),
+            saved_bytes: 0,
             encrypted: enc.is_some(),
             via: self
                 .ecu(&u.instruction.ecu_id)
@@ -256,11 +316,17 @@ impl Primary {
             &self.image_file(v, u).unwrap_or(u.instruction.file.clone()),
         )
         .ok();
-        let size = u
+        let full = u
             .instruction
             .encryption
             .as_ref()
             .map_or(u.instruction.file.length, |e| e.ciphertext.length);
+        let delta = self.delta_for(v, u).map(|d| {
+            d.encryption
+                .as_ref()
+                .map_or(d.length, |e| e.ciphertext.length)
+        });
+        let size = delta.unwrap_or(full);
         let ecu_description = ecu
             .map(|e| e.description.clone())
             .filter(|d| !d.is_empty())
@@ -277,6 +343,7 @@ impl Primary {
                 .unwrap_or_else(|| format!("a software update of the {ecu_description}")),
             ecu_description,
             size_bytes: size,
+            full_bytes: delta.map(|_| full),
             estimated_seconds: install_seconds
                 .unwrap_or_else(|| crate::consent::estimated_install_seconds(size)),
             unavailable: ecu
@@ -286,12 +353,13 @@ impl Primary {
         }
     }
 
-    /// Hands a downloaded image and the metadata to verify it to its ECU.
+    /// Hands a downloaded image (or its `delta`) and the metadata to verify it to its ECU.
     pub(super) async fn install(
         &mut self,
         v: &FullVerifier,
         u: &VerifiedUpdate,
         path: &Path,
+        delta: bool,
     ) -> Result<()> {
         let ecu = self.ecu(&u.instruction.ecu_id).cloned().ok_or_else(|| {
             Error::Config(format!("ECU {} is not configured", u.instruction.ecu_id))
@@ -306,7 +374,7 @@ impl Primary {
         }
         let bundle = self.bundle_for(v, ecu.verification)?;
         let result = self
-            .send_to_ecu(&ecu, &u.instruction.target, bundle, path, length)
+            .send_to_ecu(&ecu, &u.instruction.target, bundle, path, length, delta)
             .await?;
         if result.ok {
             Ok(())

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use rampart_core::uptane::{FullVerifier, VerifiedUpdate};
+use rampart_core::uptane::{DeltaOffer, FullVerifier, VerifiedUpdate};
 
 use super::*;
 
@@ -24,13 +24,53 @@ impl Primary {
             .cloned()
     }
 
-    /// What to download for one update: path under the targets URL, length and hashes
-    /// (of the ciphertext for an encrypted image).
+    /// The delta the director offered for `u`, if this cycle can use it: an ECU on the
+    /// in-vehicle protocol (a legacy ECU's gateway flashes whole images) whose signed report of
+    /// this cycle shows the delta's source.
+    pub(super) fn delta_for(&self, v: &FullVerifier, u: &VerifiedUpdate) -> Option<DeltaOffer> {
+        let offer = u.instruction.delta.as_ref()?;
+        if self.ecu(&u.instruction.ecu_id)?.uds.is_some() {
+            return None;
+        }
+        let running = v.installed().get(&u.instruction.ecu_id)?;
+        offer.source.is(running).then(|| offer.clone())
+    }
+
+    /// What to download for one update — the image, or its `delta` — : path under the
+    /// targets URL, length and hashes (of the ciphertext for an encrypted one).
     pub(super) fn download_source(
         &self,
         v: &FullVerifier,
         u: &VerifiedUpdate,
+        delta: Option<&DeltaOffer>,
     ) -> (String, u64, rampart_core::hash::Hashes) {
+        if let Some(offer) = delta {
+            return match &offer.encryption {
+                Some(enc) => (
+                    enc.ciphertext.path.clone(),
+                    enc.ciphertext.length,
+                    enc.ciphertext.hashes.clone(),
+                ),
+                None => {
+                    let consistent = v.image().trusted().root().signed.consistent_snapshot();
+                    let info = TargetInfo {
+                        path: offer.path.clone(),
+                        file: rampart_core::metadata::TargetFile {
+                            length: offer.length,
+                            hashes: offer.hashes.clone(),
+                            custom: None,
+                            unrecognized: Default::default(),
+                        },
+                        role: u.image_role.clone(),
+                    };
+                    (
+                        target_url_path(&info, consistent),
+                        offer.length,
+                        offer.hashes.clone(),
+                    )
+                }
+            };
+        }
         match &u.instruction.encryption {
             Some(enc) => (
                 enc.ciphertext.path.clone(),
@@ -65,10 +105,13 @@ impl Primary {
         let dir = self.downloads_dir();
         let mut keep = std::collections::BTreeSet::new();
         for u in updates {
-            let (path, _, _) = self.download_source(v, u);
-            let dest = dir.join(rampart_core::client::safe_file_name(&path));
-            keep.insert(rampart_client::runner::partial_path(&dest));
-            keep.insert(dest);
+            let delta = self.delta_for(v, u);
+            for source in [None, delta.as_ref()] {
+                let (path, _, _) = self.download_source(v, u, source);
+                let dest = dir.join(rampart_core::client::safe_file_name(&path));
+                keep.insert(rampart_client::runner::partial_path(&dest));
+                keep.insert(dest);
+            }
         }
         let Ok(entries) = std::fs::read_dir(&dir) else {
             return;
@@ -89,21 +132,28 @@ impl Primary {
         }
     }
 
-    /// Downloads one verified update (bounded, resumable, every hash checked).
+    /// Downloads one verified update, or its `delta` (bounded, resumable, every hash
+    /// checked).
     pub(super) async fn download(
         &mut self,
         v: &FullVerifier,
         u: &VerifiedUpdate,
+        delta: Option<&DeltaOffer>,
     ) -> Result<PathBuf> {
         let targets = format!("{}targets/", self.image_base());
-        let (path, length, hashes) = self.download_source(v, u);
+        let (path, length, hashes) = self.download_source(v, u, delta);
         let url = format!("{targets}{}", encode_target_path(&path));
         let dest = self
             .downloads_dir()
             .join(rampart_core::client::safe_file_name(&path));
-        let mut progress = self
-            .reporter
-            .transfer(&format!("download {}", u.instruction.target), length);
+        let mut progress = self.reporter.transfer(
+            &format!(
+                "download {}{}",
+                u.instruction.target,
+                if delta.is_some() { " (delta)" } else { "" }
+            ),
+            length,
+        );
         let started = Instant::now();
         let outcome = download_target(
             &self.fetcher,

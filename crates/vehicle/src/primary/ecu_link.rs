@@ -9,7 +9,8 @@ use serde_json::Value;
 use super::*;
 
 impl Primary {
-    /// Streams an image and its metadata to an ECU and waits for the result.
+    /// Streams an image (or the delta the director offered for it, `delta`) and its metadata
+    /// to an ECU and waits for the result.
     pub async fn send_to_ecu(
         &self,
         ecu: &EcuRef,
@@ -17,21 +18,28 @@ impl Primary {
         bundle: MetadataBundle,
         file: &Path,
         length: u64,
+        delta: bool,
     ) -> Result<InstallResult> {
         let mut stream = connect(&ecu.address).await?;
         let begin = InstallBegin {
             target: target.to_owned(),
             bundle,
             length,
+            delta,
         };
         protocol::write_json(&mut stream, Kind::InstallBegin, &begin).await?;
         let mut f = tokio::fs::File::open(file)
             .await
             .map_err(|e| Error::io(file, e))?;
         let mut buf = vec![0u8; protocol::CHUNK];
-        let mut progress = self
-            .reporter
-            .transfer(&format!("install {target} → {}", ecu.ecu_id), length);
+        let mut progress = self.reporter.transfer(
+            &format!(
+                "install {target}{} → {}",
+                if delta { " (delta)" } else { "" },
+                ecu.ecu_id
+            ),
+            length,
+        );
         let mut sent = 0u64;
         loop {
             let n = f.read(&mut buf).await.map_err(|e| Error::io(file, e))?;

@@ -72,8 +72,11 @@ pub struct UpdateOutcome {
     pub ecu_id: String,
     /// Image.
     pub target: String,
-    /// Bytes sent over the air (ciphertext if encrypted).
+    /// Bytes sent over the air (ciphertext if encrypted; the delta's, if a delta was used).
     pub bytes: u64,
+    /// Bytes a delta saved against downloading the whole image (0: the whole image went).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub saved_bytes: u64,
     /// Whether it travelled encrypted.
     pub encrypted: bool,
     /// How it reached its ECU when not over the in-vehicle protocol (`uds-doip`: flashed by
@@ -82,6 +85,10 @@ pub struct UpdateOutcome {
     pub via: Option<String>,
     /// Result.
     pub status: UpdateStatus,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// What a cycle did.

@@ -236,6 +236,7 @@ fn update(target: &str, status: UpdateStatus) -> UpdateOutcome {
         ecu_id: "IVI-1".into(),
         target: target.into(),
         bytes: 1,
+        saved_bytes: 0,
         encrypted: false,
         status,
     }

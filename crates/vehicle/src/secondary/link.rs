@@ -344,16 +344,32 @@ async fn handle(ecu: Arc<Mutex<Secondary>>, mut stream: TcpStream, link: &Arc<Li
     Ok(())
 }
 
-/// Receives an image that was verified by [`Secondary::verify`]: ciphertext checked against
-/// the signed ciphertext hashes, decrypted in constant memory, plaintext checked against the
-/// signed length and hashes while it goes into the inactive slot.
+/// Where received plaintext goes: the inactive slot (a whole image) or the ECU's delta file.
+enum Dest {
+    Slot(crate::slots::SlotWriter),
+    Delta(super::delta::DeltaFile),
+}
+
+impl Dest {
+    fn put(&mut self, data: &[u8]) -> Result<()> {
+        match self {
+            Dest::Slot(w) => Ok(w.write(data)?),
+            Dest::Delta(f) => f.put(data),
+        }
+    }
+}
+
+/// Receives an image (or a delta) that was verified by [`Secondary::verify`]: ciphertext
+/// checked against the signed ciphertext hashes, decrypted in constant memory, plaintext
+/// checked against the signed length and hashes while it goes into the inactive slot (or the
+/// delta file).
 struct Receiver {
     expected: u64,
     received: u64,
     ciphertext: Option<StreamVerifier>,
     decryptor: Option<Decryptor>,
     plaintext: StreamVerifier,
-    writer: crate::slots::SlotWriter,
+    writer: Dest,
     buf: Vec<u8>,
 }
 
@@ -373,23 +389,23 @@ impl Receiver {
                 self.buf.clear();
                 dec.update(data, &mut self.buf)?;
                 self.plaintext.update(&self.buf)?;
-                self.writer.write(&self.buf)?;
+                self.writer.put(&self.buf)?;
             }
             _ => {
                 self.plaintext.update(data)?;
-                self.writer.write(data)?;
+                self.writer.put(data)?;
             }
         }
         Ok(())
     }
 
-    fn finish(mut self) -> Result<crate::slots::SlotWriter> {
+    fn finish(mut self) -> Result<Dest> {
         if let (Some(cv), Some(dec)) = (self.ciphertext.take(), self.decryptor.take()) {
             cv.finish()?;
             self.buf.clear();
             dec.finish(&mut self.buf)?;
             self.plaintext.update(&self.buf)?;
-            self.writer.write(&self.buf)?;
+            self.writer.put(&self.buf)?;
         }
         self.plaintext.finish()?;
         Ok(self.writer)
@@ -430,7 +446,22 @@ async fn install_locked(
 ) -> Result<String> {
     let now = Utc::now();
     let instruction = ecu.verify(&begin.target, &begin.bundle, now)?;
-    let (ciphertext, decryptor, expected) = match &instruction.encryption {
+    // A delta is checked against what this ECU runs before a byte of it is taken.
+    let offer = if begin.delta {
+        Some(super::delta::usable_offer(ecu, &instruction)?.clone())
+    } else {
+        None
+    };
+    let (encryption, what, plain_length, plain_hashes) = match &offer {
+        Some(o) => (o.encryption.as_ref(), o.path.clone(), o.length, &o.hashes),
+        None => (
+            instruction.encryption.as_ref(),
+            instruction.target.clone(),
+            instruction.file.length,
+            &instruction.file.hashes,
+        ),
+    };
+    let (ciphertext, decryptor, expected) = match encryption {
         Some(enc) => {
             let key_pair = ecu.decryption.as_ref().ok_or_else(|| {
                 Error::Config("image is encrypted but this ECU has no decryption key".into())
@@ -448,29 +479,29 @@ async fn install_locked(
                 enc.ciphertext.length,
             )
         }
-        None => (None, None, instruction.file.length),
+        None => (None, None, plain_length),
     };
     if begin.length != expected {
         return Err(rampart_core::Error::LengthMismatch {
-            what: format!("{} announced by the primary", begin.target),
+            what: format!("{what} announced by the primary"),
             expected,
             actual: begin.length,
         }
         .into());
     }
-    let plaintext = StreamVerifier::new(
-        &instruction.target,
-        Some(instruction.file.length),
-        instruction.file.length,
-        Some(&instruction.file.hashes),
-    )?;
+    let plaintext =
+        StreamVerifier::new(&what, Some(plain_length), plain_length, Some(plain_hashes))?;
+    let writer = match offer {
+        Some(_) => Dest::Delta(super::delta::DeltaFile::create(ecu)?),
+        None => Dest::Slot(ecu.slots.begin_write()?),
+    };
     let mut rx = Receiver {
         expected,
         received: 0,
         ciphertext,
         decryptor,
         plaintext,
-        writer: ecu.slots.begin_write()?,
+        writer,
         buf: Vec::with_capacity(protocol::CHUNK + 64),
     };
     loop {
@@ -487,7 +518,20 @@ async fn install_locked(
             other => return Err(Error::Frame(FrameError::Unexpected(other))),
         }
     }
-    let writer = rx.finish()?;
+    let writer = match (rx.finish()?, &offer) {
+        (Dest::Slot(w), _) => w,
+        (Dest::Delta(mut file), Some(offer)) => {
+            let path = file.close()?.to_path_buf();
+            ecu.tell(&format!(
+                "building {} from {} and the delta {} ({} bytes)",
+                instruction.target, offer.source.filename, offer.path, offer.length
+            ));
+            super::delta::build(ecu, offer, &path, &instruction)?
+        }
+        (Dest::Delta(_), None) => {
+            return Err(Error::Protocol("delta bytes without a delta offer".into()))
+        }
+    };
     let image = InstalledImage {
         filename: instruction.target.clone(),
         length: instruction.file.length,

@@ -8,6 +8,7 @@
 //! and versions; image bytes are checked against the signed ciphertext and plaintext
 //! hashes while they stream into the slot.
 
+mod delta;
 mod link;
 
 use rampart_core::rule::Rule;
