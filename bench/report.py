@@ -255,6 +255,58 @@ def flash(raw, rep):
             f"{f['runs']} runs: {f['uds_doip_seconds']:.2f} s vs {f['in_vehicle_seconds']:.2f} s")
 
 
+def gnu_time(path):
+    """Wall seconds and peak RSS (MiB) from a `/usr/bin/time -v` report."""
+    with open(path) as f:
+        text = f.read()
+    m = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): (?:(\d+):)?(\d+):([\d.]+)", text)
+    secs = (int(m.group(1) or 0) * 3600 + int(m.group(2)) * 60 + float(m.group(3))) if m else float("nan")
+    r = re.search(r"Maximum resident set size \(kbytes\): (\d+)", text)
+    return secs, (int(r.group(1)) / 1024 if r else float("nan"))
+
+
+def delta(raw, rep):
+    for pair_path in sorted(glob.glob(f"{raw}/delta-*-pair.json")):
+        name = os.path.basename(pair_path)[len("delta-"):-len("-pair.json")]
+        if name == "synth":
+            continue
+        pair = load(pair_path)
+        ours = load(f"{raw}/delta-{name}-rampart.json")
+        shipped = load(f"{raw}/delta-{name}-qbsdiff.json")
+        ours_s, _ = gnu_time(f"{raw}/delta-{name}-rampart.time")
+        shipped_s, _ = gnu_time(f"{raw}/delta-{name}-qbsdiff.time")
+        bsdiff_s, bsdiff_rss = gnu_time(f"{raw}/delta-{name}-bsdiff.time")
+        _, apply_rss = gnu_time(f"{raw}/delta-{name}-apply.time")
+        _, bspatch_rss = gnu_time(f"{raw}/delta-{name}-bspatch.time")
+        size = ours["patch_bytes"] / pair["bsdiff43_bytes"]
+        rep.add(f"delta_{name}_size_vs_bsdiff43", size, ours["patch_bytes"], pair["bsdiff43_bytes"],
+                "bytes of delta", "≤ 1.05", size <= 1.05,
+                f"{pair['pair']} ({pair['member']}, {pair['new_bytes']} bytes); qbsdiff as shipped: "
+                f"{shipped['patch_bytes']} bytes")
+        t = ours_s / shipped_s if shipped_s else float("nan")
+        rep.add(f"delta_{name}_create_time_vs_qbsdiff", t, ours_s, shipped_s,
+                "s to make the delta (wall, process)", "≤ 1", t <= 1.0,
+                f"Rampart = qbsdiff on one thread (its parallel search costs size); bsdiff 4.3 took "
+                f"{bsdiff_s:.2f} s and {bsdiff_rss:.0f} MiB")
+        r = apply_rss / bspatch_rss if bspatch_rss else float("nan")
+        rep.add(f"delta_{name}_apply_rss_vs_bspatch43", r, apply_rss, bspatch_rss,
+                "MiB peak RSS applying the delta", "info", None,
+                "Rampart's streaming applier (source read with seeks, result written in order) "
+                "vs bspatch 4.3 (source, result and delta in memory)")
+    synth = f"{raw}/delta-synth-size.json"
+    if os.path.exists(synth):
+        mib = load(synth)["mib"]
+        pair = load(f"{raw}/delta-synth-pair.json")
+        made = load(f"{raw}/delta-synth-rampart.json")
+        create_s, create_rss = gnu_time(f"{raw}/delta-synth-rampart.time")
+        apply_s, apply_rss = gnu_time(f"{raw}/delta-synth-apply.time")
+        rep.add(f"delta_apply_{mib}MiB_peak_rss", apply_rss / 64, apply_rss, 64.0, "MiB",
+                "≤ 1 (64 MiB)", apply_rss <= 64,
+                f"synthetic {mib} MiB image, delta {made['patch_bytes']} bytes "
+                f"({made['patch_bytes'] / pair['new_bytes'] * 100:.1f} % of the image); applied in "
+                f"{apply_s:.2f} s; made in {create_s:.1f} s with {create_rss:.0f} MiB (server side)")
+
+
 def campaign(raw, rep):
     path = f"{raw}/campaign.json"
     if not os.path.exists(path):
@@ -290,7 +342,7 @@ def main():
     ap.add_argument("--cpu-stat1", default="")
     args = ap.parse_args()
     rep = Report()
-    for part in (refresh, image, checkin, footprint, campaign, flash):
+    for part in (refresh, image, checkin, footprint, campaign, flash, delta):
         part(args.raw, rep)
     raw = {}
     for p in sorted(glob.glob(f"{args.raw}/*.json")):

@@ -15,6 +15,7 @@
 //! | `footprint` | runs a lab update with the slim agent and records its peak RSS |
 //! | `campaign` | the director's cost of campaigns: creation over a fleet, check-ins with one running |
 //! | `flash` | a legacy ECU flashed over UDS on DoIP against the same image over the in-vehicle protocol |
+//! | `delta-create`, `delta-apply`, `delta-synth` | deltas: made by Rampart or qbsdiff as shipped, applied by the ECU's streaming applier, a large synthetic release pair |
 //!
 //! Built as a `[[bench]]` target of `rampart-lab` (`harness = false`), so it is compiled with
 //! the release settings and never shipped.
@@ -26,6 +27,7 @@ use anyhow::{bail, Context};
 
 mod campaign;
 mod checkin;
+mod delta;
 mod flash;
 mod footprint;
 mod http;
@@ -100,6 +102,9 @@ fn run() -> anyhow::Result<()> {
         "campaign" => campaign::main(&args)?,
         "footprint" => footprint::main(&args)?,
         "flash" => flash::main(&args)?,
+        "delta-create" => delta::create(&args)?,
+        "delta-apply" => delta::apply(&args)?,
+        "delta-synth" => delta::synth(&args)?,
         other => bail!("unknown subcommand {other:?}"),
     };
     println!("{}", serde_json::to_string(&result)?);

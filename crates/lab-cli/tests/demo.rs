@@ -43,6 +43,13 @@ fn keep_takes_a_relative_folder_refuses_a_full_one_and_temp_leaves_nothing() {
             && l.contains("flashed over UDS/DoIP")),
         "{summary}"
     );
+    // One update goes as a delta, and the demo says what it saved.
+    assert!(
+        summary
+            .lines()
+            .any(|l| l.contains("IVI built nav 3.2 from 3.1") && l.contains("saved")),
+        "{summary}"
+    );
     let kept_files = cwd.path().join("keep").read_dir().unwrap().count();
     assert!(kept_files > 0, "--keep kept nothing");
 

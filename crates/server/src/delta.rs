@@ -19,7 +19,7 @@ use rampart_core::uptane::{
 };
 
 use crate::config::Config;
-use crate::db::{Db, ImageKey};
+use crate::db::Db;
 use crate::error::{Error, Result};
 use crate::layout::Layout;
 use crate::repo::{RepoState, Repository};
@@ -95,23 +95,15 @@ pub(crate) async fn make(req: &DeltaRequest<'_>, from: &str) -> Result<MadeDelta
             .join(format!(".delta-{}-{source_sha256}", std::process::id())),
     );
     std::fs::write(scratch.path(), &patch).map_err(|e| Error::io(scratch.path(), e))?;
-    let (length, hashes) = if req.encrypt {
-        let kek = req.config.content_kek(req.layout)?;
-        let key = ContentKey::generate()?;
-        let copy = req.repo.store_encrypted(scratch.path(), &name, &key)?;
-        let db = Db::connect(&req.config.database_url(req.layout)).await?;
-        db.store_image_key(&ImageKey {
-            target: name.clone(),
-            content_key: kek.seal(&name, key.as_bytes())?,
-            ciphertext_path: copy.ciphertext_path.clone(),
-            ciphertext_length: copy.ciphertext_length,
-            ciphertext_hashes: serde_json::to_string(&copy.ciphertext_hashes).unwrap_or_default(),
-        })
-        .await?;
-        (copy.length, copy.hashes)
-    } else {
-        req.repo.store_image(scratch.path(), &name)?
-    };
+    let (length, hashes) = crate::ops::store(
+        req.layout,
+        req.config,
+        req.repo,
+        scratch.path(),
+        &name,
+        req.encrypt,
+    )
+    .await?;
     let custom = ImageCustom {
         hardware_id: req.custom.hardware_id.clone(),
         release_counter: req.custom.release_counter,

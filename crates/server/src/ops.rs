@@ -134,6 +134,35 @@ fn next_release_counter(state: &RepoState, hardware_id: &str) -> u64 {
         .map_or(1, |m| m + 1)
 }
 
+/// Stores `file` as the target `name` in the public folder — only its ciphertext when
+/// `encrypt`, under a fresh content key sealed into the database for the director — and
+/// returns the plaintext's length and hashes (what the repository signs).
+pub(crate) async fn store(
+    layout: &Layout,
+    config: &Config,
+    repo: &Repository,
+    file: &Path,
+    name: &str,
+    encrypt: bool,
+) -> Result<(u64, rampart_core::hash::Hashes)> {
+    if !encrypt {
+        return repo.store_image(file, name);
+    }
+    let kek = config.content_kek(layout)?;
+    let key = ContentKey::generate()?;
+    let copy = repo.store_encrypted(file, name, &key)?;
+    let db = Db::connect(&config.database_url(layout)).await?;
+    db.store_image_key(&ImageKey {
+        target: name.to_owned(),
+        content_key: kek.seal(name, key.as_bytes())?,
+        ciphertext_path: copy.ciphertext_path.clone(),
+        ciphertext_length: copy.ciphertext_length,
+        ciphertext_hashes: serde_json::to_string(&copy.ciphertext_hashes).unwrap_or_default(),
+    })
+    .await?;
+    Ok((copy.length, copy.hashes))
+}
+
 /// Publishes an image: stores it (or only its ciphertext), stages the role, signs it with
 /// the role's keys (or exports it unsigned), and commits it with a new snapshot and
 /// timestamp.
@@ -184,23 +213,7 @@ pub async fn publish(
         install_seconds: req.install_seconds,
         delta: None,
     };
-    let (length, hashes) = if req.encrypt {
-        let kek = config.content_kek(layout)?;
-        let key = ContentKey::generate()?;
-        let copy = repo.store_encrypted(&req.file, &name, &key)?;
-        let db = Db::connect(&config.database_url(layout)).await?;
-        db.store_image_key(&ImageKey {
-            target: name.clone(),
-            content_key: kek.seal(&name, key.as_bytes())?,
-            ciphertext_path: copy.ciphertext_path.clone(),
-            ciphertext_length: copy.ciphertext_length,
-            ciphertext_hashes: serde_json::to_string(&copy.ciphertext_hashes).unwrap_or_default(),
-        })
-        .await?;
-        (copy.length, copy.hashes)
-    } else {
-        repo.store_image(&req.file, &name)?
-    };
+    let (length, hashes) = store(layout, &config, &repo, &req.file, &name, req.encrypt).await?;
     let sha256 = hashes.get("sha256").cloned().unwrap_or_default();
     let mut deltas = Vec::new();
     for from in &req.delta_from {

@@ -87,6 +87,21 @@ impl TestDirector {
         image: &[u8],
         release_counter: u64,
     ) -> Vec<u8> {
+        self.assign_with_delta(vin, ecu, hardware_id, target, image, release_counter, None)
+    }
+
+    /// [`TestDirector::assign`], offering the ECU `delta` in place of the whole image.
+    #[allow(clippy::too_many_arguments)]
+    pub fn assign_with_delta(
+        &mut self,
+        vin: &str,
+        ecu: &str,
+        hardware_id: &str,
+        target: &str,
+        image: &[u8],
+        release_counter: u64,
+        delta: Option<rampart_core::uptane::DeltaOffer>,
+    ) -> Vec<u8> {
         use rampart_core::metadata::TargetFile;
         use rampart_core::uptane::{DirectorCustom, EcuAssignment, DIRECTOR_VEHICLE_FIELD};
         use std::collections::BTreeMap;
@@ -102,7 +117,7 @@ impl TestDirector {
                         EcuAssignment {
                             hardware_id: hardware_id.into(),
                             encryption: None,
-                            delta: None,
+                            delta,
                         },
                     )]),
                 }

@@ -4,7 +4,7 @@
 //! release that fails its health check, which halts its campaign on the canary; then three
 //! attacks, each rejected, and a summary. Exit status 0 only if everything went as it should.
 //!
-//! Modules: `rollout` (the campaigns).
+//! Modules: `rollout` (the campaigns), `delta` (a delta update).
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -18,6 +18,7 @@ use rampart_core::uptane::manifest::{
 use rampart_lab::{image_bytes, Lab, LabOptions};
 use serde_json::Value;
 
+mod delta;
 mod rollout;
 
 /// `rampart-lab demo`.
@@ -140,6 +141,7 @@ async fn run(args: DemoArgs) -> anyhow::Result<()> {
     demo.summary(&before_after).await?;
     demo.rollout_completed().await?;
     demo.halting_rollout(&root).await?;
+    demo.delta_update().await?;
     demo.out
         .step("Attacks (each must be rejected, noticed and recorded)");
     let first_vin = demo
@@ -157,8 +159,8 @@ async fn run(args: DemoArgs) -> anyhow::Result<()> {
     rampart_cli::say!();
     if failures.is_empty() {
         rampart_cli::say!(
-            "All {} vehicles updated in waves; a failing release halted on its canary; 3 of 3 \
-             attacks rejected and recorded. ✔",
+            "All {} vehicles updated in waves; a failing release halted on its canary; a delta \
+             update saved most of its bytes; 3 of 3 attacks rejected and recorded. ✔",
             args.vehicles
         );
         Ok(())

@@ -44,53 +44,34 @@ impl Primary {
         u: &VerifiedUpdate,
         delta: Option<&DeltaOffer>,
     ) -> (String, u64, rampart_core::hash::Hashes) {
-        if let Some(offer) = delta {
-            return match &offer.encryption {
-                Some(enc) => (
-                    enc.ciphertext.path.clone(),
-                    enc.ciphertext.length,
-                    enc.ciphertext.hashes.clone(),
-                ),
-                None => {
-                    let consistent = v.image().trusted().root().signed.consistent_snapshot();
-                    let info = TargetInfo {
-                        path: offer.path.clone(),
-                        file: rampart_core::metadata::TargetFile {
-                            length: offer.length,
-                            hashes: offer.hashes.clone(),
-                            custom: None,
-                            unrecognized: Default::default(),
-                        },
-                        role: u.image_role.clone(),
-                    };
-                    (
-                        target_url_path(&info, consistent),
-                        offer.length,
-                        offer.hashes.clone(),
-                    )
-                }
-            };
-        }
-        match &u.instruction.encryption {
-            Some(enc) => (
+        let (encryption, path, length, hashes) = match delta {
+            Some(d) => (d.encryption.as_ref(), &d.path, d.length, &d.hashes),
+            None => (
+                u.instruction.encryption.as_ref(),
+                &u.instruction.target,
+                u.instruction.file.length,
+                &u.instruction.file.hashes,
+            ),
+        };
+        if let Some(enc) = encryption {
+            return (
                 enc.ciphertext.path.clone(),
                 enc.ciphertext.length,
                 enc.ciphertext.hashes.clone(),
-            ),
-            None => {
-                let consistent = v.image().trusted().root().signed.consistent_snapshot();
-                let info = TargetInfo {
-                    path: u.instruction.target.clone(),
-                    file: u.instruction.file.clone(),
-                    role: u.image_role.clone(),
-                };
-                (
-                    target_url_path(&info, consistent),
-                    u.instruction.file.length,
-                    u.instruction.file.hashes.clone(),
-                )
-            }
+            );
         }
+        let consistent = v.image().trusted().root().signed.consistent_snapshot();
+        let info = TargetInfo {
+            path: path.clone(),
+            file: rampart_core::metadata::TargetFile {
+                length,
+                hashes: hashes.clone(),
+                custom: None,
+                unrecognized: Default::default(),
+            },
+            role: u.image_role.clone(),
+        };
+        (target_url_path(&info, consistent), length, hashes.clone())
     }
 
     pub(super) fn downloads_dir(&self) -> PathBuf {
