@@ -86,6 +86,10 @@ enum Command {
     /// Everything one vehicle needs from the server's data dir: certificate, roots, keys,
     /// commented vehicle.toml and ecu.toml files.
     Provision(provision::ProvisionArgs),
+    /// Offline updates: a bundle with everything some vehicles need, for a workshop or a USB
+    /// stick (`rampart vehicle --from-bundle` reads it).
+    #[command(subcommand)]
+    OfflineBundle(server_cmds::OfflineBundleCommand),
     /// Run a vehicle's primary (the T-BOX update agent).
     Vehicle(vehicle_cmds::VehicleArgs),
     /// Run a secondary ECU.
@@ -134,6 +138,7 @@ fn main() -> ExitCode {
         Command::Admin(args) => admin::main(args),
         Command::Campaign(args) => campaign::main(args),
         Command::Provision(args) => provision::provision(args),
+        Command::OfflineBundle(cmd) => server_cmds::offline_bundle(cmd),
         Command::Vehicle(args) => vehicle_cmds::vehicle(args),
         Command::Ecu(args) => vehicle_cmds::ecu(args),
         Command::UdsEcu(args) => vehicle_cmds::uds_ecu(args),

@@ -116,6 +116,52 @@ pub(crate) struct PublishArgs {
     delta_from: Vec<String>,
 }
 
+/// `rampart offline-bundle …`
+#[derive(Debug, Subcommand)]
+pub(crate) enum OfflineBundleCommand {
+    /// Write the bundle of the vehicles' pending updates: their director metadata (signed for
+    /// each; usable until its timestamp expires, within a day), the image repository's
+    /// metadata and the images (encrypted per ECU where they are).
+    Create {
+        #[command(flatten)]
+        data: DataDir,
+        /// A vehicle (repeatable).
+        #[arg(long = "vin", required = true)]
+        vins: Vec<String>,
+        /// The bundle file to write.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+/// `rampart offline-bundle`.
+pub(crate) fn offline_bundle(cmd: OfflineBundleCommand) -> anyhow::Result<()> {
+    match cmd {
+        OfflineBundleCommand::Create { data, vins, out } => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let made = rt.block_on(rampart_server::offline::create(
+                &data.layout(),
+                &vins,
+                &out,
+                chrono::Utc::now(),
+            ))?;
+            let d = &made.description;
+            rampart_cli::say!(
+                "wrote {} ({} bytes): {} vehicle(s), {} image file(s) ({} bytes); usable until {}",
+                made.path.display(),
+                made.bytes,
+                d.vins.len(),
+                d.images,
+                d.image_bytes,
+                d.expires
+            );
+            Ok(())
+        }
+    }
+}
+
 /// `rampart delegate`.
 #[derive(Debug, Args)]
 pub(crate) struct DelegateArgs {

@@ -25,6 +25,14 @@ pub struct VehicleArgs {
     /// Print the cycle report as JSON on stdout at the end (with --once).
     #[arg(long)]
     json: bool,
+    /// Update from an offline bundle (a workshop laptop, a USB stick) instead of the network:
+    /// one cycle, verified exactly as online (`rampart offline-bundle create` makes it).
+    #[arg(long, value_name = "FILE")]
+    from_bundle: Option<PathBuf>,
+    /// With --from-bundle: where the signed reports go, for `rampart admin import-reports`
+    /// (default: FILE.reports.jsonl next to the bundle).
+    #[arg(long, value_name = "FILE", requires = "from_bundle")]
+    reports: Option<PathBuf>,
 }
 
 /// `rampart ecu`.
@@ -84,12 +92,21 @@ pub fn vehicle(args: VehicleArgs) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let report = rt.block_on(rampart_vehicle::primary::run_with(
-        config,
-        consent,
-        args.once,
-        std::sync::Arc::new(crate::terminal::TerminalReporter),
-    ))?;
+    let reporter = std::sync::Arc::new(crate::terminal::TerminalReporter);
+    let report = match &args.from_bundle {
+        Some(bundle) => {
+            let reports = args
+                .reports
+                .clone()
+                .unwrap_or_else(|| rampart_vehicle::primary::offline::default_reports(bundle));
+            rt.block_on(rampart_vehicle::primary::offline::run_from_bundle(
+                config, bundle, &reports, consent, reporter,
+            ))?
+        }
+        None => rt.block_on(rampart_vehicle::primary::run_with(
+            config, consent, args.once, reporter,
+        ))?,
+    };
     if args.json {
         crate::say!("{}", serde_json::to_string(&report)?);
     }

@@ -85,6 +85,9 @@ impl Sink for Vec<u8> {
 pub struct HttpFetcher {
     client: reqwest::Client,
     config: FetchConfig,
+    /// An offline fetcher's folder: every URL is a `file://` URL inside it (an unpacked
+    /// offline bundle); nothing goes to the network.
+    offline_root: Option<std::path::PathBuf>,
 }
 
 /// Alias kept for readers looking for "the fetcher".
@@ -124,7 +127,86 @@ impl HttpFetcher {
             builder = builder.identity(id);
         }
         let client = builder.build().map_err(|e| transport("(client)", e))?;
-        Ok(HttpFetcher { client, config })
+        Ok(HttpFetcher {
+            client,
+            config,
+            offline_root: None,
+        })
+    }
+
+    /// A fetcher that reads `file://` URLs inside `root` (an unpacked offline bundle, the
+    /// server's URL layout mirrored in folders) with the same limits a download has: a file
+    /// longer than its signed length is cut and refused, a missing one is "not found", a URL
+    /// outside `root` (traversal, another scheme) is refused. It never opens a connection.
+    pub fn offline(root: &std::path::Path) -> Result<Self> {
+        let mut f = HttpFetcher::new(FetchConfig::default(), &TlsConfig::default())?;
+        f.offline_root = Some(root.to_path_buf());
+        Ok(f)
+    }
+
+    /// The `file://` URL of the folder an offline fetcher reads (with a trailing `/`).
+    pub fn offline_base(&self) -> Option<String> {
+        let root = self.offline_root.as_ref()?;
+        let url = reqwest::Url::from_directory_path(root).ok()?;
+        Some(url.to_string())
+    }
+
+    /// [`HttpFetcher::fetch`] for an offline fetcher.
+    fn fetch_file(
+        &self,
+        root: &std::path::Path,
+        url: &str,
+        start: u64,
+        max_length: u64,
+        sink: &mut dyn Sink,
+    ) -> Result<FetchStatus> {
+        use std::io::{Read, Seek, SeekFrom};
+        let outside = |why: &str| Error::BadUrl {
+            url: url.to_owned(),
+            reason: format!("an offline fetch {why}"),
+        };
+        if url.contains("/../") || url.to_ascii_lowercase().contains("%2e%2e") {
+            return Err(outside("may not climb out of its folder"));
+        }
+        let path = reqwest::Url::parse(url)
+            .ok()
+            .filter(|u| u.scheme() == "file")
+            .and_then(|u| u.to_file_path().ok())
+            .ok_or_else(|| outside("takes only file:// URLs"))?;
+        if !path.starts_with(root)
+            || path
+                .components()
+                .any(|c| matches!(c, std::path::Component::ParentDir))
+        {
+            return Err(outside("may not leave its folder"));
+        }
+        let mut file = match std::fs::File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(FetchStatus::NotFound),
+            Err(e) => return Err(transport(url, e)),
+        };
+        let len = file.metadata().map_err(|e| transport(url, e))?.len();
+        if len > max_length {
+            return Err(Error::Verification(rampart_core::Error::LengthExceeded {
+                what: url.to_owned(),
+                max: max_length,
+            }));
+        }
+        let resumed = start > 0 && start <= len;
+        if resumed {
+            file.seek(SeekFrom::Start(start))
+                .map_err(|e| transport(url, e))?;
+        }
+        sink.begin(resumed)?;
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = file.read(&mut buf).map_err(|e| transport(url, e))?;
+            if n == 0 {
+                break;
+            }
+            sink.data(buf.get(..n).unwrap_or_default())?;
+        }
+        Ok(FetchStatus::Complete { resumed })
     }
 
     /// The limits in force.
@@ -140,6 +222,12 @@ impl HttpFetcher {
         body: Vec<u8>,
         max_response: u64,
     ) -> Result<(u16, Vec<u8>)> {
+        if self.offline_root.is_some() {
+            return Err(Error::BadUrl {
+                url: url.to_owned(),
+                reason: "an offline fetcher sends nothing".into(),
+            });
+        }
         let request = self
             .client
             .post(url)
@@ -195,6 +283,9 @@ impl HttpFetcher {
         max_length: u64,
         sink: &mut dyn Sink,
     ) -> Result<FetchStatus> {
+        if let Some(root) = &self.offline_root {
+            return self.fetch_file(root, url, start, max_length, sink);
+        }
         let mut request = self.client.get(url);
         if start > 0 {
             request = request.header(RANGE, format!("bytes={start}-"));

@@ -255,6 +255,19 @@ pub enum Error {
         field: String,
     },
 
+    /// An offline bundle holds an entry it may not (see [`crate::bundle`]).
+    #[error("offline bundle: entry {name:?} refused: {reason}")]
+    BundleEntry {
+        /// The entry's name, as the bundle gives it.
+        name: String,
+        /// Why it is refused.
+        reason: String,
+    },
+
+    /// An offline bundle that is not whole or readable.
+    #[error("offline bundle: {0}")]
+    BundleMalformed(String),
+
     /// Uptane: a release counter lower than the one trusted or installed (rollback).
     #[error("target {target}: release counter {new} is lower than {trusted} (rollback)")]
     ReleaseCounterDecreased {
@@ -380,6 +393,8 @@ impl Error {
             Error::DecryptionFailed { .. } => Rule::DecryptionFailed,
             Error::Truncated { .. } => Rule::Truncated,
             Error::Crypto(_) => Rule::Crypto,
+            Error::BundleEntry { .. } => Rule::BundleEntry,
+            Error::BundleMalformed(_) => Rule::BundleMalformed,
         }
     }
 }

@@ -14,6 +14,7 @@
 //! * [`uptane`] — Uptane 2.1 full and partial verification, version reports and manifests.
 //! * [`encryption`] — per-ECU image encryption (X25519, HKDF-SHA256, AES-256-GCM STREAM).
 
+pub mod bundle;
 pub mod canonical;
 pub mod client;
 pub mod encryption;

@@ -154,6 +154,11 @@ rules! {
     DeltaSource = "delta-source-mismatch",
     /// A delta that does not build the signed image (corrupt, truncated, unknown format).
     DeltaCorrupt = "delta-corrupt",
+    /// An offline bundle entry whose name is not one a bundle may hold (path traversal, a
+    /// link, a device, an unknown place).
+    BundleEntry = "bundle-entry",
+    /// An offline bundle that is not a whole, readable bundle (truncated, over its limits).
+    BundleMalformed = "bundle-malformed",
     /// More distinct indicators than an ECU keeps.
     IndicatorOverflow = "indicator-overflow",
     // The diagnostic link: UDS (ISO 14229) over DoIP (ISO 13400) (rampart-vehicle).

@@ -26,6 +26,7 @@ pub mod keys;
 pub mod layout;
 mod linger;
 pub mod nudge;
+pub mod offline;
 pub mod ops;
 pub mod pki;
 pub mod records;

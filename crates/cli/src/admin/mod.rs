@@ -258,6 +258,13 @@ enum AdminCommand {
         #[arg(long)]
         reason: String,
     },
+    /// Upload the signed reports a vehicle wrote while updating from an offline bundle
+    /// (`rampart vehicle --from-bundle`): each is checked as a check-in. Exit status 1 if one
+    /// was refused (a replay: imported before, or the vehicle already checked in online).
+    ImportReports {
+        /// The report file (JSON lines, `BUNDLE.reports.jsonl`).
+        file: std::path::PathBuf,
+    },
     /// Incidents and security events as JSON lines, for a SIEM.
     Export {
         /// Events with an ID above this.
@@ -392,7 +399,7 @@ pub(crate) fn main(args: AdminArgs) -> anyhow::Result<()> {
                 Ok(format!("{}: {}", b.get("vin").and_then(Value::as_str).unwrap_or(""), b.get("action").and_then(Value::as_str).unwrap_or("")))
             },
             AdminCommand::Audit { .. } => tables::audit,
-            AdminCommand::Export { .. } => |b| Ok(b.to_string()),
+            AdminCommand::Export { .. } | AdminCommand::ImportReports { .. } => |b| Ok(b.to_string()),
             AdminCommand::Records { .. } => tables::records,
             AdminCommand::Register { .. } => |b| {
                 Ok(format!("registered {}", b.get("vin").and_then(Value::as_str).unwrap_or("")))
@@ -464,6 +471,38 @@ pub(crate) fn main(args: AdminArgs) -> anyhow::Result<()> {
                 .post(url(&format!("vehicles/{vin}/release")))
                 .json(&serde_json::json!({"reason": reason})),
             AdminCommand::Audit { actor } => client.get(url("audit")).query(&[("actor", actor.unwrap_or_default())]),
+            AdminCommand::ImportReports { file } => {
+                let text = std::fs::read_to_string(&file)
+                    .with_context(|| format!("reading {}", file.display()))?;
+                let (mut accepted, mut refused) = (0, 0);
+                for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+                    let report: Value = serde_json::from_str(line)
+                        .with_context(|| format!("{} line {}: not JSON", file.display(), n + 1))?;
+                    let vin = report.get("vin").and_then(Value::as_str).unwrap_or("?").to_owned();
+                    let counter = report
+                        .pointer("/manifest/signed/manifest_counter")
+                        .and_then(Value::as_u64)
+                        .unwrap_or(0);
+                    match api.send(client.post(url("offline-reports")).json(&report)).await {
+                        Ok(answer) => {
+                            accepted += 1;
+                            rampart_cli::say!(
+                                "{vin}: manifest {counter} accepted (director targets v{})",
+                                answer.get("director_targets_version").and_then(Value::as_u64).unwrap_or(0)
+                            );
+                        }
+                        Err(e) => {
+                            refused += 1;
+                            rampart_cli::say!("{vin}: manifest {counter} refused: {e:#}");
+                        }
+                    }
+                }
+                rampart_cli::say!("{accepted} report(s) imported, {refused} refused");
+                if refused > 0 {
+                    anyhow::bail!("{refused} report(s) refused");
+                }
+                return Ok(());
+            }
             AdminCommand::Export { after_event } => {
                 let text = api
                     .send_text(client.get(url("export")).query(&[("after_event", after_event.to_string())]))

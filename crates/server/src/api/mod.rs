@@ -21,6 +21,7 @@
 mod admin;
 mod campaigns;
 mod extract;
+mod offline;
 mod rate_limit;
 mod records;
 mod vehicle;
@@ -212,6 +213,7 @@ impl AppState {
         admin::list_assignments,
         admin::list_events,
         admin::list_images,
+        offline::import,
         campaigns::create,
         campaigns::list,
         campaigns::status,
@@ -238,6 +240,7 @@ impl AppState {
         Assignment,
         SecurityEvent,
         CheckinResponse,
+        offline::OfflineReport,
         crate::director::RejectedReport,
         AssignRequest,
         ImageEntry,
@@ -304,6 +307,7 @@ pub fn router(state: AppState, public_image_dir: &std::path::Path) -> Router {
         .route("/audit", get(vsoc::audit_log))
         .route("/users", post(vsoc::add_user).get(vsoc::users))
         .route("/users/{name}", axum::routing::delete(vsoc::disable_user))
+        .route("/offline-reports", post(offline::import))
         .route("/events", get(admin::list_events))
         .route("/images", get(admin::list_images))
         .layer(DefaultBodyLimit::max(state.inner.limits.max_body_bytes))

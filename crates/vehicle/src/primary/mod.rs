@@ -17,6 +17,7 @@ mod download;
 mod ecu_link;
 mod legacy;
 mod nudge;
+pub mod offline;
 
 pub use config::{load_config, EcuRef, NudgeConfig, PrimaryConfig};
 pub use ecu_link::{request_report, send_receipt};
@@ -184,6 +185,8 @@ pub struct Primary {
     /// Legacy ECUs' security-log reads in the reports of this cycle: ECU → (report counter,
     /// read number), cleared on the ECU once the director's receipt acknowledges the report.
     legacy_logs: BTreeMap<String, (u64, u64)>,
+    /// Working from an offline bundle: where the signed manifests go instead of the director.
+    offline_reports: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for Primary {
@@ -258,6 +261,7 @@ impl Primary {
             state,
             reporter: Arc::new(LogReporter),
             legacy_logs: BTreeMap::new(),
+            offline_reports: None,
         };
         for (repo, root) in [
             ("director", &primary.config.director_root),
@@ -452,6 +456,12 @@ impl Primary {
             unrecognized: BTreeMap::new(),
         };
         let body = sign_vehicle_manifest(&manifest, &self.signer)?;
+        if let Some(reports) = self.offline_reports.clone() {
+            // Offline: the manifest goes into the report file for the director; attack
+            // indicators and failures stay until a director has them (an online check-in).
+            offline::append_report(&reports, &self.config.vin, &body)?;
+            return Ok(Value::Null);
+        }
         let url = format!(
             "{}director/{}/manifest",
             with_slash(&self.config.server),
