@@ -104,6 +104,13 @@ scenarios! {
     uds_replayed_flash => "uds-replayed-flash",
     uds_wrong_block_counter => "uds-wrong-block-counter",
     uds_interrupted_flash => "uds-interrupted-flash",
+    bundle_other_vehicle => "bundle-other-vehicle",
+    bundle_expired => "bundle-expired",
+    bundle_tampered => "bundle-tampered",
+    bundle_rollback => "bundle-rollback",
+    bundle_mixed => "bundle-mixed",
+    bundle_truncated => "bundle-truncated",
+    bundle_path_traversal => "bundle-path-traversal",
 }
 
 /// A negative control: the scenario against a deliberately naive component must come out

@@ -761,6 +761,75 @@ impl Lab {
         })
     }
 
+    /// Runs vehicle `i`'s primary from an offline bundle (`--from-bundle BUNDLE --reports
+    /// REPORTS`), started through `wrapper` when given; with a JSON report.
+    pub async fn run_vehicle_from_bundle(
+        &self,
+        i: usize,
+        bundle: &Path,
+        reports: &Path,
+        wrapper: Option<(&Path, &[&str])>,
+    ) -> anyhow::Result<VehicleRun> {
+        let v = self.vehicles.get(i).context("no such vehicle")?;
+        let mut command = match wrapper {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(&self.options.bin);
+                c
+            }
+            None => Command::new(&self.options.bin),
+        };
+        let out = command
+            .args(["-v", "vehicle", "--json", "--consent", "auto", "--config"])
+            .arg(&v.primary_config)
+            .arg("--from-bundle")
+            .arg(bundle)
+            .arg("--reports")
+            .arg(reports)
+            .stdin(Stdio::null())
+            .output()
+            .await?;
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let report = stdout.lines().rev().find_map(|l| {
+            serde_json::from_str::<Value>(l)
+                .ok()
+                .filter(Value::is_object)
+        });
+        Ok(VehicleRun {
+            success: out.status.success(),
+            code: out.status.code(),
+            stdout,
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            report,
+        })
+    }
+
+    /// Writes the offline bundle of `vins` to `out` (in process, as `rampart offline-bundle
+    /// create` does).
+    pub async fn offline_bundle(
+        &self,
+        vins: &[String],
+        out: &Path,
+    ) -> anyhow::Result<rampart_server::offline::BundleSummary> {
+        Ok(rampart_server::offline::create(&self.layout, vins, out, chrono::Utc::now()).await?)
+    }
+
+    /// Uploads a vehicle's report file through the admin API (as `rampart admin
+    /// import-reports` does): one answer (or refusal) per line.
+    pub async fn import_reports(
+        &self,
+        reports: &Path,
+    ) -> anyhow::Result<Vec<anyhow::Result<Value>>> {
+        let text = std::fs::read_to_string(reports)
+            .with_context(|| format!("reading {}", reports.display()))?;
+        let mut out = Vec::new();
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            let body: Value = serde_json::from_str(line)?;
+            out.push(self.admin_post("offline-reports", &body).await);
+        }
+        Ok(out)
+    }
+
     /// Starts vehicle `i`'s primary for one cycle (`--once`) and returns at once, for tests
     /// that kill it mid-cycle (power cuts). Its output is appended to `primary.log` in the
     /// vehicle's folder.

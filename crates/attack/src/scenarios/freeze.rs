@@ -41,7 +41,7 @@ fn signed_field(body: &[u8], pointer: &str) -> String {
 }
 
 /// Where `faketime` is installed, if it is.
-fn faketime() -> Option<std::path::PathBuf> {
+pub(super) fn faketime() -> Option<std::path::PathBuf> {
     std::env::var_os("PATH").and_then(|paths| {
         std::env::split_paths(&paths)
             .map(|p| p.join("faketime"))

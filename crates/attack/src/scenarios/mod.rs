@@ -21,6 +21,7 @@ mod freeze;
 mod image_online_keys_compromise;
 mod in_vehicle_tamper;
 mod mix_and_match;
+mod offline_bundle;
 mod partial_bundle;
 mod replayed_manifest;
 mod request_flood;
@@ -99,6 +100,21 @@ pub fn all() -> Vec<Scenario> {
             false,
             diagnostic::interrupted,
             true
+        ),
+        scenario!(
+            offline_bundle::OTHER_VEHICLE,
+            false,
+            offline_bundle::other_vehicle
+        ),
+        scenario!(offline_bundle::EXPIRED, false, offline_bundle::expired),
+        scenario!(offline_bundle::TAMPERED, false, offline_bundle::tampered),
+        scenario!(offline_bundle::ROLLBACK, false, offline_bundle::rollback),
+        scenario!(offline_bundle::MIXED, false, offline_bundle::mixed),
+        scenario!(offline_bundle::TRUNCATED, false, offline_bundle::truncated),
+        scenario!(
+            offline_bundle::TRAVERSAL,
+            false,
+            offline_bundle::path_traversal
         ),
     ]
 }

@@ -152,7 +152,27 @@ pub async fn run_from_bundle(
     reporter: Arc<dyn Reporter>,
 ) -> Result<CycleReport> {
     let folder = config.state_dir.join("offline-bundle");
-    let description = unpack(bundle, &folder)?;
+    let description = match unpack(bundle, &folder) {
+        Ok(d) => d,
+        Err(e) => {
+            // A refused bundle is an attack indicator like a refused download: noted, and
+            // carried by a signed manifest in the report file (and by the next online one).
+            let mut primary = Primary::open(config)?;
+            primary.offline_reports = Some(reports.to_path_buf());
+            primary.set_reporter(reporter.clone());
+            let mut report = CycleReport::default();
+            primary.note(
+                &mut report,
+                e.rule(),
+                &format!("offline bundle {}: {e}", bundle.display()),
+            );
+            let (docs, _) = primary.collect_reports(&mut CycleReport::default()).await;
+            if let Err(written) = primary.send_manifest(docs).await {
+                tracing::error!(error = %written, "cannot write the report of a refused bundle");
+            }
+            return Err(e);
+        }
+    };
     reporter.say(&format!(
         "Offline bundle {}: for {} vehicle(s), made {}, usable until {}; {} image file(s). \
          Verified like the network: nothing in it is trusted for being in the file.",
