@@ -50,6 +50,13 @@ fn keep_takes_a_relative_folder_refuses_a_full_one_and_temp_leaves_nothing() {
             .any(|l| l.contains("IVI built nav 3.2 from 3.1") && l.contains("saved")),
         "{summary}"
     );
+    // One install from a workshop's bundle, which the director learns of from the reports.
+    assert!(
+        summary
+            .lines()
+            .any(|l| l.contains("the director now sees bcm/fw-1.6.bin")),
+        "{summary}"
+    );
     let kept_files = cwd.path().join("keep").read_dir().unwrap().count();
     assert!(kept_files > 0, "--keep kept nothing");
 

@@ -4,7 +4,8 @@
 //! release that fails its health check, which halts its campaign on the canary; then three
 //! attacks, each rejected, and a summary. Exit status 0 only if everything went as it should.
 //!
-//! Modules: `rollout` (the campaigns), `delta` (a delta update).
+//! Modules: `rollout` (the campaigns), `delta` (a delta update), `offline` (an install from
+//! a workshop's bundle).
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -19,6 +20,7 @@ use rampart_lab::{image_bytes, Lab, LabOptions};
 use serde_json::Value;
 
 mod delta;
+mod offline;
 mod rollout;
 
 /// `rampart-lab demo`.
@@ -142,6 +144,7 @@ async fn run(args: DemoArgs) -> anyhow::Result<()> {
     demo.rollout_completed().await?;
     demo.halting_rollout(&root).await?;
     demo.delta_update().await?;
+    demo.offline_install(&root).await?;
     demo.out
         .step("Attacks (each must be rejected, noticed and recorded)");
     let first_vin = demo
@@ -160,7 +163,8 @@ async fn run(args: DemoArgs) -> anyhow::Result<()> {
     if failures.is_empty() {
         rampart_cli::say!(
             "All {} vehicles updated in waves; a failing release halted on its canary; a delta \
-             update saved most of its bytes; 3 of 3 attacks rejected and recorded. ✔",
+             update saved most of its bytes; an offline install reached the director; 3 of 3 \
+             attacks rejected and recorded. ✔",
             args.vehicles
         );
         Ok(())
@@ -509,9 +513,10 @@ impl Demo {
 
     /// Attack 3: the director is told to install an older release than the ECU runs.
     async fn rollback(&mut self, first_vin: &str, root: &std::path::Path) -> anyhow::Result<()> {
-        // 3. Rollback: an older release than the ECU runs (release counter 0 < 1). The
+        // 3. Rollback: an older release than the ECU runs (release counter 0). The
         //    director's API refuses to assign it; an insider writes it into the director's
         //    database anyway, and the vehicle refuses it.
+        let ran = self.lab.installed(first_vin).await?;
         let old_build = image_bytes("bcm 1.2", 150_000);
         let req = rampart_server::ops::PublishRequest {
             name: Some("bcm/fw-1.2.bin".into()),
@@ -533,7 +538,7 @@ impl Demo {
             .is_err_and(|e| e.to_string().contains("release-counter-decreased"));
         self.expect(
             refused,
-            "assigning an older release (release counter 0 < 1): refused by the director's API (release-counter-decreased)",
+            "assigning an older release (release counter 0, below the one the BCM runs): refused by the director's API (release-counter-decreased)",
             "the director's API accepted an older release",
             format!("rollback assignment: {through_api:?}"),
         );
@@ -549,7 +554,7 @@ impl Demo {
             .await?;
         let run = self.lab.run_vehicle(0, "auto").await?;
         let installed_now = self.lab.installed(first_vin).await?;
-        let kept = installed_now.get(&bcm).map(String::as_str) == Some("bcm/fw-1.4.bin");
+        let kept = installed_now.contains_key(&bcm) && installed_now.get(&bcm) == ran.get(&bcm);
         self.expect_refused(
             &run,
             "release-counter-decreased",
