@@ -43,10 +43,13 @@ PYEOF
     local o="$pairs/$name-$old.so" n="$pairs/$name-$new.so"
     log "7/7 deltas: $pkg $old → $new ($(stat -c %s "$n") bytes)"
     /usr/bin/time -v -o "$RAW/delta-$name-bsdiff.time" bsdiff "$o" "$n" "$work/$name.bsdiff43"
-    /usr/bin/time -v -o "$RAW/delta-$name-qbsdiff.time" \
-      "$BENCH" delta-create "$o" "$n" "$work/$name.qbsdiff" --qbsdiff-default >"$RAW/delta-$name-qbsdiff.json"
-    /usr/bin/time -v -o "$RAW/delta-$name-rampart.time" \
-      "$BENCH" delta-create "$o" "$n" "$work/$name.rampart" >"$RAW/delta-$name-rampart.json"
+    # Three runs each, alternating (a shared machine's speed drifts); medians are reported.
+    for run in 1 2 3; do
+      /usr/bin/time -v -o "$RAW/delta-$name-qbsdiff-$run.time" \
+        "$BENCH" delta-create "$o" "$n" "$work/$name.qbsdiff" --qbsdiff-default >"$RAW/delta-$name-qbsdiff.json"
+      /usr/bin/time -v -o "$RAW/delta-$name-rampart-$run.time" \
+        "$BENCH" delta-create "$o" "$n" "$work/$name.rampart" >"$RAW/delta-$name-rampart.json"
+    done
     /usr/bin/time -v -o "$RAW/delta-$name-apply.time" \
       "$BENCH" delta-apply "$o" "$work/$name.rampart" "$work/$name.out" >"$RAW/delta-$name-apply.json"
     cmp -s "$work/$name.out" "$n" || die "Rampart's applier did not rebuild $name $new"

@@ -366,13 +366,35 @@ fn apply_sections<S: Read + Seek, C: Read, D: Read, E: Read, W: Write>(
             .checked_add(z)
             .ok_or_else(|| DeltaError::Corrupt("the source position overflows".into()))?;
     }
-    // A section with bytes after the last step, or one that does not end as a bzip2 stream
-    // ends (a truncated patch whose missing tail held no data), is refused too.
-    for (what, section) in [
-        ("control", &mut control as &mut dyn Read),
-        ("diff", &mut diff),
-        ("extra", &mut extra),
-    ] {
+    // After the last byte, the control section may only hold steps that write nothing
+    // (qbsdiff's parallel search ends its chunks with such steps), and not many of them.
+    let mut trailing = 0u32;
+    loop {
+        let mut triple = [0u8; 24];
+        match read_full(&mut control, &mut triple) {
+            Ok(0) => break,
+            Ok(24) => {}
+            Ok(_) => {
+                return Err(DeltaError::Corrupt(
+                    "the control section ends inside a step".into(),
+                ))
+            }
+            Err(e) => return Err(section_ended("control", e, new_pos, result_len)),
+        }
+        let writes = triple.get(..16).is_some_and(|xy| {
+            xy.chunks(8)
+                .any(|b| <[u8; 8]>::try_from(b).is_ok_and(|b| offtin(b) != 0))
+        });
+        trailing += 1;
+        if writes || trailing > MAX_IDLE_TRIPLES {
+            return Err(DeltaError::Corrupt(
+                "the control section holds data after the last step".into(),
+            ));
+        }
+    }
+    // The diff and extra sections must end there, as bzip2 streams end (a truncated patch
+    // whose missing tail held no data is refused too).
+    for (what, section) in [("diff", &mut diff as &mut dyn Read), ("extra", &mut extra)] {
         let mut probe = [0u8; 1];
         match section.read(&mut probe) {
             Ok(0) => {}
@@ -388,9 +410,11 @@ fn apply_sections<S: Read + Seek, C: Read, D: Read, E: Read, W: Write>(
     Ok(new_pos)
 }
 
-/// Makes a BSDIFF40 patch from `source` to `target` with qbsdiff (one thread: its parallel
-/// search cuts the target into chunks searched apart, which cost 38 % in size on a 128 MiB
-/// image). Memory: about six times the source.
+/// Makes a BSDIFF40 patch from `source` to `target` with qbsdiff. The target is cut into four
+/// chunks per core (at least 1 MiB each), searched in parallel against the whole source:
+/// about as fast as qbsdiff's own parallel search, without its fixed 512 KiB chunks, which
+/// lose the matches across many chunk boundaries (38 % larger patches on a 128 MiB image).
+/// Memory: about six times the source.
 #[cfg(feature = "create")]
 pub fn create(source: &[u8], target: &[u8], out: impl Write) -> Result<u64> {
     if source.len() as u64 > qbsdiff::bsdiff::MAX_LENGTH as u64 {
@@ -400,8 +424,15 @@ pub fn create(source: &[u8], target: &[u8], out: impl Write) -> Result<u64> {
             qbsdiff::bsdiff::MAX_LENGTH
         )));
     }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let chunk = target.len().div_ceil(4 * cores).max(1 << 20);
+    let scheme = if chunk >= target.len() {
+        qbsdiff::ParallelScheme::Never
+    } else {
+        qbsdiff::ParallelScheme::ChunkSize(chunk)
+    };
     qbsdiff::Bsdiff::new(source, target)
-        .parallel_scheme(qbsdiff::ParallelScheme::Never)
+        .parallel_scheme(scheme)
         .compare(out)
         .map_err(|e| DeltaError::Create(e.to_string()))
 }

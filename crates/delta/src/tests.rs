@@ -126,6 +126,31 @@ fn source_positions_outside_the_source_read_as_zero() {
 }
 
 #[test]
+fn steps_that_write_nothing_may_follow_the_last_byte_but_nothing_else() {
+    // qbsdiff's parallel search ends its chunks with such steps.
+    let p = patch(3, &[(0, 3, 0), (0, 0, 7), (0, 0, -2)], &[], b"abc");
+    assert_eq!(run(&[], &p).unwrap(), b"abc");
+    let p = patch(3, &[(0, 3, 0), (0, 1, 0)], &[], b"abcd");
+    assert!(matches!(run(&[], &p), Err(DeltaError::Corrupt(_))));
+    let p = patch(3, &[(0, 3, 0)], &[9], b"abc");
+    assert!(matches!(run(&[], &p), Err(DeltaError::Corrupt(_))));
+}
+
+#[test]
+fn a_parallel_qbsdiff_patch_of_a_large_image_applies() {
+    // Over 2 MiB: cut into chunks searched on every core.
+    let old = bytes(8, 9 << 20);
+    let mut new = old.clone();
+    for b in new.iter_mut().skip(4096).step_by(65_537) {
+        *b ^= 1;
+    }
+    new.splice(5_000_000..5_000_000, bytes(9, 10_000));
+    let mut delta = Vec::new();
+    create(&old, &new, &mut delta).unwrap();
+    assert!(run(&old, &delta).unwrap() == new);
+}
+
+#[test]
 fn a_header_that_lies_is_refused() {
     let good = patch(3, &[(0, 3, 0)], &[], b"abc");
     assert_eq!(run(&[], &good).unwrap(), b"abc");

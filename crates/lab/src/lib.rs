@@ -733,32 +733,7 @@ impl Lab {
         wrapper: Option<(&Path, &[&str])>,
     ) -> anyhow::Result<VehicleRun> {
         let v = self.vehicles.get(i).context("no such vehicle")?;
-        let mut command = match wrapper {
-            Some((program, args)) => {
-                let mut c = Command::new(program);
-                c.args(args).arg(&self.options.bin);
-                c
-            }
-            None => Command::new(&self.options.bin),
-        };
-        let out = command
-            .args(v.once_args(consent))
-            .stdin(Stdio::null())
-            .output()
-            .await?;
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        let report = stdout.lines().rev().find_map(|l| {
-            serde_json::from_str::<Value>(l)
-                .ok()
-                .filter(Value::is_object)
-        });
-        Ok(VehicleRun {
-            success: out.status.success(),
-            code: out.status.code(),
-            stdout,
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-            report,
-        })
+        self.run_primary(wrapper, v.once_args(consent)).await
     }
 
     /// Runs vehicle `i`'s primary from an offline bundle (`--from-bundle BUNDLE --reports
@@ -771,24 +746,33 @@ impl Lab {
         wrapper: Option<(&Path, &[&str])>,
     ) -> anyhow::Result<VehicleRun> {
         let v = self.vehicles.get(i).context("no such vehicle")?;
+        let mut args = v.once_args("auto");
+        args.retain(|a| a != "--once");
+        args.extend([
+            "--from-bundle".into(),
+            bundle.as_os_str().to_owned(),
+            "--reports".into(),
+            reports.as_os_str().to_owned(),
+        ]);
+        self.run_primary(wrapper, args).await
+    }
+
+    /// Runs the lab's binary with `args` (through `wrapper` when given) and reads its JSON
+    /// report: one vehicle's primary.
+    async fn run_primary(
+        &self,
+        wrapper: Option<(&Path, &[&str])>,
+        args: Vec<std::ffi::OsString>,
+    ) -> anyhow::Result<VehicleRun> {
         let mut command = match wrapper {
-            Some((program, args)) => {
+            Some((program, extra)) => {
                 let mut c = Command::new(program);
-                c.args(args).arg(&self.options.bin);
+                c.args(extra).arg(&self.options.bin);
                 c
             }
             None => Command::new(&self.options.bin),
         };
-        let out = command
-            .args(["-v", "vehicle", "--json", "--consent", "auto", "--config"])
-            .arg(&v.primary_config)
-            .arg("--from-bundle")
-            .arg(bundle)
-            .arg("--reports")
-            .arg(reports)
-            .stdin(Stdio::null())
-            .output()
-            .await?;
+        let out = command.args(args).stdin(Stdio::null()).output().await?;
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         let report = stdout.lines().rev().find_map(|l| {
             serde_json::from_str::<Value>(l)

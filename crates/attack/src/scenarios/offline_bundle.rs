@@ -242,10 +242,47 @@ async fn pending_release(h: &Harness) -> anyhow::Result<&'static str> {
     h.release_tbox_update(120_000).await
 }
 
+/// What a scenario starts from: release 2.0 pending, a work folder, the workshop's genuine
+/// bundle of it.
+struct Start {
+    f: Findings,
+    missing: Vec<String>,
+    image: &'static str,
+    dir: PathBuf,
+    bundle: PathBuf,
+}
+
+async fn start(h: &Harness) -> anyhow::Result<Start> {
+    let image = pending_release(h).await?;
+    let dir = work(h)?;
+    let bundle = dir.join("genuine.bundle");
+    genuine(h, &bundle).await?;
+    Ok(Start {
+        f: Findings::default(),
+        missing: Vec::new(),
+        image,
+        dir,
+        bundle,
+    })
+}
+
+/// How a scenario ends: the genuine bundle installs `image`, and the verdict.
+async fn end(
+    h: &Harness,
+    mut f: Findings,
+    missing: &[String],
+    image: &str,
+) -> anyhow::Result<Findings> {
+    recovers(h, &mut f, image).await?;
+    finish(&mut f, missing);
+    Ok(f)
+}
+
 /// `bundle-other-vehicle`.
 pub(super) async fn other_vehicle(h: Harness) -> anyhow::Result<Findings> {
     let mut f = Findings::default();
     let mut missing = Vec::new();
+    // Release 2.0, pending for this car and (below) the other.
     let image = pending_release(&h).await?;
     // Another car of the fleet (same ECU keys: the attacker needs none of them).
     let vin = h.vin();
@@ -311,16 +348,18 @@ pub(super) async fn other_vehicle(h: Harness) -> anyhow::Result<Findings> {
         "another car's bundle",
     )
     .await?;
-    recovers(&h, &mut f, image).await?;
-    finish(&mut f, &missing);
-    Ok(f)
+    end(&h, f, &missing, image).await
 }
 
 /// `bundle-expired`.
 pub(super) async fn expired(h: Harness) -> anyhow::Result<Findings> {
-    let mut f = Findings::default();
-    let mut missing = Vec::new();
-    let image = pending_release(&h).await?;
+    let Start {
+        mut f,
+        mut missing,
+        image,
+        bundle,
+        ..
+    } = start(&h).await?;
     let Some(faketime) = faketime() else {
         f.check(
             "faketime is installed (the vehicle's clock two days on)",
@@ -329,9 +368,6 @@ pub(super) async fn expired(h: Harness) -> anyhow::Result<Findings> {
         );
         return Ok(f);
     };
-    let dir = work(&h)?;
-    let bundle = dir.join("old.bundle");
-    genuine(&h, &bundle).await?;
     attempt(
         &h,
         &mut f,
@@ -342,19 +378,18 @@ pub(super) async fn expired(h: Harness) -> anyhow::Result<Findings> {
         "the bundle two days later",
     )
     .await?;
-    recovers(&h, &mut f, image).await?;
-    finish(&mut f, &missing);
-    Ok(f)
+    end(&h, f, &missing, image).await
 }
 
 /// `bundle-tampered`.
 pub(super) async fn tampered(h: Harness) -> anyhow::Result<Findings> {
-    let mut f = Findings::default();
-    let mut missing = Vec::new();
-    let image = pending_release(&h).await?;
-    let dir = work(&h)?;
-    let bundle = dir.join("genuine.bundle");
-    genuine(&h, &bundle).await?;
+    let Start {
+        mut f,
+        mut missing,
+        image,
+        dir,
+        bundle,
+    } = start(&h).await?;
     // 1. The director's timestamp (which a vehicle always reads): another version, same
     //    signature.
     let evil_meta = dir.join("evil-metadata.bundle");
@@ -399,19 +434,17 @@ pub(super) async fn tampered(h: Harness) -> anyhow::Result<Findings> {
         "an image changed in the bundle",
     )
     .await?;
-    recovers(&h, &mut f, image).await?;
-    finish(&mut f, &missing);
-    Ok(f)
+    end(&h, f, &missing, image).await
 }
 
 /// `bundle-rollback`.
 pub(super) async fn rollback(h: Harness) -> anyhow::Result<Findings> {
-    let mut f = Findings::default();
-    let mut missing = Vec::new();
-    pending_release(&h).await?;
-    let dir = work(&h)?;
-    let old = dir.join("release-2.0.bundle");
-    genuine(&h, &old).await?;
+    let Start {
+        mut f,
+        mut missing,
+        bundle: old,
+        ..
+    } = start(&h).await?;
     // 3.0 is released and installed online.
     let newer = "tbox/fw-3.0.bin";
     h.lab
@@ -439,12 +472,13 @@ pub(super) async fn rollback(h: Harness) -> anyhow::Result<Findings> {
 
 /// `bundle-mixed`.
 pub(super) async fn mixed(h: Harness) -> anyhow::Result<Findings> {
-    let mut f = Findings::default();
-    let mut missing = Vec::new();
-    let first = pending_release(&h).await?;
-    let dir = work(&h)?;
-    let old = dir.join("release-2.0.bundle");
-    genuine(&h, &old).await?;
+    let Start {
+        mut f,
+        mut missing,
+        image: first,
+        dir,
+        bundle: old,
+    } = start(&h).await?;
     let newer = "tbox/fw-3.0.bin";
     h.lab
         .release(newer, "tbox-a", "3.0", &image_bytes(newer, 120_000), false)
@@ -484,19 +518,18 @@ pub(super) async fn mixed(h: Harness) -> anyhow::Result<Findings> {
     f.evidence(format!(
         "{first} was pending when release 2.0's bundle was made"
     ));
-    recovers(&h, &mut f, newer).await?;
-    finish(&mut f, &missing);
-    Ok(f)
+    end(&h, f, &missing, newer).await
 }
 
 /// `bundle-truncated`.
 pub(super) async fn truncated(h: Harness) -> anyhow::Result<Findings> {
-    let mut f = Findings::default();
-    let mut missing = Vec::new();
-    let image = pending_release(&h).await?;
-    let dir = work(&h)?;
-    let bundle = dir.join("genuine.bundle");
-    genuine(&h, &bundle).await?;
+    let Start {
+        mut f,
+        mut missing,
+        image,
+        dir,
+        bundle,
+    } = start(&h).await?;
     let bytes = std::fs::read(&bundle)?;
     let cut = dir.join("cut.bundle");
     std::fs::write(&cut, bytes.get(..bytes.len() / 2).unwrap_or_default())?;
@@ -510,19 +543,18 @@ pub(super) async fn truncated(h: Harness) -> anyhow::Result<Findings> {
         "the bundle cut in half",
     )
     .await?;
-    recovers(&h, &mut f, image).await?;
-    finish(&mut f, &missing);
-    Ok(f)
+    end(&h, f, &missing, image).await
 }
 
 /// `bundle-path-traversal`.
 pub(super) async fn path_traversal(h: Harness) -> anyhow::Result<Findings> {
-    let mut f = Findings::default();
-    let mut missing = Vec::new();
-    let image = pending_release(&h).await?;
-    let dir = work(&h)?;
-    let bundle = dir.join("genuine.bundle");
-    genuine(&h, &bundle).await?;
+    let Start {
+        mut f,
+        mut missing,
+        image,
+        dir,
+        bundle,
+    } = start(&h).await?;
     // Relative to the unpack folder (STATE/offline-bundle), five levels up is outside the
     // vehicle's folder altogether.
     let target = "planted-by-bundle";
@@ -562,9 +594,7 @@ pub(super) async fn path_traversal(h: Harness) -> anyhow::Result<Findings> {
         &planted,
         "no planted-by-bundle anywhere under the lab",
     );
-    recovers(&h, &mut f, image).await?;
-    finish(&mut f, &missing);
-    Ok(f)
+    end(&h, f, &missing, image).await
 }
 
 /// Every file under `dir` (depth-first).
