@@ -114,6 +114,10 @@ pub(crate) struct PublishArgs {
     /// ECUs that run it download the delta instead of the whole image.
     #[arg(long = "delta-from", value_name = "TARGET")]
     delta_from: Vec<String>,
+    /// A hash algorithm to list for the image (repeatable; default both sha256 and sha512).
+    /// `--hash sha256` alone halves the hashing a vehicle does per byte.
+    #[arg(long = "hash", value_name = "ALG", value_parser = ["sha256", "sha512"])]
+    hashes: Vec<String>,
 }
 
 /// `rampart offline-bundle …`
@@ -370,6 +374,7 @@ pub(crate) fn publish(args: PublishArgs) -> anyhow::Result<()> {
         install_seconds: args.install_seconds,
         replace: args.replace,
         delta_from: args.delta_from,
+        hash_algorithms: args.hashes,
     };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -298,3 +298,65 @@ async fn an_assignment_the_vehicle_refuses_ends_failed_with_its_rule() {
     let next = lab.run_vehicle(0, "auto").await.unwrap();
     assert_eq!(next.code, Some(0), "{}", dump(&next));
 }
+
+/// `rampart publish --hash sha256`: the image lists one hash (what the vehicle then computes
+/// per byte), and full and partial verification ECUs (one of them encrypted) install it; an
+/// algorithm Rampart does not list is refused at publish.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn images_listing_only_sha256_install_everywhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let lab = lab(dir.path()).await;
+    for (name, hw, encrypt) in [
+        ("ivi/app-3.2.bin", "ivi-x", true),
+        ("bcm/fw-1.5.bin", "bcm-1", false),
+    ] {
+        let request = lab
+            .image_request(name, hw, &image_bytes(name, 150_000))
+            .unwrap();
+        lab.publish(&rampart_server::ops::PublishRequest {
+            encrypt,
+            hash_algorithms: vec!["sha256".into()],
+            ..request
+        })
+        .await
+        .unwrap();
+        lab.assign_all(name, hw, encrypt).await.unwrap();
+    }
+    let images = lab.admin_get("images").await.unwrap();
+    let listed: Vec<_> = images
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i.to_string().contains("3.2.bin") || i.to_string().contains("1.5.bin"))
+        .collect();
+    assert_eq!(listed.len(), 2, "{images}");
+    for image in &listed {
+        let hashes = &image["hashes"];
+        assert!(
+            hashes.get("sha256").is_some() && hashes.get("sha512").is_none(),
+            "{image}"
+        );
+    }
+    let run = lab.run_vehicle(0, "auto").await.unwrap();
+    assert!(run.success, "{}", dump(&run));
+    let report = run.report.unwrap();
+    let updates = report["updates"].as_array().unwrap();
+    assert_eq!(updates.len(), 2, "{report}");
+    assert!(
+        updates.iter().all(|u| u["status"] == "Installed"),
+        "{report}"
+    );
+
+    let request = lab
+        .image_request("bcm/fw-1.6.bin", "bcm-1", &image_bytes("x", 1000))
+        .unwrap();
+    let refused = lab
+        .publish(&rampart_server::ops::PublishRequest {
+            hash_algorithms: vec!["md5".into()],
+            ..request
+        })
+        .await
+        .unwrap_err();
+    assert!(refused.to_string().contains("--hash md5"), "{refused}");
+    lab.stop().await.unwrap();
+}

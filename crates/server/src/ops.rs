@@ -77,6 +77,9 @@ pub struct PublishRequest {
     pub replace: bool,
     /// Published images (same hardware ID) to make a delta from, each signed with the image.
     pub delta_from: Vec<String>,
+    /// The hash algorithms listed for the image (`sha256`, `sha512`); empty: both. One hash
+    /// halves what a vehicle computes per byte; both guard against a break of either.
+    pub hash_algorithms: Vec<String>,
 }
 
 impl PublishRequest {
@@ -97,6 +100,7 @@ impl PublishRequest {
             install_seconds: None,
             replace: false,
             delta_from: Vec::new(),
+            hash_algorithms: Vec::new(),
         }
     }
 }
@@ -132,6 +136,27 @@ fn next_release_counter(state: &RepoState, hardware_id: &str) -> u64 {
         .map(|c| c.release_counter)
         .max()
         .map_or(1, |m| m + 1)
+}
+
+/// The hashes to list for an image: those of `algorithms` (`sha256`, `sha512`; empty: all
+/// that were computed).
+fn listed_hashes(
+    mut computed: rampart_core::hash::Hashes,
+    algorithms: &[String],
+) -> Result<rampart_core::hash::Hashes> {
+    if algorithms.is_empty() {
+        return Ok(computed);
+    }
+    let mut out = rampart_core::hash::Hashes::new();
+    for alg in algorithms {
+        let digest = computed.remove(alg.as_str()).ok_or_else(|| {
+            Error::BadRequest(format!(
+                "--hash {alg}: not a hash algorithm Rampart lists (sha256, sha512)"
+            ))
+        })?;
+        out.insert(alg.clone(), digest);
+    }
+    Ok(out)
 }
 
 /// Stores `file` as the target `name` in the public folder — only its ciphertext when
@@ -214,7 +239,9 @@ pub async fn publish(
         delta: None,
     };
     let (length, hashes) = store(layout, &config, &repo, &req.file, &name, req.encrypt).await?;
+    // The SHA-256 shown to the publisher, whatever the image lists.
     let sha256 = hashes.get("sha256").cloned().unwrap_or_default();
+    let hashes = listed_hashes(hashes, &req.hash_algorithms)?;
     let mut deltas = Vec::new();
     for from in &req.delta_from {
         let made = crate::delta::make(
