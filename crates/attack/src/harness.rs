@@ -742,22 +742,32 @@ impl Harness {
     pub async fn check_recovers(&self, f: &mut Findings) -> anyhow::Result<VehicleRun> {
         self.proxy.clear();
         let run = self.cycle().await?;
-        f.check(
+        check_succeeded(
+            f,
             "recovers once the attacker leaves",
-            run.success,
-            if run.success {
-                "next cycle succeeded".to_owned()
-            } else {
-                run.stderr
-                    .lines()
-                    .rev()
-                    .take(3)
-                    .collect::<Vec<_>>()
-                    .join(" | ")
-            },
+            &run,
+            "next cycle succeeded",
         );
         Ok(run)
     }
+}
+
+/// A check that the vehicle's `run` succeeded: `fine` if it did, its last error lines if not.
+pub fn check_succeeded(f: &mut Findings, what: &str, run: &VehicleRun, fine: &str) {
+    f.check(
+        what,
+        run.success,
+        if run.success {
+            fine.to_owned()
+        } else {
+            run.stderr
+                .lines()
+                .rev()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" | ")
+        },
+    );
 }
 
 /// Checks the attack changed nothing against the state just before it: every ECU runs what

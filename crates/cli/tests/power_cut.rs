@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use rampart_core::hash::compute_hashes;
 use rampart_lab::{image_bytes, Lab, LabOptions};
 use rampart_vehicle::slots::{BootControl, Slot};
-use rampart_vehicle::testing::Rng;
+use rampart_vehicle::testing::{env_u64, power_cut_seed, Rng};
 
 fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_rampart"))
@@ -338,19 +338,8 @@ async fn trial(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_primary_cut_during_download_or_distribution_finishes_on_the_next_cycle() {
-    let trials: u64 = std::env::var("POWER_CUT_PRIMARY_TRIALS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(10);
-    let seed: u64 = std::env::var("POWER_CUT_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(1)
-        });
+    let trials = env_u64("POWER_CUT_PRIMARY_TRIALS").unwrap_or(10);
+    let seed = power_cut_seed();
     eprintln!("primary power cuts: {trials} trials of each kind, POWER_CUT_SEED={seed}");
     let dir = tempfile::tempdir().unwrap();
     let mut lab = Lab::create(LabOptions::new(dir.path(), bin(), 1))

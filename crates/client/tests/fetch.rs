@@ -348,3 +348,42 @@ async fn a_download_that_cannot_be_resumed_leaves_nothing_behind() {
         .collect();
     assert!(left.is_empty(), "http-status: left {left:?}");
 }
+
+/// The offline fetcher (an unpacked offline bundle): files inside its folder are fetched with
+/// the usual limits; a URL that leaves the folder (`..`, its percent-encoded form), another
+/// scheme, or a file longer than allowed is refused — the file outside is never read.
+#[tokio::test]
+async fn the_offline_fetcher_reads_only_inside_its_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("bundle");
+    std::fs::create_dir_all(root.join("image/metadata")).unwrap();
+    std::fs::write(root.join("image/metadata/timestamp.json"), b"{}").unwrap();
+    std::fs::write(dir.path().join("secret"), b"outside").unwrap();
+    let f = HttpFetcher::offline(&root).unwrap();
+    let base = f.offline_base().unwrap();
+    assert!(base.starts_with("file://") && base.ends_with('/'), "{base}");
+
+    let inside = format!("{base}image/metadata/timestamp.json");
+    assert_eq!(f.fetch_bytes(&inside, 100).await.unwrap().unwrap(), b"{}");
+    assert!(f
+        .fetch_bytes(&format!("{base}image/metadata/none.json"), 100)
+        .await
+        .unwrap()
+        .is_none());
+    let err = f.fetch_bytes(&inside, 1).await.unwrap_err();
+    assert_eq!(err.rule().as_str(), "endless-data", "{err}");
+    for escape in [
+        format!("{base}../secret"),
+        format!("{base}image/../../secret"),
+        format!("{base}%2e%2e/secret"),
+        format!("{base}image/%2E%2E/%2e%2e/secret"),
+        "http://127.0.0.1:1/secret".to_owned(),
+    ] {
+        let err = f.fetch_bytes(&escape, 100).await.unwrap_err();
+        assert_eq!(err.rule().as_str(), "bad-url", "{escape}: {err}");
+    }
+    assert!(f
+        .post_json(&inside, b"{}".to_vec(), 10)
+        .await
+        .is_err_and(|e| e.rule().as_str() == "bad-url"));
+}

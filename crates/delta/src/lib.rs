@@ -118,9 +118,16 @@ impl Header {
         Ok(header)
     }
 
-    /// Bytes of the extra section in a patch of `patch_len` bytes.
-    fn extra_len(&self, patch_len: u64) -> u64 {
-        patch_len.saturating_sub(HEADER_LEN + self.control_len + self.diff_len)
+    /// Where the control, diff and extra sections lie (offset, length) in a patch of
+    /// `patch_len` bytes whose header this is ([`Header::parse`] checked they fit).
+    fn sections(&self, patch_len: u64) -> [(u64, u64); 3] {
+        let diff_at = HEADER_LEN + self.control_len;
+        let extra_at = diff_at + self.diff_len;
+        [
+            (HEADER_LEN, self.control_len),
+            (diff_at, self.diff_len),
+            (extra_at, patch_len.saturating_sub(extra_at)),
+        ]
     }
 }
 
@@ -171,24 +178,18 @@ pub fn apply<S: Read + Seek, W: Write>(
     let mut head = [0u8; HEADER_LEN as usize];
     let n = read_full(&mut file, &mut head).map_err(DeltaError::Patch)?;
     let header = Header::parse(head.get(..n).unwrap_or_default(), patch_len)?;
-    let section = |offset: u64, len: u64| -> Result<io::Take<File>> {
+    let [control, diff, extra] = header.sections(patch_len).map(|(offset, len)| {
         let mut f = File::open(patch).map_err(DeltaError::Patch)?;
         f.seek(SeekFrom::Start(offset)).map_err(DeltaError::Patch)?;
-        Ok(f.take(len))
-    };
-    let control = section(HEADER_LEN, header.control_len)?;
-    let diff = section(HEADER_LEN + header.control_len, header.diff_len)?;
-    let extra = section(
-        HEADER_LEN + header.control_len + header.diff_len,
-        header.extra_len(patch_len),
-    )?;
+        Ok(BzDecoder::new(f.take(len)))
+    });
     apply_sections(
         source,
         source_len,
         header.result_len,
-        BzDecoder::new(control),
-        BzDecoder::new(diff),
-        BzDecoder::new(extra),
+        control?,
+        diff?,
+        extra?,
         out,
     )
 }
@@ -201,24 +202,18 @@ pub fn apply_bytes<S: Read + Seek, W: Write>(
     out: W,
 ) -> Result<u64> {
     let header = Header::parse(patch, patch.len() as u64)?;
-    let at = |from: u64, len: u64| -> &[u8] {
+    let [control, diff, extra] = header.sections(patch.len() as u64).map(|(from, len)| {
         let from = usize::try_from(from).unwrap_or(usize::MAX);
         let to = from.saturating_add(usize::try_from(len).unwrap_or(usize::MAX));
-        patch.get(from..to.min(patch.len())).unwrap_or_default()
-    };
-    let control = at(HEADER_LEN, header.control_len);
-    let diff = at(HEADER_LEN + header.control_len, header.diff_len);
-    let extra = at(
-        HEADER_LEN + header.control_len + header.diff_len,
-        header.extra_len(patch.len() as u64),
-    );
+        BzDecoder::new(patch.get(from..to.min(patch.len())).unwrap_or_default())
+    });
     apply_sections(
         source,
         source_len,
         header.result_len,
-        BzDecoder::new(control),
-        BzDecoder::new(diff),
-        BzDecoder::new(extra),
+        control,
+        diff,
+        extra,
         out,
     )
 }

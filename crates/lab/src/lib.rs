@@ -747,7 +747,6 @@ impl Lab {
     ) -> anyhow::Result<VehicleRun> {
         let v = self.vehicles.get(i).context("no such vehicle")?;
         let mut args = v.once_args("auto");
-        args.retain(|a| a != "--once");
         args.extend([
             "--from-bundle".into(),
             bundle.as_os_str().to_owned(),

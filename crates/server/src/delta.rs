@@ -52,6 +52,8 @@ pub(crate) struct DeltaRequest<'a> {
     pub(crate) new_length: u64,
     pub(crate) new_hashes: &'a Hashes,
     pub(crate) custom: &'a ImageCustom,
+    /// The publish's database connection (content keys of encrypted images, here and old).
+    pub(crate) db: Option<&'a Db>,
     pub(crate) encrypt: bool,
 }
 
@@ -101,7 +103,7 @@ pub(crate) async fn make(req: &DeltaRequest<'_>, from: &str) -> Result<MadeDelta
         req.repo,
         scratch.path(),
         &name,
-        req.encrypt,
+        req.db.filter(|_| req.encrypt),
     )
     .await?;
     let custom = ImageCustom {
@@ -158,8 +160,11 @@ async fn published_plaintext(
     file: &TargetFile,
 ) -> Result<Vec<u8>> {
     let targets = req.repo.targets_dir();
-    let db = Db::connect(&req.config.database_url(req.layout)).await?;
-    let bytes = match db.image_key(name).await? {
+    let key = match req.db {
+        Some(db) => db.image_key(name).await?,
+        None => None,
+    };
+    let bytes = match key {
         Some(key) => {
             let kek = req.config.content_kek(req.layout)?;
             let content = ContentKey::from_bytes(&kek.content_key(&key)?)?;
@@ -201,11 +206,6 @@ pub async fn record(db: &Db, role: &Targets) -> Result<usize> {
         n += 1;
     }
     Ok(n)
-}
-
-/// The hashes of a stored image report (JSON), for comparing with a delta's source.
-pub(crate) fn installed_hashes(value: &serde_json::Value) -> Option<Hashes> {
-    serde_json::from_value(value.clone()).ok()
 }
 
 #[cfg(test)]

@@ -405,7 +405,7 @@ impl Director {
                 .filter(|i| i.target != a.target);
             let mut offer = None;
             if let Some(inst) = installed {
-                let hashes = crate::delta::installed_hashes(&inst.hashes);
+                let hashes: Option<Hashes> = serde_json::from_value(inst.hashes.clone()).ok();
                 if let Some(sha) = hashes.as_ref().and_then(|h| h.get("sha256")) {
                     offer = self.db.delta_to(&a.target, sha).await?.filter(|o| {
                         o.source.length == inst.length && Some(&o.source.hashes) == hashes.as_ref()

@@ -160,23 +160,22 @@ fn listed_hashes(
 }
 
 /// Stores `file` as the target `name` in the public folder — only its ciphertext when
-/// `encrypt`, under a fresh content key sealed into the database for the director — and
-/// returns the plaintext's length and hashes (what the repository signs).
+/// `encrypt` (with `db`), under a fresh content key sealed into the database for the
+/// director — and returns the plaintext's length and hashes (what the repository signs).
 pub(crate) async fn store(
     layout: &Layout,
     config: &Config,
     repo: &Repository,
     file: &Path,
     name: &str,
-    encrypt: bool,
+    encrypt: Option<&Db>,
 ) -> Result<(u64, rampart_core::hash::Hashes)> {
-    if !encrypt {
+    let Some(db) = encrypt else {
         return repo.store_image(file, name);
-    }
+    };
     let kek = config.content_kek(layout)?;
     let key = ContentKey::generate()?;
     let copy = repo.store_encrypted(file, name, &key)?;
-    let db = Db::connect(&config.database_url(layout)).await?;
     db.store_image_key(&ImageKey {
         target: name.to_owned(),
         content_key: kek.seal(name, key.as_bytes())?,
@@ -238,7 +237,14 @@ pub async fn publish(
         install_seconds: req.install_seconds,
         delta: None,
     };
-    let (length, hashes) = store(layout, &config, &repo, &req.file, &name, req.encrypt).await?;
+    // One connection for everything the database keeps of this publish (content keys, deltas).
+    let db = if req.encrypt || !req.delta_from.is_empty() {
+        Some(Db::connect(&config.database_url(layout)).await?)
+    } else {
+        None
+    };
+    let sealed = db.as_ref().filter(|_| req.encrypt);
+    let (length, hashes) = store(layout, &config, &repo, &req.file, &name, sealed).await?;
     // The SHA-256 shown to the publisher, whatever the image lists.
     let sha256 = hashes.get("sha256").cloned().unwrap_or_default();
     let hashes = listed_hashes(hashes, &req.hash_algorithms)?;
@@ -255,6 +261,7 @@ pub async fn publish(
                 new_length: length,
                 new_hashes: &hashes,
                 custom: &custom,
+                db: db.as_ref(),
                 encrypt: req.encrypt,
             },
             from,
@@ -304,9 +311,8 @@ pub async fn publish(
     let signers = load_signers(&keys)?;
     let online = config.image_online_keys(layout)?;
     repo.sign_and_commit(&req.role, &staged.role, &signers, &online, now)?;
-    if !deltas.is_empty() {
-        let db = Db::connect(&config.database_url(layout)).await?;
-        crate::delta::record(&db, &staged.role).await?;
+    if let (false, Some(db)) = (deltas.is_empty(), &db) {
+        crate::delta::record(db, &staged.role).await?;
     }
     Ok(PublishOutcome {
         name,

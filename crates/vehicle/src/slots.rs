@@ -240,6 +240,12 @@ impl Slots {
         self.state.image(self.state.active)
     }
 
+    /// Reads the running slot back against `length` and `hashes` (what a delta must start
+    /// from), as a written slot is read back before it may boot.
+    pub fn check_running(&self, length: u64, hashes: &Hashes) -> Result<(), SlotError> {
+        verify_slot(self.running_path(), length, hashes)
+    }
+
     /// The file (or device) of the slot the ECU runs from: what a delta is applied to.
     pub fn running_path(&self) -> &Path {
         self.path(self.state.active)

@@ -143,6 +143,22 @@ impl TestDirector {
     }
 }
 
+/// The number in environment variable `var`, if it holds one (trial counts, seeds).
+pub fn env_u64(var: &str) -> Option<u64> {
+    std::env::var(var).ok().and_then(|v| v.parse().ok())
+}
+
+/// A seed for a randomised test: `POWER_CUT_SEED` when set (to repeat a run), else from the
+/// clock. The test prints it.
+pub fn power_cut_seed() -> u64 {
+    env_u64("POWER_CUT_SEED").unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1)
+    })
+}
+
 /// xorshift64*: enough randomness to place power cuts, and repeatable from a printed seed.
 #[derive(Debug, Clone)]
 pub struct Rng(u64);

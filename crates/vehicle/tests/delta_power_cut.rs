@@ -34,7 +34,7 @@ use tokio::net::TcpStream;
 mod common;
 
 use common::{agent, ecu_config, ECU, HW, VIN};
-use rampart_vehicle::testing::{image_bytes, Rng, TestDirector};
+use rampart_vehicle::testing::{env_u64, image_bytes, power_cut_seed, Rng, TestDirector};
 
 const TARGET: &str = "ivi/app-2.bin";
 
@@ -216,19 +216,8 @@ async fn running(addr: SocketAddr) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_ecu_building_from_a_delta_survives_power_cuts() {
-    let trials: u64 = std::env::var("DELTA_POWER_CUT_TRIALS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(12);
-    let seed: u64 = std::env::var("POWER_CUT_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(1)
-        });
+    let trials = env_u64("DELTA_POWER_CUT_TRIALS").unwrap_or(12);
+    let seed = power_cut_seed();
     eprintln!("delta power cuts: {trials} trials, POWER_CUT_SEED={seed}");
     let r = release();
     let root = tempfile::tempdir().unwrap();

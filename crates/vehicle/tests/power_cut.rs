@@ -39,7 +39,7 @@ use tokio::net::TcpStream;
 mod common;
 
 use common::{agent, ecu_config, ECU, HW, VIN};
-use rampart_vehicle::testing::{image_bytes, Rng};
+use rampart_vehicle::testing::{env_u64, image_bytes, power_cut_seed, Rng};
 
 const TARGET: &str = "ivi/app-2.bin";
 const IMAGE_LEN: usize = 384 * 1024;
@@ -641,19 +641,10 @@ async fn calibrate(root: &Path, director: &Director, images: &Images) -> Duratio
     times[1]
 }
 
-fn env_u64(name: &str) -> Option<u64> {
-    std::env::var(name).ok().and_then(|v| v.parse().ok())
-}
-
 #[tokio::test]
 async fn an_ecu_survives_power_cuts_at_any_point_of_an_install() {
     let trials = env_u64("POWER_CUT_TRIALS").unwrap_or(200);
-    let seed = env_u64("POWER_CUT_SEED").unwrap_or_else(|| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(1)
-    });
+    let seed = power_cut_seed();
     eprintln!("power cuts: {trials} trials, POWER_CUT_SEED={seed}");
     let root = match std::env::var_os("POWER_CUT_DIR") {
         Some(d) => tempfile::tempdir_in(d).unwrap(),

@@ -22,7 +22,7 @@ use serde_json::Value;
 
 use super::freeze::faketime;
 use super::rollback::finish;
-use crate::harness::check_unchanged;
+use crate::harness::{check_succeeded, check_unchanged};
 use crate::{Findings, Harness, Info};
 
 /// Description.
@@ -210,19 +210,11 @@ async fn recovers(h: &Harness, f: &mut Findings, image: &str) -> anyhow::Result<
         .lab
         .run_vehicle_from_bundle(0, &bundle, &reports, None)
         .await?;
-    f.check(
+    check_succeeded(
+        f,
         "a genuine bundle installs once the attacker is gone",
-        run.success,
-        if run.success {
-            "the vehicle installed from the workshop's own bundle".to_owned()
-        } else {
-            run.stderr
-                .lines()
-                .rev()
-                .take(3)
-                .collect::<Vec<_>>()
-                .join(" | ")
-        },
+        &run,
+        "the vehicle installed from the workshop's own bundle",
     );
     for r in h.lab.import_reports(&reports).await? {
         r?;

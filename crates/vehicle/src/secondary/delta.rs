@@ -102,26 +102,8 @@ pub(super) fn usable_offer<'a>(
     }
     // The slot itself, not only its record: a slot that changed under the record would build
     // garbage (caught by the result's hashes, but later and with a less useful error).
-    let path = ecu.slots.running_path();
-    let mut check = StreamVerifier::new(
-        "the running slot",
-        Some(offer.source.length),
-        offer.source.length,
-        Some(&offer.source.hashes),
-    )?;
-    let mut f = File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = std::io::Read::read(&mut f, &mut buf).map_err(|e| Error::io(path, e))?;
-        if n == 0 {
-            break;
-        }
-        check
-            .update(buf.get(..n).unwrap_or_default())
-            .map_err(|e| refused(offer, Rule::DeltaSource, format!("the running slot: {e}")))?;
-    }
-    check
-        .finish()
+    ecu.slots
+        .check_running(offer.source.length, &offer.source.hashes)
         .map_err(|e| refused(offer, Rule::DeltaSource, format!("the running slot: {e}")))?;
     Ok(offer)
 }
