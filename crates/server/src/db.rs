@@ -1154,15 +1154,21 @@ impl Db {
 
     /// Marks `vin`'s stored director targets as no longer matching its instructions (see the
     /// module documentation), inside the caller's transaction.
+    ///
+    /// A vehicle never signed for gets a placeholder targets row (version 0, no document)
+    /// carrying the marker: a first signer that read nothing cannot insert over it, so
+    /// instructions derived before the change are not stored after it.
     pub(crate) async fn mark_instructions_changed(
         tx: &mut sqlx::Transaction<'_, sqlx::Any>,
         vin: &str,
     ) -> Result<()> {
         sqlx::query(
-            "UPDATE director_roles SET content_digest = $1 WHERE vin = $2 AND role = 'targets'",
+            "INSERT INTO director_roles (vin, role, version, expires_at, content_digest, document) \
+             VALUES ($1, 'targets', 0, '1970-01-01T00:00:00Z', $2, '') \
+             ON CONFLICT (vin, role) DO UPDATE SET content_digest = excluded.content_digest",
         )
-        .bind(changed_marker())
         .bind(vin)
+        .bind(changed_marker())
         .execute(&mut **tx)
         .await
         .map_err(db_err("mark instructions changed"))?;

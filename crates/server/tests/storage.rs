@@ -902,15 +902,57 @@ async fn instruction_changes_mark_director_targets_and_fence_stale_writers(url: 
     let again = db.director_roles("VIN-F").await.unwrap().targets.unwrap();
     assert!(again.content_digest.starts_with(INSTRUCTIONS_CHANGED));
     assert_ne!(again.content_digest, t.content_digest);
-    // No documents stored yet: nothing to mark, nothing fails.
+    // No documents stored yet: a first signer that read nothing, derived the instructions
+    // and then lost the race to an assignment must not store instructions without it (a
+    // vehicle's first check-in during a campaign's first wave). The change leaves a marked
+    // placeholder (version 0, no document) that the first signer's insert cannot pass.
     db.register_vehicle(&new_vehicle("VIN-H")).await.unwrap();
+    let first = db.director_roles("VIN-H").await.unwrap();
+    assert_eq!(first, Default::default());
     db.create_assignment(&assignment("VIN-H", "TBOX-1", "tbox/fw-3.bin", 3))
         .await
         .unwrap();
-    assert_eq!(
-        db.director_roles("VIN-H").await.unwrap(),
-        Default::default()
+    let stale = [
+        (None, role("targets", 1, "no-instructions")),
+        (None, role("snapshot", 1, "no-instructions")),
+        (None, role("timestamp", 1, "no-instructions")),
+    ];
+    assert!(
+        !db.replace_director_roles_from("VIN-H", None, &stale)
+            .await
+            .unwrap(),
+        "instructions derived before the first assignment were stored after it"
     );
+    let placeholder = db.director_roles("VIN-H").await.unwrap();
+    let p = placeholder.targets.clone().unwrap();
+    assert!(p.content_digest.starts_with(INSTRUCTIONS_CHANGED), "{p:?}");
+    assert_eq!((p.version, p.document.as_str()), (0, ""));
+    assert_eq!((placeholder.snapshot, placeholder.timestamp), (None, None));
+    // A second change moves the marker: a signer that read the first one loses too.
+    db.create_assignment(&assignment("VIN-H", "TBOX-1", "tbox/fw-4.bin", 4))
+        .await
+        .unwrap();
+    let moved = db.director_roles("VIN-H").await.unwrap().targets.unwrap();
+    assert_ne!(moved.content_digest, p.content_digest);
+    let first_signing = |what: &str| {
+        [
+            (Some(0), role("targets", 1, what)),
+            (None, role("snapshot", 1, what)),
+            (None, role("timestamp", 1, what)),
+        ]
+    };
+    assert!(!db
+        .replace_director_roles_from("VIN-H", Some(&p.content_digest), &first_signing("fw-3"))
+        .await
+        .unwrap());
+    // The signer that read the current marker stores version 1 over the placeholder.
+    assert!(db
+        .replace_director_roles_from("VIN-H", Some(&moved.content_digest), &first_signing("fw-4"))
+        .await
+        .unwrap());
+    let signed = db.director_roles("VIN-H").await.unwrap();
+    assert_eq!(signed.targets, Some(role("targets", 1, "fw-4")));
+    assert_eq!(signed.timestamp, Some(role("timestamp", 1, "fw-4")));
 }
 
 async fn concurrent_director_role_replace_has_one_winner(url: String) {
