@@ -187,6 +187,9 @@ pub(crate) async fn store(
     Ok((copy.length, copy.hashes))
 }
 
+/// How many times a publish stages and commits when other publishes keep committing first.
+const PUBLISH_ATTEMPTS: u32 = 8;
+
 /// Publishes an image: stores it (or only its ciphertext), stages the role, signs it with
 /// the role's keys (or exports it unsigned), and commits it with a new snapshot and
 /// timestamp.
@@ -269,23 +272,35 @@ pub async fn publish(
         .await?;
         deltas.push(made);
     }
-    let mut staged = repo.stage_target(&state, &req.role, &name, length, hashes, &custom, now)?;
-    for d in &deltas {
-        if let Some(delegation) = state.delegation(&req.role) {
-            if !delegation.is_delegated_path(&d.name) {
-                return Err(Error::BadRequest(format!(
-                    "role {} may not sign for {} (paths {:?})",
-                    req.role, d.name, delegation.paths
-                )));
+    // The role as it will be signed: this image and its deltas added to the current version.
+    let stage = |state: &RepoState| -> Result<crate::repo::StagedTarget> {
+        let mut staged = repo.stage_target(
+            state,
+            &req.role,
+            &name,
+            length,
+            hashes.clone(),
+            &custom,
+            now,
+        )?;
+        for d in &deltas {
+            if let Some(delegation) = state.delegation(&req.role) {
+                if !delegation.is_delegated_path(&d.name) {
+                    return Err(Error::BadRequest(format!(
+                        "role {} may not sign for {} (paths {:?})",
+                        req.role, d.name, delegation.paths
+                    )));
+                }
             }
+            staged.role.targets.insert(d.name.clone(), d.file.clone());
         }
-        staged.role.targets.insert(d.name.clone(), d.file.clone());
-    }
-    let deltas: Vec<(String, u64)> = deltas
-        .into_iter()
-        .map(|d| (d.name, d.file.length))
+        Ok(staged)
+    };
+    let mut staged = stage(&state)?;
+    let delta_sizes: Vec<(String, u64)> = deltas
+        .iter()
+        .map(|d| (d.name.clone(), d.file.length))
         .collect();
-    let version = staged.role.version;
     if let Some(out) = &req.export_unsigned {
         let doc = Repository::unsigned_document(&staged.role)?;
         std::fs::write(out, doc).map_err(|e| Error::io(out, e))?;
@@ -295,9 +310,9 @@ pub async fn publish(
             length,
             sha256,
             release_counter,
-            role_version: version,
+            role_version: staged.role.version,
             committed: false,
-            deltas,
+            deltas: delta_sizes,
         });
     }
     let keys = if req.keys.is_empty() && req.role == "targets" {
@@ -310,7 +325,23 @@ pub async fn publish(
     }
     let signers = load_signers(&keys)?;
     let online = config.image_online_keys(layout)?;
-    repo.sign_and_commit(&req.role, &staged.role, &signers, &online, now)?;
+    // Another publish may commit between our read and our commit (the repository takes one
+    // writer at a time, and refuses a version that is not current + 1): stage again on
+    // what it committed.
+    let mut attempts = 1;
+    while let Err(e) = repo.sign_and_commit(&req.role, &staged.role, &signers, &online, now) {
+        let raced = matches!(
+            &e,
+            Error::Verification(rampart_core::Error::VersionMismatch { .. })
+        );
+        if !raced || attempts == PUBLISH_ATTEMPTS {
+            return Err(e);
+        }
+        attempts += 1;
+        tracing::info!(role = %req.role, "another publish committed first; staging again");
+        staged = stage(&repo.state()?)?;
+    }
+    let version = staged.role.version;
     if let (false, Some(db)) = (deltas.is_empty(), &db) {
         crate::delta::record(db, &staged.role).await?;
     }
@@ -322,7 +353,7 @@ pub async fn publish(
         release_counter,
         role_version: version,
         committed: true,
-        deltas,
+        deltas: delta_sizes,
     })
 }
 

@@ -260,6 +260,19 @@ impl Repository {
         &self.targets_dir
     }
 
+    /// One writer at a time: an exclusive lock on the metadata folder itself (`flock`, so it
+    /// is released when the handle drops, a killed process included), held from reading the
+    /// current versions to writing the next ones. Every instance of a multi-instance
+    /// deployment re-signs the timestamp, and `rampart publish` may run beside them: without
+    /// it, two writers that read version N both write N + 1 with different content and one
+    /// publish is lost. Waits for the holder (writes take milliseconds).
+    fn lock(&self) -> Result<fs::File> {
+        let dir =
+            fs::File::open(&self.metadata_dir).map_err(|e| Error::io(&self.metadata_dir, e))?;
+        dir.lock().map_err(|e| Error::io(&self.metadata_dir, e))?;
+        Ok(dir)
+    }
+
     /// Highest `N` with an `N.root.json`.
     pub fn latest_root_version(&self) -> Result<u64> {
         let mut latest = 0;
@@ -323,6 +336,7 @@ impl Repository {
 
     /// Writes a root version (`N.root.json` and `root.json`).
     pub fn write_root(&self, root: &Root, bytes: &[u8]) -> Result<()> {
+        let _lock = self.lock()?;
         write_file_atomic(
             &self
                 .metadata_dir
@@ -577,6 +591,18 @@ impl Repository {
         online: &OnlineKeys,
         now: DateTime<Utc>,
     ) -> Result<u64> {
+        let _lock = self.lock()?;
+        self.commit_role_locked(role, signed, online, now)
+    }
+
+    /// [`Repository::commit_role`], the lock held by the caller.
+    fn commit_role_locked(
+        &self,
+        role: &str,
+        signed: &[u8],
+        online: &OnlineKeys,
+        now: DateTime<Utc>,
+    ) -> Result<u64> {
         let state = self.state()?;
         let authority = state.authority(role)?;
         let env = Envelope::parse(signed, role)?;
@@ -706,7 +732,8 @@ impl Repository {
         online: &OnlineKeys,
         now: DateTime<Utc>,
     ) -> Result<()> {
-        self.commit_role(parent, parent_signed, online, now)?;
+        let _lock = self.lock()?;
+        self.commit_role_locked(parent, parent_signed, online, now)?;
         let state = self.state()?;
         if state.roles.contains_key(name) {
             return Ok(());
@@ -715,7 +742,8 @@ impl Repository {
         first.version = 1;
         let bytes = sign_role(&first, delegate_signers)?;
         // A new role enters at version 1: commit_role expects current + 1 = 1.
-        self.commit_role(name, &bytes, online, now).map(|_| ())
+        self.commit_role_locked(name, &bytes, online, now)
+            .map(|_| ())
     }
 
     /// Every targets role's current version and bytes, as `state` names them.
@@ -733,6 +761,11 @@ impl Repository {
 
     /// Signs a new snapshot and timestamp now (after an online key rotation).
     pub fn resign_online(&self, online: &OnlineKeys, now: DateTime<Utc>) -> Result<()> {
+        let _lock = self.lock()?;
+        self.resign_online_locked(online, now)
+    }
+
+    fn resign_online_locked(&self, online: &OnlineKeys, now: DateTime<Utc>) -> Result<()> {
         let state = self.state()?;
         let roles = self.current_roles(&state)?;
         self.write_snapshot_and_timestamp(Some(&state), &roles, online, now)
@@ -745,10 +778,11 @@ impl Repository {
         online: &OnlineKeys,
         now: DateTime<Utc>,
     ) -> Result<Vec<&'static str>> {
+        let _lock = self.lock()?;
         let state = self.state()?;
         let mut done = Vec::new();
         if state.snapshot.expires.at() - now < self.lifetimes.snapshot / 2 {
-            self.resign_online(online, now)?;
+            self.resign_online_locked(online, now)?;
             done.extend(["snapshot", "timestamp"]);
         } else if state.timestamp.expires.at() - now < self.lifetimes.timestamp / 2 {
             let path = self
