@@ -8,6 +8,8 @@
 //! The demo, the end-to-end tests and the attack lab all stand on it, so what they show is
 //! what a deployment does. Errors here are for people running a lab (`anyhow` with context).
 
+pub mod sim;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
