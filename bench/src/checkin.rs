@@ -1,7 +1,9 @@
 //! Measure 3: director check-ins. A check-in is what a vehicle does every cycle against the
 //! director: `POST /director/VIN/manifest` (a signed vehicle manifest with three signed ECU
 //! reports) and `GET /director/VIN/metadata/timestamp.json`. Its latency is from the first
-//! byte of the POST to the last byte of the GET.
+//! byte of the POST to the last byte of the GET. The GET names the timestamp the vehicle holds
+//! (`If-None-Match` with the ETag of its last answer), as a primary does since issue 19: an
+//! unchanged timestamp is answered 304 without a body.
 //!
 //! `checkin --mode rampart` registers `--vehicles` vehicles of three ECUs through the admin
 //! API, signs every manifest the run can use beforehand (increasing counters, fresh nonces:
@@ -296,11 +298,14 @@ struct Shared {
     completed: AtomicU64,
 }
 
-/// One check-in; returns the POST and GET bodies.
+/// One check-in; returns the POST and GET bodies. The GET names the timestamp the vehicle
+/// holds (`held`: the `ETag` of its last answer, updated here), as a primary does: an
+/// unchanged timestamp comes back as 304 without a body.
 async fn check_in(
     conn: &mut Conn,
     vin: &str,
     manifest: &[u8],
+    held: &mut Option<String>,
 ) -> anyhow::Result<(Vec<u8>, Vec<u8>)> {
     let post = conn
         .request("POST", &format!("/director/{vin}/manifest"), "", manifest)
@@ -312,15 +317,22 @@ async fn check_in(
             String::from_utf8_lossy(&post.body)
         );
     }
+    let condition = held
+        .as_ref()
+        .map(|tag| format!("If-None-Match: {tag}\r\n"))
+        .unwrap_or_default();
     let get = conn
         .request(
             "GET",
             &format!("/director/{vin}/metadata/timestamp.json"),
-            "",
+            &condition,
             &[],
         )
         .await?;
-    if get.status != 200 {
+    if get.etag.is_some() {
+        held.clone_from(&get.etag);
+    }
+    if get.status != 200 && get.status != 304 {
         bail!(
             "GET timestamp of {vin}: {} {}",
             get.status,
@@ -339,6 +351,8 @@ async fn worker(
 ) -> Stats {
     let mut conn = Conn::new(&addr);
     let mut stats = Stats::default();
+    // What each vehicle holds of its timestamp (its ETag), as its primary would.
+    let mut held: BTreeMap<String, Option<String>> = BTreeMap::new();
     let mut i = 0usize;
     while !shared.stop.load(Ordering::Relaxed) && !vehicles.is_empty() {
         i = (i + 1) % vehicles.len();
@@ -356,7 +370,7 @@ async fn worker(
             },
         };
         let t = Instant::now();
-        let r = check_in(&mut conn, vin, &body).await;
+        let r = check_in(&mut conn, vin, &body, held.entry(vin.clone()).or_default()).await;
         let elapsed = t.elapsed().as_secs_f64();
         if shared.recording.load(Ordering::Relaxed) {
             match r {
@@ -468,7 +482,7 @@ async fn run(args: &Args) -> anyhow::Result<Value> {
                 let mut conn = Conn::new(&addr);
                 let mut sample = None;
                 for (vin, body) in list {
-                    let (post, get) = check_in(&mut conn, &vin, &body).await?;
+                    let (post, get) = check_in(&mut conn, &vin, &body, &mut None).await?;
                     if sample.is_none() {
                         sample = Some((body, post, get));
                     }

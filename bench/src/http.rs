@@ -17,6 +17,8 @@ pub(crate) struct Conn {
 pub(crate) struct Response {
     pub(crate) status: u16,
     pub(crate) body: Vec<u8>,
+    /// The `ETag` header, if any.
+    pub(crate) etag: Option<String>,
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
@@ -123,6 +125,7 @@ async fn read_response(
         .with_context(|| format!("bad status line {status_line:?}"))?;
     let mut length = None;
     let mut close = false;
+    let mut etag = None;
     for line in lines {
         let Some((name, value)) = line.split_once(':') else {
             continue;
@@ -132,15 +135,21 @@ async fn read_response(
             "content-length" => length = Some(value.parse::<usize>()?),
             "transfer-encoding" => bail!("chunked responses are not supported here"),
             "connection" if value.eq_ignore_ascii_case("close") => close = true,
+            "etag" => etag = Some(value.to_owned()),
             _ => {}
         }
     }
-    let length = length.context("response without Content-Length")?;
+    // A 304 has no body, whatever it says of its length (RFC 9110 15.4.5).
+    let length = if status == 304 {
+        0
+    } else {
+        length.context("response without Content-Length")?
+    };
     let start = head_end + 4;
     while buf.len() < start + length {
         fill(stream, buf).await?;
     }
     let body = buf.get(start..start + length).unwrap_or_default().to_vec();
     buf.drain(..start + length);
-    Ok((Response { status, body }, close))
+    Ok((Response { status, body, etag }, close))
 }

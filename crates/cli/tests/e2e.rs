@@ -98,12 +98,42 @@ async fn update_installs_on_full_and_partial_ecus_and_the_director_sees_it() {
         assert!(f.unwrap().file_name().to_string_lossy().ends_with(".enc"));
     }
 
-    // A second cycle finds nothing new.
-    let again = lab.run_vehicle(0, "auto").await.unwrap();
-    assert!(again.success, "{}", dump(&again));
-    assert_eq!(
-        again.report.unwrap()["updates"].as_array().unwrap().len(),
-        0
+    // Later cycles find nothing new: the primary names the timestamp it holds and the
+    // director answers 304 without the body (the primary and its ECUs' own refreshes).
+    let ca = std::fs::read(lab.layout.pki().join("ca.pem")).unwrap();
+    let http = reqwest::Client::builder()
+        .tls_certs_only(reqwest::Certificate::from_pem_bundle(&ca).unwrap())
+        .build()
+        .unwrap();
+    let not_modified = || async {
+        let text = http
+            .get(format!("{}metrics", lab.url))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix("rampart_director_metadata_not_modified_total "))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap()
+    };
+    // (The first cycle after the install gets new documents: its report completed the
+    // assignments, which changes the instructions.)
+    let mut counts = vec![not_modified().await];
+    for _ in 0..2 {
+        let again = lab.run_vehicle(0, "auto").await.unwrap();
+        assert!(again.success, "{}", dump(&again));
+        assert_eq!(
+            again.report.unwrap()["updates"].as_array().unwrap().len(),
+            0
+        );
+        counts.push(not_modified().await);
+    }
+    assert!(
+        counts[2] > counts[1],
+        "no 304 on an unchanged cycle: {counts:?}"
     );
     lab.stop().await.unwrap();
 }

@@ -10,7 +10,7 @@
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use reqwest::header::{CONTENT_LENGTH, RANGE};
+use reqwest::header::{CONTENT_LENGTH, IF_NONE_MATCH, RANGE};
 use reqwest::StatusCode;
 
 use crate::error::{Error, Result};
@@ -58,6 +58,8 @@ pub enum FetchStatus {
     },
     /// 403 or 404: the file is not there.
     NotFound,
+    /// 304: the copy named in `If-None-Match` is current (only when one was named).
+    NotModified,
 }
 
 /// Receives a download: told first whether it resumes, then the bytes.
@@ -264,11 +266,30 @@ impl HttpFetcher {
 
     /// Fetches `url` into memory, at most `max_length` bytes. `None` on 403/404.
     pub async fn fetch_bytes(&self, url: &str, max_length: u64) -> Result<Option<Vec<u8>>> {
+        self.fetch_bytes_unless(url, max_length, None).await
+    }
+
+    /// [`HttpFetcher::fetch_bytes`] for a document the caller already holds (`held`): the
+    /// server is asked for it only if it changed (`If-None-Match` with the held copy's
+    /// [`rampart_core::hash::entity_tag`]); on 304 the held copy is returned, to be checked again like any
+    /// fetched bytes (a 304 from an attacker is the old document replayed, which its
+    /// expiry catches). Saves the body of the most frequent request of a fleet: the
+    /// director's timestamp, unchanged on almost every check-in.
+    pub async fn fetch_bytes_unless(
+        &self,
+        url: &str,
+        max_length: u64,
+        held: Option<&[u8]>,
+    ) -> Result<Option<Vec<u8>>> {
         let mut out = Vec::new();
-        let status = self.fetch(url, 0, max_length, &mut out).await?;
+        let tag = held.map(rampart_core::hash::entity_tag);
+        let status = self
+            .fetch_conditional(url, 0, max_length, tag.as_deref(), &mut out)
+            .await?;
         Ok(match status {
             FetchStatus::NotFound => None,
             FetchStatus::Complete { .. } => Some(out),
+            FetchStatus::NotModified => held.map(<[u8]>::to_vec),
         })
     }
 
@@ -282,12 +303,29 @@ impl HttpFetcher {
         max_length: u64,
         sink: &mut dyn Sink,
     ) -> Result<FetchStatus> {
+        self.fetch_conditional(url, start, max_length, None, sink)
+            .await
+    }
+
+    /// [`HttpFetcher::fetch`], with `If-None-Match: if_none_match` when given (then 304 is
+    /// [`FetchStatus::NotModified`]; without it, 304 is an unexpected status).
+    async fn fetch_conditional(
+        &self,
+        url: &str,
+        start: u64,
+        max_length: u64,
+        if_none_match: Option<&str>,
+        sink: &mut dyn Sink,
+    ) -> Result<FetchStatus> {
         if let Some(root) = &self.offline_root {
             return self.fetch_file(root, url, start, max_length, sink);
         }
         let mut request = self.client.get(url);
         if start > 0 {
             request = request.header(RANGE, format!("bytes={start}-"));
+        }
+        if let Some(tag) = if_none_match {
+            request = request.header(IF_NONE_MATCH, tag);
         }
         let response = tokio::time::timeout(
             self.config.stall_timeout + self.config.connect_timeout,
@@ -306,6 +344,9 @@ impl HttpFetcher {
             StatusCode::OK => false,
             StatusCode::PARTIAL_CONTENT if start > 0 => true,
             StatusCode::NOT_FOUND | StatusCode::FORBIDDEN => return Ok(FetchStatus::NotFound),
+            StatusCode::NOT_MODIFIED if if_none_match.is_some() => {
+                return Ok(FetchStatus::NotModified)
+            }
             other => {
                 return Err(Error::HttpStatus {
                     url: url.to_owned(),

@@ -26,7 +26,11 @@ pub async fn run(
             Action::Fetch { path, max_length } => {
                 let url = join_url(metadata_base_url, &path)?;
                 tracing::debug!(%url, max_length, "fetching metadata");
-                let fetched = match fetcher.fetch_bytes(&url, max_length).await? {
+                let held = held_copy(store, &path)?;
+                let fetched = match fetcher
+                    .fetch_bytes_unless(&url, max_length, held.as_deref())
+                    .await?
+                {
                     Some(bytes) => Fetched::Bytes(bytes),
                     None => Fetched::NotFound,
                 };
@@ -42,6 +46,16 @@ pub async fn run(
             }
             Action::Done => return Ok(()),
         }
+    }
+}
+
+/// The trusted copy of an unversioned metadata file (`timestamp.json`), to fetch it again
+/// only if it changed; versioned files (`N.snapshot.json`) are never fetched twice.
+pub fn held_copy(store: &MetadataStore, path: &str) -> Result<Option<Vec<u8>>> {
+    if path == "timestamp.json" {
+        store.read(path)
+    } else {
+        Ok(None)
     }
 }
 
@@ -213,6 +227,13 @@ pub async fn download_target(
             });
         }
         crate::fetch::FetchStatus::Complete { resumed } => resumed && start > 0,
+        // Never asked for (no If-None-Match on downloads).
+        crate::fetch::FetchStatus::NotModified => {
+            return Err(Error::HttpStatus {
+                url: url.to_owned(),
+                status: 304,
+            })
+        }
     };
     let verifier = sink.verifier.take();
     let check = verifier.map(|v| v.finish()).transpose();

@@ -36,6 +36,13 @@ pub fn sha256(data: &[u8]) -> [u8; 32] {
     out
 }
 
+/// The HTTP entity tag of a metadata document on the wire: its SHA-256, lowercase hex, in
+/// quotes. The director sends it as `ETag`; a client holding a document computes it from
+/// its copy for `If-None-Match`, without having kept a tag.
+pub fn entity_tag(document: &[u8]) -> String {
+    format!("\"{}\"", hex::encode(sha256(document)))
+}
+
 /// SHA-512 of `data`.
 pub fn sha512(data: &[u8]) -> Vec<u8> {
     digest::digest(&digest::SHA512, data).as_ref().to_vec()

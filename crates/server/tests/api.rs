@@ -2482,3 +2482,72 @@ async fn labels_are_registered_replaced_and_checked() {
     }
     assert_eq!(fleet.vehicle(VIN_B).await.attributes["model"], "id7");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn director_metadata_is_answered_304_for_the_copy_the_vehicle_holds() {
+    let (fleet, car) = fleet_with_car(generous_limits()).await;
+    let path = format!("director/{VIN_A}/metadata/timestamp.json");
+    let r = car.get(&fleet, &path).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let tag = r.headers()["etag"].to_str().unwrap().to_owned();
+    let held = r.bytes().await.unwrap();
+    // The tag is what the vehicle can compute from its copy.
+    assert_eq!(tag, rampart_core::hash::entity_tag(&held));
+    let conditional = |value: String| {
+        let (http, url) = (car.http.clone(), fleet.url(&path));
+        async move {
+            let r = http
+                .get(url)
+                .header("if-none-match", value)
+                .send()
+                .await
+                .unwrap();
+            let (status, etag) = (r.status(), r.headers().get("etag").cloned());
+            (status, etag, r.bytes().await.unwrap())
+        }
+    };
+    for named in [
+        tag.clone(),
+        format!("W/{tag}"),
+        format!("\"other\", {tag}"),
+        "*".into(),
+    ] {
+        let (status, etag, body) = conditional(named.clone()).await;
+        assert_eq!(status, StatusCode::NOT_MODIFIED, "{named}");
+        assert_eq!(etag.unwrap().to_str().unwrap(), tag);
+        assert!(body.is_empty(), "a 304 has no body");
+    }
+    // Another copy named: the document, whole.
+    let (status, _, body) = conditional("\"0000\"".into()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, held);
+    // New instructions: the held copy is no longer current.
+    let image = content("tbox firmware 7", 4_000);
+    let release = fleet.publish(&image, "tbox/fw-7.bin", "tbox-hw", 7);
+    ops::publish(&fleet.layout, &release, Utc::now())
+        .await
+        .unwrap();
+    let (status, body) = fleet.assign_to_ecu("tbox/fw-7.bin", "TBOX-1").await;
+    assert!(status.is_success(), "{body}");
+    let (status, etag, body) = conditional(tag.clone()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_ne!(body, held);
+    assert_eq!(
+        etag.unwrap().to_str().unwrap(),
+        rampart_core::hash::entity_tag(&body)
+    );
+    // Counted apart on /metrics: four 304s so far.
+    let text = fleet
+        .anonymous
+        .get(fleet.url("metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains("rampart_director_metadata_not_modified_total 4\n"),
+        "{text}"
+    );
+}

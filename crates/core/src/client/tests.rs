@@ -187,6 +187,23 @@ fn expired_timestamp_is_a_freeze_attack() {
     );
 }
 
+/// What a client gets when it names the timestamp it holds and the server answers 304 (the
+/// runner hands the held copy over as the fetched bytes): the same version again, which must
+/// still be refused once it has expired — a 304 from an attacker is a freeze like any other.
+#[test]
+fn a_held_timestamp_offered_again_is_still_a_freeze_once_expired() {
+    let repo = TestRepo::new(test_now());
+    let mut local = Files::new();
+    refresh(&repo, &mut local).unwrap();
+    // Same bytes again, in time: nothing new, fine.
+    refresh(&repo, &mut local).unwrap();
+    let err = refresh_at(&repo, &mut local, repo.now + Duration::days(2)).unwrap_err();
+    assert!(
+        matches!(err, Error::ExpiredMetadata { ref role, .. } if role == "timestamp"),
+        "{err}"
+    );
+}
+
 #[test]
 fn older_timestamp_is_a_rollback() {
     let mut repo = TestRepo::new(test_now());

@@ -81,6 +81,8 @@ pub struct Metrics {
     manifests_accepted: AtomicU64,
     manifests_rejected: AtomicU64,
     metadata_served: AtomicU64,
+    /// Director documents answered 304 (the vehicle's copy named in If-None-Match).
+    metadata_not_modified: AtomicU64,
     client_errors: AtomicU64,
 }
 
@@ -392,6 +394,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
          # TYPE rampart_manifests_accepted_total counter\nrampart_manifests_accepted_total {}\n\
          # TYPE rampart_manifests_rejected_total counter\nrampart_manifests_rejected_total {}\n\
          # TYPE rampart_director_metadata_served_total counter\nrampart_director_metadata_served_total {}\n\
+         # TYPE rampart_director_metadata_not_modified_total counter\nrampart_director_metadata_not_modified_total {}\n\
          # TYPE rampart_security_events gauge\nrampart_security_events {events}\n\
          # TYPE rampart_vehicles gauge\nrampart_vehicles {vehicles}\n\
          # TYPE rampart_connections_open gauge\nrampart_connections_open {}\n\
@@ -406,6 +409,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
         m.manifests_accepted.load(Ordering::Relaxed),
         m.manifests_rejected.load(Ordering::Relaxed),
         m.metadata_served.load(Ordering::Relaxed),
+        m.metadata_not_modified.load(Ordering::Relaxed),
         c.open.load(Ordering::Relaxed),
         c.accepted.load(Ordering::Relaxed),
         c.refused.load(Ordering::Relaxed),

@@ -4,7 +4,7 @@ use std::sync::atomic::Ordering;
 
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::header;
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 
@@ -16,12 +16,17 @@ use super::extract::authorize_vehicle;
 use super::*;
 
 /// A director metadata file of one vehicle (`N.root.json`, `timestamp.json`, `N.snapshot.json`, `N.targets.json`).
+///
+/// Answered with an `ETag` (the document's SHA-256, `rampart_core::hash::entity_tag`);
+/// a request whose `If-None-Match` names it gets 304 without the body — what a primary that
+/// holds the current timestamp gets on almost every check-in.
 #[utoipa::path(get, path = "/director/{vin}/metadata/{file}", params(("vin" = String, Path), ("file" = String, Path)),
-    responses((status = 200, description = "signed metadata"), (status = 404, description = "no such file")))]
+    responses((status = 200, description = "signed metadata"), (status = 304, description = "the copy named in If-None-Match is current"), (status = 404, description = "no such file")))]
 pub(super) async fn director_metadata(
     State(state): State<AppState>,
     identity: Option<Extension<ClientIdentity>>,
     Path((vin, file)): Path<(String, String)>,
+    headers: HeaderMap,
 ) -> Result<Response> {
     let identity = identity.map(|Extension(i)| i);
     authorize_vehicle(&state, &vin, identity.as_ref()).await?;
@@ -52,12 +57,43 @@ pub(super) async fn director_metadata(
         }
         doc.document.into_bytes()
     };
+    let tag = rampart_core::hash::entity_tag(&body);
+    if headers
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .any(|v| names_tag(v.as_bytes(), &tag))
+    {
+        state
+            .inner
+            .metrics
+            .metadata_not_modified
+            .fetch_add(1, Ordering::Relaxed);
+        return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, tag)]).into_response());
+    }
     state
         .inner
         .metrics
         .metadata_served
         .fetch_add(1, Ordering::Relaxed);
-    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/json".to_owned()),
+            (header::ETAG, tag),
+        ],
+        body,
+    )
+        .into_response())
+}
+
+/// Whether an `If-None-Match` value names `tag` (a list; weak tags compare by their opaque
+/// part, RFC 9110 13.1.2; `*` matches any current document).
+fn names_tag(value: &[u8], tag: &str) -> bool {
+    let Ok(value) = std::str::from_utf8(value) else {
+        return false;
+    };
+    value.split(',').map(str::trim).any(|candidate| {
+        candidate == "*" || candidate.strip_prefix("W/").unwrap_or(candidate) == tag
+    })
 }
 
 /// A signed vehicle version manifest.

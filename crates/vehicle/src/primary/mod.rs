@@ -582,7 +582,12 @@ impl Primary {
                 Action::ReadLocal { name } => v.provide_local(repo, store.read(&name)?)?,
                 Action::Fetch { path, max_length } => {
                     let url = join_url(base, &path)?;
-                    let fetched = match self.fetcher.fetch_bytes(&url, max_length).await? {
+                    let held = rampart_client::runner::held_copy(store, &path)?;
+                    let fetched = match self
+                        .fetcher
+                        .fetch_bytes_unless(&url, max_length, held.as_deref())
+                        .await?
+                    {
                         Some(b) => Fetched::Bytes(b),
                         None => Fetched::NotFound,
                     };
