@@ -107,7 +107,7 @@ class Report:
         self.measures.append(
             {
                 "name": name,
-                "ratio": round(ratio, 3),
+                "ratio": None if ratio is None else round(ratio, 3),
                 "ours": ours,
                 "baseline": baseline,
                 "unit": unit,
@@ -127,6 +127,8 @@ class Report:
 
 
 def fmt(x):
+    if x is None:
+        return "-"
     if isinstance(x, float):
         if x == 0:
             return "0"
@@ -183,6 +185,16 @@ def image(raw, rep):
                 "download + verify (sha256) + decrypt + verify (sha256 ‖ sha512) + write, fsync; "
                 f"medians of {len(runs)} runs alternating with sha256sum; hashing alone caps it at {ceiling:.0f} MiB/s "
                 f"(sha256 {speed['sha256_mib_per_s']:.0f}, sha512 {speed['sha512_mib_per_s']:.0f} MiB/s)")
+        rep.add(f"image_{mib}MiB_vs_hash_limit", ours / ceiling, ours, ceiling, "MiB/s",
+                "≥ 0.8", ours / ceiling >= 0.8,
+                "the whole path against its hashing alone (sha256 of the ciphertext, then sha256 ‖ sha512 "
+                "of the plaintext), crypto-speed of this run")
+        only = [load(p)["mib_per_s"] for p in sorted(glob.glob(f"{raw}/image-sha256-{mib}-*.json"))]
+        if only:
+            fast = statistics.median(only)
+            rep.add(f"image_{mib}MiB_sha256_only_vs_sha256sum", fast / base, fast, base, "MiB/s",
+                    "≥ 2.5", fast / base >= 2.5,
+                    f"the image listed with sha256 alone (rampart publish --hash sha256); medians of {len(only)} runs")
         peak = max(peaks) / 1024 if peaks else float("nan")
         rss[mib] = peak
         rep.add(f"image_{mib}MiB_peak_rss", peak / 16, peak, 16.0, "MiB", "≤ 1 (16 MiB)",
@@ -335,6 +347,57 @@ def campaign(raw, rep):
             f"measured {c['create_seconds']:.2f} s for {n}: target set, waves, members, canaries instructed")
 
 
+# Mender's sizing guide for 100,000 devices (the figures issue 19 names): 16 vCPU, 24 GB.
+MENDER_VCPU_100K = 16
+MENDER_GB_100K = 24
+POLL_SECONDS = 900   # every vehicle checks in every 15 minutes
+
+
+def fleet(raw, rep):
+    path = f"{raw}/fleet.json"
+    if not os.path.exists(path):
+        return
+    f = load(path)
+    n = f["vehicles"]
+    reg, storm, steady = f["registration"], f["storm"], f["steady"]
+    db_bytes = None
+    if os.path.exists(f"{raw}/fleet-db-bytes.txt"):
+        with open(f"{raw}/fleet-db-bytes.txt") as fh:
+            db_bytes = int(fh.read().strip() or 0)
+    scaled = "" if n == 100_000 else f" (scaled from {n})"
+    rep.add("fleet_registration_per_s", None, reg["per_second"], None, "vehicles/s", "info", None,
+            f"{n} vehicles of {f['ecus_per_vehicle']} ECUs through the admin API, {f['connections']} connections")
+    per_100k = f["campaign_create_s"] * 100_000 / n
+    rep.add("fleet_campaign_create_100k_vs_target", per_100k / 10.0, per_100k, 10.0,
+            "s to create a campaign over 100,000 vehicles" + scaled, "≤ 1 (10 s)", per_100k <= 10.0,
+            "over HTTP, one wave of 100 %: every vehicle instructed")
+    rep.add("fleet_storm_drain", None, storm["seconds"], None, "s", "info", None,
+            f"every one of {n} vehicles checks in once, its first contact with an instruction pending "
+            f"(the director signs its documents): {storm['per_second']:.0f}/s, p50 {storm['p50_ms']:.1f} ms, "
+            f"p99 {storm['p99_ms']:.1f} ms, server + PostgreSQL CPU {storm['server_cpu_ms_per_checkin']:.2f} ms per check-in")
+    rep.add("fleet_steady_checkins_vs_target", steady["per_second"] / 5000, steady["per_second"], 5000.0,
+            "check-ins/s", "≥ 1 (5,000/s)", steady["per_second"] >= 5000,
+            f"check-ins that change nothing (GET answered 304), plain HTTP; p99 {steady['p99_ms']:.1f} ms; "
+            f"server + PostgreSQL CPU {steady['server_cpu_ms_per_checkin']:.2f} ms per check-in (target ≤ 0.4)")
+    rep.add("fleet_steady_p99_vs_target", steady["p99_ms"] / 50, steady["p99_ms"], 50.0, "ms",
+            "≤ 1 (50 ms)", steady["p99_ms"] <= 50, f"{f['connections']} connections in a closed loop")
+    cores_100k = 100_000 / POLL_SECONDS * steady["server_cpu_ms_per_checkin"] / 1000
+    rep.add("fleet_cpu_per_100k_vs_mender", cores_100k / MENDER_VCPU_100K, cores_100k, MENDER_VCPU_100K,
+            "cores for 100,000 vehicles polling every 15 min", "≤ 0.125 (2 of 16 vCPU)",
+            cores_100k / MENDER_VCPU_100K <= 0.125,
+            "Mender's sizing guide: 16 vCPU / 24 GB per 100,000 devices; ours: the steady state's CPU per check-in "
+            "(server and its PostgreSQL backends) × 111 check-ins/s")
+    rss = f.get("server_peak_rss_mib")
+    if rss:
+        rep.add("fleet_server_rss_vs_mender", rss / 1024 / MENDER_GB_100K, rss, MENDER_GB_100K * 1024.0, "MiB",
+                "≤ 0.125", rss / 1024 / MENDER_GB_100K <= 0.125,
+                f"peak RSS of rampart serve over the whole run with {n} vehicles (PostgreSQL's own memory not included)")
+    if db_bytes:
+        rep.add("fleet_db_bytes_per_vehicle", None, db_bytes / n, None, "bytes", "info", None,
+                f"pg_database_size after registration, the campaign and {storm['count'] + steady['count']} check-ins "
+                "(each manifest is kept)")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("raw")
@@ -346,10 +409,10 @@ def main():
     ap.add_argument("--cpu-stat0", default="")
     ap.add_argument("--cpu-stat1", default="")
     ap.add_argument("--parts", default="all",
-                    help="comma-separated measures to report (refresh,image,checkin,footprint,campaign,flash,delta)")
+                    help="comma-separated measures to report (refresh,image,checkin,footprint,campaign,flash,delta,fleet)")
     args = ap.parse_args()
     rep = Report()
-    parts = (refresh, image, checkin, footprint, campaign, flash, delta)
+    parts = (refresh, image, checkin, footprint, campaign, flash, delta, fleet)
     wanted = None if args.parts == "all" else set(args.parts.split(","))
     for part in parts:
         if wanted is None or part.__name__ in wanted:

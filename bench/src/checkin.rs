@@ -262,12 +262,12 @@ fn cpu_seconds(pid: u32) -> Option<f64> {
 }
 
 /// Total CPU seconds of a set of processes (those that vanished count as 0).
-fn cpu_of(pids: &[u32]) -> f64 {
+pub(crate) fn cpu_of(pids: &[u32]) -> f64 {
     pids.iter().filter_map(|p| cpu_seconds(*p)).sum()
 }
 
 /// PIDs of the PostgreSQL backends connected to database `db` (via `psql`).
-fn postgres_backends(db: &str) -> Vec<u32> {
+pub(crate) fn postgres_backends(db: &str) -> Vec<u32> {
     let query = format!("SELECT pid FROM pg_stat_activity WHERE datname = '{db}'");
     std::process::Command::new("psql")
         .args([
@@ -301,7 +301,7 @@ struct Shared {
 /// One check-in; returns the POST and GET bodies. The GET names the timestamp the vehicle
 /// holds (`held`: the `ETag` of its last answer, updated here), as a primary does: an
 /// unchanged timestamp comes back as 304 without a body.
-async fn check_in(
+pub(crate) async fn check_in(
     conn: &mut Conn,
     vin: &str,
     manifest: &[u8],

@@ -6,6 +6,9 @@
 //! `rampart_core::encryption::Decryptor` from that file into an output file with the
 //! plaintext's length and sha256 + sha512 checked while streaming (as the ECU's receive path
 //! does) through the slot's `WriteBehind`, fsync. `bench/run` measures its peak RSS with `/usr/bin/time -v`.
+//! With `--params-sha256-only PATH`, `image-prepare` also writes the parameters of the same
+//! image listed with SHA-256 alone (`rampart publish --hash sha256`), which `image-fetch`
+//! then checks with one hash instead of two.
 
 use std::fs::File;
 use std::io::{BufWriter, Read, Write};
@@ -114,6 +117,17 @@ pub(crate) fn prepare(args: &Args) -> anyhow::Result<Value> {
         "ciphertext": {"length": ct_len, "hashes": {"sha256": hex::encode(ch.finish())}},
     });
     std::fs::write(&params_path, serde_json::to_vec_pretty(&params)?)?;
+    // The same image as `rampart publish --hash sha256` lists it: one hash to check.
+    if let Some(path) = args.get("params-sha256-only") {
+        let mut only = params.clone();
+        if let Some(h) = only
+            .pointer_mut("/plaintext/hashes")
+            .and_then(Value::as_object_mut)
+        {
+            h.retain(|k, _| k == "sha256");
+        }
+        std::fs::write(path, serde_json::to_vec_pretty(&only)?)?;
+    }
     Ok(params)
 }
 

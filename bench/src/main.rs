@@ -29,6 +29,7 @@ mod campaign;
 mod checkin;
 mod delta;
 mod flash;
+mod fleet;
 mod footprint;
 mod http;
 mod image;
@@ -102,6 +103,7 @@ fn run() -> anyhow::Result<()> {
         "campaign" => campaign::main(&args)?,
         "footprint" => footprint::main(&args)?,
         "flash" => flash::main(&args)?,
+        "fleet" => fleet::main(&args)?,
         "delta-create" => delta::create(&args)?,
         "delta-apply" => delta::apply(&args)?,
         "delta-synth" => delta::synth(&args)?,
