@@ -1012,24 +1012,28 @@ impl Db {
     pub async fn record_checkin(&self, checkin: &Checkin<'_>) -> Result<Vec<i64>> {
         let mut tx = self.pool.begin().await.map_err(db_err("begin"))?;
         let now = now_text();
+        // The counter moves, and says whether anything is pending for the vehicle: the
+        // common check-in (nothing pending) reads no assignments.
         let moved = sqlx::query(
             "UPDATE vehicles SET last_manifest_counter = $1, last_seen = $2 \
-             WHERE vin = $3 AND (last_manifest_counter IS NULL OR last_manifest_counter < $1)",
+             WHERE vin = $3 AND (last_manifest_counter IS NULL OR last_manifest_counter < $1) \
+             RETURNING (SELECT count(*) FROM assignments WHERE vin = $3 AND status = 'pending') AS pending",
         )
         .bind(to_i64(checkin.counter)?)
         .bind(&now)
         .bind(checkin.vin)
-        .execute(&mut *tx)
+        .fetch_optional(&mut *tx)
         .await
         .map_err(db_err("manifest counter"))?;
-        if moved.rows_affected() != 1 {
+        let Some(moved) = moved else {
             return Err(Error::Replay(format!(
                 "manifest counter {} of {} is not above the last accepted one",
                 checkin.counter, checkin.vin
             )));
-        }
+        };
+        let any_pending = get_i64(&moved, "pending")? > 0;
         // The vehicle's pending assignments, read once for all its reports.
-        let pending = if checkin.reports.is_empty() {
+        let pending = if checkin.reports.is_empty() || !any_pending {
             Vec::new()
         } else {
             sqlx::query(
@@ -1044,38 +1048,23 @@ impl Db {
             .map(Self::assignment_from)
             .collect::<Result<Vec<_>>>()?
         };
+        // What each ECU that completes an assignment ran before this report, for its update
+        // record (read only then: completions are rare, reports are not).
+        let mut before = BTreeMap::new();
+        for report in &checkin.reports {
+            if pending
+                .iter()
+                .any(|a| a.ecu_id == report.ecu_id && a.target == report.installed.target)
+            {
+                let ran =
+                    crate::records::installed_target(&mut tx, checkin.vin, &report.ecu_id).await?;
+                before.insert(report.ecu_id.as_str(), ran);
+            }
+        }
+        let stored = Self::store_reports(&mut tx, checkin.vin, &checkin.reports).await?;
         let mut completed = Vec::new();
         for report in &checkin.reports {
-            // What the ECU ran before this report, for the update record of an assignment
-            // it completes (read only then: completions are rare, reports are not).
-            let completes = pending.iter().any(|a| {
-                a.ecu_id == report.ecu_id
-                    && a.target == report.installed.target
-                    && !completed.contains(&a.id)
-            });
-            let before = if completes {
-                crate::records::installed_target(&mut tx, checkin.vin, &report.ecu_id).await?
-            } else {
-                None
-            };
-            // Conditional like the manifest counter: the caller checked the report counter
-            // against what it read, but another check-in may have moved it since.
-            let stored = sqlx::query(
-                "UPDATE ecus SET installed_target = $1, installed_length = $2, installed_hashes = $3, \
-                 installed_release_counter = $4, last_report_counter = $5 WHERE vin = $6 AND ecu_id = $7 \
-                 AND (last_report_counter IS NULL OR last_report_counter < $5)",
-            )
-            .bind(&report.installed.target)
-            .bind(to_i64(report.installed.length)?)
-            .bind(report.installed.hashes.to_string())
-            .bind(to_i64(report.installed.release_counter)?)
-            .bind(to_i64(report.report_counter)?)
-            .bind(checkin.vin)
-            .bind(&report.ecu_id)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err("ECU report"))?;
-            if stored.rows_affected() != 1 {
+            if !stored.contains(&report.ecu_id) {
                 let detail = format!(
                     "ECU report counter {} of {} is not above the last accepted one",
                     report.report_counter, report.ecu_id
@@ -1092,6 +1081,7 @@ impl Db {
                 self.insert_event(&mut tx, &event).await?;
                 continue;
             }
+            let before = before.get(report.ecu_id.as_str()).cloned().flatten();
             for a in pending.iter().filter(|a| a.ecu_id == report.ecu_id) {
                 if completed.contains(&a.id) {
                     continue;
@@ -1150,6 +1140,60 @@ impl Db {
         }
         tx.commit().await.map_err(db_err("commit"))?;
         Ok(completed)
+    }
+
+    /// Stores every accepted ECU report of a check-in in one statement, each only if its
+    /// counter is above the ECU's last accepted one (another check-in may have moved it
+    /// since the caller read it). Returns the ECUs whose report was stored. One statement
+    /// instead of one per ECU: a check-in's cost is mostly its round trips to the database.
+    async fn store_reports(
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        vin: &str,
+        reports: &[ReportUpdate],
+    ) -> Result<BTreeSet<String>> {
+        if reports.is_empty() {
+            return Ok(BTreeSet::new());
+        }
+        // Report k's values are $6k+1 … $6k+6; the VIN comes last.
+        let case = |field: usize| {
+            let arms: String = (0..reports.len())
+                .map(|k| format!(" WHEN ${} THEN ${}", 6 * k + 1, 6 * k + 1 + field))
+                .collect();
+            format!("CASE ecu_id{arms} END")
+        };
+        let ids: Vec<String> = (0..reports.len())
+            .map(|k| format!("${}", 6 * k + 1))
+            .collect();
+        let sql = format!(
+            "UPDATE ecus SET installed_target = {}, installed_length = {}, installed_hashes = {}, \
+             installed_release_counter = {}, last_report_counter = {} \
+             WHERE vin = ${} AND ecu_id IN ({}) \
+             AND (last_report_counter IS NULL OR last_report_counter < {}) RETURNING ecu_id",
+            case(1),
+            case(2),
+            case(3),
+            case(4),
+            case(5),
+            6 * reports.len() + 1,
+            ids.join(", "),
+            case(5),
+        );
+        let mut query = sqlx::query(&sql);
+        for r in reports {
+            query = query
+                .bind(&r.ecu_id)
+                .bind(&r.installed.target)
+                .bind(to_i64(r.installed.length)?)
+                .bind(r.installed.hashes.to_string())
+                .bind(to_i64(r.installed.release_counter)?)
+                .bind(to_i64(r.report_counter)?);
+        }
+        let rows = query
+            .bind(vin)
+            .fetch_all(&mut **tx)
+            .await
+            .map_err(db_err("ECU reports"))?;
+        rows.iter().map(|r| get_str(r, "ecu_id")).collect()
     }
 
     /// Marks `vin`'s stored director targets as no longer matching its instructions (see the
