@@ -224,8 +224,10 @@ def checkin(raw, rep):
                 f"load generator {cpu.get('load_generator_cores', 0):.2f} cores"
                 + (f"; manifest verification alone {verify:.0f} µs" if verify else "")
                 + ("; ran out of pre-signed manifests" if c["ran_out_of_manifests"] else ""))
-        rep.add(f"checkin_{db}_rate_vs_target", rate / 5000, rate, 5000.0, "check-ins/s",
-                "≥ 1", rate >= 5000 and c["errors"] == 0, note)
+        # Issue 19: 5,000/s on PostgreSQL, 2,500/s on SQLite (one writer at a time).
+        goal = 5000.0 if db == "postgres" else 2500.0
+        rep.add(f"checkin_{db}_rate_vs_target", rate / goal, rate, goal, "check-ins/s",
+                f"≥ 1 ({goal:,.0f}/s)", rate >= goal and c["errors"] == 0, note)
         rep.add(f"checkin_{db}_p99_vs_limit", p99 / 50, p99, 50.0, "ms", "< 1", p99 < 50)
         rep.add(f"checkin_{db}_vs_nginx", rate / nginx["checkins_per_s"], rate,
                 nginx["checkins_per_s"], "check-ins/s", "the ceiling", None,
