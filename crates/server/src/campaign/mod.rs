@@ -300,19 +300,8 @@ fn parse_time(s: Option<&str>) -> Option<DateTime<Utc>> {
         .map(|t| t.with_timezone(&Utc))
 }
 
-/// Every registered vehicle (a page at a time).
-async fn fleet(db: &Db) -> Result<Vec<Vehicle>> {
-    let mut out: Vec<Vehicle> = Vec::new();
-    loop {
-        let after = out.last().map(|v| v.vin.clone()).unwrap_or_default();
-        let page = db.vehicles(&after, 1000).await?;
-        let done = page.len() < 1000;
-        out.extend(page);
-        if done {
-            return Ok(out);
-        }
-    }
-}
+/// Vehicles read per query when a campaign reads the fleet.
+const FLEET_PAGE: u32 = 1000;
 
 /// Refuses ECUs already in another running, paused or halted campaign.
 async fn check_conflicts(db: &Db, id: i64, members: &[(String, String)]) -> Result<()> {
@@ -401,8 +390,65 @@ pub async fn create(
             spec.name
         )));
     }
-    let fleet = fleet(db).await?;
-    let known: HashSet<&str> = fleet.iter().map(|v| v.vin.as_str()).collect();
+    // The fleet is read a page at a time and only what the campaign needs is kept (VINs and
+    // the ECUs to update): a whole fleet of vehicles with their keys and attributes would be
+    // hundreds of MiB at 100,000 vehicles.
+    let named: HashSet<&str> = spec.target.vins.iter().map(String::as_str).collect();
+    let mut known: HashSet<String> = HashSet::new();
+    let (mut registered, mut matched, mut up_to_date) = (0usize, 0usize, 0usize);
+    let mut per_vehicle: Vec<(String, Vec<(String, String)>)> = Vec::new();
+    let mut no_key: Option<Error> = None;
+    let mut after = String::new();
+    loop {
+        let page = db.vehicles(&after, FLEET_PAGE).await?;
+        let done = page.len() < FLEET_PAGE as usize;
+        registered += page.len();
+        if let Some(last) = page.last() {
+            after.clone_from(&last.vin);
+        }
+        for v in page {
+            if named.contains(v.vin.as_str()) {
+                known.insert(v.vin.clone());
+            }
+            if !spec.target.matches(&v) {
+                continue;
+            }
+            // Members: every ECU of a matching vehicle that the release has an image for and
+            // that does not run it (or something newer) already.
+            let mut ecus = Vec::new();
+            for ecu in &v.ecus {
+                let Some(image) = by_hardware.get(ecu.hardware_id.as_str()) else {
+                    continue;
+                };
+                matched += 1;
+                if let Some(running) = &ecu.installed {
+                    if running.target == image.target
+                        || running.release_counter > image.release_counter
+                    {
+                        up_to_date += 1;
+                        continue;
+                    }
+                }
+                if image.encrypted && ecu.encryption_key.is_none() {
+                    // Said after an unknown VIN, as before the fleet was read in pages.
+                    no_key.get_or_insert_with(|| {
+                        Error::BadRequest(format!(
+                            "ECU {} of {} has no encryption key registered ({} is published encrypted)",
+                            ecu.ecu_id, v.vin, image.target
+                        ))
+                    });
+                    continue;
+                }
+                ecus.push((ecu.ecu_id.clone(), image.target.clone()));
+            }
+            if !ecus.is_empty() {
+                per_vehicle.push((v.vin, ecus));
+            }
+        }
+        if done {
+            break;
+        }
+    }
     if let Some(unknown) = spec
         .target
         .vins
@@ -413,41 +459,14 @@ pub async fn create(
             "vehicle {unknown} is not registered (or was removed)"
         )));
     }
-    // Members: every ECU of a matching vehicle that the release has an image for and that
-    // does not run it (or something newer) already.
-    let (mut matched, mut up_to_date) = (0usize, 0usize);
-    let mut per_vehicle: Vec<(String, Vec<(String, String)>)> = Vec::new();
-    for v in fleet.iter().filter(|v| spec.target.matches(v)) {
-        let mut ecus = Vec::new();
-        for ecu in &v.ecus {
-            let Some(image) = by_hardware.get(ecu.hardware_id.as_str()) else {
-                continue;
-            };
-            matched += 1;
-            if let Some(running) = &ecu.installed {
-                if running.target == image.target || running.release_counter > image.release_counter
-                {
-                    up_to_date += 1;
-                    continue;
-                }
-            }
-            if image.encrypted && ecu.encryption_key.is_none() {
-                return Err(Error::BadRequest(format!(
-                    "ECU {} of {} has no encryption key registered ({} is published encrypted)",
-                    ecu.ecu_id, v.vin, image.target
-                )));
-            }
-            ecus.push((ecu.ecu_id.clone(), image.target.clone()));
-        }
-        if !ecus.is_empty() {
-            per_vehicle.push((v.vin.clone(), ecus));
-        }
+    if let Some(refused) = no_key {
+        return Err(refused);
     }
     if per_vehicle.is_empty() {
         return Err(Error::BadRequest(format!(
             "the target set is empty: {} vehicles registered, {matched} ECUs of the release's \
              hardware IDs ({}) among those matching, {up_to_date} of them already up to date",
-            fleet.len(),
+            registered,
             by_hardware.keys().copied().collect::<Vec<_>>().join(", ")
         )));
     }
