@@ -22,26 +22,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use chrono::Utc;
-use rampart_core::hash::compute_hashes;
-use rampart_core::key::KeyScheme;
-use rampart_core::metadata::Expiry;
-use rampart_core::signer::{InMemorySigner, Signer};
-use rampart_core::uptane::manifest::{
-    sign_ecu_report, sign_vehicle_manifest, EcuVersionReport, VehicleManifest, ECU_REPORT_TYPE,
-    VEHICLE_MANIFEST_TYPE,
-};
-use rampart_core::uptane::InstalledImage;
+use rampart_core::signer::Signer;
+use rampart_lab::sim::SimVehicle;
 use serde_json::{json, Value};
 
 use crate::http::Conn;
 use crate::{quantile, Args};
 
-const ECUS: [(&str, &str, &str); 3] = [
-    ("TBOX", "tbox-a", "full"),
-    ("IVI", "ivi-x", "full"),
-    ("BCM", "bcm-1", "partial"),
-];
+const ECUS: [(&str, &str); 3] = [("TBOX", "tbox-a"), ("IVI", "ivi-x"), ("BCM", "bcm-1")];
 
 struct Vehicle {
     vin: String,
@@ -61,87 +49,18 @@ fn vin(i: usize) -> String {
     format!("WB{:05}{i:010}", std::process::id() % 100_000)
 }
 
-fn hex_nonce() -> String {
-    let mut b = [0u8; 16];
-    let _ = aws_lc_rs::rand::fill(&mut b);
-    hex::encode(b)
-}
-
-struct VehicleKeys {
-    vin: String,
-    /// (ECU ID, hardware ID, signer); the first is the primary.
-    ecus: Vec<(String, String, InMemorySigner)>,
-}
-
-fn make_keys(i: usize) -> anyhow::Result<VehicleKeys> {
-    let vin = vin(i);
-    let mut ecus = Vec::new();
-    for (name, hw, _) in ECUS {
-        ecus.push((
-            format!("{name}-{i}"),
-            hw.to_owned(),
-            InMemorySigner::generate(KeyScheme::Ed25519)?,
-        ));
+/// Vehicle `i`: a T-BOX and an IVI verifying fully, a body controller partially.
+fn make_vehicle(i: usize) -> anyhow::Result<SimVehicle> {
+    let mut v = SimVehicle::new(&vin(i), &ECUS)?;
+    if let Some(bcm) = v.ecus.get_mut(2) {
+        bcm.verification = "partial";
     }
-    Ok(VehicleKeys { vin, ecus })
-}
-
-fn registration(k: &VehicleKeys) -> Value {
-    let ecus: Vec<Value> = k
-        .ecus
-        .iter()
-        .zip(ECUS)
-        .map(|((id, hw, s), (_, _, verification))| {
-            json!({"ecu_id": id, "hardware_id": hw, "public_key": s.public_key(),
-                   "verification": verification})
-        })
-        .collect();
-    let primary = k.ecus.first().map(|e| e.0.clone()).unwrap_or_default();
-    json!({"vin": k.vin, "primary_ecu": primary, "ecus": ecus})
+    Ok(v)
 }
 
 /// Manifests `1..=count` of one vehicle: each ECU reports its factory image.
-fn sign_manifests(k: &VehicleKeys, count: usize) -> anyhow::Result<Vec<Vec<u8>>> {
-    let now = Expiry::new(Utc::now());
-    let mut out = Vec::with_capacity(count);
-    let (primary_id, _, primary) = k.ecus.first().context("no ECU")?;
-    for counter in 1..=count as u64 {
-        let mut reports = BTreeMap::new();
-        for (id, hw, signer) in &k.ecus {
-            let factory = format!("factory firmware of {id}\n");
-            let report = EcuVersionReport {
-                type_: ECU_REPORT_TYPE.into(),
-                ecu_id: id.clone(),
-                installed_image: InstalledImage {
-                    filename: format!("factory-{hw}"),
-                    length: factory.len() as u64,
-                    hashes: compute_hashes(factory.as_bytes()),
-                    release_counter: 0,
-                },
-                attacks_detected: String::new(),
-                latest_verified_time: now.clone(),
-                report_counter: counter,
-                nonce: hex_nonce(),
-                unrecognized: BTreeMap::new(),
-            };
-            let doc: Value = serde_json::from_slice(&sign_ecu_report(&report, signer)?)?;
-            reports.insert(id.clone(), doc);
-        }
-        let manifest = VehicleManifest {
-            type_: VEHICLE_MANIFEST_TYPE.into(),
-            vin: k.vin.clone(),
-            primary_ecu_id: primary_id.clone(),
-            manifest_counter: counter,
-            nonce: hex_nonce(),
-            ecu_version_reports: reports,
-            attacks_detected: String::new(),
-            update_failures: Vec::new(),
-            progress: Vec::new(),
-            unrecognized: BTreeMap::new(),
-        };
-        out.push(sign_vehicle_manifest(&manifest, primary)?);
-    }
-    Ok(out)
+fn sign_manifests(v: &mut SimVehicle, count: usize) -> anyhow::Result<Vec<Vec<u8>>> {
+    (0..count).map(|_| v.next_manifest()).collect()
 }
 
 /// Registers the vehicles and pre-signs their manifests (two threads).
@@ -152,13 +71,13 @@ async fn prepare_rampart(
     per_vehicle: usize,
 ) -> anyhow::Result<Plan> {
     let started = Instant::now();
-    let keys: Vec<VehicleKeys> = (0..vehicles)
-        .map(make_keys)
+    let mut keys: Vec<SimVehicle> = (0..vehicles)
+        .map(make_vehicle)
         .collect::<anyhow::Result<_>>()?;
     let mut conn = Conn::new(addr);
     let auth = format!("Authorization: Bearer {token}\r\n");
     for k in &keys {
-        let body = serde_json::to_vec(&registration(k))?;
+        let body = serde_json::to_vec(&k.registration())?;
         let r = conn
             .request("POST", "/api/v1/vehicles", &auth, &body)
             .await?;
@@ -181,10 +100,10 @@ async fn prepare_rampart(
     let chunk = vehicles.div_ceil(threads).max(1);
     let signed: Vec<anyhow::Result<Vec<Vehicle>>> = std::thread::scope(|s| {
         let handles: Vec<_> = keys
-            .chunks(chunk)
+            .chunks_mut(chunk)
             .map(|part| {
                 s.spawn(move || {
-                    part.iter()
+                    part.iter_mut()
                         .map(|k| {
                             Ok(Vehicle {
                                 vin: k.vin.clone(),
@@ -220,17 +139,17 @@ async fn prepare_rampart(
 
 /// Microseconds the director spends verifying one manifest (parse, four ed25519 signatures,
 /// typed reads), on one core: the part of a check-in no storage choice can remove.
-fn time_verification(k: &VehicleKeys, manifest: &[u8]) -> anyhow::Result<f64> {
+fn time_verification(k: &SimVehicle, manifest: &[u8]) -> anyhow::Result<f64> {
     let ecu_keys: BTreeMap<String, rampart_core::key::Key> = k
         .ecus
         .iter()
-        .map(|(id, _, s)| (id.clone(), s.public_key().clone()))
+        .map(|e| (e.id.clone(), e.signer.public_key().clone()))
         .collect();
-    let (primary_id, _, primary) = k.ecus.first().context("no ECU")?;
+    let primary = k.ecus.first().context("no ECU")?;
     let keys = rampart_core::uptane::manifest::VehicleKeys {
         vin: &k.vin,
-        primary_ecu_id: primary_id,
-        primary_key: primary.public_key(),
+        primary_ecu_id: &primary.id,
+        primary_key: primary.signer.public_key(),
         ecu_keys: &ecu_keys,
     };
     let rounds = 2000;

@@ -100,28 +100,10 @@ async fn update_installs_on_full_and_partial_ecus_and_the_director_sees_it() {
 
     // Later cycles find nothing new: the primary names the timestamp it holds and the
     // director answers 304 without the body (the primary and its ECUs' own refreshes).
-    let ca = std::fs::read(lab.layout.pki().join("ca.pem")).unwrap();
-    let http = reqwest::Client::builder()
-        .tls_certs_only(reqwest::Certificate::from_pem_bundle(&ca).unwrap())
-        .build()
-        .unwrap();
-    let not_modified = || async {
-        let text = http
-            .get(format!("{}metrics", lab.url))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        text.lines()
-            .find_map(|l| l.strip_prefix("rampart_director_metadata_not_modified_total "))
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .unwrap()
-    };
+    let not_modified = || lab.metric("rampart_director_metadata_not_modified_total");
     // (The first cycle after the install gets new documents: its report completed the
     // assignments, which changes the instructions.)
-    let mut counts = vec![not_modified().await];
+    let mut counts = vec![not_modified().await.unwrap()];
     for _ in 0..2 {
         let again = lab.run_vehicle(0, "auto").await.unwrap();
         assert!(again.success, "{}", dump(&again));
@@ -129,7 +111,7 @@ async fn update_installs_on_full_and_partial_ecus_and_the_director_sees_it() {
             again.report.unwrap()["updates"].as_array().unwrap().len(),
             0
         );
-        counts.push(not_modified().await);
+        counts.push(not_modified().await.unwrap());
     }
     assert!(
         counts[2] > counts[1],

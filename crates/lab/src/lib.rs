@@ -294,6 +294,24 @@ pub fn vin(i: usize) -> String {
 
 pub use rampart_vehicle::testing::image_bytes;
 
+/// A counter of a server's `/metrics` (`base`: the server's URL, with or without its
+/// trailing slash).
+pub async fn read_metric(http: &reqwest::Client, base: &str, name: &str) -> anyhow::Result<u64> {
+    let url = format!("{}/metrics", base.trim_end_matches('/'));
+    let text = http
+        .get(&url)
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?;
+    let prefix = format!("{name} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .and_then(|v| v.trim().parse().ok())
+        .with_context(|| format!("{url} has no counter {name}"))
+}
+
 fn write_secret(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
@@ -868,6 +886,11 @@ impl Lab {
             None => "events?limit=1000".into(),
         };
         Ok(serde_json::from_value(self.admin_get(&path).await?)?)
+    }
+
+    /// A counter of the lab server's `/metrics`.
+    pub async fn metric(&self, name: &str) -> anyhow::Result<u64> {
+        read_metric(&self.http, &self.url, name).await
     }
 
     /// Stops the server (the fleet stays): what a vehicle sees when its server is down.

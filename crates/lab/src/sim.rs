@@ -33,6 +33,8 @@ pub struct SimEcu {
     pub installed: InstalledImage,
     /// Its last report counter.
     pub report_counter: u64,
+    /// How it verifies (`full` or `partial`), as registered.
+    pub verification: &'static str,
 }
 
 /// A simulated vehicle.
@@ -72,6 +74,7 @@ impl SimVehicle {
                         release_counter: 0,
                     },
                     report_counter: 0,
+                    verification: "full",
                 })
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
@@ -83,14 +86,14 @@ impl SimVehicle {
         })
     }
 
-    /// The body of `POST /api/v1/vehicles` for it (every ECU fully verifying).
+    /// The body of `POST /api/v1/vehicles` for it.
     pub fn registration(&self) -> Value {
         let ecus: Vec<Value> = self
             .ecus
             .iter()
             .map(|e| {
                 json!({"ecu_id": e.id, "hardware_id": e.hardware_id,
-                       "public_key": e.signer.public_key(), "verification": "full"})
+                       "public_key": e.signer.public_key(), "verification": e.verification})
             })
             .collect();
         let primary = self.ecus.first().map(|e| e.id.clone()).unwrap_or_default();
