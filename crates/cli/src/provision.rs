@@ -149,9 +149,12 @@ pub(crate) fn provision(args: ProvisionArgs) -> anyhow::Result<()> {
 
     // The vehicle: its identity on the network, the roots it trusts, the primary's key.
     let director_root = newest_root(&layout.director_public())?;
-    let image_root = newest_root(&layout.image_metadata())?;
+    // The image repository's newest root, from wherever it is kept (a bucket included).
+    let image_repo = rampart_server::ops::image_repo_with(&layout, &config)?;
+    let image_root = image_repo.root_bytes(image_repo.latest_root_version()?)?;
     copy(&director_root, &out.join("director-root.json"))?;
-    copy(&image_root, &out.join("image-root.json"))?;
+    std::fs::write(out.join("image-root.json"), &image_root)
+        .with_context(|| format!("writing {}", out.join("image-root.json").display()))?;
     if config.tls {
         let cert =
             rampart_server::pki::issue_vehicle_cert(&layout.pki(), &args.vin, args.cert_days)?;
@@ -198,7 +201,7 @@ pub(crate) fn provision(args: ProvisionArgs) -> anyhow::Result<()> {
         }
         copy(&director_root, &dir.join("director-root.json"))?;
         if spec.verification == Verification::Full {
-            copy(&image_root, &dir.join("image-root.json"))?;
+            std::fs::write(dir.join("image-root.json"), &image_root)?;
         }
         std::fs::write(
             dir.join("slot-a"),

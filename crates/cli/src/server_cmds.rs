@@ -57,6 +57,8 @@ pub(crate) enum RepoCommand {
         /// Database URL (default: SQLite in the data directory).
         #[arg(long)]
         database: Option<String>,
+        #[command(flatten)]
+        image_store: Box<ImageStoreArgs>,
         /// Serve plain HTTP (labs only; vehicles are then identified by signatures alone).
         #[arg(long)]
         danger_plain_http: bool,
@@ -298,6 +300,22 @@ pub(crate) struct RotateArgs {
     to: Option<String>,
 }
 
+/// Where `rampart repo init` puts the image repository's public files.
+#[derive(clap::Args, Debug)]
+pub(crate) struct ImageStoreArgs {
+    /// Keep the image repository's public files on S3-compatible object storage,
+    /// `s3://BUCKET/PREFIX` (default: the data directory's public/image/). Credentials from
+    /// AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY; written to `[image_store]`.
+    #[arg(long, value_name = "URL")]
+    image_store: Option<String>,
+    /// The S3-compatible server of --image-store (default: AWS).
+    #[arg(long, value_name = "URL", requires = "image_store")]
+    image_store_endpoint: Option<String>,
+    /// The bucket's region (default: AWS_REGION, or us-east-1).
+    #[arg(long, requires = "image_store")]
+    image_store_region: Option<String>,
+}
+
 fn scheme(name: &str) -> anyhow::Result<KeyScheme> {
     KeyScheme::from_name(name)
         .with_context(|| format!("unknown key scheme {name:?} (ed25519, ecdsa, rsa)"))
@@ -315,9 +333,16 @@ pub(crate) fn repo(cmd: RepoCommand) -> anyhow::Result<()> {
             listen,
             server_names,
             database,
+            image_store,
             danger_plain_http,
         } => {
             let layout = data.layout();
+            let image_store = rampart_server::store::ImageStoreConfig {
+                url: image_store.image_store.unwrap_or_default(),
+                endpoint: image_store.image_store_endpoint,
+                region: image_store.image_store_region,
+                lease_secs: None,
+            };
             let opts = CeremonyOptions {
                 root_keys,
                 root_threshold,
@@ -327,6 +352,7 @@ pub(crate) fn repo(cmd: RepoCommand) -> anyhow::Result<()> {
                 server_names,
                 database,
                 tls: !danger_plain_http,
+                image_store,
             };
             let report = ceremony::init(&layout, &opts, chrono::Utc::now())?;
             rampart_cli::say!("Key ceremony complete in {}", layout.root().display());
@@ -342,7 +368,7 @@ pub(crate) fn repo(cmd: RepoCommand) -> anyhow::Result<()> {
             Ok(())
         }
         RepoCommand::List { data } => {
-            let state = ops::image_repo(&data.layout()).state()?;
+            let state = ops::image_repo(&data.layout())?.state()?;
             for (role, t) in &state.roles {
                 rampart_cli::say!("{role} (version {})", t.version);
                 for (name, f) in &t.targets {

@@ -8,6 +8,7 @@
 //! The demo, the end-to-end tests and the attack lab all stand on it, so what they show is
 //! what a deployment does. Errors here are for people running a lab (`anyhow` with context).
 
+pub mod s3;
 pub mod sim;
 
 use std::collections::BTreeMap;
@@ -230,6 +231,8 @@ pub struct LabOptions {
     /// An MQTT broker (`mqtt://127.0.0.1:1883`): the server nudges, the primaries listen, on
     /// topics of this lab's own (a broker is shared by every lab on the machine).
     pub mqtt: Option<String>,
+    /// Keep the image repository on this object storage (default: the data directory).
+    pub image_store: Option<rampart_server::store::ImageStoreConfig>,
 }
 
 impl LabOptions {
@@ -242,6 +245,7 @@ impl LabOptions {
             ecus: default_ecus(),
             plain_http: false,
             mqtt: None,
+            image_store: None,
         }
     }
 }
@@ -334,6 +338,7 @@ impl Lab {
         let ceremony_opts = CeremonyOptions {
             listen: "127.0.0.1:0".into(),
             tls: !options.plain_http,
+            image_store: options.image_store.clone().unwrap_or_default(),
             ..CeremonyOptions::default()
         };
         ceremony::init(&layout, &ceremony_opts, chrono::Utc::now()).context("key ceremony")?;
@@ -399,10 +404,9 @@ impl Lab {
             self.layout.director_public().join("1.root.json"),
             &director_root,
         )?;
-        std::fs::copy(
-            self.layout.image_metadata().join("1.root.json"),
-            &image_root,
-        )?;
+        // From wherever the image repository is kept (its bucket included).
+        let image_repo = ops::image_repo(&self.layout)?;
+        std::fs::write(&image_root, image_repo.root_bytes(1)?)?;
         if !self.options.plain_http {
             let cert = rampart_server::pki::issue_vehicle_cert(&self.layout.pki(), vin, 30)?;
             write_secret(

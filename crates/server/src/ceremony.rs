@@ -39,6 +39,8 @@ pub struct CeremonyOptions {
     pub database: Option<String>,
     /// Serve HTTPS.
     pub tls: bool,
+    /// Where the image repository's public files go (default: the data directory).
+    pub image_store: crate::store::ImageStoreConfig,
 }
 
 impl Default for CeremonyOptions {
@@ -52,6 +54,7 @@ impl Default for CeremonyOptions {
             server_names: vec!["localhost".into(), "127.0.0.1".into()],
             database: None,
             tls: true,
+            image_store: Default::default(),
         }
     }
 }
@@ -183,7 +186,11 @@ pub fn init(layout: &Layout, opts: &CeremonyOptions, now: DateTime<Utc>) -> Resu
 
     // Image repository: offline root and targets, online snapshot and timestamp.
     let image = RepositoryKeys::generate("image", &offline, &online_dir, opts, &mut ids)?;
-    let repo = Repository::new(layout.image_metadata(), layout.image_targets());
+    let repo = Repository::on(crate::store::open(
+        &opts.image_store,
+        &layout.image_metadata(),
+        &layout.image_targets(),
+    )?);
     let root = new_root(
         &image.roles(opts.root_threshold),
         1,
@@ -261,6 +268,7 @@ fn write_config(
         mqtt: Default::default(),
         vsoc: Default::default(),
         console: Default::default(),
+        image_store: opts.image_store.clone(),
     };
     config.save(layout)
 }

@@ -59,6 +59,12 @@
 //!
 //! [console]
 //! session_minutes = 480             # a console session ends this long after sign-in
+//!
+//! [image_store]                     # absent: the image repository is in D/public/image/
+//! url = "s3://oem-images/prod"      # an S3-compatible bucket/prefix (crate::store)
+//! endpoint = "http://127.0.0.1:9000"  # not AWS; credentials from AWS_ACCESS_KEY_ID/…
+//! region = "us-east-1"
+//! lease_secs = 60                   # a writer's lease on the bucket
 //! ```
 
 use std::fs;
@@ -115,6 +121,12 @@ pub struct Config {
     /// The web console.
     #[serde(default)]
     pub console: crate::console::ConsoleConfig,
+    /// Where the image repository's public files are kept (default: `D/public/image/`).
+    #[serde(
+        default,
+        skip_serializing_if = "crate::store::ImageStoreConfig::is_local"
+    )]
+    pub image_store: crate::store::ImageStoreConfig,
 }
 
 /// `[mqtt]`: where "check in now" nudges are published (off while `url` is empty). See

@@ -91,11 +91,10 @@ pub(crate) async fn make(req: &DeltaRequest<'_>, from: &str) -> Result<MadeDelta
     rampart_delta::create(&old, &new, &mut patch)
         .map_err(|e| Error::BadRequest(format!("--delta-from {from}: {e}")))?;
     // Through a file, as every published image: hashed while stored, encrypted if asked.
-    let scratch = Scratch(
-        req.repo
-            .targets_dir()
-            .join(format!(".delta-{}-{source_sha256}", std::process::id())),
-    );
+    let scratch = Scratch(std::env::temp_dir().join(format!(
+        "rampart-delta-{}-{source_sha256}",
+        std::process::id()
+    )));
     std::fs::write(scratch.path(), &patch).map_err(|e| Error::io(scratch.path(), e))?;
     let (length, hashes) = crate::ops::store(
         req.layout,
@@ -159,7 +158,6 @@ async fn published_plaintext(
     name: &str,
     file: &TargetFile,
 ) -> Result<Vec<u8>> {
-    let targets = req.repo.targets_dir();
     let key = match req.db {
         Some(db) => db.image_key(name).await?,
         None => None,
@@ -168,17 +166,16 @@ async fn published_plaintext(
         Some(key) => {
             let kek = req.config.content_kek(req.layout)?;
             let content = ContentKey::from_bytes(&kek.content_key(&key)?)?;
-            let path = targets.join(&key.ciphertext_path);
-            let ciphertext = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+            let ciphertext = req.repo.read_target(&key.ciphertext_path)?;
             decrypt_all(&content, &ciphertext)?
         }
         None => {
             let sha = file.hashes.get("sha256").cloned().unwrap_or_default();
             let stored = match name.rsplit_once('/') {
-                Some((dir, base)) => targets.join(dir).join(format!("{sha}.{base}")),
-                None => targets.join(format!("{sha}.{name}")),
+                Some((dir, base)) => format!("{dir}/{sha}.{base}"),
+                None => format!("{sha}.{name}"),
             };
-            std::fs::read(&stored).map_err(|e| Error::io(&stored, e))?
+            req.repo.read_target(&stored)?
         }
     };
     verify_bytes(name, &bytes, Some(file.length), Some(&file.hashes))?;

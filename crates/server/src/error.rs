@@ -39,6 +39,15 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// Object storage (the image repository on a bucket) failed or could not be reached.
+    #[error("object storage: {0}")]
+    Storage(String),
+
+    /// Another writer changed the image repository between this writer's read and its write
+    /// (its lease was taken over, or it could not get the lease): nothing was published.
+    #[error("{0}")]
+    WriterRaced(String),
+
     /// Bad or missing configuration.
     #[error("configuration: {0}")]
     Config(String),
@@ -111,7 +120,8 @@ impl Error {
         match self {
             Error::Verification(e) => e.rule(),
             Error::Database(_) | Error::Sql { .. } => Rule::Database,
-            Error::Io { .. } => Rule::Io,
+            Error::Io { .. } | Error::Storage(_) => Rule::Io,
+            Error::WriterRaced(_) => Rule::Conflict,
             Error::Config(_) => Rule::Config,
             Error::BadRequest(_) => Rule::BadRequest,
             Error::Conflict(_) => Rule::Conflict,
@@ -131,15 +141,17 @@ impl Error {
                 StatusCode::CONFLICT
             }
             Error::Verification(_) | Error::BadRequest(_) => StatusCode::BAD_REQUEST,
-            Error::Conflict(_) => StatusCode::CONFLICT,
+            Error::Conflict(_) | Error::WriterRaced(_) => StatusCode::CONFLICT,
             Error::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Error::Rejected { status, .. } => *status,
             Error::NotFound(_) => StatusCode::NOT_FOUND,
             Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Error::Forbidden(_) => StatusCode::FORBIDDEN,
-            Error::Database(_) | Error::Sql { .. } | Error::Io { .. } | Error::Config(_) => {
-                StatusCode::INTERNAL_SERVER_ERROR
-            }
+            Error::Database(_)
+            | Error::Sql { .. }
+            | Error::Io { .. }
+            | Error::Storage(_)
+            | Error::Config(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 }

@@ -33,6 +33,7 @@ pub mod records;
 pub mod repo;
 pub mod revocation;
 pub mod serve;
+pub mod store;
 pub mod tls;
 pub mod vsoc;
 

@@ -50,7 +50,8 @@ pub async fn create(
         layout.director_public(),
     )
     .with_content_kek(std::sync::Arc::new(config.content_kek(layout)?));
-    let state = crate::ops::image_repo(layout).state()?;
+    let repo = crate::ops::image_repo_with(layout, &config)?;
+    let state = repo.state()?;
     let consistent = state.root.consistent_snapshot();
     let tmp = out.with_extension("partial");
     let file = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
@@ -120,23 +121,21 @@ pub async fn create(
     }
     // The image repository's metadata, every file of it (roots for the chain, the current
     // roles under their consistent-snapshot names).
-    let metadata = layout.image_metadata();
-    for entry in std::fs::read_dir(&metadata)
-        .map_err(|e| Error::io(&metadata, e))?
-        .flatten()
-    {
-        let path = entry.path();
-        if path.is_file() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
-            add(&format!("image/metadata/{name}"), &bytes)?;
+    let mut names = repo.store().list("metadata")?;
+    names.sort();
+    for name in names {
+        // Files of the repository only (not a writer's temporary file).
+        if !name.ends_with(".json") {
+            continue;
+        }
+        if let Some(stored) = repo.store().get(&format!("metadata/{name}"))? {
+            add(&format!("image/metadata/{name}"), &stored.bytes)?;
         }
     }
     earliest(&state.timestamp.expires.to_string());
     let mut image_bytes = 0u64;
     for path in &images {
-        let file = layout.image_targets().join(path);
-        let bytes = std::fs::read(&file).map_err(|e| Error::io(&file, e))?;
+        let bytes = repo.read_target(path)?;
         image_bytes += bytes.len() as u64;
         add(&format!("image/targets/{path}"), &bytes)?;
     }

@@ -19,9 +19,19 @@ use crate::keys::{generate_key_file, load_key_file, read_public_key, KeySource};
 use crate::layout::Layout;
 use crate::repo::{sign_root, RepoState, Repository};
 
-/// The image repository of a data directory.
-pub fn image_repo(layout: &Layout) -> Repository {
-    Repository::new(layout.image_metadata(), layout.image_targets())
+/// The image repository of a data directory, where its configuration keeps it.
+pub fn image_repo(layout: &Layout) -> Result<Repository> {
+    image_repo_with(layout, &Config::load(layout)?)
+}
+
+/// The image repository of a data directory whose configuration is `config`: its folder
+/// `public/image/`, or the bucket of `[image_store]`.
+pub fn image_repo_with(layout: &Layout, config: &Config) -> Result<Repository> {
+    Ok(Repository::on(crate::store::open(
+        &config.image_store,
+        &layout.image_metadata(),
+        &layout.image_targets(),
+    )?))
 }
 
 /// The offline targets key where the key ceremony left it — or, once it was moved to an
@@ -199,7 +209,7 @@ pub async fn publish(
     now: DateTime<Utc>,
 ) -> Result<PublishOutcome> {
     let config = Config::load(layout)?;
-    let repo = image_repo(layout);
+    let repo = image_repo_with(layout, &config)?;
     let state = repo.state()?;
     let name = match &req.name {
         Some(n) => n.clone(),
@@ -333,6 +343,7 @@ pub async fn publish(
         let raced = matches!(
             &e,
             Error::Verification(rampart_core::Error::VersionMismatch { .. })
+                | Error::WriterRaced(_)
         );
         if !raced || attempts == PUBLISH_ATTEMPTS {
             return Err(e);
@@ -377,7 +388,7 @@ pub async fn import(
     let config = Config::load(layout)?;
     let bytes = std::fs::read(document).map_err(|e| Error::io(document, e))?;
     let online = config.image_online_keys(layout)?;
-    let version = image_repo(layout).commit_role(role, &bytes, &online, now)?;
+    let version = image_repo_with(layout, &config)?.commit_role(role, &bytes, &online, now)?;
     let signed: rampart_core::metadata::Targets =
         rampart_core::metadata::Envelope::parse(&bytes, role)?.typed(role)?;
     let has_deltas = signed
@@ -416,7 +427,7 @@ pub struct DelegateRequest {
 /// Delegates part of the image repository to a supplier.
 pub fn delegate(layout: &Layout, req: &DelegateRequest, now: DateTime<Utc>) -> Result<u64> {
     let config = Config::load(layout)?;
-    let repo = image_repo(layout);
+    let repo = image_repo_with(layout, &config)?;
     let state = repo.state()?;
     let keys = req
         .keys
@@ -539,11 +550,10 @@ async fn rotate_with(
         Which::Image => "image",
         Which::Director => "director",
     };
-    let (metadata_dir, targets_dir) = match which {
-        Which::Image => (layout.image_metadata(), layout.image_targets()),
-        Which::Director => (layout.director_public(), layout.director_public()),
+    let repo = match which {
+        Which::Image => image_repo_with(layout, &config)?,
+        Which::Director => Repository::new(layout.director_public(), layout.director_public()),
     };
-    let repo = Repository::new(metadata_dir, targets_dir);
     let old_version = repo.latest_root_version()?;
     let old_root: Root =
         rampart_core::metadata::Envelope::parse(&repo.root_bytes(old_version)?, "root")?

@@ -1,7 +1,8 @@
 //! The image repository: the OEM's (and its suppliers') signed images, as a folder of
 //! content-addressed files that any static server or CDN can serve unchanged.
 //!
-//! Source of truth is the signed metadata in `D/public/image/metadata/`; nothing else is kept.
+//! Source of truth is the signed metadata in `D/public/image/metadata/` (or under
+//! `metadata/` on the bucket of `[image_store]`, [`crate::store`]); nothing else is kept.
 //! Every change follows the same path, so the online and offline workflows are one:
 //!
 //! 1. *stage*: a new version of a targets role is computed (unsigned);
@@ -16,9 +17,10 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use chrono::{DateTime, Duration, Utc};
-use rampart_core::client::{metadata_file_name, safe_file_name};
+use rampart_core::client::metadata_file_name;
 use rampart_core::hash::Hashes;
 use rampart_core::key::{Key, KeyId};
 use rampart_core::metadata::{
@@ -27,6 +29,8 @@ use rampart_core::metadata::{
 };
 use rampart_core::signer::Signer;
 use rampart_core::uptane::ImageCustom;
+
+use crate::store::{LocalFolder, PublicStore, Stored, WriterGuard};
 
 use crate::error::{Error, Result};
 
@@ -79,6 +83,8 @@ pub struct RepoState {
     pub snapshot: Snapshot,
     /// Every targets role listed by the snapshot, at its current version.
     pub roles: BTreeMap<String, Targets>,
+    /// The tag of the `timestamp.json` read (what a conditional replace expects).
+    timestamp_tag: String,
 }
 
 impl RepoState {
@@ -127,40 +133,22 @@ pub struct OnlineKeys {
     pub timestamp: Box<dyn Signer>,
 }
 
-/// A repository folder (the image repository, or the director's root folder).
+/// A repository (the image repository, or the director's root folder) in its public store.
 #[derive(Debug, Clone)]
 pub struct Repository {
-    metadata_dir: PathBuf,
-    targets_dir: PathBuf,
+    store: Arc<dyn PublicStore>,
     /// Lifetimes used when signing.
     pub lifetimes: Lifetimes,
 }
 
-fn write_file_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    }
-    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
-    let result = (|| -> std::io::Result<()> {
-        let mut f = fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)?;
-        if let Some(dir) = path.parent() {
-            fs::File::open(dir)?.sync_all()?;
-        }
-        Ok(())
-    })();
-    if let Err(e) = result {
-        let _ = fs::remove_file(&tmp);
-        return Err(Error::io(path, e));
-    }
-    Ok(())
-}
+/// How many snapshot versions a writer skips that a writer which died before its timestamp
+/// left behind.
+const SNAPSHOT_ATTEMPTS: u64 = 16;
 
-fn read_role<T: rampart_core::metadata::RoleMetadata>(path: &Path, role: &str) -> Result<T> {
-    let bytes = fs::read(path).map_err(|e| Error::io(path, e))?;
-    Ok(Envelope::parse(&bytes, role)?.typed(role)?)
+fn raced(what: &str) -> Error {
+    Error::WriterRaced(format!(
+        "another writer published first ({what}); nothing of this write is visible: stage again"
+    ))
 }
 
 fn signer_refs(signers: &[Box<dyn Signer>]) -> Vec<&dyn Signer> {
@@ -241,56 +229,80 @@ pub struct StagedTarget {
 }
 
 impl Repository {
-    /// A repository whose metadata and targets live in these folders.
+    /// A repository whose metadata and targets live in these local folders.
     pub fn new(metadata_dir: impl Into<PathBuf>, targets_dir: impl Into<PathBuf>) -> Self {
+        Self::on(Arc::new(LocalFolder::new(metadata_dir, targets_dir)))
+    }
+
+    /// A repository in `store` (a folder or a bucket).
+    pub fn on(store: Arc<dyn PublicStore>) -> Self {
         Repository {
-            metadata_dir: metadata_dir.into(),
-            targets_dir: targets_dir.into(),
+            store,
             lifetimes: Lifetimes::default(),
         }
     }
 
-    /// Metadata folder.
-    pub fn metadata_dir(&self) -> &Path {
-        &self.metadata_dir
+    /// Where its public files are.
+    pub fn store(&self) -> &dyn PublicStore {
+        self.store.as_ref()
     }
 
-    /// Targets folder.
-    pub fn targets_dir(&self) -> &Path {
-        &self.targets_dir
+    /// One writer at a time, held from reading the current versions to writing the next ones
+    /// (a `flock` on the folder, a lease on a bucket: [`PublicStore::lock`]). Every instance
+    /// of a multi-instance deployment re-signs the timestamp, and `rampart publish` may run
+    /// beside them: without it, two writers that read version N both write N + 1 with
+    /// different content and one publish is lost. Waits for the holder (writes take
+    /// milliseconds).
+    fn lock(&self) -> Result<WriterGuard> {
+        self.store.lock()
     }
 
-    /// One writer at a time: an exclusive lock on the metadata folder itself (`flock`, so it
-    /// is released when the handle drops, a killed process included), held from reading the
-    /// current versions to writing the next ones. Every instance of a multi-instance
-    /// deployment re-signs the timestamp, and `rampart publish` may run beside them: without
-    /// it, two writers that read version N both write N + 1 with different content and one
-    /// publish is lost. Waits for the holder (writes take milliseconds).
-    fn lock(&self) -> Result<fs::File> {
-        let dir =
-            fs::File::open(&self.metadata_dir).map_err(|e| Error::io(&self.metadata_dir, e))?;
-        dir.lock().map_err(|e| Error::io(&self.metadata_dir, e))?;
-        Ok(dir)
+    /// The bytes of metadata file `name`.
+    fn read_metadata(&self, name: &str) -> Result<Stored> {
+        self.store.get(&format!("metadata/{name}"))?.ok_or_else(|| {
+            Error::NotFound(format!(
+                "{name} is not in the repository at {}",
+                self.store.describe()
+            ))
+        })
+    }
+
+    fn read_role<T: rampart_core::metadata::RoleMetadata>(
+        &self,
+        name: &str,
+        role: &str,
+    ) -> Result<T> {
+        let stored = self.read_metadata(name)?;
+        Ok(Envelope::parse(&stored.bytes, role)?.typed(role)?)
+    }
+
+    /// The bytes of the published image (or ciphertext) at `path` under the targets.
+    pub fn read_target(&self, path: &str) -> Result<Vec<u8>> {
+        check_target_name(path)?;
+        self.store
+            .get(&format!("targets/{path}"))?
+            .map(|s| s.bytes)
+            .ok_or_else(|| {
+                Error::NotFound(format!(
+                    "{path} is not among the images at {}",
+                    self.store.describe()
+                ))
+            })
     }
 
     /// Highest `N` with an `N.root.json`.
     pub fn latest_root_version(&self) -> Result<u64> {
-        let mut latest = 0;
-        let entries =
-            fs::read_dir(&self.metadata_dir).map_err(|e| Error::io(&self.metadata_dir, e))?;
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if let Some(v) = name
-                .strip_suffix(".root.json")
-                .and_then(|v| v.parse::<u64>().ok())
-            {
-                latest = latest.max(v);
-            }
-        }
+        let latest = self
+            .store
+            .list("metadata")?
+            .iter()
+            .filter_map(|name| name.strip_suffix(".root.json")?.parse::<u64>().ok())
+            .max()
+            .unwrap_or(0);
         if latest == 0 {
             return Err(Error::NotFound(format!(
                 "no root metadata in {}",
-                self.metadata_dir.display()
+                self.store.describe()
             )));
         }
         Ok(latest)
@@ -298,52 +310,40 @@ impl Repository {
 
     /// Bytes of `N.root.json`.
     pub fn root_bytes(&self, version: u64) -> Result<Vec<u8>> {
-        let path = self.metadata_dir.join(format!("{version}.root.json"));
-        fs::read(&path).map_err(|e| Error::io(path, e))
+        Ok(self.read_metadata(&format!("{version}.root.json"))?.bytes)
     }
 
     /// Reads the current state (latest root, timestamp, snapshot and every targets role).
     pub fn state(&self) -> Result<RepoState> {
         let root_version = self.latest_root_version()?;
-        let root: Root = read_role(
-            &self.metadata_dir.join(format!("{root_version}.root.json")),
-            "root",
-        )?;
+        let root: Root = self.read_role(&format!("{root_version}.root.json"), "root")?;
+        let stored = self.read_metadata("timestamp.json")?;
         let timestamp: Timestamp =
-            read_role(&self.metadata_dir.join("timestamp.json"), "timestamp")?;
+            Envelope::parse(&stored.bytes, "timestamp")?.typed("timestamp")?;
         let snapshot_version = timestamp.snapshot_meta()?.version;
-        let snapshot: Snapshot = read_role(
-            &self
-                .metadata_dir
-                .join(format!("{snapshot_version}.snapshot.json")),
-            "snapshot",
-        )?;
+        let snapshot: Snapshot =
+            self.read_role(&format!("{snapshot_version}.snapshot.json"), "snapshot")?;
         let mut roles = BTreeMap::new();
         for (file, meta) in &snapshot.meta {
             let role = file.strip_suffix(".json").unwrap_or(file);
-            let path =
-                self.metadata_dir
-                    .join(format!("{}.{}", meta.version, metadata_file_name(role)));
-            roles.insert(role.to_owned(), read_role::<Targets>(&path, role)?);
+            let name = format!("{}.{}", meta.version, metadata_file_name(role));
+            roles.insert(role.to_owned(), self.read_role::<Targets>(&name, role)?);
         }
         Ok(RepoState {
             root,
             timestamp,
             snapshot,
             roles,
+            timestamp_tag: stored.tag,
         })
     }
 
     /// Writes a root version (`N.root.json` and `root.json`).
     pub fn write_root(&self, root: &Root, bytes: &[u8]) -> Result<()> {
         let _lock = self.lock()?;
-        write_file_atomic(
-            &self
-                .metadata_dir
-                .join(format!("{}.root.json", root.version)),
-            bytes,
-        )?;
-        write_file_atomic(&self.metadata_dir.join("root.json"), bytes)
+        self.store
+            .put(&format!("metadata/{}.root.json", root.version), bytes)?;
+        self.store.put("metadata/root.json", bytes)
     }
 
     /// Creates the repository: root v1 and an empty targets v1 (signed by the given keys),
@@ -356,15 +356,21 @@ impl Repository {
         online: &OnlineKeys,
         now: DateTime<Utc>,
     ) -> Result<()> {
-        fs::create_dir_all(&self.metadata_dir).map_err(|e| Error::io(&self.metadata_dir, e))?;
-        fs::create_dir_all(&self.targets_dir).map_err(|e| Error::io(&self.targets_dir, e))?;
+        if let Some((metadata, targets)) = self.store.folders() {
+            fs::create_dir_all(metadata).map_err(|e| Error::io(metadata, e))?;
+            fs::create_dir_all(targets).map_err(|e| Error::io(targets, e))?;
+        }
+        if self.store.exists("metadata/timestamp.json")? {
+            return Err(Error::Conflict(format!(
+                "{} already holds a repository",
+                self.store.describe()
+            )));
+        }
         self.write_root(root, &sign_root(root, root_signers)?)?;
         let targets = empty_targets(now, self.lifetimes.targets);
         let bytes = sign_role(&targets, targets_signers)?;
-        write_file_atomic(
-            &self
-                .metadata_dir
-                .join(format!("1.{}", metadata_file_name("targets"))),
+        self.store.put(
+            &format!("metadata/1.{}", metadata_file_name("targets")),
             &bytes,
         )?;
         let mut roles = BTreeMap::new();
@@ -385,7 +391,7 @@ impl Repository {
         for (role, (version, bytes)) in roles {
             meta.insert(format!("{role}.json"), MetaFile::pinning(*version, bytes));
         }
-        let snapshot = Snapshot {
+        let mut snapshot = Snapshot {
             type_: "snapshot".into(),
             spec_version: SPEC_VERSION.into(),
             version: previous.map_or(1, |p| p.snapshot.version + 1),
@@ -393,30 +399,40 @@ impl Repository {
             meta,
             unrecognized: BTreeMap::new(),
         };
-        let snapshot_bytes = sign_role(&snapshot, &[online.snapshot.as_ref()])?;
-        write_file_atomic(
-            &self
-                .metadata_dir
-                .join(format!("{}.snapshot.json", snapshot.version)),
-            &snapshot_bytes,
-        )?;
-        self.write_timestamp(
-            previous.map_or(0, |p| p.timestamp.version),
-            snapshot.version,
-            &snapshot_bytes,
-            online,
-            now,
-        )
+        // Created only if absent: a version already there was left by a writer that died
+        // before its timestamp (skipped: snapshot versions need only increase), or written
+        // by one whose lease was taken over (its timestamp then fails below).
+        let mut attempts = 0;
+        let snapshot_bytes = loop {
+            let bytes = sign_role(&snapshot, &[online.snapshot.as_ref()])?;
+            let name = format!("metadata/{}.snapshot.json", snapshot.version);
+            if self.store.put_new(&name, &bytes)? {
+                break bytes;
+            }
+            attempts += 1;
+            if attempts == SNAPSHOT_ATTEMPTS {
+                return Err(raced(&format!("{name} exists")));
+            }
+            tracing::warn!(
+                version = snapshot.version,
+                "snapshot version taken; skipping it"
+            );
+            snapshot.version += 1;
+        };
+        self.write_timestamp(previous, snapshot.version, &snapshot_bytes, online, now)
     }
 
+    /// Signs and writes a timestamp after `previous`'s, replacing `timestamp.json` only if it
+    /// is still the one `previous` read.
     fn write_timestamp(
         &self,
-        previous_version: u64,
+        previous: Option<&RepoState>,
         snapshot_version: u64,
         snapshot_bytes: &[u8],
         online: &OnlineKeys,
         now: DateTime<Utc>,
     ) -> Result<()> {
+        let previous_version = previous.map_or(0, |p| p.timestamp.version);
         let snapshot_meta = MetaFile::pinning(snapshot_version, snapshot_bytes);
         let timestamp = Timestamp {
             type_: "timestamp".into(),
@@ -427,7 +443,14 @@ impl Repository {
             unrecognized: BTreeMap::new(),
         };
         let bytes = sign_role(&timestamp, &[online.timestamp.as_ref()])?;
-        write_file_atomic(&self.metadata_dir.join("timestamp.json"), &bytes)
+        let expected = previous.map(|p| p.timestamp_tag.as_str());
+        if !self
+            .store
+            .replace("metadata/timestamp.json", &bytes, expected)?
+        {
+            return Err(raced("timestamp.json changed since it was read"));
+        }
+        Ok(())
     }
 
     /// Computes the new (unsigned) version of `role` listing `name` with this length,
@@ -512,17 +535,17 @@ impl Repository {
     ) -> Result<EncryptedCopy> {
         use aws_lc_rs::digest::{Context, SHA256};
         use rampart_core::encryption::{Encryptor, DEFAULT_CHUNK_SIZE};
-        let (dir, rel_dir, base) = match name.rsplit_once('/') {
-            Some((d, b)) => (self.targets_dir.join(d), format!("{d}/"), b.to_owned()),
-            None => (self.targets_dir.clone(), String::new(), name.to_owned()),
+        check_target_name(name)?;
+        let (rel_dir, base) = match name.rsplit_once('/') {
+            Some((d, b)) => (format!("{d}/"), b.to_owned()),
+            None => (String::new(), name.to_owned()),
         };
-        fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-        let tmp = dir.join(format!(
-            ".incoming-{}-{}.enc",
-            std::process::id(),
-            safe_file_name(&base)
-        ));
-        let mut out = fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        let tmp = Staged(
+            self.store
+                .staging_path(&format!("targets/{rel_dir}{base}.enc"))?,
+        );
+        let tmp = tmp.path();
+        let mut out = fs::File::create(tmp).map_err(|e| Error::io(tmp, e))?;
         let mut enc = Encryptor::new(key, DEFAULT_CHUNK_SIZE)?;
         let mut c256 = Context::new(&SHA256);
         let mut cipher = Vec::with_capacity(256 * 1024 + 4096);
@@ -530,7 +553,7 @@ impl Repository {
         let mut emit = |cipher: &mut Vec<u8>| -> Result<()> {
             c256.update(cipher);
             cipher_len += cipher.len() as u64;
-            out.write_all(cipher).map_err(|e| Error::io(&tmp, e))?;
+            out.write_all(cipher).map_err(|e| Error::io(tmp, e))?;
             cipher.clear();
             Ok(())
         };
@@ -540,13 +563,14 @@ impl Repository {
         })?;
         enc.finish(&mut cipher)?;
         emit(&mut cipher)?;
-        out.sync_all().map_err(|e| Error::io(&tmp, e))?;
+        out.sync_all().map_err(|e| Error::io(tmp, e))?;
+        drop(out);
         let mut cipher_hashes = Hashes::new();
         let c256 = hex::encode(c256.finish());
         cipher_hashes.insert("sha256".into(), c256.clone());
         let file_name = format!("{c256}.{base}.enc");
-        let dest = dir.join(&file_name);
-        fs::rename(&tmp, &dest).map_err(|e| Error::io(&dest, e))?;
+        self.store
+            .put_file(&format!("targets/{rel_dir}{file_name}"), tmp)?;
         Ok(EncryptedCopy {
             length: plain_len,
             hashes: plain,
@@ -559,25 +583,19 @@ impl Repository {
     /// Streams `image` into the targets folder as `DIR/SHA256.BASE` (and a hard link as
     /// `DIR/SHA512.BASE`), returning its length and hashes.
     pub fn store_image(&self, image: &Path, name: &str) -> Result<(u64, Hashes)> {
+        check_target_name(name)?;
         let (dir, base) = match name.rsplit_once('/') {
-            Some((d, b)) => (self.targets_dir.join(d), b.to_owned()),
-            None => (self.targets_dir.clone(), name.to_owned()),
+            Some((d, b)) => (format!("targets/{d}/"), b.to_owned()),
+            None => ("targets/".to_owned(), name.to_owned()),
         };
-        fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-        let tmp = dir.join(format!(
-            ".incoming-{}-{}",
-            std::process::id(),
-            safe_file_name(&base)
-        ));
-        let (length, hashes) = copy_hashing(image, &tmp)?;
+        let tmp = Staged(self.store.staging_path(&format!("{dir}{base}"))?);
+        let (length, hashes) = copy_hashing(image, tmp.path())?;
         let by = |alg: &str| hashes.get(alg).cloned().unwrap_or_default();
-        let primary = dir.join(format!("{}.{base}", by("sha256")));
-        fs::rename(&tmp, &primary).map_err(|e| Error::io(&primary, e))?;
-        let secondary = dir.join(format!("{}.{base}", by("sha512")));
-        if !secondary.exists() {
-            fs::hard_link(&primary, &secondary)
-                .or_else(|_| fs::copy(&primary, &secondary).map(|_| ()))
-                .map_err(|e| Error::io(&secondary, e))?;
+        let primary = format!("{dir}{}.{base}", by("sha256"));
+        self.store.put_file(&primary, tmp.path())?;
+        let secondary = format!("{dir}{}.{base}", by("sha512"));
+        if !self.store.exists(&secondary)? {
+            self.store.copy(&primary, &secondary)?;
         }
         Ok((length, hashes))
     }
@@ -622,12 +640,17 @@ impl Repository {
                 listed_by: "the repository (current version + 1)".into(),
             }));
         }
-        write_file_atomic(
-            &self
-                .metadata_dir
-                .join(format!("{}.{}", new.version, metadata_file_name(role))),
-            signed,
-        )?;
+        // Created if absent. One already there was left by a writer that died before its
+        // snapshot, unless another writer committed since `state` was read (its lease was
+        // taken over): then nothing is overwritten.
+        let name = format!("metadata/{}.{}", new.version, metadata_file_name(role));
+        if !self.store.put_new(&name, signed)? {
+            let now_tag = self.read_metadata("timestamp.json")?.tag;
+            if now_tag != state.timestamp_tag {
+                return Err(raced(&format!("{name} was committed by another writer")));
+            }
+            self.store.put(&name, signed)?;
+        }
         let mut roles = self.current_roles(&state)?;
         roles.insert(role.to_owned(), (new.version, signed.to_vec()));
         self.write_snapshot_and_timestamp(Some(&state), &roles, online, now)?;
@@ -750,11 +773,8 @@ impl Repository {
     fn current_roles(&self, state: &RepoState) -> Result<BTreeMap<String, (u64, Vec<u8>)>> {
         let mut roles = BTreeMap::new();
         for (name, t) in &state.roles {
-            let path =
-                self.metadata_dir
-                    .join(format!("{}.{}", t.version, metadata_file_name(name)));
-            let bytes = fs::read(&path).map_err(|e| Error::io(&path, e))?;
-            roles.insert(name.clone(), (t.version, bytes));
+            let file = format!("{}.{}", t.version, metadata_file_name(name));
+            roles.insert(name.clone(), (t.version, self.read_metadata(&file)?.bytes));
         }
         Ok(roles)
     }
@@ -778,6 +798,15 @@ impl Repository {
         online: &OnlineKeys,
         now: DateTime<Utc>,
     ) -> Result<Vec<&'static str>> {
+        // Nothing due (the common case): no lock taken — on a bucket the lease costs two
+        // writes, and every instance checks every minute.
+        let due = |state: &RepoState| {
+            state.snapshot.expires.at() - now < self.lifetimes.snapshot / 2
+                || state.timestamp.expires.at() - now < self.lifetimes.timestamp / 2
+        };
+        if !due(&self.state()?) {
+            return Ok(Vec::new());
+        }
         let _lock = self.lock()?;
         let state = self.state()?;
         let mut done = Vec::new();
@@ -785,12 +814,11 @@ impl Repository {
             self.resign_online_locked(online, now)?;
             done.extend(["snapshot", "timestamp"]);
         } else if state.timestamp.expires.at() - now < self.lifetimes.timestamp / 2 {
-            let path = self
-                .metadata_dir
-                .join(format!("{}.snapshot.json", state.snapshot.version));
-            let snapshot_bytes = fs::read(&path).map_err(|e| Error::io(&path, e))?;
+            let snapshot_bytes = self
+                .read_metadata(&format!("{}.snapshot.json", state.snapshot.version))?
+                .bytes;
             self.write_timestamp(
-                state.timestamp.version,
+                Some(&state),
                 state.snapshot.version,
                 &snapshot_bytes,
                 online,
@@ -799,6 +827,21 @@ impl Repository {
             done.push("timestamp");
         }
         Ok(done)
+    }
+}
+
+/// A staged upload's local file, removed if it was not moved into the store.
+struct Staged(PathBuf);
+
+impl Staged {
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.0);
     }
 }
 

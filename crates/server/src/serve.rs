@@ -17,7 +17,6 @@ use crate::db::Db;
 use crate::director::Director;
 use crate::error::{Error, Result};
 use crate::layout::Layout;
-use crate::repo::Repository;
 
 /// Options of one server run (flags over the configuration file).
 #[derive(Debug, Clone)]
@@ -136,7 +135,8 @@ pub async fn start(opts: ServeOptions) -> Result<Running> {
         config.pki.revocation_refresh(),
     )
     .with_console(config.console.clone())
-    .with_vsoc(config.vsoc.clone());
+    .with_vsoc(config.vsoc.clone())
+    .with_image_repository(crate::ops::image_repo_with(&layout, &config)?);
     if config.vsoc.export.webhook() {
         // A webhook without its secret is a configuration error, found at start.
         config.vsoc.export.secret()?;
@@ -194,7 +194,7 @@ pub async fn start(opts: ServeOptions) -> Result<Running> {
             config.vsoc.check_every(),
         ))
     });
-    let repo = Repository::new(layout.image_metadata(), layout.image_targets());
+    let repo = state.image_repository().clone();
     let every = opts.refresh_every;
     let refresher = tokio::spawn(async move {
         let keys = std::sync::Arc::new(image_keys);

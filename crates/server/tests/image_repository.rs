@@ -86,7 +86,7 @@ async fn concurrent_publishes_are_all_listed_each_in_its_own_version() {
         "two publishes wrote one version"
     );
 
-    let state = ops::image_repo(&layout).state().unwrap();
+    let state = ops::image_repo(&layout).unwrap().state().unwrap();
     let listed = &state.roles["targets"].targets;
     for name in &names {
         assert!(listed.contains_key(name), "{name} was lost: {listed:?}");
@@ -101,7 +101,7 @@ async fn concurrent_publishes_are_all_listed_each_in_its_own_version() {
 async fn timestamp_refreshes_racing_publishes_never_drop_one() {
     let (_dir, layout) = data_dir();
     let config = Config::load(&layout).unwrap();
-    let repo = ops::image_repo(&layout);
+    let repo = ops::image_repo(&layout).unwrap();
     // A server whose clock says the timestamp is always about to expire: it re-signs it
     // (and the snapshot) as fast as it can while publishes go on.
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));

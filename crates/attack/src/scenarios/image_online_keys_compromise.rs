@@ -81,7 +81,7 @@ pub(super) async fn run(mut h: Harness) -> anyhow::Result<Findings> {
     //    targets, while the OEM's release 2.0 is in flight.
     release(&h, "tbox/fw-2.0.bin", "tbox-a", "2.0").await?;
     let tbox_before = active_image(&h, 0);
-    let genuine = image_repo(&h.lab.layout).state()?;
+    let genuine = image_repo(&h.lab.layout)?.state()?;
     serve(&h, &stolen, 1000, genuine.snapshot.meta.clone(), Vec::new())?;
     let what = format!(
         "fast-forward: image timestamp and snapshot v1000 signed with the stolen keys (the genuine ones are v{} and v{})",
@@ -121,7 +121,7 @@ pub(super) async fn run(mut h: Harness) -> anyhow::Result<Findings> {
     //    hide the next release.
     release(&h, "tbox/fw-2.1.bin", "tbox-a", "2.1").await?;
     let before = h.trust_state().await?;
-    let current = image_repo(&h.lab.layout).state()?;
+    let current = image_repo(&h.lab.layout)?.state()?;
     let now_targets = current
         .roles
         .get("targets")
@@ -212,7 +212,7 @@ pub(super) async fn run(mut h: Harness) -> anyhow::Result<Findings> {
     h.proxy.clear_log();
     let trusted = trusted_version(&h, "primary/image/timestamp").await?;
     let run = h.cycle().await?;
-    let genuine_ts = image_repo(&h.lab.layout).state()?.timestamp.version;
+    let genuine_ts = image_repo(&h.lab.layout)?.state()?.timestamp.version;
     f.evidence(format!(
         "after the attacker left, the vehicle (trusting image timestamp v{trusted}) was offered the genuine v{genuine_ts}: {}",
         if run.success { "accepted" } else { "refused" }
@@ -238,7 +238,7 @@ pub(super) async fn run(mut h: Harness) -> anyhow::Result<Findings> {
             .root_version;
     }
     h.lab.restart_server().await?;
-    let genuine = image_repo(&h.lab.layout).state()?;
+    let genuine = image_repo(&h.lab.layout)?.state()?;
     serve(&h, &stolen, 1003, genuine.snapshot.meta.clone(), Vec::new())?;
     let run = h.cycle().await?;
     let roots = h.proxy.roots_served("/image/metadata/");
@@ -260,7 +260,7 @@ pub(super) async fn run(mut h: Harness) -> anyhow::Result<Findings> {
     // 6. The attacker leaves: fast-forward recovery, the genuine release 2.1 installs.
     let run = h.check_recovers(&mut f).await?;
     let after = h.trust_state().await?;
-    let genuine_ts = image_repo(&h.lab.layout).state()?.timestamp.version;
+    let genuine_ts = image_repo(&h.lab.layout)?.state()?.timestamp.version;
     let tbox = h.ecu_id(0);
     let trusted: Vec<(String, u64)> = ["primary".to_owned(), tbox]
         .into_iter()

@@ -29,7 +29,7 @@ const FINAL: &str = "tbox/fw-3.0.bin";
 
 /// The snapshot and top-level targets versions the image repository serves now.
 fn current_image_versions(h: &Harness) -> anyhow::Result<(u64, u64)> {
-    let state = rampart_server::ops::image_repo(&h.lab.layout).state()?;
+    let state = rampart_server::ops::image_repo(&h.lab.layout)?.state()?;
     let targets = state
         .roles
         .get("targets")

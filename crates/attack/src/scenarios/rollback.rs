@@ -137,7 +137,7 @@ fn snapshot_listed(timestamp: &[u8]) -> u64 {
 fn resign_image_timestamp_only(h: &Harness) -> anyhow::Result<()> {
     let config = rampart_server::config::Config::load(&h.lab.layout)?;
     let online = config.image_online_keys(&h.lab.layout)?;
-    let repo = rampart_server::ops::image_repo(&h.lab.layout);
+    let repo = rampart_server::ops::image_repo(&h.lab.layout)?;
     let state = repo.state()?;
     // "Now" is the moment the timestamp is within half its lifetime of expiring, while the
     // snapshot is not: only the timestamp is re-signed.

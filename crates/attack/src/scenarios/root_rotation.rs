@@ -169,7 +169,7 @@ pub(super) async fn run(h: Harness) -> anyhow::Result<Findings> {
         .map(|p| load_key_file(p))
         .transpose()?
         .ok_or_else(|| anyhow::anyhow!("no retired targets key"))?;
-    let current = image_repo(&h.lab.layout).state()?;
+    let current = image_repo(&h.lab.layout)?.state()?;
     let version = current
         .roles
         .get("targets")

@@ -21,6 +21,7 @@
 mod admin;
 mod campaigns;
 mod extract;
+mod image;
 mod offline;
 mod rate_limit;
 mod records;
@@ -177,6 +178,20 @@ impl AppState {
         self
     }
 
+    /// Sets where the image repository is (before the state is shared; default: the data
+    /// directory's folder).
+    pub fn with_image_repository(mut self, image: Repository) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.image = image;
+        }
+        self
+    }
+
+    /// The image repository.
+    pub fn image_repository(&self) -> &Repository {
+        &self.inner.image
+    }
+
     /// The V-SOC engine's settings (for runs on demand).
     pub fn vsoc(&self) -> &crate::vsoc::VsocConfig {
         &self.inner.vsoc
@@ -279,8 +294,13 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     ApiDoc::openapi()
 }
 
-/// The router. `public_image_dir` is `D/public/image`.
+/// The router. `public_image_dir` is `D/public/image`, served at `/image` unless the image
+/// repository is kept on object storage (then its files are read from the bucket).
 pub fn router(state: AppState, public_image_dir: &std::path::Path) -> Router {
+    let images = match state.inner.image.store().objects() {
+        Some(bucket) => image::router(bucket.clone()),
+        None => Router::new().fallback_service(ServeDir::new(public_image_dir)),
+    };
     let admin = Router::new()
         .route(
             "/vehicles",
@@ -333,7 +353,7 @@ pub fn router(state: AppState, public_image_dir: &std::path::Path) -> Router {
             "/ui/",
             get(|| async { axum::response::Redirect::to("/ui/fleet") }),
         )
-        .nest_service("/image", ServeDir::new(public_image_dir))
+        .nest_service("/image", images)
         .layer(middleware::from_fn_with_state(
             state.clone(),
             rate_limit::rate_limit,
