@@ -153,6 +153,16 @@ pub fn server_config(pki_dir: &Path) -> Result<Arc<ServerConfig>> {
             reason: e.to_string(),
         })?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // Session resumption for a fleet: TLS 1.3 tickets sealed with this process's rotating
+    // key (stateless, so every vehicle can resume, not only the last 256 as with rustls's
+    // default session cache), and a larger cache for TLS 1.2 clients. A vehicle that
+    // reconnects every cycle then skips the certificate exchange and its signatures. A
+    // resumed session carries the certificate it was established with: its VIN, serial (for
+    // revocation) and validity are checked on every request (`vehicle_of_peer`).
+    config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new().map_err(|e| Error::Config {
+        reason: format!("TLS session tickets: {e}"),
+    })?;
+    config.session_storage = rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE);
     Ok(Arc::new(config))
 }
 
@@ -507,6 +517,9 @@ struct PeerVehicle {
 /// The VIN of a verified client certificate chain: the leaf's single subject CN, which must
 /// also pass [`pki::validate_vin`]; and the leaf's serial. The chain has been verified by
 /// rustls before this runs.
+/// TLS 1.2 sessions kept for resumption (TLS 1.3 uses tickets).
+const SESSION_CACHE: usize = 16 * 1024;
+
 fn vehicle_of_peer(
     certs: Option<&[CertificateDer<'static>]>,
     peer: SocketAddr,
@@ -519,6 +532,12 @@ fn vehicle_of_peer(
             return None;
         }
     };
+    // Verified at the full handshake; a resumed session is not verified again, so a
+    // certificate that expired since is refused here.
+    if !cert.validity().is_valid() {
+        tracing::warn!(%peer, not_after = %cert.validity().not_after, "client certificate of a resumed session has expired; treated as anonymous");
+        return None;
+    }
     let mut common_names = cert.subject().iter_common_name();
     let (Some(cn), None) = (common_names.next(), common_names.next()) else {
         tracing::warn!(%peer, "client certificate has no single subject CN; treated as anonymous");
