@@ -14,6 +14,7 @@ die() {
 PIDS=()
 NGINX_CONF=""
 PG_DB=""
+PG_DB_TLS=""
 cleanup() {
   local pid
   for pid in "${PIDS[@]}"; do
@@ -29,9 +30,9 @@ cleanup() {
   if [ -n "$NGINX_CONF" ] && [ -f "$(dirname "$NGINX_CONF")/nginx.pid" ]; then
     nginx -c "$NGINX_CONF" -s stop 2>/dev/null || true
   fi
-  if [ -n "$PG_DB" ]; then
-    psql -X -q -h 127.0.0.1 -U postgres -d postgres -c "DROP DATABASE IF EXISTS $PG_DB" >/dev/null 2>&1 || true
-  fi
+  for db in ${PG_DB:-} ${PG_DB_TLS:-}; do
+    psql -X -q -h 127.0.0.1 -U postgres -d postgres -c "DROP DATABASE IF EXISTS $db" >/dev/null 2>&1 || true
+  done
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -89,18 +90,20 @@ for line in sys.stdin:
 print(exe)' "$name"
 }
 
-# Starts `rampart serve` on plain HTTP for data dir $1 (extra args after), waits until it
-# answers; sets SERVER_ADDR and records the PID.
+# Starts `rampart serve` on plain HTTP (HTTPS with SERVER_TLS=1) for data dir $1 (extra args
+# after), waits until it answers; sets SERVER_ADDR and records the PID.
 start_server() {
   local dir="$1"
   shift
-  "$RAMPART" serve --data-dir "$dir" --danger-plain-http --listen 127.0.0.1:0 "$@" \
+  local plain=(--danger-plain-http)
+  [ "${SERVER_TLS:-0}" = 1 ] && plain=()
+  "$RAMPART" serve --data-dir "$dir" "${plain[@]}" --listen 127.0.0.1:0 "$@" \
     >"$dir.out" 2>"$dir.err" &
   local pid=$!
   PIDS+=("$pid")
   SERVER_ADDR=""
   for _ in $(seq 1 200); do
-    SERVER_ADDR="$(sed -n 's|^rampart serving on http://\([^/]*\)/.*|\1|p' "$dir.out")"
+    SERVER_ADDR="$(sed -n 's|^rampart serving on https\?://\([^/]*\)/.*|\1|p' "$dir.out")"
     [ -n "$SERVER_ADDR" ] && break
     kill -0 "$pid" 2>/dev/null || die "rampart serve exited: $(cat "$dir.err")"
     sleep 0.1
@@ -115,11 +118,14 @@ stop_server() {
 }
 
 # A server data directory (key ceremony) with the request limits lifted: the load generator is
-# one client (one rate-limit bucket) speaking for thousands of vehicles.
+# one client (one rate-limit bucket) speaking for thousands of vehicles. Plain HTTP, or HTTPS
+# with client certificates with SERVER_TLS=1.
 make_server_dir() {
   local dir="$1"
   rm -rf "$dir"
-  "$RAMPART" repo init --data-dir "$dir" --danger-plain-http --listen 127.0.0.1:0 >/dev/null
+  local plain=(--danger-plain-http)
+  [ "${SERVER_TLS:-0}" = 1 ] && plain=()
+  "$RAMPART" repo init --data-dir "$dir" "${plain[@]}" --listen 127.0.0.1:0 >/dev/null
   sed -i -e 's/^requests_per_second = .*/requests_per_second = 1000000000.0/' \
     -e 's/^burst = .*/burst = 1000000000.0/' "$dir/rampart.toml"
   grep -q '^requests_per_second = 1000000000.0' "$dir/rampart.toml" ||

@@ -233,6 +233,31 @@ def checkin(raw, rep):
                 nginx["checkins_per_s"], "check-ins/s", "the ceiling", None,
                 f"nginx p50 {nginx['latency_ms']['p50']:.2f} ms, p99 {nginx['latency_ms']['p99']:.2f} ms, "
                 f"{nginx.get('cpu', {}).get('server_cores', 0):.2f} cores")
+    # Mutual TLS, a new connection per check-in (a vehicle's cycle), sessions resumed or not.
+    plain = load(f"{raw}/checkin-postgres.json") if os.path.exists(f"{raw}/checkin-postgres.json") else None
+    for kind in ("resume", "full"):
+        path = f"{raw}/checkin-postgres-mtls-{kind}.json"
+        if not os.path.exists(path):
+            continue
+        c = load(path)
+        rate = c["checkins_per_s"]
+        p99 = c["latency_ms"]["p99"]
+        cpu = c.get("cpu", {})
+        shakes = c.get("tls_handshakes", 0)
+        resumed = c.get("tls_resumed", 0)
+        note = (f"{c['vehicles']} vehicles with their own client certificates, {c['connections']} at once, "
+                f"a new connection per check-in; {resumed} of {shakes} handshakes resumed; "
+                f"p50 {c['latency_ms']['p50']:.1f} ms, p99 {p99:.1f} ms; errors {c['errors']}; server + PostgreSQL "
+                f"{cpu.get('server_ms_per_checkin', 0):.2f} ms CPU per check-in")
+        rep.add(f"checkin_postgres_mtls_{kind}_rate_vs_target", rate / 5000, rate, 5000.0, "check-ins/s",
+                "≥ 1 (5,000/s)", rate >= 5000 and c["errors"] == 0, note)
+        if plain:
+            rep.add(f"checkin_postgres_mtls_{kind}_vs_plain_http", rate / plain["checkins_per_s"], rate,
+                    plain["checkins_per_s"], "check-ins/s", "what TLS costs", None)
+        if kind == "resume":
+            ratio = resumed / shakes if shakes else 0.0
+            rep.add("checkin_mtls_sessions_resumed", ratio, resumed, shakes, "handshakes", "≥ 0.9",
+                    ratio >= 0.9)
 
 
 def footprint(raw, rep):
@@ -342,6 +367,14 @@ def campaign(raw, rep):
             "µs per check-in confirming an install (judges the campaign)", "info", None,
             f"{c['canaries']} canaries of the first wave; the judgement reads the started waves' "
             "members, so it grows with the wave (issue 19)")
+    if "checkin_us_confirming_install_16_at_once" in c:
+        together = c["checkin_us_confirming_install_16_at_once"]
+        r = together / c["checkin_us_confirming_install"]
+        rep.add("campaign_checkin_confirming_16_at_once_vs_one_by_one", r, together,
+                c["checkin_us_confirming_install"],
+                "µs of wall time per confirming check-in", "< 1 (judged once at a time)", r < 1.0,
+                "half the canaries one after the other, half 16 at a time: a check-in that finds the "
+                "campaign being judged leaves it to that judgement or the next (a failure still waits)")
     per_100k = c["create_seconds"] * 100_000 / n
     rep.add("campaign_create_100k_vs_target", per_100k / 10.0, per_100k, 10.0,
             "s to create a campaign over 100,000 vehicles"

@@ -12,6 +12,13 @@
 //! closed loop: `--warmup` seconds unrecorded, `--duration` seconds recorded. Each vehicle
 //! belongs to one connection, so its counters arrive in order.
 //!
+//! `--tls resume|full` (rampart mode): over mutual TLS, each vehicle with a client
+//! certificate of its own issued from the server's PKI, opening a new connection for every
+//! check-in (a vehicle's cycle) and closing it after; `resume` keeps each vehicle's TLS
+//! session (its own cache) so that reconnections resume it, `full` makes every handshake a
+//! full one (certificate chain and signatures). Plain HTTP keeps connections alive across
+//! vehicles instead.
+//!
 //! `checkin --mode static` does the same requests, with a body of the same size, against a
 //! static server (nginx) answering files of the same sizes: the ceiling of this machine.
 
@@ -35,6 +42,67 @@ struct Vehicle {
     vin: String,
     /// Pre-signed manifests, in counter order.
     manifests: Vec<Vec<u8>>,
+}
+
+/// How the load generator reaches the server: plain TCP, or mutual TLS with a certificate
+/// per vehicle.
+#[derive(Clone)]
+struct Net {
+    addr: String,
+    tls: Option<TlsNet>,
+}
+
+#[derive(Clone)]
+struct TlsNet {
+    /// For the admin API: the fleet CA, no client certificate.
+    admin: Arc<rustls::ClientConfig>,
+    /// Each vehicle's client (its certificate and its own session cache).
+    vehicles: Arc<BTreeMap<String, Arc<rustls::ClientConfig>>>,
+}
+
+impl Net {
+    fn admin(&self) -> Conn {
+        match &self.tls {
+            None => Conn::new(&self.addr),
+            Some(t) => Conn::tls(&self.addr, t.admin.clone()),
+        }
+    }
+
+    /// A connection as `vin` (plain: any connection will do).
+    fn vehicle(&self, vin: &str) -> anyhow::Result<Conn> {
+        match &self.tls {
+            None => Ok(Conn::new(&self.addr)),
+            Some(t) => Ok(Conn::tls(
+                &self.addr,
+                t.vehicles.get(vin).context("no certificate")?.clone(),
+            )),
+        }
+    }
+}
+
+/// The TLS clients of `vins` (certificates issued from `pki`).
+fn tls_net(
+    addr: &str,
+    pki: &std::path::Path,
+    vins: &[String],
+    resume: bool,
+) -> anyhow::Result<Net> {
+    let ca = std::fs::read(pki.join("ca.pem"))?;
+    let mut vehicles = BTreeMap::new();
+    for vin in vins {
+        let cert = rampart_server::pki::issue_vehicle_cert(pki, vin, 30)?;
+        vehicles.insert(
+            vin.clone(),
+            crate::http::tls_config(&ca, Some((&cert.cert_pem, &cert.key_pem)), resume)?,
+        );
+    }
+    Ok(Net {
+        addr: addr.to_owned(),
+        tls: Some(TlsNet {
+            admin: crate::http::tls_config(&ca, None, true)?,
+            vehicles: Arc::new(vehicles),
+        }),
+    })
 }
 
 struct Plan {
@@ -65,7 +133,7 @@ fn sign_manifests(v: &mut SimVehicle, count: usize) -> anyhow::Result<Vec<Vec<u8
 
 /// Registers the vehicles and pre-signs their manifests (two threads).
 async fn prepare_rampart(
-    addr: &str,
+    net: &Net,
     token: &str,
     vehicles: usize,
     per_vehicle: usize,
@@ -74,7 +142,7 @@ async fn prepare_rampart(
     let mut keys: Vec<SimVehicle> = (0..vehicles)
         .map(make_vehicle)
         .collect::<anyhow::Result<_>>()?;
-    let mut conn = Conn::new(addr);
+    let mut conn = net.admin();
     let auth = format!("Authorization: Bearer {token}\r\n");
     for k in &keys {
         let body = serde_json::to_vec(&k.registration())?;
@@ -168,6 +236,9 @@ struct Stats {
     latencies: Vec<f64>,
     errors: u64,
     first_error: Option<String>,
+    /// TLS handshakes while recording, and how many resumed a session.
+    handshakes: u64,
+    resumed: u64,
 }
 
 /// CPU seconds (user + system, all threads) a process has used so far, from
@@ -261,14 +332,15 @@ pub(crate) async fn check_in(
     Ok((post.body, get.body))
 }
 
-/// One connection's loop over its vehicles until stopped or out of manifests.
+/// One connection's loop over its vehicles until stopped or out of manifests. Over TLS each
+/// check-in is a new connection of its vehicle's own, closed after.
 async fn worker(
-    addr: String,
+    net: Net,
     mut vehicles: Vec<(String, std::vec::IntoIter<Vec<u8>>)>,
     static_body: Option<Arc<Vec<u8>>>,
     shared: Arc<Shared>,
 ) -> Stats {
-    let mut conn = Conn::new(&addr);
+    let mut conn = net.admin();
     let mut stats = Stats::default();
     // What each vehicle holds of its timestamp (its ETag), as its primary would.
     let mut held: BTreeMap<String, Option<String>> = BTreeMap::new();
@@ -288,10 +360,28 @@ async fn worker(
                 }
             },
         };
+        if net.tls.is_some() {
+            match net.vehicle(vin) {
+                Ok(c) => conn = c,
+                Err(e) => {
+                    stats.errors += 1;
+                    stats.first_error.get_or_insert_with(|| format!("{e:#}"));
+                    continue;
+                }
+            }
+        }
         let t = Instant::now();
         let r = check_in(&mut conn, vin, &body, held.entry(vin.clone()).or_default()).await;
         let elapsed = t.elapsed().as_secs_f64();
-        if shared.recording.load(Ordering::Relaxed) {
+        let recording = shared.recording.load(Ordering::Relaxed);
+        if net.tls.is_some() {
+            conn.close();
+            if recording {
+                stats.handshakes += conn.handshakes;
+                stats.resumed += conn.resumed;
+            }
+        }
+        if recording {
             match r {
                 Ok(_) => {
                     stats.latencies.push(elapsed);
@@ -345,12 +435,30 @@ async fn run(args: &Args) -> anyhow::Result<Value> {
         .saturating_add(1)
         .max(2);
 
+    let tls = args.get("tls").unwrap_or("none").to_owned();
+    let mut net = Net {
+        addr: addr.clone(),
+        tls: None,
+    };
     let (plan, static_body) = match mode.as_str() {
         "rampart" => {
             let data_dir = PathBuf::from(args.req("data-dir")?);
             let layout = rampart_server::layout::Layout::new(&data_dir);
             let token = rampart_server::pki::load_admin_token(&layout.pki())?;
-            let plan = prepare_rampart(&addr, &token, vehicles, per_vehicle).await?;
+            match tls.as_str() {
+                "none" => {}
+                "resume" | "full" => {
+                    let started = Instant::now();
+                    let vins: Vec<String> = (0..vehicles).map(vin).collect();
+                    net = tls_net(&addr, &layout.pki(), &vins, tls == "resume")?;
+                    eprintln!(
+                        "checkin: issued {vehicles} vehicle certificates in {:.1}s",
+                        started.elapsed().as_secs_f64()
+                    );
+                }
+                other => bail!("--tls {other:?}: none, resume or full"),
+            }
+            let plan = prepare_rampart(&net, &token, vehicles, per_vehicle).await?;
             (plan, None)
         }
         "static" => {
@@ -396,12 +504,18 @@ async fn run(args: &Args) -> anyhow::Result<Value> {
             by_conn.entry(c).or_default().push((vin, body));
         }
         for (_, list) in by_conn {
-            let addr = addr.clone();
+            let net = net.clone();
             tasks.spawn(async move {
-                let mut conn = Conn::new(&addr);
+                let mut conn = net.admin();
                 let mut sample = None;
                 for (vin, body) in list {
+                    if net.tls.is_some() {
+                        conn = net.vehicle(&vin)?;
+                    }
                     let (post, get) = check_in(&mut conn, &vin, &body, &mut None).await?;
+                    if net.tls.is_some() {
+                        conn.close();
+                    }
                     if sample.is_none() {
                         sample = Some((body, post, get));
                     }
@@ -433,7 +547,7 @@ async fn run(args: &Args) -> anyhow::Result<Value> {
     let mut tasks = tokio::task::JoinSet::new();
     for list in per_conn {
         tasks.spawn(worker(
-            addr.clone(),
+            net.clone(),
             list,
             static_body.clone(),
             shared.clone(),
@@ -475,9 +589,12 @@ async fn run(args: &Args) -> anyhow::Result<Value> {
     let mut latencies: Vec<f64> = Vec::new();
     let mut errors = 0;
     let mut first_error = None;
+    let (mut handshakes, mut resumed) = (0u64, 0u64);
     for s in stats {
         latencies.extend(s.latencies);
         errors += s.errors;
+        handshakes += s.handshakes;
+        resumed += s.resumed;
         if first_error.is_none() {
             first_error = s.first_error;
         }
@@ -491,6 +608,9 @@ async fn run(args: &Args) -> anyhow::Result<Value> {
     };
     Ok(json!({
         "mode": mode,
+        "tls": tls,
+        "tls_handshakes": handshakes,
+        "tls_resumed": resumed,
         "vehicles": vehicles,
         "connections": connections,
         "warmup_s": warmup,

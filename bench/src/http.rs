@@ -1,16 +1,56 @@
 //! A minimal HTTP/1.1 keep-alive client for the load generator: one request at a time per
-//! connection, `Content-Length` bodies only (what both axum and nginx send here). Kept tiny so
+//! connection, `Content-Length` bodies only (what both axum and nginx send here), over TCP or
+//! TLS (a vehicle's client certificate, its own session cache for resumption). Kept tiny so
 //! that the load generator costs the 2-core machine as little CPU as possible.
 
+use std::sync::Arc;
+
 use anyhow::{bail, Context};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+/// A connection's byte stream: TCP, or TLS over it.
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 /// One keep-alive connection.
 pub(crate) struct Conn {
     addr: String,
-    stream: Option<TcpStream>,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    stream: Option<Box<dyn Io>>,
     buf: Vec<u8>,
+    /// Handshakes made, and how many of them resumed a session.
+    pub(crate) handshakes: u64,
+    pub(crate) resumed: u64,
+}
+
+/// A TLS client for `ca_pem` (the fleet CA), with a vehicle's certificate and key (PEM) if
+/// given; `resume`: keep sessions for resumption (rustls's in-memory cache, per config).
+pub(crate) fn tls_config(
+    ca_pem: &[u8],
+    identity: Option<(&str, &str)>,
+    resume: bool,
+) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(CertificateDer::from_pem_slice(ca_pem)?)?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots);
+    let mut config = match identity {
+        Some((cert, key)) => builder.with_client_auth_cert(
+            vec![CertificateDer::from_pem_slice(cert.as_bytes())?],
+            PrivateKeyDer::from_pem_slice(key.as_bytes())?,
+        )?,
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    if !resume {
+        config.resumption = rustls::client::Resumption::disabled();
+    }
+    Ok(Arc::new(config))
 }
 
 /// A response: status and body.
@@ -30,18 +70,49 @@ impl Conn {
     pub(crate) fn new(addr: &str) -> Self {
         Conn {
             addr: addr.to_owned(),
+            tls: None,
             stream: None,
             buf: Vec::with_capacity(16 * 1024),
+            handshakes: 0,
+            resumed: 0,
         }
     }
 
-    async fn stream(&mut self) -> anyhow::Result<&mut TcpStream> {
+    /// A connection to `addr` over TLS with `config`.
+    pub(crate) fn tls(addr: &str, config: Arc<rustls::ClientConfig>) -> Self {
+        Conn {
+            tls: Some(config),
+            ..Conn::new(addr)
+        }
+    }
+
+    /// Closes the connection (the next request opens a new one).
+    pub(crate) fn close(&mut self) {
+        self.stream = None;
+    }
+
+    async fn stream(&mut self) -> anyhow::Result<&mut Box<dyn Io>> {
         if self.stream.is_none() {
             let s = TcpStream::connect(&self.addr)
                 .await
                 .with_context(|| format!("connecting to {}", self.addr))?;
             s.set_nodelay(true)?;
-            self.stream = Some(s);
+            let stream: Box<dyn Io> = match &self.tls {
+                None => Box::new(s),
+                Some(config) => {
+                    let name = rustls_pki_types::ServerName::try_from("localhost")?;
+                    let tls = tokio_rustls::TlsConnector::from(config.clone())
+                        .connect(name, s)
+                        .await
+                        .context("TLS handshake")?;
+                    self.handshakes += 1;
+                    if tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+                        self.resumed += 1;
+                    }
+                    Box::new(tls)
+                }
+            };
+            self.stream = Some(stream);
             self.buf.clear();
         }
         self.stream.as_mut().context("no stream")
@@ -90,7 +161,7 @@ impl Conn {
     }
 }
 
-async fn fill(stream: &mut TcpStream, buf: &mut Vec<u8>) -> anyhow::Result<()> {
+async fn fill(stream: &mut Box<dyn Io>, buf: &mut Vec<u8>) -> anyhow::Result<()> {
     let mut chunk = [0u8; 16 * 1024];
     let n = stream.read(&mut chunk).await?;
     if n == 0 {
@@ -103,7 +174,7 @@ async fn fill(stream: &mut TcpStream, buf: &mut Vec<u8>) -> anyhow::Result<()> {
 /// Reads one response from `stream`; `buf` holds bytes already read (and keeps any bytes
 /// past this response). Returns the response and whether the server will close.
 async fn read_response(
-    stream: &mut TcpStream,
+    stream: &mut Box<dyn Io>,
     buf: &mut Vec<u8>,
 ) -> anyhow::Result<(Response, bool)> {
     let head_end = loop {
