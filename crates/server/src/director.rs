@@ -140,6 +140,8 @@ pub struct Director {
     kek: Option<std::sync::Arc<ContentKek>>,
     /// Tells vehicles to check in when their instructions change (MQTT), if configured.
     nudger: Option<crate::nudge::Nudger>,
+    /// One judgement of a campaign at a time.
+    judging: crate::campaign::Gate,
 }
 
 /// The current director documents of one vehicle.
@@ -211,6 +213,11 @@ fn parse_time(s: &str) -> DateTime<Utc> {
 }
 
 impl Director {
+    /// The turns of campaign judgements.
+    pub(crate) fn judging(&self) -> &crate::campaign::Gate {
+        &self.judging
+    }
+
     /// A director over `db`, signing with `keys`, serving its root chain from `public_dir`.
     pub fn new(db: Db, keys: DirectorKeys, public_dir: impl Into<PathBuf>) -> Self {
         Director {
@@ -221,6 +228,7 @@ impl Director {
             events: EventLimiter::new(EventPolicy::default()),
             kek: None,
             nudger: None,
+            judging: Default::default(),
         }
     }
 
@@ -785,8 +793,14 @@ impl Director {
         }
         // A campaign this check-in moved is judged before the answer is signed: a halt it
         // causes withdraws instructions from the documents signed below.
-        let changed = !completed.is_empty() || !failures.is_empty();
-        crate::campaign::after_checkin(self, vin, changed, now).await;
+        let change = if !failures.is_empty() {
+            crate::campaign::Change::Failed
+        } else if !completed.is_empty() {
+            crate::campaign::Change::Installed
+        } else {
+            crate::campaign::Change::None
+        };
+        crate::campaign::after_checkin(self, vin, change, now).await;
         let docs = self.documents(vin, now).await?;
         Ok(CheckinResponse {
             director_targets_version: docs.targets.version,

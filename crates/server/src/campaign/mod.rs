@@ -19,8 +19,11 @@
 //! Modules: [`plan`] decides (waves, progress, verdicts; no I/O), `store` reads and writes
 //! the campaign tables.
 
+mod gate;
 pub mod plan;
 mod store;
+
+pub(crate) use gate::Gate;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
@@ -910,8 +913,8 @@ pub async fn status(db: &Db, name: &str) -> Result<CampaignStatus> {
 /// After a check-in of `vin`: judges the running campaigns it is in, if the check-in changed
 /// one of its assignments (`changed`). Errors are logged: a campaign's bookkeeping must never
 /// refuse a vehicle's manifest.
-pub async fn after_checkin(director: &Director, vin: &str, changed: bool, now: DateTime<Utc>) {
-    if !changed {
+pub async fn after_checkin(director: &Director, vin: &str, change: Change, now: DateTime<Utc>) {
+    if change == Change::None {
         return;
     }
     if let Err(e) = confirm_rxswin(director.db(), vin).await {
@@ -925,10 +928,30 @@ pub async fn after_checkin(director: &Director, vin: &str, changed: bool, now: D
         }
     };
     for id in ids {
+        // One judgement per campaign at a time (crate::campaign::gate); confirmed installs
+        // leave a campaign being judged to that judgement or the next.
+        let _turn = match change {
+            Change::Failed => director.judging().turn(id).await,
+            _ => match director.judging().try_turn(id) {
+                Some(turn) => turn,
+                None => continue,
+            },
+        };
         if let Err(e) = evaluate(director, id, now).await {
             tracing::error!(campaign = id, error = %e, "could not judge campaign");
         }
     }
+}
+
+/// What a check-in changed for the campaigns it belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// Nothing (no install confirmed, no failure).
+    None,
+    /// Installs confirmed.
+    Installed,
+    /// An update failed (a campaign may have to halt).
+    Failed,
 }
 
 /// Records `vin`'s new RXSWIN for each campaign that changes it and whose every ECU on this
