@@ -219,6 +219,38 @@ async fn a_fleet_updates_from_an_image_repository_on_object_storage() {
         "the plaintext of an encrypted image was stored"
     );
 
+    // Key rotation on the bucket: root v2 (old and new root keys), then a new release the
+    // vehicle installs after following the chain 1 → 2 from the bucket.
+    let rotated = ops::rotate(&lab.layout, ops::Which::Image, "root", chrono::Utc::now())
+        .await
+        .unwrap();
+    assert_eq!(rotated.root_version, 2);
+    let (status, _) = s3
+        .get("/fleet-images/oem/prod/metadata/2.root.json")
+        .unwrap();
+    assert_eq!(status, 200, "the new root is in the bucket");
+    assert!(files_in(&lab.layout.image_metadata()).is_empty());
+    let tbox3 = image_bytes("tbox/fw-3.0.bin", 100_000);
+    lab.release("tbox/fw-3.0.bin", "tbox-a", "3.0", &tbox3, false)
+        .await
+        .unwrap();
+    lab.write_primary_config(0, None).unwrap();
+    let run = lab.run_vehicle(0, "auto").await.unwrap();
+    assert!(run.success, "{}\n{}", run.stdout, run.stderr);
+    let after_rotation: Vec<String> = run.report.as_ref().unwrap()["updates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| format!("{} {}", u["target"], u["status"]))
+        .collect();
+    assert!(
+        after_rotation
+            .iter()
+            .any(|u| u.contains("fw-3.0") && u.contains("Installed")),
+        "{after_rotation:?}\n{}",
+        run.stderr
+    );
+
     // python-tuf (not our client) updates from the bucket and from the server.
     let root = dir.path().join("image-root-1.json");
     std::fs::write(
