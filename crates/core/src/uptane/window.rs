@@ -10,12 +10,16 @@
 //! `ZONE` (an IANA name such as `Europe/Berlin`, or `UTC`); an end before the start crosses
 //! midnight (`Sat 22:00-02:00` runs into Sunday), and the days name the day it starts.
 //! Local times a clock change skips or repeats are read as the zone says at that instant.
+//!
+//! Zones come from the IANA database bundled by `jiff` (compact TZif, about a tenth of the
+//! size chrono-tz compiled into the vehicle agent), never from the file system: the core does
+//! no I/O, and a vehicle's own zoneinfo may be missing or stale.
 
 use std::fmt;
 use std::str::FromStr;
 
-use chrono::{DateTime, Datelike, NaiveTime, Timelike, Utc};
-use chrono_tz::Tz;
+use chrono::{DateTime, NaiveTime, Utc};
+use jiff::tz::TimeZone;
 
 use crate::error::{Error, Result};
 
@@ -26,7 +30,9 @@ pub struct MaintenanceWindow {
     days: [bool; 7],
     start: NaiveTime,
     end: NaiveTime,
-    zone: Tz,
+    /// The zone's IANA name as the database spells it (what is signed).
+    zone_name: String,
+    zone: TimeZone,
 }
 
 const DAYS: [&str; 7] = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
@@ -90,14 +96,14 @@ impl FromStr for MaintenanceWindow {
         if start == end {
             return Err(bad(spec, "the window is empty (start equals end)"));
         }
-        let zone: Tz = zone
-            .parse()
+        let tz = TimeZone::get(zone)
             .map_err(|_| bad(spec, format!("{zone:?} is not an IANA time zone")))?;
         Ok(MaintenanceWindow {
             days,
             start,
             end,
-            zone,
+            zone_name: tz.iana_name().unwrap_or(zone).to_owned(),
+            zone: tz,
         })
     }
 }
@@ -120,7 +126,7 @@ impl fmt::Display for MaintenanceWindow {
             days.join(","),
             self.start.format("%H:%M"),
             self.end.format("%H:%M"),
-            self.zone.name()
+            self.zone_name
         )
     }
 }
@@ -128,10 +134,18 @@ impl fmt::Display for MaintenanceWindow {
 impl MaintenanceWindow {
     /// Whether `now` is inside the window.
     pub fn contains(&self, now: DateTime<Utc>) -> bool {
-        let local = now.with_timezone(&self.zone);
-        let t = NaiveTime::from_hms_opt(local.hour(), local.minute(), local.second())
-            .unwrap_or(NaiveTime::MIN);
-        let weekday = local.weekday().num_days_from_monday() as usize;
+        // Instants jiff cannot represent (beyond ±9999 years) are outside every window.
+        let Ok(instant) = jiff::Timestamp::from_second(now.timestamp()) else {
+            return false;
+        };
+        let local = self.zone.to_datetime(instant);
+        let t = NaiveTime::from_hms_opt(
+            u32::try_from(local.hour()).unwrap_or(0),
+            u32::try_from(local.minute()).unwrap_or(0),
+            u32::try_from(local.second()).unwrap_or(0),
+        )
+        .unwrap_or(NaiveTime::MIN);
+        let weekday = usize::try_from(local.weekday().to_monday_zero_offset()).unwrap_or(0);
         let starts_on = |d: usize| self.days.get(d).copied().unwrap_or(false);
         if self.start < self.end {
             starts_on(weekday) && self.start <= t && t < self.end
@@ -177,6 +191,24 @@ mod tests {
         assert!(!w.contains(at(2026, 12, 5, 1, 0)), "early Saturday");
         let wrap: MaintenanceWindow = "Fri-Mon 00:00-06:00 UTC".parse().unwrap();
         assert_eq!(wrap.to_string(), "Mon,Fri,Sat,Sun 00:00-06:00 UTC");
+    }
+
+    #[test]
+    fn a_zone_is_signed_as_the_database_spells_it_and_keeps_its_rules() {
+        let w: MaintenanceWindow = "daily 01:00-05:00 europe/berlin".parse().unwrap();
+        assert_eq!(w.to_string(), "daily 01:00-05:00 Europe/Berlin");
+        // New York's summer time began at 02:00 on 8 March 2026 (EST UTC-5 → EDT UTC-4).
+        let ny: MaintenanceWindow = "Sun 03:00-04:00 America/New_York".parse().unwrap();
+        assert!(ny.contains(at(2026, 3, 8, 7, 30)), "03:30 EDT");
+        assert!(!ny.contains(at(2026, 3, 8, 8, 30)), "04:30 EDT");
+        assert!(
+            ny.contains(at(2026, 3, 15, 7, 30)),
+            "a week later, same local time"
+        );
+        assert!(
+            !ny.contains(at(2026, 3, 1, 7, 30)),
+            "a week before: 02:30 EST"
+        );
     }
 
     #[test]
