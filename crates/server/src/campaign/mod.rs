@@ -776,10 +776,9 @@ fn window_open(c: &Campaign, m: &MemberRow, now: DateTime<Utc>) -> bool {
 
 /// Members of waves up to `wave` without an instruction (none yet, or one a halt took back).
 fn due(members: &[MemberRow], wave: i64) -> impl Iterator<Item = &MemberRow> {
-    members.iter().filter(move |m| {
-        (m.wave as i64) <= wave
-            && (m.assignment_id.is_none() || m.status.as_deref() == Some("withdrawn"))
-    })
+    members
+        .iter()
+        .filter(move |m| (m.wave as i64) <= wave && m.awaits_instruction())
 }
 
 /// Makes the assignments of due members (see [`due`]) whose maintenance window is open at

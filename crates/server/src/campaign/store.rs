@@ -27,8 +27,16 @@ pub(super) struct MemberRow {
     pub last_error: Option<String>,
     /// `downloading` or `installing`, as the vehicle reported.
     pub stage: Option<String>,
-    /// The vehicle's own maintenance window (its attribute), if it has one.
+    /// The vehicle's own maintenance window (its attribute), if it has one; read only for
+    /// a member awaiting an instruction.
     pub window: Option<String>,
+}
+
+impl MemberRow {
+    /// Without an instruction: none yet, or one a halt took back.
+    pub(super) fn awaits_instruction(&self) -> bool {
+        self.assignment_id.is_none() || self.status.as_deref() == Some("withdrawn")
+    }
 }
 
 /// A new member (before insertion).
@@ -144,6 +152,11 @@ impl Db {
 
     /// The members of waves up to `max_wave` (what judging a campaign needs: its started
     /// waves and the next one — not the whole target set while the canaries report).
+    ///
+    /// A member's maintenance window (its vehicle's attribute) is read only for members
+    /// awaiting an instruction, the only ones it is used for, in a second query that finds
+    /// none once a wave is instructed: joining every member to its vehicle was two thirds of
+    /// the members' query at 100,000 vehicles (PostgreSQL, 10,000 members: 24.5 → 8.4 ms).
     pub(super) async fn campaign_members_upto(
         &self,
         id: i64,
@@ -152,9 +165,8 @@ impl Db {
         let rows = sqlx::query(
             "SELECT m.vin AS vin, m.ecu_id AS ecu_id, m.wave AS wave, m.target AS target, \
              m.assignment_id AS assignment_id, a.status AS status, a.last_error AS last_error, \
-             a.stage AS stage, v.attributes AS attributes \
+             a.stage AS stage \
              FROM campaign_members m LEFT JOIN assignments a ON a.id = m.assignment_id \
-             JOIN vehicles v ON v.vin = m.vin \
              WHERE m.campaign_id = $1 AND m.wave <= $2 ORDER BY m.wave, m.vin, m.ecu_id",
         )
         .bind(id)
@@ -162,7 +174,8 @@ impl Db {
         .fetch_all(self.pool())
         .await
         .map_err(db_err("campaign members"))?;
-        rows.iter()
+        let mut members = rows
+            .iter()
             .map(|r| {
                 Ok(MemberRow {
                     vin: get_str(r, "vin")?,
@@ -173,15 +186,40 @@ impl Db {
                     status: get_opt_str(r, "status")?,
                     last_error: get_opt_str(r, "last_error")?,
                     stage: get_opt_str(r, "stage")?,
-                    window: get_opt_str(r, "attributes")?
-                        .and_then(|a| {
-                            serde_json::from_str::<std::collections::BTreeMap<String, String>>(&a)
-                                .ok()
-                        })
-                        .and_then(|mut a| a.remove(crate::db::WINDOW_ATTRIBUTE)),
+                    window: None,
                 })
             })
-            .collect()
+            .collect::<Result<Vec<_>>>()?;
+        if !members.iter().any(MemberRow::awaits_instruction) {
+            return Ok(members);
+        }
+        let rows = sqlx::query(
+            "SELECT DISTINCT v.vin AS vin, v.attributes AS attributes \
+             FROM campaign_members m LEFT JOIN assignments a ON a.id = m.assignment_id \
+             JOIN vehicles v ON v.vin = m.vin \
+             WHERE m.campaign_id = $1 AND m.wave <= $2 \
+             AND (m.assignment_id IS NULL OR a.status = 'withdrawn')",
+        )
+        .bind(id)
+        .bind(max_wave)
+        .fetch_all(self.pool())
+        .await
+        .map_err(db_err("campaign members' windows"))?;
+        let mut windows = std::collections::HashMap::new();
+        for r in &rows {
+            let window = get_opt_str(r, "attributes")?
+                .and_then(|a| {
+                    serde_json::from_str::<std::collections::BTreeMap<String, String>>(&a).ok()
+                })
+                .and_then(|mut a| a.remove(crate::db::WINDOW_ATTRIBUTE));
+            if let Some(window) = window {
+                windows.insert(get_str(r, "vin")?, window);
+            }
+        }
+        for m in members.iter_mut().filter(|m| m.awaits_instruction()) {
+            m.window = windows.get(&m.vin).cloned();
+        }
+        Ok(members)
     }
 
     /// `(vin, ecu, campaign name)` of every ECU in a campaign that is running, paused or
