@@ -86,6 +86,14 @@ fn python_tuf_updates_from(base: &str, root: &Path, targets: &[(&str, String)]) 
     assert!(stdout.contains("ok negative control"), "{stdout}");
 }
 
+/// The updates of a vehicle's cycle report.
+fn updates(run: &rampart_lab::VehicleRun) -> impl Iterator<Item = &serde_json::Value> {
+    run.report.as_ref().unwrap()["updates"]
+        .as_array()
+        .unwrap()
+        .iter()
+}
+
 /// Files directly in a local folder (none when it does not exist).
 fn files_in(dir: &Path) -> Vec<String> {
     std::fs::read_dir(dir)
@@ -184,10 +192,7 @@ async fn a_fleet_updates_from_an_image_repository_on_object_storage() {
     // the server's address does.
     let run = lab.run_vehicle(0, "auto").await.unwrap();
     assert!(run.success, "{}\n{}", run.stdout, run.stderr);
-    let statuses: Vec<String> = run.report.as_ref().unwrap()["updates"]
-        .as_array()
-        .unwrap()
-        .iter()
+    let statuses: Vec<String> = updates(&run)
         .map(|u| u["status"].as_str().unwrap_or_default().to_owned())
         .collect();
     assert_eq!(statuses, ["Installed"; 3], "{}", run.stderr);
@@ -198,12 +203,7 @@ async fn a_fleet_updates_from_an_image_repository_on_object_storage() {
         .unwrap();
     let run = lab.run_vehicle(1, "auto").await.unwrap();
     assert!(run.success, "{}\n{}", run.stdout, run.stderr);
-    let installed = run.report.as_ref().unwrap()["updates"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|u| u["status"] == "Installed")
-        .count();
+    let installed = updates(&run).filter(|u| u["status"] == "Installed").count();
     assert_eq!(installed, 3, "{}", run.stderr);
 
     // Only the ciphertext of the encrypted image is in the bucket.
@@ -237,10 +237,7 @@ async fn a_fleet_updates_from_an_image_repository_on_object_storage() {
     lab.write_primary_config(0, None).unwrap();
     let run = lab.run_vehicle(0, "auto").await.unwrap();
     assert!(run.success, "{}\n{}", run.stdout, run.stderr);
-    let after_rotation: Vec<String> = run.report.as_ref().unwrap()["updates"]
-        .as_array()
-        .unwrap()
-        .iter()
+    let after_rotation: Vec<String> = updates(&run)
         .map(|u| format!("{} {}", u["target"], u["status"]))
         .collect();
     assert!(

@@ -36,7 +36,7 @@ impl LocalFolder {
 
 /// The tag of stored bytes: their SHA-256.
 fn tag(bytes: &[u8]) -> String {
-    hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes))
+    hex::encode(rampart_core::hash::sha256(bytes))
 }
 
 fn read(path: &Path) -> Result<Option<Vec<u8>>> {
@@ -86,9 +86,20 @@ impl PublicStore for LocalFolder {
     }
 
     fn list(&self, dir: &str) -> Result<Vec<String>> {
-        // The folder holding `DIR/x`.
-        let child = self.path(&format!("{dir}/x"))?;
-        let path = child.parent().unwrap_or(&child);
+        let (namespace, sub) = match dir.split_once('/') {
+            Some((namespace, sub)) => (namespace, Some(sub)),
+            None => (dir, None),
+        };
+        let base = match namespace {
+            "metadata" => &self.metadata_dir,
+            "targets" => &self.targets_dir,
+            _ => {
+                return Err(Error::BadRequest(format!(
+                    "{dir:?} is not metadata or targets"
+                )))
+            }
+        };
+        let path = &sub.map_or_else(|| base.clone(), |s| base.join(s));
         let entries = match fs::read_dir(path) {
             Ok(entries) => entries,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),

@@ -113,15 +113,12 @@ impl Drop for HeldLease {
                 Err(e) => Err(e),
             }
         });
-        match released {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "could not release the image repository's lease (it expires)")
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "could not release the image repository's lease (it expires)")
-            }
-        }
+        let failed = match released {
+            Ok(Ok(())) => return,
+            Ok(Err(e)) => e.to_string(),
+            Err(e) => e.to_string(),
+        };
+        tracing::warn!(error = %failed, "could not release the image repository's lease (it expires)");
     }
 }
 
