@@ -136,11 +136,12 @@ pub(crate) async fn make(req: &DeltaRequest<'_>, from: &str) -> Result<MadeDelta
     })
 }
 
-/// A scratch file, removed when dropped.
-struct Scratch(std::path::PathBuf);
+/// A scratch file, removed when dropped (a delta being made, an upload staged before it is
+/// moved into the store).
+pub(crate) struct Scratch(pub(crate) std::path::PathBuf);
 
 impl Scratch {
-    fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.0
     }
 }

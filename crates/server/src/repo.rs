@@ -540,7 +540,7 @@ impl Repository {
             Some((d, b)) => (format!("{d}/"), b.to_owned()),
             None => (String::new(), name.to_owned()),
         };
-        let tmp = Staged(
+        let tmp = crate::delta::Scratch(
             self.store
                 .staging_path(&format!("targets/{rel_dir}{base}.enc"))?,
         );
@@ -588,7 +588,7 @@ impl Repository {
             Some((d, b)) => (format!("targets/{d}/"), b.to_owned()),
             None => ("targets/".to_owned(), name.to_owned()),
         };
-        let tmp = Staged(self.store.staging_path(&format!("{dir}{base}"))?);
+        let tmp = crate::delta::Scratch(self.store.staging_path(&format!("{dir}{base}"))?);
         let (length, hashes) = copy_hashing(image, tmp.path())?;
         let by = |alg: &str| hashes.get(alg).cloned().unwrap_or_default();
         let primary = format!("{dir}{}.{base}", by("sha256"));
@@ -827,21 +827,6 @@ impl Repository {
             done.push("timestamp");
         }
         Ok(done)
-    }
-}
-
-/// A staged upload's local file, removed if it was not moved into the store.
-struct Staged(PathBuf);
-
-impl Staged {
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for Staged {
-    fn drop(&mut self) {
-        let _ = fs::remove_file(&self.0);
     }
 }
 
