@@ -16,7 +16,7 @@ use rampart_server::config::{Config, ServerConfig};
 use rampart_server::layout::Layout;
 use rampart_server::serve::{self, ServeOptions};
 use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
-use tokio::net::TcpStream;
+use tokio::net::TcpSocket;
 
 fn open_descriptors() -> u64 {
     std::fs::read_dir("/proc/self/fd").unwrap().count() as u64
@@ -54,29 +54,25 @@ async fn out_of_file_descriptors_pauses_accept_and_serving_resumes() {
     let url = server.url();
     assert_eq!(health(&url).await, Some(200));
 
+    // The client's sockets are made before the limit is lowered, so that connecting them
+    // needs no descriptor in this process: only the server's `accept` does, and it runs out
+    // after a few (whichever side ran out first would otherwise depend on how many
+    // descriptors happened to be free).
+    let sockets: Vec<TcpSocket> = (0..64).map(|_| TcpSocket::new_v4().unwrap()).collect();
     let original = getrlimit(Resource::Nofile);
     setrlimit(
         Resource::Nofile,
         Rlimit {
-            current: Some(open_descriptors() + 16),
+            current: Some(open_descriptors() + 8),
             maximum: original.maximum,
         },
     )
     .unwrap();
-    // Connect until this process has no descriptor left (each connection costs two: ours
-    // and the server's), then free one and connect once more: that connection waits in the
-    // listen backlog, and the server's `accept` fails with EMFILE.
     let mut hog = Vec::new();
-    while hog.len() < 1000 {
-        match TcpStream::connect(server.addr).await {
-            Ok(s) => hog.push(s),
-            Err(_) => break,
+    for socket in sockets {
+        if let Ok(s) = socket.connect(server.addr).await {
+            hog.push(s);
         }
-    }
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    hog.pop();
-    if let Ok(s) = TcpStream::connect(server.addr).await {
-        hog.push(s);
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let held = hog.len();
