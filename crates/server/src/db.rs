@@ -22,6 +22,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::error::{Error, Result};
 
+mod quiet_checkin;
+
 /// Which database is behind the pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -1010,8 +1012,30 @@ impl Db {
     /// assignments whose image is now installed complete; the check-in's security events are
     /// recorded. Returns the IDs of completed assignments.
     pub async fn record_checkin(&self, checkin: &Checkin<'_>) -> Result<Vec<i64>> {
-        let mut tx = self.pool.begin().await.map_err(db_err("begin"))?;
         let now = now_text();
+        if self.backend == Backend::Postgres
+            && checkin.events.is_empty()
+            && checkin.progress.is_empty()
+        {
+            if let Some(stored) = quiet_checkin::record(&self.pool, checkin, &now).await? {
+                let dropped: Vec<&ReportUpdate> = checkin
+                    .reports
+                    .iter()
+                    .filter(|r| !stored.contains(&r.ecu_id))
+                    .collect();
+                if !dropped.is_empty() {
+                    // Accepted already: this copy of the manifest is the one that counts, so
+                    // its dropped reports are recorded once.
+                    let mut tx = self.pool.begin().await.map_err(db_err("begin"))?;
+                    for report in dropped {
+                        self.report_dropped(&mut tx, checkin, report).await?;
+                    }
+                    tx.commit().await.map_err(db_err("commit"))?;
+                }
+                return Ok(Vec::new());
+            }
+        }
+        let mut tx = self.pool.begin().await.map_err(db_err("begin"))?;
         // The counter moves, and says whether anything is pending for the vehicle: the
         // common check-in (nothing pending) reads no assignments.
         let moved = sqlx::query(
@@ -1065,20 +1089,7 @@ impl Db {
         let mut completed = Vec::new();
         for report in &checkin.reports {
             if !stored.contains(&report.ecu_id) {
-                let detail = format!(
-                    "ECU report counter {} of {} is not above the last accepted one",
-                    report.report_counter, report.ecu_id
-                );
-                tracing::warn!(vin = checkin.vin, ecu = %report.ecu_id, %detail, "security event");
-                let event = NewEvent {
-                    source: "server",
-                    rule: Rule::Replay.as_str(),
-                    vin: Some(checkin.vin),
-                    ecu_id: Some(&report.ecu_id),
-                    remote: checkin.remote,
-                    detail: &detail,
-                };
-                self.insert_event(&mut tx, &event).await?;
+                self.report_dropped(&mut tx, checkin, report).await?;
                 continue;
             }
             let before = before.get(report.ecu_id.as_str()).cloned().flatten();
@@ -1142,6 +1153,30 @@ impl Db {
         Ok(completed)
     }
 
+    /// The security event of an ECU report a check-in could not store: its counter was
+    /// moved past it since the director read it (a replayed report raced a newer one).
+    async fn report_dropped(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        checkin: &Checkin<'_>,
+        report: &ReportUpdate,
+    ) -> Result<()> {
+        let detail = format!(
+            "ECU report counter {} of {} is not above the last accepted one",
+            report.report_counter, report.ecu_id
+        );
+        tracing::warn!(vin = checkin.vin, ecu = %report.ecu_id, %detail, "security event");
+        let event = NewEvent {
+            source: "server",
+            rule: Rule::Replay.as_str(),
+            vin: Some(checkin.vin),
+            ecu_id: Some(&report.ecu_id),
+            remote: checkin.remote,
+            detail: &detail,
+        };
+        self.insert_event(tx, &event).await
+    }
+
     /// Stores every accepted ECU report of a check-in in one statement, each only if its
     /// counter is above the ECU's last accepted one (another check-in may have moved it
     /// since the caller read it). Returns the ECUs whose report was stored. One statement
@@ -1154,29 +1189,9 @@ impl Db {
         if reports.is_empty() {
             return Ok(BTreeSet::new());
         }
-        // Report k's values are $6k+1 … $6k+6; the VIN comes last.
-        let case = |field: usize| {
-            let arms: String = (0..reports.len())
-                .map(|k| format!(" WHEN ${} THEN ${}", 6 * k + 1, 6 * k + 1 + field))
-                .collect();
-            format!("CASE ecu_id{arms} END")
-        };
-        let ids: Vec<String> = (0..reports.len())
-            .map(|k| format!("${}", 6 * k + 1))
-            .collect();
         let sql = format!(
-            "UPDATE ecus SET installed_target = {}, installed_length = {}, installed_hashes = {}, \
-             installed_release_counter = {}, last_report_counter = {} \
-             WHERE vin = ${} AND ecu_id IN ({}) \
-             AND (last_report_counter IS NULL OR last_report_counter < {}) RETURNING ecu_id",
-            case(1),
-            case(2),
-            case(3),
-            case(4),
-            case(5),
-            6 * reports.len() + 1,
-            ids.join(", "),
-            case(5),
+            "{} RETURNING ecu_id",
+            reports_update(reports.len(), 1, 6 * reports.len() + 1)
         );
         let mut query = sqlx::query(&sql);
         for r in reports {
@@ -1206,16 +1221,40 @@ impl Db {
         tx: &mut sqlx::Transaction<'_, sqlx::Any>,
         vin: &str,
     ) -> Result<()> {
-        sqlx::query(
+        Self::mark_many_instructions_changed(tx, [vin]).await
+    }
+
+    /// [`Db::mark_instructions_changed`] for several vehicles in one statement (each VIN
+    /// once: an upsert may not touch a row twice), each with a marker of its own.
+    pub(crate) async fn mark_many_instructions_changed<'v>(
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        vins: impl IntoIterator<Item = &'v str>,
+    ) -> Result<()> {
+        let vins: BTreeSet<&str> = vins.into_iter().collect();
+        if vins.is_empty() {
+            return Ok(());
+        }
+        let rows: Vec<String> = (0..vins.len())
+            .map(|k| {
+                format!(
+                    "(${}, 'targets', 0, '1970-01-01T00:00:00Z', ${}, '')",
+                    2 * k + 1,
+                    2 * k + 2
+                )
+            })
+            .collect();
+        let sql = format!(
             "INSERT INTO director_roles (vin, role, version, expires_at, content_digest, document) \
-             VALUES ($1, 'targets', 0, '1970-01-01T00:00:00Z', $2, '') \
-             ON CONFLICT (vin, role) DO UPDATE SET content_digest = excluded.content_digest",
-        )
-        .bind(vin)
-        .bind(changed_marker())
-        .execute(&mut **tx)
-        .await
-        .map_err(db_err("mark instructions changed"))?;
+             VALUES {} ON CONFLICT (vin, role) DO UPDATE SET content_digest = excluded.content_digest",
+            rows.join(", ")
+        );
+        let mut q = sqlx::query(&sql);
+        for vin in vins {
+            q = q.bind(vin).bind(changed_marker());
+        }
+        q.execute(&mut **tx)
+            .await
+            .map_err(db_err("mark instructions changed"))?;
         Ok(())
     }
 
@@ -1838,6 +1877,35 @@ pub struct ReportUpdate {
     pub installed: Installed,
     /// Its report counter.
     pub report_counter: u64,
+}
+
+/// The `UPDATE ecus` that stores `n` ECU reports of one vehicle, each only if its counter
+/// is above the ECU's last accepted one: report k's values (ECU, target, length, hashes,
+/// release counter, report counter) are `$first+6k …`, the VIN is `$vin`. One statement for
+/// every report of a check-in (see [`Db::record_checkin`]); ends with its `WHERE`, so a caller
+/// may add conditions.
+fn reports_update(n: usize, first: usize, vin: usize) -> String {
+    let param = |k: usize, field: usize| format!("${}", first + 6 * k + field);
+    let case = |field: usize| {
+        let arms: String = (0..n)
+            .map(|k| format!(" WHEN {} THEN {}", param(k, 0), param(k, field)))
+            .collect();
+        format!("CASE ecu_id{arms} END")
+    };
+    let ids: Vec<String> = (0..n).map(|k| param(k, 0)).collect();
+    format!(
+        "UPDATE ecus SET installed_target = {}, installed_length = {}, installed_hashes = {}, \
+         installed_release_counter = {}, last_report_counter = {} \
+         WHERE vin = ${vin} AND ecu_id IN ({}) \
+         AND (last_report_counter IS NULL OR last_report_counter < {})",
+        case(1),
+        case(2),
+        case(3),
+        case(4),
+        case(5),
+        ids.join(", "),
+        case(5),
+    )
 }
 
 /// A verified check-in to store.

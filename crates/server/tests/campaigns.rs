@@ -653,3 +653,75 @@ async fn a_paused_campaign_waits_and_a_passed_deadline_ends_it() {
     })
     .await;
 }
+
+/// A wave larger than one batch of instructions (500 members): every ECU is instructed once,
+/// with its own assignment linked to it; an operator's earlier instruction for one of them is
+/// superseded; the director re-signs each vehicle's targets (including one it had signed
+/// before); a second judgement finds every member claimed and makes nothing.
+async fn wave_over_batches(url: String) {
+    let (d, _dir) = director(&url).await;
+    let cars = fleet(&d, 1_100, "id4").await;
+    let first = &cars[0].vin;
+    let last = &cars[1_099].vin;
+    let manual = rampart_server::db::Assignment {
+        id: 0,
+        vin: first.clone(),
+        ecu_id: "IVI".into(),
+        target: "ivi/app-1.5.bin".into(),
+        length: 9,
+        hashes: serde_json::json!({"sha256": "00"}),
+        release_counter: 1,
+        encrypt: false,
+        status: "pending".into(),
+        created_at: String::new(),
+        completed_at: None,
+        last_error: None,
+        maintenance_window: None,
+    };
+    d.db().create_assignment(&manual).await.unwrap();
+    assert_eq!(instructions(&d, first).await, ["ivi/app-1.5.bin"]);
+    assert!(instructions(&d, last).await.is_empty());
+    let c = campaign::create(
+        &d,
+        spec("whole-fleet", "100%", criteria(95.0, 5.0)),
+        release(),
+        Utc::now(),
+    )
+    .await
+    .unwrap();
+    let pending = |all: Vec<rampart_server::db::Assignment>| -> BTreeMap<String, Vec<String>> {
+        let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for a in all {
+            out.entry(a.vin).or_default().push(a.target);
+        }
+        out
+    };
+    let instructed = pending(d.db().assignments(None, Some("pending")).await.unwrap());
+    assert_eq!(instructed.len(), 1_100);
+    assert!(instructed.values().all(|t| t == &["ivi/app-2.0.bin"]));
+    let superseded = d
+        .db()
+        .assignments(Some(first), Some("superseded"))
+        .await
+        .unwrap();
+    assert_eq!(superseded.len(), 1);
+    assert_eq!(superseded[0].target, "ivi/app-1.5.bin");
+    assert_eq!(instructions(&d, first).await, ["ivi/app-2.0.bin"]);
+    assert_eq!(instructions(&d, last).await, ["ivi/app-2.0.bin"]);
+    let p = by_progress(&d, "whole-fleet").await;
+    assert_eq!(p["instructed"].len(), 1_100, "{:?}", p.keys());
+    // Judged again (another instance, the periodic judgement): nothing more is made.
+    campaign::evaluate(&d, c.id, Utc::now()).await.unwrap();
+    let again = d.db().assignments(None, Some("pending")).await.unwrap();
+    assert_eq!(again.len(), 1_100);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wave_over_more_than_one_batch_instructs_each_ecu_once_on_sqlite() {
+    common::with_sqlite(wave_over_batches).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wave_over_more_than_one_batch_instructs_each_ecu_once_on_postgres() {
+    common::with_postgres(wave_over_batches).await;
+}

@@ -60,6 +60,7 @@ storage_suite!(
     checkin_completes_only_matching_assignments,
     concurrent_checkins_with_one_counter_accept_one,
     stale_ecu_report_in_an_accepted_checkin_is_not_stored,
+    quiet_checkins_race_once_refuse_replays_and_drop_stale_reports,
     director_roles_replace_only_from_the_version_read,
     concurrent_director_role_replace_has_one_winner,
     instruction_changes_mark_director_targets_and_fence_stale_writers,
@@ -730,6 +731,76 @@ async fn stale_ecu_report_in_an_accepted_checkin_is_not_stored(url: String) {
     assert_eq!(events.len(), 1, "{events:?}");
     assert_eq!(events[0].ecu_id.as_deref(), Some("TBOX-1"));
     assert_eq!(events[0].remote.as_deref(), Some("10.0.0.7:4242"));
+}
+
+/// The common check-in — nothing pending, no event, no progress — which PostgreSQL stores in
+/// one statement (`db::quiet_checkin`): of concurrent copies of one manifest exactly one is
+/// accepted (one manifest kept, one report stored); a replay is refused and changes nothing;
+/// a report whose counter is not above the stored one is dropped and recorded as a `replay`
+/// event while the check-in itself counts.
+async fn quiet_checkins_race_once_refuse_replays_and_drop_stale_reports(url: String) {
+    let db = connect(&url).await;
+    db.register_vehicle(&new_vehicle("VIN-Q")).await.unwrap();
+    let image = |n: u64| Installed {
+        target: format!("tbox/fw-{n}.bin"),
+        length: n,
+        hashes: hashes(&n.to_string()),
+        release_counter: n,
+    };
+    let tasks = 6;
+    let barrier = Arc::new(Barrier::new(tasks));
+    let mut handles = Vec::new();
+    for i in 1..=tasks as u64 {
+        let (db, barrier) = (db.clone(), barrier.clone());
+        let report = report("TBOX-1", image(i), i);
+        handles.push(tokio::spawn(async move {
+            barrier.wait().await;
+            db.record_checkin(&checkin("VIN-Q", 1, vec![report]))
+                .await
+                .map(|done| (done, i))
+        }));
+    }
+    let mut winners = Vec::new();
+    for h in handles {
+        match h.await.unwrap() {
+            Ok((done, i)) => {
+                assert!(done.is_empty());
+                winners.push(i);
+            }
+            Err(Error::Replay(_)) => {}
+            Err(e) => panic!("unexpected error: {e}"),
+        }
+    }
+    assert_eq!(winners.len(), 1, "exactly one copy wins: {winners:?}");
+    let won = winners[0];
+    assert_eq!(db.count("manifests").await.unwrap(), 1);
+    let v = vehicle(&db, "VIN-Q").await;
+    assert_eq!(v.last_manifest_counter, Some(1));
+    let tbox = v.ecus.iter().find(|e| e.ecu_id == "TBOX-1").unwrap();
+    assert_eq!(tbox.installed, Some(image(won)), "the winner's report");
+    assert_eq!(tbox.last_report_counter, Some(won));
+
+    // A replay changes nothing.
+    let before = (vehicle(&db, "VIN-Q").await, counts(&db).await);
+    let replay = checkin("VIN-Q", 1, vec![report("TBOX-1", image(99), 99)]);
+    assert!(matches!(
+        db.record_checkin(&replay).await,
+        Err(Error::Replay(_))
+    ));
+    assert_eq!((vehicle(&db, "VIN-Q").await, counts(&db).await), before);
+
+    // A newer manifest with a stale report: accepted, the report dropped and recorded.
+    let mut stale = checkin("VIN-Q", 2, vec![report("TBOX-1", image(50), won)]);
+    stale.remote = Some("10.0.0.9:4242");
+    assert!(db.record_checkin(&stale).await.unwrap().is_empty());
+    let v = vehicle(&db, "VIN-Q").await;
+    assert_eq!(v.last_manifest_counter, Some(2));
+    let tbox = v.ecus.iter().find(|e| e.ecu_id == "TBOX-1").unwrap();
+    assert_eq!(tbox.installed, Some(image(won)));
+    let events = db.events(Some("VIN-Q"), Some("replay"), 10).await.unwrap();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].remote.as_deref(), Some("10.0.0.9:4242"));
+    assert_eq!(db.count("manifests").await.unwrap(), 2);
 }
 
 async fn director_roles_replace_only_from_the_version_read(url: String) {

@@ -790,7 +790,7 @@ async fn instruct_due(
     members: &[MemberRow],
     now: DateTime<Utc>,
 ) -> Result<Instructed> {
-    let mut made = Instructed::default();
+    let mut due_now = Vec::new();
     for m in due(members, wave).filter(|m| window_open(c, m, now)) {
         let image = c
             .images
@@ -817,12 +817,13 @@ async fn instruct_due(
             last_error: None,
             maintenance_window: window_of(c, m),
         };
-        if store::instruct(tx, c.id, m, &a).await? {
-            made.ecus += 1;
-            made.vins.insert(m.vin.clone());
-        }
+        due_now.push((m, a));
     }
-    Ok(made)
+    let claimed = store::instruct(tx, c.id, &due_now).await?;
+    Ok(Instructed {
+        ecus: claimed.len(),
+        vins: claimed.into_iter().map(|(vin, _)| vin).collect(),
+    })
 }
 
 /// Takes back every instruction of `members` not yet being installed. Returns how many.

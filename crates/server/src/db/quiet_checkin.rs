@@ -1,0 +1,83 @@
+//! The common check-in on PostgreSQL in one statement: nothing pending for the vehicle, no
+//! event and no progress in the manifest — the manifest counter moves, the ECU reports are
+//! stored and the manifest is kept, or nothing happens at all.
+//!
+//! Why: a check-in's cost on PostgreSQL is mostly round trips (each a wake-up of the backend
+//! and a hand-off through sqlx), and the general path ([`super::Db::record_checkin`]) needs
+//! five for this case (begin, counter, reports, manifest, commit). Data-modifying `WITH`
+//! clauses make it one statement, which is its own transaction, so the guarantees are the
+//! general path's: the counter is compared and moved under the row's lock (a concurrent copy
+//! of the manifest re-checks it and finds it moved), the reports are stored only if the
+//! counter moved, and the commit is durable before the answer. SQLite has no data-modifying
+//! `WITH`, and its statements cost no network round trip; it keeps the general path.
+//!
+//! Anything else — a replay, an assignment pending (the reports may complete it), an event to
+//! record — finds no row to move and goes the general way, which decides and names the rule.
+
+use std::collections::BTreeSet;
+
+use sqlx::AnyPool;
+
+use super::{db_err, get_str, reports_update, to_i64, Checkin};
+use crate::error::Result;
+
+/// What a quiet check-in did: `None` if it did nothing (take the general path), else the ECUs
+/// whose reports were stored.
+pub(super) async fn record(
+    pool: &AnyPool,
+    checkin: &Checkin<'_>,
+    now: &str,
+) -> Result<Option<BTreeSet<String>>> {
+    // $1 counter, $2 now, $3 VIN, $4 nonce, $5 document; the reports from $6 on.
+    let reports = if checkin.reports.is_empty() {
+        String::new()
+    } else {
+        format!(
+            ", reports AS ({} AND EXISTS (SELECT 1 FROM moved) RETURNING ecu_id)",
+            reports_update(checkin.reports.len(), 6, 3)
+        )
+    };
+    let returned = if checkin.reports.is_empty() {
+        ""
+    } else {
+        " UNION ALL SELECT 'report', ecu_id FROM reports"
+    };
+    let sql = format!(
+        "WITH moved AS (\
+           UPDATE vehicles SET last_manifest_counter = $1, last_seen = $2 \
+           WHERE vin = $3 AND (last_manifest_counter IS NULL OR last_manifest_counter < $1) \
+           AND NOT EXISTS (SELECT 1 FROM assignments WHERE vin = $3 AND status = 'pending') \
+           RETURNING vin)\
+         {reports}, \
+         kept AS (INSERT INTO manifests (vin, counter, nonce, received_at, document) \
+           SELECT vin, $1, $4, $2, $5 FROM moved RETURNING vin) \
+         SELECT 'moved' AS kind, vin AS name FROM kept{returned}"
+    );
+    let mut q = sqlx::query(&sql)
+        .bind(to_i64(checkin.counter)?)
+        .bind(now)
+        .bind(checkin.vin)
+        .bind(checkin.nonce)
+        .bind(checkin.document);
+    for r in &checkin.reports {
+        q = q
+            .bind(&r.ecu_id)
+            .bind(&r.installed.target)
+            .bind(to_i64(r.installed.length)?)
+            .bind(r.installed.hashes.to_string())
+            .bind(to_i64(r.installed.release_counter)?)
+            .bind(to_i64(r.report_counter)?);
+    }
+    let rows = q.fetch_all(pool).await.map_err(db_err("quiet check-in"))?;
+    let mut moved = false;
+    let mut stored = BTreeSet::new();
+    for row in &rows {
+        match get_str(row, "kind")?.as_str() {
+            "moved" => moved = true,
+            _ => {
+                stored.insert(get_str(row, "name")?);
+            }
+        }
+    }
+    Ok(moved.then_some(stored))
+}
