@@ -128,6 +128,25 @@ impl EventLimiter {
     }
 }
 
+/// How many times [`Director::documents`] signs and tries to store before it gives up (a
+/// 500 the vehicle retries on its next cycle). Each loss means another signer stored or the
+/// instructions changed (an operator assigning ECU after ECU, a campaign's batch): the next
+/// attempt reads again. Three were too few when instructions changed twice during a
+/// request answered by three instances at once.
+const SIGNING_ATTEMPTS: u32 = 16;
+
+/// The pause before attempt `attempt` of signing: jittered and doubling (up to 64 ms), so
+/// that signers who lost together do not collide again and a stream of changes leaves a gap
+/// (sixteen attempts wait at most about 0.7 s in all).
+fn signing_backoff(attempt: u32) -> std::time::Duration {
+    use std::hash::{BuildHasher, Hasher};
+    let ceiling_us = 1_000u64 << attempt.min(6);
+    // Jitter, not secrecy: the standard library's per-process random hash keys will do.
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(attempt);
+    std::time::Duration::from_micros(ceiling_us / 2 + h.finish() % (ceiling_us / 2 + 1))
+}
+
 /// The director service.
 pub struct Director {
     db: Db,
@@ -298,8 +317,9 @@ impl Director {
             return Err(self.reject(refusal, Some(vin), None, None).await);
         }
         let mut current = stored;
-        for attempt in 0..3 {
+        for attempt in 0..SIGNING_ATTEMPTS {
             if attempt > 0 {
+                tokio::time::sleep(signing_backoff(attempt)).await;
                 current = self.db.director_roles(vin).await?;
             }
             // A quarantined vehicle is signed no instructions (see crate::vsoc): what it was
