@@ -22,6 +22,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::error::{Error, Result};
 
+mod group_commit;
 mod quiet_checkin;
 
 /// Which database is behind the pool.
@@ -40,6 +41,8 @@ pub struct Db {
     backend: Backend,
     /// Identical events within this window are counted on one row.
     event_window: chrono::Duration,
+    /// SQLite: the writer that stores check-ins in shared transactions (see `group_commit`).
+    group_commit: Option<group_commit::GroupCommit>,
 }
 
 /// Default of [`Db::with_event_window`].
@@ -642,17 +645,30 @@ impl Db {
             .run(&pool)
             .await
             .map_err(|e| Error::Database(format!("migrations: {e}")))?;
-        Ok(Db {
+        let mut db = Db {
             pool,
             backend,
             event_window: chrono::Duration::from_std(DEFAULT_EVENT_WINDOW)
                 .unwrap_or(chrono::Duration::zero()),
-        })
+            group_commit: None,
+        };
+        if backend == Backend::Sqlite {
+            db.group_commit = Some(group_commit::GroupCommit::start(db.clone()));
+        }
+        Ok(db)
     }
 
     /// The same database, counting identical security events within `window` on one row.
     pub fn with_event_window(mut self, window: std::time::Duration) -> Self {
         self.event_window = chrono::Duration::from_std(window).unwrap_or(chrono::Duration::zero());
+        if self.group_commit.is_some() {
+            // The writer stores events of check-ins too: it gets the same window.
+            let writer = Db {
+                group_commit: None,
+                ..self.clone()
+            };
+            self.group_commit = Some(group_commit::GroupCommit::start(writer));
+        }
         self
     }
 
@@ -1035,7 +1051,25 @@ impl Db {
                 return Ok(Vec::new());
             }
         }
+        if let Some(writer) = &self.group_commit {
+            if let Some(answer) = writer.record(checkin).await {
+                return answer;
+            }
+        }
         let mut tx = self.pool.begin().await.map_err(db_err("begin"))?;
+        let completed = self.record_checkin_in(&mut tx, checkin, &now).await?;
+        tx.commit().await.map_err(db_err("commit"))?;
+        Ok(completed)
+    }
+
+    /// [`Db::record_checkin`]'s general path inside the caller's transaction (its own, or a
+    /// savepoint of a group commit): on an error the caller rolls back.
+    async fn record_checkin_in(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        checkin: &Checkin<'_>,
+        now: &str,
+    ) -> Result<Vec<i64>> {
         // The counter moves, and says whether anything is pending for the vehicle: the
         // common check-in (nothing pending) reads no assignments.
         let moved = sqlx::query(
@@ -1044,9 +1078,9 @@ impl Db {
              RETURNING (SELECT count(*) FROM assignments WHERE vin = $3 AND status = 'pending') AS pending",
         )
         .bind(to_i64(checkin.counter)?)
-        .bind(&now)
+        .bind(now)
         .bind(checkin.vin)
-        .fetch_optional(&mut *tx)
+        .fetch_optional(&mut **tx)
         .await
         .map_err(db_err("manifest counter"))?;
         let Some(moved) = moved else {
@@ -1065,7 +1099,7 @@ impl Db {
                  FROM assignments WHERE vin = $1 AND status = 'pending' ORDER BY id",
             )
             .bind(checkin.vin)
-            .fetch_all(&mut *tx)
+            .fetch_all(&mut **tx)
             .await
             .map_err(db_err("pending assignments"))?
             .iter()
@@ -1080,16 +1114,15 @@ impl Db {
                 .iter()
                 .any(|a| a.ecu_id == report.ecu_id && a.target == report.installed.target)
             {
-                let ran =
-                    crate::records::installed_target(&mut tx, checkin.vin, &report.ecu_id).await?;
+                let ran = crate::records::installed_target(tx, checkin.vin, &report.ecu_id).await?;
                 before.insert(report.ecu_id.as_str(), ran);
             }
         }
-        let stored = Self::store_reports(&mut tx, checkin.vin, &checkin.reports).await?;
+        let stored = Self::store_reports(tx, checkin.vin, &checkin.reports).await?;
         let mut completed = Vec::new();
         for report in &checkin.reports {
             if !stored.contains(&report.ecu_id) {
-                self.report_dropped(&mut tx, checkin, report).await?;
+                self.report_dropped(tx, checkin, report).await?;
                 continue;
             }
             let before = before.get(report.ecu_id.as_str()).cloned().flatten();
@@ -1102,9 +1135,9 @@ impl Db {
                     && a.hashes == report.installed.hashes
                 {
                     sqlx::query("UPDATE assignments SET status = 'installed', completed_at = $1 WHERE id = $2")
-                        .bind(&now)
+                        .bind(now)
                         .bind(a.id)
-                        .execute(&mut *tx)
+                        .execute(&mut **tx)
                         .await
                         .map_err(db_err("complete assignment"))?;
                     let outcome = crate::records::Outcome {
@@ -1116,7 +1149,7 @@ impl Db {
                         result: "installed",
                         detail: None,
                     };
-                    crate::records::record(&mut tx, &outcome).await?;
+                    crate::records::record(tx, &outcome).await?;
                     completed.push(a.id);
                 }
             }
@@ -1130,7 +1163,7 @@ impl Db {
             .bind(checkin.vin)
             .bind(ecu)
             .bind(target)
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await
             .map_err(db_err("update progress"))?;
         }
@@ -1138,18 +1171,17 @@ impl Db {
             .bind(checkin.vin)
             .bind(to_i64(checkin.counter)?)
             .bind(checkin.nonce)
-            .bind(&now)
+            .bind(now)
             .bind(checkin.document)
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await
             .map_err(db_err("store manifest"))?;
         if !completed.is_empty() {
-            Self::mark_instructions_changed(&mut tx, checkin.vin).await?;
+            Self::mark_instructions_changed(tx, checkin.vin).await?;
         }
         for event in &checkin.events {
-            self.insert_event(&mut tx, event).await?;
+            self.insert_event(tx, event).await?;
         }
-        tx.commit().await.map_err(db_err("commit"))?;
         Ok(completed)
     }
 

@@ -12,6 +12,7 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use rampart_core::key::KeyScheme;
@@ -61,6 +62,7 @@ storage_suite!(
     concurrent_checkins_with_one_counter_accept_one,
     stale_ecu_report_in_an_accepted_checkin_is_not_stored,
     quiet_checkins_race_once_refuse_replays_and_drop_stale_reports,
+    checkins_arriving_together_are_each_decided_and_stored_when_answered,
     director_roles_replace_only_from_the_version_read,
     concurrent_director_role_replace_has_one_winner,
     instruction_changes_mark_director_targets_and_fence_stale_writers,
@@ -801,6 +803,96 @@ async fn quiet_checkins_race_once_refuse_replays_and_drop_stale_reports(url: Str
     assert_eq!(events.len(), 1, "{events:?}");
     assert_eq!(events[0].remote.as_deref(), Some("10.0.0.9:4242"));
     assert_eq!(db.count("manifests").await.unwrap(), 2);
+
+    // An instruction pending: reports of other images leave it pending; the report of its
+    // image completes it.
+    let a = assignment("VIN-Q", "TBOX-1", "tbox/fw-100.bin", 100);
+    let id = db.create_assignment(&a).await.unwrap();
+    let waiting = checkin("VIN-Q", 3, vec![report("TBOX-1", image(7), 10)]);
+    assert!(db.record_checkin(&waiting).await.unwrap().is_empty());
+    let stored = db
+        .assignments(Some("VIN-Q"), Some("pending"))
+        .await
+        .unwrap();
+    assert_eq!(stored.len(), 1);
+    let v = vehicle(&db, "VIN-Q").await;
+    let tbox = v.ecus.iter().find(|e| e.ecu_id == "TBOX-1").unwrap();
+    assert_eq!(tbox.installed, Some(image(7)));
+    let done = checkin("VIN-Q", 4, vec![report("TBOX-1", installed_as(&a), 11)]);
+    assert_eq!(db.record_checkin(&done).await.unwrap(), [id]);
+    assert!(db
+        .assignments(Some("VIN-Q"), Some("pending"))
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+/// Many check-ins at once — what SQLite stores in one transaction (`db::group_commit`): each
+/// is decided as if alone (of two copies of one manifest one is accepted and one refused as a
+/// replay, whichever batch they fall in), a refused one leaves nothing behind and takes
+/// nothing from the others, and an accepted one is on disk when it is answered (another
+/// connection, opened afresh, reads it at once).
+async fn checkins_arriving_together_are_each_decided_and_stored_when_answered(url: String) {
+    let db = connect(&url).await;
+    let other = Db::connect(&url).await.unwrap();
+    let vins: Vec<String> = (0..40).map(|i| format!("VIN-G{i:02}")).collect();
+    for vin in &vins {
+        db.register_vehicle(&new_vehicle(vin)).await.unwrap();
+    }
+    let barrier = Arc::new(Barrier::new(vins.len() * 2));
+    let mut handles = Vec::new();
+    for vin in &vins {
+        for copy in 0..2u64 {
+            let (db, other, barrier, vin) =
+                (db.clone(), other.clone(), barrier.clone(), vin.clone());
+            handles.push(tokio::spawn(async move {
+                barrier.wait().await;
+                let installed = Installed {
+                    target: format!("tbox/copy-{copy}.bin"),
+                    length: copy,
+                    hashes: hashes(&copy.to_string()),
+                    release_counter: copy,
+                };
+                let c = checkin(&vin, 3, vec![report("TBOX-1", installed, 1)]);
+                let answer = db.record_checkin(&c).await;
+                if answer.is_ok() {
+                    let stored = other.vehicle(&vin).await.unwrap().unwrap();
+                    assert_eq!(
+                        stored.last_manifest_counter,
+                        Some(3),
+                        "{vin} answered before stored"
+                    );
+                }
+                (vin, copy, answer)
+            }));
+        }
+    }
+    let mut accepted: BTreeMap<String, u64> = BTreeMap::new();
+    for h in handles {
+        let (vin, copy, answer) = h.await.unwrap();
+        match answer {
+            Ok(done) => {
+                assert!(done.is_empty());
+                assert!(
+                    accepted.insert(vin.clone(), copy).is_none(),
+                    "{vin} accepted twice"
+                );
+            }
+            Err(Error::Replay(_)) => {}
+            Err(e) => panic!("{vin}: {e}"),
+        }
+    }
+    assert_eq!(accepted.len(), vins.len(), "one copy of each accepted");
+    assert_eq!(db.count("manifests").await.unwrap(), vins.len() as u64);
+    for (vin, copy) in &accepted {
+        let v = vehicle(&db, vin).await;
+        let tbox = v.ecus.iter().find(|e| e.ecu_id == "TBOX-1").unwrap();
+        assert_eq!(
+            tbox.installed.as_ref().map(|i| i.target.clone()),
+            Some(format!("tbox/copy-{copy}.bin")),
+            "{vin}: the accepted copy's report"
+        );
+    }
 }
 
 async fn director_roles_replace_only_from_the_version_read(url: String) {

@@ -1,6 +1,6 @@
-//! The common check-in on PostgreSQL in one statement: nothing pending for the vehicle, no
-//! event and no progress in the manifest — the manifest counter moves, the ECU reports are
-//! stored and the manifest is kept, or nothing happens at all.
+//! The common check-in on PostgreSQL in one statement: no report that could complete a
+//! pending assignment, no event and no progress in the manifest — the manifest counter
+//! moves, the ECU reports are stored and the manifest is kept, or nothing happens at all.
 //!
 //! Why: a check-in's cost on PostgreSQL is mostly round trips (each a wake-up of the backend
 //! and a hand-off through sqlx), and the general path ([`super::Db::record_checkin`]) needs
@@ -11,8 +11,9 @@
 //! counter moved, and the commit is durable before the answer. SQLite has no data-modifying
 //! `WITH`, and its statements cost no network round trip; it keeps the general path.
 //!
-//! Anything else — a replay, an assignment pending (the reports may complete it), an event to
-//! record — finds no row to move and goes the general way, which decides and names the rule.
+//! Anything else — a replay, a report naming a pending assignment's ECU and target (it may
+//! complete it), an event to record — finds no row to move and goes the general way, which
+//! decides and names the rule.
 
 use std::collections::BTreeSet;
 
@@ -42,12 +43,26 @@ pub(super) async fn record(
     } else {
         " UNION ALL SELECT 'report', ecu_id FROM reports"
     };
+    // A pending assignment that a report names (ECU and target) may be completed by it: the
+    // general path decides. Pending assignments the reports do not name stay as they are — a
+    // vehicle waiting for its owner's consent or its maintenance window checks in quietly.
+    let completes = if checkin.reports.is_empty() {
+        String::new()
+    } else {
+        let named: Vec<String> = (0..checkin.reports.len())
+            .map(|k| format!("(${}, ${})", 6 + 6 * k, 7 + 6 * k))
+            .collect();
+        format!(
+            "AND NOT EXISTS (SELECT 1 FROM assignments WHERE vin = $3 AND status = 'pending' \
+             AND (ecu_id, target) IN (VALUES {})) ",
+            named.join(", ")
+        )
+    };
     let sql = format!(
         "WITH moved AS (\
            UPDATE vehicles SET last_manifest_counter = $1, last_seen = $2 \
            WHERE vin = $3 AND (last_manifest_counter IS NULL OR last_manifest_counter < $1) \
-           AND NOT EXISTS (SELECT 1 FROM assignments WHERE vin = $3 AND status = 'pending') \
-           RETURNING vin)\
+           {completes}RETURNING vin)\
          {reports}, \
          kept AS (INSERT INTO manifests (vin, counter, nonce, received_at, document) \
            SELECT vin, $1, $4, $2, $5 FROM moved RETURNING vin) \

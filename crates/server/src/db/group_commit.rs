@@ -1,0 +1,191 @@
+//! Group commit of check-ins on SQLite: one writer task stores the check-ins that arrive
+//! together in one transaction, each in a savepoint of its own, and answers them after the
+//! commit.
+//!
+//! Why: SQLite has one writer at a time, and every commit waits for its write-ahead log to
+//! reach the disk (`synchronous=FULL`, so that an accepted manifest counter survives a power
+//! cut). One transaction per check-in made check-ins wait on each other's disk flushes — and
+//! on SQLite's busy handler, which polls for the lock with sleeps. Here the flush is shared
+//! by every check-in of a batch, and nothing polls.
+//!
+//! The guarantees are those of one transaction per check-in: each is decided in order inside
+//! the batch (a replay of a manifest accepted earlier in the same batch is refused, its
+//! savepoint rolled back, nothing of it written); a check-in is answered only once the batch
+//! is on disk; if the commit fails, every check-in of the batch gets the error and nothing of
+//! the batch is stored. PostgreSQL does not need this: it commits concurrent transactions
+//! with one flush by itself.
+
+use sqlx::Acquire;
+use tokio::sync::{mpsc, oneshot};
+
+use super::{db_err, now_text, Checkin, Db, NewEvent, ReportUpdate};
+use crate::error::{Error, Result};
+
+/// At most this many check-ins in one transaction: a batch is whatever arrived while the
+/// previous one was being written, so this only bounds a burst.
+const MAX_BATCH: usize = 128;
+
+/// Check-ins waiting for the writer (beyond this, senders wait: back-pressure).
+const QUEUE: usize = 1024;
+
+/// The handle the pool's users share; the writer task ends when the last one is dropped.
+#[derive(Debug, Clone)]
+pub(super) struct GroupCommit {
+    jobs: mpsc::Sender<Job>,
+}
+
+#[derive(Debug)]
+struct Job {
+    checkin: OwnedCheckin,
+    answer: oneshot::Sender<Result<Vec<i64>>>,
+}
+
+impl GroupCommit {
+    /// Starts the writer on the current Tokio runtime; `db` is the database without a group
+    /// commit of its own (the writer stores through [`Db::record_checkin_in`]).
+    pub(super) fn start(db: Db) -> Self {
+        let (jobs, queue) = mpsc::channel(QUEUE);
+        tokio::spawn(write(db, queue));
+        GroupCommit { jobs }
+    }
+
+    /// Stores `checkin` in the next batch and answers as [`Db::record_checkin`] does; `None`
+    /// if the writer is gone (its runtime ended), for the caller to store it by itself.
+    pub(super) async fn record(&self, checkin: &Checkin<'_>) -> Option<Result<Vec<i64>>> {
+        let (answer, answered) = oneshot::channel();
+        let job = Job {
+            checkin: OwnedCheckin::from(checkin),
+            answer,
+        };
+        self.jobs.send(job).await.ok()?;
+        answered.await.ok()
+    }
+}
+
+async fn write(db: Db, mut queue: mpsc::Receiver<Job>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let answers = store(&db, &batch).await;
+        for (job, answer) in batch.drain(..).zip(answers) {
+            // A caller that stopped waiting (its request was cancelled) has nothing to learn.
+            let _ = job.answer.send(answer);
+        }
+    }
+}
+
+/// Stores a batch in one transaction; one answer per check-in, in order.
+async fn store(db: &Db, batch: &[Job]) -> Vec<Result<Vec<i64>>> {
+    let failed = |e: &Error| batch.iter().map(|_| Err(same(e))).collect();
+    let mut tx = match db.pool.begin().await {
+        Ok(tx) => tx,
+        Err(e) => return failed(&db_err("begin")(e)),
+    };
+    let now = now_text();
+    let mut answers = Vec::with_capacity(batch.len());
+    for job in batch {
+        let checkin = job.checkin.borrowed();
+        let mut savepoint = match tx.begin().await {
+            Ok(sp) => sp,
+            Err(e) => return failed(&db_err("savepoint")(e)),
+        };
+        match db.record_checkin_in(&mut savepoint, &checkin, &now).await {
+            Ok(done) => {
+                if let Err(e) = savepoint.commit().await {
+                    return failed(&db_err("release savepoint")(e));
+                }
+                answers.push(Ok(done));
+            }
+            Err(refused) => {
+                if let Err(e) = savepoint.rollback().await {
+                    // The transaction's state is unknown: none of the batch is kept.
+                    return failed(&db_err("roll back savepoint")(e));
+                }
+                answers.push(Err(refused));
+            }
+        }
+    }
+    if let Err(e) = tx.commit().await {
+        return failed(&db_err("commit")(e));
+    }
+    answers
+}
+
+/// The error of a failed batch, for each of its check-ins (errors are not `Clone`).
+fn same(e: &Error) -> Error {
+    Error::Database(e.to_string())
+}
+
+/// A check-in the writer task can own.
+#[derive(Debug)]
+struct OwnedCheckin {
+    vin: String,
+    counter: u64,
+    nonce: String,
+    document: String,
+    reports: Vec<ReportUpdate>,
+    remote: Option<String>,
+    events: Vec<OwnedEvent>,
+    progress: Vec<(String, String, &'static str)>,
+}
+
+#[derive(Debug)]
+struct OwnedEvent {
+    source: String,
+    rule: String,
+    vin: Option<String>,
+    ecu_id: Option<String>,
+    remote: Option<String>,
+    detail: String,
+}
+
+impl From<&Checkin<'_>> for OwnedCheckin {
+    fn from(c: &Checkin<'_>) -> Self {
+        OwnedCheckin {
+            vin: c.vin.to_owned(),
+            counter: c.counter,
+            nonce: c.nonce.to_owned(),
+            document: c.document.to_owned(),
+            reports: c.reports.clone(),
+            remote: c.remote.map(str::to_owned),
+            events: c
+                .events
+                .iter()
+                .map(|e| OwnedEvent {
+                    source: e.source.to_owned(),
+                    rule: e.rule.to_owned(),
+                    vin: e.vin.map(str::to_owned),
+                    ecu_id: e.ecu_id.map(str::to_owned),
+                    remote: e.remote.map(str::to_owned),
+                    detail: e.detail.to_owned(),
+                })
+                .collect(),
+            progress: c.progress.clone(),
+        }
+    }
+}
+
+impl OwnedCheckin {
+    fn borrowed(&self) -> Checkin<'_> {
+        Checkin {
+            vin: &self.vin,
+            counter: self.counter,
+            nonce: &self.nonce,
+            document: &self.document,
+            reports: self.reports.clone(),
+            remote: self.remote.as_deref(),
+            events: self
+                .events
+                .iter()
+                .map(|e| NewEvent {
+                    source: &e.source,
+                    rule: &e.rule,
+                    vin: e.vin.as_deref(),
+                    ecu_id: e.ecu_id.as_deref(),
+                    remote: e.remote.as_deref(),
+                    detail: &e.detail,
+                })
+                .collect(),
+            progress: self.progress.clone(),
+        }
+    }
+}
