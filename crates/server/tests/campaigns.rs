@@ -654,15 +654,16 @@ async fn a_paused_campaign_waits_and_a_passed_deadline_ends_it() {
     .await;
 }
 
-/// A wave larger than one batch of instructions (500 members): every ECU is instructed once,
+/// A wave larger than one batch of instructions (4,000 members): every ECU is instructed once,
 /// with its own assignment linked to it; an operator's earlier instruction for one of them is
 /// superseded; the director re-signs each vehicle's targets (including one it had signed
 /// before); a second judgement finds every member claimed and makes nothing.
 async fn wave_over_batches(url: String) {
+    const FLEET: usize = 4_100;
     let (d, _dir) = director(&url).await;
-    let cars = fleet(&d, 1_100, "id4").await;
+    let cars = fleet(&d, FLEET, "id4").await;
     let first = &cars[0].vin;
-    let last = &cars[1_099].vin;
+    let last = &cars[FLEET - 1].vin;
     let manual = rampart_server::db::Assignment {
         id: 0,
         vin: first.clone(),
@@ -697,7 +698,7 @@ async fn wave_over_batches(url: String) {
         out
     };
     let instructed = pending(d.db().assignments(None, Some("pending")).await.unwrap());
-    assert_eq!(instructed.len(), 1_100);
+    assert_eq!(instructed.len(), FLEET);
     assert!(instructed.values().all(|t| t == &["ivi/app-2.0.bin"]));
     let superseded = d
         .db()
@@ -709,11 +710,11 @@ async fn wave_over_batches(url: String) {
     assert_eq!(instructions(&d, first).await, ["ivi/app-2.0.bin"]);
     assert_eq!(instructions(&d, last).await, ["ivi/app-2.0.bin"]);
     let p = by_progress(&d, "whole-fleet").await;
-    assert_eq!(p["instructed"].len(), 1_100, "{:?}", p.keys());
+    assert_eq!(p["instructed"].len(), FLEET, "{:?}", p.keys());
     // Judged again (another instance, the periodic judgement): nothing more is made.
     campaign::evaluate(&d, c.id, Utc::now()).await.unwrap();
     let again = d.db().assignments(None, Some("pending")).await.unwrap();
-    assert_eq!(again.len(), 1_100);
+    assert_eq!(again.len(), FLEET);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

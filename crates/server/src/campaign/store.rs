@@ -482,10 +482,13 @@ pub(super) async fn wave_met(db: &Db, id: i64, wave: i64, at: &str) -> Result<()
     Ok(())
 }
 
-/// How many members [`instruct`] makes assignments for in one round of statements: ten
-/// parameters a row keeps the largest statement (the insert) at 5,000, under both backends'
-/// limits (SQLite 32,766, PostgreSQL 65,535).
-const INSTRUCT_CHUNK: usize = 500;
+/// How many members [`instruct`] makes assignments for in one round of statements. Large,
+/// because PostgreSQL matches a batch against the whole table (a hash join over every
+/// member or assignment), so the number of batches is what costs: 500 a batch made a
+/// 100,000-vehicle wave 200 scans of each table. Bounded by the largest statement, the
+/// insert: 8 parameters a row and one more, 32,001 here, under SQLite's limit of 32,766
+/// (PostgreSQL's is 65,535).
+const INSTRUCT_CHUNK: usize = 4_000;
 
 /// Makes the assignments of members (their instructions) and links them, each only if the
 /// member still has the instruction it was read with (none, or one a halt took back): of two
