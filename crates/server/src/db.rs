@@ -913,22 +913,16 @@ impl Db {
             .execute(&mut **tx)
             .await
             .map_err(db_err("supersede"))?;
-        let row = sqlx::query(
+        let insert = sqlx::query(
             "INSERT INTO assignments (vin, ecu_id, target, length, hashes, release_counter, encrypt, status, created_at, maintenance_window) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', $8, $9) RETURNING id",
-        )
-        .bind(&a.vin)
-        .bind(&a.ecu_id)
-        .bind(&a.target)
-        .bind(to_i64(a.length)?)
-        .bind(a.hashes.to_string())
-        .bind(to_i64(a.release_counter)?)
-        .bind(if a.encrypt { "yes" } else { "no" })
-        .bind(now_text())
-        .bind(a.maintenance_window.clone())
-        .fetch_one(&mut **tx)
-        .await
-        .map_err(db_err("insert assignment"))?;
+        );
+        let row = bind_instruction(insert, a)?
+            .bind(now_text())
+            .bind(a.maintenance_window.clone())
+            .fetch_one(&mut **tx)
+            .await
+            .map_err(db_err("insert assignment"))?;
         let id = get_i64(&row, "id")?;
         Self::mark_instructions_changed(tx, &a.vin).await?;
         Ok(id)
@@ -1239,17 +1233,7 @@ impl Db {
             "{} RETURNING ecu_id",
             reports_update(reports.len(), 1, 6 * reports.len() + 1)
         );
-        let mut query = sqlx::query(&sql);
-        for r in reports {
-            query = query
-                .bind(&r.ecu_id)
-                .bind(&r.installed.target)
-                .bind(to_i64(r.installed.length)?)
-                .bind(r.installed.hashes.to_string())
-                .bind(to_i64(r.installed.release_counter)?)
-                .bind(to_i64(r.report_counter)?);
-        }
-        let rows = query
+        let rows = bind_reports(sqlx::query(&sql), reports)?
             .bind(vin)
             .fetch_all(&mut **tx)
             .await
@@ -1952,6 +1936,35 @@ fn reports_update(n: usize, first: usize, vin: usize) -> String {
         ids.join(", "),
         case(5),
     )
+}
+
+/// A query of the `Any` driver, as `sqlx::query` makes it.
+pub(crate) type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>;
+
+/// Binds what [`reports_update`] expects of each report, in its order.
+fn bind_reports<'q>(mut q: AnyQuery<'q>, reports: &'q [ReportUpdate]) -> Result<AnyQuery<'q>> {
+    for r in reports {
+        q = q
+            .bind(&r.ecu_id)
+            .bind(&r.installed.target)
+            .bind(to_i64(r.installed.length)?)
+            .bind(r.installed.hashes.to_string())
+            .bind(to_i64(r.installed.release_counter)?)
+            .bind(to_i64(r.report_counter)?);
+    }
+    Ok(q)
+}
+
+/// Binds an assignment's instruction, in the order of the `assignments` columns `vin,
+/// ecu_id, target, length, hashes, release_counter, encrypt` (its state is the caller's).
+pub(crate) fn bind_instruction<'q>(q: AnyQuery<'q>, a: &'q Assignment) -> Result<AnyQuery<'q>> {
+    Ok(q.bind(&a.vin)
+        .bind(&a.ecu_id)
+        .bind(&a.target)
+        .bind(to_i64(a.length)?)
+        .bind(a.hashes.to_string())
+        .bind(to_i64(a.release_counter)?)
+        .bind(if a.encrypt { "yes" } else { "no" }))
 }
 
 /// A verified check-in to store.

@@ -664,21 +664,7 @@ async fn wave_over_batches(url: String) {
     let cars = fleet(&d, FLEET, "id4").await;
     let first = &cars[0].vin;
     let last = &cars[FLEET - 1].vin;
-    let manual = rampart_server::db::Assignment {
-        id: 0,
-        vin: first.clone(),
-        ecu_id: "IVI".into(),
-        target: "ivi/app-1.5.bin".into(),
-        length: 9,
-        hashes: serde_json::json!({"sha256": "00"}),
-        release_counter: 1,
-        encrypt: false,
-        status: "pending".into(),
-        created_at: String::new(),
-        completed_at: None,
-        last_error: None,
-        maintenance_window: None,
-    };
+    let manual = fleet::operator_assignment(first, "IVI", "ivi/app-1.5.bin", 1);
     d.db().create_assignment(&manual).await.unwrap();
     assert_eq!(instructions(&d, first).await, ["ivi/app-1.5.bin"]);
     assert!(instructions(&d, last).await.is_empty());

@@ -15,26 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use chrono::Utc;
-use fleet::{director, fleet, instructions};
-use rampart_server::db::Assignment;
-
-fn assignment(vin: &str, ecu: &str, n: u64) -> Assignment {
-    Assignment {
-        id: 0,
-        vin: vin.into(),
-        ecu_id: ecu.into(),
-        target: format!("{}/fw-{n}.bin", ecu.to_lowercase()),
-        length: n,
-        hashes: serde_json::json!({"sha256": format!("{n:0>64}")}),
-        release_counter: n,
-        encrypt: false,
-        status: "pending".into(),
-        created_at: String::new(),
-        completed_at: None,
-        last_error: None,
-        maintenance_window: None,
-    }
-}
+use fleet::{director, fleet, instructions, operator_assignment};
 
 async fn signing_under_changing_instructions(url: String) {
     let (d, _dir) = director(&url).await;
@@ -58,7 +39,12 @@ async fn signing_under_changing_instructions(url: String) {
     for n in 1..=40 {
         let ecu = if n % 2 == 0 { "TBOX" } else { "IVI" };
         d.db()
-            .create_assignment(&assignment(&vin, ecu, n))
+            .create_assignment(&operator_assignment(
+                &vin,
+                ecu,
+                &format!("{}/fw-{n}.bin", ecu.to_lowercase()),
+                n,
+            ))
             .await
             .unwrap();
     }

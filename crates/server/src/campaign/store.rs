@@ -11,7 +11,8 @@ use sqlx::any::AnyRow;
 
 use super::{Campaign, CampaignSpec, ReleaseImage, State};
 use crate::db::{
-    db_err, get_i64, get_opt_i64, get_opt_str, get_str, json_as, now_text, to_i64, Assignment, Db,
+    bind_instruction, db_err, get_i64, get_opt_i64, get_opt_str, get_str, json_as, now_text,
+    to_i64, Assignment, Db,
 };
 use crate::error::{Error, Result};
 
@@ -586,15 +587,7 @@ async fn instruct_chunk(
     );
     let mut q = sqlx::query(&sql).bind(&now);
     for a in &mine {
-        q = q
-            .bind(&a.vin)
-            .bind(&a.ecu_id)
-            .bind(&a.target)
-            .bind(to_i64(a.length)?)
-            .bind(a.hashes.to_string())
-            .bind(to_i64(a.release_counter)?)
-            .bind(if a.encrypt { "yes" } else { "no" })
-            .bind(a.maintenance_window.clone());
+        q = bind_instruction(q, a)?.bind(a.maintenance_window.clone());
     }
     let inserted = q
         .fetch_all(&mut **tx)

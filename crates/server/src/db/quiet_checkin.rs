@@ -19,7 +19,7 @@ use std::collections::BTreeSet;
 
 use sqlx::AnyPool;
 
-use super::{db_err, get_str, reports_update, to_i64, Checkin};
+use super::{bind_reports, db_err, get_str, reports_update, to_i64, Checkin};
 use crate::error::Result;
 
 /// What a quiet check-in did: `None` if it did nothing (take the general path), else the ECUs
@@ -68,22 +68,16 @@ pub(super) async fn record(
            SELECT vin, $1, $4, $2, $5 FROM moved RETURNING vin) \
          SELECT 'moved' AS kind, vin AS name FROM kept{returned}"
     );
-    let mut q = sqlx::query(&sql)
+    let q = sqlx::query(&sql)
         .bind(to_i64(checkin.counter)?)
         .bind(now)
         .bind(checkin.vin)
         .bind(checkin.nonce)
         .bind(checkin.document);
-    for r in &checkin.reports {
-        q = q
-            .bind(&r.ecu_id)
-            .bind(&r.installed.target)
-            .bind(to_i64(r.installed.length)?)
-            .bind(r.installed.hashes.to_string())
-            .bind(to_i64(r.installed.release_counter)?)
-            .bind(to_i64(r.report_counter)?);
-    }
-    let rows = q.fetch_all(pool).await.map_err(db_err("quiet check-in"))?;
+    let rows = bind_reports(q, &checkin.reports)?
+        .fetch_all(pool)
+        .await
+        .map_err(db_err("quiet check-in"))?;
     let mut moved = false;
     let mut stored = BTreeSet::new();
     for row in &rows {

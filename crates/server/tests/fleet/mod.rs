@@ -16,7 +16,7 @@ use rampart_core::uptane::manifest::{
 };
 use rampart_core::uptane::InstalledImage;
 use rampart_server::campaign::ReleaseImage;
-use rampart_server::db::{Db, NewEcu, NewVehicle};
+use rampart_server::db::{Assignment, Db, NewEcu, NewVehicle};
 use rampart_server::director::{Director, DirectorKeys};
 use serde_json::Value;
 
@@ -274,4 +274,23 @@ pub(crate) async fn fleet(d: &Director, n: usize, model: &str) -> Vec<Car> {
         cars.push(car);
     }
     cars
+}
+
+/// An operator's instruction (`admin assign`): `target` on one ECU, release counter `n`.
+pub(crate) fn operator_assignment(vin: &str, ecu: &str, target: &str, n: u64) -> Assignment {
+    Assignment {
+        id: 0,
+        vin: vin.into(),
+        ecu_id: ecu.into(),
+        target: target.into(),
+        length: n,
+        hashes: serde_json::json!({"sha256": format!("{n:0>64}")}),
+        release_counter: n,
+        encrypt: false,
+        status: "pending".into(),
+        created_at: String::new(),
+        completed_at: None,
+        last_error: None,
+        maintenance_window: None,
+    }
 }
