@@ -139,12 +139,8 @@ const SIGNING_ATTEMPTS: u32 = 16;
 /// that signers who lost together do not collide again and a stream of changes leaves a gap
 /// (sixteen attempts wait at most about 0.7 s in all).
 fn signing_backoff(attempt: u32) -> std::time::Duration {
-    use std::hash::{BuildHasher, Hasher};
     let ceiling_us = 1_000u64 << attempt.min(6);
-    // Jitter, not secrecy: the standard library's per-process random hash keys will do.
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u32(attempt);
-    std::time::Duration::from_micros(ceiling_us / 2 + h.finish() % (ceiling_us / 2 + 1))
+    std::time::Duration::from_micros(ceiling_us / 2 + crate::random::u64() % (ceiling_us / 2 + 1))
 }
 
 /// The director service.

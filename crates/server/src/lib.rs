@@ -29,6 +29,7 @@ pub mod nudge;
 pub mod offline;
 pub mod ops;
 pub mod pki;
+mod random;
 pub mod records;
 pub mod repo;
 pub mod revocation;

@@ -512,14 +512,15 @@ pub(super) async fn instruct(
     Ok(made)
 }
 
-/// `(cols) IN (VALUES …)` placeholders: `rows` tuples of `width` from `$first` on.
-fn values(rows: usize, width: usize, first: usize) -> String {
+/// `VALUES` placeholders: `rows` tuples of `width` parameters from `$first` on, each ending
+/// with `tail` (values every row shares, such as `, 'pending', $1`).
+fn values(rows: usize, width: usize, first: usize, tail: &str) -> String {
     (0..rows)
         .map(|r| {
             let row: Vec<String> = (0..width)
                 .map(|c| format!("${}", first + r * width + c))
                 .collect();
-            format!("({})", row.join(", "))
+            format!("({}{tail})", row.join(", "))
         })
         .collect::<Vec<_>>()
         .join(", ")
@@ -539,7 +540,7 @@ async fn instruct_chunk(
         "UPDATE campaign_members SET instructed_at = $1 \
          WHERE campaign_id = $2 AND (vin, ecu_id, COALESCE(assignment_id, -1)) IN (VALUES {}) \
          RETURNING vin, ecu_id",
-        values(members.len(), 3, 3)
+        values(members.len(), 3, 3, "")
     );
     let mut q = sqlx::query(&sql).bind(&now).bind(id);
     for (m, _) in members {
@@ -567,7 +568,7 @@ async fn instruct_chunk(
     let sql = format!(
         "UPDATE assignments SET status = 'superseded' \
          WHERE status = 'pending' AND (vin, ecu_id) IN (VALUES {})",
-        values(mine.len(), 2, 1)
+        values(mine.len(), 2, 1, "")
     );
     let mut q = sqlx::query(&sql);
     for a in &mine {
@@ -577,13 +578,7 @@ async fn instruct_chunk(
     let sql = format!(
         "INSERT INTO assignments (vin, ecu_id, target, length, hashes, release_counter, encrypt, \
          maintenance_window, status, created_at) VALUES {} RETURNING id, vin, ecu_id",
-        (0..mine.len())
-            .map(|r| {
-                let row: Vec<String> = (0..8).map(|c| format!("${}", 2 + r * 8 + c)).collect();
-                format!("({}, 'pending', $1)", row.join(", "))
-            })
-            .collect::<Vec<_>>()
-            .join(", ")
+        values(mine.len(), 8, 2, ", 'pending', $1")
     );
     let mut q = sqlx::query(&sql).bind(&now);
     for a in &mine {
@@ -599,7 +594,7 @@ async fn instruct_chunk(
         "UPDATE campaign_members SET assignment_id = v.column3 FROM (VALUES {}) AS v \
          WHERE campaign_members.campaign_id = $1 AND campaign_members.vin = v.column1 \
          AND campaign_members.ecu_id = v.column2",
-        values(inserted.len(), 3, 2)
+        values(inserted.len(), 3, 2, "")
     );
     let mut q = sqlx::query(&sql).bind(id);
     for r in &inserted {

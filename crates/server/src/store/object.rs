@@ -217,19 +217,13 @@ impl ObjectStorage {
 
     fn holder() -> String {
         let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
-        format!("{}:{}:{:016x}", host.trim(), std::process::id(), rand_u64())
+        format!(
+            "{}:{}:{:016x}",
+            host.trim(),
+            std::process::id(),
+            crate::random::u64()
+        )
     }
-}
-
-/// 64 random bits (a lease holder's name must not repeat across processes).
-fn rand_u64() -> u64 {
-    let mut b = [0u8; 8];
-    // aws-lc-rs's generator fails only if the OS has no randomness; then a time is good
-    // enough to tell holders apart in a message.
-    if aws_lc_rs::rand::fill(&mut b).is_err() {
-        return Utc::now().timestamp_nanos_opt().unwrap_or_default() as u64;
-    }
-    u64::from_le_bytes(b)
 }
 
 impl PublicStore for ObjectStorage {
@@ -328,7 +322,7 @@ impl PublicStore for ObjectStorage {
         Ok(std::env::temp_dir().join(format!(
             "rampart-upload-{}-{:016x}-{}",
             std::process::id(),
-            rand_u64(),
+            crate::random::u64(),
             rampart_core::client::safe_file_name(base)
         )))
     }
