@@ -36,7 +36,26 @@ fn attack(args: &[&str]) -> (serde_json::Value, bool) {
     (outcome, out.status.success())
 }
 
+/// Scenarios that set the vehicle's clock with faketime (a Debian package).
+const NEED_FAKETIME: &[&str] = &["bundle-expired"];
+
 fn run(name: &str) {
+    if NEED_FAKETIME.contains(&name)
+        && !["/usr/bin/faketime", "/usr/local/bin/faketime"]
+            .iter()
+            .any(|p| std::path::Path::new(p).exists())
+    {
+        // scripts/test installs faketime and sets RAMPART_REQUIRE_FAKETIME=1, so CI runs
+        // this; a plain `cargo test` on a machine without it says so and goes on.
+        assert!(
+            !std::env::var("RAMPART_REQUIRE_FAKETIME").is_ok_and(|v| v == "1"),
+            "faketime is missing (apt: faketime; scripts/test installs it)"
+        );
+        eprintln!(
+            "skipped {name}: faketime is not installed (apt: faketime; scripts/test installs it)"
+        );
+        return;
+    }
     let (outcome, success) = attack(&["--scenario", name]);
     assert_eq!(outcome["name"], name);
     assert_eq!(
