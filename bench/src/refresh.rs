@@ -142,7 +142,7 @@ fn empty_targets(now: DateTime<Utc>) -> Targets {
         spec_version: SPEC_VERSION.into(),
         version: 1,
         expires: Expiry::new(now + Duration::days(365)),
-        targets: BTreeMap::new(),
+        targets: Default::default(),
         delegations: None,
         unrecognized: BTreeMap::new(),
     }
@@ -216,7 +216,7 @@ pub(crate) fn generate(args: &Args) -> anyhow::Result<Value> {
             )]),
         };
         director.targets.insert(
-            name.clone(),
+            name.to_owned(),
             TargetFile {
                 length: file.length,
                 hashes: file.hashes.clone(),
@@ -225,7 +225,7 @@ pub(crate) fn generate(args: &Args) -> anyhow::Result<Value> {
             },
         );
         vehicle.ecus.insert(ecu_id.clone(), custom.hardware_id);
-        vehicle.assigned.insert(ecu_id, name.clone());
+        vehicle.assigned.insert(ecu_id, name.to_owned());
     }
     write_repo(
         &dir.join("image/metadata"),

@@ -79,6 +79,40 @@ pub fn verify_bytes(
     v.finish().map(|_| ())
 }
 
+/// [`verify_bytes`] while `work` runs: a document at least [`PARALLEL_MIN_LENGTH`] long is
+/// hashed on a helper thread while the calling thread runs `work` (for metadata: parsing it
+/// and checking its signatures), so that a large targets role costs the longer of the two
+/// rather than their sum. Nothing `work` returns is used unless the length and every hash
+/// match: a failed check is the error, whatever `work` found, as if it had come first.
+/// `work` must therefore not change anything (it reads bytes no one has vouched for yet).
+pub fn verify_bytes_while<T>(
+    what: &str,
+    data: &[u8],
+    length: Option<u64>,
+    hashes: Option<&Hashes>,
+    work: impl FnOnce() -> Result<T>,
+) -> Result<T> {
+    let len = data.len() as u64;
+    if len < PARALLEL_MIN_LENGTH || length.is_some_and(|l| l != len) {
+        verify_bytes(what, data, length, hashes)?;
+        return work();
+    }
+    std::thread::scope(|s| {
+        let helper = std::thread::Builder::new()
+            .name("rampart-hash".into())
+            .spawn_scoped(s, || verify_bytes(what, data, length, hashes));
+        let Ok(helper) = helper else {
+            verify_bytes(what, data, length, hashes)?;
+            return work();
+        };
+        let out = work();
+        helper
+            .join()
+            .unwrap_or_else(|_| Err(Error::Workflow(format!("hashing {what} failed"))))?;
+        out
+    })
+}
+
 /// Files at least this long, with more than one hash, are hashed on two threads.
 pub const PARALLEL_MIN_LENGTH: u64 = 4 * 1024 * 1024;
 
@@ -361,6 +395,50 @@ mod tests {
         let mut v = StreamVerifier::new("img", Some(len), len, Some(&good)).unwrap();
         v.update(data.get(..1000).unwrap()).unwrap();
         drop(v);
+    }
+
+    /// A large document is hashed while `work` runs on it; whatever `work` found, a failed
+    /// length or hash check is the answer (its bytes were never vouched for).
+    #[test]
+    fn a_failed_check_wins_over_the_work_done_meanwhile() {
+        for len in [100, PARALLEL_MIN_LENGTH + 3] {
+            let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            let good = compute_hashes(&data);
+            let mut bad = good.clone();
+            bad.insert("sha512".into(), compute_hashes(b"other")["sha512"].clone());
+            let ran = std::sync::atomic::AtomicUsize::new(0);
+            let work = |r: Result<u32>| {
+                ran.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                r
+            };
+            let check = |hashes: &Hashes, length: u64, r: Result<u32>| {
+                verify_bytes_while("role", &data, Some(length), Some(hashes), || work(r))
+            };
+            assert_eq!(check(&good, len, Ok(7)), Ok(7));
+            let malformed = || Err(Error::malformed("role", "not JSON"));
+            assert_eq!(
+                check(&good, len, malformed()).unwrap_err().rule(),
+                "malformed"
+            );
+            let mismatch = Err(Error::HashMismatch {
+                what: "role".into(),
+                algorithm: "sha512".into(),
+            });
+            assert_eq!(check(&bad, len, Ok(7)), mismatch);
+            assert_eq!(check(&bad, len, malformed()), mismatch);
+            assert_eq!(
+                check(&good, len + 1, Ok(7)).unwrap_err().rule(),
+                "length-mismatch"
+            );
+            // In parallel for a large document of the signed length; otherwise after the
+            // check, so not at all when it fails.
+            let expected = if len >= PARALLEL_MIN_LENGTH { 4 } else { 2 };
+            assert_eq!(
+                ran.load(std::sync::atomic::Ordering::SeqCst),
+                expected,
+                "{len}"
+            );
+        }
     }
 
     #[test]

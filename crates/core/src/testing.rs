@@ -17,7 +17,7 @@ use crate::hash::compute_hashes;
 use crate::key::{KeyId, KeyScheme};
 use crate::metadata::{
     sign_role, DelegatedRole, Delegations, Expiry, MetaFile, RoleKeys, Root, Snapshot, TargetFile,
-    Targets, Timestamp, HARDWARE_IDS_FIELD, SPEC_VERSION,
+    TargetMap, Targets, Timestamp, HARDWARE_IDS_FIELD, SPEC_VERSION,
 };
 use crate::signer::{InMemorySigner, Signer};
 
@@ -59,7 +59,7 @@ fn empty_targets(now: DateTime<Utc>) -> Targets {
         spec_version: SPEC_VERSION.into(),
         version: 1,
         expires: expiry(now + Duration::days(365)),
-        targets: BTreeMap::new(),
+        targets: TargetMap::new(),
         delegations: None,
         unrecognized: BTreeMap::new(),
     }

@@ -337,7 +337,33 @@ impl TrustedSet {
                 listed_in: "snapshot".into(),
             })?
             .clone();
-        check_meta(role, bytes, &meta)?;
+        let new = hash::verify_bytes_while(role, bytes, meta.length, meta.hashes.as_ref(), || {
+            self.read_targets(bytes, role, delegator)
+        })?;
+        if new.version != meta.version {
+            return Err(Error::VersionMismatch {
+                role: role.to_owned(),
+                expected: meta.version,
+                found: new.version,
+                listed_by: "snapshot".into(),
+            });
+        }
+        check_expiry(role, &new, self.reference_time)?;
+        self.verified_under
+            .insert(role.to_owned(), delegator.to_owned());
+        self.targets.insert(
+            role.to_owned(),
+            Verified {
+                signed: new,
+                bytes: bytes.to_vec(),
+            },
+        );
+        Ok(())
+    }
+
+    /// A targets role's bytes parsed, checked against its delegator's keys and threshold, and
+    /// typed; nothing is changed (see [`hash::verify_bytes_while`]).
+    fn read_targets(&self, bytes: &[u8], role: &str, delegator: &str) -> Result<Targets> {
         let env = Envelope::parse(bytes, role)?;
         if let Some(found) = env.type_field().filter(|t| *t != "targets") {
             return Err(Error::WrongType {
@@ -373,25 +399,6 @@ impl TrustedSet {
                     })?;
             env.verify(role, &delegations.keys, keyids, threshold)?;
         }
-        let new: Targets = env.typed(role)?;
-        if new.version != meta.version {
-            return Err(Error::VersionMismatch {
-                role: role.to_owned(),
-                expected: meta.version,
-                found: new.version,
-                listed_by: "snapshot".into(),
-            });
-        }
-        check_expiry(role, &new, self.reference_time)?;
-        self.verified_under
-            .insert(role.to_owned(), delegator.to_owned());
-        self.targets.insert(
-            role.to_owned(),
-            Verified {
-                signed: new,
-                bytes: bytes.to_vec(),
-            },
-        );
-        Ok(())
+        env.typed(role)
     }
 }

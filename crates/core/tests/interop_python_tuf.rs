@@ -617,7 +617,7 @@ fn rampart_signed_repository_for_python_tuf() {
         spec_version: SPEC_VERSION.into(),
         version: 1,
         expires: far(),
-        targets: top,
+        targets: top.into(),
         delegations: Some(Delegations {
             keys: keys_of(&[&acme_keys[0], &acme_keys[1]]),
             roles: Some(vec![DelegatedRole {
@@ -639,7 +639,7 @@ fn rampart_signed_repository_for_python_tuf() {
         spec_version: SPEC_VERSION.into(),
         version: 3,
         expires: far(),
-        targets: acme_targets,
+        targets: acme_targets.into(),
         delegations: None,
         unrecognized: BTreeMap::new(),
     };

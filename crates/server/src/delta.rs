@@ -193,7 +193,7 @@ pub async fn record(db: &Db, role: &Targets) -> Result<usize> {
         };
         let Some(of) = custom.delta else { continue };
         let offer = DeltaOffer {
-            path: name.clone(),
+            path: name.to_owned(),
             length: file.length,
             hashes: file.hashes.clone(),
             format: of.format,

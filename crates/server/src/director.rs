@@ -562,7 +562,7 @@ impl Director {
             spec_version: SPEC_VERSION.into(),
             version,
             expires: Expiry::new(expires),
-            targets,
+            targets: targets.into(),
             delegations: None,
             unrecognized,
         };

@@ -109,7 +109,7 @@ pub async fn create(
                     Some(enc) => images.insert(enc.ciphertext.path.clone()),
                     None => images.insert(target_url_path(
                         &TargetInfo {
-                            path: name.clone(),
+                            path: name.to_owned(),
                             file: file.clone(),
                             role: "targets".into(),
                         },

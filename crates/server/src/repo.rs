@@ -167,7 +167,7 @@ pub fn empty_targets(now: DateTime<Utc>, lifetime: Duration) -> Targets {
         spec_version: SPEC_VERSION.into(),
         version: 1,
         expires: Expiry::new(now + lifetime),
-        targets: BTreeMap::new(),
+        targets: Default::default(),
         delegations: None,
         unrecognized: BTreeMap::new(),
     }

@@ -129,7 +129,7 @@ async fn timestamp_refreshes_racing_publishes_never_drop_one() {
     let state = repo.state().unwrap();
     let lost: Vec<&String> = names
         .iter()
-        .filter(|n| !state.roles["targets"].targets.contains_key(*n))
+        .filter(|n| !state.roles["targets"].targets.contains_key(n))
         .collect();
     assert!(lost.is_empty(), "publishes lost to a refresh: {lost:?}");
     assert_eq!(timestamp(&layout).1, newest_snapshot(&layout));

@@ -146,7 +146,8 @@ async fn serve_forged(
                 custom: Some(custom.to_value()),
                 unrecognized: BTreeMap::new(),
             },
-        )]),
+        )])
+        .into(),
         delegations: None,
         unrecognized: BTreeMap::from([(
             DIRECTOR_VEHICLE_FIELD.to_owned(),

@@ -16,6 +16,7 @@ mod delegation;
 mod expiry;
 mod root;
 mod snapshot;
+mod target_map;
 mod targets;
 mod timestamp;
 
@@ -29,6 +30,7 @@ pub use delegation::{is_delegated_path, succinct_role_for};
 pub use expiry::Expiry;
 pub use root::{RoleKeys, Root};
 pub use snapshot::Snapshot;
+pub use target_map::TargetMap;
 pub use targets::{
     Delegate, DelegatedRole, Delegations, SuccinctRoles, TargetFile, Targets, HARDWARE_IDS_FIELD,
 };
@@ -212,11 +214,14 @@ impl Envelope {
         let Some(signatures) = sigs else {
             return Ok(None);
         };
-        let canonical_signed = fast
-            .document
-            .get(fast.signed)
-            .map(<[u8]>::to_vec)
-            .unwrap_or_default();
+        // The document's buffer becomes the signed part's (no second copy of a large role).
+        let mut canonical_signed = fast.document;
+        if fast.signed.start <= fast.signed.end && fast.signed.end <= canonical_signed.len() {
+            canonical_signed.truncate(fast.signed.end);
+            canonical_signed.drain(..fast.signed.start);
+        } else {
+            canonical_signed.clear();
+        }
         Self::checked(None, fast.type_field, signatures, canonical_signed, role).map(Some)
     }
 

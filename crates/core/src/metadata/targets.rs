@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::root::validate_role_keys;
-use super::{delegation, Expiry, RoleMetadata, TOP_LEVEL_ROLES};
+use super::{delegation, Expiry, RoleMetadata, TargetMap, TOP_LEVEL_ROLES};
 use crate::error::{Error, Result};
 use crate::hash::Hashes;
 use crate::key::{Key, KeyId};
@@ -237,8 +237,8 @@ pub struct Targets {
     pub version: u64,
     /// Expiry.
     pub expires: Expiry,
-    /// Target path → description.
-    pub targets: BTreeMap<String, TargetFile>,
+    /// Target path → description (entries of a document read are built when used).
+    pub targets: TargetMap,
     /// Delegations to other roles, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delegations: Option<Delegations>,
@@ -252,13 +252,11 @@ impl RoleMetadata for Targets {
 
     super::common_role_fields!();
     fn validate(&self, role: &str) -> Result<()> {
-        for (name, t) in &self.targets {
-            if t.hashes.is_empty() {
-                return Err(Error::malformed(
-                    role,
-                    format!("target {name:?} has no hashes"),
-                ));
-            }
+        if let Some(name) = self.targets.first_without_hashes() {
+            return Err(Error::malformed(
+                role,
+                format!("target {name:?} has no hashes"),
+            ));
         }
         if let Some(d) = &self.delegations {
             d.validate(role)?;

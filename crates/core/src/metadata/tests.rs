@@ -319,3 +319,62 @@ fn fast_and_tree_parse_paths_agree() {
         "the fast path is taken for sorted documents"
     );
 }
+
+/// A targets role read from a document builds its entries only when they are used, yet is
+/// refused as a whole when any entry is malformed (whichever parse path read it), and
+/// serialises to the same canonical bytes, so its signatures still verify.
+#[test]
+fn targets_read_lazily_are_checked_whole_and_round_trip() {
+    let s = signer();
+    let entry = |n: u64| {
+        json!({
+            "length": n,
+            "hashes": {"sha256": format!("{n:064x}")},
+            "custom": {"hardwareIds": ["hw"], "x": [1, {"b": 2, "a": 1}]},
+            "later": true,
+        })
+    };
+    let mut targets = json!({
+        "_type": "targets",
+        "spec_version": "1.0.31",
+        "version": 1,
+        "expires": "2030-01-01T00:00:00Z",
+        "targets": {"a.bin": entry(1), "dir/\"q\".bin": entry(2), "z.bin": entry(3)},
+    });
+    let doc = sign_role(&targets, &[&s]).unwrap();
+    for tree in [false, true] {
+        let env = if tree {
+            Envelope::parse_tree(&doc, "targets").unwrap()
+        } else {
+            Envelope::parse(&doc, "targets").unwrap()
+        };
+        assert_eq!(env.signed.is_some(), tree);
+        let t: Targets = env.typed("targets").unwrap();
+        assert!(t.targets.is_lazy());
+        assert_eq!(t.targets.len(), 3);
+        assert_eq!(t.targets.get("dir/\"q\".bin").unwrap().length, 2);
+        let (keys, ids) = keys_of(&[&s]);
+        env.verify("targets", &keys, &ids, 1).unwrap();
+        assert_eq!(
+            canonical::to_canonical(&serde_json::to_value(&t).unwrap()).unwrap(),
+            env.canonical_signed
+        );
+    }
+    for (field, bad) in [
+        ("hashes", json!({})),
+        ("length", json!("1")),
+        ("hashes", json!({"sha256": 1})),
+    ] {
+        targets["targets"]["dir/\"q\".bin"][field] = bad;
+        let doc = sign_role(&targets, &[&s]).unwrap();
+        for env in [
+            Envelope::parse(&doc, "targets").unwrap(),
+            Envelope::parse_tree(&doc, "targets").unwrap(),
+        ] {
+            let e = env.typed::<Targets>("targets").unwrap_err();
+            assert_eq!(e.rule(), "malformed");
+            assert!(e.to_string().contains("dir/\\\"q\\\".bin"), "{e}");
+        }
+        targets["targets"]["dir/\"q\".bin"] = entry(2);
+    }
+}

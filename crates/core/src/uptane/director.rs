@@ -76,7 +76,7 @@ pub fn verify_director_targets(
                 })?;
                 if *known != assignment.hardware_id {
                     return Err(Error::HardwareIdMismatch {
-                        target: name.clone(),
+                        target: name.to_owned(),
                         expected: known.clone(),
                         found: assignment.hardware_id,
                     });
@@ -85,7 +85,7 @@ pub fn verify_director_targets(
             out.push(DirectorInstruction {
                 ecu_id,
                 hardware_id: assignment.hardware_id,
-                target: name.clone(),
+                target: name.to_owned(),
                 file: file.clone(),
                 release_counter: custom.release_counter,
                 encryption: assignment.encryption,

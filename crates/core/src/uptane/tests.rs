@@ -78,7 +78,7 @@ fn director_vehicle(director: &mut TestRepo, vin: &str) {
 
 /// Director assigns `name` (copied from the image repository) to `ecu`.
 fn assign(f: &mut Fleet, ecu: &str, hw: &str, name: &str, role: &str) {
-    let file = f.image.targets[role].targets[name].clone();
+    let file = f.image.targets[role].targets.get(name).unwrap().clone();
     let counter = image_custom(name, &file).unwrap().release_counter;
     let t = f.director.targets.get_mut("targets").unwrap();
     let mut ecus = t
@@ -201,7 +201,10 @@ fn nothing_assigned_stops_before_the_image_repository() {
 fn already_installed_images_are_not_updates() {
     let mut f = fleet();
     assign(&mut f, "TBOX-1", "tbox-a", "tbox-2.bin", "targets");
-    let file = &f.image.targets["targets"].targets["tbox-2.bin"];
+    let file = &f.image.targets["targets"]
+        .targets
+        .get("tbox-2.bin")
+        .unwrap();
     let installed = BTreeMap::from([(
         "TBOX-1".to_string(),
         InstalledImage {
@@ -356,7 +359,11 @@ fn supplier_delegation_is_resolved_with_the_hardware_id() {
     let mut f = fleet();
     // The IVI image is only signed by acme for hardware ivi-x; a T-BOX asking for it fails.
     f.ecus.insert("TBOX-1".into(), "tbox-a".into());
-    let file = f.image.targets["acme"].targets["ivi/app-3.bin"].clone();
+    let file = f.image.targets["acme"]
+        .targets
+        .get("ivi/app-3.bin")
+        .unwrap()
+        .clone();
     let t = f.director.targets.get_mut("targets").unwrap();
     let mut file2 = file.clone();
     file2.custom = Some(
@@ -846,7 +853,11 @@ fn encrypted_assignment_reaches_only_its_ecu() {
             hashes: crate::hash::compute_hashes(&ciphertext),
         },
     };
-    let file = f.image.targets["acme"].targets["ivi/app-3.bin"].clone();
+    let file = f.image.targets["acme"]
+        .targets
+        .get("ivi/app-3.bin")
+        .unwrap()
+        .clone();
     let t = f.director.targets.get_mut("targets").unwrap();
     let mut entry = file.clone();
     entry.custom = Some(
@@ -890,7 +901,11 @@ fn encrypted_assignment_reaches_only_its_ecu() {
 fn delta_fleet(image_delta: Option<DeltaOf>, tamper: impl FnOnce(&mut DeltaOffer)) -> Fleet {
     let mut f = fleet();
     let v2 = b"ivi app v2";
-    let v3 = &f.image.targets["acme"].targets["ivi/app-3.bin"].clone();
+    let v3 = &f.image.targets["acme"]
+        .targets
+        .get("ivi/app-3.bin")
+        .unwrap()
+        .clone();
     let source = ImageRef {
         filename: "ivi/app-2.bin".into(),
         length: v2.len() as u64,

@@ -211,7 +211,7 @@ pub(super) fn image_entries(repo: &Repository) -> Result<Vec<ImageEntry>> {
     for (role, t) in &state.roles {
         for (name, f) in &t.targets {
             out.push(ImageEntry {
-                name: name.clone(),
+                name: name.to_owned(),
                 role: role.clone(),
                 length: f.length,
                 hashes: serde_json::to_value(&f.hashes).unwrap_or_default(),

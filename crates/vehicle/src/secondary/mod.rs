@@ -633,7 +633,7 @@ mod tests {
             unrecognized: BTreeMap::new(),
         };
         let targets = repo.targets.get_mut("targets").unwrap();
-        targets.targets = BTreeMap::from([(target.to_owned(), file)]);
+        targets.targets = BTreeMap::from([(target.to_owned(), file)]).into();
         targets.unrecognized.insert(
             DIRECTOR_VEHICLE_FIELD.into(),
             serde_json::json!({ "vin": VIN }),
