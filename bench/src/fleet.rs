@@ -13,6 +13,7 @@
 //!    timestamp the vehicle holds, answered 304): rate, p99, CPU per check-in.
 //!
 //! Manifests are signed before the clock starts. The server's peak RSS is its `VmHWM`.
+//! `--until campaign` stops after step 2 (to study registration and the wave alone).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -226,6 +227,13 @@ async fn run(args: &Args) -> anyhow::Result<Value> {
     }
     let campaign_s = t.elapsed().as_secs_f64();
     eprintln!("fleet: campaign over {vehicles} vehicles created in {campaign_s:.1}s");
+    if args.get("until") == Some("campaign") {
+        return Ok(json!({
+            "vehicles": vehicles,
+            "registration": registration,
+            "campaign_create_s": campaign_s,
+        }));
+    }
 
     // 3. The storm: every vehicle once, its first contact.
     let mut server_pids: Vec<u32> = server_pid.into_iter().collect();

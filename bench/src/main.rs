@@ -15,6 +15,7 @@
 //! | `footprint` | runs a lab update with the slim agent and records its peak RSS |
 //! | `campaign` | the director's cost of campaigns: creation over a fleet, check-ins with one running |
 //! | `flash` | a legacy ECU flashed over UDS on DoIP against the same image over the in-vehicle protocol |
+//! | `fleet` | a fleet at scale against a running server: registration, one wave over all, the storm, steady state (`--until campaign` stops after the wave) |
 //! | `delta-create`, `delta-apply`, `delta-synth` | deltas: made by Rampart or qbsdiff as shipped, applied by the ECU's streaming applier, a large synthetic release pair |
 //!
 //! Built as a `[[bench]]` target of `rampart-lab` (`harness = false`), so it is compiled with
