@@ -712,3 +712,92 @@ async fn a_wave_over_more_than_one_batch_instructs_each_ecu_once_on_sqlite() {
 async fn a_wave_over_more_than_one_batch_instructs_each_ecu_once_on_postgres() {
     common::with_postgres(wave_over_batches).await;
 }
+
+/// Targeting reads the fleet without keys or hashes (`fleet_page`): it still leaves out
+/// removed vehicles and ECUs that run the release (or something newer), chooses by tag and
+/// hardware ID, and refuses an encrypted image for ECUs without an encryption key.
+async fn targeting(url: String) {
+    let (d, _dir) = director(&url).await;
+    let mut cars = fleet(&d, 5, "id4").await;
+    let db = d.db();
+    db.set_labels(
+        &cars[0].vin,
+        &BTreeMap::from([("model".into(), "id4".into())]),
+        &["beta".to_owned()].into(),
+    )
+    .await
+    .unwrap();
+    db.remove_vehicle(&cars[4].vin, "scrapped").await.unwrap();
+    for (car, running, counter) in [(2, "ivi/app-2.0.bin", 2), (3, "ivi/app-9.bin", 9)] {
+        let ivi = cars[car].ecus.iter_mut().find(|e| e.id == "IVI").unwrap();
+        ivi.installed.filename = running.into();
+        ivi.installed.release_counter = counter;
+        cars[car].cycle(&d).await;
+    }
+    let vins = |status: campaign::CampaignStatus| {
+        let mut v: Vec<String> = status.vehicles.into_iter().map(|v| v.vin).collect();
+        v.sort();
+        v
+    };
+    let mut s = spec("all", "all", Criteria::default());
+    s.start = false;
+    campaign::create(&d, s, release(), Utc::now())
+        .await
+        .unwrap();
+    assert_eq!(
+        vins(campaign::status(db, "all").await.unwrap()),
+        [cars[0].vin.clone(), cars[1].vin.clone()]
+    );
+    let c = db.campaign("all").await.unwrap().unwrap();
+    let log = db.campaign_log(c.id).await.unwrap();
+    assert!(
+        log[0].detail.contains("2 ECUs already up to date"),
+        "{:?}",
+        log[0].detail
+    );
+    campaign::cancel(&d, "all", "next").await.unwrap();
+
+    let mut s = spec("beta", "all", Criteria::default());
+    s.start = false;
+    s.target.tags.insert("beta".into());
+    s.target.hardware_ids.insert("tbox-hw".into());
+    campaign::create(&d, s, release(), Utc::now())
+        .await
+        .unwrap();
+    assert_eq!(
+        vins(campaign::status(db, "beta").await.unwrap()),
+        [cars[0].vin.clone()]
+    );
+    campaign::cancel(&d, "beta", "next").await.unwrap();
+
+    let mut s = spec("bcm", "all", Criteria::default());
+    s.target.hardware_ids.insert("bcm-hw".into());
+    let e = campaign::create(&d, s, release(), Utc::now())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("target set is empty"), "{e}");
+
+    let mut encrypted = release();
+    encrypted[0].encrypted = true;
+    let e = campaign::create(
+        &d,
+        spec("enc", "all", Criteria::default()),
+        encrypted,
+        Utc::now(),
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("has no encryption key registered"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn targeting_leaves_out_removed_and_up_to_date_and_chooses_by_tag_on_sqlite() {
+    common::with_sqlite(targeting).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn targeting_leaves_out_removed_and_up_to_date_and_chooses_by_tag_on_postgres() {
+    common::with_postgres(targeting).await;
+}

@@ -31,14 +31,14 @@ use chrono::{DateTime, Utc};
 use rampart_core::rule::Rule;
 use serde::{Deserialize, Serialize};
 
-use crate::db::{Assignment, Db, Vehicle};
+use crate::db::{Assignment, Db};
 use crate::director::Director;
 use crate::error::{Error, Result};
 use rampart_core::uptane::window::MaintenanceWindow;
 
 pub use plan::{Criteria, Progress, WaveCounts};
 pub use store::LogEntry;
-use store::{MemberRow, NewMember};
+use store::{FleetVehicle, MemberRow, NewMember};
 
 /// Which vehicles a campaign is for: the VINs listed, or every vehicle whose attributes,
 /// tags and ECUs match (all of the given conditions). Only vehicles with an ECU of a
@@ -60,7 +60,7 @@ pub struct TargetSet {
 }
 
 impl TargetSet {
-    fn matches(&self, v: &Vehicle) -> bool {
+    fn matches(&self, v: &FleetVehicle) -> bool {
         (self.vins.is_empty() || self.vins.contains(&v.vin))
             && self
                 .attributes
@@ -403,7 +403,7 @@ pub async fn create(
     let mut no_key: Option<Error> = None;
     let mut after = String::new();
     loop {
-        let page = db.vehicles(&after, FLEET_PAGE).await?;
+        let page = db.fleet_page(&after, FLEET_PAGE).await?;
         let done = page.len() < FLEET_PAGE as usize;
         registered += page.len();
         if let Some(last) = page.last() {
@@ -424,15 +424,13 @@ pub async fn create(
                     continue;
                 };
                 matched += 1;
-                if let Some(running) = &ecu.installed {
-                    if running.target == image.target
-                        || running.release_counter > image.release_counter
-                    {
+                if let Some((target, release_counter)) = &ecu.installed {
+                    if *target == image.target || *release_counter > image.release_counter {
                         up_to_date += 1;
                         continue;
                     }
                 }
-                if image.encrypted && ecu.encryption_key.is_none() {
+                if image.encrypted && !ecu.has_encryption_key {
                     // Said after an unknown VIN, as before the fleet was read in pages.
                     no_key.get_or_insert_with(|| {
                         Error::BadRequest(format!(

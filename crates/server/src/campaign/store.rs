@@ -51,6 +51,26 @@ pub(super) struct NewMember {
     pub target: String,
 }
 
+/// A vehicle as targeting a campaign reads it: what the target set matches on and what
+/// choosing its members needs — no keys, no hashes, nothing parsed that is not used.
+#[derive(Debug, Clone)]
+pub(super) struct FleetVehicle {
+    pub vin: String,
+    pub attributes: std::collections::BTreeMap<String, String>,
+    pub tags: BTreeSet<String>,
+    pub ecus: Vec<FleetEcu>,
+}
+
+/// One ECU of a [`FleetVehicle`].
+#[derive(Debug, Clone)]
+pub(super) struct FleetEcu {
+    pub ecu_id: String,
+    pub hardware_id: String,
+    /// The image it reported running and its release counter.
+    pub installed: Option<(String, u64)>,
+    pub has_encryption_key: bool,
+}
+
 /// An entry of a campaign's operations log.
 #[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct LogEntry {
@@ -146,6 +166,64 @@ impl Db {
             .await
             .map_err(db_err("running campaigns"))?;
         rows.iter().map(|r| get_i64(r, "id")).collect()
+    }
+
+    /// A page of the fleet for targeting a campaign (removed vehicles left out), in VIN order,
+    /// at most `limit` vehicles after `after`. Campaign creation reads the whole fleet this
+    /// way; the general vehicle read (`Db::vehicles`) also parses every ECU's public key and
+    /// hashes, which targeting never looks at.
+    pub(super) async fn fleet_page(&self, after: &str, limit: u32) -> Result<Vec<FleetVehicle>> {
+        let rows = sqlx::query(
+            "SELECT v.vin AS vin, v.attributes AS attributes, v.tags AS tags, \
+             e.ecu_id AS ecu_id, e.hardware_id AS hardware_id, \
+             e.encryption_key AS encryption_key, e.installed_target AS installed_target, \
+             e.installed_release_counter AS installed_release_counter \
+             FROM (SELECT vin, attributes, tags FROM vehicles \
+             WHERE removed_at IS NULL AND vin > $1 ORDER BY vin LIMIT $2) v \
+             LEFT JOIN ecus e ON e.vin = v.vin ORDER BY v.vin, e.ecu_id",
+        )
+        .bind(after)
+        .bind(i64::from(limit))
+        .fetch_all(self.pool())
+        .await
+        .map_err(db_err("fleet page"))?;
+        let mut out: Vec<FleetVehicle> = Vec::new();
+        for r in &rows {
+            let vin = get_str(r, "vin")?;
+            if out.last().is_none_or(|v| v.vin != vin) {
+                out.push(FleetVehicle {
+                    vin,
+                    attributes: json_as(
+                        get_opt_str(r, "attributes")?.as_deref().unwrap_or("{}"),
+                        "attributes",
+                    )?,
+                    tags: json_as(get_opt_str(r, "tags")?.as_deref().unwrap_or("[]"), "tags")?,
+                    ecus: Vec::new(),
+                });
+            }
+            // No ECU row: the LEFT JOIN's NULLs.
+            let Some(ecu_id) = get_opt_str(r, "ecu_id")? else {
+                continue;
+            };
+            let installed = match get_opt_str(r, "installed_target")? {
+                Some(target) => Some((
+                    target,
+                    u64::try_from(get_opt_i64(r, "installed_release_counter")?.unwrap_or(0))
+                        .map_err(|_| Error::Database("negative release counter".into()))?,
+                )),
+                None => None,
+            };
+            let ecu = FleetEcu {
+                ecu_id,
+                hardware_id: get_str(r, "hardware_id")?,
+                installed,
+                has_encryption_key: get_opt_str(r, "encryption_key")?.is_some(),
+            };
+            if let Some(v) = out.last_mut() {
+                v.ecus.push(ecu);
+            }
+        }
+        Ok(out)
     }
 
     /// A campaign's members with their assignments' state, by wave and VIN.
