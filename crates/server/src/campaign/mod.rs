@@ -303,8 +303,11 @@ fn parse_time(s: Option<&str>) -> Option<DateTime<Utc>> {
         .map(|t| t.with_timezone(&Utc))
 }
 
-/// Vehicles read per query when a campaign reads the fleet.
-const FLEET_PAGE: u32 = 1000;
+/// Vehicles read per query when a campaign reads the fleet (a page of `FleetVehicle`s is
+/// small: no keys). Before PostgreSQL has statistics of a freshly registered fleet, each page
+/// of vehicles may be planned as a scan and sort of the table, so pages are large: 100 pages
+/// of 1,000 took 1.3 s at 100,000 vehicles.
+const FLEET_PAGE: u32 = 5000;
 
 /// Refuses ECUs already in another running, paused or halted campaign.
 async fn check_conflicts(db: &Db, id: i64, members: &[(String, String)]) -> Result<()> {

@@ -173,36 +173,51 @@ impl Db {
     /// way; the general vehicle read (`Db::vehicles`) also parses every ECU's public key and
     /// hashes, which targeting never looks at.
     pub(super) async fn fleet_page(&self, after: &str, limit: u32) -> Result<Vec<FleetVehicle>> {
+        // Two range reads by primary key, the page and then its ECUs, rather than a join:
+        // right after a bulk registration (before PostgreSQL's statistics catch up) the
+        // join was planned as a scan of every ECU, 68 ms a page of 1,000 at 100,000 vehicles.
         let rows = sqlx::query(
-            "SELECT v.vin AS vin, v.attributes AS attributes, v.tags AS tags, \
-             e.ecu_id AS ecu_id, e.hardware_id AS hardware_id, \
-             e.encryption_key AS encryption_key, e.installed_target AS installed_target, \
-             e.installed_release_counter AS installed_release_counter \
-             FROM (SELECT vin, attributes, tags FROM vehicles \
-             WHERE removed_at IS NULL AND vin > $1 ORDER BY vin LIMIT $2) v \
-             LEFT JOIN ecus e ON e.vin = v.vin ORDER BY v.vin, e.ecu_id",
+            "SELECT vin, attributes, tags FROM vehicles \
+             WHERE removed_at IS NULL AND vin > $1 ORDER BY vin LIMIT $2",
         )
         .bind(after)
         .bind(i64::from(limit))
         .fetch_all(self.pool())
         .await
         .map_err(db_err("fleet page"))?;
-        let mut out: Vec<FleetVehicle> = Vec::new();
+        let mut out = Vec::with_capacity(rows.len());
         for r in &rows {
-            let vin = get_str(r, "vin")?;
-            if out.last().is_none_or(|v| v.vin != vin) {
-                out.push(FleetVehicle {
-                    vin,
-                    attributes: json_as(
-                        get_opt_str(r, "attributes")?.as_deref().unwrap_or("{}"),
-                        "attributes",
-                    )?,
-                    tags: json_as(get_opt_str(r, "tags")?.as_deref().unwrap_or("[]"), "tags")?,
-                    ecus: Vec::new(),
-                });
-            }
-            // No ECU row: the LEFT JOIN's NULLs.
-            let Some(ecu_id) = get_opt_str(r, "ecu_id")? else {
+            out.push(FleetVehicle {
+                vin: get_str(r, "vin")?,
+                attributes: json_as(
+                    get_opt_str(r, "attributes")?.as_deref().unwrap_or("{}"),
+                    "attributes",
+                )?,
+                tags: json_as(get_opt_str(r, "tags")?.as_deref().unwrap_or("[]"), "tags")?,
+                ecus: Vec::new(),
+            });
+        }
+        let Some(last) = out.last().map(|v| v.vin.clone()) else {
+            return Ok(out);
+        };
+        let index: std::collections::HashMap<String, usize> = out
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (v.vin.clone(), i))
+            .collect();
+        let rows = sqlx::query(
+            "SELECT vin, ecu_id, hardware_id, encryption_key, installed_target, \
+             installed_release_counter FROM ecus WHERE vin > $1 AND vin <= $2 \
+             ORDER BY vin, ecu_id",
+        )
+        .bind(after)
+        .bind(&last)
+        .fetch_all(self.pool())
+        .await
+        .map_err(db_err("fleet page's ECUs"))?;
+        for r in &rows {
+            // ECUs of removed vehicles in the range have no vehicle in the page.
+            let Some(v) = index.get(&get_str(r, "vin")?).and_then(|&i| out.get_mut(i)) else {
                 continue;
             };
             let installed = match get_opt_str(r, "installed_target")? {
@@ -213,15 +228,12 @@ impl Db {
                 )),
                 None => None,
             };
-            let ecu = FleetEcu {
-                ecu_id,
+            v.ecus.push(FleetEcu {
+                ecu_id: get_str(r, "ecu_id")?,
                 hardware_id: get_str(r, "hardware_id")?,
                 installed,
                 has_encryption_key: get_opt_str(r, "encryption_key")?.is_some(),
-            };
-            if let Some(v) = out.last_mut() {
-                v.ecus.push(ecu);
-            }
+            });
         }
         Ok(out)
     }
