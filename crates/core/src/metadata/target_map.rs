@@ -13,7 +13,6 @@
 //! Both kinds behave as one `BTreeMap<String, TargetFile>`: the same order (paths sorted by
 //! bytes, each once), equality by content, and the same JSON when serialised.
 
-use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::{Arc, OnceLock};
@@ -24,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use super::targets::TargetFile;
+use crate::canonical::Key;
 
 /// Target path → description, sorted by path.
 #[derive(Clone, Default)]
@@ -138,7 +138,7 @@ impl<'de> Visitor<'de> for &mut Indexer<'de> {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        while let Some(Path(path)) = map.next_key::<Path<'de>>()? {
+        while let Some(Key(path)) = map.next_key::<Key<'de>>()? {
             let value: &'de RawValue = map.next_value()?;
             let raw = value.get();
             let start = (raw.as_ptr() as usize).wrapping_sub(self.base.as_ptr() as usize);
@@ -165,28 +165,6 @@ impl<'de> Visitor<'de> for &mut Indexer<'de> {
     }
 }
 
-/// A target path, borrowed from the text unless it had escapes.
-struct Path<'de>(Cow<'de, str>);
-
-impl<'de> Deserialize<'de> for Path<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Path<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a target path")
-            }
-            fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Self::Value, E> {
-                Ok(Path(Cow::Borrowed(s)))
-            }
-            fn visit_str<E>(self, s: &str) -> Result<Self::Value, E> {
-                Ok(Path(Cow::Owned(s.to_owned())))
-            }
-        }
-        d.deserialize_str(V)
-    }
-}
-
 /// What deserialising a [`TargetFile`] requires of an entry, checked without building one:
 /// an object (not an array) with one `length` (an unsigned integer) and one `hashes` (a map of
 /// strings, at least one); `custom` and any other field may hold any JSON, kept verbatim by
@@ -203,7 +181,7 @@ impl<'de> Deserialize<'de> for Shape {
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Shape, A::Error> {
                 let (mut length, mut hashes, mut custom) = (false, false, false);
-                while let Some(Path(field)) = map.next_key::<Path<'de>>()? {
+                while let Some(Key(field)) = map.next_key::<Key<'de>>()? {
                     let seen = match field.as_ref() {
                         "length" => {
                             map.next_value::<u64>()?;
