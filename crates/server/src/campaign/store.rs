@@ -12,7 +12,7 @@ use sqlx::any::AnyRow;
 use super::{Campaign, CampaignSpec, ReleaseImage, State};
 use crate::db::{
     bind_instruction, db_err, get_i64, get_opt_i64, get_opt_str, get_str, json_as, now_text,
-    to_i64, Assignment, Db,
+    to_i64, to_u64, Assignment, Db,
 };
 use crate::error::{Error, Result};
 
@@ -223,8 +223,7 @@ impl Db {
             let installed = match get_opt_str(r, "installed_target")? {
                 Some(target) => Some((
                     target,
-                    u64::try_from(get_opt_i64(r, "installed_release_counter")?.unwrap_or(0))
-                        .map_err(|_| Error::Database("negative release counter".into()))?,
+                    to_u64(get_opt_i64(r, "installed_release_counter")?.unwrap_or(0))?,
                 )),
                 None => None,
             };
