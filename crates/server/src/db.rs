@@ -476,6 +476,30 @@ pub struct DirectorRoles {
     pub timestamp: Option<StoredRole>,
 }
 
+impl DirectorRoles {
+    /// Keeps `role` in its place (a role of another name is ignored).
+    pub(crate) fn put(&mut self, role: StoredRole) {
+        match role.role.as_str() {
+            "targets" => self.targets = Some(role),
+            "snapshot" => self.snapshot = Some(role),
+            "timestamp" => self.timestamp = Some(role),
+            _ => {}
+        }
+    }
+}
+
+/// A director document from a row of `director_roles` (columns `role`, `version`,
+/// `expires_at`, `content_digest`, `document`).
+pub(crate) fn stored_role(r: &AnyRow) -> Result<StoredRole> {
+    Ok(StoredRole {
+        role: get_str(r, "role")?,
+        version: to_u64(get_i64(r, "version")?)?,
+        expires_at: get_str(r, "expires_at")?,
+        content_digest: get_str(r, "content_digest")?,
+        document: get_str(r, "document")?,
+    })
+}
+
 /// Current time as stored (RFC 3339, seconds).
 pub fn now_text() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
@@ -594,6 +618,9 @@ fn mark_gateway_reports(v: &mut Vehicle) {
     }
 }
 
+/// A pooled connection idle this long is pinged before it is used (see [`Db::connect`]).
+const PING_WHEN_IDLE_FOR: std::time::Duration = std::time::Duration::from_secs(1);
+
 impl Db {
     /// Connects (`sqlite://PATH` — created if missing — or `postgres://…`) and runs the
     /// migrations.
@@ -626,6 +653,20 @@ impl Db {
         };
         let pool = AnyPoolOptions::new()
             .max_connections(max)
+            // sqlx pings a pooled connection before every acquire by default: one more round
+            // trip for every statement or transaction (a third of PostgreSQL's wake-ups in a
+            // check-in; sqlx also pings on release, off the request's path). Only a connection
+            // that sat idle long enough to have died unnoticed (a restarted or failed-over
+            // database, a dropped idle TCP connection) is tested; a busy one is not.
+            .test_before_acquire(false)
+            .before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    if meta.idle_for >= PING_WHEN_IDLE_FOR {
+                        sqlx::Connection::ping(conn).await?;
+                    }
+                    Ok(true)
+                })
+            })
             .after_connect(move |conn, _| {
                 Box::pin(async move {
                     if backend == Backend::Sqlite {
@@ -1036,12 +1077,22 @@ impl Db {
     /// assignments whose image is now installed complete; the check-in's security events are
     /// recorded. Returns the IDs of completed assignments.
     pub async fn record_checkin(&self, checkin: &Checkin<'_>) -> Result<Vec<i64>> {
+        Ok(self.record_checkin_reading_roles(checkin).await?.0)
+    }
+
+    /// [`Db::record_checkin`], also returning the vehicle's director documents when the
+    /// check-in read them on the way (PostgreSQL's one-statement check-in, which completes
+    /// nothing; see [`quiet_checkin`]): they are current unless something else changed since.
+    pub async fn record_checkin_reading_roles(
+        &self,
+        checkin: &Checkin<'_>,
+    ) -> Result<(Vec<i64>, Option<DirectorRoles>)> {
         let now = now_text();
         if self.backend == Backend::Postgres
             && checkin.events.is_empty()
             && checkin.progress.is_empty()
         {
-            if let Some(stored) = quiet_checkin::record(&self.pool, checkin, &now).await? {
+            if let Some((stored, roles)) = quiet_checkin::record(&self.pool, checkin, &now).await? {
                 let dropped: Vec<&ReportUpdate> = checkin
                     .reports
                     .iter()
@@ -1056,18 +1107,18 @@ impl Db {
                     }
                     tx.commit().await.map_err(db_err("commit"))?;
                 }
-                return Ok(Vec::new());
+                return Ok((Vec::new(), Some(roles)));
             }
         }
         if let Some(writer) = &self.group_commit {
             if let Some(answer) = writer.record(checkin).await {
-                return answer;
+                return Ok((answer?, None));
             }
         }
         let mut tx = self.pool.begin().await.map_err(db_err("begin"))?;
         let completed = self.record_checkin_in(&mut tx, checkin, &now).await?;
         tx.commit().await.map_err(db_err("commit"))?;
-        Ok(completed)
+        Ok((completed, None))
     }
 
     /// [`Db::record_checkin`]'s general path inside the caller's transaction (its own, or a
@@ -1299,19 +1350,7 @@ impl Db {
         .map_err(db_err("director roles"))?;
         let mut out = DirectorRoles::default();
         for r in &rows {
-            let role = StoredRole {
-                role: get_str(r, "role")?,
-                version: to_u64(get_i64(r, "version")?)?,
-                expires_at: get_str(r, "expires_at")?,
-                content_digest: get_str(r, "content_digest")?,
-                document: get_str(r, "document")?,
-            };
-            match role.role.as_str() {
-                "targets" => out.targets = Some(role),
-                "snapshot" => out.snapshot = Some(role),
-                "timestamp" => out.timestamp = Some(role),
-                _ => {}
-            }
+            out.put(stored_role(r)?);
         }
         Ok(out)
     }
@@ -1326,16 +1365,7 @@ impl Db {
         .fetch_optional(&self.pool)
         .await
         .map_err(db_err("director role"))?;
-        row.map(|r| {
-            Ok(StoredRole {
-                role: get_str(&r, "role")?,
-                version: to_u64(get_i64(&r, "version")?)?,
-                expires_at: get_str(&r, "expires_at")?,
-                content_digest: get_str(&r, "content_digest")?,
-                document: get_str(&r, "document")?,
-            })
-        })
-        .transpose()
+        row.map(|r| stored_role(&r)).transpose()
     }
 
     /// Replaces director documents of `vin`, each only if its stored version is still

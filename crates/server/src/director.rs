@@ -33,8 +33,8 @@ use rampart_core::uptane::{
 use serde::Serialize;
 
 use crate::db::{
-    Aggregate, Assignment, Checkin, Db, Installed, NewEvent, ReportUpdate, StoredRole, Vehicle,
-    INSTRUCTIONS_CHANGED,
+    Aggregate, Assignment, Checkin, Db, DirectorRoles, Installed, NewEvent, ReportUpdate,
+    StoredRole, Vehicle, INSTRUCTIONS_CHANGED,
 };
 use crate::error::{Error, Result};
 use crate::keys::kek::ContentKek;
@@ -291,6 +291,18 @@ impl Director {
     /// Otherwise the instructions are derived from the inventory and compared by digest.
     pub async fn documents(&self, vin: &str, now: DateTime<Utc>) -> Result<DirectorDocs> {
         let stored = self.db.director_roles(vin).await?;
+        self.documents_from(vin, stored, now).await
+    }
+
+    /// [`Director::documents`] from the documents as the caller read them (a check-in that
+    /// read them in its own statement). Re-signing writes only over the versions read, so a
+    /// copy that went stale meanwhile costs a lost write and a fresh read, never a rollback.
+    async fn documents_from(
+        &self,
+        vin: &str,
+        stored: DirectorRoles,
+        now: DateTime<Utc>,
+    ) -> Result<DirectorDocs> {
         if let (Some(t), Some(s), Some(ts)) = (&stored.targets, &stored.snapshot, &stored.timestamp)
         {
             if !t.content_digest.starts_with(INSTRUCTIONS_CHANGED)
@@ -790,7 +802,7 @@ impl Director {
                 .map(|p| (p.target.clone(), p.ecu_id.clone(), p.stage.as_str()))
                 .collect(),
         };
-        let completed = match self.db.record_checkin(&checkin).await {
+        let (completed, roles) = match self.db.record_checkin_reading_roles(&checkin).await {
             Ok(c) => c,
             // Refused vehicle input (a replay, a counter the database cannot hold): the 4xx
             // and the event name the same rule.
@@ -817,7 +829,13 @@ impl Director {
             crate::campaign::Change::None
         };
         crate::campaign::after_checkin(self, vin, change, now).await;
-        let docs = self.documents(vin, now).await?;
+        // The documents the check-in read are current if it changed nothing they depend on.
+        let docs = match roles {
+            Some(roles) if change == crate::campaign::Change::None => {
+                self.documents_from(vin, roles, now).await?
+            }
+            _ => self.documents(vin, now).await?,
+        };
         Ok(CheckinResponse {
             director_targets_version: docs.targets.version,
             completed_assignments: completed,

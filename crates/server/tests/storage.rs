@@ -64,6 +64,7 @@ storage_suite!(
     quiet_checkins_race_once_refuse_replays_and_drop_stale_reports,
     checkins_arriving_together_are_each_decided_and_stored_when_answered,
     director_roles_replace_only_from_the_version_read,
+    a_quiet_checkin_reads_the_director_documents_it_leaves_current,
     concurrent_director_role_replace_has_one_winner,
     instruction_changes_mark_director_targets_and_fence_stale_writers,
     security_events_filter_and_limit,
@@ -1548,4 +1549,111 @@ fn test_database_url_replaces_only_the_name() {
         with_database_name("postgres://h:5432", "x"),
         "postgres://h:5432/x"
     );
+}
+
+/// A pooled PostgreSQL connection whose backend died while it sat idle (a restart, a
+/// failover, an idle TCP connection dropped on the way) is tested before it is used and
+/// replaced: no statement fails for it. The pool does not test busy connections (a round
+/// trip per statement), so this holds only for connections idle long enough (a second).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_connections_that_died_idle_are_replaced_before_use() {
+    common::with_postgres(|url| async move {
+        use sqlx::Connection;
+        let db = connect(&url).await;
+        db.register_vehicle(&new_vehicle("VIN-IDLE-0001"))
+            .await
+            .unwrap();
+        // Several connections in the pool, each idle afterwards.
+        let reads: Vec<_> = (0..8)
+            .map(|_| {
+                let db = db.clone();
+                tokio::spawn(async move { db.vehicle("VIN-IDLE-0001").await })
+            })
+            .collect();
+        for read in reads {
+            read.await.unwrap().unwrap();
+        }
+        let mut admin = sqlx::PgConnection::connect(&url).await.unwrap();
+        let killed: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = current_database() AND pid <> pg_backend_pid()) AS k",
+        )
+        .fetch_one(&mut admin)
+        .await
+        .unwrap();
+        assert!(killed >= 1, "no pooled backend to end");
+        tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+        // At once (each dead connection is taken) and one after another.
+        let reads: Vec<_> = (0..8)
+            .map(|_| {
+                let db = db.clone();
+                tokio::spawn(async move { db.vehicle("VIN-IDLE-0001").await })
+            })
+            .collect();
+        let mut results = Vec::new();
+        for read in reads {
+            results.push(read.await.unwrap());
+        }
+        for _ in 0..8 {
+            results.push(db.vehicle("VIN-IDLE-0001").await);
+        }
+        for read in results {
+            assert!(
+                matches!(read, Ok(Some(_))),
+                "a read after the backends ended: {read:?}"
+            );
+        }
+    })
+    .await;
+}
+
+/// PostgreSQL's one-statement check-in returns the vehicle's director documents as stored
+/// (the director answers from them without another read); a check-in that goes the general
+/// way (a replay, a report that completes an assignment) and SQLite return none.
+async fn a_quiet_checkin_reads_the_director_documents_it_leaves_current(url: String) {
+    let db = connect(&url).await;
+    for vin in ["VIN-Q1", "VIN-Q2"] {
+        db.register_vehicle(&new_vehicle(vin)).await.unwrap();
+        db.replace_director_roles(
+            vin,
+            &[
+                (None, role("targets", 3, vin)),
+                (None, role("snapshot", 4, vin)),
+                (None, role("timestamp", 5, vin)),
+            ],
+        )
+        .await
+        .unwrap();
+    }
+    let stored = db.director_roles("VIN-Q1").await.unwrap();
+    assert_eq!(stored.targets.as_ref().map(|t| t.version), Some(3));
+    let (completed, roles) = db
+        .record_checkin_reading_roles(&checkin("VIN-Q1", 1, vec![]))
+        .await
+        .unwrap();
+    assert!(completed.is_empty());
+    match db.backend() {
+        // Its own vehicle's, all three, whole.
+        Backend::Postgres => assert_eq!(roles, Some(stored)),
+        Backend::Sqlite => assert_eq!(roles, None),
+    }
+    // A replay is refused and reads nothing.
+    assert!(matches!(
+        db.record_checkin_reading_roles(&checkin("VIN-Q1", 1, vec![]))
+            .await,
+        Err(Error::Replay(_))
+    ));
+    // A report completing an assignment changes the instructions: no documents returned.
+    let a = assignment("VIN-Q2", "IVI-1", "fw-2.bin", 2);
+    db.create_assignment(&a).await.unwrap();
+    let (completed, roles) = db
+        .record_checkin_reading_roles(&checkin(
+            "VIN-Q2",
+            1,
+            vec![report("IVI-1", installed_as(&a), 1)],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(completed.len(), 1);
+    assert_eq!(roles, None);
 }

@@ -14,21 +14,27 @@
 //! Anything else — a replay, a report naming a pending assignment's ECU and target (it may
 //! complete it), an event to record — finds no row to move and goes the general way, which
 //! decides and names the rule.
+//!
+//! The same statement returns the vehicle's stored director documents, as they were when it
+//! ran: a quiet check-in changes no instruction, so they are what the director answers with
+//! (or re-signs) next, and reading them costs no further round trip.
 
 use std::collections::BTreeSet;
 
 use sqlx::AnyPool;
 
-use super::{bind_reports, db_err, get_str, reports_update, to_i64, Checkin};
+use super::{
+    bind_reports, db_err, get_str, reports_update, stored_role, to_i64, Checkin, DirectorRoles,
+};
 use crate::error::Result;
 
 /// What a quiet check-in did: `None` if it did nothing (take the general path), else the ECUs
-/// whose reports were stored.
+/// whose reports were stored and the vehicle's director documents.
 pub(super) async fn record(
     pool: &AnyPool,
     checkin: &Checkin<'_>,
     now: &str,
-) -> Result<Option<BTreeSet<String>>> {
+) -> Result<Option<(BTreeSet<String>, DirectorRoles)>> {
     // $1 counter, $2 now, $3 VIN, $4 nonce, $5 document; the reports from $6 on.
     let reports = if checkin.reports.is_empty() {
         String::new()
@@ -41,7 +47,7 @@ pub(super) async fn record(
     let returned = if checkin.reports.is_empty() {
         ""
     } else {
-        " UNION ALL SELECT 'report', ecu_id FROM reports"
+        " UNION ALL SELECT 'report', ecu_id, NULL, NULL, NULL, NULL, NULL FROM reports"
     };
     // A pending assignment that a report names (ECU and target) may be completed by it: the
     // general path decides. Pending assignments the reports do not name stay as they are — a
@@ -66,7 +72,7 @@ pub(super) async fn record(
          {reports}, \
          kept AS (INSERT INTO manifests (vin, counter, nonce, received_at, document) \
            SELECT vin, $1, $4, $2, $5 FROM moved RETURNING vin) \
-         SELECT 'moved' AS kind, vin AS name FROM kept{returned}"
+         SELECT 'moved' AS kind, vin AS name, NULL AS role, NULL::BIGINT AS version,            NULL AS expires_at, NULL AS content_digest, NULL AS document FROM kept{returned}          UNION ALL SELECT 'role', role, role, version, expires_at, content_digest, document            FROM director_roles WHERE vin = $3 AND EXISTS (SELECT 1 FROM kept)"
     );
     let q = sqlx::query(&sql)
         .bind(to_i64(checkin.counter)?)
@@ -80,13 +86,15 @@ pub(super) async fn record(
         .map_err(db_err("quiet check-in"))?;
     let mut moved = false;
     let mut stored = BTreeSet::new();
+    let mut roles = DirectorRoles::default();
     for row in &rows {
         match get_str(row, "kind")?.as_str() {
             "moved" => moved = true,
+            "role" => roles.put(stored_role(row)?),
             _ => {
                 stored.insert(get_str(row, "name")?);
             }
         }
     }
-    Ok(moved.then_some(stored))
+    Ok(moved.then_some((stored, roles)))
 }
