@@ -5,7 +5,7 @@
 //! the transaction that makes its consequences: two instances evaluating the same campaign at
 //! once cannot both start a wave, nor both halt it.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use sqlx::any::AnyRow;
 
@@ -577,18 +577,19 @@ pub(super) async fn wave_met(db: &Db, id: i64, wave: i64, at: &str) -> Result<()
 /// because PostgreSQL matches a batch against the whole table (a hash join over every
 /// member or assignment), so the number of batches is what costs: 500 a batch made a
 /// 100,000-vehicle wave 200 scans of each table. Bounded by the largest statement, the
-/// insert: 8 parameters a row and one more, 32,001 here, under SQLite's limit of 32,766
+/// insert: 9 parameters a row and one more, 31,501 here, under SQLite's limit of 32,766
 /// (PostgreSQL's is 65,535).
-const INSTRUCT_CHUNK: usize = 4_000;
+const INSTRUCT_CHUNK: usize = 3_500;
 
-/// Makes the assignments of members (their instructions) and links them, each only if the
-/// member still has the instruction it was read with (none, or one a halt took back): of two
-/// evaluations racing, the second finds the members claimed and makes nothing for them.
-/// Returns the members instructed, by (VIN, ECU).
+/// Makes the assignments of members (their instructions), each only if the member still has
+/// the instruction it was read with (none, or one a halt took back): of two evaluations
+/// racing, the second finds the members claimed and makes nothing for them. Returns the
+/// members instructed, by (VIN, ECU).
 ///
-/// Five statements for up to [`INSTRUCT_CHUNK`] members (claim, supersede, insert, mark the
-/// vehicles' instructions changed, link) instead of five per member: a wave over a whole
-/// fleet is 100,000 members, and its time was the statements' round trips.
+/// Four statements for up to [`INSTRUCT_CHUNK`] members (claim and link, supersede, insert,
+/// mark the vehicles' instructions changed) instead of five per member: a wave over a whole
+/// fleet is 100,000 members, and its time was the statements' round trips, then the two
+/// updates of every member row (claimed, then linked to the assignment made), now one.
 pub(super) async fn instruct(
     tx: &mut Tx<'_>,
     id: i64,
@@ -624,34 +625,57 @@ async fn instruct_chunk(
         return Ok(BTreeSet::new());
     }
     let now = now_text();
-    // Claim: the member as read (no assignment, or the withdrawn one; ids are positive).
+    // Claim: the member as read (no assignment, or the withdrawn one; ids are positive), and
+    // its new assignment's ID, given here so that each member row is updated once. PostgreSQL
+    // draws IDs from the table's sequence (shared with every other writer of assignments);
+    // SQLite, which holds its one writer's lock for the statement, numbers on from the
+    // highest ID it ever gave (AUTOINCREMENT's counter, or the highest row).
+    let new_id = if tx.backend_name() == "PostgreSQL" {
+        "nextval(pg_get_serial_sequence('assignments', 'id'))"
+    } else {
+        "(SELECT MAX(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'assignments'), 0), \
+          COALESCE((SELECT MAX(id) FROM assignments), 0))) + v.column4"
+    };
     let sql = format!(
-        "UPDATE campaign_members SET instructed_at = $1 \
-         WHERE campaign_id = $2 AND (vin, ecu_id, COALESCE(assignment_id, -1)) IN (VALUES {}) \
-         RETURNING vin, ecu_id",
-        values(members.len(), 3, 3, "")
+        "UPDATE campaign_members SET instructed_at = $1, assignment_id = {new_id} \
+         FROM (VALUES {}) AS v \
+         WHERE campaign_members.campaign_id = $2 AND campaign_members.vin = v.column1 \
+         AND campaign_members.ecu_id = v.column2 \
+         AND COALESCE(campaign_members.assignment_id, -1) = v.column3 \
+         RETURNING campaign_members.vin AS vin, campaign_members.ecu_id AS ecu_id, \
+         campaign_members.assignment_id AS assignment_id",
+        values(members.len(), 4, 3, "")
     );
     let mut q = sqlx::query(&sql).bind(&now).bind(id);
-    for (m, _) in members {
+    for (k, (m, _)) in (1_i64..).zip(members) {
         q = q
             .bind(&m.vin)
             .bind(&m.ecu_id)
-            .bind(m.assignment_id.unwrap_or(-1));
+            .bind(m.assignment_id.unwrap_or(-1))
+            .bind(k);
     }
-    let claimed: BTreeSet<(String, String)> = q
+    let claimed: BTreeMap<(String, String), i64> = q
         .fetch_all(&mut **tx)
         .await
         .map_err(db_err("claim campaign members"))?
         .iter()
-        .map(|r| Ok((get_str(r, "vin")?, get_str(r, "ecu_id")?)))
+        .map(|r| {
+            Ok((
+                (get_str(r, "vin")?, get_str(r, "ecu_id")?),
+                get_i64(r, "assignment_id")?,
+            ))
+        })
         .collect::<Result<_>>()?;
-    let mine: Vec<&Assignment> = members
+    let mine: Vec<(i64, &Assignment)> = members
         .iter()
-        .filter(|(m, _)| claimed.contains(&(m.vin.clone(), m.ecu_id.clone())))
-        .map(|(_, a)| a)
+        .filter_map(|(m, a)| {
+            claimed
+                .get(&(m.vin.clone(), m.ecu_id.clone()))
+                .map(|assignment_id| (*assignment_id, a))
+        })
         .collect();
     if mine.is_empty() {
-        return Ok(claimed);
+        return Ok(claimed.into_keys().collect());
     }
     // Supersede what else is pending for these ECUs (see `Db::insert_assignment`).
     let sql = format!(
@@ -660,42 +684,25 @@ async fn instruct_chunk(
         values(mine.len(), 2, 1, "")
     );
     let mut q = sqlx::query(&sql);
-    for a in &mine {
+    for (_, a) in &mine {
         q = q.bind(&a.vin).bind(&a.ecu_id);
     }
     q.execute(&mut **tx).await.map_err(db_err("supersede"))?;
     let sql = format!(
-        "INSERT INTO assignments (vin, ecu_id, target, length, hashes, release_counter, encrypt, \
-         maintenance_window, status, created_at) VALUES {} RETURNING id, vin, ecu_id",
-        values(mine.len(), 8, 2, ", 'pending', $1")
+        "INSERT INTO assignments (id, vin, ecu_id, target, length, hashes, release_counter, \
+         encrypt, maintenance_window, status, created_at) VALUES {}",
+        values(mine.len(), 9, 2, ", 'pending', $1")
     );
     let mut q = sqlx::query(&sql).bind(&now);
-    for a in &mine {
-        q = bind_instruction(q, a)?.bind(a.maintenance_window.clone());
-    }
-    let inserted = q
-        .fetch_all(&mut **tx)
-        .await
-        .map_err(db_err("insert assignments"))?;
-    let vins: BTreeSet<&str> = mine.iter().map(|a| a.vin.as_str()).collect();
-    Db::mark_many_instructions_changed(tx, vins).await?;
-    let sql = format!(
-        "UPDATE campaign_members SET assignment_id = v.column3 FROM (VALUES {}) AS v \
-         WHERE campaign_members.campaign_id = $1 AND campaign_members.vin = v.column1 \
-         AND campaign_members.ecu_id = v.column2",
-        values(inserted.len(), 3, 2, "")
-    );
-    let mut q = sqlx::query(&sql).bind(id);
-    for r in &inserted {
-        q = q
-            .bind(get_str(r, "vin")?)
-            .bind(get_str(r, "ecu_id")?)
-            .bind(get_i64(r, "id")?);
+    for (assignment_id, a) in &mine {
+        q = bind_instruction(q.bind(*assignment_id), a)?.bind(a.maintenance_window.clone());
     }
     q.execute(&mut **tx)
         .await
-        .map_err(db_err("link campaign members"))?;
-    Ok(claimed)
+        .map_err(db_err("insert assignments"))?;
+    let vins: BTreeSet<&str> = mine.iter().map(|(_, a)| a.vin.as_str()).collect();
+    Db::mark_many_instructions_changed(tx, vins).await?;
+    Ok(claimed.into_keys().collect())
 }
 
 /// Takes a pending instruction back; the director re-signs the vehicle's targets without it.
