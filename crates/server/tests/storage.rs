@@ -1657,3 +1657,41 @@ async fn a_quiet_checkin_reads_the_director_documents_it_leaves_current(url: Str
     assert_eq!(completed.len(), 1);
     assert_eq!(roles, None);
 }
+
+/// A stored manifest (over PostgreSQL's 2 KB threshold, so compressed) is compressed with lz4
+/// where the server has it (pglz was a tenth of PostgreSQL's CPU in a check-in), and reads back
+/// as it was sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_stores_manifests_compressed_with_lz4() {
+    common::with_postgres(|url| async move {
+        use sqlx::Connection;
+        let db = connect(&url).await;
+        db.register_vehicle(&new_vehicle("VIN-LZ4-0001")).await.unwrap();
+        let document = format!(
+            "{{\"signed\":{{\"reports\":[{}]}},\"signatures\":[]}}",
+            vec!["{\"ecu\":\"IVI-1\",\"image\":\"fw-1.bin\"}"; 120].join(",")
+        );
+        assert!(document.len() > 4_000);
+        let mut c = checkin("VIN-LZ4-0001", 1, vec![]);
+        c.document = &document;
+        db.record_checkin(&c).await.unwrap();
+        let mut admin = sqlx::PgConnection::connect(&url).await.unwrap();
+        let has_lz4: bool = sqlx::query_scalar(
+            "SELECT 'lz4' = ANY (enumvals) FROM pg_settings WHERE name = 'default_toast_compression'",
+        )
+        .fetch_one(&mut admin)
+        .await
+        .unwrap();
+        let (stored, compression): (String, Option<String>) = sqlx::query_as(
+            "SELECT document, pg_column_compression(document) FROM manifests WHERE vin = $1",
+        )
+        .bind("VIN-LZ4-0001")
+        .fetch_one(&mut admin)
+        .await
+        .unwrap();
+        assert_eq!(stored, document);
+        let expected = if has_lz4 { "lz4" } else { "pglz" };
+        assert_eq!(compression.as_deref(), Some(expected));
+    })
+    .await;
+}
