@@ -1,6 +1,6 @@
 //! Group commit of check-ins on SQLite: one writer task stores the check-ins that arrive
-//! together in one transaction, each in a savepoint of its own, and answers them after the
-//! commit.
+//! together in one transaction and answers them after the commit. When one of them is
+//! refused, the batch is stored again with each check-in in a savepoint of its own.
 //!
 //! Why: SQLite has one writer at a time, and every commit waits for its write-ahead log to
 //! reach the disk (`synchronous=FULL`, so that an accepted manifest counter survives a power
@@ -74,7 +74,63 @@ async fn write(db: Db, mut queue: mpsc::Receiver<Job>) {
 }
 
 /// Stores a batch in one transaction; one answer per check-in, in order.
+///
+/// First without savepoints (two statements fewer per check-in): when every check-in of the
+/// batch is accepted, that is the answer. A check-in refused (a replay, most often a copy of
+/// a manifest accepted earlier in the same batch) may have written part of itself, so the
+/// whole transaction is rolled back and the batch is stored again, each check-in in its own
+/// savepoint; nothing of the first attempt remains. A transaction that cannot begin or commit
+/// fails every check-in of the batch, as before.
 async fn store(db: &Db, batch: &[Job]) -> Vec<Result<Vec<i64>>> {
+    match store_all_or_none(db, batch).await {
+        Attempt::Stored(answers) => answers,
+        Attempt::Refused => store_each(db, batch).await,
+        Attempt::Failed(e) => batch.iter().map(|_| Err(same(&e))).collect(),
+    }
+}
+
+/// What storing a whole batch without savepoints came to.
+enum Attempt {
+    /// Every check-in accepted, the batch on disk: the answers.
+    Stored(Vec<Result<Vec<i64>>>),
+    /// A check-in was refused: nothing stored.
+    Refused,
+    /// The transaction could not begin or commit: nothing stored.
+    Failed(Error),
+}
+
+async fn store_all_or_none(db: &Db, batch: &[Job]) -> Attempt {
+    let mut tx = match db.pool.begin().await {
+        Ok(tx) => tx,
+        Err(e) => return Attempt::Failed(db_err("begin")(e)),
+    };
+    let now = now_text();
+    let mut answers = Vec::with_capacity(batch.len());
+    for job in batch {
+        match db
+            .record_checkin_in(&mut tx, &job.checkin.borrowed(), &now)
+            .await
+        {
+            Ok(done) => answers.push(Ok(done)),
+            // Rolled back before the batch is stored again (by then on another connection of
+            // the pool, which would otherwise wait for this one's write lock).
+            Err(_) => {
+                return match tx.rollback().await {
+                    Ok(()) => Attempt::Refused,
+                    Err(e) => Attempt::Failed(db_err("roll back")(e)),
+                };
+            }
+        }
+    }
+    match tx.commit().await {
+        Ok(()) => Attempt::Stored(answers),
+        Err(e) => Attempt::Failed(db_err("commit")(e)),
+    }
+}
+
+/// The batch in one transaction, each check-in in a savepoint of its own: a refused one is
+/// rolled back alone.
+async fn store_each(db: &Db, batch: &[Job]) -> Vec<Result<Vec<i64>>> {
     let failed = |e: &Error| batch.iter().map(|_| Err(same(e))).collect();
     let mut tx = match db.pool.begin().await {
         Ok(tx) => tx,
