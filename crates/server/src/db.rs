@@ -1082,7 +1082,7 @@ impl Db {
 
     /// [`Db::record_checkin`], also returning the vehicle's director documents when the
     /// check-in read them on the way (PostgreSQL's one-statement check-in, which completes
-    /// nothing; see [`quiet_checkin`]): they are current unless something else changed since.
+    /// nothing; see `db::quiet_checkin`): they are current unless something else changed since.
     pub async fn record_checkin_reading_roles(
         &self,
         checkin: &Checkin<'_>,
