@@ -593,3 +593,69 @@ async fn a_car_silent_during_a_campaign_is_an_incident_on(url: String) {
         .collect();
     assert_eq!(silent, vec![cars[2].vin.as_str()], "{found:?}");
 }
+
+/// Manifests the server refused as replays from many vehicles open a fleet incident, but it
+/// is about the vehicles or the network, not about an image: the campaign running meanwhile
+/// is not halted and no instruction is withdrawn. (It halted the campaign when any image the
+/// vehicles were told to install was taken for the incident's image.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replays_across_the_fleet_halt_no_campaign() {
+    common::with_sqlite(replays_across_the_fleet_halt_no_campaign_on).await;
+}
+
+async fn replays_across_the_fleet_halt_no_campaign_on(url: String) {
+    let (d, _dir) = director(&url).await;
+    let cars = fleet(&d, 20, "id9").await;
+    campaign::create(
+        &d,
+        spec("spring", "100%", 50.0),
+        vec![image("ivi/app-2.0.bin", "ivi-hw", 2)],
+        Utc::now(),
+    )
+    .await
+    .unwrap();
+    let pending = d
+        .db()
+        .assignments(None, Some("pending"))
+        .await
+        .unwrap()
+        .len();
+    assert!(pending >= 20, "{pending} instructions pending");
+    for car in &cars[..8] {
+        let detail = format!(
+            "manifest of {}: counter 3 is not above the last accepted 3 (replay)",
+            car.vin
+        );
+        let e = NewEvent {
+            source: "server",
+            rule: "replay",
+            vin: Some(&car.vin),
+            ecu_id: None,
+            remote: Some("10.1.0.1:5000"),
+            detail: &detail,
+        };
+        d.db()
+            .record_event_at(&e, Utc::now(), Aggregate::Identical)
+            .await
+            .unwrap();
+    }
+    let found = opened(&d, &VsocConfig::default()).await;
+    assert!(
+        found
+            .iter()
+            .any(|f| f.0 == Kind::FleetAttack && f.1 == "replay"),
+        "{found:?}"
+    );
+    assert_eq!(
+        d.db().campaign("spring").await.unwrap().unwrap().state,
+        State::Running
+    );
+    assert_eq!(
+        d.db()
+            .assignments(None, Some("pending"))
+            .await
+            .unwrap()
+            .len(),
+        pending
+    );
+}

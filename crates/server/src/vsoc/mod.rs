@@ -145,17 +145,25 @@ async fn waiting(db: &Db) -> Result<Vec<Waiting>> {
 }
 
 /// The image a fleet incident is about: the one named in most of its events' details, else
-/// the one most of its vehicles were instructed last (and did not install), if that is at
-/// least half of them.
+/// — when the vehicles reported the events themselves (a failed install, a refused image) —
+/// the one most of its vehicles are instructed to install and have not (pending, or failed),
+/// if that is at least half of them. What the server refused on its own (a replayed
+/// manifest, a bad manifest signature) is about the vehicles or the network, not an image:
+/// it halts nothing unless an event names the image.
 async fn image_of(
     db: &Db,
     f: &Finding,
     events: &BTreeMap<i64, &SecurityEvent>,
 ) -> Result<Option<String>> {
+    let reported_by_vehicles = f
+        .events
+        .iter()
+        .filter_map(|id| events.get(id))
+        .any(|e| e.source == "vehicle");
     let mut instructed: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for vin in &f.vins {
         for a in db.assignments(Some(vin), None).await? {
-            if a.status != "completed" && a.status != "cancelled" {
+            if a.status == "pending" || a.status == "failed" {
                 instructed
                     .entry(a.target.clone())
                     .or_default()
@@ -175,7 +183,7 @@ async fn image_of(
         .map(|(target, vins)| (named(target), vins.len(), target))
         .max();
     Ok(best
-        .filter(|(named, vins, _)| *named > 0 || vins * 2 >= f.vins.len())
+        .filter(|(named, vins, _)| *named > 0 || (reported_by_vehicles && vins * 2 >= f.vins.len()))
         .map(|(_, _, target)| target.clone()))
 }
 
