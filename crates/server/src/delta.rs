@@ -90,10 +90,13 @@ pub(crate) async fn make(req: &DeltaRequest<'_>, from: &str) -> Result<MadeDelta
     let mut patch = Vec::new();
     rampart_delta::create(&old, &new, &mut patch)
         .map_err(|e| Error::BadRequest(format!("--delta-from {from}: {e}")))?;
-    // Through a file, as every published image: hashed while stored, encrypted if asked.
+    // Through a file, as every published image: hashed while stored, encrypted if asked. Its
+    // own name: two publishes in one process with deltas from the same image (two operators,
+    // two repositories) must not write, then remove, each other's file.
     let scratch = Scratch(std::env::temp_dir().join(format!(
-        "rampart-delta-{}-{source_sha256}",
-        std::process::id()
+        "rampart-delta-{}-{source_sha256}-{:016x}",
+        std::process::id(),
+        crate::random::u64()
     )));
     std::fs::write(scratch.path(), &patch).map_err(|e| Error::io(scratch.path(), e))?;
     let (length, hashes) = crate::ops::store(
