@@ -500,6 +500,19 @@ pub(crate) fn stored_role(r: &AnyRow) -> Result<StoredRole> {
     })
 }
 
+/// The refusal of a request about a vehicle taken out of the fleet at `at`: it gets no
+/// metadata and no manifest of it is taken (its records stay, for audit).
+pub(crate) fn removal_refusal(vin: &str, at: &str, reason: Option<&str>) -> Error {
+    Error::Rejected {
+        status: axum::http::StatusCode::FORBIDDEN,
+        rule: Rule::VehicleRemoved,
+        message: format!(
+            "vehicle {vin} was removed from the fleet at {at} ({})",
+            reason.unwrap_or("no reason given")
+        ),
+    }
+}
+
 /// Current time as stored (RFC 3339, seconds).
 pub fn now_text() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
@@ -1133,7 +1146,8 @@ impl Db {
         // common check-in (nothing pending) reads no assignments.
         let moved = sqlx::query(
             "UPDATE vehicles SET last_manifest_counter = $1, last_seen = $2 \
-             WHERE vin = $3 AND (last_manifest_counter IS NULL OR last_manifest_counter < $1) \
+             WHERE vin = $3 AND removed_at IS NULL \
+             AND (last_manifest_counter IS NULL OR last_manifest_counter < $1) \
              RETURNING (SELECT count(*) FROM assignments WHERE vin = $3 AND status = 'pending') AS pending",
         )
         .bind(to_i64(checkin.counter)?)
@@ -1143,10 +1157,7 @@ impl Db {
         .await
         .map_err(db_err("manifest counter"))?;
         let Some(moved) = moved else {
-            return Err(Error::Replay(format!(
-                "manifest counter {} of {} is not above the last accepted one",
-                checkin.counter, checkin.vin
-            )));
+            return Err(Self::not_moved(tx, checkin).await);
         };
         let any_pending = get_i64(&moved, "pending")? > 0;
         // The vehicle's pending assignments, read once for all its reports.
@@ -1246,6 +1257,36 @@ impl Db {
 
     /// The security event of an ECU report a check-in could not store: its counter was
     /// moved past it since the director read it (a replayed report raced a newer one).
+    /// Why a check-in's manifest counter did not move: its vehicle was removed (the caller
+    /// may have verified it against keys it kept, `director::known`), or the counter is not
+    /// above the stored one.
+    async fn not_moved(tx: &mut sqlx::Transaction<'_, sqlx::Any>, checkin: &Checkin<'_>) -> Error {
+        let removed = sqlx::query("SELECT removed_at, removed_reason FROM vehicles WHERE vin = $1")
+            .bind(checkin.vin)
+            .fetch_optional(&mut **tx)
+            .await
+            .map_err(db_err("removed vehicle"));
+        let row = match removed {
+            Ok(row) => row,
+            Err(e) => return e,
+        };
+        let at = row.as_ref().map(|r| {
+            (
+                get_opt_str(r, "removed_at"),
+                get_opt_str(r, "removed_reason"),
+            )
+        });
+        match at {
+            Some((Ok(Some(at)), reason)) => {
+                removal_refusal(checkin.vin, &at, reason.ok().flatten().as_deref())
+            }
+            _ => Error::Replay(format!(
+                "manifest counter {} of {} is not above the last accepted one",
+                checkin.counter, checkin.vin
+            )),
+        }
+    }
+
     async fn report_dropped(
         &self,
         tx: &mut sqlx::Transaction<'_, sqlx::Any>,

@@ -19,12 +19,11 @@ use chrono::{DateTime, Duration, Utc};
 use rampart_core::canonical::to_canonical_from;
 use rampart_core::encryption::{wrap_key, ContentKey};
 use rampart_core::hash::{sha256, Hashes};
-use rampart_core::key::Key;
 use rampart_core::metadata::{
     sign_role, Expiry, MetaFile, Snapshot, TargetFile, Targets, Timestamp, SPEC_VERSION,
 };
 use rampart_core::signer::Signer;
-use rampart_core::uptane::manifest::{verify_vehicle_manifest, VehicleKeys, VerifiedManifest};
+use rampart_core::uptane::manifest::{verify_vehicle_manifest, VerifiedManifest};
 use rampart_core::uptane::receipt::{sign_receipt, ManifestReceipt};
 use rampart_core::uptane::{
     CiphertextFile, DeltaOffer, DirectorCustom, DirectorVehicle, EcuAssignment, EncryptedImage,
@@ -38,6 +37,11 @@ use crate::db::{
 };
 use crate::error::{Error, Result};
 use crate::keys::kek::ContentKek;
+
+mod known;
+
+pub use known::DEFAULT_CAPACITY as DEFAULT_KNOWN_VEHICLES;
+use known::{Known, KnownVehicles};
 
 /// The director's online keys.
 pub struct DirectorKeys {
@@ -157,6 +161,8 @@ pub struct Director {
     nudger: Option<crate::nudge::Nudger>,
     /// One judgement of a campaign at a time.
     judging: crate::campaign::Gate,
+    /// The registered keys of vehicles that checked in lately (see `director::known`).
+    known: KnownVehicles,
 }
 
 /// The current director documents of one vehicle.
@@ -244,7 +250,15 @@ impl Director {
             kek: None,
             nudger: None,
             judging: Default::default(),
+            known: KnownVehicles::new(DEFAULT_KNOWN_VEHICLES),
         }
+    }
+
+    /// Keeps the registered keys of up to `vehicles` vehicles between their check-ins (0:
+    /// none, every check-in reads its vehicle; default [`DEFAULT_KNOWN_VEHICLES`]).
+    pub fn with_known_vehicles(mut self, vehicles: usize) -> Self {
+        self.known = KnownVehicles::new(vehicles);
+        self
     }
 
     /// Nudges vehicles over MQTT when their instructions change.
@@ -771,46 +785,12 @@ impl Director {
         remote: Option<&str>,
         now: DateTime<Utc>,
     ) -> Result<CheckinResponse> {
-        let (vehicle, verified) = self.verified_manifest(vin, body, remote).await?;
-        let sorted = sort_reports(&vehicle, &verified);
-        let document = String::from_utf8_lossy(body);
-        let checkin = Checkin {
-            vin,
-            counter: verified.manifest.manifest_counter,
-            nonce: &verified.manifest.nonce,
-            document: &document,
-            reports: sorted.accepted.clone(),
-            remote,
-            events: sorted
-                .events
-                .iter()
-                .map(|e| NewEvent {
-                    source: e.source,
-                    rule: &e.rule,
-                    vin: Some(vin),
-                    ecu_id: Some(&e.ecu_id),
-                    remote,
-                    detail: &e.detail,
-                })
-                .collect(),
-            // Vehicle input: bounded like its failures.
-            progress: verified
-                .manifest
-                .progress
-                .iter()
-                .take(64)
-                .map(|p| (p.target.clone(), p.ecu_id.clone(), p.stage.as_str()))
-                .collect(),
-        };
-        let (completed, roles) = match self.db.record_checkin_reading_roles(&checkin).await {
-            Ok(c) => c,
-            // Refused vehicle input (a replay, a counter the database cannot hold): the 4xx
-            // and the event name the same rule.
-            Err(e) if e.status().is_client_error() => {
-                return Err(self.reject(e, Some(vin), None, remote).await);
-            }
-            Err(e) => return Err(e),
-        };
+        let Accepted {
+            verified,
+            sorted,
+            completed,
+            roles,
+        } = self.accept(vin, body, remote).await?;
         for e in &sorted.events {
             tracing::warn!(source = e.source, rule = %e.rule, %vin, ecu = %e.ecu_id, detail = %e.detail, "security event");
         }
@@ -844,15 +824,33 @@ impl Director {
         })
     }
 
-    /// The registered vehicle and its manifest, verified (primary signature, VIN, each ECU
-    /// report against its key) and fresh (counter above the last accepted one). Anything
-    /// else is refused through [`Director::reject`].
-    async fn verified_manifest(
-        &self,
-        vin: &str,
-        body: &[u8],
-        remote: Option<&str>,
-    ) -> Result<(Vehicle, VerifiedManifest)> {
+    /// Verifies and stores a manifest: against the vehicle as this server knows it, if it
+    /// does (no read of the vehicle), else against a fresh read. A refusal on the first way is
+    /// decided again the second way, which names its rule and records it once: the copy
+    /// cannot tell a removed vehicle from a replay (see `director::known`).
+    async fn accept(&self, vin: &str, body: &[u8], remote: Option<&str>) -> Result<Accepted> {
+        if let Some(known) = self.known.get(vin) {
+            match self.store(vin, &known, body, remote).await {
+                Ok(accepted) => return Ok(accepted),
+                Err(e) if e.status().is_client_error() => self.known.forget(vin),
+                Err(e) => return Err(e),
+            }
+        }
+        let known = self.registered(vin, remote).await?;
+        match self.store(vin, &known, body, remote).await {
+            Ok(accepted) => Ok(accepted),
+            // Refused vehicle input (a bad signature, a replay, a counter the database cannot
+            // hold): the 4xx and the event name the same rule.
+            Err(e) if e.status().is_client_error() => {
+                Err(self.reject(e, Some(vin), None, remote).await)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The registered vehicle `vin`, read from the database; an unknown or removed one is
+    /// refused through [`Director::reject`].
+    async fn registered(&self, vin: &str, remote: Option<&str>) -> Result<Known> {
         let Some(vehicle) = self.db.vehicle(vin).await? else {
             let unknown = Error::Rejected {
                 status: axum::http::StatusCode::NOT_FOUND,
@@ -864,37 +862,66 @@ impl Director {
         if let Some(refusal) = removed(&vehicle) {
             return Err(self.reject(refusal, Some(vin), None, remote).await);
         }
-        let mut ecu_keys = BTreeMap::new();
-        for ecu in &vehicle.ecus {
-            let key: Key = serde_json::from_value(ecu.public_key.clone())
-                .map_err(|e| Error::Database(format!("stored key of {}: {e}", ecu.ecu_id)))?;
-            ecu_keys.insert(ecu.ecu_id.clone(), key);
-        }
-        let primary_key = ecu_keys.get(&vehicle.primary_ecu).cloned().ok_or_else(|| {
-            Error::Database(format!(
-                "primary ECU {} of {vin} has no key",
-                vehicle.primary_ecu
-            ))
-        })?;
-        let keys = VehicleKeys {
-            vin,
-            primary_ecu_id: &vehicle.primary_ecu,
-            primary_key: &primary_key,
-            ecu_keys: &ecu_keys,
-        };
-        let verified = match verify_vehicle_manifest(body, &keys) {
-            Ok(v) => v,
-            Err(e) => return Err(self.reject(e, Some(vin), None, remote).await),
-        };
+        Known::of(&vehicle)
+    }
+
+    /// Verifies a manifest against `known` (signatures of the primary and each ECU, VIN, a
+    /// counter above the last accepted one) and stores it, with its reports and events. A
+    /// refusal is returned as it is, not recorded: [`Director::accept`] decides.
+    async fn store(
+        &self,
+        vin: &str,
+        known: &Known,
+        body: &[u8],
+        remote: Option<&str>,
+    ) -> Result<Accepted> {
+        let verified = verify_vehicle_manifest(body, &known.keys(vin)?)?;
         // A replayed manifest is refused before anything in it is looked at.
-        if let Err(e) = rampart_core::uptane::manifest::check_counter(
+        rampart_core::uptane::manifest::check_counter(
             &format!("manifest of {vin}"),
-            vehicle.last_manifest_counter,
+            known.manifest_counter(),
             verified.manifest.manifest_counter,
-        ) {
-            return Err(self.reject(e, Some(vin), None, remote).await);
-        }
-        Ok((vehicle, verified))
+        )?;
+        let sorted = sort_reports(known, &verified);
+        let document = String::from_utf8_lossy(body);
+        let checkin = Checkin {
+            vin,
+            counter: verified.manifest.manifest_counter,
+            nonce: &verified.manifest.nonce,
+            document: &document,
+            reports: sorted.accepted.clone(),
+            remote,
+            events: sorted
+                .events
+                .iter()
+                .map(|e| NewEvent {
+                    source: e.source,
+                    rule: &e.rule,
+                    vin: Some(vin),
+                    ecu_id: Some(&e.ecu_id),
+                    remote,
+                    detail: &e.detail,
+                })
+                .collect(),
+            // Vehicle input: bounded like its failures.
+            progress: verified
+                .manifest
+                .progress
+                .iter()
+                .take(64)
+                .map(|p| (p.target.clone(), p.ecu_id.clone(), p.stage.as_str()))
+                .collect(),
+        };
+        let (completed, roles) = self.db.record_checkin_reading_roles(&checkin).await?;
+        drop(checkin);
+        self.known
+            .put(vin, known.after(&verified, &sorted.accepted));
+        Ok(Accepted {
+            verified,
+            sorted,
+            completed,
+            roles,
+        })
     }
 
     /// The signed receipt of an accepted manifest: its counter and each accepted report's.
@@ -925,14 +952,24 @@ struct SortedReports {
     events: Vec<CheckinEvent>,
 }
 
+/// A manifest verified and stored (see [`Director::accept`]).
+struct Accepted {
+    verified: VerifiedManifest,
+    sorted: SortedReports,
+    /// Assignments it completed.
+    completed: Vec<i64>,
+    /// The vehicle's director documents, if the check-in read them on the way.
+    roles: Option<DirectorRoles>,
+}
+
 /// Sorts a verified manifest's reports: the primary's and each accepted ECU's attack
 /// indicators become events; a report whose signature failed, or whose counter is not above
 /// the ECU's last accepted one, is refused (an event, and listed in the answer).
-fn sort_reports(vehicle: &Vehicle, verified: &VerifiedManifest) -> SortedReports {
+fn sort_reports(known: &Known, verified: &VerifiedManifest) -> SortedReports {
     let mut out = SortedReports::default();
     Director::attack_indicators(
         &mut out.events,
-        &vehicle.primary_ecu,
+        known.primary_ecu(),
         &verified.manifest.attacks_detected,
     );
     let refuse = |out: &mut SortedReports, ecu_id: &str, rule: Rule, detail: String| {
@@ -956,11 +993,7 @@ fn sort_reports(vehicle: &Vehicle, verified: &VerifiedManifest) -> SortedReports
         );
     }
     for (ecu_id, report) in &verified.reports {
-        let last = vehicle
-            .ecus
-            .iter()
-            .find(|e| &e.ecu_id == ecu_id)
-            .and_then(|e| e.last_report_counter);
+        let last = known.report_counter(ecu_id);
         if let Err(e) = rampart_core::uptane::manifest::check_counter(
             &format!("ECU report of {ecu_id}"),
             last,
@@ -1038,18 +1071,11 @@ fn update_failures(
 /// metadata and no manifest of it is taken (its records stay, for audit).
 fn removed(vehicle: &Vehicle) -> Option<Error> {
     let at = vehicle.removed_at.as_ref()?;
-    Some(Error::Rejected {
-        status: axum::http::StatusCode::FORBIDDEN,
-        rule: Rule::VehicleRemoved,
-        message: format!(
-            "vehicle {} was removed from the fleet at {at} ({})",
-            vehicle.vin,
-            vehicle
-                .removed_reason
-                .as_deref()
-                .unwrap_or("no reason given")
-        ),
-    })
+    Some(crate::db::removal_refusal(
+        &vehicle.vin,
+        at,
+        vehicle.removed_reason.as_deref(),
+    ))
 }
 
 #[cfg(test)]
@@ -1065,7 +1091,11 @@ mod tests {
         crate::db::Ecu {
             ecu_id: id.into(),
             hardware_id: "hw".into(),
-            public_key: serde_json::Value::Null,
+            public_key: serde_json::to_value(rampart_core::key::Key::new(
+                rampart_core::key::KeyScheme::Ed25519,
+                "00".repeat(32),
+            ))
+            .unwrap(),
             encryption_key: None,
             verification: "full".into(),
             installed: None,
@@ -1138,7 +1168,7 @@ mod tests {
                 },
             )],
         };
-        let sorted = sort_reports(&vehicle, &verified);
+        let sorted = sort_reports(&Known::of(&vehicle).unwrap(), &verified);
         let accepted: Vec<_> = sorted.accepted.iter().map(|r| r.ecu_id.as_str()).collect();
         assert_eq!(accepted, ["TBOX"]);
         let rejected: Vec<_> = sorted

@@ -16,6 +16,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use rampart_core::key::KeyScheme;
+use rampart_core::rule::Rule;
 use rampart_core::signer::{InMemorySigner, Signer};
 use rampart_server::db::{
     Aggregate, Assignment, Backend, Checkin, Db, ImageKey, Installed, NewEcu, NewEvent, NewVehicle,
@@ -348,6 +349,24 @@ async fn a_removed_vehicle_is_kept_for_audit_and_out_of_the_fleet(url: String) {
         .map(|a| (a.id, a.status))
         .collect();
     assert_eq!(statuses, [(pending, "cancelled".to_owned())]);
+    // Its manifests are not taken, whichever way they are stored (a server that kept its
+    // keys verifies first and learns of the removal here): the refusal names the removal.
+    let quiet = checkin("VIN-GONE", 1, vec![]);
+    let mut with_event = checkin("VIN-GONE", 2, vec![]);
+    with_event.events = vec![NewEvent {
+        source: "vehicle",
+        rule: "bad-signature",
+        vin: Some("VIN-GONE"),
+        ecu_id: Some("ECU-1"),
+        remote: None,
+        detail: "indicator",
+    }];
+    for c in [quiet, with_event] {
+        let refused = db.record_checkin(&c).await.unwrap_err();
+        assert_eq!(refused.rule(), Rule::VehicleRemoved, "{refused}");
+        assert!(refused.to_string().contains("scrapped"), "{refused}");
+    }
+    assert_eq!(vehicle(&db, "VIN-GONE").await.last_manifest_counter, None);
     match db.remove_vehicle("VIN-GONE", "again").await {
         Err(Error::Conflict(m)) => assert!(m.contains("already removed"), "{m}"),
         other => panic!("{other:?}"),

@@ -11,7 +11,7 @@
 //! counter moved, and the commit is durable before the answer. SQLite has no data-modifying
 //! `WITH`, and its statements cost no network round trip; it keeps the general path.
 //!
-//! Anything else — a replay, a report naming a pending assignment's ECU and target (it may
+//! Anything else — a replay, a removed vehicle, a report naming a pending assignment's ECU and target (it may
 //! complete it), an event to record — finds no row to move and goes the general way, which
 //! decides and names the rule.
 //!
@@ -67,7 +67,8 @@ pub(super) async fn record(
     let sql = format!(
         "WITH moved AS (\
            UPDATE vehicles SET last_manifest_counter = $1, last_seen = $2 \
-           WHERE vin = $3 AND (last_manifest_counter IS NULL OR last_manifest_counter < $1) \
+           WHERE vin = $3 AND removed_at IS NULL \
+           AND (last_manifest_counter IS NULL OR last_manifest_counter < $1) \
            {completes}RETURNING vin)\
          {reports}, \
          kept AS (INSERT INTO manifests (vin, counter, nonce, received_at, document) \
