@@ -34,6 +34,19 @@ pub enum Backend {
     Postgres,
 }
 
+impl Backend {
+    /// The backend a connection of the `Any` driver talks to (inside a transaction, where
+    /// only the connection is at hand). A driver other than the two is taken for SQLite:
+    /// `Db::connect` refuses any other URL.
+    pub fn of(conn: &sqlx::AnyConnection) -> Backend {
+        if conn.backend_name() == "PostgreSQL" {
+            Backend::Postgres
+        } else {
+            Backend::Sqlite
+        }
+    }
+}
+
 /// The database.
 #[derive(Debug, Clone)]
 pub struct Db {

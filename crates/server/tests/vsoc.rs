@@ -40,6 +40,28 @@ fn spec(name: &str, waves: &str, max_failure_pct: f64) -> CampaignSpec {
     }
 }
 
+/// A director, `cars` cars of `model`, and a running campaign `name` shipping
+/// ivi/app-2.0.bin to all of them in one wave (halting past `max_failure_pct`).
+async fn spring_campaign(
+    url: &str,
+    cars: usize,
+    model: &str,
+    name: &str,
+    max_failure_pct: f64,
+) -> (Director, tempfile::TempDir, Vec<Car>) {
+    let (d, dir) = director(url).await;
+    let cars = fleet(&d, cars, model).await;
+    campaign::create(
+        &d,
+        spec(name, "100%", max_failure_pct),
+        vec![image("ivi/app-2.0.bin", "ivi-hw", 2)],
+        Utc::now(),
+    )
+    .await
+    .unwrap();
+    (d, dir, cars)
+}
+
 async fn opened(d: &Director, config: &VsocConfig) -> Vec<(Kind, String, i64)> {
     vsoc::evaluate(d, config, Utc::now())
         .await
@@ -69,16 +91,7 @@ async fn a_tampered_image_seen_by_three_cars_halts_the_campaign_that_ships_it() 
 }
 
 async fn a_tampered_image_seen_by_three_cars_halts_the_campaign_that_ships_it_on(url: String) {
-    let (d, _dir) = director(&url).await;
-    let mut cars = fleet(&d, 20, "id4").await;
-    campaign::create(
-        &d,
-        spec("spring", "100%", 50.0),
-        vec![image("ivi/app-2.0.bin", "ivi-hw", 2)],
-        Utc::now(),
-    )
-    .await
-    .unwrap();
+    let (d, _dir, mut cars) = spring_campaign(&url, 20, "id4", "spring", 50.0).await;
     let config = VsocConfig::default();
     for car in &mut cars[..3] {
         car.behaviour = Behaviour::Tampered;
@@ -177,16 +190,7 @@ async fn without_the_response_the_campaign_keeps_running() {
 }
 
 async fn without_the_response_the_campaign_keeps_running_on(url: String) {
-    let (d, _dir) = director(&url).await;
-    let mut cars = fleet(&d, 20, "id4").await;
-    campaign::create(
-        &d,
-        spec("spring", "100%", 50.0),
-        vec![image("ivi/app-2.0.bin", "ivi-hw", 2)],
-        Utc::now(),
-    )
-    .await
-    .unwrap();
+    let (d, _dir, mut cars) = spring_campaign(&url, 20, "id4", "spring", 50.0).await;
     for car in &mut cars[..3] {
         car.behaviour = Behaviour::Tampered;
         car.cycle(&d).await;
@@ -211,16 +215,7 @@ async fn a_vehicle_rejecting_metadata_is_quarantined_and_released() {
 }
 
 async fn a_vehicle_rejecting_metadata_is_quarantined_and_released_on(url: String) {
-    let (d, _dir) = director(&url).await;
-    let mut cars = fleet(&d, 3, "id4").await;
-    campaign::create(
-        &d,
-        spec("c", "100%", 100.0),
-        vec![image("ivi/app-2.0.bin", "ivi-hw", 2)],
-        Utc::now(),
-    )
-    .await
-    .unwrap();
+    let (d, _dir, mut cars) = spring_campaign(&url, 3, "id4", "c", 100.0).await;
     let vin = cars[0].vin.clone();
     assert_eq!(cars[0].cycle(&d).await, vec!["ivi/app-2.0.bin".to_owned()]);
     for i in 0..5 {
@@ -548,16 +543,7 @@ async fn a_car_silent_during_a_campaign_is_an_incident() {
 }
 
 async fn a_car_silent_during_a_campaign_is_an_incident_on(url: String) {
-    let (d, _dir) = director(&url).await;
-    let mut cars = fleet(&d, 3, "id4").await;
-    campaign::create(
-        &d,
-        spec("c", "100%", 100.0),
-        vec![image("ivi/app-2.0.bin", "ivi-hw", 2)],
-        Utc::now(),
-    )
-    .await
-    .unwrap();
+    let (d, _dir, mut cars) = spring_campaign(&url, 3, "id4", "c", 100.0).await;
     // Two cars check in after their instruction (and install); the third never does.
     cars[0].behaviour = Behaviour::FailBoot;
     cars[0].cycle(&d).await;
@@ -604,16 +590,7 @@ async fn replays_across_the_fleet_halt_no_campaign() {
 }
 
 async fn replays_across_the_fleet_halt_no_campaign_on(url: String) {
-    let (d, _dir) = director(&url).await;
-    let cars = fleet(&d, 20, "id9").await;
-    campaign::create(
-        &d,
-        spec("spring", "100%", 50.0),
-        vec![image("ivi/app-2.0.bin", "ivi-hw", 2)],
-        Utc::now(),
-    )
-    .await
-    .unwrap();
+    let (d, _dir, cars) = spring_campaign(&url, 20, "id9", "spring", 50.0).await;
     let pending = d
         .db()
         .assignments(None, Some("pending"))

@@ -630,7 +630,7 @@ async fn instruct_chunk(
     // draws IDs from the table's sequence (shared with every other writer of assignments);
     // SQLite, which holds its one writer's lock for the statement, numbers on from the
     // highest ID it ever gave (AUTOINCREMENT's counter, or the highest row).
-    let new_id = if tx.backend_name() == "PostgreSQL" {
+    let new_id = if crate::db::Backend::of(tx) == crate::db::Backend::Postgres {
         "nextval(pg_get_serial_sequence('assignments', 'id'))"
     } else {
         "(SELECT MAX(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'assignments'), 0), \
