@@ -14,10 +14,10 @@
 //! caller's thread computes the others: the checks are the same, the time is that of the
 //! slowest hash instead of their sum. With one hash the helper takes it and the caller's
 //! thread only moves the bytes (receives, decrypts, writes) meanwhile: an image listed with
-//! SHA-256 alone went from 272 to 304 MiB/s through the whole path (BENCHMARKS.md). The helper gets copies of the bytes in
-//! 64 KiB pieces through a bounded queue (at most [`QUEUE_CHUNKS`] in flight, buffers
-//! recycled), so memory stays constant (well under 1 MiB); small files (metadata) never
-//! start a thread.
+//! SHA-256 alone went from 272 to 304 MiB/s through the whole path (BENCHMARKS.md). The
+//! helper gets copies of the bytes in 64 KiB pieces through a bounded queue (at most
+//! [`QUEUE_CHUNKS`] in flight, buffers recycled), so memory stays constant (well under 1 MiB);
+//! small files (metadata) never start a thread.
 
 use std::collections::BTreeMap;
 use std::sync::mpsc;

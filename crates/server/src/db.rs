@@ -1268,38 +1268,34 @@ impl Db {
         Ok(completed)
     }
 
-    /// The security event of an ECU report a check-in could not store: its counter was
-    /// moved past it since the director read it (a replayed report raced a newer one).
     /// Why a check-in's manifest counter did not move: its vehicle was removed (the caller
     /// may have verified it against keys it kept, `director::known`), or the counter is not
     /// above the stored one.
     async fn not_moved(tx: &mut sqlx::Transaction<'_, sqlx::Any>, checkin: &Checkin<'_>) -> Error {
-        let removed = sqlx::query("SELECT removed_at, removed_reason FROM vehicles WHERE vin = $1")
-            .bind(checkin.vin)
-            .fetch_optional(&mut **tx)
-            .await
-            .map_err(db_err("removed vehicle"));
-        let row = match removed {
-            Ok(row) => row,
-            Err(e) => return e,
+        let row =
+            match sqlx::query("SELECT removed_at, removed_reason FROM vehicles WHERE vin = $1")
+                .bind(checkin.vin)
+                .fetch_optional(&mut **tx)
+                .await
+            {
+                Ok(row) => row,
+                Err(e) => return db_err("removed vehicle")(e),
+            };
+        let field = |name| {
+            row.as_ref()
+                .and_then(|r| get_opt_str(r, name).ok().flatten())
         };
-        let at = row.as_ref().map(|r| {
-            (
-                get_opt_str(r, "removed_at"),
-                get_opt_str(r, "removed_reason"),
-            )
-        });
-        match at {
-            Some((Ok(Some(at)), reason)) => {
-                removal_refusal(checkin.vin, &at, reason.ok().flatten().as_deref())
-            }
-            _ => Error::Replay(format!(
+        match field("removed_at") {
+            Some(at) => removal_refusal(checkin.vin, &at, field("removed_reason").as_deref()),
+            None => Error::Replay(format!(
                 "manifest counter {} of {} is not above the last accepted one",
                 checkin.counter, checkin.vin
             )),
         }
     }
 
+    /// The security event of an ECU report a check-in could not store: its counter was
+    /// moved past it since the director read it (a replayed report raced a newer one).
     async fn report_dropped(
         &self,
         tx: &mut sqlx::Transaction<'_, sqlx::Any>,

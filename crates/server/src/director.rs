@@ -875,7 +875,7 @@ impl Director {
         body: &[u8],
         remote: Option<&str>,
     ) -> Result<Accepted> {
-        let verified = verify_vehicle_manifest(body, &known.keys(vin)?)?;
+        let verified = verify_vehicle_manifest(body, &known.keys(vin))?;
         // A replayed manifest is refused before anything in it is looked at.
         rampart_core::uptane::manifest::check_counter(
             &format!("manifest of {vin}"),
@@ -913,7 +913,6 @@ impl Director {
                 .collect(),
         };
         let (completed, roles) = self.db.record_checkin_reading_roles(&checkin).await?;
-        drop(checkin);
         self.known
             .put(vin, known.after(&verified, &sorted.accepted));
         Ok(Accepted {

@@ -11,9 +11,9 @@
 //! counter moved, and the commit is durable before the answer. SQLite has no data-modifying
 //! `WITH`, and its statements cost no network round trip; it keeps the general path.
 //!
-//! Anything else — a replay, a removed vehicle, a report naming a pending assignment's ECU and target (it may
-//! complete it), an event to record — finds no row to move and goes the general way, which
-//! decides and names the rule.
+//! Anything else — a replay, a removed vehicle, a report naming a pending assignment's ECU
+//! and target (it may complete it), an event to record — finds no row to move and goes the
+//! general way, which decides and names the rule.
 //!
 //! The same statement returns the vehicle's stored director documents, as they were when it
 //! ran: a quiet check-in changes no instruction, so they are what the director answers with

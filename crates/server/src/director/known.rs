@@ -32,6 +32,7 @@ pub const DEFAULT_CAPACITY: usize = 100_000;
 #[derive(Debug)]
 struct Registered {
     primary_ecu: String,
+    primary_key: Key,
     /// Every registered ECU's key, the primary's own included, by ECU ID.
     keys: BTreeMap<String, Key>,
 }
@@ -57,16 +58,17 @@ impl Known {
             keys.insert(ecu.ecu_id.clone(), key);
             counters.insert(ecu.ecu_id.as_str(), ecu.last_report_counter);
         }
-        if !keys.contains_key(&vehicle.primary_ecu) {
-            return Err(Error::Database(format!(
+        let primary_key = keys.get(&vehicle.primary_ecu).cloned().ok_or_else(|| {
+            Error::Database(format!(
                 "primary ECU {} of {} has no key",
                 vehicle.primary_ecu, vehicle.vin
-            )));
-        }
+            ))
+        })?;
         Ok(Known {
             report_counters: counters.into_values().collect(),
             registered: Arc::new(Registered {
                 primary_ecu: vehicle.primary_ecu.clone(),
+                primary_key,
                 keys,
             }),
             manifest_counter: vehicle.last_manifest_counter,
@@ -74,17 +76,14 @@ impl Known {
     }
 
     /// The keys a manifest of `vin` is verified against.
-    pub(crate) fn keys<'a>(&'a self, vin: &'a str) -> Result<VehicleKeys<'a>> {
+    pub(crate) fn keys<'a>(&'a self, vin: &'a str) -> VehicleKeys<'a> {
         let r = &self.registered;
-        let primary_key = r.keys.get(&r.primary_ecu).ok_or_else(|| {
-            Error::Database(format!("primary ECU {} of {vin} has no key", r.primary_ecu))
-        })?;
-        Ok(VehicleKeys {
+        VehicleKeys {
             vin,
             primary_ecu_id: &r.primary_ecu,
-            primary_key,
+            primary_key: &r.primary_key,
             ecu_keys: &r.keys,
-        })
+        }
     }
 
     /// The primary ECU's ID.
@@ -178,6 +177,7 @@ mod tests {
         Known {
             registered: Arc::new(Registered {
                 primary_ecu: "TBOX".into(),
+                primary_key: key.clone(),
                 keys: counters
                     .iter()
                     .map(|(id, _)| ((*id).to_owned(), key.clone()))
