@@ -29,7 +29,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use rampart_core::signer::Signer;
 use rampart_lab::sim::SimVehicle;
 use serde_json::{json, Value};
 
@@ -196,39 +195,13 @@ async fn prepare_rampart(
     }
     eprintln!("checkin: signed in {:.1}s", started.elapsed().as_secs_f64());
     let verify_us = match (keys.first(), out.first().and_then(|v| v.manifests.first())) {
-        (Some(k), Some(m)) => Some(time_verification(k, m)?),
+        (Some(k), Some(m)) => Some(crate::manifest::verify_us(k, m, 2000)?),
         _ => None,
     };
     Ok(Plan {
         vehicles: out,
         verify_us,
     })
-}
-
-/// Microseconds the director spends verifying one manifest (parse, four ed25519 signatures,
-/// typed reads), on one core: the part of a check-in no storage choice can remove.
-fn time_verification(k: &SimVehicle, manifest: &[u8]) -> anyhow::Result<f64> {
-    let ecu_keys: BTreeMap<String, rampart_core::key::Key> = k
-        .ecus
-        .iter()
-        .map(|e| (e.id.clone(), e.signer.public_key().clone()))
-        .collect();
-    let primary = k.ecus.first().context("no ECU")?;
-    let keys = rampart_core::uptane::manifest::VehicleKeys {
-        vin: &k.vin,
-        primary_ecu_id: &primary.id,
-        primary_key: primary.signer.public_key(),
-        ecu_keys: &ecu_keys,
-    };
-    let rounds = 2000;
-    let t = Instant::now();
-    for _ in 0..rounds {
-        let v = rampart_core::uptane::manifest::verify_vehicle_manifest(manifest, &keys)?;
-        if v.reports.len() != k.ecus.len() {
-            bail!("a report did not verify");
-        }
-    }
-    Ok(t.elapsed().as_secs_f64() * 1e6 / f64::from(rounds))
 }
 
 #[derive(Default)]

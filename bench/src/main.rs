@@ -12,6 +12,7 @@
 //! | `image-fetch` | download + verify + decrypt + write one image, as the vehicle does |
 //! | `crypto-speed` | SHA-256, SHA-512 and ed25519 speed of aws-lc-rs here (context for the ratios) |
 //! | `checkin` | drives director check-ins (or a static server of the same sizes) |
+//! | `manifest` | the director's verification of one vehicle manifest against its four signatures |
 //! | `footprint` | runs a lab update with the slim agent and records its peak RSS |
 //! | `campaign` | the director's cost of campaigns: creation over a fleet, check-ins with one running |
 //! | `flash` | a legacy ECU flashed over UDS on DoIP against the same image over the in-vehicle protocol |
@@ -34,6 +35,7 @@ mod fleet;
 mod footprint;
 mod http;
 mod image;
+mod manifest;
 mod refresh;
 
 /// Parsed `--name value` options and bare words.
@@ -101,6 +103,7 @@ fn run() -> anyhow::Result<()> {
         "image-fetch" => image::fetch(&args)?,
         "crypto-speed" => image::crypto_speed(&args)?,
         "checkin" => checkin::main(&args)?,
+        "manifest" => manifest::main(&args)?,
         "campaign" => campaign::main(&args)?,
         "footprint" => footprint::main(&args)?,
         "flash" => flash::main(&args)?,

@@ -2,7 +2,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use rampart_core::key::KeyScheme;
+use rampart_core::key::{KeyScheme, PreparedKey};
 use rampart_core::signer::{InMemorySigner, Signer};
 use rampart_core::uptane::manifest::{verify_vehicle_manifest, VehicleKeys};
 use std::collections::BTreeMap;
@@ -15,7 +15,8 @@ fn signer() -> &'static InMemorySigner {
 
 fuzz_target!(|data: &[u8]| {
     let s = signer();
-    let ecu_keys = BTreeMap::from([("TBOX".to_string(), s.public_key().clone())]);
-    let keys = VehicleKeys { vin: "VIN", primary_ecu_id: "TBOX", primary_key: s.public_key(), ecu_keys: &ecu_keys };
+    let primary_key = PreparedKey::new(s.public_key());
+    let ecu_keys = BTreeMap::from([("TBOX".to_string(), PreparedKey::new(s.public_key()))]);
+    let keys = VehicleKeys { vin: "VIN", primary_ecu_id: "TBOX", primary_key: &primary_key, ecu_keys: &ecu_keys };
     let _ = verify_vehicle_manifest(data, &keys);
 });

@@ -250,11 +250,15 @@ fn mutated_manifests_and_ciphertexts_never_panic() {
         unrecognized: BTreeMap::new(),
     };
     let bytes = sign_vehicle_manifest(&manifest, &primary).unwrap();
-    let ecu_keys = BTreeMap::from([("TBOX-1".to_string(), primary.public_key().clone())]);
+    let primary_key = crate::key::PreparedKey::new(primary.public_key());
+    let ecu_keys = BTreeMap::from([(
+        "TBOX-1".to_string(),
+        crate::key::PreparedKey::new(primary.public_key()),
+    )]);
     let keys = VehicleKeys {
         vin: "VIN",
         primary_ecu_id: "TBOX-1",
-        primary_key: primary.public_key(),
+        primary_key: &primary_key,
         ecu_keys: &ecu_keys,
     };
     assert!(verify_vehicle_manifest(&bytes, &keys).is_ok());

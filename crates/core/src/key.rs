@@ -217,6 +217,48 @@ impl Key {
     }
 }
 
+/// A key made ready once to verify many times: its key ID computed and its material parsed.
+///
+/// Why: a verifier that checks the same keys over and over (the director checks each
+/// vehicle's registered keys on every manifest) would otherwise serialise each key to
+/// canonical JSON and hash it, and decode its material, for every signature it checks.
+/// Either step failing is kept, and answered where the key is used, as it would have been.
+#[derive(Debug)]
+pub struct PreparedKey {
+    key_id: Result<KeyId>,
+    public: Result<PublicKey>,
+}
+
+impl PreparedKey {
+    /// Prepares `key`.
+    pub fn new(key: &Key) -> Self {
+        let key_id = key.key_id();
+        let public = match &key_id {
+            Ok(id) => key.parse(id),
+            Err(e) => Err(e.clone()),
+        };
+        PreparedKey { key_id, public }
+    }
+
+    /// The key ID, or why it could not be computed.
+    pub fn key_id(&self) -> Result<&KeyId> {
+        self.key_id.as_ref().map_err(Clone::clone)
+    }
+
+    /// Whether one of `signatures` made under this key's ID is a valid signature of
+    /// `message`. A key that did not parse verifies nothing.
+    pub fn signed(&self, message: &[u8], signatures: &[Signature]) -> bool {
+        let (Ok(id), Ok(public)) = (&self.key_id, &self.public) else {
+            return false;
+        };
+        signatures
+            .iter()
+            .filter(|s| &s.keyid == id)
+            .filter_map(Signature::bytes)
+            .any(|sig| public.verify(message, &sig))
+    }
+}
+
 /// A parsed public key.
 #[derive(Debug)]
 pub struct PublicKey {

@@ -231,17 +231,43 @@ impl Envelope {
         // Take `signed` out of the parsed tree as it is (other top-level fields are ignored);
         // rebuilding the tree through serde would cost as much as parsing it again.
         let Value::Object(mut top) = value else {
-            return Err(Error::malformed(
-                what(),
-                "expected an object with `signed` and `signatures`",
-            ));
+            return Err(Self::not_an_envelope(role));
         };
         let signed = top
             .remove("signed")
             .ok_or_else(|| Error::malformed(what(), "missing field `signed`"))?;
+        Self::of_tree(signed, top.get("signatures"), role)
+    }
+
+    /// The envelope of a document that is already a strictly parsed tree, such as an ECU
+    /// version report inside a vehicle manifest: the same verdict, canonical bytes and
+    /// signatures as [`Envelope::parse`] of its serialisation, without serialising the tree
+    /// and parsing it again (the director did that for every report of every manifest).
+    ///
+    /// The tree must come from a strict parse (no duplicate keys, no floats), as every tree
+    /// inside a parsed envelope does.
+    pub fn from_tree(document: &Value, role: &str) -> Result<Self> {
+        let Value::Object(top) = document else {
+            return Err(Self::not_an_envelope(role));
+        };
+        let signed = top.get("signed").ok_or_else(|| {
+            Error::malformed(format!("{role} metadata"), "missing field `signed`")
+        })?;
+        Self::of_tree(signed.clone(), top.get("signatures"), role)
+    }
+
+    fn not_an_envelope(role: &str) -> Error {
+        Error::malformed(
+            format!("{role} metadata"),
+            "expected an object with `signed` and `signatures`",
+        )
+    }
+
+    /// The envelope of a `signed` tree and its `signatures` field.
+    fn of_tree(signed: Value, signatures: Option<&Value>, role: &str) -> Result<Self> {
+        let what = || format!("{role} metadata");
         let signatures = Vec::<Signature>::deserialize(
-            top.get("signatures")
-                .ok_or_else(|| Error::malformed(what(), "missing field `signatures`"))?,
+            signatures.ok_or_else(|| Error::malformed(what(), "missing field `signatures`"))?,
         )
         .map_err(|e| Error::malformed(what(), e))?;
         let canonical_signed = canonical::to_canonical(&signed)?;

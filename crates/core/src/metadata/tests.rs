@@ -286,6 +286,21 @@ fn fast_and_tree_parse_paths_agree() {
         let shown = String::from_utf8_lossy(doc);
         let via_either = Envelope::parse(doc, "timestamp");
         let via_tree = Envelope::parse_tree(doc, "timestamp");
+        // A document already parsed into a tree (an ECU report inside a manifest) reads the
+        // same as its bytes.
+        if let Ok(tree) = crate::canonical::parse_strict(doc, "timestamp metadata") {
+            let of_tree = Envelope::from_tree(&tree, "timestamp");
+            match (&of_tree, &via_tree) {
+                (Ok(a), Ok(b)) => {
+                    assert_eq!(a.canonical_signed, b.canonical_signed, "{shown}");
+                    assert_eq!(a.type_field(), b.type_field(), "{shown}");
+                    assert_eq!(a.signatures, b.signatures, "{shown}");
+                    assert_eq!(a.signed, b.signed, "{shown}");
+                }
+                (Err(a), Err(b)) => assert_eq!(a, b, "{shown}"),
+                _ => panic!("the tree disagrees on {shown}: {of_tree:?} vs {via_tree:?}"),
+            }
+        }
         match (&via_either, &via_tree) {
             (Ok(a), Ok(b)) => {
                 if a.signed.is_none() {

@@ -26,8 +26,8 @@ use serde_json::Value;
 
 use super::InstalledImage;
 use crate::error::{Error, Result};
-use crate::key::Key;
-use crate::metadata::{count_valid_signatures, sign_role, Envelope, Expiry};
+use crate::key::PreparedKey;
+use crate::metadata::{sign_role, Envelope, Expiry};
 use crate::signer::Signer;
 
 /// `_type` of an ECU version report.
@@ -163,19 +163,12 @@ pub fn sign_vehicle_manifest(manifest: &VehicleManifest, signer: &dyn Signer) ->
     sign_role(manifest, &[signer])
 }
 
-fn verify_single(env: &Envelope, what: &str, key: &Key) -> Result<()> {
+fn verify_single(env: &Envelope, what: &str, key: &PreparedKey) -> Result<()> {
     let keyid = key.key_id()?;
-    let keys = BTreeMap::from([(keyid.clone(), key.clone())]);
-    if count_valid_signatures(
-        &env.canonical_signed,
-        &env.signatures,
-        &keys,
-        std::slice::from_ref(&keyid),
-    ) == 0
-    {
+    if !key.signed(&env.canonical_signed, &env.signatures) {
         return Err(Error::BadSignature {
             what: what.to_owned(),
-            keyid: keyid.0,
+            keyid: keyid.0.clone(),
         });
     }
     Ok(())
@@ -191,15 +184,14 @@ fn check_type(env: &Envelope, expected: &str) -> Result<()> {
     }
 }
 
-/// Verifies an ECU version report document: signed by `key`, for `expected_ecu`.
+/// Verifies an ECU version report document (as found in a parsed vehicle manifest): signed by
+/// `key`, for `expected_ecu`.
 pub fn verify_ecu_report(
     document: &Value,
     expected_ecu: &str,
-    key: &Key,
+    key: &PreparedKey,
 ) -> Result<EcuVersionReport> {
-    let bytes =
-        serde_json::to_vec(document).map_err(|e| Error::malformed("ECU version report", e))?;
-    let env = Envelope::parse(&bytes, "ECU version report")?;
+    let env = Envelope::from_tree(document, "ECU version report")?;
     check_type(&env, ECU_REPORT_TYPE)?;
     verify_single(&env, &format!("ECU version report of {expected_ecu}"), key)?;
     let report: EcuVersionReport = env.signed_as("ECU version report")?;
@@ -224,7 +216,8 @@ pub struct VerifiedManifest {
     pub rejected_reports: Vec<(String, Error)>,
 }
 
-/// The keys a director knows for one vehicle.
+/// The keys a director knows for one vehicle, prepared ([`PreparedKey`]) so that checking
+/// them again on every manifest costs only the signatures.
 #[derive(Debug, Clone)]
 pub struct VehicleKeys<'a> {
     /// The VIN the request is authenticated as (e.g. from the client certificate).
@@ -232,9 +225,9 @@ pub struct VehicleKeys<'a> {
     /// Registered primary ECU ID.
     pub primary_ecu_id: &'a str,
     /// Registered primary key.
-    pub primary_key: &'a Key,
+    pub primary_key: &'a PreparedKey,
     /// Registered ECU keys, by ECU ID (the primary's own ECU included).
-    pub ecu_keys: &'a BTreeMap<String, Key>,
+    pub ecu_keys: &'a BTreeMap<String, PreparedKey>,
 }
 
 /// Verifies a vehicle manifest: parsed strictly, signed by the registered primary key, for the
@@ -299,7 +292,11 @@ pub fn verify_vehicle_manifest(bytes: &[u8], keys: &VehicleKeys<'_>) -> Result<V
 /// A report says who made it, truthfully: an ECU registered with the primary's key is a
 /// legacy ECU whose reports the primary makes, so they must say `vouched_by` this primary;
 /// a report that says so must be for such an ECU. Either lie is refused.
-fn check_vouching(report: &EcuVersionReport, key: &Key, keys: &VehicleKeys<'_>) -> Result<()> {
+fn check_vouching(
+    report: &EcuVersionReport,
+    key: &PreparedKey,
+    keys: &VehicleKeys<'_>,
+) -> Result<()> {
     let primary_key =
         key.key_id()? == keys.primary_key.key_id()? && report.ecu_id != keys.primary_ecu_id;
     match (report.vouched_by(), primary_key) {

@@ -9,7 +9,7 @@ use super::manifest::*;
 use super::*;
 use crate::client::{Client, Config, Fetched};
 use crate::error::Error;
-use crate::key::KeyScheme;
+use crate::key::{KeyScheme, PreparedKey};
 use crate::metadata::Expiry;
 use crate::signer::{InMemorySigner, Signer};
 use crate::testing::{test_now, Files, TestRepo};
@@ -625,17 +625,19 @@ fn report(ecu: &str, counter: u64, signer: &InMemorySigner) -> serde_json::Value
 struct Vehicle {
     primary: InMemorySigner,
     ivi: InMemorySigner,
-    ecu_keys: BTreeMap<String, crate::key::Key>,
+    primary_key: PreparedKey,
+    ecu_keys: BTreeMap<String, PreparedKey>,
 }
 
 fn vehicle() -> Vehicle {
     let primary = InMemorySigner::generate(KeyScheme::Ed25519).unwrap();
     let ivi = InMemorySigner::generate(KeyScheme::EcdsaP256Sha256).unwrap();
     let ecu_keys = BTreeMap::from([
-        ("TBOX-1".to_string(), primary.public_key().clone()),
-        ("IVI-1".to_string(), ivi.public_key().clone()),
+        ("TBOX-1".to_string(), PreparedKey::new(primary.public_key())),
+        ("IVI-1".to_string(), PreparedKey::new(ivi.public_key())),
     ]);
     Vehicle {
+        primary_key: PreparedKey::new(primary.public_key()),
         primary,
         ivi,
         ecu_keys,
@@ -662,7 +664,7 @@ fn keys(v: &Vehicle) -> VehicleKeys<'_> {
     VehicleKeys {
         vin: VIN,
         primary_ecu_id: "TBOX-1",
-        primary_key: v.primary.public_key(),
+        primary_key: &v.primary_key,
         ecu_keys: &v.ecu_keys,
     }
 }
@@ -697,7 +699,7 @@ fn vouched(ecu: &str, by: &str, signer: &InMemorySigner) -> serde_json::Value {
 fn a_gateway_vouched_report_says_so_and_only_for_an_ecu_registered_with_the_primary_key() {
     let mut v = vehicle();
     v.ecu_keys
-        .insert("BCM-1".into(), v.primary.public_key().clone());
+        .insert("BCM-1".into(), PreparedKey::new(v.primary.public_key()));
     let reports = BTreeMap::from([
         ("BCM-1".to_string(), vouched("BCM-1", "TBOX-1", &v.primary)),
         ("IVI-1".to_string(), report("IVI-1", 1, &v.ivi)),
@@ -752,6 +754,28 @@ fn forged_ecu_report_is_rejected_but_the_rest_is_kept() {
     assert_eq!(verified.reports.len(), 1);
     assert_eq!(verified.rejected_reports[0].0, "IVI-1");
     assert_eq!(verified.rejected_reports[0].1.rule(), "bad-signature");
+}
+
+/// A report changed after its ECU signed it (a primary claiming the ECU runs another image),
+/// or signed by another key under the ECU's key ID, keeps its place in the manifest but is
+/// refused: the registered key is checked against the report's own canonical bytes.
+#[test]
+fn ecu_report_altered_after_signing_or_signed_under_a_borrowed_key_id_is_rejected() {
+    let v = vehicle();
+    let mut altered = report("IVI-1", 1, &v.ivi);
+    altered["signed"]["installed_image"]["filename"] = json!("attacker.bin");
+    let mut borrowed = report("IVI-1", 1, &v.primary);
+    borrowed["signatures"][0]["keyid"] = json!(v.ivi.key_id().0);
+    for doc in [altered, borrowed] {
+        let reports = BTreeMap::from([
+            ("TBOX-1".to_string(), report("TBOX-1", 1, &v.primary)),
+            ("IVI-1".to_string(), doc),
+        ]);
+        let verified = verify_vehicle_manifest(&manifest(&v, reports), &keys(&v)).unwrap();
+        assert_eq!(verified.reports.keys().collect::<Vec<_>>(), ["TBOX-1"]);
+        assert_eq!(verified.rejected_reports[0].0, "IVI-1");
+        assert_eq!(verified.rejected_reports[0].1.rule(), "bad-signature");
+    }
 }
 
 #[test]
@@ -831,7 +855,7 @@ fn replayed_counters_are_rejected() {
 #[test]
 fn signer_key_ids_match_the_registered_keys() {
     let v = vehicle();
-    assert_eq!(v.primary.key_id(), v.ecu_keys["TBOX-1"].key_id().unwrap());
+    assert_eq!(&v.primary.key_id(), v.ecu_keys["TBOX-1"].key_id().unwrap());
 }
 
 #[test]

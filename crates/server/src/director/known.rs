@@ -18,7 +18,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use rampart_core::key::Key;
+use rampart_core::key::{Key, PreparedKey};
 use rampart_core::uptane::manifest::{VehicleKeys, VerifiedManifest};
 
 use crate::db::{ReportUpdate, Vehicle};
@@ -28,13 +28,14 @@ use crate::error::{Error, Result};
 /// 100,000-vehicle fleet measure's server peak RSS went from 356 to 454 MiB, BENCHMARKS.md).
 pub const DEFAULT_CAPACITY: usize = 100_000;
 
-/// What never changes about a registered vehicle.
+/// What never changes about a registered vehicle, its keys prepared to verify (key IDs
+/// computed, material parsed) once when it is read.
 #[derive(Debug)]
 struct Registered {
     primary_ecu: String,
-    primary_key: Key,
+    primary_key: PreparedKey,
     /// Every registered ECU's key, the primary's own included, by ECU ID.
-    keys: BTreeMap<String, Key>,
+    keys: BTreeMap<String, PreparedKey>,
 }
 
 /// A vehicle as this server knows it: its registered keys, and the counters it last read or
@@ -52,13 +53,17 @@ impl Known {
     pub(crate) fn of(vehicle: &Vehicle) -> Result<Known> {
         let mut keys = BTreeMap::new();
         let mut counters = BTreeMap::new();
+        let mut primary_key = None;
         for ecu in &vehicle.ecus {
             let key: Key = serde_json::from_value(ecu.public_key.clone())
                 .map_err(|e| Error::Database(format!("stored key of {}: {e}", ecu.ecu_id)))?;
-            keys.insert(ecu.ecu_id.clone(), key);
+            if ecu.ecu_id == vehicle.primary_ecu {
+                primary_key = Some(PreparedKey::new(&key));
+            }
+            keys.insert(ecu.ecu_id.clone(), PreparedKey::new(&key));
             counters.insert(ecu.ecu_id.as_str(), ecu.last_report_counter);
         }
-        let primary_key = keys.get(&vehicle.primary_ecu).cloned().ok_or_else(|| {
+        let primary_key = primary_key.ok_or_else(|| {
             Error::Database(format!(
                 "primary ECU {} of {} has no key",
                 vehicle.primary_ecu, vehicle.vin
@@ -177,10 +182,10 @@ mod tests {
         Known {
             registered: Arc::new(Registered {
                 primary_ecu: "TBOX".into(),
-                primary_key: key.clone(),
+                primary_key: PreparedKey::new(&key),
                 keys: counters
                     .iter()
-                    .map(|(id, _)| ((*id).to_owned(), key.clone()))
+                    .map(|(id, _)| ((*id).to_owned(), PreparedKey::new(&key)))
                     .collect(),
             }),
             manifest_counter: Some(5),
