@@ -88,10 +88,7 @@ type Signed = (Vec<u8>, Vec<u8>, rampart_core::key::PublicKey);
 
 /// The manifest's and each report's canonical signed bytes, signature and parsed key: what
 /// the four verifications of the floor check.
-fn signatures_of(
-    manifest: &[u8],
-    vehicle: &SimVehicle,
-) -> anyhow::Result<Vec<Signed>> {
+fn signatures_of(manifest: &[u8], vehicle: &SimVehicle) -> anyhow::Result<Vec<Signed>> {
     let mut out = Vec::new();
     let mut add = |env: &Envelope, key: &rampart_core::key::Key| -> anyhow::Result<()> {
         let id = key.key_id()?;

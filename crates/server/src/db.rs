@@ -23,6 +23,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::error::{Error, Result};
 
 mod group_commit;
+mod quiet_batch;
 mod quiet_checkin;
 
 /// Which database is behind the pool.
@@ -56,6 +57,8 @@ pub struct Db {
     event_window: chrono::Duration,
     /// SQLite: the writer that stores check-ins in shared transactions (see `group_commit`).
     group_commit: Option<group_commit::GroupCommit>,
+    /// PostgreSQL: quiet check-ins stored in batches (`db::quiet_batch`).
+    quiet_batches: Option<quiet_batch::QuietBatches>,
 }
 
 /// Default of [`Db::with_event_window`].
@@ -726,9 +729,15 @@ impl Db {
             event_window: chrono::Duration::from_std(DEFAULT_EVENT_WINDOW)
                 .unwrap_or(chrono::Duration::zero()),
             group_commit: None,
+            quiet_batches: None,
         };
-        if backend == Backend::Sqlite {
-            db.group_commit = Some(group_commit::GroupCommit::start(db.clone()));
+        match backend {
+            Backend::Sqlite => {
+                db.group_commit = Some(group_commit::GroupCommit::start(db.clone()));
+            }
+            Backend::Postgres => {
+                db.quiet_batches = Some(quiet_batch::QuietBatches::start(db.pool.clone()));
+            }
         }
         Ok(db)
     }
@@ -1118,7 +1127,15 @@ impl Db {
             && checkin.events.is_empty()
             && checkin.progress.is_empty()
         {
-            if let Some((stored, roles)) = quiet_checkin::record(&self.pool, checkin, &now).await? {
+            let batched = match &self.quiet_batches {
+                Some(batches) if quiet_batch::batchable(checkin) => batches.record(checkin).await,
+                _ => None,
+            };
+            let quiet = match batched {
+                Some(quiet) => quiet?,
+                None => quiet_checkin::record(&self.pool, checkin, &now).await?,
+            };
+            if let Some((stored, roles)) = quiet {
                 let dropped: Vec<&ReportUpdate> = checkin
                     .reports
                     .iter()

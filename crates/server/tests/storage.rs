@@ -915,6 +915,67 @@ async fn checkins_arriving_together_are_each_decided_and_stored_when_answered(ur
     }
 }
 
+/// PostgreSQL stores quiet check-ins that arrive together in one statement a batch
+/// (`db::quiet_batch`): the manifests of 40 vehicles checking in at once are written by far
+/// fewer transactions than check-ins (rows written by one transaction share its `xmin`), and
+/// each check-in is still decided on its own: its counter and report stored, each answered
+/// only once stored, and a copy arriving later refused as a replay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn quiet_checkins_arriving_together_share_one_statement_on_postgres() {
+    common::with_postgres(|url| async move {
+        let db = connect(&url).await;
+        let vins: Vec<String> = (0..40).map(|i| format!("VIN-B{i:02}")).collect();
+        for vin in &vins {
+            db.register_vehicle(&new_vehicle(vin)).await.unwrap();
+        }
+        let image = Installed {
+            target: "tbox/fw-2.bin".into(),
+            length: 2,
+            hashes: hashes("2"),
+            release_counter: 2,
+        };
+        let barrier = Arc::new(Barrier::new(vins.len()));
+        let mut handles = Vec::new();
+        for vin in &vins {
+            let (db, barrier, vin, image) =
+                (db.clone(), barrier.clone(), vin.clone(), image.clone());
+            handles.push(tokio::spawn(async move {
+                barrier.wait().await;
+                db.record_checkin(&checkin(&vin, 5, vec![report("TBOX-1", image, 5)]))
+                    .await
+            }));
+        }
+        for h in handles {
+            assert!(h.await.unwrap().unwrap().is_empty());
+        }
+        let pool = sqlx::PgPool::connect(&url).await.unwrap();
+        let (rows, transactions): (i64, i64) =
+            sqlx::query_as("SELECT count(*), count(DISTINCT xmin::text) FROM manifests")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        assert_eq!(rows, 40);
+        assert!(
+            transactions <= 20,
+            "40 check-ins arriving together were written by {transactions} transactions"
+        );
+        for vin in &vins {
+            let v = vehicle(&db, vin).await;
+            assert_eq!(v.last_manifest_counter, Some(5), "{vin}");
+            let tbox = v.ecus.iter().find(|e| e.ecu_id == "TBOX-1").unwrap();
+            assert_eq!(tbox.installed, Some(image.clone()), "{vin}");
+            assert_eq!(tbox.last_report_counter, Some(5), "{vin}");
+            let replay = checkin(vin, 5, vec![report("TBOX-1", image.clone(), 6)]);
+            assert!(matches!(
+                db.record_checkin(&replay).await,
+                Err(Error::Replay(_))
+            ));
+        }
+        assert_eq!(db.count("manifests").await.unwrap(), 40);
+    })
+    .await;
+}
+
 async fn director_roles_replace_only_from_the_version_read(url: String) {
     let db = connect(&url).await;
     assert_eq!(db.director_role("VIN-D", "targets").await.unwrap(), None);

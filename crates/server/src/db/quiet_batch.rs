@@ -1,0 +1,279 @@
+//! Quiet check-ins on PostgreSQL stored together: the check-ins that arrive while the previous
+//! batch is being written go in one statement, the one-statement check-in
+//! (`db::quiet_checkin`) made for many vehicles at once.
+//!
+//! Why: with the vehicle's keys kept (`director::known`), a check-in's cost on PostgreSQL is
+//! mostly per statement, not per row: the backend's wake-up, its executor set up for a
+//! statement of four parts, and sqlx's round trip and ping when the connection goes back to
+//! its pool (a profile of the check-in measure: PostgreSQL 38 % of the samples, more than half
+//! of it in the kernel). One statement for a batch shares all of that.
+//!
+//! The guarantees are the one-statement check-in's, for each vehicle of the batch: the counter
+//! moves only above the stored one and only for a vehicle in service, under the row's lock
+//! (a concurrent copy re-checks the moved row and finds it moved), reports only above their
+//! own counters and only if the counter moved, the manifest is kept with them, and the
+//! statement is its own transaction, durable before any check-in of it is answered. A batch
+//! holds one check-in per vehicle: a second copy of a vehicle's manifest arriving with it (a
+//! replay racing its original) is stored alone after the batch, so it meets the moved counter.
+//! A check-in that finds nothing to move (a replay, a removed vehicle, a report that may
+//! complete a pending assignment) gets `None`, and its caller takes the general path, which
+//! decides and names the rule, as before. If the batch statement fails (a deadlock with
+//! another instance's batch, a lost connection), nothing of it was stored, and each check-in
+//! is stored alone.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+
+use serde::Serialize;
+use sqlx::AnyPool;
+use tokio::sync::{mpsc, oneshot};
+
+use super::{db_err, get_str, now_text, quiet_checkin, stored_role, to_i64, Checkin};
+use super::{DirectorRoles, ReportUpdate};
+use crate::error::{Error, Result};
+
+/// At most this many check-ins in one statement: a batch is whatever arrived while the
+/// previous one was being written, so this only bounds a burst.
+const MAX_BATCH: usize = 64;
+
+/// Check-ins waiting (beyond this, senders wait: back-pressure).
+const QUEUE: usize = 1024;
+
+/// What a quiet check-in did: `None` if nothing (take the general path), else the ECUs whose
+/// reports were stored and the vehicle's director documents.
+pub(super) type Quiet = Option<(BTreeSet<String>, DirectorRoles)>;
+
+/// The handle the database's users share; the writer ends when the last one is dropped.
+#[derive(Debug, Clone)]
+pub(super) struct QuietBatches {
+    jobs: mpsc::Sender<Job>,
+}
+
+#[derive(Debug)]
+struct Job {
+    vin: String,
+    counter: u64,
+    nonce: String,
+    document: String,
+    reports: Vec<ReportUpdate>,
+    answer: oneshot::Sender<Result<Quiet>>,
+}
+
+impl Job {
+    /// The check-in as the one-statement path stores it.
+    fn checkin(&self) -> Checkin<'_> {
+        Checkin {
+            vin: &self.vin,
+            counter: self.counter,
+            nonce: &self.nonce,
+            document: &self.document,
+            reports: self.reports.clone(),
+            remote: None,
+            events: Vec::new(),
+            progress: Vec::new(),
+        }
+    }
+}
+
+impl QuietBatches {
+    /// Starts the writer on the current Tokio runtime.
+    ///
+    /// One writer, one batch at a time: with two, batches held 2.8 check-ins on average
+    /// instead of 6 and a check-in cost more CPU (1.07 against 0.97 ms, the check-in measure).
+    pub(super) fn start(pool: AnyPool) -> Self {
+        let (jobs, queue) = mpsc::channel(QUEUE);
+        tokio::spawn(write(pool, queue));
+        QuietBatches { jobs }
+    }
+
+    /// Stores the quiet check-in `checkin` in the next batch and answers as
+    /// `quiet_checkin::record` does; `None` if the writer is gone (their runtime ended),
+    /// for the caller to store it by itself.
+    pub(super) async fn record(&self, checkin: &Checkin<'_>) -> Option<Result<Quiet>> {
+        let (answer, answered) = oneshot::channel();
+        let job = Job {
+            vin: checkin.vin.to_owned(),
+            counter: checkin.counter,
+            nonce: checkin.nonce.to_owned(),
+            document: checkin.document.to_owned(),
+            reports: checkin.reports.clone(),
+            answer,
+        };
+        self.jobs.send(job).await.ok()?;
+        answered.await.ok()
+    }
+}
+
+async fn write(pool: AnyPool, mut queue: mpsc::Receiver<Job>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let mut vins = HashSet::new();
+        let (together, after): (Vec<Job>, Vec<Job>) = batch
+            .drain(..)
+            .partition(|job| vins.insert(job.vin.clone()));
+        tracing::trace!(
+            check_ins = together.len(),
+            alone = after.len(),
+            "batch of quiet check-ins"
+        );
+        let answers = store(&pool, &together).await;
+        for (job, answer) in together.into_iter().zip(answers) {
+            // A caller that stopped waiting (its request was cancelled) has nothing to learn.
+            let _ = job.answer.send(answer);
+        }
+        for job in after {
+            let answer = alone(&pool, &job).await;
+            let _ = job.answer.send(answer);
+        }
+    }
+}
+
+/// One check-in stored by the one-statement path.
+async fn alone(pool: &AnyPool, job: &Job) -> Result<Quiet> {
+    quiet_checkin::record(pool, &job.checkin(), &now_text()).await
+}
+
+/// A row of the check-ins of a batch, as the statement reads them.
+#[derive(Serialize)]
+struct CheckinRow<'a> {
+    vin: &'a str,
+    counter: i64,
+    nonce: &'a str,
+    document: &'a str,
+}
+
+/// A row of the ECU reports of a batch.
+#[derive(Serialize)]
+struct ReportRow<'a> {
+    vin: &'a str,
+    ecu_id: &'a str,
+    target: &'a str,
+    length: i64,
+    hashes: String,
+    release_counter: i64,
+    report_counter: i64,
+}
+
+/// The batch statement: the check-ins and their reports come as two JSON arrays, so that its
+/// text is the same for every batch (prepared once per connection).
+const STATEMENT: &str = "\
+WITH input AS (SELECT * FROM json_to_recordset($1::json) \
+    AS t(vin TEXT, counter BIGINT, nonce TEXT, document TEXT)), \
+  rin AS (SELECT * FROM json_to_recordset($2::json) \
+    AS r(vin TEXT, ecu_id TEXT, target TEXT, length BIGINT, hashes TEXT, \
+         release_counter BIGINT, report_counter BIGINT)), \
+  moved AS (UPDATE vehicles v SET last_manifest_counter = i.counter, last_seen = $3 \
+    FROM input i \
+    WHERE v.vin = i.vin AND v.removed_at IS NULL \
+    AND (v.last_manifest_counter IS NULL OR v.last_manifest_counter < i.counter) \
+    AND NOT EXISTS (SELECT 1 FROM assignments a JOIN rin r \
+      ON r.vin = a.vin AND r.ecu_id = a.ecu_id AND r.target = a.target \
+      WHERE a.vin = i.vin AND a.status = 'pending') \
+    RETURNING v.vin), \
+  reports AS (UPDATE ecus e SET installed_target = r.target, installed_length = r.length, \
+      installed_hashes = r.hashes, installed_release_counter = r.release_counter, \
+      last_report_counter = r.report_counter \
+    FROM rin r \
+    WHERE e.vin = r.vin AND e.ecu_id = r.ecu_id AND r.vin IN (SELECT vin FROM moved) \
+    AND (e.last_report_counter IS NULL OR e.last_report_counter < r.report_counter) \
+    RETURNING e.vin, e.ecu_id), \
+  kept AS (INSERT INTO manifests (vin, counter, nonce, received_at, document) \
+    SELECT i.vin, i.counter, i.nonce, $3, i.document FROM input i \
+    WHERE i.vin IN (SELECT vin FROM moved) RETURNING vin) \
+SELECT 'moved' AS kind, vin, NULL AS name, NULL AS role, NULL::BIGINT AS version, \
+  NULL AS expires_at, NULL AS content_digest, NULL AS document FROM kept \
+UNION ALL SELECT 'report', vin, ecu_id, NULL, NULL, NULL, NULL, NULL FROM reports \
+UNION ALL SELECT 'role', d.vin, d.role, d.role, d.version, d.expires_at, d.content_digest, \
+  d.document FROM director_roles d WHERE d.vin IN (SELECT vin FROM kept)";
+
+/// Stores a batch (one check-in per vehicle) in one statement; one answer per check-in, in
+/// order. If the statement fails, nothing of it was stored, and each is stored alone.
+async fn store(pool: &AnyPool, batch: &[Job]) -> Vec<Result<Quiet>> {
+    match together(pool, batch).await {
+        Ok(answers) => answers.into_iter().map(Ok).collect(),
+        Err(e) => {
+            tracing::debug!(error = %e, check_ins = batch.len(), "batch of quiet check-ins failed; storing each alone");
+            let mut answers = Vec::with_capacity(batch.len());
+            for job in batch {
+                answers.push(alone(pool, job).await);
+            }
+            answers
+        }
+    }
+}
+
+async fn together(pool: &AnyPool, batch: &[Job]) -> Result<Vec<Quiet>> {
+    let mut checkins = Vec::with_capacity(batch.len());
+    let mut reports = Vec::new();
+    for job in batch {
+        checkins.push(CheckinRow {
+            vin: &job.vin,
+            counter: to_i64(job.counter)?,
+            nonce: &job.nonce,
+            document: &job.document,
+        });
+        for r in &job.reports {
+            reports.push(ReportRow {
+                vin: &job.vin,
+                ecu_id: &r.ecu_id,
+                target: &r.installed.target,
+                length: to_i64(r.installed.length)?,
+                hashes: r.installed.hashes.to_string(),
+                release_counter: to_i64(r.installed.release_counter)?,
+                report_counter: to_i64(r.report_counter)?,
+            });
+        }
+    }
+    let rows = sqlx::query(STATEMENT)
+        .bind(json_text(&checkins)?)
+        .bind(json_text(&reports)?)
+        .bind(now_text())
+        .fetch_all(pool)
+        .await
+        .map_err(db_err("batch of quiet check-ins"))?;
+    let mut moved = HashSet::new();
+    let mut stored: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut roles: BTreeMap<String, DirectorRoles> = BTreeMap::new();
+    for row in &rows {
+        let vin = get_str(row, "vin")?;
+        match get_str(row, "kind")?.as_str() {
+            "moved" => {
+                moved.insert(vin);
+            }
+            "role" => roles.entry(vin).or_default().put(stored_role(row)?),
+            _ => {
+                stored.entry(vin).or_default().insert(get_str(row, "name")?);
+            }
+        }
+    }
+    Ok(batch
+        .iter()
+        .map(|job| {
+            moved.contains(&job.vin).then(|| {
+                (
+                    stored.remove(&job.vin).unwrap_or_default(),
+                    roles.remove(&job.vin).unwrap_or_default(),
+                )
+            })
+        })
+        .collect())
+}
+
+/// Whether a check-in can go in a batch: PostgreSQL's JSON cannot carry a NUL character, so a
+/// check-in with one in a field the statement reads is stored alone (where PostgreSQL refuses
+/// it as before), instead of failing the batch of every vehicle it arrived with.
+pub(super) fn batchable(checkin: &Checkin<'_>) -> bool {
+    let clean = |s: &str| !s.contains('\0');
+    clean(checkin.vin)
+        && clean(checkin.nonce)
+        && clean(checkin.document)
+        && checkin
+            .reports
+            .iter()
+            .all(|r| clean(&r.ecu_id) && clean(&r.installed.target))
+}
+
+/// A row list as the JSON text the statement reads.
+fn json_text<T: Serialize>(rows: &T) -> Result<String> {
+    serde_json::to_string(rows)
+        .map_err(|e| Error::Database(format!("batch of quiet check-ins: {e}")))
+}
