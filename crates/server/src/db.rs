@@ -22,9 +22,11 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::error::{Error, Result};
 
+mod batch;
 mod group_commit;
 mod quiet_batch;
 mod quiet_checkin;
+mod role_reads;
 
 /// Which database is behind the pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,6 +61,8 @@ pub struct Db {
     group_commit: Option<group_commit::GroupCommit>,
     /// PostgreSQL: quiet check-ins stored in batches (`db::quiet_batch`).
     quiet_batches: Option<quiet_batch::QuietBatches>,
+    /// PostgreSQL: director documents read in batches (`db::role_reads`).
+    role_reads: Option<role_reads::RoleReads>,
 }
 
 /// Default of [`Db::with_event_window`].
@@ -730,6 +734,7 @@ impl Db {
                 .unwrap_or(chrono::Duration::zero()),
             group_commit: None,
             quiet_batches: None,
+            role_reads: None,
         };
         match backend {
             Backend::Sqlite => {
@@ -737,6 +742,7 @@ impl Db {
             }
             Backend::Postgres => {
                 db.quiet_batches = Some(quiet_batch::QuietBatches::start(db.pool.clone()));
+                db.role_reads = Some(role_reads::RoleReads::start(db.pool.clone()));
             }
         }
         Ok(db)
@@ -1406,8 +1412,14 @@ impl Db {
         Ok(())
     }
 
-    /// The three director documents of `vin`, in one read.
+    /// The three director documents of `vin`, in one read (on PostgreSQL, one read with the
+    /// other vehicles' that arrive together: `db::role_reads`).
     pub async fn director_roles(&self, vin: &str) -> Result<DirectorRoles> {
+        if let Some(reads) = &self.role_reads {
+            if let Some(roles) = reads.of(vin).await {
+                return roles;
+            }
+        }
         let rows = sqlx::query(
             "SELECT role, version, expires_at, content_digest, document FROM director_roles WHERE vin = $1",
         )

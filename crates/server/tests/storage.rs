@@ -19,8 +19,8 @@ use rampart_core::key::KeyScheme;
 use rampart_core::rule::Rule;
 use rampart_core::signer::{InMemorySigner, Signer};
 use rampart_server::db::{
-    Aggregate, Assignment, Backend, Checkin, Db, ImageKey, Installed, NewEcu, NewEvent, NewVehicle,
-    ReportUpdate, StoredRole, Vehicle, INSTRUCTIONS_CHANGED, TABLES,
+    Aggregate, Assignment, Backend, Checkin, Db, DirectorRoles, ImageKey, Installed, NewEcu,
+    NewEvent, NewVehicle, ReportUpdate, StoredRole, Vehicle, INSTRUCTIONS_CHANGED, TABLES,
 };
 use rampart_server::Error;
 use serde_json::json;
@@ -64,6 +64,7 @@ storage_suite!(
     stale_ecu_report_in_an_accepted_checkin_is_not_stored,
     quiet_checkins_race_once_refuse_replays_and_drop_stale_reports,
     checkins_arriving_together_are_each_decided_and_stored_when_answered,
+    director_roles_read_together_reach_their_own_vehicle,
     director_roles_replace_only_from_the_version_read,
     a_quiet_checkin_reads_the_director_documents_it_leaves_current,
     concurrent_director_role_replace_has_one_winner,
@@ -974,6 +975,40 @@ async fn quiet_checkins_arriving_together_share_one_statement_on_postgres() {
         assert_eq!(db.count("manifests").await.unwrap(), 40);
     })
     .await;
+}
+
+/// Director documents read at once for many vehicles (on PostgreSQL, in shared statements:
+/// `db::role_reads`) come back each to its own vehicle, and a vehicle with none gets none.
+async fn director_roles_read_together_reach_their_own_vehicle(url: String) {
+    let db = connect(&url).await;
+    let vins: Vec<String> = (0..30).map(|i| format!("VIN-R{i:02}")).collect();
+    for (i, vin) in vins.iter().enumerate().skip(1) {
+        let roles = [
+            (None, role("targets", i as u64, vin)),
+            (None, role("snapshot", i as u64, vin)),
+            (None, role("timestamp", i as u64, vin)),
+        ];
+        assert!(db.replace_director_roles(vin, &roles).await.unwrap());
+    }
+    let barrier = Arc::new(Barrier::new(vins.len()));
+    let mut handles = Vec::new();
+    for (i, vin) in vins.iter().enumerate() {
+        let (db, barrier, vin) = (db.clone(), barrier.clone(), vin.clone());
+        handles.push(tokio::spawn(async move {
+            barrier.wait().await;
+            (i, vin.clone(), db.director_roles(&vin).await.unwrap())
+        }));
+    }
+    for h in handles {
+        let (i, vin, roles) = h.await.unwrap();
+        if i == 0 {
+            assert_eq!(roles, DirectorRoles::default(), "{vin} has none");
+            continue;
+        }
+        assert_eq!(roles.targets, Some(role("targets", i as u64, &vin)));
+        assert_eq!(roles.snapshot, Some(role("snapshot", i as u64, &vin)));
+        assert_eq!(roles.timestamp, Some(role("timestamp", i as u64, &vin)));
+    }
 }
 
 async fn director_roles_replace_only_from_the_version_read(url: String) {

@@ -18,6 +18,7 @@
 use sqlx::Acquire;
 use tokio::sync::{mpsc, oneshot};
 
+use super::batch::same;
 use super::{db_err, now_text, Checkin, Db, NewEvent, ReportUpdate};
 use crate::error::{Error, Result};
 
@@ -164,11 +165,6 @@ async fn store_each(db: &Db, batch: &[Job]) -> Vec<Result<Vec<i64>>> {
         return failed(&db_err("commit")(e));
     }
     answers
-}
-
-/// The error of a failed batch, for each of its check-ins (errors are not `Clone`).
-fn same(e: &Error) -> Error {
-    Error::Database(e.to_string())
 }
 
 /// A check-in the writer task can own.
