@@ -1,9 +1,10 @@
 //! A queue whose waiting requests one task takes together, a batch at a time: what the
-//! PostgreSQL check-in path uses to share one statement between the requests that arrive
-//! while the previous statement runs (`db::quiet_batch` for the check-ins' writes,
-//! [`super::Db::director_roles`] for the reads of director documents).
+//! check-in path uses to share work between the requests that arrive while the previous
+//! batch runs — on SQLite one transaction and disk flush (`db::group_commit`), on PostgreSQL
+//! one statement (`db::quiet_batch` for the check-ins' writes, `db::role_reads` for the
+//! reads of director documents).
 //!
-//! Why: on PostgreSQL a check-in's cost is mostly per statement — the backend's wake-up, its
+//! Why on PostgreSQL: a check-in's cost there is mostly per statement — the backend's wake-up, its
 //! executor set up, and sqlx's round trip and ping when the connection goes back to its pool
 //! — not per row. A batch shares all of that. Nothing waits on purpose: a batch is whatever
 //! queued while the last one ran, so a lone request goes at once.
@@ -12,6 +13,7 @@ use std::future::Future;
 
 use tokio::sync::{mpsc, oneshot};
 
+use super::{Checkin, NewEvent, ReportUpdate};
 use crate::error::Error;
 
 /// Requests waiting (beyond this, senders wait: back-pressure).
@@ -62,6 +64,82 @@ impl<J: Send + 'static, A: Send + 'static> Batches<J, A> {
         let (answer, answered) = oneshot::channel();
         self.jobs.send((job, answer)).await.ok()?;
         answered.await.ok()
+    }
+}
+
+/// A check-in a batch's task can own.
+#[derive(Debug)]
+pub(super) struct OwnedCheckin {
+    pub(super) vin: String,
+    pub(super) counter: u64,
+    pub(super) nonce: String,
+    pub(super) document: String,
+    pub(super) reports: Vec<ReportUpdate>,
+    remote: Option<String>,
+    events: Vec<OwnedEvent>,
+    progress: Vec<(String, String, &'static str)>,
+}
+
+#[derive(Debug)]
+struct OwnedEvent {
+    source: String,
+    rule: String,
+    vin: Option<String>,
+    ecu_id: Option<String>,
+    remote: Option<String>,
+    detail: String,
+}
+
+impl From<&Checkin<'_>> for OwnedCheckin {
+    fn from(c: &Checkin<'_>) -> Self {
+        OwnedCheckin {
+            vin: c.vin.to_owned(),
+            counter: c.counter,
+            nonce: c.nonce.to_owned(),
+            document: c.document.to_owned(),
+            reports: c.reports.clone(),
+            remote: c.remote.map(str::to_owned),
+            events: c
+                .events
+                .iter()
+                .map(|e| OwnedEvent {
+                    source: e.source.to_owned(),
+                    rule: e.rule.to_owned(),
+                    vin: e.vin.map(str::to_owned),
+                    ecu_id: e.ecu_id.map(str::to_owned),
+                    remote: e.remote.map(str::to_owned),
+                    detail: e.detail.to_owned(),
+                })
+                .collect(),
+            progress: c.progress.clone(),
+        }
+    }
+}
+
+impl OwnedCheckin {
+    /// The check-in as the storing paths take it.
+    pub(super) fn borrowed(&self) -> Checkin<'_> {
+        Checkin {
+            vin: &self.vin,
+            counter: self.counter,
+            nonce: &self.nonce,
+            document: &self.document,
+            reports: self.reports.clone(),
+            remote: self.remote.as_deref(),
+            events: self
+                .events
+                .iter()
+                .map(|e| NewEvent {
+                    source: &e.source,
+                    rule: &e.rule,
+                    vin: e.vin.as_deref(),
+                    ecu_id: e.ecu_id.as_deref(),
+                    remote: e.remote.as_deref(),
+                    detail: &e.detail,
+                })
+                .collect(),
+            progress: self.progress.clone(),
+        }
     }
 }
 

@@ -16,61 +16,37 @@
 //! with one flush by itself.
 
 use sqlx::Acquire;
-use tokio::sync::{mpsc, oneshot};
 
-use super::batch::same;
-use super::{db_err, now_text, Checkin, Db, NewEvent, ReportUpdate};
+use super::batch::{same, Batches, OwnedCheckin};
+use super::{db_err, now_text, Checkin, Db};
 use crate::error::{Error, Result};
 
 /// At most this many check-ins in one transaction: a batch is whatever arrived while the
 /// previous one was being written, so this only bounds a burst.
 const MAX_BATCH: usize = 128;
 
-/// Check-ins waiting for the writer (beyond this, senders wait: back-pressure).
-const QUEUE: usize = 1024;
-
-/// The handle the pool's users share; the writer task ends when the last one is dropped.
+/// The handle the pool's users share (`db::batch`); the writer task ends when the last one
+/// is dropped.
 #[derive(Debug, Clone)]
 pub(super) struct GroupCommit {
-    jobs: mpsc::Sender<Job>,
-}
-
-#[derive(Debug)]
-struct Job {
-    checkin: OwnedCheckin,
-    answer: oneshot::Sender<Result<Vec<i64>>>,
+    batches: Batches<OwnedCheckin, Result<Vec<i64>>>,
 }
 
 impl GroupCommit {
     /// Starts the writer on the current Tokio runtime; `db` is the database without a group
     /// commit of its own (the writer stores through [`Db::record_checkin_in`]).
     pub(super) fn start(db: Db) -> Self {
-        let (jobs, queue) = mpsc::channel(QUEUE);
-        tokio::spawn(write(db, queue));
-        GroupCommit { jobs }
+        let batches = Batches::start(MAX_BATCH, move |batch| {
+            let db = db.clone();
+            async move { store(&db, &batch).await }
+        });
+        GroupCommit { batches }
     }
 
     /// Stores `checkin` in the next batch and answers as [`Db::record_checkin`] does; `None`
     /// if the writer is gone (its runtime ended), for the caller to store it by itself.
     pub(super) async fn record(&self, checkin: &Checkin<'_>) -> Option<Result<Vec<i64>>> {
-        let (answer, answered) = oneshot::channel();
-        let job = Job {
-            checkin: OwnedCheckin::from(checkin),
-            answer,
-        };
-        self.jobs.send(job).await.ok()?;
-        answered.await.ok()
-    }
-}
-
-async fn write(db: Db, mut queue: mpsc::Receiver<Job>) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let answers = store(&db, &batch).await;
-        for (job, answer) in batch.drain(..).zip(answers) {
-            // A caller that stopped waiting (its request was cancelled) has nothing to learn.
-            let _ = job.answer.send(answer);
-        }
+        self.batches.run(OwnedCheckin::from(checkin)).await
     }
 }
 
@@ -82,7 +58,7 @@ async fn write(db: Db, mut queue: mpsc::Receiver<Job>) {
 /// whole transaction is rolled back and the batch is stored again, each check-in in its own
 /// savepoint; nothing of the first attempt remains. A transaction that cannot begin or commit
 /// fails every check-in of the batch, as before.
-async fn store(db: &Db, batch: &[Job]) -> Vec<Result<Vec<i64>>> {
+async fn store(db: &Db, batch: &[OwnedCheckin]) -> Vec<Result<Vec<i64>>> {
     match store_all_or_none(db, batch).await {
         Attempt::Stored(answers) => answers,
         Attempt::Refused => store_each(db, batch).await,
@@ -100,7 +76,7 @@ enum Attempt {
     Failed(Error),
 }
 
-async fn store_all_or_none(db: &Db, batch: &[Job]) -> Attempt {
+async fn store_all_or_none(db: &Db, batch: &[OwnedCheckin]) -> Attempt {
     let mut tx = match db.pool.begin().await {
         Ok(tx) => tx,
         Err(e) => return Attempt::Failed(db_err("begin")(e)),
@@ -108,10 +84,7 @@ async fn store_all_or_none(db: &Db, batch: &[Job]) -> Attempt {
     let now = now_text();
     let mut answers = Vec::with_capacity(batch.len());
     for job in batch {
-        match db
-            .record_checkin_in(&mut tx, &job.checkin.borrowed(), &now)
-            .await
-        {
+        match db.record_checkin_in(&mut tx, &job.borrowed(), &now).await {
             Ok(done) => answers.push(Ok(done)),
             // Rolled back before the batch is stored again (by then on another connection of
             // the pool, which would otherwise wait for this one's write lock).
@@ -131,7 +104,7 @@ async fn store_all_or_none(db: &Db, batch: &[Job]) -> Attempt {
 
 /// The batch in one transaction, each check-in in a savepoint of its own: a refused one is
 /// rolled back alone.
-async fn store_each(db: &Db, batch: &[Job]) -> Vec<Result<Vec<i64>>> {
+async fn store_each(db: &Db, batch: &[OwnedCheckin]) -> Vec<Result<Vec<i64>>> {
     let failed = |e: &Error| batch.iter().map(|_| Err(same(e))).collect();
     let mut tx = match db.pool.begin().await {
         Ok(tx) => tx,
@@ -140,7 +113,7 @@ async fn store_each(db: &Db, batch: &[Job]) -> Vec<Result<Vec<i64>>> {
     let now = now_text();
     let mut answers = Vec::with_capacity(batch.len());
     for job in batch {
-        let checkin = job.checkin.borrowed();
+        let checkin = job.borrowed();
         let mut savepoint = match tx.begin().await {
             Ok(sp) => sp,
             Err(e) => return failed(&db_err("savepoint")(e)),
@@ -165,79 +138,4 @@ async fn store_each(db: &Db, batch: &[Job]) -> Vec<Result<Vec<i64>>> {
         return failed(&db_err("commit")(e));
     }
     answers
-}
-
-/// A check-in the writer task can own.
-#[derive(Debug)]
-struct OwnedCheckin {
-    vin: String,
-    counter: u64,
-    nonce: String,
-    document: String,
-    reports: Vec<ReportUpdate>,
-    remote: Option<String>,
-    events: Vec<OwnedEvent>,
-    progress: Vec<(String, String, &'static str)>,
-}
-
-#[derive(Debug)]
-struct OwnedEvent {
-    source: String,
-    rule: String,
-    vin: Option<String>,
-    ecu_id: Option<String>,
-    remote: Option<String>,
-    detail: String,
-}
-
-impl From<&Checkin<'_>> for OwnedCheckin {
-    fn from(c: &Checkin<'_>) -> Self {
-        OwnedCheckin {
-            vin: c.vin.to_owned(),
-            counter: c.counter,
-            nonce: c.nonce.to_owned(),
-            document: c.document.to_owned(),
-            reports: c.reports.clone(),
-            remote: c.remote.map(str::to_owned),
-            events: c
-                .events
-                .iter()
-                .map(|e| OwnedEvent {
-                    source: e.source.to_owned(),
-                    rule: e.rule.to_owned(),
-                    vin: e.vin.map(str::to_owned),
-                    ecu_id: e.ecu_id.map(str::to_owned),
-                    remote: e.remote.map(str::to_owned),
-                    detail: e.detail.to_owned(),
-                })
-                .collect(),
-            progress: c.progress.clone(),
-        }
-    }
-}
-
-impl OwnedCheckin {
-    fn borrowed(&self) -> Checkin<'_> {
-        Checkin {
-            vin: &self.vin,
-            counter: self.counter,
-            nonce: &self.nonce,
-            document: &self.document,
-            reports: self.reports.clone(),
-            remote: self.remote.as_deref(),
-            events: self
-                .events
-                .iter()
-                .map(|e| NewEvent {
-                    source: &e.source,
-                    rule: &e.rule,
-                    vin: e.vin.as_deref(),
-                    ecu_id: e.ecu_id.as_deref(),
-                    remote: e.remote.as_deref(),
-                    detail: &e.detail,
-                })
-                .collect(),
-            progress: self.progress.clone(),
-        }
-    }
 }

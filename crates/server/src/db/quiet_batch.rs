@@ -26,9 +26,9 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use serde::Serialize;
 use sqlx::AnyPool;
 
-use super::batch::Batches;
+use super::batch::{Batches, OwnedCheckin};
+use super::DirectorRoles;
 use super::{db_err, get_str, now_text, quiet_checkin, stored_role, to_i64, Checkin};
-use super::{DirectorRoles, ReportUpdate};
 use crate::error::{Error, Result};
 
 /// At most this many check-ins in one statement: a batch is whatever arrived while the
@@ -45,32 +45,7 @@ pub(super) type Quiet = Option<(BTreeSet<String>, DirectorRoles)>;
 /// of 6 and a check-in cost more CPU (1.07 against 0.97 ms, the check-in measure).
 #[derive(Debug, Clone)]
 pub(super) struct QuietBatches {
-    batches: Batches<Job, Result<Quiet>>,
-}
-
-#[derive(Debug)]
-struct Job {
-    vin: String,
-    counter: u64,
-    nonce: String,
-    document: String,
-    reports: Vec<ReportUpdate>,
-}
-
-impl Job {
-    /// The check-in as the one-statement path stores it.
-    fn checkin(&self) -> Checkin<'_> {
-        Checkin {
-            vin: &self.vin,
-            counter: self.counter,
-            nonce: &self.nonce,
-            document: &self.document,
-            reports: self.reports.clone(),
-            remote: None,
-            events: Vec::new(),
-            progress: Vec::new(),
-        }
-    }
+    batches: Batches<OwnedCheckin, Result<Quiet>>,
 }
 
 impl QuietBatches {
@@ -84,21 +59,13 @@ impl QuietBatches {
     /// `quiet_checkin::record` does; `None` if the writer is gone (its runtime ended), for
     /// the caller to store it by itself.
     pub(super) async fn record(&self, checkin: &Checkin<'_>) -> Option<Result<Quiet>> {
-        self.batches
-            .run(Job {
-                vin: checkin.vin.to_owned(),
-                counter: checkin.counter,
-                nonce: checkin.nonce.to_owned(),
-                document: checkin.document.to_owned(),
-                reports: checkin.reports.clone(),
-            })
-            .await
+        self.batches.run(OwnedCheckin::from(checkin)).await
     }
 }
 
 /// Stores a batch: the first check-in of each vehicle together, then each further copy
 /// alone, so that it meets the counter the first one moved. Answers in the batch's order.
-async fn write(pool: AnyPool, batch: Vec<Job>) -> Vec<Result<Quiet>> {
+async fn write(pool: AnyPool, batch: Vec<OwnedCheckin>) -> Vec<Result<Quiet>> {
     let mut vins = HashSet::new();
     let (first, again): (Vec<usize>, Vec<usize>) =
         (0..batch.len()).partition(|&k| batch.get(k).is_some_and(|j| vins.insert(&j.vin)));
@@ -107,7 +74,7 @@ async fn write(pool: AnyPool, batch: Vec<Job>) -> Vec<Result<Quiet>> {
         alone = again.len(),
         "batch of quiet check-ins"
     );
-    let together: Vec<&Job> = first.iter().filter_map(|&k| batch.get(k)).collect();
+    let together: Vec<&OwnedCheckin> = first.iter().filter_map(|&k| batch.get(k)).collect();
     let mut answers: Vec<Option<Result<Quiet>>> = batch.iter().map(|_| None).collect();
     for (k, answer) in first.iter().zip(store(&pool, &together).await) {
         if let Some(slot) = answers.get_mut(*k) {
@@ -126,8 +93,8 @@ async fn write(pool: AnyPool, batch: Vec<Job>) -> Vec<Result<Quiet>> {
 }
 
 /// One check-in stored by the one-statement path.
-async fn alone(pool: &AnyPool, job: &Job) -> Result<Quiet> {
-    quiet_checkin::record(pool, &job.checkin(), &now_text()).await
+async fn alone(pool: &AnyPool, job: &OwnedCheckin) -> Result<Quiet> {
+    quiet_checkin::record(pool, &job.borrowed(), &now_text()).await
 }
 
 /// A row of the check-ins of a batch, as the statement reads them.
@@ -185,7 +152,7 @@ UNION ALL SELECT 'role', d.vin, d.role, d.role, d.version, d.expires_at, d.conte
 
 /// Stores a batch (one check-in per vehicle) in one statement; one answer per check-in, in
 /// order. If the statement fails, nothing of it was stored, and each is stored alone.
-async fn store(pool: &AnyPool, batch: &[&Job]) -> Vec<Result<Quiet>> {
+async fn store(pool: &AnyPool, batch: &[&OwnedCheckin]) -> Vec<Result<Quiet>> {
     match together(pool, batch).await {
         Ok(answers) => answers.into_iter().map(Ok).collect(),
         Err(e) => {
@@ -199,7 +166,7 @@ async fn store(pool: &AnyPool, batch: &[&Job]) -> Vec<Result<Quiet>> {
     }
 }
 
-async fn together(pool: &AnyPool, batch: &[&Job]) -> Result<Vec<Quiet>> {
+async fn together(pool: &AnyPool, batch: &[&OwnedCheckin]) -> Result<Vec<Quiet>> {
     let mut checkins = Vec::with_capacity(batch.len());
     let mut reports = Vec::new();
     for job in batch {
