@@ -2,11 +2,8 @@
 //! batch is being written go in one statement, the one-statement check-in
 //! (`db::quiet_checkin`) made for many vehicles at once.
 //!
-//! Why: with the vehicle's keys kept (`director::known`), a check-in's cost on PostgreSQL is
-//! mostly per statement, not per row: the backend's wake-up, its executor set up for a
-//! statement of four parts, and sqlx's round trip and ping when the connection goes back to
-//! its pool (a profile of the check-in measure: PostgreSQL 38 % of the samples, more than half
-//! of it in the kernel). One statement for a batch shares all of that.
+//! Why: a check-in's cost on PostgreSQL is mostly per statement, not per row (`db::batch`);
+//! this statement has four parts, so it is the costliest to set up.
 //!
 //! The guarantees are the one-statement check-in's, for each vehicle of the batch: the counter
 //! moves only above the stored one and only for a vehicle in service, under the row's lock
@@ -27,8 +24,9 @@ use serde::Serialize;
 use sqlx::AnyPool;
 
 use super::batch::{Batches, OwnedCheckin};
-use super::DirectorRoles;
-use super::{db_err, get_str, now_text, quiet_checkin, stored_role, to_i64, Checkin};
+use super::{
+    db_err, get_str, now_text, quiet_checkin, stored_role, to_i64, Checkin, DirectorRoles,
+};
 use crate::error::{Error, Result};
 
 /// At most this many check-ins in one statement: a batch is whatever arrived while the
