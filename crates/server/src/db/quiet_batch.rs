@@ -65,29 +65,29 @@ impl QuietBatches {
 /// alone, so that it meets the counter the first one moved. Answers in the batch's order.
 async fn write(pool: AnyPool, batch: Vec<OwnedCheckin>) -> Vec<Result<Quiet>> {
     let mut vins = HashSet::new();
-    let (first, again): (Vec<usize>, Vec<usize>) =
-        (0..batch.len()).partition(|&k| batch.get(k).is_some_and(|j| vins.insert(&j.vin)));
+    let first: Vec<bool> = batch.iter().map(|job| vins.insert(&job.vin)).collect();
+    let together: Vec<&OwnedCheckin> = batch
+        .iter()
+        .zip(&first)
+        .filter_map(|(job, &first)| first.then_some(job))
+        .collect();
     tracing::trace!(
-        check_ins = first.len(),
-        alone = again.len(),
+        check_ins = together.len(),
+        alone = batch.len().saturating_sub(together.len()),
         "batch of quiet check-ins"
     );
-    let together: Vec<&OwnedCheckin> = first.iter().filter_map(|&k| batch.get(k)).collect();
-    let mut answers: Vec<Option<Result<Quiet>>> = batch.iter().map(|_| None).collect();
-    for (k, answer) in first.iter().zip(store(&pool, &together).await) {
-        if let Some(slot) = answers.get_mut(*k) {
-            *slot = Some(answer);
-        }
-    }
-    for k in again {
-        if let (Some(job), Some(slot)) = (batch.get(k), answers.get_mut(k)) {
-            *slot = Some(alone(&pool, job).await);
-        }
+    let mut stored = store(&pool, &together).await.into_iter();
+    let mut answers = Vec::with_capacity(batch.len());
+    for (job, first) in batch.iter().zip(first) {
+        answers.push(if first {
+            stored
+                .next()
+                .unwrap_or_else(|| Err(Error::Database("check-in left unanswered".into())))
+        } else {
+            alone(&pool, job).await
+        });
     }
     answers
-        .into_iter()
-        .map(|a| a.unwrap_or_else(|| Err(Error::Database("check-in left unanswered".into()))))
-        .collect()
 }
 
 /// One check-in stored by the one-statement path.
