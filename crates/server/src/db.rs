@@ -25,7 +25,6 @@ use crate::error::{Error, Result};
 mod batch;
 mod group_commit;
 mod quiet_batch;
-mod quiet_checkin;
 mod role_reads;
 
 /// Which database is behind the pool.
@@ -1123,25 +1122,18 @@ impl Db {
 
     /// [`Db::record_checkin`], also returning the vehicle's director documents when the
     /// check-in read them on the way (PostgreSQL's one-statement check-in, which completes
-    /// nothing; see `db::quiet_checkin`): they are current unless something else changed since.
+    /// nothing; see `db::quiet_batch`): they are current unless something else changed since.
     pub async fn record_checkin_reading_roles(
         &self,
         checkin: &Checkin<'_>,
     ) -> Result<(Vec<i64>, Option<DirectorRoles>)> {
         let now = now_text();
-        if self.backend == Backend::Postgres
-            && checkin.events.is_empty()
-            && checkin.progress.is_empty()
-        {
-            let batched = match &self.quiet_batches {
-                Some(batches) if quiet_batch::batchable(checkin) => batches.record(checkin).await,
-                _ => None,
-            };
-            let quiet = match batched {
-                Some(quiet) => quiet?,
-                None => quiet_checkin::record(&self.pool, checkin, &now).await?,
-            };
-            if let Some((stored, roles)) = quiet {
+        let quiet_batches = self
+            .quiet_batches
+            .as_ref()
+            .filter(|_| checkin.events.is_empty() && checkin.progress.is_empty());
+        if let Some(batches) = quiet_batches {
+            if let Some((stored, roles)) = batches.record(checkin).await? {
                 let dropped: Vec<&ReportUpdate> = checkin
                     .reports
                     .iter()

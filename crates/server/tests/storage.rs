@@ -977,6 +977,62 @@ async fn quiet_checkins_arriving_together_share_one_statement_on_postgres() {
     .await;
 }
 
+/// A check-in carrying a NUL character, which PostgreSQL's text cannot hold, is refused whole
+/// (the vehicle's counter and reports stay as they were) and does not take down the quiet
+/// check-ins that arrive with it (`db::quiet_batch` keeps it out of their statement).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_checkin_postgres_cannot_hold_is_refused_alone_on_postgres() {
+    common::with_postgres(|url| async move {
+        let db = connect(&url).await;
+        let vins: Vec<String> = (0..10).map(|i| format!("VIN-N{i:02}")).collect();
+        for vin in &vins {
+            db.register_vehicle(&new_vehicle(vin)).await.unwrap();
+        }
+        let image = |target: &str| Installed {
+            target: target.into(),
+            length: 2,
+            hashes: hashes("2"),
+            release_counter: 2,
+        };
+        let barrier = Arc::new(Barrier::new(vins.len()));
+        let mut handles = Vec::new();
+        for (i, vin) in vins.iter().enumerate() {
+            let (db, barrier, vin) = (db.clone(), barrier.clone(), vin.clone());
+            let target = if i == 0 {
+                "tbox/fw\0-2.bin"
+            } else {
+                "tbox/fw-2.bin"
+            };
+            let image = image(target);
+            handles.push(tokio::spawn(async move {
+                barrier.wait().await;
+                let answer = db
+                    .record_checkin(&checkin(&vin, 5, vec![report("TBOX-1", image, 5)]))
+                    .await;
+                (i, answer)
+            }));
+        }
+        for h in handles {
+            let (i, answer) = h.await.unwrap();
+            if i == 0 {
+                assert!(answer.is_err(), "a NUL in a target name was stored");
+            } else {
+                assert!(answer.unwrap().is_empty());
+            }
+        }
+        let refused = vehicle(&db, &vins[0]).await;
+        assert_eq!(refused.last_manifest_counter, None);
+        let tbox = refused.ecus.iter().find(|e| e.ecu_id == "TBOX-1").unwrap();
+        assert_eq!(tbox.installed, None);
+        for vin in &vins[1..] {
+            let v = vehicle(&db, vin).await;
+            assert_eq!(v.last_manifest_counter, Some(5), "{vin}");
+        }
+        assert_eq!(db.count("manifests").await.unwrap(), 9);
+    })
+    .await;
+}
+
 /// Director documents read at once for many vehicles (on PostgreSQL, in shared statements:
 /// `db::role_reads`) come back each to its own vehicle, and a vehicle with none gets none.
 async fn director_roles_read_together_reach_their_own_vehicle(url: String) {

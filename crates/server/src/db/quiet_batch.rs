@@ -1,22 +1,34 @@
-//! Quiet check-ins on PostgreSQL stored together: the check-ins that arrive while the previous
-//! batch is being written go in one statement, the one-statement check-in
-//! (`db::quiet_checkin`) made for many vehicles at once.
+//! The common check-in on PostgreSQL — no report that could complete a pending assignment,
+//! no event and no progress in the manifest — in one statement, and the ones that arrive
+//! together in one statement a batch: the manifest counter moves, the ECU reports are stored
+//! and the manifest is kept, or nothing happens at all.
 //!
-//! Why: a check-in's cost on PostgreSQL is mostly per statement, not per row (`db::batch`);
-//! this statement has four parts, so it is the costliest to set up.
+//! Why: a check-in's cost on PostgreSQL is mostly per statement (each a wake-up of the
+//! backend and a hand-off through sqlx), not per row (`db::batch`), and the general path
+//! ([`super::Db::record_checkin`]) needs five for this case (begin, counter, reports,
+//! manifest, commit). Data-modifying `WITH` clauses make it one statement, which is its own
+//! transaction; the check-ins that arrive while the previous batch is being written go in the
+//! next one. SQLite has no data-modifying `WITH`, and its statements cost no network round
+//! trip; it keeps the general path (in shared transactions, `db::group_commit`).
 //!
-//! The guarantees are the one-statement check-in's, for each vehicle of the batch: the counter
-//! moves only above the stored one and only for a vehicle in service, under the row's lock
-//! (a concurrent copy re-checks the moved row and finds it moved), reports only above their
-//! own counters and only if the counter moved, the manifest is kept with them, and the
-//! statement is its own transaction, durable before any check-in of it is answered. A batch
-//! holds one check-in per vehicle: a second copy of a vehicle's manifest arriving with it (a
-//! replay racing its original) is stored alone after the batch, so it meets the moved counter.
-//! A check-in that finds nothing to move (a replay, a removed vehicle, a report that may
-//! complete a pending assignment) gets `None`, and its caller takes the general path, which
-//! decides and names the rule, as before. If the batch statement fails (a deadlock with
-//! another instance's batch, a lost connection), nothing of it was stored, and each check-in
-//! is stored alone.
+//! The guarantees are the general path's, for each vehicle of a batch: the counter moves only
+//! above the stored one and only for a vehicle in service, under the row's lock (a concurrent
+//! copy re-checks the moved row and finds it moved), reports only above their own counters
+//! and only if the counter moved, the manifest is kept with them, and the statement is durable
+//! before any check-in of it is answered. A batch holds one check-in per vehicle: a second
+//! copy of a vehicle's manifest arriving with it (a replay racing its original) is stored
+//! alone after the batch, so it meets the moved counter. A check-in stored alone is the same
+//! statement with one row: the rules are written once.
+//!
+//! Anything else — a replay, a removed vehicle, a report naming a pending assignment's ECU and
+//! target (it may complete it), an event to record — finds no row to move, gets `None`, and
+//! its caller takes the general path, which decides and names the rule. If a batch statement
+//! fails (a deadlock with another instance's batch, a lost connection), nothing of it was
+//! stored, and each check-in is stored alone.
+//!
+//! The statement also returns each vehicle's stored director documents, as they were when it
+//! ran: a quiet check-in changes no instruction, so they are what the director answers with
+//! (or re-signs) next, and reading them costs no further round trip.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
@@ -24,9 +36,7 @@ use serde::Serialize;
 use sqlx::AnyPool;
 
 use super::batch::{Batches, OwnedCheckin};
-use super::{
-    db_err, get_str, now_text, quiet_checkin, stored_role, to_i64, Checkin, DirectorRoles,
-};
+use super::{db_err, get_str, now_text, stored_role, to_i64, Checkin, DirectorRoles};
 use crate::error::{Error, Result};
 
 /// At most this many check-ins in one statement: a batch is whatever arrived while the
@@ -43,21 +53,30 @@ pub(super) type Quiet = Option<(BTreeSet<String>, DirectorRoles)>;
 /// of 6 and a check-in cost more CPU (1.07 against 0.97 ms, the check-in measure).
 #[derive(Debug, Clone)]
 pub(super) struct QuietBatches {
+    pool: AnyPool,
     batches: Batches<OwnedCheckin, Result<Quiet>>,
 }
 
 impl QuietBatches {
     /// Starts the writer on the current Tokio runtime.
     pub(super) fn start(pool: AnyPool) -> Self {
-        let batches = Batches::start(MAX_BATCH, move |jobs| write(pool.clone(), jobs));
-        QuietBatches { batches }
+        let writer = pool.clone();
+        let batches = Batches::start(MAX_BATCH, move |jobs| write(writer.clone(), jobs));
+        QuietBatches { pool, batches }
     }
 
-    /// Stores the quiet check-in `checkin` in the next batch and answers as
-    /// `quiet_checkin::record` does; `None` if the writer is gone (its runtime ended), for
-    /// the caller to store it by itself.
-    pub(super) async fn record(&self, checkin: &Checkin<'_>) -> Option<Result<Quiet>> {
-        self.batches.run(OwnedCheckin::from(checkin)).await
+    /// Stores `checkin` if it is quiet, in the next batch: `None` if it moved nothing, for
+    /// the caller to take the general path. A check-in that JSON cannot carry to PostgreSQL
+    /// (see [`batchable`]) goes the general path at once; one whose writer is gone (its
+    /// runtime ended) is stored alone.
+    pub(super) async fn record(&self, checkin: &Checkin<'_>) -> Result<Quiet> {
+        if !batchable(checkin) {
+            return Ok(None);
+        }
+        match self.batches.run(OwnedCheckin::from(checkin)).await {
+            Some(answer) => answer,
+            None => alone(&self.pool, &OwnedCheckin::from(checkin)).await,
+        }
     }
 }
 
@@ -90,9 +109,10 @@ async fn write(pool: AnyPool, batch: Vec<OwnedCheckin>) -> Vec<Result<Quiet>> {
     answers
 }
 
-/// One check-in stored by the one-statement path.
+/// One check-in stored by itself: the batch statement with one row.
 async fn alone(pool: &AnyPool, job: &OwnedCheckin) -> Result<Quiet> {
-    quiet_checkin::record(pool, &job.borrowed(), &now_text()).await
+    let mut answers = together(pool, &[job]).await?.into_iter();
+    Ok(answers.next().flatten())
 }
 
 /// A row of the check-ins of a batch, as the statement reads them.
@@ -221,10 +241,11 @@ async fn together(pool: &AnyPool, batch: &[&OwnedCheckin]) -> Result<Vec<Quiet>>
         .collect())
 }
 
-/// Whether a check-in can go in a batch: PostgreSQL's JSON cannot carry a NUL character, so a
-/// check-in with one in a field the statement reads is stored alone (where PostgreSQL refuses
-/// it as before), instead of failing the batch of every vehicle it arrived with.
-pub(super) fn batchable(checkin: &Checkin<'_>) -> bool {
+/// Whether a check-in can go in the statement: PostgreSQL's JSON cannot carry a NUL
+/// character, so a check-in with one in a field the statement reads takes the general path
+/// (where PostgreSQL refuses it as before), instead of failing the batch of every vehicle it
+/// arrived with.
+fn batchable(checkin: &Checkin<'_>) -> bool {
     let clean = |s: &str| !s.contains('\0');
     clean(checkin.vin)
         && clean(checkin.nonce)
