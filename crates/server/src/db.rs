@@ -24,6 +24,7 @@ use crate::error::{Error, Result};
 
 mod batch;
 mod group_commit;
+mod held;
 mod quiet_batch;
 mod role_reads;
 

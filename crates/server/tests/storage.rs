@@ -929,21 +929,23 @@ async fn quiet_checkins_arriving_together_share_one_statement_on_postgres() {
         for vin in &vins {
             db.register_vehicle(&new_vehicle(vin)).await.unwrap();
         }
-        let image = Installed {
-            target: "tbox/fw-2.bin".into(),
+        // Each vehicle its own counter and image, so that a batch that mixed up its rows
+        // (one vehicle's counter or report stored for another) shows.
+        let image = |i: usize| Installed {
+            target: format!("tbox/fw-{i}.bin"),
             length: 2,
             hashes: hashes("2"),
             release_counter: 2,
         };
+        let counter = |i: usize| 5 + i as u64;
         let barrier = Arc::new(Barrier::new(vins.len()));
         let mut handles = Vec::new();
-        for vin in &vins {
-            let (db, barrier, vin, image) =
-                (db.clone(), barrier.clone(), vin.clone(), image.clone());
+        for (i, vin) in vins.iter().enumerate() {
+            let (db, barrier, vin, image) = (db.clone(), barrier.clone(), vin.clone(), image(i));
             handles.push(tokio::spawn(async move {
                 barrier.wait().await;
-                db.record_checkin(&checkin(&vin, 5, vec![report("TBOX-1", image, 5)]))
-                    .await
+                let reports = vec![report("TBOX-1", image, counter(i))];
+                db.record_checkin(&checkin(&vin, counter(i), reports)).await
             }));
         }
         for h in handles {
@@ -960,13 +962,19 @@ async fn quiet_checkins_arriving_together_share_one_statement_on_postgres() {
             transactions <= 20,
             "40 check-ins arriving together were written by {transactions} transactions"
         );
-        for vin in &vins {
+        for (i, vin) in vins.iter().enumerate() {
             let v = vehicle(&db, vin).await;
-            assert_eq!(v.last_manifest_counter, Some(5), "{vin}");
+            assert_eq!(v.last_manifest_counter, Some(counter(i)), "{vin}");
             let tbox = v.ecus.iter().find(|e| e.ecu_id == "TBOX-1").unwrap();
-            assert_eq!(tbox.installed, Some(image.clone()), "{vin}");
-            assert_eq!(tbox.last_report_counter, Some(5), "{vin}");
-            let replay = checkin(vin, 5, vec![report("TBOX-1", image.clone(), 6)]);
+            assert_eq!(tbox.installed, Some(image(i)), "{vin}");
+            assert_eq!(tbox.last_report_counter, Some(counter(i)), "{vin}");
+            let kept: i64 = sqlx::query_scalar("SELECT counter FROM manifests WHERE vin = $1")
+                .bind(vin)
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+            assert_eq!(kept, counter(i) as i64, "{vin}: the manifest kept");
+            let replay = checkin(vin, counter(i), vec![report("TBOX-1", image(i), 99)]);
             assert!(matches!(
                 db.record_checkin(&replay).await,
                 Err(Error::Replay(_))
@@ -1029,6 +1037,50 @@ async fn a_checkin_postgres_cannot_hold_is_refused_alone_on_postgres() {
             assert_eq!(v.last_manifest_counter, Some(5), "{vin}");
         }
         assert_eq!(db.count("manifests").await.unwrap(), 9);
+    })
+    .await;
+}
+
+/// The batch tasks keep their PostgreSQL connection between batches (`db::held`): when the
+/// database drops every connection (a restart, a fail-over, an administrator), reads of
+/// director documents and quiet check-ins work again once the dead connection would have been
+/// tested — the kept one is tested after sitting idle as the pool's are, and replaced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn batches_outlive_the_database_dropping_their_connections_on_postgres() {
+    common::with_postgres(|url| async move {
+        let db = connect(&url).await;
+        let vin = "VIN-DROP";
+        db.register_vehicle(&new_vehicle(vin)).await.unwrap();
+        let roles = [(None, role("timestamp", 1, vin))];
+        assert!(db.replace_director_roles(vin, &roles).await.unwrap());
+        assert!(db
+            .record_checkin(&checkin(vin, 1, Vec::new()))
+            .await
+            .unwrap()
+            .is_empty());
+        assert!(db.director_roles(vin).await.unwrap().timestamp.is_some());
+
+        let admin = sqlx::PgPool::connect(&url).await.unwrap();
+        let dropped: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = current_database() AND pid <> pg_backend_pid()) AS t",
+        )
+        .fetch_one(&admin)
+        .await
+        .unwrap();
+        assert!(dropped >= 2, "dropped {dropped} connections");
+        tokio::time::sleep(std::time::Duration::from_millis(1_300)).await;
+
+        assert_eq!(
+            db.director_roles(vin).await.unwrap().timestamp,
+            Some(role("timestamp", 1, vin))
+        );
+        assert!(db
+            .record_checkin(&checkin(vin, 2, Vec::new()))
+            .await
+            .unwrap()
+            .is_empty());
+        assert_eq!(vehicle(&db, vin).await.last_manifest_counter, Some(2));
     })
     .await;
 }

@@ -33,9 +33,10 @@
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use serde::Serialize;
-use sqlx::AnyPool;
+use sqlx::{Any, AnyPool};
 
 use super::batch::{Batches, OwnedCheckin};
+use super::held::Held;
 use super::{db_err, get_str, now_text, stored_role, to_i64, Checkin, DirectorRoles};
 use crate::error::{Error, Result};
 
@@ -60,8 +61,8 @@ pub(super) struct QuietBatches {
 impl QuietBatches {
     /// Starts the writer on the current Tokio runtime.
     pub(super) fn start(pool: AnyPool) -> Self {
-        let writer = pool.clone();
-        let batches = Batches::start(MAX_BATCH, move |jobs| write(writer.clone(), jobs));
+        let held = Held::new(pool.clone());
+        let batches = Batches::start(MAX_BATCH, move |jobs| write(held.clone(), jobs));
         QuietBatches { pool, batches }
     }
 
@@ -80,9 +81,11 @@ impl QuietBatches {
     }
 }
 
-/// Stores a batch: the first check-in of each vehicle together, then each further copy
-/// alone, so that it meets the counter the first one moved. Answers in the batch's order.
-async fn write(pool: AnyPool, batch: Vec<OwnedCheckin>) -> Vec<Result<Quiet>> {
+/// Stores a batch: the first check-in of each vehicle together (on the writer's held
+/// connection, `db::held`), then each further copy alone, so that it meets the counter the
+/// first one moved. Answers in the batch's order.
+async fn write(held: Held, batch: Vec<OwnedCheckin>) -> Vec<Result<Quiet>> {
+    let pool = held.pool();
     let mut vins = HashSet::new();
     let first: Vec<bool> = batch.iter().map(|job| vins.insert(&job.vin)).collect();
     let together: Vec<&OwnedCheckin> = batch
@@ -95,7 +98,7 @@ async fn write(pool: AnyPool, batch: Vec<OwnedCheckin>) -> Vec<Result<Quiet>> {
         alone = batch.len().saturating_sub(together.len()),
         "batch of quiet check-ins"
     );
-    let mut stored = store(&pool, &together).await.into_iter();
+    let mut stored = store(&held, &together).await.into_iter();
     let mut answers = Vec::with_capacity(batch.len());
     for (job, first) in batch.iter().zip(first) {
         answers.push(if first {
@@ -103,7 +106,7 @@ async fn write(pool: AnyPool, batch: Vec<OwnedCheckin>) -> Vec<Result<Quiet>> {
                 .next()
                 .unwrap_or_else(|| Err(Error::Database("check-in left unanswered".into())))
         } else {
-            alone(&pool, job).await
+            alone(pool, job).await
         });
     }
     answers
@@ -146,7 +149,7 @@ WITH input AS (SELECT * FROM json_to_recordset($1::json) \
          release_counter BIGINT, report_counter BIGINT)), \
   moved AS (UPDATE vehicles v SET last_manifest_counter = i.counter, last_seen = $3 \
     FROM input i \
-    WHERE v.vin = i.vin AND v.removed_at IS NULL \
+    WHERE v.vin = ANY (ARRAY(SELECT vin FROM input)) AND v.vin = i.vin AND v.removed_at IS NULL \
     AND (v.last_manifest_counter IS NULL OR v.last_manifest_counter < i.counter) \
     AND NOT EXISTS (SELECT 1 FROM assignments a JOIN rin r \
       ON r.vin = a.vin AND r.ecu_id = a.ecu_id AND r.target = a.target \
@@ -156,7 +159,7 @@ WITH input AS (SELECT * FROM json_to_recordset($1::json) \
       installed_hashes = r.hashes, installed_release_counter = r.release_counter, \
       last_report_counter = r.report_counter \
     FROM rin r \
-    WHERE e.vin = r.vin AND e.ecu_id = r.ecu_id AND r.vin IN (SELECT vin FROM moved) \
+    WHERE e.vin = ANY (ARRAY(SELECT vin FROM moved)) AND e.vin = r.vin AND e.ecu_id = r.ecu_id \
     AND (e.last_report_counter IS NULL OR e.last_report_counter < r.report_counter) \
     RETURNING e.vin, e.ecu_id), \
   kept AS (INSERT INTO manifests (vin, counter, nonce, received_at, document) \
@@ -166,14 +169,22 @@ SELECT 'moved' AS kind, vin, NULL AS name, NULL AS role, NULL::BIGINT AS version
   NULL AS expires_at, NULL AS content_digest, NULL AS document FROM kept \
 UNION ALL SELECT 'report', vin, ecu_id, NULL, NULL, NULL, NULL, NULL FROM reports \
 UNION ALL SELECT 'role', d.vin, d.role, d.role, d.version, d.expires_at, d.content_digest, \
-  d.document FROM director_roles d WHERE d.vin IN (SELECT vin FROM kept)";
+  d.document FROM director_roles d WHERE d.vin = ANY (ARRAY(SELECT vin FROM kept))";
 
 /// Stores a batch (one check-in per vehicle) in one statement; one answer per check-in, in
 /// order. If the statement fails, nothing of it was stored, and each is stored alone.
-async fn store(pool: &AnyPool, batch: &[&OwnedCheckin]) -> Vec<Result<Quiet>> {
-    match together(pool, batch).await {
+async fn store(held: &Held, batch: &[&OwnedCheckin]) -> Vec<Result<Quiet>> {
+    let mut lease = held.lease().await;
+    let stored = match lease.conn().await {
+        Ok(conn) => together(conn, batch).await,
+        Err(e) => Err(db_err("batch of quiet check-ins")(e)),
+    };
+    match stored {
         Ok(answers) => answers.into_iter().map(Ok).collect(),
         Err(e) => {
+            lease.failed().await;
+            drop(lease);
+            let pool = held.pool();
             tracing::debug!(error = %e, check_ins = batch.len(), "batch of quiet check-ins failed; storing each alone");
             let mut answers = Vec::with_capacity(batch.len());
             for job in batch {
@@ -184,7 +195,10 @@ async fn store(pool: &AnyPool, batch: &[&OwnedCheckin]) -> Vec<Result<Quiet>> {
     }
 }
 
-async fn together(pool: &AnyPool, batch: &[&OwnedCheckin]) -> Result<Vec<Quiet>> {
+async fn together<'e, E>(db: E, batch: &[&OwnedCheckin]) -> Result<Vec<Quiet>>
+where
+    E: sqlx::Executor<'e, Database = Any>,
+{
     let mut checkins = Vec::with_capacity(batch.len());
     let mut reports = Vec::new();
     for job in batch {
@@ -210,7 +224,7 @@ async fn together(pool: &AnyPool, batch: &[&OwnedCheckin]) -> Result<Vec<Quiet>>
         .bind(json_text(&checkins)?)
         .bind(json_text(&reports)?)
         .bind(now_text())
-        .fetch_all(pool)
+        .fetch_all(db)
         .await
         .map_err(db_err("batch of quiet check-ins"))?;
     let mut moved = HashSet::new();

@@ -5,9 +5,10 @@
 
 use std::collections::BTreeMap;
 
-use sqlx::AnyPool;
+use sqlx::{Any, AnyPool};
 
 use super::batch::{same, Batches};
+use super::held::Held;
 use super::{db_err, get_str, stored_role, DirectorRoles};
 use crate::error::{Error, Result};
 
@@ -23,7 +24,8 @@ pub(super) struct RoleReads {
 impl RoleReads {
     /// Starts the reader on the current Tokio runtime.
     pub(super) fn start(pool: AnyPool) -> Self {
-        let batches = Batches::start(MAX_BATCH, move |vins| read(pool.clone(), vins));
+        let held = Held::new(pool);
+        let batches = Batches::start(MAX_BATCH, move |vins| read(held.clone(), vins));
         RoleReads { batches }
     }
 
@@ -37,8 +39,17 @@ impl RoleReads {
     }
 }
 
-async fn read(pool: AnyPool, vins: Vec<String>) -> Vec<Result<DirectorRoles>> {
-    match together(&pool, &vins).await {
+/// Reads a batch on the reader's held connection (`db::held`).
+async fn read(held: Held, vins: Vec<String>) -> Vec<Result<DirectorRoles>> {
+    let mut lease = held.lease().await;
+    let read = match lease.conn().await {
+        Ok(conn) => together(conn, &vins).await,
+        Err(e) => Err(db_err("director roles")(e)),
+    };
+    if read.is_err() {
+        lease.failed().await;
+    }
+    match read {
         Ok(mut roles) => vins
             .iter()
             .map(|vin| Ok(roles.get_mut(vin).map(std::mem::take).unwrap_or_default()))
@@ -47,7 +58,10 @@ async fn read(pool: AnyPool, vins: Vec<String>) -> Vec<Result<DirectorRoles>> {
     }
 }
 
-async fn together(pool: &AnyPool, vins: &[String]) -> Result<BTreeMap<String, DirectorRoles>> {
+async fn together<'e, E>(db: E, vins: &[String]) -> Result<BTreeMap<String, DirectorRoles>>
+where
+    E: sqlx::Executor<'e, Database = Any>,
+{
     let list =
         serde_json::to_string(vins).map_err(|e| Error::Database(format!("director roles: {e}")))?;
     // `= ANY (ARRAY(…))`, not `IN (SELECT …)`: over a set-returning function the planner
@@ -58,7 +72,7 @@ async fn together(pool: &AnyPool, vins: &[String]) -> Result<BTreeMap<String, Di
          WHERE vin = ANY (ARRAY(SELECT json_array_elements_text($1::json)))",
     )
     .bind(list)
-    .fetch_all(pool)
+    .fetch_all(db)
     .await
     .map_err(db_err("director roles"))?;
     let mut out: BTreeMap<String, DirectorRoles> = BTreeMap::new();
