@@ -188,6 +188,15 @@ fn role(name: &str, version: u64, tag: &str) -> StoredRole {
     }
 }
 
+/// Registers `count` vehicles named `PREFIX00`, `PREFIX01`, …; returns their VINs.
+async fn register_fleet(db: &Db, prefix: &str, count: usize) -> Vec<String> {
+    let vins: Vec<String> = (0..count).map(|i| format!("{prefix}{i:02}")).collect();
+    for vin in &vins {
+        db.register_vehicle(&new_vehicle(vin)).await.unwrap();
+    }
+    vins
+}
+
 async fn vehicle(db: &Db, vin: &str) -> Vehicle {
     db.vehicle(vin).await.unwrap().expect("vehicle registered")
 }
@@ -856,10 +865,7 @@ async fn quiet_checkins_race_once_refuse_replays_and_drop_stale_reports(url: Str
 async fn checkins_arriving_together_are_each_decided_and_stored_when_answered(url: String) {
     let db = connect(&url).await;
     let other = Db::connect(&url).await.unwrap();
-    let vins: Vec<String> = (0..40).map(|i| format!("VIN-G{i:02}")).collect();
-    for vin in &vins {
-        db.register_vehicle(&new_vehicle(vin)).await.unwrap();
-    }
+    let vins = register_fleet(&db, "VIN-G", 40).await;
     let barrier = Arc::new(Barrier::new(vins.len() * 2));
     let mut handles = Vec::new();
     for vin in &vins {
@@ -925,10 +931,7 @@ async fn checkins_arriving_together_are_each_decided_and_stored_when_answered(ur
 async fn quiet_checkins_arriving_together_share_one_statement_on_postgres() {
     common::with_postgres(|url| async move {
         let db = connect(&url).await;
-        let vins: Vec<String> = (0..40).map(|i| format!("VIN-B{i:02}")).collect();
-        for vin in &vins {
-            db.register_vehicle(&new_vehicle(vin)).await.unwrap();
-        }
+        let vins = register_fleet(&db, "VIN-B", 40).await;
         // Each vehicle its own counter and image, so that a batch that mixed up its rows
         // (one vehicle's counter or report stored for another) shows.
         let image = |i: usize| Installed {
@@ -992,10 +995,7 @@ async fn quiet_checkins_arriving_together_share_one_statement_on_postgres() {
 async fn a_checkin_postgres_cannot_hold_is_refused_alone_on_postgres() {
     common::with_postgres(|url| async move {
         let db = connect(&url).await;
-        let vins: Vec<String> = (0..10).map(|i| format!("VIN-N{i:02}")).collect();
-        for vin in &vins {
-            db.register_vehicle(&new_vehicle(vin)).await.unwrap();
-        }
+        let vins = register_fleet(&db, "VIN-N", 10).await;
         let image = |target: &str| Installed {
             target: target.into(),
             length: 2,

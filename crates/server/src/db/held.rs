@@ -72,9 +72,8 @@ impl Held {
 impl Lease<'_> {
     /// The kept connection, opened if none is kept, tested first if it sat idle.
     pub(super) async fn conn(&mut self) -> Result<&mut AnyConnection, sqlx::Error> {
-        if let Some(kept) = self.kept.take() {
+        if let Some(mut kept) = self.kept.take() {
             let idle = kept.used.elapsed() >= PING_WHEN_IDLE_FOR;
-            let mut kept = kept;
             if !idle || kept.conn.ping().await.is_ok() {
                 kept.used = Instant::now();
                 return Ok(&mut self.kept.insert(kept).conn);
