@@ -4,10 +4,11 @@
 //! one statement (`db::quiet_batch` for the check-ins' writes, `db::role_reads` for the
 //! reads of director documents).
 //!
-//! Why on PostgreSQL: a check-in's cost there is mostly per statement — the backend's wake-up, its
-//! executor set up, and sqlx's round trip — not per row. A batch shares all of that, on a
-//! connection its task keeps (`db::held`: no ping each time it would go back to the pool). Nothing waits on purpose: a batch is whatever
-//! queued while the last one ran, so a lone request goes at once.
+//! Why on PostgreSQL: a check-in's cost there is mostly per statement — the backend's
+//! wake-up, its executor set up, and sqlx's round trip — not per row. A batch shares all of
+//! that, on a connection its task keeps (`db::held`: no ping each time it would go back to
+//! the pool). Nothing waits on purpose: a batch is whatever queued while the last one ran,
+//! so a lone request goes at once.
 
 use std::future::Future;
 
