@@ -1128,7 +1128,6 @@ impl Db {
         &self,
         checkin: &Checkin<'_>,
     ) -> Result<(Vec<i64>, Option<DirectorRoles>)> {
-        let now = now_text();
         let quiet_batches = self
             .quiet_batches
             .as_ref()
@@ -1158,7 +1157,9 @@ impl Db {
             }
         }
         let mut tx = self.pool.begin().await.map_err(db_err("begin"))?;
-        let completed = self.record_checkin_in(&mut tx, checkin, &now).await?;
+        let completed = self
+            .record_checkin_in(&mut tx, checkin, &now_text())
+            .await?;
         tx.commit().await.map_err(db_err("commit"))?;
         Ok((completed, None))
     }
