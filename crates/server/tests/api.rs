@@ -642,7 +642,12 @@ fn content(tag: &str, len: usize) -> Vec<u8> {
 
 /// A fleet with vehicle A registered and checked in once (factory images, counter 1).
 async fn fleet_with_car(limits: LimitsConfig) -> (Fleet, Car) {
-    let fleet = Fleet::start(limits, None).await;
+    fleet_with_car_on(limits, None).await
+}
+
+/// Like [`fleet_with_car`], on `database` (SQLite in the data directory when `None`).
+async fn fleet_with_car_on(limits: LimitsConfig, database: Option<String>) -> (Fleet, Car) {
+    let fleet = Fleet::start(limits, database).await;
     let mut car = Car::new(&fleet, VIN_A);
     car.register(&fleet).await;
     let manifest = car.honest_manifest();
@@ -2372,6 +2377,97 @@ async fn attacks_reported_by_ecus_become_security_events() {
     let stored = fleet.vehicle(VIN_A).await;
     let ivi = stored.ecus.iter().find(|e| e.ecu_id == "IVI-1").unwrap();
     assert_eq!(ivi.last_report_counter, Some(car.ecus[1].report_counter));
+}
+
+/// No field a vehicle signs may hold U+0000: PostgreSQL's text cannot store it and no
+/// Uptane field needs it. A report holding one is refused alone (its ECU's state unchanged,
+/// an event naming the rule, the rest of the manifest accepted); a manifest holding one in
+/// its own fields is refused whole — on either database, never as a database error.
+async fn nul_characters_in_signed_fields_are_refused(database: Option<String>) {
+    let (fleet, mut car) = fleet_with_car_on(generous_limits(), database).await;
+    let ivi_of = |v: Vehicle| v.ecus.into_iter().find(|e| e.ecu_id == "IVI-1").unwrap();
+    let ivi_before = ivi_of(fleet.vehicle(VIN_A).await);
+
+    let nul_image = InstalledImage {
+        filename: "ivi/app\0.bin".into(),
+        ..car.ecus[1].installed.clone()
+    };
+    let mut reports = BTreeMap::new();
+    for ecu in &mut car.ecus {
+        ecu.report_counter += 1;
+        let installed = if ecu.id == "IVI-1" {
+            &nul_image
+        } else {
+            &ecu.installed
+        };
+        reports.insert(
+            ecu.id.clone(),
+            signed_report(&ecu.id, installed, ecu.report_counter, &ecu.signer),
+        );
+    }
+    car.manifest_counter += 1;
+    let manifest = car.manifest_with(car.manifest_counter, reports, &car.ecus[0].signer);
+    let (status, body) = car.post_manifest(&fleet, VIN_A, manifest).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body["rejected_reports"],
+        json!([{"ecu_id": "IVI-1", "rule": "manifest"}])
+    );
+    let events = fleet.events(&format!("vin={VIN_A}&rule=manifest")).await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].ecu_id.as_deref(), Some("IVI-1"));
+    assert!(events[0].detail.contains("U+0000"), "{events:?}");
+    let after = fleet.vehicle(VIN_A).await;
+    assert_eq!(after.last_manifest_counter, Some(car.manifest_counter));
+    assert_eq!(
+        ivi_of(after),
+        ivi_before,
+        "the refused report changed nothing"
+    );
+
+    // In the manifest's own fields (here its nonce), the whole manifest is refused.
+    let mut reports = BTreeMap::new();
+    for ecu in &mut car.ecus {
+        ecu.report_counter += 1;
+        reports.insert(
+            ecu.id.clone(),
+            signed_report(&ecu.id, &ecu.installed, ecu.report_counter, &ecu.signer),
+        );
+    }
+    let manifest = VehicleManifest {
+        type_: VEHICLE_MANIFEST_TYPE.into(),
+        vin: VIN_A.into(),
+        primary_ecu_id: car.ecus[0].id.clone(),
+        manifest_counter: car.manifest_counter + 1,
+        nonce: format!("{}\0", nonce()),
+        ecu_version_reports: reports,
+        attacks_detected: String::new(),
+        update_failures: Vec::new(),
+        progress: Vec::new(),
+        unrecognized: BTreeMap::new(),
+    };
+    let body = sign_vehicle_manifest(&manifest, &car.ecus[0].signer).unwrap();
+    let event = assert_refused(
+        &fleet,
+        VIN_A,
+        car.post_manifest(&fleet, VIN_A, body),
+        StatusCode::BAD_REQUEST,
+        "manifest",
+        "manifest",
+        Some(VIN_A),
+    )
+    .await;
+    assert!(event.detail.contains("U+0000"), "{event:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nul_characters_in_signed_fields_are_refused_on_sqlite() {
+    nul_characters_in_signed_fields_are_refused(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nul_characters_in_signed_fields_are_refused_on_postgres() {
+    common::with_postgres(|url| nul_characters_in_signed_fields_are_refused(Some(url))).await;
 }
 
 /// Registration takes VINs as ISO 3779 writes them (17 characters, digits and capital letters

@@ -193,7 +193,9 @@ pub fn verify_ecu_report(
 ) -> Result<EcuVersionReport> {
     let env = Envelope::from_tree(document, "ECU version report")?;
     check_type(&env, ECU_REPORT_TYPE)?;
-    verify_single(&env, &format!("ECU version report of {expected_ecu}"), key)?;
+    let what = format!("ECU version report of {expected_ecu}");
+    verify_single(&env, &what, key)?;
+    refuse_nul(&what, &env.canonical_signed)?;
     let report: EcuVersionReport = env.signed_as("ECU version report")?;
     if report.ecu_id != expected_ecu {
         return Err(Error::Manifest(format!(
@@ -202,6 +204,30 @@ pub fn verify_ecu_report(
         )));
     }
     Ok(report)
+}
+
+/// Refuses signed text holding U+0000 (`canonical` is its canonical JSON, where the
+/// character stays a zero byte). No Uptane field needs it, and what a director keeps cannot
+/// hold it (PostgreSQL's text refuses it; a C string ends at it): refused here, naming the
+/// rule, it never reaches a database as an error of its own. The error does not repeat the
+/// text, for it becomes a security event.
+fn refuse_nul(what: &str, canonical: &[u8]) -> Result<()> {
+    if canonical.contains(&0) {
+        return Err(Error::Manifest(format!(
+            "{what} holds a NUL character (U+0000) in its signed fields"
+        )));
+    }
+    Ok(())
+}
+
+/// A manifest's canonical JSON with each report's document left out (its ECU ID kept): what
+/// the primary alone answers for.
+fn outside_reports(manifest: &VehicleManifest) -> Result<Vec<u8>> {
+    let mut outer = manifest.clone();
+    for report in outer.ecu_version_reports.values_mut() {
+        *report = Value::Null;
+    }
+    crate::canonical::to_canonical_from(&outer)
 }
 
 /// A vehicle manifest whose primary signature verified.
@@ -246,6 +272,11 @@ pub fn verify_vehicle_manifest(bytes: &[u8], keys: &VehicleKeys<'_>) -> Result<V
         keys.primary_key,
     )?;
     let manifest: VehicleManifest = env.signed_as("vehicle manifest")?;
+    // Canonical JSON keeps control characters as they are: a NUL anywhere in the signed part
+    // is a zero byte of it (one scan). Each report's own are its report's to answer for.
+    if env.canonical_signed.contains(&0) {
+        refuse_nul("vehicle manifest", &outside_reports(&manifest)?)?;
+    }
     if manifest.vin != keys.vin {
         return Err(Error::WrongVehicle {
             expected: keys.vin.to_owned(),

@@ -778,6 +778,94 @@ fn ecu_report_altered_after_signing_or_signed_under_a_borrowed_key_id_is_rejecte
     }
 }
 
+/// U+0000 in anything an ECU signed refuses its report alone (the rest of the vehicle is
+/// kept); in the manifest's own fields (a report's ECU ID included) the whole manifest. The
+/// error names the rule and never carries the character itself (it becomes an event).
+#[test]
+fn nul_characters_in_signed_fields_are_refused() {
+    let v = vehicle();
+    let with_nul = |mut doc: serde_json::Value, field: &str, signer: &InMemorySigner| {
+        let mut signed: EcuVersionReport = serde_json::from_value(doc["signed"].take()).unwrap();
+        match field {
+            "filename" => signed.installed_image.filename.push('\0'),
+            "attacks" => signed.attacks_detected = "rollback: \0".into(),
+            _ => {
+                signed
+                    .unrecognized
+                    .insert("note".into(), json!(["a", {"b": "\0"}]));
+            }
+        }
+        serde_json::from_slice::<serde_json::Value>(&sign_ecu_report(&signed, signer).unwrap())
+            .unwrap()
+    };
+    for field in ["filename", "attacks", "unrecognized"] {
+        let reports = BTreeMap::from([
+            ("TBOX-1".to_string(), report("TBOX-1", 1, &v.primary)),
+            (
+                "IVI-1".to_string(),
+                with_nul(report("IVI-1", 1, &v.ivi), field, &v.ivi),
+            ),
+        ]);
+        let verified = verify_vehicle_manifest(&manifest(&v, reports), &keys(&v)).unwrap();
+        assert_eq!(
+            verified.reports.keys().collect::<Vec<_>>(),
+            ["TBOX-1"],
+            "{field}"
+        );
+        let (ecu, err) = &verified.rejected_reports[0];
+        assert_eq!(ecu, "IVI-1", "{field}");
+        assert_eq!(err.rule(), "manifest", "{field}: {err}");
+        assert!(err.to_string().contains("U+0000"), "{err}");
+        assert!(!err.to_string().contains('\0'), "{err}");
+    }
+
+    let outer = |change: &dyn Fn(&mut VehicleManifest)| {
+        let reports = BTreeMap::from([("TBOX-1".to_string(), report("TBOX-1", 1, &v.primary))]);
+        let mut m = VehicleManifest {
+            type_: VEHICLE_MANIFEST_TYPE.into(),
+            vin: VIN.into(),
+            primary_ecu_id: "TBOX-1".into(),
+            manifest_counter: 7,
+            nonce: "abcd".into(),
+            ecu_version_reports: reports,
+            attacks_detected: String::new(),
+            update_failures: Vec::new(),
+            progress: Vec::new(),
+            unrecognized: BTreeMap::new(),
+        };
+        change(&mut m);
+        verify_vehicle_manifest(&sign_vehicle_manifest(&m, &v.primary).unwrap(), &keys(&v))
+    };
+    assert!(outer(&|_| ()).is_ok());
+    type Change<'a> = &'a dyn Fn(&mut VehicleManifest);
+    let changes: [(&str, Change<'_>); 6] = [
+        ("nonce", &|m| m.nonce.push('\0')),
+        ("vin", &|m| m.vin.push('\0')),
+        ("attacks", &|m| m.attacks_detected = "\0".into()),
+        ("failure", &|m| {
+            m.update_failures.push(UpdateFailure {
+                target: "fw.bin".into(),
+                ecu_id: None,
+                rule: "hash-mismatch".into(),
+                message: "\0".into(),
+            })
+        }),
+        ("ECU ID", &|m| {
+            let doc = report("TBOX-1", 1, &v.primary);
+            m.ecu_version_reports.insert("IVI-1\0".into(), doc);
+        }),
+        ("unrecognized", &|m| {
+            m.unrecognized.insert("x\0".into(), json!(1));
+        }),
+    ];
+    for (what, change) in changes {
+        let err = outer(change).unwrap_err();
+        assert_eq!(err.rule(), "manifest", "{what}: {err}");
+        assert!(err.to_string().contains("U+0000"), "{what}: {err}");
+        assert!(!err.to_string().contains('\0'), "{what}: {err}");
+    }
+}
+
 #[test]
 fn report_filed_under_another_ecu_is_rejected() {
     let v = vehicle();
