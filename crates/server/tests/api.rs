@@ -2304,6 +2304,51 @@ async fn malformed_admin_json_is_refused_without_change() {
     assert_eq!(fleet.stored_state(VIN_B).await, before);
 }
 
+/// Control characters (a NUL above all, which PostgreSQL's text cannot hold) in what the admin
+/// API takes to name an ECU or a vehicle are refused as a bad request, on either database:
+/// never a database error, nothing stored.
+async fn control_characters_in_admin_names_are_refused(database: Option<String>) {
+    let (fleet, _car) = fleet_with_car_on(generous_limits(), database).await;
+    let before = fleet.stored_state(VIN_B).await;
+    let car = Car::new(&fleet, VIN_B);
+    for (field, value) in [
+        ("ecu_id", "TBOX\u{0}2"),
+        ("ecu_id", "TBOX\n2"),
+        ("hardware_id", "tbox-a\u{0}"),
+    ] {
+        let mut body = car.registration();
+        body["ecus"][0][field] = json!(value);
+        if field == "ecu_id" {
+            body["primary_ecu"] = json!(value);
+        }
+        let (status, answer) = fleet.admin_post("api/v1/vehicles", &body).await;
+        assert_eq!(
+            status,
+            StatusCode::BAD_REQUEST,
+            "{field} {value:?}: {answer}"
+        );
+        assert_eq!(answer["rule"], "bad-request", "{answer}");
+    }
+    let (status, answer) = fleet
+        .admin_post(
+            "api/v1/offline-reports",
+            &json!({"vin": "WVWZZZ1JZXW00000\u{0}", "manifest": {"signed": {}, "signatures": []}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+    assert_eq!(fleet.stored_state(VIN_B).await, before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn control_characters_in_admin_names_are_refused_on_sqlite() {
+    control_characters_in_admin_names_are_refused(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn control_characters_in_admin_names_are_refused_on_postgres() {
+    common::with_postgres(|url| control_characters_in_admin_names_are_refused(Some(url))).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn image_files_cannot_escape_the_public_folder() {
     let fleet = Fleet::start(generous_limits(), None).await;

@@ -28,10 +28,23 @@ fn validate_vehicle(v: &NewVehicle) -> Result<()> {
                 e.ecu_id
             )));
         }
+        // Names that go to logs, UDS and the database (whose text cannot hold a NUL).
+        if e.ecu_id.chars().any(char::is_control) {
+            return Err(Error::BadRequest(format!(
+                "ECU ID {:?} holds a control character",
+                e.ecu_id
+            )));
+        }
         if e.hardware_id.is_empty() {
             return Err(Error::BadRequest(format!(
                 "ECU {} has no hardware ID",
                 e.ecu_id
+            )));
+        }
+        if e.hardware_id.chars().any(char::is_control) {
+            return Err(Error::BadRequest(format!(
+                "ECU {}: hardware ID {:?} holds a control character",
+                e.ecu_id, e.hardware_id
             )));
         }
         let key: rampart_core::key::Key = serde_json::from_value(e.public_key.clone())

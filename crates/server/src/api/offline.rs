@@ -30,6 +30,7 @@ pub(super) async fn import(
     State(state): State<AppState>,
     ApiJson(report): ApiJson<OfflineReport>,
 ) -> Result<Json<CheckinResponse>> {
+    crate::pki::validate_vin(&report.vin).map_err(|e| Error::BadRequest(e.to_string()))?;
     let bytes = serde_json::to_vec(&report.manifest)
         .map_err(|e| Error::BadRequest(format!("manifest: {e}")))?;
     let answer = state
