@@ -1,8 +1,10 @@
 //! Measure 3: director check-ins. A check-in is what a vehicle does every cycle against the
 //! director: `POST /director/VIN/manifest` (a signed vehicle manifest with three signed ECU
-//! reports) and `GET /director/VIN/metadata/timestamp.json`. Its latency is from the first
-//! byte of the POST to the last byte of the GET. The GET names the timestamp the vehicle holds
-//! (`If-None-Match` with the ETag of its last answer), as a primary does since issue 19: an
+//! reports), then `GET /director/VIN/metadata/timestamp.json` unless the answer named the
+//! timestamp the vehicle holds as current (`director_timestamp_tag`), as a primary does since
+//! the eleventh session; `--timestamp-get always` asks every time, as it did before. Its
+//! latency is from the first byte of the POST to the last byte of the answer. The GET names
+//! the timestamp the vehicle holds (`If-None-Match` with the ETag of its last answer): an
 //! unchanged timestamp is answered 304 without a body.
 //!
 //! `checkin --mode rampart` registers `--vehicles` vehicles of three ECUs through the admin
@@ -212,6 +214,8 @@ struct Stats {
     /// TLS handshakes while recording, and how many resumed a session.
     handshakes: u64,
     resumed: u64,
+    /// Timestamp requests made while recording (the rest were named current).
+    timestamp_gets: u64,
 }
 
 /// CPU seconds (user + system, all threads) a process has used so far, from
@@ -261,15 +265,38 @@ struct Shared {
     completed: AtomicU64,
 }
 
-/// One check-in; returns the POST and GET bodies. The GET names the timestamp the vehicle
-/// holds (`held`: the `ETag` of its last answer, updated here), as a primary does: an
-/// unchanged timestamp comes back as 304 without a body.
+/// When a check-in asks for the director's timestamp.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TimestampGet {
+    /// Unless the manifest's answer named the copy held as current
+    /// (`director_timestamp_tag`), as the primary does since the eleventh session.
+    UnlessNamed,
+    /// Every check-in (`If-None-Match` with the copy held), as the primary did before.
+    Always,
+}
+
+impl TimestampGet {
+    /// `--timestamp-get unless-named|always`.
+    pub(crate) fn from_args(args: &Args) -> anyhow::Result<Self> {
+        match args.get("timestamp-get").unwrap_or("unless-named") {
+            "unless-named" => Ok(TimestampGet::UnlessNamed),
+            "always" => Ok(TimestampGet::Always),
+            other => bail!("--timestamp-get {other:?}: unless-named or always"),
+        }
+    }
+}
+
+/// One check-in; returns the POST body and the GET's (`None`: not asked, the answer named
+/// the copy held). The GET names the timestamp the vehicle holds (`held`: the `ETag` of its
+/// last answer, updated here), as a primary does: an unchanged timestamp comes back as 304
+/// without a body.
 pub(crate) async fn check_in(
     conn: &mut Conn,
     vin: &str,
     manifest: &[u8],
     held: &mut Option<String>,
-) -> anyhow::Result<(Vec<u8>, Vec<u8>)> {
+    get: TimestampGet,
+) -> anyhow::Result<(Vec<u8>, Option<Vec<u8>>)> {
     let post = conn
         .request("POST", &format!("/director/{vin}/manifest"), "", manifest)
         .await?;
@@ -279,6 +306,13 @@ pub(crate) async fn check_in(
             post.status,
             String::from_utf8_lossy(&post.body)
         );
+    }
+    if get == TimestampGet::UnlessNamed && held.is_some() {
+        let answer: Value = serde_json::from_slice(&post.body)?;
+        let named = answer.get("director_timestamp_tag").and_then(Value::as_str);
+        if named.is_some() && named == held.as_deref() {
+            return Ok((post.body, None));
+        }
     }
     let condition = held
         .as_ref()
@@ -302,7 +336,7 @@ pub(crate) async fn check_in(
             String::from_utf8_lossy(&get.body)
         );
     }
-    Ok((post.body, get.body))
+    Ok((post.body, Some(get.body)))
 }
 
 /// One connection's loop over its vehicles until stopped or out of manifests. Over TLS each
@@ -312,6 +346,7 @@ async fn worker(
     mut vehicles: Vec<(String, std::vec::IntoIter<Vec<u8>>)>,
     static_body: Option<Arc<Vec<u8>>>,
     shared: Arc<Shared>,
+    get: TimestampGet,
 ) -> Stats {
     let mut conn = net.admin();
     let mut stats = Stats::default();
@@ -344,7 +379,14 @@ async fn worker(
             }
         }
         let t = Instant::now();
-        let r = check_in(&mut conn, vin, &body, held.entry(vin.clone()).or_default()).await;
+        let r = check_in(
+            &mut conn,
+            vin,
+            &body,
+            held.entry(vin.clone()).or_default(),
+            get,
+        )
+        .await;
         let elapsed = t.elapsed().as_secs_f64();
         let recording = shared.recording.load(Ordering::Relaxed);
         if net.tls.is_some() {
@@ -356,7 +398,8 @@ async fn worker(
         }
         if recording {
             match r {
-                Ok(_) => {
+                Ok((_, got)) => {
+                    stats.timestamp_gets += u64::from(got.is_some());
                     stats.latencies.push(elapsed);
                     shared.completed.fetch_add(1, Ordering::Relaxed);
                 }
@@ -409,6 +452,7 @@ async fn run(args: &Args) -> anyhow::Result<Value> {
         .max(2);
 
     let tls = args.get("tls").unwrap_or("none").to_owned();
+    let timestamp_get = TimestampGet::from_args(args)?;
     let mut net = Net {
         addr: addr.clone(),
         tls: None,
@@ -485,7 +529,9 @@ async fn run(args: &Args) -> anyhow::Result<Value> {
                     if net.tls.is_some() {
                         conn = net.vehicle(&vin)?;
                     }
-                    let (post, get) = check_in(&mut conn, &vin, &body, &mut None).await?;
+                    let (post, got) =
+                        check_in(&mut conn, &vin, &body, &mut None, TimestampGet::Always).await?;
+                    let get = got.unwrap_or_default();
                     if net.tls.is_some() {
                         conn.close();
                     }
@@ -524,6 +570,7 @@ async fn run(args: &Args) -> anyhow::Result<Value> {
             list,
             static_body.clone(),
             shared.clone(),
+            timestamp_get,
         ));
     }
     tokio::time::sleep(Duration::from_secs_f64(warmup)).await;
@@ -562,12 +609,13 @@ async fn run(args: &Args) -> anyhow::Result<Value> {
     let mut latencies: Vec<f64> = Vec::new();
     let mut errors = 0;
     let mut first_error = None;
-    let (mut handshakes, mut resumed) = (0u64, 0u64);
+    let (mut handshakes, mut resumed, mut timestamp_gets) = (0u64, 0u64, 0u64);
     for s in stats {
         latencies.extend(s.latencies);
         errors += s.errors;
         handshakes += s.handshakes;
         resumed += s.resumed;
+        timestamp_gets += s.timestamp_gets;
         if first_error.is_none() {
             first_error = s.first_error;
         }
@@ -584,6 +632,8 @@ async fn run(args: &Args) -> anyhow::Result<Value> {
         "tls": tls,
         "tls_handshakes": handshakes,
         "tls_resumed": resumed,
+        "timestamp_get": format!("{timestamp_get:?}"),
+        "timestamp_gets": timestamp_gets,
         "vehicles": vehicles,
         "connections": connections,
         "warmup_s": warmup,

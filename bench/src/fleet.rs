@@ -25,7 +25,7 @@ use chrono::Utc;
 use rampart_lab::sim::SimVehicle;
 use serde_json::{json, Value};
 
-use crate::checkin::{check_in, cpu_of, postgres_backends};
+use crate::checkin::{check_in, cpu_of, postgres_backends, TimestampGet};
 use crate::http::Conn;
 use crate::{quantile, Args};
 
@@ -256,7 +256,14 @@ async fn run(args: &Args) -> anyhow::Result<Value> {
             let held = h.clone();
             async move {
                 let mut tag = None;
-                check_in(&mut conn, &vin, &manifest, &mut tag).await?;
+                check_in(
+                    &mut conn,
+                    &vin,
+                    &manifest,
+                    &mut tag,
+                    TimestampGet::UnlessNamed,
+                )
+                .await?;
                 held.lock()
                     .map_err(|_| anyhow::anyhow!("lock"))?
                     .insert(vin, tag);
@@ -297,7 +304,14 @@ async fn run(args: &Args) -> anyhow::Result<Value> {
         move |mut conn, (vin, manifest, tag)| async move {
             if Instant::now() < deadline {
                 let mut tag = tag;
-                check_in(&mut conn, &vin, &manifest, &mut tag).await?;
+                check_in(
+                    &mut conn,
+                    &vin,
+                    &manifest,
+                    &mut tag,
+                    TimestampGet::UnlessNamed,
+                )
+                .await?;
             }
             Ok(conn)
         },

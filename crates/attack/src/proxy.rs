@@ -107,6 +107,41 @@ impl Intercept {
     }
 }
 
+/// The field of the director's answer to a manifest that names the vehicle's current
+/// director timestamp (its entity tag): a primary holding that copy does not ask for it.
+pub const TIMESTAMP_TAG_FIELD: &str = "director_timestamp_tag";
+
+impl Intercept {
+    /// Rewrites the director's answers to `vin`'s manifests so that they name `tag` as the
+    /// current director timestamp, or (`None`) name none. A man in the middle who wants to
+    /// answer the vehicle's timestamp request must first make it ask (`None`); one who
+    /// freezes it names the copy it holds (`Some`), as a 304 would.
+    pub fn timestamp_named(vin: &str, tag: Option<String>) -> Self {
+        let rewrite = move |body: &[u8]| {
+            let Ok(mut answer) = serde_json::from_slice::<serde_json::Value>(body) else {
+                return body.to_vec();
+            };
+            if let Some(fields) = answer.as_object_mut() {
+                match &tag {
+                    Some(t) => {
+                        fields.insert(TIMESTAMP_TAG_FIELD.into(), t.clone().into());
+                    }
+                    None => {
+                        fields.remove(TIMESTAMP_TAG_FIELD);
+                    }
+                }
+            }
+            serde_json::to_vec(&answer).unwrap_or_else(|_| body.to_vec())
+        };
+        Intercept {
+            pattern: format!("/director/{vin}/manifest"),
+            method: Some("POST".into()),
+            action: Action::Mutate(Arc::new(rewrite)),
+            times: None,
+        }
+    }
+}
+
 /// One request the proxy handled.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Served {

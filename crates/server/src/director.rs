@@ -181,6 +181,12 @@ pub struct DirectorDocs {
 pub struct CheckinResponse {
     /// Director targets version the vehicle should now fetch.
     pub director_targets_version: u64,
+    /// The entity tag of the vehicle's director timestamp as of this answer: what
+    /// `GET /director/{vin}/metadata/timestamp.json` answers as `ETag`. A primary that holds
+    /// that copy skips the request, which would have been answered 304 — one round trip of
+    /// a cycle in which nothing changed instead of two. The copy is verified again like any
+    /// other (its signatures and expiry), exactly as after a 304.
+    pub director_timestamp_tag: String,
     /// Assignments completed by this check-in.
     pub completed_assignments: Vec<i64>,
     /// ECU reports that were rejected (ECU ID and rule).
@@ -818,6 +824,9 @@ impl Director {
         };
         Ok(CheckinResponse {
             director_targets_version: docs.targets.version,
+            director_timestamp_tag: rampart_core::hash::entity_tag(
+                docs.timestamp.document.as_bytes(),
+            ),
             completed_assignments: completed,
             rejected_reports: sorted.rejected,
             receipt: self.receipt(vin, verified.manifest.manifest_counter, &sorted.accepted)?,

@@ -2624,6 +2624,45 @@ async fn labels_are_registered_replaced_and_checked() {
     assert_eq!(fleet.vehicle(VIN_B).await.attributes["model"], "id7");
 }
 
+/// The answer to a manifest names the vehicle's current director timestamp: the `ETag` a
+/// `GET …/timestamp.json` would answer at that moment — before and after new instructions,
+/// which the manifest's own answer already names (the vehicle must not skip a changed copy).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_answer_to_a_manifest_names_the_current_director_timestamp() {
+    let (fleet, mut car) = fleet_with_car(generous_limits()).await;
+    let path = format!("director/{VIN_A}/metadata/timestamp.json");
+    let http = car.http.clone();
+    let current = || async {
+        let r = http.get(fleet.url(&path)).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        let tag = r.headers()["etag"].to_str().unwrap().to_owned();
+        assert_eq!(
+            tag,
+            rampart_core::hash::entity_tag(&r.bytes().await.unwrap())
+        );
+        tag
+    };
+    let manifest = car.honest_manifest();
+    let (status, body) = car.post_manifest(&fleet, VIN_A, manifest).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let named = body["director_timestamp_tag"].as_str().unwrap().to_owned();
+    assert_eq!(named, current().await);
+
+    let image = content("tbox firmware 8", 4_000);
+    let release = fleet.publish(&image, "tbox/fw-8.bin", "tbox-hw", 8);
+    ops::publish(&fleet.layout, &release, Utc::now())
+        .await
+        .unwrap();
+    let (status, body) = fleet.assign_to_ecu("tbox/fw-8.bin", "TBOX-1").await;
+    assert!(status.is_success(), "{body}");
+    let manifest = car.honest_manifest();
+    let (status, body) = car.post_manifest(&fleet, VIN_A, manifest).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let renamed = body["director_timestamp_tag"].as_str().unwrap().to_owned();
+    assert_ne!(renamed, named, "new instructions, a new timestamp");
+    assert_eq!(renamed, current().await);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn director_metadata_is_answered_304_for_the_copy_the_vehicle_holds() {
     let (fleet, car) = fleet_with_car(generous_limits()).await;

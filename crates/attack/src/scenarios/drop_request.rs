@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use rampart_lab::VehicleRun;
 
-use crate::proxy::{Action, Intercept};
+use crate::proxy::{Action, Intercept, TIMESTAMP_TAG_FIELD};
 use crate::{Findings, Harness, Info};
 
 /// Description.
@@ -87,7 +87,17 @@ async fn timed_cycle(
 /// Evidence: every answer of the attacker, with what the vehicle had asked for (`step`
 /// names the part of the scenario).
 fn record_evidence(h: &Harness, f: &mut Findings, step: &str) -> usize {
-    let forged = h.proxy.forged();
+    let (rewritten, forged): (Vec<_>, Vec<_>) = h
+        .proxy
+        .forged()
+        .into_iter()
+        .partition(|s| s.action == "Mutate" && s.path.contains("/manifest"));
+    if !rewritten.is_empty() {
+        f.evidence(format!(
+            "{step}: the attacker removed {TIMESTAMP_TAG_FIELD} from the director's answer to {} manifest(s), for the vehicle to ask for its timestamp",
+            rewritten.len()
+        ));
+    }
     for s in &forged {
         let answer = if s.status == 0 {
             "no answer at all".to_owned()
@@ -162,10 +172,13 @@ pub(super) async fn run(h: Harness) -> anyhow::Result<Findings> {
     h.check_state(&mut f, &h.trust_state().await?, &[image]);
 
     // 2. The director's metadata is swallowed: the request is accepted and never answered.
+    //    (The director's answer to the manifest names the timestamp the vehicle holds: the
+    //    attacker strips that, for the vehicle to ask.)
     h.proxy.only(Intercept::get(
         &format!("/director/{vin}/metadata/timestamp.json"),
         Action::Blackhole,
     ));
+    h.proxy.add(Intercept::timestamp_named(&vin, None));
     let run = timed_cycle(&h, &mut f, "director metadata swallowed", bound).await?;
     let n = record_evidence(&h, &mut f, "step 2 (director metadata)");
     f.check(

@@ -23,7 +23,7 @@ use crate::{Findings, Harness, Info};
 pub(super) const INFO: Info = Info {
     name: "freeze",
     attack: "freeze attack",
-    attacker: "man in the middle between vehicle and server: captures validly signed timestamps and replays them later (no signing keys)",
+    attacker: "man in the middle between vehicle and server: captures validly signed timestamps and replays them later, or has the director's answers name the frozen one as current so the vehicle does not ask (no signing keys)",
     control: "the vehicle never accepts a timestamp older than the one it trusts (rollback), and refuses any metadata whose signed expiry has passed (expired): a frozen vehicle notices within the timestamp's lifetime (1 day)",
     expected: "defeated: the replayed older image timestamp is refused (rollback); frozen metadata two days later is refused (expired); nothing installed, trusted versions never go back; the server records the vehicle's indicators; the new release installs once the attacker leaves",
 };
@@ -157,8 +157,22 @@ pub(super) async fn run(h: Harness) -> anyhow::Result<Findings> {
                 image_ts,
                 Action::Replace(frozen_image.clone()),
             ));
+            // The director's answer to the manifest names the current timestamp, for a
+            // primary that holds it not to ask: the attacker names the frozen one (what a
+            // 304 would say).
+            let frozen_tag = rampart_core::hash::entity_tag(&frozen_director);
+            h.proxy
+                .add(Intercept::timestamp_named(&vin, Some(frozen_tag.clone())));
             let run = cycle_in_future(&h, &ft, FAKETIME_OFFSET).await?;
             for s in h.proxy.forged() {
+                if s.path.ends_with("/manifest") {
+                    f.evidence(format!(
+                        "the director's answer to the vehicle's manifest ({}) named the frozen director timestamp version {} ({frozen_tag}) as current, so the vehicle checked the copy it holds",
+                        s.path,
+                        signed_field(&frozen_director, "/signed/version"),
+                    ));
+                    continue;
+                }
                 let body = if s.path.contains("/director/") {
                     &frozen_director
                 } else {
@@ -174,7 +188,7 @@ pub(super) async fn run(h: Harness) -> anyhow::Result<Findings> {
                 ));
             }
             f.check(
-                "the frozen timestamp reached the vehicle",
+                "the frozen timestamp reached the vehicle (replayed, or named current)",
                 !h.proxy.forged().is_empty(),
                 format!("{} frozen answers", h.proxy.forged().len()),
             );

@@ -246,8 +246,11 @@ pub(super) async fn run(h: Harness) -> anyhow::Result<Findings> {
     .await?;
 
     // 2. Replay of the older director timestamp (it led to the instruction to install 2.0).
+    //    The director's answer to the manifest names the copy the vehicle holds, so the
+    //    attacker first strips that, for the vehicle to ask.
     let trusted = trusted_version(&h, "primary/director/timestamp").await?;
     h.proxy.clear();
+    h.proxy.add(Intercept::timestamp_named(&vin, None));
     h.proxy.add(Intercept::get(
         &director_ts,
         Action::Replace(old_director_ts.clone()),

@@ -47,7 +47,8 @@ impl Primary {
             }
         };
         tracing::info!(director_targets_version = %answer.get("director_targets_version").cloned().unwrap_or_default(), "manifest accepted");
-        match self.verify(installed).await {
+        let current_timestamp = answer.get("director_timestamp_tag").and_then(Value::as_str);
+        match self.verify(installed, current_timestamp).await {
             Ok(v) => Ok(v),
             Err(e) => {
                 self.note(report, e.rule(), &e.to_string());

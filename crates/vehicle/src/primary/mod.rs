@@ -530,9 +530,16 @@ impl Primary {
     }
 
     /// Uptane full verification of both repositories over the network.
+    ///
+    /// `current_timestamp`: the entity tag of the director timestamp that the director's
+    /// answer to this cycle's manifest named as current (`director_timestamp_tag`). When it
+    /// is the copy held, that copy is verified again without asking for it — the request
+    /// would have been answered 304. Whoever could forge the tag could forge the 304: either
+    /// way the held copy's signatures and expiry are checked as if it had been fetched.
     pub async fn verify(
         &mut self,
         installed: BTreeMap<String, InstalledImage>,
+        current_timestamp: Option<&str>,
     ) -> Result<FullVerifier> {
         let now = Utc::now();
         let director = Client::new(
@@ -583,13 +590,22 @@ impl Primary {
                 Action::Fetch { path, max_length } => {
                     let url = join_url(base, &path)?;
                     let held = rampart_client::runner::held_copy(store, &path)?;
-                    let fetched = match self
-                        .fetcher
-                        .fetch_bytes_unless(&url, max_length, held.as_deref())
-                        .await?
-                    {
-                        Some(b) => Fetched::Bytes(b),
-                        None => Fetched::NotFound,
+                    let named_current = |held: &[u8]| {
+                        repo == Repo::Director
+                            && path == "timestamp.json"
+                            && current_timestamp
+                                .is_some_and(|tag| tag == rampart_core::hash::entity_tag(held))
+                    };
+                    let fetched = match held {
+                        Some(held) if named_current(&held) => Fetched::Bytes(held),
+                        held => match self
+                            .fetcher
+                            .fetch_bytes_unless(&url, max_length, held.as_deref())
+                            .await?
+                        {
+                            Some(b) => Fetched::Bytes(b),
+                            None => Fetched::NotFound,
+                        },
                     };
                     v.provide_fetched(repo, &path, fetched)?;
                 }
