@@ -31,6 +31,18 @@ use crate::{quantile, Args};
 
 const ECUS: [(&str, &str); 3] = [("TBOX", "tbox-a"), ("IVI", "ivi-x"), ("BCM", "bcm-1")];
 
+/// A vehicle's check-in as its primary makes it (the timestamp asked for unless the answer
+/// names the copy held, `tag`).
+async fn cycle(
+    conn: &mut Conn,
+    vin: &str,
+    manifest: &[u8],
+    tag: &mut Option<String>,
+) -> anyhow::Result<()> {
+    check_in(conn, vin, manifest, tag, TimestampGet::UnlessNamed).await?;
+    Ok(())
+}
+
 fn vin(i: usize) -> String {
     format!("WF{:05}{i:010}", std::process::id() % 100_000)
 }
@@ -256,14 +268,7 @@ async fn run(args: &Args) -> anyhow::Result<Value> {
             let held = h.clone();
             async move {
                 let mut tag = None;
-                check_in(
-                    &mut conn,
-                    &vin,
-                    &manifest,
-                    &mut tag,
-                    TimestampGet::UnlessNamed,
-                )
-                .await?;
+                cycle(&mut conn, &vin, &manifest, &mut tag).await?;
                 held.lock()
                     .map_err(|_| anyhow::anyhow!("lock"))?
                     .insert(vin, tag);
@@ -304,14 +309,7 @@ async fn run(args: &Args) -> anyhow::Result<Value> {
         move |mut conn, (vin, manifest, tag)| async move {
             if Instant::now() < deadline {
                 let mut tag = tag;
-                check_in(
-                    &mut conn,
-                    &vin,
-                    &manifest,
-                    &mut tag,
-                    TimestampGet::UnlessNamed,
-                )
-                .await?;
+                cycle(&mut conn, &vin, &manifest, &mut tag).await?;
             }
             Ok(conn)
         },

@@ -644,8 +644,9 @@ fn vehicle() -> Vehicle {
     }
 }
 
-fn manifest(v: &Vehicle, reports: BTreeMap<String, serde_json::Value>) -> Vec<u8> {
-    let m = VehicleManifest {
+/// The manifest of [`VIN`] (counter 7) carrying `reports`, unsigned.
+fn manifest_of(reports: BTreeMap<String, serde_json::Value>) -> VehicleManifest {
+    VehicleManifest {
         type_: VEHICLE_MANIFEST_TYPE.into(),
         vin: VIN.into(),
         primary_ecu_id: "TBOX-1".into(),
@@ -656,8 +657,11 @@ fn manifest(v: &Vehicle, reports: BTreeMap<String, serde_json::Value>) -> Vec<u8
         update_failures: Vec::new(),
         progress: Vec::new(),
         unrecognized: BTreeMap::new(),
-    };
-    sign_vehicle_manifest(&m, &v.primary).unwrap()
+    }
+}
+
+fn manifest(v: &Vehicle, reports: BTreeMap<String, serde_json::Value>) -> Vec<u8> {
+    sign_vehicle_manifest(&manifest_of(reports), &v.primary).unwrap()
 }
 
 fn keys(v: &Vehicle) -> VehicleKeys<'_> {
@@ -821,18 +825,7 @@ fn nul_characters_in_signed_fields_are_refused() {
 
     let outer = |change: &dyn Fn(&mut VehicleManifest)| {
         let reports = BTreeMap::from([("TBOX-1".to_string(), report("TBOX-1", 1, &v.primary))]);
-        let mut m = VehicleManifest {
-            type_: VEHICLE_MANIFEST_TYPE.into(),
-            vin: VIN.into(),
-            primary_ecu_id: "TBOX-1".into(),
-            manifest_counter: 7,
-            nonce: "abcd".into(),
-            ecu_version_reports: reports,
-            attacks_detected: String::new(),
-            update_failures: Vec::new(),
-            progress: Vec::new(),
-            unrecognized: BTreeMap::new(),
-        };
+        let mut m = manifest_of(reports);
         change(&mut m);
         verify_vehicle_manifest(&sign_vehicle_manifest(&m, &v.primary).unwrap(), &keys(&v))
     };
