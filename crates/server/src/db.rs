@@ -27,6 +27,7 @@ mod group_commit;
 mod held;
 mod quiet_batch;
 mod role_reads;
+mod role_write;
 
 /// Which database is behind the pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1460,6 +1461,9 @@ impl Db {
         targets_digest: Option<&str>,
         roles: &[(Option<u64>, StoredRole)],
     ) -> Result<bool> {
+        if self.backend == Backend::Postgres {
+            return role_write::replace(&self.pool, vin, targets_digest, roles).await;
+        }
         let mut tx = self.pool.begin().await.map_err(db_err("begin"))?;
         for (previous, r) in roles {
             let digest = targets_digest.filter(|_| r.role == "targets");
