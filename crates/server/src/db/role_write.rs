@@ -13,7 +13,8 @@
 //! inserted only if absent. The statement counts what it wrote and, if that is not every
 //! role, fails with a division by zero — PostgreSQL then undoes all of it, as the
 //! transaction's rollback did — which is answered as "lost the race" (`false`), the same
-//! answer as before.
+//! answer as before. PostgreSQL's log shows such a race as `ERROR: division by zero` on this
+//! statement: two instances signing one vehicle at once, not a fault (docs/deployment.md).
 
 use serde::Serialize;
 use sqlx::AnyPool;
