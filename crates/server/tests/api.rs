@@ -438,7 +438,12 @@ impl Car {
         reports: BTreeMap<String, Value>,
         signer: &dyn Signer,
     ) -> Vec<u8> {
-        let manifest = VehicleManifest {
+        sign_vehicle_manifest(&self.unsigned_manifest(counter, reports), signer).unwrap()
+    }
+
+    /// The manifest [`Car::manifest_with`] signs, for a test to change first.
+    fn unsigned_manifest(&self, counter: u64, reports: BTreeMap<String, Value>) -> VehicleManifest {
+        VehicleManifest {
             type_: VEHICLE_MANIFEST_TYPE.into(),
             vin: self.vin.clone(),
             primary_ecu_id: self.ecus[0].id.clone(),
@@ -449,8 +454,7 @@ impl Car {
             update_failures: Vec::new(),
             progress: Vec::new(),
             unrecognized: BTreeMap::new(),
-        };
-        sign_vehicle_manifest(&manifest, signer).unwrap()
+        }
     }
 
     /// The next honest manifest: every ECU reports what it runs, all counters move on.
@@ -2479,18 +2483,8 @@ async fn nul_characters_in_signed_fields_are_refused(database: Option<String>) {
             signed_report(&ecu.id, &ecu.installed, ecu.report_counter, &ecu.signer),
         );
     }
-    let manifest = VehicleManifest {
-        type_: VEHICLE_MANIFEST_TYPE.into(),
-        vin: VIN_A.into(),
-        primary_ecu_id: car.ecus[0].id.clone(),
-        manifest_counter: car.manifest_counter + 1,
-        nonce: format!("{}\0", nonce()),
-        ecu_version_reports: reports,
-        attacks_detected: String::new(),
-        update_failures: Vec::new(),
-        progress: Vec::new(),
-        unrecognized: BTreeMap::new(),
-    };
+    let mut manifest = car.unsigned_manifest(car.manifest_counter + 1, reports);
+    manifest.nonce.push('\0');
     let body = sign_vehicle_manifest(&manifest, &car.ecus[0].signer).unwrap();
     let event = assert_refused(
         &fleet,
