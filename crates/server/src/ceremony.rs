@@ -263,6 +263,7 @@ fn write_config(
         limits: LimitsConfig::default(),
         server: ServerConfig::default(),
         events: EventsConfig::default(),
+        manifests: Default::default(),
         pki: PkiConfig::default(),
         campaigns: Default::default(),
         mqtt: Default::default(),

@@ -41,6 +41,11 @@
 //! max_rows = 1000000                # at most this many rows, the newest kept (0: no limit)
 //! prune_every_secs = 3600           # pruning runs at start and then this often
 //!
+//! [manifests]                       # stored vehicle manifests; every field optional
+//! quiet_max_age_days = 30           # one whose check-in changed nothing: pruned after (0: never)
+//! max_age_days = 0                  # any other: pruned after (0: never); a vehicle's newest stays
+//! prune_every_secs = 3600           # pruning runs at start and then this often
+//!
 //! [vsoc]                            # the V-SOC engine (crate::vsoc); every field optional
 //! check_every_secs = 10
 //! window_secs = 900                 # the correlation rules look at this much history
@@ -106,6 +111,9 @@ pub struct Config {
     /// Recording and retention of security events.
     #[serde(default)]
     pub events: EventsConfig,
+    /// Retention of stored vehicle manifests.
+    #[serde(default)]
+    pub manifests: ManifestsConfig,
     /// Vehicle certificates.
     #[serde(default)]
     pub pki: PkiConfig,
@@ -240,7 +248,7 @@ impl EventsConfig {
 
     /// Age past which events are pruned (`None`: kept).
     pub fn max_age(&self) -> Option<Duration> {
-        (self.max_age_days > 0).then(|| Duration::from_secs(u64::from(self.max_age_days) * 86_400))
+        days(self.max_age_days)
     }
 
     /// Rows kept at most (`None`: no limit).
@@ -252,6 +260,56 @@ impl EventsConfig {
     pub fn prune_every(&self) -> Duration {
         Duration::from_secs(self.prune_every_secs.max(1))
     }
+}
+
+/// `[manifests]`: how long stored vehicle manifests are kept. Every accepted check-in stores
+/// its signed manifest (3–4 KB); a fleet polling every 15 minutes adds ~100 a day per vehicle,
+/// so without pruning the table grows without end. Most say only "nothing changed": those
+/// (`quiet`) go after `quiet_max_age_days`. The others — a completed update, an update
+/// failure or progress, a security event, a refused ECU report — are what an audit of an
+/// update or an incident looks for, and are kept unless `max_age_days` is set (their outcome
+/// is also in the update records and events). Each vehicle's newest manifest is always kept.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ManifestsConfig {
+    /// Quiet manifests received longer ago than this many days are deleted (0: kept).
+    pub quiet_max_age_days: u32,
+    /// Any manifest received longer ago than this many days is deleted (0: kept).
+    pub max_age_days: u32,
+    /// Pruning runs when the server starts and then every this many seconds.
+    pub prune_every_secs: u64,
+}
+
+impl Default for ManifestsConfig {
+    fn default() -> Self {
+        ManifestsConfig {
+            quiet_max_age_days: 30,
+            max_age_days: 0,
+            prune_every_secs: 3600,
+        }
+    }
+}
+
+impl ManifestsConfig {
+    /// Age past which quiet manifests are pruned (`None`: kept).
+    pub fn quiet_max_age(&self) -> Option<Duration> {
+        days(self.quiet_max_age_days)
+    }
+
+    /// Age past which any manifest is pruned (`None`: kept).
+    pub fn max_age(&self) -> Option<Duration> {
+        days(self.max_age_days)
+    }
+
+    /// How often pruning runs (at least once a second).
+    pub fn prune_every(&self) -> Duration {
+        Duration::from_secs(self.prune_every_secs.max(1))
+    }
+}
+
+/// `n` days, or `None` for 0 (a retention that keeps).
+fn days(n: u32) -> Option<Duration> {
+    (n > 0).then(|| Duration::from_secs(u64::from(n) * 86_400))
 }
 
 /// `[server]`: how long connections may take or idle, and how many there may be — against

@@ -1129,10 +1129,9 @@ impl Db {
         &self,
         checkin: &Checkin<'_>,
     ) -> Result<(Vec<i64>, Option<DirectorRoles>)> {
-        let quiet_batches = self
-            .quiet_batches
-            .as_ref()
-            .filter(|_| checkin.events.is_empty() && checkin.progress.is_empty());
+        let quiet_batches = self.quiet_batches.as_ref().filter(|_| {
+            checkin.events.is_empty() && checkin.progress.is_empty() && !checkin.update_failures
+        });
         if let Some(batches) = quiet_batches {
             if let Some((stored, roles)) = batches.record(checkin).await? {
                 let dropped: Vec<&ReportUpdate> = checkin
@@ -1147,6 +1146,15 @@ impl Db {
                     for report in dropped {
                         self.report_dropped(&mut tx, checkin, report).await?;
                     }
+                    // Stored as quiet, but it carried a refused report: retention keeps it.
+                    sqlx::query(
+                        "UPDATE manifests SET quiet = FALSE WHERE vin = $1 AND counter = $2",
+                    )
+                    .bind(checkin.vin)
+                    .bind(to_i64(checkin.counter)?)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_err("keep manifest"))?;
                     tx.commit().await.map_err(db_err("commit"))?;
                 }
                 return Ok((Vec::new(), Some(roles)));
@@ -1221,9 +1229,11 @@ impl Db {
         }
         let stored = Self::store_reports(tx, checkin.vin, &checkin.reports).await?;
         let mut completed = Vec::new();
+        let mut dropped = false;
         for report in &checkin.reports {
             if !stored.contains(&report.ecu_id) {
                 self.report_dropped(tx, checkin, report).await?;
+                dropped = true;
                 continue;
             }
             let before = before.get(report.ecu_id.as_str()).cloned().flatten();
@@ -1268,12 +1278,19 @@ impl Db {
             .await
             .map_err(db_err("update progress"))?;
         }
-        sqlx::query("INSERT INTO manifests (vin, counter, nonce, received_at, document) VALUES ($1, $2, $3, $4, $5)")
+        // Quiet: the check-in changed nothing an audit looks for (retention prunes it by age).
+        let quiet = completed.is_empty()
+            && !dropped
+            && checkin.events.is_empty()
+            && checkin.progress.is_empty()
+            && !checkin.update_failures;
+        sqlx::query("INSERT INTO manifests (vin, counter, nonce, received_at, document, quiet) VALUES ($1, $2, $3, $4, $5, $6)")
             .bind(checkin.vin)
             .bind(to_i64(checkin.counter)?)
             .bind(checkin.nonce)
             .bind(now)
             .bind(checkin.document)
+            .bind(quiet)
             .execute(&mut **tx)
             .await
             .map_err(db_err("store manifest"))?;
@@ -1654,6 +1671,64 @@ impl Db {
             .await
             .map_err(db_err("prune security events"))?
             .rows_affected();
+        }
+        Ok(deleted)
+    }
+
+    /// Deletes stored manifests received before `now - quiet_max_age` whose check-in changed
+    /// nothing (`quiet`), and any received before `now - max_age` (either bound optional),
+    /// except each vehicle's newest manifest, which is always kept. Returns how many went.
+    ///
+    /// Manifests are the bulk of the database (one per vehicle per cycle); quiet ones say
+    /// only "nothing changed", which the vehicle's newest manifest still says. Deleted a
+    /// batch at a time, oldest first, each batch its own statement: no long transaction
+    /// holds check-ins back, and an interrupted run leaves only fewer rows to the next.
+    pub async fn prune_manifests(
+        &self,
+        now: chrono::DateTime<chrono::Utc>,
+        quiet_max_age: Option<std::time::Duration>,
+        max_age: Option<std::time::Duration>,
+    ) -> Result<u64> {
+        /// Rows a statement deletes at most.
+        const BATCH: u64 = 10_000;
+        let cutoff = |age: std::time::Duration| {
+            let age = chrono::Duration::from_std(age).unwrap_or(chrono::Duration::MAX);
+            now.checked_sub_signed(age)
+                .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC)
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        };
+        // Each kind of row has its partial index by age (migration 0012), hence two
+        // statements rather than one with an OR. PostgreSQL is given the IDs as an array:
+        // with `id IN (subquery)` its generic plan hash-joins the batch against a scan of
+        // the whole table.
+        let (open, close) = match self.backend {
+            Backend::Postgres => ("= ANY (ARRAY(", "))"),
+            Backend::Sqlite => ("IN (", ")"),
+        };
+        let passes = [("m.quiet", quiet_max_age), ("NOT m.quiet", max_age)];
+        let mut deleted = 0;
+        for (kind, age) in passes {
+            let Some(age) = age else { continue };
+            let sql = format!(
+                "DELETE FROM manifests WHERE id {open}SELECT m.id FROM manifests m \
+                 WHERE {kind} AND m.received_at < $1 \
+                 AND EXISTS (SELECT 1 FROM manifests n WHERE n.vin = m.vin AND n.id > m.id) \
+                 ORDER BY m.received_at LIMIT $2{close}"
+            );
+            let before = cutoff(age);
+            loop {
+                let n = sqlx::query(&sql)
+                    .bind(&before)
+                    .bind(to_i64(BATCH)?)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(db_err("prune manifests"))?
+                    .rows_affected();
+                deleted += n;
+                if n < BATCH {
+                    break;
+                }
+            }
         }
         Ok(deleted)
     }
@@ -2095,6 +2170,9 @@ pub struct Checkin<'a> {
     /// Updates under way the manifest reports: `(target, ECU, stage)`, recorded on the
     /// vehicle's pending assignments.
     pub progress: Vec<(String, String, &'static str)>,
+    /// The manifest reports update failures (recorded after it is accepted): retention keeps
+    /// it like one that changed something (see [`Db::prune_manifests`]).
+    pub update_failures: bool,
 }
 
 /// A certificate serial as stored: lower-case hex without separators (`:` and spaces are

@@ -920,6 +920,7 @@ impl Director {
                 .take(64)
                 .map(|p| (p.target.clone(), p.ecu_id.clone(), p.stage.as_str()))
                 .collect(),
+            update_failures: !verified.manifest.update_failures.is_empty(),
         };
         let (completed, roles) = self.db.record_checkin_reading_roles(&checkin).await?;
         self.known

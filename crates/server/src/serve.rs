@@ -1,8 +1,9 @@
 //! `rampart serve`: the image repository folder, the director and the admin API over HTTPS,
 //! plus background tasks that re-sign the image repository's timestamp and snapshot before
-//! they expire, prune security events by the retention of `[events]` (also at start) and
-//! judge running campaigns every `[campaigns] check_every_secs`, run the V-SOC engine every
-//! `[vsoc] check_every_secs` and, with a webhook configured, deliver incidents and events.
+//! they expire, prune security events and stored manifests by the retention of `[events]`
+//! and `[manifests]` (also at start), judge running campaigns every `[campaigns]
+//! check_every_secs`, run the V-SOC engine every `[vsoc] check_every_secs` and, with a
+//! webhook configured, deliver incidents and events.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,7 +12,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 
 use crate::api::{router, AppState};
-use crate::config::{Config, EventsConfig};
+use crate::config::{Config, EventsConfig, ManifestsConfig};
 use crate::conn::{ConnectionOptions, Connections, Flood};
 use crate::db::Db;
 use crate::director::Director;
@@ -120,6 +121,7 @@ pub async fn start(opts: ServeOptions) -> Result<Running> {
     }
     // Retention first: a server that was down for long starts within its bounds.
     prune_events(&db, &config.events).await;
+    prune_manifests(&db, &config.manifests).await;
     let mut director =
         Director::new(db.clone(), director_keys, layout.director_public()).with_content_kek(kek);
     if let Some(nudger) = nudger(&config, &layout)? {
@@ -155,11 +157,20 @@ pub async fn start(opts: ServeOptions) -> Result<Running> {
     // Background tasks, from here on nothing fails: pruning of security events and online
     // re-signing of the image repository's timestamp and snapshot.
     let pruner = {
-        let events = config.events.clone();
+        let (db, events) = (db.clone(), config.events.clone());
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(events.prune_every()).await;
                 prune_events(&db, &events).await;
+            }
+        })
+    };
+    let manifest_pruner = {
+        let manifests = config.manifests.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(manifests.prune_every()).await;
+                prune_manifests(&db, &manifests).await;
             }
         })
     };
@@ -221,6 +232,7 @@ pub async fn start(opts: ServeOptions) -> Result<Running> {
         let _ = stopped.await;
         refresher.abort();
         pruner.abort();
+        manifest_pruner.abort();
         judge.abort();
         vsoc.abort();
         if let Some(w) = webhook {
@@ -338,6 +350,22 @@ fn nudger(config: &Config, layout: &Layout) -> Result<Option<crate::nudge::Nudge
         .unwrap_or_else(|| rampart_client::nudge::DEFAULT_PREFIX.to_owned());
     tracing::info!(broker = %broker.url, %prefix, "nudging vehicles over MQTT");
     Ok(Some(crate::nudge::Nudger::start(&broker, &prefix)?))
+}
+
+/// Applies the retention of `[manifests]` (errors are logged, as for events).
+async fn prune_manifests(db: &Db, manifests: &ManifestsConfig) {
+    match db
+        .prune_manifests(
+            chrono::Utc::now(),
+            manifests.quiet_max_age(),
+            manifests.max_age(),
+        )
+        .await
+    {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(deleted = n, "pruned stored manifests"),
+        Err(e) => tracing::error!(error = %e, "could not prune stored manifests"),
+    }
 }
 
 /// Applies the retention of `[events]` (errors are logged: retention must never stop the

@@ -1924,6 +1924,64 @@ async fn event_retention_runs_at_start_and_periodically() {
     assert_eq!(left, ["recent"], "the periodic task prunes too");
 }
 
+/// `[manifests]` retention is applied when the server starts and then periodically: quiet
+/// manifests received longer ago than `quiet_max_age_days` go, except the vehicle's newest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn manifest_retention_runs_at_start_and_periodically() {
+    let (mut fleet, mut car) = fleet_with_car_on(generous_limits(), None).await;
+    for _ in 0..2 {
+        let manifest = car.honest_manifest();
+        let (status, body) = car.post_manifest(&fleet, VIN_A, manifest).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    fleet.stop_server().await;
+    let mut config = Config::load(&fleet.layout).unwrap();
+    assert_eq!(config.manifests.quiet_max_age_days, 30, "the default");
+    config.manifests.prune_every_secs = 1;
+    config.save(&fleet.layout).unwrap();
+    let pool = sqlx::AnyPool::connect(&config.database_url(&fleet.layout))
+        .await
+        .unwrap();
+    let age_all = |days: i64| {
+        let pool = pool.clone();
+        async move {
+            let at = (Utc::now() - chrono::Duration::days(days))
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+            sqlx::query("UPDATE manifests SET received_at = $1")
+                .bind(at)
+                .execute(&pool)
+                .await
+                .unwrap();
+        }
+    };
+    let counters = || {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>("SELECT counter FROM manifests ORDER BY counter")
+                .fetch_all(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    age_all(31).await;
+    assert_eq!(counters().await, [1, 2, 3]);
+    fleet.start_server().await;
+    assert_eq!(counters().await, [3], "pruned at start: the newest stays");
+    let manifest = car.honest_manifest();
+    let (status, body) = car.post_manifest(&fleet, VIN_A, manifest).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    age_all(31).await;
+    let mut left = Vec::new();
+    for _ in 0..40 {
+        left = counters().await;
+        if left == [4] {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(left, [4], "the periodic task prunes too");
+}
+
 /// The serial (lower-case hex) of the certificate in `identity_pem`.
 fn cert_serial(identity_pem: &[u8]) -> String {
     use rustls_pki_types::pem::PemObject;

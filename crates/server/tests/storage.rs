@@ -73,6 +73,7 @@ storage_suite!(
     identical_events_within_the_window_are_counted_on_one_row,
     events_over_their_rate_are_counted_per_address_and_rule,
     retention_prunes_old_rows_and_keeps_the_newest,
+    manifest_retention_prunes_quiet_ones_and_keeps_what_changed_something,
     revocations_match_by_vin_or_serial,
     image_keys_store_replace_read,
     expire_director_roles_marks_every_document,
@@ -175,6 +176,7 @@ fn checkin<'a>(vin: &'a str, counter: u64, reports: Vec<ReportUpdate>) -> Checki
         remote: None,
         events: Vec::new(),
         progress: Vec::new(),
+        update_failures: false,
     }
 }
 
@@ -1630,6 +1632,135 @@ async fn retention_prunes_old_rows_and_keeps_the_newest(url: String) {
         db.prune_events(now, Some(90 * day), Some(2)).await.unwrap(),
         0
     );
+}
+
+/// Manifest retention: a manifest whose check-in changed nothing (quiet) goes after its age
+/// limit; one that completed an assignment, carried an event (a refused ECU report, on the
+/// general path and on PostgreSQL's quiet statement alike), progress or an update failure
+/// stays until the limit for all; each vehicle's newest stays whatever its age.
+async fn manifest_retention_prunes_quiet_ones_and_keeps_what_changed_something(url: String) {
+    let db = connect(&url).await;
+    db.register_vehicle(&new_vehicle("VIN-R")).await.unwrap();
+    db.register_vehicle(&new_vehicle("VIN-Q")).await.unwrap();
+    let a = assignment("VIN-R", "TBOX-1", "tbox/fw-2.bin", 2);
+    db.create_assignment(&a).await.unwrap();
+    let factory = Installed {
+        target: "tbox/fw-1.bin".into(),
+        length: 1,
+        hashes: hashes("1"),
+        release_counter: 1,
+    };
+    let store = |c: Checkin<'static>| {
+        let db = db.clone();
+        async move { db.record_checkin(&c).await.unwrap() }
+    };
+    // VIN-R: 1 quiet, 2 quiet (names the pending image's ECU with the old image),
+    // 3 completes the assignment, 4 quiet, 5 an event, 6 progress, 7 an update failure,
+    // 8 a refused (stale) report, 9 quiet, 10 quiet: its newest.
+    store(checkin(
+        "VIN-R",
+        1,
+        vec![report("TBOX-1", factory.clone(), 1)],
+    ))
+    .await;
+    store(checkin(
+        "VIN-R",
+        2,
+        vec![report("TBOX-1", factory.clone(), 2)],
+    ))
+    .await;
+    let done = store(checkin(
+        "VIN-R",
+        3,
+        vec![report("TBOX-1", installed_as(&a), 3)],
+    ))
+    .await;
+    assert_eq!(done.len(), 1);
+    store(checkin(
+        "VIN-R",
+        4,
+        vec![report("TBOX-1", installed_as(&a), 4)],
+    ))
+    .await;
+    let mut with_event = checkin("VIN-R", 5, Vec::new());
+    with_event.events = vec![event("attack_detected", Some("VIN-R"), "10.0.0.1:1", "x")];
+    store(with_event).await;
+    let mut with_progress = checkin("VIN-R", 6, Vec::new());
+    with_progress.progress = vec![("tbox/fw-2.bin".into(), "TBOX-1".into(), "downloading")];
+    store(with_progress).await;
+    let mut with_failure = checkin("VIN-R", 7, Vec::new());
+    with_failure.update_failures = true;
+    store(with_failure).await;
+    // No pending assignment named: PostgreSQL takes it on its quiet statement, then finds
+    // the report stale.
+    store(checkin(
+        "VIN-R",
+        8,
+        vec![report("TBOX-1", installed_as(&a), 4)],
+    ))
+    .await;
+    store(checkin("VIN-R", 9, Vec::new())).await;
+    store(checkin("VIN-R", 10, Vec::new())).await;
+    // VIN-Q: one quiet manifest, its newest.
+    store(checkin("VIN-Q", 1, Vec::new())).await;
+
+    let pool = sqlx::AnyPool::connect(&url).await.unwrap();
+    let left = || {
+        let pool = pool.clone();
+        async move {
+            let rows: Vec<(String, i64)> =
+                sqlx::query_as("SELECT vin, counter FROM manifests ORDER BY vin, counter")
+                    .fetch_all(&pool)
+                    .await
+                    .unwrap();
+            rows.into_iter()
+                .map(|(vin, c)| format!("{vin}/{c}"))
+                .collect::<Vec<_>>()
+        }
+    };
+    let day = std::time::Duration::from_secs(86_400);
+    let now = chrono::Utc::now();
+    let later = |days: i64| now + chrono::Duration::days(days);
+    assert_eq!(db.prune_manifests(now, None, None).await.unwrap(), 0);
+    assert_eq!(
+        db.prune_manifests(now, Some(30 * day), None).await.unwrap(),
+        0,
+        "nothing is 30 days old yet"
+    );
+    assert_eq!(
+        db.prune_manifests(later(31), Some(30 * day), None)
+            .await
+            .unwrap(),
+        4
+    );
+    assert_eq!(
+        left().await,
+        ["VIN-Q/1", "VIN-R/3", "VIN-R/5", "VIN-R/6", "VIN-R/7", "VIN-R/8", "VIN-R/10"],
+        "quiet ones went, except each vehicle's newest"
+    );
+    assert_eq!(
+        db.prune_manifests(later(31), Some(30 * day), Some(400 * day))
+            .await
+            .unwrap(),
+        0,
+        "both bounds hold"
+    );
+    assert_eq!(
+        db.prune_manifests(later(401), None, Some(400 * day))
+            .await
+            .unwrap(),
+        5
+    );
+    assert_eq!(left().await, ["VIN-Q/1", "VIN-R/10"], "the newest stay");
+    // A newer check-in makes the old newest one prunable.
+    store(checkin("VIN-Q", 2, Vec::new())).await;
+    assert_eq!(
+        db.prune_manifests(later(31), Some(30 * day), None)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(left().await, ["VIN-Q/2", "VIN-R/10"]);
 }
 
 /// A revocation names a VIN (all its certificates) or a serial (one certificate, any case

@@ -79,6 +79,7 @@ pub(super) struct OwnedCheckin {
     remote: Option<String>,
     events: Vec<OwnedEvent>,
     progress: Vec<(String, String, &'static str)>,
+    update_failures: bool,
 }
 
 #[derive(Debug)]
@@ -113,6 +114,7 @@ impl From<&Checkin<'_>> for OwnedCheckin {
                 })
                 .collect(),
             progress: c.progress.clone(),
+            update_failures: c.update_failures,
         }
     }
 }
@@ -140,6 +142,7 @@ impl OwnedCheckin {
                 })
                 .collect(),
             progress: self.progress.clone(),
+            update_failures: self.update_failures,
         }
     }
 }

@@ -163,8 +163,8 @@ WITH input AS (SELECT * FROM json_to_recordset($1::json) \
     WHERE e.vin = ANY (ARRAY(SELECT vin FROM moved)) AND e.vin = r.vin AND e.ecu_id = r.ecu_id \
     AND (e.last_report_counter IS NULL OR e.last_report_counter < r.report_counter) \
     RETURNING e.vin, e.ecu_id), \
-  kept AS (INSERT INTO manifests (vin, counter, nonce, received_at, document) \
-    SELECT i.vin, i.counter, i.nonce, $3, i.document FROM input i \
+  kept AS (INSERT INTO manifests (vin, counter, nonce, received_at, document, quiet) \
+    SELECT i.vin, i.counter, i.nonce, $3, i.document, TRUE FROM input i \
     WHERE i.vin IN (SELECT vin FROM moved) RETURNING vin) \
 SELECT 'moved' AS kind, vin, NULL AS name, NULL AS role, NULL::BIGINT AS version, \
   NULL AS expires_at, NULL AS content_digest, NULL AS document FROM kept \
