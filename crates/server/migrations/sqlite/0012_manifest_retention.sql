@@ -6,6 +6,7 @@
 -- vehicle's newest manifest is always kept. Rows stored before this migration are not
 -- classified and count as kept. Kept in step with the PostgreSQL folder.
 ALTER TABLE manifests ADD COLUMN quiet BOOLEAN NOT NULL DEFAULT FALSE;
--- What the pruning reads, oldest first; each index holds only its own kind of row.
-CREATE INDEX manifests_quiet_by_age ON manifests (received_at) WHERE quiet;
-CREATE INDEX manifests_kept_by_age ON manifests (received_at) WHERE NOT quiet;
+-- What the pruning reads, oldest first; each index holds only its own kind of row. (SQLite
+-- has no ADD COLUMN IF NOT EXISTS; the PostgreSQL file takes a column added beforehand.)
+CREATE INDEX IF NOT EXISTS manifests_quiet_by_age ON manifests (received_at) WHERE quiet;
+CREATE INDEX IF NOT EXISTS manifests_kept_by_age ON manifests (received_at) WHERE NOT quiet;
