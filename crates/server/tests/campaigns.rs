@@ -303,6 +303,25 @@ async fn halt(url: String) {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("is cancelled"), "{err}");
+
+    // Manifest retention keeps the one that reported the boot failure (its only sign: an
+    // update failure, no event) when a month of quiet ones goes, the car's newest too.
+    car_mut(&mut cars, rolled_back).cycle(&d).await;
+    let month = std::time::Duration::from_secs(30 * 86_400);
+    let later = Utc::now() + chrono::Duration::days(31);
+    d.db()
+        .prune_manifests(later, Some(month), None)
+        .await
+        .unwrap();
+    let pool = sqlx::AnyPool::connect(&url).await.unwrap();
+    let kept: Vec<String> =
+        sqlx::query_scalar("SELECT document FROM manifests WHERE vin = $1 ORDER BY id")
+            .bind(rolled_back)
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(kept.len(), 2, "the failure's and the newest");
+    assert!(kept[0].contains("boot-failed"), "{}", kept[0]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
