@@ -37,7 +37,8 @@
 //! [events]                          # security events; every field optional
 //! window_secs = 60                  # identical events within this are one row with a count
 //! max_new_per_minute = 30           # new rows per (client address, rule); more are counted
-//! max_age_days = 90                 # pruned when last seen longer ago (0: never)
+//! max_age_days = 90                 # pruned when last seen longer ago (0: never), and
+//!                                   # webhook deliveries done with, queued as long ago
 //! max_rows = 1000000                # at most this many rows, the newest kept (0: no limit)
 //! prune_every_secs = 3600           # pruning runs at start and then this often
 //!
@@ -213,7 +214,8 @@ pub struct EventsConfig {
     /// New rows a minute per (client address, rule); past it, events are counted on the
     /// latest row of that address and rule.
     pub max_new_per_minute: u32,
-    /// Events last seen longer ago than this many days are deleted (0: kept).
+    /// Events last seen longer ago than this many days are deleted (0: kept), and so are the
+    /// webhook's deliveries queued that long ago and done with (`vsoc::export::prune`).
     pub max_age_days: u32,
     /// At most this many rows are kept, the newest (0: no limit).
     pub max_rows: u64,

@@ -18,6 +18,7 @@ use crate::db::Db;
 use crate::director::Director;
 use crate::error::{Error, Result};
 use crate::layout::Layout;
+use crate::vsoc::export::ExportConfig;
 
 /// Options of one server run (flags over the configuration file).
 #[derive(Debug, Clone)]
@@ -120,7 +121,7 @@ pub async fn start(opts: ServeOptions) -> Result<Running> {
         tracing::info!(sealed, "sealed content keys stored in plain text");
     }
     // Retention first: a server that was down for long starts within its bounds.
-    prune_events(&db, &config.events).await;
+    prune_events(&db, &config.events, &config.vsoc.export).await;
     prune_manifests(&db, &config.manifests).await;
     let mut director =
         Director::new(db.clone(), director_keys, layout.director_public()).with_content_kek(kek);
@@ -157,11 +158,15 @@ pub async fn start(opts: ServeOptions) -> Result<Running> {
     // Background tasks, from here on nothing fails: pruning of security events and online
     // re-signing of the image repository's timestamp and snapshot.
     let pruner = {
-        let (db, events) = (db.clone(), config.events.clone());
+        let (db, events, export) = (
+            db.clone(),
+            config.events.clone(),
+            config.vsoc.export.clone(),
+        );
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(events.prune_every()).await;
-                prune_events(&db, &events).await;
+                prune_events(&db, &events, &export).await;
             }
         })
     };
@@ -368,16 +373,23 @@ async fn prune_manifests(db: &Db, manifests: &ManifestsConfig) {
     }
 }
 
-/// Applies the retention of `[events]` (errors are logged: retention must never stop the
-/// server).
-async fn prune_events(db: &Db, events: &EventsConfig) {
+/// Applies the retention of `[events]` to security events and to the webhook's deliveries
+/// of them (errors are logged: retention must never stop the server).
+async fn prune_events(db: &Db, events: &EventsConfig, export: &ExportConfig) {
+    let now = chrono::Utc::now();
     match db
-        .prune_events(chrono::Utc::now(), events.max_age(), events.max_rows())
+        .prune_events(now, events.max_age(), events.max_rows())
         .await
     {
         Ok(0) => {}
         Ok(n) => tracing::info!(deleted = n, "pruned security events"),
         Err(e) => tracing::error!(error = %e, "could not prune security events"),
+    }
+    let Some(age) = events.max_age() else { return };
+    match crate::vsoc::export::prune(db, export, now, age).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(deleted = n, "pruned webhook deliveries"),
+        Err(e) => tracing::error!(error = %e, "could not prune webhook deliveries"),
     }
 }
 

@@ -398,6 +398,11 @@ async fn incidents_reach_a_siem_webhook_signed_after_it_comes_back() {
     common::with_sqlite(incidents_reach_a_siem_webhook_signed_after_it_comes_back_on).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incidents_reach_a_siem_webhook_signed_after_it_comes_back_on_postgres() {
+    common::with_postgres(incidents_reach_a_siem_webhook_signed_after_it_comes_back_on).await;
+}
+
 async fn incidents_reach_a_siem_webhook_signed_after_it_comes_back_on(url: String) {
     use axum::http::{HeaderMap, StatusCode};
     use std::sync::{Arc, Mutex};
@@ -521,6 +526,41 @@ async fn incidents_reach_a_siem_webhook_signed_after_it_comes_back_on(url: Strin
             .unwrap(),
         1
     );
+    // Retention: deliveries older than the events' age limit go, except the newest batch of
+    // events, whose cursor says where the next batch starts (nothing is sent twice); one not
+    // yet delivered stays.
+    let outbox = || async { d.db().count("webhook_outbox").await.unwrap() };
+    for vin in ["WVWZZZ1JZXW000003", "WVWZZZ1JZXW000004"] {
+        record_event(&d, vin).await;
+        assert_eq!(export::enqueue_events(d.db(), &config).await.unwrap(), 1);
+    }
+    assert_eq!(outbox().await, 4, "the incident, three batches of events");
+    let month = std::time::Duration::from_secs(30 * 86_400);
+    assert_eq!(
+        export::prune(d.db(), &config, now, month).await.unwrap(),
+        0,
+        "nothing is a month old"
+    );
+    let in_two_months = now + chrono::Duration::days(60);
+    let prune = || export::prune(d.db(), &config, in_two_months, month);
+    assert_eq!(
+        prune().await.unwrap(),
+        2,
+        "the incident and the first batch"
+    );
+    assert_eq!(outbox().await, 2, "two batches not delivered yet");
+    assert_eq!(
+        export::deliver(d.db(), &config, &client, &secret, later)
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(prune().await.unwrap(), 1, "all but the newest batch");
+    assert_eq!(
+        export::enqueue_events(d.db(), &config).await.unwrap(),
+        0,
+        "nothing is queued again"
+    );
     // And the same as JSON lines, for a SIEM that pulls.
     let lines = export::json_lines(d.db(), 0, 100).await.unwrap();
     let types: Vec<String> = lines
@@ -532,7 +572,23 @@ async fn incidents_reach_a_siem_webhook_signed_after_it_comes_back_on(url: Strin
                 .to_owned()
         })
         .collect();
-    assert_eq!(types, ["incident", "event", "event"]);
+    assert_eq!(types, ["incident", "event", "event", "event", "event"]);
+}
+
+/// Records a security event of `vin`.
+async fn record_event(d: &Director, vin: &str) {
+    let e = NewEvent {
+        source: "vehicle",
+        rule: "rollback",
+        vin: Some(vin),
+        ecu_id: Some("TBOX"),
+        remote: Some("10.1.0.2:5000"),
+        detail: "rollback: director timestamp version 3 is below the trusted 4",
+    };
+    d.db()
+        .record_event_at(&e, Utc::now(), Aggregate::Identical)
+        .await
+        .unwrap();
 }
 
 /// A car instructed by a running campaign that stops checking in is a silent-vehicle

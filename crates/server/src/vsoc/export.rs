@@ -10,6 +10,7 @@
 //!   row's ID, stable across retries, for de-duplication) and `X-Rampart-Signature:
 //!   sha256=HEX`, the HMAC-SHA256 under the shared secret of `TIMESTAMP.BODY`: the SIEM
 //!   checks it and refuses old timestamps, so a captured delivery cannot be replayed.
+//!   Deliveries done with are pruned with the events (`[events] max_age_days`, [`prune`]).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -204,6 +205,39 @@ pub async fn deliver(
         }
     }
     Ok(delivered)
+}
+
+/// Deletes the deliveries queued before `now - max_age` that are done with — delivered, or
+/// given up after `max_attempts` — except the newest batch of security events, whose cursor
+/// says where the next batch starts (without it every event would be queued again). Returns
+/// how many went. A delivery still being retried stays, however old.
+///
+/// Each row carries a copy of what it delivered, so without pruning the outbox grows with
+/// every incident and every batch of events, after the events themselves are pruned
+/// (`[events] max_age_days`, the age the server passes here).
+pub async fn prune(
+    db: &Db,
+    config: &ExportConfig,
+    now: DateTime<Utc>,
+    max_age: Duration,
+) -> Result<u64> {
+    let age = chrono::Duration::from_std(max_age).unwrap_or(chrono::Duration::MAX);
+    let before = now
+        .checked_sub_signed(age)
+        .unwrap_or(DateTime::<Utc>::MIN_UTC)
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let done = sqlx::query(
+        "DELETE FROM webhook_outbox WHERE created_at < $1 \
+         AND (delivered_at IS NOT NULL OR attempts >= $2) \
+         AND id <> COALESCE((SELECT id FROM webhook_outbox WHERE kind = 'events' \
+           ORDER BY cursor DESC, id DESC LIMIT 1), 0)",
+    )
+    .bind(before)
+    .bind(config.max_attempts())
+    .execute(db.pool())
+    .await
+    .map_err(db_err("prune webhook outbox"))?;
+    Ok(done.rows_affected())
 }
 
 /// Runs the webhook: queues new events and delivers every `every`.
