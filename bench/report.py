@@ -446,7 +446,20 @@ def fleet(raw, rep):
     if db_bytes:
         rep.add("fleet_db_bytes_per_vehicle", None, db_bytes / n, None, "bytes", "info", None,
                 f"pg_database_size after registration, the campaign and {storm['count'] + steady['count']} check-ins "
-                "(each manifest is kept)")
+                "(every manifest of the run is still stored: none is old enough to prune)")
+    manifests = f"{raw}/fleet-manifests.txt"
+    if db_bytes and os.path.exists(manifests):
+        with open(manifests) as fh:
+            m_bytes, m_count = (int(x) for x in fh.read().split())
+        if m_count:
+            each = m_bytes / m_count
+            # [manifests] quiet_max_age_days = 7 (the default) at one check-in per POLL_SECONDS.
+            kept = 7 * 86_400 / POLL_SECONDS
+            projected = (db_bytes - m_bytes) / n + each * kept
+            rep.add("fleet_db_bytes_per_vehicle_at_retention", None, projected, None, "bytes", "info", None,
+                    f"projected: the run's database without its manifests, per vehicle, plus {kept:.0f} quiet "
+                    f"manifests (7 days of the default retention at a {POLL_SECONDS // 60}-minute poll) of "
+                    f"{each:.0f} bytes each as stored (table, TOAST, indexes; {m_count} stored in the run)")
 
 
 def main():

@@ -43,7 +43,7 @@
 //! prune_every_secs = 3600           # pruning runs at start and then this often
 //!
 //! [manifests]                       # stored vehicle manifests; every field optional
-//! quiet_max_age_days = 30           # one whose check-in changed nothing: pruned after (0: never)
+//! quiet_max_age_days = 7            # one whose check-in changed nothing: pruned after (0: never)
 //! max_age_days = 0                  # any other: pruned after (0: never); a vehicle's newest stays
 //! prune_every_secs = 3600           # pruning runs at start and then this often
 //!
@@ -267,10 +267,12 @@ impl EventsConfig {
 /// `[manifests]`: how long stored vehicle manifests are kept. Every accepted check-in stores
 /// its signed manifest (3–4 KB); a fleet polling every 15 minutes adds ~100 a day per vehicle,
 /// so without pruning the table grows without end. Most say only "nothing changed": those
-/// (`quiet`) go after `quiet_max_age_days`. The others — a completed update, an update
-/// failure or progress, a security event, a refused ECU report — are what an audit of an
-/// update or an incident looks for, and are kept unless `max_age_days` is set (their outcome
-/// is also in the update records and events). Each vehicle's newest manifest is always kept.
+/// (`quiet`) go after `quiet_max_age_days` — a week by default, which at a 15-minute poll is
+/// 672 a vehicle, about 2 MB as PostgreSQL stores them (`bench/run`'s fleet measures it). The
+/// others — a completed update, an update failure or progress, a security event, a refused
+/// ECU report — are what an audit of an update or an incident looks for, and are kept unless
+/// `max_age_days` is set (their outcome is also in the update records and events). Each
+/// vehicle's newest manifest is always kept.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct ManifestsConfig {
@@ -285,7 +287,7 @@ pub struct ManifestsConfig {
 impl Default for ManifestsConfig {
     fn default() -> Self {
         ManifestsConfig {
-            quiet_max_age_days: 30,
+            quiet_max_age_days: 7,
             max_age_days: 0,
             prune_every_secs: 3600,
         }

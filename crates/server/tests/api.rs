@@ -1936,7 +1936,7 @@ async fn manifest_retention_runs_at_start_and_periodically() {
     }
     fleet.stop_server().await;
     let mut config = Config::load(&fleet.layout).unwrap();
-    assert_eq!(config.manifests.quiet_max_age_days, 30, "the default");
+    assert_eq!(config.manifests.quiet_max_age_days, 7, "the default");
     config.manifests.prune_every_secs = 1;
     config.save(&fleet.layout).unwrap();
     let pool = sqlx::AnyPool::connect(&config.database_url(&fleet.layout))
