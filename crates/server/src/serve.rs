@@ -122,7 +122,6 @@ pub async fn start(opts: ServeOptions) -> Result<Running> {
     }
     // Retention first: a server that was down for long starts within its bounds.
     prune_events(&db, &config.events, &config.vsoc.export).await;
-    prune_manifests(&db, &config.manifests).await;
     let mut director =
         Director::new(db.clone(), director_keys, layout.director_public()).with_content_kek(kek);
     if let Some(nudger) = nudger(&config, &layout)? {
@@ -170,12 +169,14 @@ pub async fn start(opts: ServeOptions) -> Result<Running> {
             }
         })
     };
+    // Manifests are pruned at start too, but not before serving: after an upgrade, or with
+    // a shorter retention, the first run may delete millions of rows (10,000 a statement).
     let manifest_pruner = {
         let manifests = config.manifests.clone();
         tokio::spawn(async move {
             loop {
-                tokio::time::sleep(manifests.prune_every()).await;
                 prune_manifests(&db, &manifests).await;
+                tokio::time::sleep(manifests.prune_every()).await;
             }
         })
     };

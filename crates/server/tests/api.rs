@@ -1924,8 +1924,9 @@ async fn event_retention_runs_at_start_and_periodically() {
     assert_eq!(left, ["recent"], "the periodic task prunes too");
 }
 
-/// `[manifests]` retention is applied when the server starts and then periodically: quiet
-/// manifests received longer ago than `quiet_max_age_days` go, except the vehicle's newest.
+/// `[manifests]` retention is applied when the server starts (in the background: it serves
+/// at once) and then periodically: quiet manifests received longer ago than
+/// `quiet_max_age_days` go, except the vehicle's newest.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn manifest_retention_runs_at_start_and_periodically() {
     let (mut fleet, mut car) = fleet_with_car_on(generous_limits(), None).await;
@@ -1937,8 +1938,6 @@ async fn manifest_retention_runs_at_start_and_periodically() {
     fleet.stop_server().await;
     let mut config = Config::load(&fleet.layout).unwrap();
     assert_eq!(config.manifests.quiet_max_age_days, 7, "the default");
-    config.manifests.prune_every_secs = 1;
-    config.save(&fleet.layout).unwrap();
     let pool = sqlx::AnyPool::connect(&config.database_url(&fleet.layout))
         .await
         .unwrap();
@@ -1963,23 +1962,33 @@ async fn manifest_retention_runs_at_start_and_periodically() {
                 .unwrap()
         }
     };
+    let pruned_to = |expected: i64| async move {
+        let mut left = Vec::new();
+        for _ in 0..40 {
+            left = counters().await;
+            if left == [expected] {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        left
+    };
     age_all(31).await;
     assert_eq!(counters().await, [1, 2, 3]);
+    // A long prune interval: only the run at start can prune.
+    config.manifests.prune_every_secs = 3600;
+    config.save(&fleet.layout).unwrap();
     fleet.start_server().await;
-    assert_eq!(counters().await, [3], "pruned at start: the newest stays");
+    assert_eq!(pruned_to(3).await, [3], "pruned at start: the newest stays");
+    fleet.stop_server().await;
+    config.manifests.prune_every_secs = 1;
+    config.save(&fleet.layout).unwrap();
+    fleet.start_server().await;
     let manifest = car.honest_manifest();
     let (status, body) = car.post_manifest(&fleet, VIN_A, manifest).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     age_all(31).await;
-    let mut left = Vec::new();
-    for _ in 0..40 {
-        left = counters().await;
-        if left == [4] {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(left, [4], "the periodic task prunes too");
+    assert_eq!(pruned_to(4).await, [4], "the periodic task prunes too");
 }
 
 /// The serial (lower-case hex) of the certificate in `identity_pem`.
