@@ -539,6 +539,21 @@ pub fn now_text() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
+/// `now - age` as stored times are written (RFC 3339, seconds): what retention compares
+/// them with. An age beyond the calendar reaches back to its start.
+pub(crate) fn cutoff(now: chrono::DateTime<chrono::Utc>, age: std::time::Duration) -> String {
+    let age = chrono::Duration::from_std(age).unwrap_or(chrono::Duration::MAX);
+    now.checked_sub_signed(age)
+        .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC)
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// Rows as the JSON text a batch statement reads (`json_to_recordset`), `what` naming them
+/// in the error.
+pub(crate) fn json_text<T: serde::Serialize + ?Sized>(rows: &T, what: &str) -> Result<String> {
+    serde_json::to_string(rows).map_err(|e| Error::Database(format!("{what}: {e}")))
+}
+
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -1649,13 +1664,8 @@ impl Db {
     ) -> Result<u64> {
         let mut deleted = 0;
         if let Some(age) = max_age {
-            let age = chrono::Duration::from_std(age).unwrap_or(chrono::Duration::MAX);
-            let cutoff = now
-                .checked_sub_signed(age)
-                .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC)
-                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
             deleted += sqlx::query("DELETE FROM security_events WHERE COALESCE(last_at, at) < $1")
-                .bind(cutoff)
+                .bind(cutoff(now, age))
                 .execute(&self.pool)
                 .await
                 .map_err(db_err("prune security events"))?
@@ -1691,12 +1701,6 @@ impl Db {
     ) -> Result<u64> {
         /// Rows a statement deletes at most.
         const BATCH: u64 = 10_000;
-        let cutoff = |age: std::time::Duration| {
-            let age = chrono::Duration::from_std(age).unwrap_or(chrono::Duration::MAX);
-            now.checked_sub_signed(age)
-                .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC)
-                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-        };
         // Each kind of row has its partial index by age (migration 0012), hence two
         // statements rather than one with an OR. PostgreSQL is given the IDs as an array:
         // with `id IN (subquery)` its generic plan hash-joins the batch against a scan of
@@ -1715,7 +1719,7 @@ impl Db {
                  AND EXISTS (SELECT 1 FROM manifests n WHERE n.vin = m.vin AND n.id > m.id) \
                  ORDER BY m.received_at LIMIT $2{close}"
             );
-            let before = cutoff(age);
+            let before = cutoff(now, age);
             loop {
                 let n = sqlx::query(&sql)
                     .bind(&before)

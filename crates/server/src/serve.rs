@@ -154,8 +154,9 @@ pub async fn start(opts: ServeOptions) -> Result<Running> {
         .local_addr()
         .map_err(|e| Error::Config(e.to_string()))?;
 
-    // Background tasks, from here on nothing fails: pruning of security events and online
-    // re-signing of the image repository's timestamp and snapshot.
+    // Background tasks, from here on nothing fails: pruning of security events, webhook
+    // deliveries and manifests, and online re-signing of the image repository's timestamp
+    // and snapshot.
     let pruner = {
         let (db, events, export) = (
             db.clone(),
@@ -358,39 +359,36 @@ fn nudger(config: &Config, layout: &Layout) -> Result<Option<crate::nudge::Nudge
     Ok(Some(crate::nudge::Nudger::start(&broker, &prefix)?))
 }
 
-/// Applies the retention of `[manifests]` (errors are logged, as for events).
+/// Applies the retention of `[manifests]`.
 async fn prune_manifests(db: &Db, manifests: &ManifestsConfig) {
-    match db
-        .prune_manifests(
-            chrono::Utc::now(),
-            manifests.quiet_max_age(),
-            manifests.max_age(),
-        )
-        .await
-    {
-        Ok(0) => {}
-        Ok(n) => tracing::info!(deleted = n, "pruned stored manifests"),
-        Err(e) => tracing::error!(error = %e, "could not prune stored manifests"),
-    }
+    let now = chrono::Utc::now();
+    let pruned = db
+        .prune_manifests(now, manifests.quiet_max_age(), manifests.max_age())
+        .await;
+    log_pruned("stored manifests", pruned);
 }
 
 /// Applies the retention of `[events]` to security events and to the webhook's deliveries
-/// of them (errors are logged: retention must never stop the server).
+/// of them.
 async fn prune_events(db: &Db, events: &EventsConfig, export: &ExportConfig) {
     let now = chrono::Utc::now();
-    match db
+    let pruned = db
         .prune_events(now, events.max_age(), events.max_rows())
-        .await
-    {
-        Ok(0) => {}
-        Ok(n) => tracing::info!(deleted = n, "pruned security events"),
-        Err(e) => tracing::error!(error = %e, "could not prune security events"),
+        .await;
+    log_pruned("security events", pruned);
+    if let Some(age) = events.max_age() {
+        let pruned = crate::vsoc::export::prune(db, export, now, age).await;
+        log_pruned("webhook deliveries", pruned);
     }
-    let Some(age) = events.max_age() else { return };
-    match crate::vsoc::export::prune(db, export, now, age).await {
+}
+
+/// What a retention run did, in the log; an error is logged, never returned: retention must
+/// never stop the server.
+fn log_pruned(what: &str, pruned: Result<u64>) {
+    match pruned {
         Ok(0) => {}
-        Ok(n) => tracing::info!(deleted = n, "pruned webhook deliveries"),
-        Err(e) => tracing::error!(error = %e, "could not prune webhook deliveries"),
+        Ok(n) => tracing::info!(deleted = n, "pruned {what}"),
+        Err(e) => tracing::error!(error = %e, "could not prune {what}"),
     }
 }
 

@@ -37,7 +37,7 @@ use sqlx::{Any, AnyPool};
 
 use super::batch::{Batches, OwnedCheckin};
 use super::held::Held;
-use super::{db_err, get_str, now_text, stored_role, to_i64, Checkin, DirectorRoles};
+use super::{db_err, get_str, json_text, now_text, stored_role, to_i64, Checkin, DirectorRoles};
 use crate::error::{Error, Result};
 
 /// At most this many check-ins in one statement: a batch is whatever arrived while the
@@ -222,8 +222,8 @@ where
         }
     }
     let rows = sqlx::query(STATEMENT)
-        .bind(json_text(&checkins)?)
-        .bind(json_text(&reports)?)
+        .bind(json_text(&checkins, "batch of quiet check-ins")?)
+        .bind(json_text(&reports, "batch of quiet check-ins")?)
         .bind(now_text())
         .fetch_all(db)
         .await
@@ -270,10 +270,4 @@ fn batchable(checkin: &Checkin<'_>) -> bool {
             .reports
             .iter()
             .all(|r| clean(&r.ecu_id) && clean(&r.installed.target))
-}
-
-/// A row list as the JSON text the statement reads.
-fn json_text<T: Serialize>(rows: &T) -> Result<String> {
-    serde_json::to_string(rows)
-        .map_err(|e| Error::Database(format!("batch of quiet check-ins: {e}")))
 }

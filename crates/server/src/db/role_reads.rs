@@ -9,8 +9,8 @@ use sqlx::{Any, AnyPool};
 
 use super::batch::{same, Batches};
 use super::held::Held;
-use super::{db_err, get_str, stored_role, DirectorRoles};
-use crate::error::{Error, Result};
+use super::{db_err, get_str, json_text, stored_role, DirectorRoles};
+use crate::error::Result;
 
 /// At most this many vehicles in one read.
 const MAX_BATCH: usize = 64;
@@ -62,8 +62,7 @@ async fn together<'e, E>(db: E, vins: &[String]) -> Result<BTreeMap<String, Dire
 where
     E: sqlx::Executor<'e, Database = Any>,
 {
-    let list =
-        serde_json::to_string(vins).map_err(|e| Error::Database(format!("director roles: {e}")))?;
+    let list = json_text(vins, "director roles")?;
     // `= ANY (ARRAY(…))`, not `IN (SELECT …)`: over a set-returning function the planner
     // guessed a hash join and scanned the whole table for every batch (check-ins fell from
     // about 1,700 to 1,300/s); an array is looked up in the primary key's index.

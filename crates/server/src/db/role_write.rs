@@ -19,7 +19,7 @@
 use serde::Serialize;
 use sqlx::AnyPool;
 
-use super::{db_err, to_i64, StoredRole};
+use super::{db_err, json_text, to_i64, StoredRole};
 use crate::error::Result;
 
 /// The statement: `$1` the roles (JSON), `$2` the VIN, `$3` the targets' digest that must
@@ -72,8 +72,7 @@ pub(super) async fn replace(
             })
         })
         .collect::<Result<Vec<_>>>()?;
-    let json = serde_json::to_string(&rows)
-        .map_err(|e| crate::error::Error::Database(format!("director roles: {e}")))?;
+    let json = json_text(&rows, "director roles")?;
     let written = sqlx::query(STATEMENT)
         .bind(json)
         .bind(vin)

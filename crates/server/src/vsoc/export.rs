@@ -221,18 +221,13 @@ pub async fn prune(
     now: DateTime<Utc>,
     max_age: Duration,
 ) -> Result<u64> {
-    let age = chrono::Duration::from_std(max_age).unwrap_or(chrono::Duration::MAX);
-    let before = now
-        .checked_sub_signed(age)
-        .unwrap_or(DateTime::<Utc>::MIN_UTC)
-        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let done = sqlx::query(
         "DELETE FROM webhook_outbox WHERE created_at < $1 \
          AND (delivered_at IS NOT NULL OR attempts >= $2) \
          AND id <> COALESCE((SELECT id FROM webhook_outbox WHERE kind = 'events' \
            ORDER BY cursor DESC, id DESC LIMIT 1), 0)",
     )
-    .bind(before)
+    .bind(crate::db::cutoff(now, max_age))
     .bind(config.max_attempts())
     .execute(db.pool())
     .await
