@@ -943,6 +943,15 @@ async fn quiet_checkins_arriving_together_share_one_statement_on_postgres() {
             release_counter: 2,
         };
         let counter = |i: usize| 5 + i as u64;
+        // Each manifest its own length, with characters JSON escapes and characters of
+        // several bytes, so that a batch that cut one vehicle's document from another's
+        // bytes, or counted characters for bytes, stores what was not sent.
+        let document = |i: usize| {
+            format!(
+                "{{\"signed\":{{\"n\":{i},\"note\":\"{}\\\\ \\\"q\\\" é 🚗\"}},\"signatures\":[]}}",
+                "ü".repeat(i * 37)
+            )
+        };
         let barrier = Arc::new(Barrier::new(vins.len()));
         let mut handles = Vec::new();
         for (i, vin) in vins.iter().enumerate() {
@@ -950,7 +959,10 @@ async fn quiet_checkins_arriving_together_share_one_statement_on_postgres() {
             handles.push(tokio::spawn(async move {
                 barrier.wait().await;
                 let reports = vec![report("TBOX-1", image, counter(i))];
-                db.record_checkin(&checkin(&vin, counter(i), reports)).await
+                let document = document(i);
+                let mut c = checkin(&vin, counter(i), reports);
+                c.document = &document;
+                db.record_checkin(&c).await
             }));
         }
         for h in handles {
@@ -973,12 +985,17 @@ async fn quiet_checkins_arriving_together_share_one_statement_on_postgres() {
             let tbox = v.ecus.iter().find(|e| e.ecu_id == "TBOX-1").unwrap();
             assert_eq!(tbox.installed, Some(image(i)), "{vin}");
             assert_eq!(tbox.last_report_counter, Some(counter(i)), "{vin}");
-            let kept: i64 = sqlx::query_scalar("SELECT counter FROM manifests WHERE vin = $1")
-                .bind(vin)
-                .fetch_one(&pool)
-                .await
-                .unwrap();
-            assert_eq!(kept, counter(i) as i64, "{vin}: the manifest kept");
+            let kept: (i64, String) =
+                sqlx::query_as("SELECT counter, document FROM manifests WHERE vin = $1")
+                    .bind(vin)
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap();
+            assert_eq!(
+                kept,
+                (counter(i) as i64, document(i)),
+                "{vin}: the manifest kept"
+            );
             let replay = checkin(vin, counter(i), vec![report("TBOX-1", image(i), 99)]);
             assert!(matches!(
                 db.record_checkin(&replay).await,
