@@ -23,6 +23,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::error::{Error, Result};
 
 mod batch;
+mod byte_runs;
 mod group_commit;
 mod held;
 mod quiet_batch;

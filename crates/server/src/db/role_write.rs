@@ -19,14 +19,18 @@
 use serde::Serialize;
 use sqlx::AnyPool;
 
+use super::byte_runs::{self, ByteRuns};
 use super::{db_err, json_text, to_i64, StoredRole};
 use crate::error::Result;
 
 /// The statement: `$1` the roles (JSON), `$2` the VIN, `$3` the targets' digest that must
-/// still be stored ('' for none), `$4` how many roles must be written.
-const STATEMENT: &str = "\
-WITH input AS (SELECT * FROM json_to_recordset($1::json) AS t(role TEXT, previous BIGINT, \
-    version BIGINT, expires_at TEXT, content_digest TEXT, document TEXT)), \
+/// still be stored ('' for none), `$4` how many roles must be written, `$5` their documents
+/// (`db::byte_runs`).
+const STATEMENT: &str = concat!("\
+WITH input AS (SELECT t.role, t.previous, t.version, t.expires_at, t.content_digest, ",
+    byte_runs::sql!("$5", "t.start", "t.length"), " AS document \
+    FROM json_to_recordset($1::json) AS t(role TEXT, previous BIGINT, \
+    version BIGINT, expires_at TEXT, content_digest TEXT, start BIGINT, length BIGINT)), \
   updated AS (UPDATE director_roles d SET version = i.version, expires_at = i.expires_at, \
     content_digest = i.content_digest, document = i.document FROM input i \
     WHERE d.vin = $2 AND d.role = i.role AND i.previous IS NOT NULL AND d.version = i.previous \
@@ -35,7 +39,7 @@ WITH input AS (SELECT * FROM json_to_recordset($1::json) AS t(role TEXT, previou
     SELECT $2, i.role, i.version, i.expires_at, i.content_digest, i.document FROM input i \
     WHERE i.previous IS NULL ON CONFLICT (vin, role) DO NOTHING RETURNING role) \
 SELECT 1 / (CASE WHEN (SELECT count(*) FROM updated) + (SELECT count(*) FROM inserted) = $4 \
-  THEN 1 ELSE 0 END) AS written";
+  THEN 1 ELSE 0 END) AS written");
 
 /// PostgreSQL's `division_by_zero`: the statement's "not every role was written".
 const NOT_ALL_WRITTEN: &str = "22012";
@@ -48,7 +52,8 @@ struct Row<'a> {
     version: i64,
     expires_at: &'a str,
     content_digest: &'a str,
-    document: &'a str,
+    start: i64,
+    length: i64,
 }
 
 /// Stores `roles` of `vin` (each with the version it replaces, or `None` to insert), all or
@@ -59,16 +64,19 @@ pub(super) async fn replace(
     targets_digest: Option<&str>,
     roles: &[(Option<u64>, StoredRole)],
 ) -> Result<bool> {
+    let mut documents = ByteRuns::with_capacity(roles.iter().map(|(_, r)| r.document.len()).sum());
     let rows = roles
         .iter()
         .map(|(previous, r)| {
+            let document = documents.push(&r.document)?;
             Ok(Row {
                 role: &r.role,
                 previous: previous.map(to_i64).transpose()?,
                 version: to_i64(r.version)?,
                 expires_at: &r.expires_at,
                 content_digest: &r.content_digest,
-                document: &r.document,
+                start: document.start,
+                length: document.length,
             })
         })
         .collect::<Result<Vec<_>>>()?;
@@ -78,6 +86,7 @@ pub(super) async fn replace(
         .bind(vin)
         .bind(targets_digest.unwrap_or(""))
         .bind(to_i64(roles.len() as u64)?)
+        .bind(documents.into_bytes())
         .execute(pool)
         .await;
     match written {
