@@ -1,6 +1,6 @@
-//! Long text fields of a batch statement's rows (signed manifests, director documents), sent
-//! to PostgreSQL as one `bytea` parameter while the rows, as JSON (`json_to_recordset`), name
-//! each field's byte range in it.
+//! Long text fields of a batch statement's rows (signed manifests, director documents, image
+//! names and hashes), sent to PostgreSQL as one `bytea` parameter while the rows, as JSON
+//! (`json_to_recordset`), name each field's byte range in it.
 //!
 //! Why: inside JSON a signed document is a string full of escaped quotes, which the server
 //! escapes and PostgreSQL 15 un-escapes again a character at a time (`json_lex`,

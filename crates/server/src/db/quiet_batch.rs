@@ -131,28 +131,37 @@ struct CheckinRow<'a> {
     length: i64,
 }
 
-/// A row of the ECU reports of a batch.
+/// A row of the ECU reports of a batch; its image's name and hashes (the longest text of a
+/// report, the hashes a JSON object) are in the batch's [`ByteRuns`].
 #[derive(Serialize)]
 struct ReportRow<'a> {
     vin: &'a str,
     ecu_id: &'a str,
-    target: &'a str,
+    target_start: i64,
+    target_length: i64,
     length: i64,
-    hashes: String,
+    hashes_start: i64,
+    hashes_length: i64,
     release_counter: i64,
     report_counter: i64,
 }
 
-/// The batch statement: the check-ins and their reports come as two JSON arrays and the
-/// manifests as bytes (`db::byte_runs`), so that its text is the same for every batch
-/// (prepared once per connection).
+/// The batch statement: the check-ins and their reports come as two JSON arrays and their
+/// long text (manifests, image names and hashes) as bytes (`db::byte_runs`), so that its
+/// text is the same for every batch (prepared once per connection).
 const STATEMENT: &str = concat!(
     "\
 WITH input AS (SELECT * FROM json_to_recordset($1::json) \
     AS t(vin TEXT, counter BIGINT, nonce TEXT, start BIGINT, length BIGINT)), \
-  rin AS (SELECT * FROM json_to_recordset($2::json) \
-    AS r(vin TEXT, ecu_id TEXT, target TEXT, length BIGINT, hashes TEXT, \
-         release_counter BIGINT, report_counter BIGINT)), \
+  rin AS (SELECT r.vin, r.ecu_id, ",
+    byte_runs::sql!("$4", "r.target_start", "r.target_length"),
+    " AS target, r.length, ",
+    byte_runs::sql!("$4", "r.hashes_start", "r.hashes_length"),
+    " AS hashes, r.release_counter, r.report_counter \
+    FROM json_to_recordset($2::json) \
+    AS r(vin TEXT, ecu_id TEXT, target_start BIGINT, target_length BIGINT, length BIGINT, \
+         hashes_start BIGINT, hashes_length BIGINT, release_counter BIGINT, \
+         report_counter BIGINT)), \
   moved AS (UPDATE vehicles v SET last_manifest_counter = i.counter, last_seen = $3 \
     FROM input i \
     WHERE v.vin = ANY (ARRAY(SELECT vin FROM input)) AND v.vin = i.vin AND v.removed_at IS NULL \
@@ -211,9 +220,9 @@ where
 {
     let mut checkins = Vec::with_capacity(batch.len());
     let mut reports = Vec::new();
-    let mut documents = ByteRuns::with_capacity(batch.iter().map(|job| job.document.len()).sum());
+    let mut texts = ByteRuns::with_capacity(batch.iter().map(|job| job.document.len()).sum());
     for job in batch {
-        let document = documents.push(&job.document)?;
+        let document = texts.push(&job.document)?;
         checkins.push(CheckinRow {
             vin: &job.vin,
             counter: to_i64(job.counter)?,
@@ -222,12 +231,16 @@ where
             length: document.length,
         });
         for r in &job.reports {
+            let target = texts.push(&r.installed.target)?;
+            let hashes = texts.push(&r.installed.hashes.to_string())?;
             reports.push(ReportRow {
                 vin: &job.vin,
                 ecu_id: &r.ecu_id,
-                target: &r.installed.target,
+                target_start: target.start,
+                target_length: target.length,
                 length: to_i64(r.installed.length)?,
-                hashes: r.installed.hashes.to_string(),
+                hashes_start: hashes.start,
+                hashes_length: hashes.length,
                 release_counter: to_i64(r.installed.release_counter)?,
                 report_counter: to_i64(r.report_counter)?,
             });
@@ -237,7 +250,7 @@ where
         .bind(json_text(&checkins, "batch of quiet check-ins")?)
         .bind(json_text(&reports, "batch of quiet check-ins")?)
         .bind(now_text())
-        .bind(documents.into_bytes())
+        .bind(texts.into_bytes())
         .fetch_all(db)
         .await
         .map_err(db_err("batch of quiet check-ins"))?;
