@@ -10,7 +10,7 @@
 //! UTF-8, as a text parameter would have been.
 
 use super::to_i64;
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// The bytes of a batch's long fields, in the order they were added.
 #[derive(Debug, Default)]
@@ -19,7 +19,7 @@ pub(super) struct ByteRuns {
 }
 
 /// Where one field is in [`ByteRuns`]: what a row carries instead of the field.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Run {
     /// Its first byte, counted from 0.
     pub start: i64,
@@ -42,6 +42,18 @@ impl ByteRuns {
         Ok(Run {
             start,
             length: to_i64(text.len() as u64)?,
+        })
+    }
+
+    /// Adds `value` as compact JSON text (what `to_string` gives), written in place rather
+    /// than formatted into a string of its own first; its range.
+    pub(super) fn push_json(&mut self, value: &serde_json::Value) -> Result<Run> {
+        let start = self.bytes.len();
+        serde_json::to_writer(&mut self.bytes, value)
+            .map_err(|e| Error::Database(format!("JSON text of a batch: {e}")))?;
+        Ok(Run {
+            start: to_i64(start as u64)?,
+            length: to_i64((self.bytes.len() - start) as u64)?,
         })
     }
 
@@ -96,7 +108,15 @@ mod tests {
                 length: 0
             }
         );
-        assert_eq!(runs.into_bytes(), "abé🚗".as_bytes());
+        let hashes = serde_json::json!({"sha256": "ab", "sha512": "\"é"});
+        assert_eq!(
+            runs.push_json(&hashes).unwrap(),
+            Run {
+                start: 8,
+                length: hashes.to_string().len() as i64
+            }
+        );
+        assert_eq!(runs.into_bytes(), format!("abé🚗{hashes}").as_bytes());
         assert_eq!(
             sql!("$4", "i.start", "i.length"),
             "convert_from(substring($4::bytea FROM (i.start + 1)::INT FOR i.length::INT), 'UTF8')"

@@ -232,7 +232,7 @@ where
         });
         for r in &job.reports {
             let target = texts.push(&r.installed.target)?;
-            let hashes = texts.push(&r.installed.hashes.to_string())?;
+            let hashes = texts.push_json(&r.installed.hashes)?;
             reports.push(ReportRow {
                 vin: &job.vin,
                 ecu_id: &r.ecu_id,
