@@ -195,8 +195,11 @@ pub struct CheckinResponse {
     /// key): the accepted manifest counter and report counter per ECU. The primary passes it
     /// to each ECU, which forgets its attack indicators only on this proof that the director
     /// has them.
+    ///
+    /// Its signed bytes as they are (canonical JSON, pretty-printed by `sign_role`), not
+    /// parsed into a tree to be written out again.
     #[schema(value_type = Object)]
-    pub receipt: serde_json::Value,
+    pub receipt: Box<serde_json::value::RawValue>,
 }
 
 /// An ECU report the director refused.
@@ -939,14 +942,16 @@ impl Director {
         vin: &str,
         manifest_counter: u64,
         accepted: &[ReportUpdate],
-    ) -> Result<serde_json::Value> {
+    ) -> Result<Box<serde_json::value::RawValue>> {
         let acknowledged: BTreeMap<String, u64> = accepted
             .iter()
             .map(|r| (r.ecu_id.clone(), r.report_counter))
             .collect();
         let receipt = ManifestReceipt::new(vin, manifest_counter, acknowledged);
         let receipt = sign_receipt(&receipt, &[self.keys.targets.as_ref()])?;
-        Ok(serde_json::from_slice(&receipt)
+        let receipt = String::from_utf8(receipt)
+            .map_err(|e| rampart_core::Error::malformed("manifest receipt", e))?;
+        Ok(serde_json::value::RawValue::from_string(receipt)
             .map_err(|e| rampart_core::Error::malformed("manifest receipt", e))?)
     }
 }

@@ -282,6 +282,7 @@ fn fast_and_tree_parse_paths_agree() {
         br#"{"signatures":[],"signed":{},"z":[1,2,{"b":0,"a":0}]}"#.to_vec(),
     ];
     let mut fast_taken = 0;
+    let mut tree_borrowed = 0;
     for doc in &cases {
         let shown = String::from_utf8_lossy(doc);
         let via_either = Envelope::parse(doc, "timestamp");
@@ -292,10 +293,31 @@ fn fast_and_tree_parse_paths_agree() {
             let of_tree = Envelope::from_tree(&tree, "timestamp");
             match (&of_tree, &via_tree) {
                 (Ok(a), Ok(b)) => {
+                    // The tree is borrowed, not copied, unless its canonical bytes are not
+                    // JSON text (a control character).
+                    let raw_control = a.canonical_signed.iter().any(|&b| b < 0x20);
+                    assert_eq!(a.signed.is_some(), raw_control, "{shown}");
+                    tree_borrowed += usize::from(!raw_control);
                     assert_eq!(a.canonical_signed, b.canonical_signed, "{shown}");
                     assert_eq!(a.type_field(), b.type_field(), "{shown}");
                     assert_eq!(a.signatures, b.signatures, "{shown}");
-                    assert_eq!(a.signed, b.signed, "{shown}");
+                    assert_eq!(
+                        a.signed_value().unwrap(),
+                        b.signed_value().unwrap(),
+                        "{shown}"
+                    );
+                    // The same role or the same rule broken (the message of a document
+                    // read from its canonical bytes also names a column).
+                    let (ta, tb) = (
+                        a.typed::<Timestamp>("timestamp"),
+                        b.typed::<Timestamp>("timestamp"),
+                    );
+                    assert_eq!(ta.as_ref().ok(), tb.as_ref().ok(), "{shown}");
+                    assert_eq!(
+                        ta.err().map(|e| e.rule()),
+                        tb.err().map(|e| e.rule()),
+                        "{shown}"
+                    );
                 }
                 (Err(a), Err(b)) => assert_eq!(a, b, "{shown}"),
                 _ => panic!("the tree disagrees on {shown}: {of_tree:?} vs {via_tree:?}"),
@@ -332,6 +354,10 @@ fn fast_and_tree_parse_paths_agree() {
     assert!(
         fast_taken >= 5,
         "the fast path is taken for sorted documents"
+    );
+    assert!(
+        tree_borrowed >= 5,
+        "a parsed tree's envelope keeps no copy of it"
     );
 }
 

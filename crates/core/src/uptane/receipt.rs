@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::{Error, Result};
-use crate::metadata::{sign_role, Envelope, Root};
+use crate::metadata::{sign_role_compact, Envelope, Root};
 use crate::signer::Signer;
 
 /// `_type` of a manifest receipt.
@@ -60,9 +60,10 @@ impl ManifestReceipt {
     }
 }
 
-/// Signs a receipt with the director's targets key(s); returns the document bytes.
+/// Signs a receipt with the director's targets key(s); returns the document bytes, compact
+/// JSON: a receipt rides in every check-in's answer and is passed on to every ECU.
 pub fn sign_receipt(receipt: &ManifestReceipt, signers: &[&dyn Signer]) -> Result<Vec<u8>> {
-    sign_role(receipt, signers)
+    sign_role_compact(receipt, signers)
 }
 
 /// Verifies a receipt for one ECU against the director root it trusts: the threshold of the
