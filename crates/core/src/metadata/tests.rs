@@ -233,6 +233,30 @@ fn add_signatures_keeps_existing_ones() {
     env.verify("timestamp", &keys, &ids, 2).unwrap();
 }
 
+/// Two envelopes of one document read alike: the same canonical bytes, type, signatures and
+/// tree, and the same typed role or the same rule broken (the message of a document read from
+/// its canonical bytes also names a column).
+fn assert_same_envelope(a: &Envelope, b: &Envelope, shown: &str) {
+    assert_eq!(a.canonical_signed, b.canonical_signed, "{shown}");
+    assert_eq!(a.type_field(), b.type_field(), "{shown}");
+    assert_eq!(a.signatures, b.signatures, "{shown}");
+    assert_eq!(
+        a.signed_value().unwrap(),
+        b.signed_value().unwrap(),
+        "{shown}"
+    );
+    let (ta, tb) = (
+        a.typed::<Timestamp>("timestamp"),
+        b.typed::<Timestamp>("timestamp"),
+    );
+    assert_eq!(ta.as_ref().ok(), tb.as_ref().ok(), "{shown}");
+    assert_eq!(
+        ta.err().map(|e| e.rule()),
+        tb.err().map(|e| e.rule()),
+        "{shown}"
+    );
+}
+
 /// The two parse paths (canonicalised while parsing, or through the strict tree) accept and
 /// refuse the same documents and produce the same canonical bytes, `_type`, signatures and
 /// typed role — for sorted documents (the fast path's), unsorted ones, escapes, control
@@ -298,26 +322,7 @@ fn fast_and_tree_parse_paths_agree() {
                     let raw_control = a.canonical_signed.iter().any(|&b| b < 0x20);
                     assert_eq!(a.signed.is_some(), raw_control, "{shown}");
                     tree_borrowed += usize::from(!raw_control);
-                    assert_eq!(a.canonical_signed, b.canonical_signed, "{shown}");
-                    assert_eq!(a.type_field(), b.type_field(), "{shown}");
-                    assert_eq!(a.signatures, b.signatures, "{shown}");
-                    assert_eq!(
-                        a.signed_value().unwrap(),
-                        b.signed_value().unwrap(),
-                        "{shown}"
-                    );
-                    // The same role or the same rule broken (the message of a document
-                    // read from its canonical bytes also names a column).
-                    let (ta, tb) = (
-                        a.typed::<Timestamp>("timestamp"),
-                        b.typed::<Timestamp>("timestamp"),
-                    );
-                    assert_eq!(ta.as_ref().ok(), tb.as_ref().ok(), "{shown}");
-                    assert_eq!(
-                        ta.err().map(|e| e.rule()),
-                        tb.err().map(|e| e.rule()),
-                        "{shown}"
-                    );
+                    assert_same_envelope(a, b, &shown);
                 }
                 (Err(a), Err(b)) => assert_eq!(a, b, "{shown}"),
                 _ => panic!("the tree disagrees on {shown}: {of_tree:?} vs {via_tree:?}"),
@@ -328,24 +333,7 @@ fn fast_and_tree_parse_paths_agree() {
                 if a.signed.is_none() {
                     fast_taken += 1;
                 }
-                assert_eq!(a.canonical_signed, b.canonical_signed, "{shown}");
-                assert_eq!(a.type_field(), b.type_field(), "{shown}");
-                assert_eq!(a.signatures, b.signatures, "{shown}");
-                assert_eq!(
-                    a.signed_value().unwrap(),
-                    b.signed_value().unwrap(),
-                    "{shown}"
-                );
-                let (ta, tb) = (
-                    a.typed::<Timestamp>("timestamp"),
-                    b.typed::<Timestamp>("timestamp"),
-                );
-                assert_eq!(ta.as_ref().ok(), tb.as_ref().ok(), "{shown}");
-                assert_eq!(
-                    ta.err().map(|e| e.rule()),
-                    tb.err().map(|e| e.rule()),
-                    "{shown}"
-                );
+                assert_same_envelope(a, b, &shown);
             }
             (Err(a), Err(b)) => assert_eq!(a, b, "{shown}"),
             _ => panic!("paths disagree on {shown}: {via_either:?} vs {via_tree:?}"),
