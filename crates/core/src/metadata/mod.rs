@@ -20,6 +20,7 @@ mod target_map;
 mod targets;
 mod timestamp;
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::de::DeserializeOwned;
@@ -203,7 +204,7 @@ impl Envelope {
         // document is left to the tree path, so that the typed role can always be read back
         // from the canonical bytes. Canonical output has no whitespace, so any byte below
         // 0x20 is inside a string.
-        if fast.document.iter().any(|&b| b < 0x20) {
+        if holds_raw_control(&fast.document) {
             return Ok(None);
         }
         // The canonical document is plain JSON; only `signatures` is read from it here.
@@ -236,7 +237,7 @@ impl Envelope {
         let signed = top
             .remove("signed")
             .ok_or_else(|| Error::malformed(what(), "missing field `signed`"))?;
-        Self::of_tree(signed, top.get("signatures"), role)
+        Self::of_tree(Cow::Owned(signed), top.get("signatures"), role)
     }
 
     /// The envelope of a document that is already a strictly parsed tree, such as an ECU
@@ -256,21 +257,10 @@ impl Envelope {
         let Value::Object(top) = document else {
             return Err(Self::not_an_envelope(role));
         };
-        let what = || format!("{role} metadata");
-        let signed = top
-            .get("signed")
-            .ok_or_else(|| Error::malformed(what(), "missing field `signed`"))?;
-        let signatures = Self::signatures_of(top.get("signatures"), role)?;
-        let canonical_signed = canonical::to_canonical(signed)?;
-        let type_field = signed
-            .get("_type")
-            .and_then(Value::as_str)
-            .map(str::to_owned);
-        let tree = canonical_signed
-            .iter()
-            .any(|&b| b < 0x20)
-            .then(|| signed.clone());
-        Self::checked(tree, type_field, signatures, canonical_signed, role)
+        let signed = top.get("signed").ok_or_else(|| {
+            Error::malformed(format!("{role} metadata"), "missing field `signed`")
+        })?;
+        Self::of_tree(Cow::Borrowed(signed), top.get("signatures"), role)
     }
 
     fn not_an_envelope(role: &str) -> Error {
@@ -280,24 +270,25 @@ impl Envelope {
         )
     }
 
-    /// The envelope of a `signed` tree and its `signatures` field.
-    fn of_tree(signed: Value, signatures: Option<&Value>, role: &str) -> Result<Self> {
-        let signatures = Self::signatures_of(signatures, role)?;
+    /// The envelope of a `signed` tree and its `signatures` field. A tree given by value is
+    /// kept (the typed role is read from it by reference); one only lent is not copied unless
+    /// its canonical bytes are not JSON text.
+    fn of_tree(signed: Cow<'_, Value>, signatures: Option<&Value>, role: &str) -> Result<Self> {
+        let what = || format!("{role} metadata");
+        let signatures = Vec::<Signature>::deserialize(
+            signatures.ok_or_else(|| Error::malformed(what(), "missing field `signatures`"))?,
+        )
+        .map_err(|e| Error::malformed(what(), e))?;
         let canonical_signed = canonical::to_canonical(&signed)?;
         let type_field = signed
             .get("_type")
             .and_then(Value::as_str)
             .map(str::to_owned);
-        Self::checked(Some(signed), type_field, signatures, canonical_signed, role)
-    }
-
-    /// The `signatures` field of an envelope, typed.
-    fn signatures_of(signatures: Option<&Value>, role: &str) -> Result<Vec<Signature>> {
-        let what = || format!("{role} metadata");
-        Vec::<Signature>::deserialize(
-            signatures.ok_or_else(|| Error::malformed(what(), "missing field `signatures`"))?,
-        )
-        .map_err(|e| Error::malformed(what(), e))
+        let tree = match signed {
+            Cow::Owned(tree) => Some(tree),
+            Cow::Borrowed(tree) => holds_raw_control(&canonical_signed).then(|| tree.clone()),
+        };
+        Self::checked(tree, type_field, signatures, canonical_signed, role)
     }
 
     fn checked(
@@ -421,6 +412,13 @@ pub fn count_valid_signatures(
         }
     }
     u32::try_from(counted.len()).unwrap_or(u32::MAX)
+}
+
+/// Whether canonical JSON bytes hold a control character, which canonical JSON writes raw:
+/// such bytes are not JSON text, so the typed role cannot be read back from them. Canonical
+/// output has no whitespace, so any byte below 0x20 is inside a string.
+fn holds_raw_control(canonical: &[u8]) -> bool {
+    canonical.iter().any(|&b| b < 0x20)
 }
 
 /// Serialises and signs a role: returns the document bytes (`{"signatures": […], "signed": …}`,
