@@ -16,7 +16,7 @@
 //! thread only moves the bytes (receives, decrypts, writes) meanwhile: an image listed with
 //! SHA-256 alone went from 272 to 304 MiB/s through the whole path (BENCHMARKS.md). The
 //! helper gets copies of the bytes in 64 KiB pieces through a bounded queue (at most
-//! [`QUEUE_CHUNKS`] in flight, buffers recycled), so memory stays constant (well under 1 MiB);
+//! [`QUEUE_CHUNKS`] in flight, buffers recycled), so memory stays constant (under 1 MiB);
 //! small files (metadata) never start a thread.
 
 use std::collections::BTreeMap;
@@ -118,11 +118,16 @@ pub fn verify_bytes_while<T>(
 /// Files at least this long are hashed on a helper thread (their slowest hash).
 pub const PARALLEL_MIN_LENGTH: u64 = 4 * 1024 * 1024;
 
-/// Pieces queued for the helper thread at most.
-pub const QUEUE_CHUNKS: usize = 4;
+/// Pieces queued for the helper thread at most: 512 KiB, more than an HTTP stack hands over
+/// at once (hyper's read buffer grows to hundreds of KiB), so a download's thread does not
+/// wait for the hash in the middle of every chunk it received. A 1 GiB download took
+/// 1.30–1.44 s with 4, 1.13–1.37 s with 8 and 1.13–1.24 s with 16 (BENCHMARKS.md); 8 keeps
+/// the memory small.
+pub const QUEUE_CHUNKS: usize = 8;
 
-/// Size of the pieces the helper gets (copies of the caller's bytes): memory held for the
-/// helper is at most about `(2 × QUEUE_CHUNKS + 2) × PIECE` (queued, spare and in hand).
+/// Size of the pieces the helper gets (copies of the caller's bytes). A buffer is made only
+/// when none came back, so at most `QUEUE_CHUNKS + 2` exist (queued, being hashed, being
+/// filled): 640 KiB.
 const PIECE: usize = 64 * 1024;
 
 /// One hash computed on a helper thread: chunks go out through a bounded queue, emptied
