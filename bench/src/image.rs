@@ -5,7 +5,7 @@
 //! and sha256 checked while streaming — the ciphertext's one signed hash — fsync, rename), then
 //! `rampart_core::encryption::Decryptor` from that file into an output file with the
 //! plaintext's length and sha256 + sha512 checked while streaming (as the ECU's receive path
-//! does) through the slot's `WriteBehind`, fsync. `bench/run` measures its peak RSS with `/usr/bin/time -v`.
+//! does) through the slot's writer (`rampart_client::SlotFile`: direct I/O), fsync. `bench/run` measures its peak RSS with `/usr/bin/time -v`.
 //! With `--params-sha256-only PATH`, `image-prepare` also writes the parameters of the same
 //! image listed with SHA-256 alone (`rampart publish --hash sha256`), which `image-fetch`
 //! then checks with one hash instead of two.
@@ -178,8 +178,8 @@ pub(crate) fn fetch(args: &Args) -> anyhow::Result<Value> {
 
     // Decrypt into the slot, checking the plaintext's length and hashes as it goes.
     let mut input = File::open(&download)?;
-    // The ECU's slot writer: written back to disk window by window.
-    let mut output = rampart_client::WriteBehind::new(File::create(&slot)?, 0);
+    // The ECU's slot writer: direct I/O where the file system takes it.
+    let mut output = rampart_client::SlotFile::create(&slot, false)?;
     let mut dec = Decryptor::new(&key);
     let mut verifier = StreamVerifier::new("image", Some(pt_len), pt_len, Some(&pt_hashes))?;
     let mut buf = vec![0u8; 64 * 1024];

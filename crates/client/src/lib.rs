@@ -15,6 +15,7 @@
 //! * [`nudge`] — the MQTT connection of "check in now" nudges (server and vehicle alike).
 
 pub mod diagnose;
+pub mod direct;
 pub mod error;
 pub mod fetch;
 pub mod nudge;
@@ -22,6 +23,7 @@ pub mod runner;
 pub mod store;
 pub mod writeback;
 
+pub use direct::SlotFile;
 pub use error::{Error, Result};
 pub use fetch::{FetchConfig, FetchStatus, HttpFetcher, TlsConfig};
 pub use runner::{download_target, run, DownloadOutcome};

@@ -180,9 +180,10 @@ pub struct Slots {
 pub struct SlotWriter {
     slot: Slot,
     path: PathBuf,
-    /// Written back window by window, so the `fsync` before the slot switch does not stall
-    /// the ECU for seconds (and a large image never fills RAM with dirty pages).
-    file: rampart_client::WriteBehind,
+    /// Written with direct I/O (past the page cache, so the read-back before the slot switch
+    /// reads the medium, and a large image never fills RAM with dirty pages), or with
+    /// write-behind where the file system refuses it.
+    file: rampart_client::SlotFile,
     written: u64,
 }
 
@@ -290,16 +291,11 @@ impl Slots {
         let is_block = fs::metadata(&path)
             .map(|m| std::os::unix::fs::FileTypeExt::is_block_device(&m.file_type()))
             .unwrap_or(false);
-        let file = fs::OpenOptions::new()
-            .write(true)
-            .create(!is_block)
-            .truncate(!is_block)
-            .open(&path)
-            .map_err(|e| io(&path, e))?;
+        let file = rampart_client::SlotFile::create(&path, is_block).map_err(|e| io(&path, e))?;
         Ok(SlotWriter {
             slot,
             path,
-            file: rampart_client::WriteBehind::new(file, 0),
+            file,
             written: 0,
         })
     }

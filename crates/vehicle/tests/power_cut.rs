@@ -42,7 +42,9 @@ use common::{agent, ecu_config, ECU, HW, VIN};
 use rampart_vehicle::testing::{env_u64, image_bytes, power_cut_seed, Rng};
 
 const TARGET: &str = "ivi/app-2.bin";
-const IMAGE_LEN: usize = 384 * 1024;
+// Several of the direct-I/O slot writer's buffers (`rampart_client::direct::BUFFER`), and not a
+// whole number of them, so that cuts find partly written slots as often as empty ones.
+const IMAGE_LEN: usize = 1408 * 1024;
 
 fn installed(name: &str, data: &[u8], counter: u64) -> InstalledImage {
     InstalledImage {
@@ -441,10 +443,18 @@ impl Trial<'_> {
             by_offset.then_some(offset),
         ));
         if by_offset {
-            // Chunks are whole: the ECU will have written this much when it stalls.
+            // Chunks are whole: the ECU will have received this much when it stalls, and
+            // written it — through the page cache, or with direct I/O whole buffers of it
+            // (the rest waits in its memory for the next bytes).
             let sent = offset.div_ceil(protocol::CHUNK) * protocol::CHUNK;
             let slot = ecu.slot_path(target_slot).to_owned();
-            let written = wait_for_length(&slot, sent.min(IMAGE_LEN) as u64);
+            let granule = match slot.parent() {
+                Some(dir) if rampart_client::direct::available_in(dir) => {
+                    rampart_client::direct::BUFFER
+                }
+                _ => 1,
+            };
+            let written = wait_for_length(&slot, (sent.min(IMAGE_LEN) / granule * granule) as u64);
             let extra = Duration::from_micros(rng.below(1_000));
             tokio::select! {
                 _ = &mut send => {}
