@@ -458,6 +458,9 @@ mod tests {
             assert!(start.elapsed() < std::time::Duration::from_secs(10));
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
+        // And no further: the last 100 bytes wait in memory for more, or for the end.
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), expected);
         w.sync_all().unwrap();
         assert_eq!(std::fs::metadata(&path).unwrap().len(), BUFFER as u64 + 100);
     }
