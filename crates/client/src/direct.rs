@@ -228,6 +228,10 @@ impl DirectWriter {
     pub fn write_all(&mut self, mut data: &[u8]) -> io::Result<()> {
         while !data.is_empty() {
             let n = self.current.fill(data);
+            if n == 0 {
+                // Cannot happen (a full block is sent below); never loop on it.
+                return Err(io::Error::other("the slot's buffer took no bytes"));
+            }
             data = data.get(n..).unwrap_or_default();
             if self.current.room() == 0 {
                 self.send_current()?;
@@ -289,14 +293,23 @@ impl DirectWriter {
 /// with a slot there. (A probe file is created and removed.)
 pub fn available_in(dir: &Path) -> bool {
     let probe = dir.join(format!(".rampart-direct-probe-{}", std::process::id()));
-    let opened = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32)
-        .open(&probe);
+    let opened = open_slot(&probe, false, true);
     let _ = std::fs::remove_file(&probe);
     opened.is_ok()
+}
+
+/// Opens `path` for writing from its start: a regular file created or truncated, a block
+/// device (a partition) in place; with `O_DIRECT` if `direct`.
+fn open_slot(path: &Path, block_device: bool, direct: bool) -> io::Result<File> {
+    let mut options = OpenOptions::new();
+    options
+        .write(true)
+        .create(!block_device)
+        .truncate(!block_device);
+    if direct {
+        options.custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32);
+    }
+    options.open(path)
 }
 
 /// An image being written into a slot: direct I/O where the file system takes it, else
@@ -313,22 +326,14 @@ impl SlotFile {
     /// Opens `path` for writing from its start: a regular file is created or truncated,
     /// a block device (a partition) is written in place.
     pub fn create(path: &Path, block_device: bool) -> io::Result<Self> {
-        let open = |direct: bool| {
-            let mut options = OpenOptions::new();
-            options
-                .write(true)
-                .create(!block_device)
-                .truncate(!block_device);
-            if direct {
-                options.custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32);
-            }
-            options.open(path)
-        };
-        match open(true) {
+        match open_slot(path, block_device, true) {
             Ok(file) => Ok(SlotFile::Direct(DirectWriter::start(file, !block_device)?)),
             Err(e) if refused_direct(&e) => {
                 tracing::debug!(path = %path.display(), "O_DIRECT refused here; writing through the page cache");
-                Ok(SlotFile::Buffered(WriteBehind::new(open(false)?, 0)))
+                Ok(SlotFile::Buffered(WriteBehind::new(
+                    open_slot(path, block_device, false)?,
+                    0,
+                )))
             }
             Err(e) => Err(e),
         }
